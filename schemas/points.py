@@ -1,0 +1,30 @@
+"""The unit of data that flows from adapters through the spool to a store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+FieldValue = float | int | str | bool
+
+
+class Priority(IntEnum):
+    """What a full spool drops first: raw signals (lowest) before anything else."""
+
+    RAW = 0
+    EVENT = 1  # state changes
+    ROLLUP = 2  # daily/interval rollups: never dropped
+
+
+@dataclass(slots=True)
+class Point:
+    """One InfluxDB point: measurement, tags, fields, UTC timestamp in nanoseconds."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, FieldValue]
+    ts_ns: int
+    priority: Priority = field(default=Priority.RAW)
+
+    def series_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return (self.measurement, tuple(sorted(self.tags.items())))

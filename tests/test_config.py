@@ -1,0 +1,145 @@
+"""Configuration: the example loads; every kind of mistake names the file, the setting and a fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.cli import main
+from schemas.config import ConfigError, load_config, parse_size
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "deploy" / "examples" / "agent.toml"
+ENV = {"FMC_MQTT_USER": "gw", "FMC_MQTT_PASSWORD": "s3cret-mqtt", "FMC_INFLUX_USER": "fmc",
+       "FMC_INFLUX_PASSWORD": "s3cret-influx"}
+
+GOOD = """
+[enterprise]
+id = "e1"
+name = "测试企业"
+region = "330602"
+industry = "17"
+
+[[mqtt]]
+name = "plant"
+client_id = "gw-1"
+  [[mqtt.subscribe]]
+  topic = "plant/{equipment}/{signal}"
+
+[sink]
+type = "embedded"
+path = "store.db"
+
+[spool]
+path = "spool/spool.db"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "agent.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_example_config_loads(monkeypatch):
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    cfg = load_config(EXAMPLE)
+    assert cfg.enterprise.region == "330602"
+    assert cfg.mqtt[0].password.get_secret_value() == "s3cret-mqtt"
+    assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.model_dump())
+    assert [s.mqtt_filter() for s in cfg.mqtt[0].subscribe] == ["plant/+/+", "meters/+/+", "water/+"]
+    assert cfg.spool.max_bytes == 2**30
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.spool.path == tmp_path / "spool" / "spool.db"
+    assert cfg.sink.path == tmp_path / "store.db"
+
+
+@pytest.mark.parametrize(
+    ("change", "setting", "words"),
+    [
+        (('region = "330602"', 'region = "3306"'), "enterprise.region", "330602"),
+        (('industry = "17"', 'industry = "textiles"'), "enterprise.industry", "4754"),
+        (('client_id = "gw-1"', 'client_id = "gw-1"\nport = 70000'), "mqtt[0].port", "65535"),
+        (('client_id = "gw-1"', ""), "mqtt[0]", "client_id"),
+        (('topic = "plant/{equipment}/{signal}"', 'topic = "plant/{machine}/{signal}"'), "mqtt[0].subscribe[0]",
+         "{equipment}"),
+        (('topic = "plant/{equipment}/{signal}"', 'topic = "plant/#/{x}"'), "mqtt[0].subscribe[0].topic", "'#'"),
+        (('type = "embedded"', 'type = "influx"'), "sink", 'type = "influxdb"'),
+        (('type = "embedded"\npath = "store.db"', 'type = "influxdb"\nurl = "http://127.0.0.1:8086"'), "sink",
+         "database"),
+        (('path = "spool/spool.db"', 'path = "spool/spool.db"\nmax_bytes = "lots"'), "spool.max_bytes", "512MiB"),
+        (('[spool]', '[spool]\nsize = 3'), "spool.size", "remove it"),
+        (('name = "测试企业"', 'name = "测试企业"\ntimezone = "Mars/Base"'), "enterprise.timezone", "IANA"),
+    ],
+)
+def test_each_mistake_names_file_setting_and_fix(tmp_path, capsys, change, setting, words):
+    old, new = change
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = info.value.render()
+    assert str(path) in text
+    assert f"`{setting}`" in text, text
+    assert words in text, text
+    # the CLI prints the same, with exit code 2 and no stack trace
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"`{setting}`" in err and "Traceback" not in err
+
+
+def test_missing_env_reference_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.delenv("FMC_TEST_PW", raising=False)
+    path = write(tmp_path, GOOD.replace('client_id = "gw-1"', 'client_id = "gw-1"\npassword = "${FMC_TEST_PW}"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "mqtt[0].password" in info.value.render() and "export FMC_TEST_PW" in info.value.render()
+
+
+def test_secret_values_never_appear_in_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("FMC_TEST_PW", "hunter2-secret")
+    path = write(tmp_path, GOOD.replace('client_id = "gw-1"', 'client_id = "gw-1"\npassword = "${FMC_TEST_PW}"\n'
+                                        'keepalive_s = 1'))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "hunter2" not in info.value.render()
+    assert "keepalive_s" in info.value.render()
+
+
+def test_syntax_error_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "[enterprise\nid = 1"))
+    assert "(syntax)" in info.value.render() and "line" in info.value.render()
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml")
+    assert "does not exist" in info.value.render()
+
+
+def test_cli_exit_code_2_without_traceback_in_a_real_process(tmp_path):
+    path = write(tmp_path, GOOD.replace('region = "330602"', 'region = "33"'))
+    proc = subprocess.run([sys.executable, "-m", "collector.cli", "run", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+    assert "enterprise.region" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "collector.cli", "frobnicate"],
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2
+
+
+@pytest.mark.parametrize(("text", "expected"), [("512MiB", 512 * 2**20), ("1 GB", 10**9), (4096, 4096),
+                                                ("1.5KiB", 1536)])
+def test_sizes(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "12 parsecs", "-5MiB", True])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
