@@ -1,0 +1,642 @@
+"""The spool: ordering, byte accounting, drop policy, dead letters, threads, SIGKILL, corruption."""
+
+from __future__ import annotations
+
+import random
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from collector.spool import (
+    PAYLOAD_EXCERPT_MAX,
+    RejectionRecord,
+    Spool,
+    SpoolBatch,
+    SpoolError,
+)
+from schemas.points import Priority
+from tests.spool_child import make_line, priority_of
+
+CHILD = Path(__file__).with_name("spool_child.py")
+RAW, EVENT, ROLLUP = Priority.RAW, Priority.EVENT, Priority.ROLLUP
+
+
+def line_of(tag: str, size: int) -> str:
+    """A line of exactly ``size`` UTF-8 bytes that starts with ``tag``."""
+    assert size >= len(tag) + 1
+    return tag + " " + "x" * (size - len(tag) - 1)
+
+
+def all_rows(path: Path) -> list[tuple[int, int, str]]:
+    """(id, priority, line) of every queued row, read with a connection of the test's own."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, priority, line FROM spool ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def utf8_len(lines: list[str]) -> int:
+    return sum(len(x.encode()) for x in lines)
+
+
+# --- append / read / complete ------------------------------------------------------------------
+
+
+def test_append_read_complete_in_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "nested" / "dir" / "spool.db")  # parent directories are created
+    first = [(f"m v={i}i {i}", RAW) for i in range(5)]
+    second = [(f"m v={i}i {i}", EVENT) for i in range(5, 8)]
+    assert spool.append(first, now_ms=1000) == {}
+    assert spool.append(second, now_ms=2000) == {}
+
+    batch = spool.read_batch(4)
+    assert batch.lines == [f"m v={i}i {i}" for i in range(4)]
+    assert batch.ids == sorted(batch.ids) and len(set(batch.ids)) == 4
+    assert batch.enqueued_ms == [1000] * 4
+    # reading again without completing gives the same oldest rows
+    assert spool.read_batch(4).ids == batch.ids
+    spool.complete(batch)
+
+    rest = spool.read_batch(100)
+    assert rest.lines == [f"m v={i}i {i}" for i in range(4, 8)]
+    assert rest.enqueued_ms == [1000, 2000, 2000, 2000]
+    assert rest.ids[0] > batch.ids[-1]
+    assert spool.stats().oldest_enqueued_ms == 1000
+    spool.complete(rest)
+
+    assert spool.read_batch(10) == SpoolBatch([], [], [])
+    stats = spool.stats()
+    assert (stats.depth, stats.bytes, stats.oldest_enqueued_ms) == (0, 0, None)
+    spool.close()
+
+
+def test_read_batch_byte_limit_keeps_at_least_one(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        spool.append([(line_of(f"l{i}", 100), RAW) for i in range(5)])
+        assert len(spool.read_batch(10, max_bytes=250).ids) == 2
+        assert len(spool.read_batch(10, max_bytes=300).ids) == 3
+        # a line larger than the limit still goes out, alone, rather than blocking the spool
+        assert spool.read_batch(10, max_bytes=10).lines == [line_of("l0", 100)]
+        assert len(spool.read_batch(2, max_bytes=10_000).ids) == 2
+        with pytest.raises(ValueError):
+            spool.read_batch(0)
+
+
+def test_byte_accounting_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    lines = ["m,tag=Grüße v=1i 1", "m,tag=温度 v=2i 2", "plain v=3i 3"]
+    with Spool(path) as spool:
+        spool.append([(x, RAW) for x in lines], now_ms=5)
+        assert spool.stats().bytes == utf8_len(lines) > sum(map(len, lines))
+    with Spool(path) as spool:
+        stats = spool.stats()
+        assert (stats.depth, stats.bytes, stats.oldest_enqueued_ms) == (3, utf8_len(lines), 5)
+        spool.complete(spool.read_batch(1))
+        assert spool.stats().bytes == utf8_len(lines[1:])
+    with Spool(path) as spool:
+        assert (spool.stats().depth, spool.stats().bytes) == (2, utf8_len(lines[1:]))
+        assert spool.read_batch(10).lines == lines[1:]
+
+
+def test_ids_are_never_reused_after_the_spool_empties(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        spool.append([("a v=1i 1", RAW), ("b v=1i 1", RAW)])
+        batch = spool.read_batch(10)
+        spool.complete(batch)
+    with Spool(path) as spool:
+        spool.append([("c v=1i 1", RAW)])
+        assert spool.read_batch(10).ids[0] > batch.ids[-1]
+
+
+def test_complete_twice_does_not_corrupt_totals(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        spool.append([(line_of(f"l{i}", 50), RAW) for i in range(4)])
+        batch = spool.read_batch(2)
+        spool.complete(batch)
+        spool.complete(batch)  # a retry after an unclear outcome: the rows are gone already
+        stats = spool.stats()
+        assert (stats.depth, stats.bytes) == (2, 100)
+
+
+def test_append_is_one_transaction(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        spool.append([("keep v=1i 1", RAW)])
+        bad_priority = 7  # refused by the table's CHECK constraint, after the first row was inserted
+        rejection = RejectionRecord(1, "src", "t", "bad_json", "detail", b"{")
+        with pytest.raises(SpoolError, match="append failed"):
+            spool.append([("new v=1i 1", RAW), ("bad v=1i 1", bad_priority)], [rejection])  # type: ignore[list-item]
+        stats = spool.stats()
+        assert (stats.depth, stats.bytes, stats.rejected_total) == (1, len("keep v=1i 1"), 0)
+        assert spool.read_batch(10).lines == ["keep v=1i 1"]
+        assert spool.recent_rejections() == []
+        # and the spool is still usable
+        spool.append([("after v=1i 1", RAW)])
+        assert spool.stats().depth == 2
+
+
+# --- dead letters ------------------------------------------------------------------------------
+
+
+def test_refused_rows_go_to_dead_letter_and_can_be_requeued(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    lines = [f"m v={i}i {i}" for i in range(6)]
+    with Spool(path) as spool:
+        spool.append([(x, EVENT if i == 1 else RAW) for i, x in enumerate(lines)], now_ms=100)
+        batch = spool.read_batch(4)
+        spool.complete(batch, [(1, "field type conflict", 400), (3, "bad timestamp", None)], now_ms=777)
+
+        stats = spool.stats()
+        assert (stats.depth, stats.dead_letters) == (2, 2)
+        assert stats.bytes == utf8_len(lines[4:])
+        assert spool.read_batch(10).lines == lines[4:]
+
+    with Spool(path) as spool:  # dead letters are persistent
+        dead = spool.dead_letters()
+        assert sorted((d.id, d.line, d.reason, d.status, d.failed_at_ms) for d in dead) == [
+            (batch.ids[1], lines[1], "field type conflict", 400, 777),
+            (batch.ids[3], lines[3], "bad timestamp", None, 777),
+        ]
+        assert {d.id: d.priority for d in dead} == {batch.ids[1]: EVENT, batch.ids[3]: RAW}
+        assert spool.dead_letters(limit=1)[0].id in {batch.ids[1], batch.ids[3]}
+
+        assert spool.requeue_dead_letters() == 2
+        assert spool.dead_letters() == []
+        stats = spool.stats()
+        assert (stats.depth, stats.dead_letters, stats.bytes) == (4, 0, utf8_len([lines[1], lines[3], *lines[4:]]))
+        # they keep their ids, so they are the oldest again and go out first, with their priority
+        again = spool.read_batch(10)
+        assert again.ids == [batch.ids[1], batch.ids[3], *again.ids[2:]]
+        assert again.lines == [lines[1], lines[3], lines[4], lines[5]]
+        assert again.enqueued_ms == [100] * 4
+        spool.complete(again)
+        assert spool.stats().depth == 0
+        assert spool.requeue_dead_letters() == 0
+
+
+def test_complete_rejects_an_index_outside_the_batch(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        spool.append([("a v=1i 1", RAW), ("b v=1i 1", RAW)])
+        batch = spool.read_batch(2)
+        with pytest.raises(ValueError, match="outside the batch"):
+            spool.complete(batch, [(2, "x", 400)])
+        assert spool.stats().depth == 2
+        spool.complete(SpoolBatch([], [], []))  # empty batch: nothing to do
+        assert spool.stats().depth == 2
+
+
+# --- rejections ring, state --------------------------------------------------------------------
+
+
+def test_rejections_ring_keeps_newest_and_counts_all(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    records = [RejectionRecord(i, "mqtt-a", f"t/{i}", "bad_json", f"detail {i}", bytes([i]) * 1000) for i in range(5)]
+    with Spool(path, rejected_keep=3) as spool:
+        spool.append([], records[:2])  # rejections alone are committed too
+        spool.append([("m v=1i 1", RAW)], records[2:])
+        recent = spool.recent_rejections()
+        assert [r.topic for r in recent] == ["t/4", "t/3", "t/2"]  # newest first
+        assert recent[0] == RejectionRecord(
+            4, "mqtt-a", "t/4", "bad_json", "detail 4", bytes([4]) * PAYLOAD_EXCERPT_MAX
+        )
+        assert [r.at_ms for r in spool.recent_rejections(limit=1)] == [4]
+        assert spool.stats().rejected_total == 5
+    with Spool(path, rejected_keep=0) as spool:
+        assert spool.stats().rejected_total == 5
+        spool.append([], records[:1])
+        assert spool.recent_rejections() == []
+        assert spool.stats().rejected_total == 6
+
+
+def test_state_kv_persists(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        assert spool.state_get("tracker") is None
+        spool.state_set("tracker", '{"a": 1}')
+        spool.state_set("tracker", '{"a": 2}')
+        spool.state_set("other", "x")
+    with Spool(path) as spool:
+        assert spool.state_get("tracker") == '{"a": 2}'
+        assert spool.state_get("other") == "x"
+
+
+# --- drop policy -------------------------------------------------------------------------------
+
+
+def test_drop_policy_raw_then_event_oldest_first_never_rollups(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path, max_bytes=1000) as spool:  # drops down to 900
+        spool.append([(line_of(f"raw{i}", 100), RAW) for i in range(4)])
+        spool.append([(line_of(f"event{i}", 100), EVENT) for i in range(4)])
+        assert spool.append([(line_of(f"rollup{i}", 100), ROLLUP) for i in range(2)]) == {}  # exactly 1000
+        # 1100 bytes: the two oldest raw points go
+        assert spool.append([(line_of("raw4", 100), RAW)]) == {"RAW": 2}
+        assert [x.split()[0] for x in all_lines(spool)] == [
+            "raw2", "raw3", "event0", "event1", "event2", "event3", "rollup0", "rollup1", "raw4",
+        ]  # fmt: skip
+        # 900 + 400 of events: the 3 raw left go first (newest raw4 included), then the oldest event
+        assert spool.append([(line_of(f"event{i}", 100), EVENT) for i in range(4, 8)]) == {"RAW": 3, "EVENT": 1}
+        assert [x.split()[0] for x in all_lines(spool)] == [
+            "event1", "event2", "event3", "rollup0", "rollup1", "event4", "event5", "event6", "event7",
+        ]  # fmt: skip
+        # rollups beyond the bound: every event goes, no rollup does, and the spool stays over
+        drops = spool.append([(line_of(f"rollup{i}", 100), ROLLUP) for i in range(2, 12)])
+        assert drops == {"EVENT": 7}
+        stats = spool.stats()
+        assert (stats.depth, stats.bytes, stats.max_bytes) == (12, 1200, 1000)
+        assert stats.dropped == {"RAW": 5, "EVENT": 8}
+        # a raw point arriving now is dropped at once
+        assert spool.append([(line_of("late", 100), RAW)]) == {"RAW": 1}
+        assert {p for _, p, _ in all_rows(path)} == {int(ROLLUP)}
+    with Spool(path, max_bytes=1000) as spool:  # drop counters are persisted
+        assert spool.stats().dropped == {"RAW": 6, "EVENT": 8}
+        assert spool.stats().depth == 12
+
+
+def test_drops_leave_the_batch_being_sent_alone(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db", max_bytes=1000) as spool:
+        spool.append([(line_of(f"old{i}", 100), RAW) for i in range(5)])
+        sending = spool.read_batch(2)
+        assert spool.append([(line_of(f"new{i}", 100), RAW) for i in range(8)]) == {"RAW": 4}
+        # old0, old1 are in flight: the oldest others (old2..4, new0) went instead
+        assert [x.split()[0] for x in all_lines(spool)] == ["old0", "old1", *(f"new{i}" for i in range(1, 8))]
+        spool.complete(sending)
+        assert spool.stats().depth == 7
+        # once completed, the guard is lifted: the oldest rows are droppable again
+        assert spool.append([(line_of(f"more{i}", 100), RAW) for i in range(4)]) == {"RAW": 2}
+        expected = [*(f"new{i}" for i in range(3, 8)), *(f"more{i}" for i in range(4))]
+        assert [x.split()[0] for x in all_lines(spool)] == expected
+
+
+def all_lines(spool: Spool) -> list[str]:
+    """Every queued line, via a fresh Spool-independent read (does not touch the in-flight mark)."""
+    return [line for _, _, line in all_rows(spool.path)]
+
+
+class SpoolModel(RuleBasedStateMachine):
+    """Random appends (random priorities and sizes, some non-ASCII), reads, completes with refused
+    lines, requeues and reopens, against a model of where every point must be."""
+
+    MAX_BYTES = 3000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="spool-model-"))
+        self.path = self.dir / "s.db"
+        self.spool = Spool(self.path, max_bytes=self.MAX_BYTES, synchronous="normal")
+        self.next_seq = 0
+        self.priority_of: dict[int, Priority] = {}
+        self.completed: set[int] = set()
+        self.batch: SpoolBatch | None = None
+
+    @initialize()
+    def start(self) -> None:
+        assert self.spool.stats().depth == 0
+
+    def teardown(self) -> None:
+        self.spool.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def seq_of(line: str) -> int:
+        match = re.match(r"p\d,seq=(\d+) ", line)
+        assert match, line
+        return int(match.group(1))
+
+    def queued(self) -> dict[int, int]:
+        return {self.seq_of(line): row_id for row_id, _, line in all_rows(self.path)}
+
+    def dead(self) -> set[int]:
+        return {self.seq_of(d.line) for d in self.spool.dead_letters(limit=1_000_000)}
+
+    def inflight_max_id(self) -> int:
+        return self.batch.ids[-1] if self.batch and self.batch.ids else 0
+
+    @rule(points=st.lists(st.tuples(st.sampled_from(list(Priority)), st.integers(20, 400), st.booleans()), max_size=25))
+    def append(self, points: list[tuple[Priority, int, bool]]) -> None:
+        items = []
+        for priority, size, wide in points:
+            seq = self.next_seq
+            self.next_seq += 1
+            self.priority_of[seq] = priority
+            head = f"p{int(priority)},seq={seq} v="
+            items.append((head + ("é" if wide else "e") * (size - len(head)), priority))
+        before_ids = self.queued()
+        before = self.spool.stats().dropped
+        drops = self.spool.append(items)
+        after = self.spool.stats()
+        # what append reports is what it counted
+        assert {k: after.dropped[k] - before[k] for k in before if after.dropped[k] != before[k]} == drops
+        assert "ROLLUP" not in drops
+        now = self.queued()
+        new_seqs = range(self.next_seq - len(items), self.next_seq)
+        dropped = [s for s in [*before_ids, *new_seqs] if s not in now]
+        assert Counter(self.priority_of[s].name for s in dropped) == Counter(drops)
+        # oldest first within a priority: all dropped are older than all left (ids follow seqs)
+        guard = self.inflight_max_id()
+        for priority in (RAW, EVENT):
+            left = [s for s, i in now.items() if self.priority_of[s] is priority and i > guard]
+            lost = [s for s in dropped if self.priority_of[s] is priority]
+            if left and lost:
+                assert max(lost) < min(left)
+        if drops.get("EVENT"):  # events go only when no droppable raw point is left
+            assert not [s for s, i in now.items() if self.priority_of[s] is RAW and i > guard]
+        # over the bound only with nothing droppable left (the bound is kept by appending points;
+        # an append of nothing, e.g. right after a restart freed the in-flight rows, changes nothing)
+        if points and after.bytes > self.MAX_BYTES:
+            assert all(self.priority_of[s] is ROLLUP or i <= guard for s, i in now.items())
+
+    @precondition(lambda self: self.batch is None)
+    @rule(max_points=st.integers(1, 30), max_bytes=st.none() | st.integers(1, 2000))
+    def read(self, max_points: int, max_bytes: int | None) -> None:
+        self.batch = self.spool.read_batch(max_points, max_bytes)
+        queued = sorted(self.queued().values())
+        assert self.batch.ids == queued[: len(self.batch.ids)]  # the oldest, in order
+        if queued:
+            assert self.batch.ids
+
+    @precondition(lambda self: self.batch is not None)
+    @rule(refuse=st.lists(st.booleans(), max_size=30))
+    def complete(self, refuse: list[bool]) -> None:
+        assert self.batch is not None
+        refused = [(i, "refused", 400) for i, r in enumerate(refuse[: len(self.batch.ids)]) if r]
+        self.spool.complete(self.batch, refused)
+        refused_indexes = {i for i, _, _ in refused}
+        for i, line in enumerate(self.batch.lines):
+            if i not in refused_indexes:
+                self.completed.add(self.seq_of(line))
+        self.batch = None
+
+    @rule()
+    def requeue(self) -> None:
+        dead = len(self.dead())
+        assert self.spool.requeue_dead_letters() == dead
+
+    @rule()
+    def reopen(self) -> None:
+        self.spool.close()
+        self.spool = Spool(self.path, max_bytes=self.MAX_BYTES, synchronous="normal")
+        self.batch = None  # the process that was sending it is gone
+
+    @invariant()
+    def every_point_is_accounted_for(self) -> None:
+        queued, dead, completed = set(self.queued()), self.dead(), self.completed
+        assert not (queued & dead) and not (queued & completed) and not (dead & completed)
+        lost = set(self.priority_of) - queued - dead - completed
+        stats = self.spool.stats()
+        assert not [s for s in lost if self.priority_of[s] is ROLLUP]  # rollups are never lost
+        by_priority = Counter(self.priority_of[s].name for s in lost)
+        assert stats.dropped == {"RAW": by_priority["RAW"], "EVENT": by_priority["EVENT"]}
+        lines = [line for _, _, line in all_rows(self.path)]
+        assert (stats.depth, stats.bytes, stats.dead_letters) == (len(lines), utf8_len(lines), len(dead))
+
+
+TestSpoolModel = SpoolModel.TestCase
+TestSpoolModel.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+# --- threads -----------------------------------------------------------------------------------
+
+
+def run_writer_and_drain(
+    spool: Spool, batches: list[list[tuple[str, Priority]]], send_s: float = 0.0
+) -> list[SpoolBatch]:
+    """Append ``batches`` from one thread while a drain loop reads and completes from a pool of
+    threads (like asyncio.to_thread), taking ``send_s`` to "send" each batch; returns the
+    completed batches in completion order."""
+    writer_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for batch in batches:
+                spool.append(batch)
+                time.sleep(0.001)  # paced like real traffic, so the drain runs between appends
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            writer_done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    completed: list[SpoolBatch] = []
+    completed_while_writing = 0
+    rng = random.Random(7)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        while True:
+            finished = writer_done.is_set()  # read before the batch: an empty read after it means done
+            batch = pool.submit(spool.read_batch, rng.randint(1, 100)).result()
+            if not batch.ids:
+                if finished:
+                    break
+                time.sleep(0.001)
+                continue
+            time.sleep(send_s)  # the store's round trip, while the writer keeps appending
+            pool.submit(spool.complete, batch).result()
+            completed.append(batch)
+            completed_while_writing += not finished
+    writer.join()
+    assert not errors
+    # the two sides really did run at the same time
+    assert completed_while_writing >= len(batches) // 4
+    return completed
+
+
+def test_concurrent_append_and_drain_lose_and_duplicate_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db", synchronous="normal")
+    n_batches, size = 150, 40
+    batches = [[(f"m seq={b * size + i}i 1", RAW) for i in range(size)] for b in range(n_batches)]
+    completed = run_writer_and_drain(spool, batches)
+    ids = [i for b in completed for i in b.ids]
+    lines = [x for b in completed for x in b.lines]
+    assert lines == [x for batch in batches for x, _ in batch]  # all of them, once, in order
+    assert ids == sorted(set(ids))
+    stats = spool.stats()
+    assert (stats.depth, stats.bytes) == (0, 0)
+    spool.close()
+
+
+def test_concurrent_append_and_drain_with_drops_conserve_points(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    spool = Spool(path, max_bytes=20_000, synchronous="normal")
+    n_batches, size = 150, 50
+    batches = [
+        [(line_of(f"seq={b * size + i}", 80), ROLLUP if i % 25 == 0 else RAW) for i in range(size)]
+        for b in range(n_batches)
+    ]
+    completed = run_writer_and_drain(spool, batches, send_s=0.004)  # slower than the writer
+    sent = [x.split()[0] for b in completed for x in b.lines]
+    assert len(sent) == len(set(sent))
+    assert sent == sorted(sent, key=lambda tag: int(tag.removeprefix("seq=")))  # oldest first
+    stats = spool.stats()
+    assert stats.depth == 0 and stats.dropped["RAW"] > 0
+    # a point sent was never also counted as dropped: sent + dropped is exactly what was appended
+    assert len(sent) + stats.dropped["RAW"] + stats.dropped["EVENT"] == n_batches * size
+    rollups = {f"seq={b * size + i}" for b in range(n_batches) for i in range(0, size, 25)}
+    assert rollups <= set(sent)
+    spool.close()
+
+
+# --- SIGKILL -----------------------------------------------------------------------------------
+
+
+def kill_child_while_writing(path: Path, start: int, batch: int, synchronous: str, max_bytes: int) -> list[int]:
+    """Run spool_child.py, SIGKILL it after it reported a few commits; return what it reported."""
+    args = [sys.executable, str(CHILD), str(path), "--start", str(start), "--batch", str(batch)]
+    args += ["--synchronous", synchronous, "--max-bytes", str(max_bytes)]
+    err_path = path.with_name("child.err")
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True)
+    reported: list[int] = []
+    try:
+        assert proc.stdout is not None
+        wanted = random.randint(3, 15)
+        while len(reported) < wanted:
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(timeout=10)
+                pytest.fail(f"spool_child exited early ({proc.returncode}): {err_path.read_text()}")
+            reported.append(int(line))
+        time.sleep(random.uniform(0, 0.02))  # land anywhere in the next appends
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        # through the same reader: readline() may already hold the next lines in its buffer
+        reported += [int(x) for x in proc.stdout.read().split()]
+        assert proc.returncode == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return reported
+
+
+@pytest.mark.parametrize("synchronous, rounds", [("full", 3), ("normal", 2)])
+def test_sigkill_mid_write_loses_no_committed_batch(tmp_path: Path, synchronous: str, rounds: int) -> None:
+    path, batch = tmp_path / "s.db", 150
+    committed = 0
+    for _ in range(rounds):
+        reported = kill_child_while_writing(path, committed + 1, batch, synchronous, 1 << 30)
+        assert reported == list(range(committed + batch, reported[-1] + 1, batch))
+
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        conn.close()
+        with Spool(path, synchronous=synchronous) as spool:
+            found = spool.read_batch(10**9)
+            stats = spool.stats()
+        # everything reported is there, intact and in order; at most one more batch committed
+        # before its number was printed; never a part of a batch
+        n = len(found.lines)
+        assert n - reported[-1] in (0, batch)
+        assert found.lines == [make_line(s) for s in range(1, n + 1)]
+        assert found.ids == sorted(set(found.ids))
+        assert (stats.depth, stats.bytes) == (n, utf8_len(found.lines))
+        committed = n
+
+
+def test_sigkill_while_dropping_keeps_counters_and_rollups(tmp_path: Path) -> None:
+    path, batch = tmp_path / "s.db", 100
+    committed = 0
+    for _ in range(2):
+        reported = kill_child_while_writing(path, committed + 1, batch, "full", 30_000)
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        conn.close()
+        with Spool(path, max_bytes=30_000) as spool:
+            found = spool.read_batch(10**9)
+            stats = spool.stats()
+        seqs = [int(re.search(r"seq=(\d+)i", x).group(1)) for x in found.lines]  # type: ignore[union-attr]
+        committed = max(seqs)
+        assert committed - reported[-1] in (0, batch)
+        assert found.lines == [make_line(s) for s in seqs]
+        assert seqs == sorted(seqs)
+        assert [s for s in range(10, committed + 1, 10) if s not in seqs] == []  # every rollup
+        # the persisted totals agree with the rows, and every missing point was counted
+        assert (stats.depth, stats.bytes) == (len(seqs), utf8_len(found.lines))
+        assert stats.dropped["RAW"] + stats.dropped["EVENT"] == committed - len(seqs)
+        missing = Counter(priority_of(s).name for s in set(range(1, committed + 1)) - set(seqs))
+        assert stats.dropped == {"RAW": missing["RAW"], "EVENT": missing["EVENT"]}
+
+
+# --- bad files and settings --------------------------------------------------------------------
+
+
+def test_garbage_file_raises_spool_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    path.write_bytes(b"this is not an sqlite database at all\n" * 200)
+    with pytest.raises(SpoolError) as info:
+        Spool(path)
+    assert str(path) in str(info.value)
+    assert "damaged" in str(info.value)
+    assert info.value.path == path
+
+
+def test_damaged_pages_raise_spool_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    with Spool(path) as spool:
+        spool.append([(line_of(f"l{i}", 90), RAW) for i in range(5000)])
+    data = bytearray(path.read_bytes())
+    rng = random.Random(1)
+    for page in (3, 20, 60):
+        data[page * 4096 : (page + 1) * 4096] = rng.randbytes(4096)
+    path.write_bytes(bytes(data))
+    # opening reads little; using the spool hits the damage
+    with pytest.raises(SpoolError) as info, Spool(path) as spool:
+        spool.stats()
+        spool.read_batch(10**6)
+    assert str(path) in str(info.value)
+
+
+def test_other_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE readings (x)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(SpoolError, match="not an fmc spool") as info:
+        Spool(path)
+    assert str(path) in str(info.value)
+    conn = sqlite3.connect(path)  # and nothing was added to it
+    assert conn.execute("SELECT name FROM sqlite_schema").fetchall() == [("readings",)]
+    conn.close()
+
+
+def test_directory_as_path_raises_spool_error(tmp_path: Path) -> None:
+    with pytest.raises(SpoolError, match=re.escape(str(tmp_path))):
+        Spool(tmp_path)
+
+
+def test_settings_are_applied_and_checked(tmp_path: Path) -> None:
+    for synchronous, level in (("full", 2), ("normal", 1), ("NORMAL", 1)):
+        with Spool(tmp_path / f"{synchronous}.db", synchronous=synchronous) as spool:
+            assert spool._writer.execute("PRAGMA synchronous").fetchone()[0] == level
+            assert spool._reader.execute("PRAGMA synchronous").fetchone()[0] == level
+            assert spool._writer.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with pytest.raises(ValueError):
+        Spool(tmp_path / "x.db", synchronous="off")
+    with pytest.raises(ValueError):
+        Spool(tmp_path / "x.db", max_bytes=0)
+    spool = Spool(tmp_path / "closed.db")
+    spool.close()
+    spool.close()  # idempotent
+    with pytest.raises(SpoolError, match="after close"):
+        spool.append([("m v=1i 1", RAW)])
