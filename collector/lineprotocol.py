@@ -10,6 +10,7 @@ identical to ``influxdb_client``'s; ``tests/test_lineprotocol.py`` checks that w
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
@@ -48,7 +49,11 @@ def check_name(kind: str, name: str) -> None:
         # A backslash escapes the next character in InfluxDB's scanner, so "a\\" before a comma
         # or space would shift where the name ends; rare in real names, so refused outright.
         raise LineProtocolError("name_backslash", f"{kind} {name!r} contains a backslash")
-    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 form, so nothing a store can hold
+        raise LineProtocolError("name_not_utf8", f"{kind} {name!r} is not valid unicode") from None
+    if size > MAX_NAME_BYTES:
         raise LineProtocolError("name_too_long", f"{kind} is longer than {MAX_NAME_BYTES} bytes")
 
 
@@ -66,32 +71,48 @@ def _field_value(key: str, value: FieldValue) -> str:
     if isinstance(value, str):
         if "\n" in value or "\r" in value:
             raise LineProtocolError("value_control_char", f"string field {key!r} contains a newline")
-        if len(value.encode("utf-8")) > MAX_STRING_FIELD_BYTES:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise LineProtocolError("value_not_utf8", f"string field {key!r} is not valid unicode") from None
+        if size > MAX_STRING_FIELD_BYTES:
             raise LineProtocolError("value_too_long", f"string field {key!r} is too long")
         return '"' + value.translate(_ESCAPE_STRING) + '"'
     raise LineProtocolError("value_type", f"field {key!r} has unsupported type {type(value).__name__}")
 
 
-def encode(point: Point) -> str:
-    """One line of line protocol (no trailing newline), nanosecond precision."""
-    check_name("measurement", point.measurement)
-    if point.measurement.startswith("#"):
+def encode_series(measurement: str, tags: dict[str, str]) -> str:
+    """The series part of a line: escaped measurement and sorted, escaped tags."""
+    check_name("measurement", measurement)
+    if measurement.startswith("#"):
         raise LineProtocolError("name_comment", "measurement starts with '#' (a comment)")
-    parts = [point.measurement.translate(_ESCAPE_MEASUREMENT)]
-    for key in sorted(point.tags):
-        value = point.tags[key]
+    parts = [measurement.translate(_ESCAPE_MEASUREMENT)]
+    for key in sorted(tags):
+        value = tags[key]
         check_name("tag key", key)
         check_name(f"tag {key!r}", value)
         parts.append(f",{key.translate(_ESCAPE_KEY)}={value.translate(_ESCAPE_KEY)}")
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_key(key: str) -> str:
+    # field keys come from code and config, a handful of them: check and escape each once
+    check_name("field key", key)
+    return key.translate(_ESCAPE_KEY)
+
+
+def encode(point: Point) -> str:
+    """One line of line protocol (no trailing newline), nanosecond precision."""
+    series = point.series if point.series is not None else encode_series(point.measurement, point.tags)
     if not point.fields:
         raise LineProtocolError("no_fields", "point has no fields")
-    fields = []
-    for key in sorted(point.fields):
-        check_name("field key", key)
-        fields.append(f"{key.translate(_ESCAPE_KEY)}={_field_value(key, point.fields[key])}")
-    if not isinstance(point.ts_ns, int) or isinstance(point.ts_ns, bool):
+    fields = point.fields
+    body = ",".join(f"{_field_key(k)}={_field_value(k, fields[k])}" for k in sorted(fields))
+    ts = point.ts_ns
+    if type(ts) is not int:
         raise LineProtocolError("timestamp_type", "timestamp is not an integer")
-    return "".join(parts) + " " + ",".join(fields) + f" {point.ts_ns}"
+    return f"{series} {body} {ts}"
 
 
 # --- parser ------------------------------------------------------------------------------------

@@ -25,6 +25,9 @@ class Point:
     fields: dict[str, FieldValue]
     ts_ns: int
     priority: Priority = field(default=Priority.RAW)
+    # The escaped "measurement,tag=value,…" part of the line, when the producer already made it
+    # (the MQTT mapper does, once per topic); the encoder then skips re-escaping the tags.
+    series: str | None = field(default=None, compare=False)
 
     def series_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
         return (self.measurement, tuple(sorted(self.tags.items())))

@@ -119,3 +119,12 @@ def test_parse_refuses_malformed_lines(line):
     with pytest.raises(LineProtocolError) as info:
         parse(line)
     assert info.value.reason == "parse"
+
+
+def test_lone_surrogates_are_refused_with_a_reason():
+    with pytest.raises(LineProtocolError) as info:
+        encode(Point("signal", {"equipment": "m\ud800"}, {"value": 1.0}, 1))
+    assert info.value.reason == "name_not_utf8"
+    with pytest.raises(LineProtocolError) as info:
+        encode(Point("signal", {"equipment": "m"}, {"text": "x\udfff"}, 1))
+    assert info.value.reason == "value_not_utf8"

@@ -1,0 +1,705 @@
+"""adapters.mqtt against the real mosquitto: mapping, manual acks, redelivery, restarts, auth, TLS, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+from adapters.mqtt import RECEIVE_MAXIMUM, SESSION_EXPIRY_S, MqttSource, _connect_options, check_mqtt
+from collector import lineprotocol
+from collector.mapping import Mapper, MapResult
+from collector.metrics import AgentMetrics
+from schemas import config
+from tests.servers.mosquitto import MosquittoServer
+
+ENTERPRISE = config.EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
+WAIT_S = 10.0
+PROTOCOLS = ["3.1.1", "5"]
+
+
+# --- a recording ingest ------------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    source: str
+    topic: str
+    payload: bytes
+    result: MapResult
+    has_ack: bool
+    acked: threading.Event = field(default_factory=threading.Event)
+
+    def reasons(self) -> list[str]:
+        return [r.reason for r in self.result.rejections]
+
+
+class RecordingIngest:
+    """Stores every submission. Acks run in a thread of their own, as the real ingest's writer
+    thread does, after ``ack_delay_s``; with ``ack=False`` they never run (an agent that died
+    before its commit)."""
+
+    def __init__(self, *, ack: bool = True, ack_delay_s: float = 0.0, fail_first: int = 0) -> None:
+        self.ack = ack
+        self.ack_delay_s = ack_delay_s
+        self.fail_first = fail_first  # the first n submit() calls raise, like an ingest that broke
+        self.submissions: list[Submission] = []
+        self._cond = threading.Condition()
+        self._acks: queue.Queue[tuple[float, Submission, Callable[[], None]] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run_acks, daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None
+    ) -> None:
+        with self._cond:
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                raise RuntimeError("ingest broken on purpose")
+            sub = Submission(source, topic, bytes(payload), result, ack is not None)
+            self.submissions.append(sub)
+            self._cond.notify_all()
+        if ack is not None and self.ack:
+            self._acks.put((time.monotonic() + self.ack_delay_s, sub, ack))
+
+    def _run_acks(self) -> None:
+        while (item := self._acks.get()) is not None:
+            due, sub, ack = item
+            time.sleep(max(0.0, due - time.monotonic()))
+            ack()
+            sub.acked.set()
+
+    def wait_for(self, count: int, timeout: float = WAIT_S) -> list[Submission]:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: len(self.submissions) >= count, timeout)
+            assert ok, f"expected {count} submissions, got {len(self.submissions)}: {self.topics()}"
+            return list(self.submissions)
+
+    def topics(self) -> list[str]:
+        return [s.topic for s in self.submissions]
+
+    def close(self) -> None:
+        self._acks.put(None)
+        self._thread.join(5)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A topic prefix of this test's own on the shared broker."""
+    return f"t{secrets.token_hex(4)}"
+
+
+def source_config(server: MosquittoServer, prefix: str, **kw: Any) -> config.MqttSource:
+    kw.setdefault("name", "plant")
+    kw.setdefault("client_id", f"fmc-{prefix}")
+    kw.setdefault("reconnect_min_s", 0.05)
+    kw.setdefault("reconnect_max_s", 0.3)
+    kw.setdefault("subscribe", [{"topic": f"{prefix}/{{equipment}}/{{signal}}", "qos": 1, "timestamp_path": "ts"}])
+    return config.MqttSource(host=server.host, port=server.port, **kw)
+
+
+def make_source(
+    cfg: config.MqttSource, ingest: RecordingIngest, metrics: AgentMetrics | None = None, log_name: str = "test.mqtt"
+) -> MqttSource:
+    mapper = Mapper(ENTERPRISE, cfg.subscribe, max_payload_bytes=cfg.max_payload_bytes)
+    return MqttSource(cfg, mapper, ingest, metrics or AgentMetrics(), logging.getLogger(log_name))
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def running(source: MqttSource, stop_timeout: float = 2.0) -> Iterator[MqttSource]:
+    source.start()
+    try:
+        wait_until(lambda: source.subscribed, "the source to connect and subscribe")
+        yield source
+    finally:
+        source.stop(stop_timeout)
+
+
+def publish(
+    server: MosquittoServer,
+    messages: list[tuple[str, bytes, int]],
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    wait_s: float = WAIT_S,
+) -> None:
+    """Publish and wait until the broker has every QoS 1 message (PUBACK)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
+    client.max_inflight_messages_set(0)
+    if username is not None:
+        client.username_pw_set(username, password)
+    client.connect(server.host, server.port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos) for topic, payload, qos in messages]
+        for info in infos:
+            info.wait_for_publish(wait_s)
+            assert info.is_published(), "the broker did not take a message"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def ts_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+# --- mapping and submission ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_qos1_and_qos0_messages_are_mapped_and_submitted(
+    mosquitto: MosquittoServer, prefix: str, protocol: str
+) -> None:
+    cfg = source_config(
+        mosquitto, prefix, protocol=protocol,
+        subscribe=[
+            {"topic": f"{prefix}/q1/{{equipment}}/{{signal}}", "qos": 1, "timestamp_path": "ts"},
+            {"topic": f"{prefix}/q0/{{meter}}", "qos": 0, "kind": "meter", "carrier": "electricity",
+             "payload": "number", "scale": 0.5},
+        ],
+    )
+    ingest, metrics = RecordingIngest(), AgentMetrics()
+    source = make_source(cfg, ingest, metrics)
+    t = ts_ms()
+    with running(source):
+        assert metrics.value("fmc_source_connected", {"source": "plant"}) == 1
+        publish(mosquitto, [
+            (f"{prefix}/q1/loom-07/spindle_speed", json.dumps({"ts": t, "value": 412.5}).encode(), 1),
+            (f"{prefix}/q0/main", b" 1000 ", 1),  # delivered at the subscription's QoS 0
+        ])
+        by_topic = {s.topic: s for s in ingest.wait_for(2)}
+        q1 = by_topic[f"{prefix}/q1/loom-07/spindle_speed"]
+        (p,) = q1.result.points
+        assert (p.measurement, p.tags, p.fields, p.ts_ns) == (
+            "signal",
+            {"enterprise": ENTERPRISE.id, "equipment": "loom-07", "signal": "spindle_speed"},
+            {"value": 412.5, "quality": 0},
+            t * 1_000_000,
+        )
+        assert q1.has_ack and q1.source == "plant"
+        assert q1.acked.wait(WAIT_S)
+        q0 = by_topic[f"{prefix}/q0/main"]
+        (p,) = q0.result.points
+        assert (p.measurement, p.tags["meter"], p.tags["carrier"], p.fields["value"]) == (
+            "meter_reading", "main", "electricity", 500.0)
+        assert not q0.has_ack  # QoS 0: nothing to acknowledge
+        assert metrics.value("fmc_messages_received_total", {"source": "plant"}) == 2
+    assert not source.connected
+    assert metrics.value("fmc_source_connected", {"source": "plant"}) == 0
+    ingest.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_many_unacknowledged_messages_flow_at_once(mosquitto: MosquittoServer, prefix: str, protocol: str) -> None:
+    """Acks wait for a group commit; a window of 20 in-flight messages would stall the source."""
+    ingest = RecordingIngest(ack=False)
+    source = make_source(source_config(mosquitto, prefix, protocol=protocol, clean_session=True), ingest)
+    with running(source, stop_timeout=0.2):
+        publish(mosquitto, [(f"{prefix}/m/s", json.dumps({"ts": ts_ms(), "value": i}).encode(), 1)
+                            for i in range(300)])
+        subs = ingest.wait_for(300)
+        assert sorted(s.result.points[0].fields["value"] for s in subs) == [float(i) for i in range(300)]
+    ingest.close()
+
+
+def test_mqtt5_connect_properties() -> None:
+    cfg = config.MqttSource(name="p", protocol="5", client_id="gw", subscribe=[{"topic": "a/{equipment}/{signal}"}])
+    opts = _connect_options(cfg, persistent=True)
+    assert opts["clean_start"] is False
+    assert opts["properties"].SessionExpiryInterval == SESSION_EXPIRY_S
+    assert opts["properties"].ReceiveMaximum == RECEIVE_MAXIMUM
+    assert _connect_options(cfg.model_copy(update={"protocol": "3.1.1"}), persistent=True) == {}
+
+
+# --- manual ack: crash safety ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unacknowledged_messages_come_again_acknowledged_ones_do_not(
+    mosquitto: MosquittoServer, prefix: str, protocol: str
+) -> None:
+    cfg = source_config(mosquitto, prefix, protocol=protocol)
+    sent = [(f"{prefix}/loom-{i}/speed", json.dumps({"ts": ts_ms(), "value": i}).encode(), 1) for i in range(5)]
+
+    # 1. the spool never commits: nothing is acknowledged
+    never = RecordingIngest(ack=False)
+    with running(make_source(cfg, never), stop_timeout=0.4):
+        publish(mosquitto, sent)
+        assert sorted((s.topic, s.payload) for s in never.wait_for(5)) == sorted((t, p) for t, p, _ in sent)
+    # while the agent is away, more messages queue in its session
+    queued = [(f"{prefix}/loom-9/speed", json.dumps({"ts": ts_ms(), "value": 9}).encode(), 1)]
+    publish(mosquitto, queued)
+
+    # 2. the next start (same client id) gets all of them again, and acknowledges them
+    acking = RecordingIngest()
+    with running(make_source(cfg, acking)):
+        subs = acking.wait_for(6)
+        assert sorted((s.topic, s.payload) for s in subs) == sorted((t, p) for t, p, _ in sent + queued)
+        assert all(s.acked.wait(WAIT_S) for s in subs)
+
+    # 3. and the start after that gets nothing old: only what is new
+    fresh = RecordingIngest()
+    with running(make_source(cfg, fresh)):
+        publish(mosquitto, [(f"{prefix}/marker/speed", json.dumps({"ts": ts_ms(), "value": 0}).encode(), 1)])
+        fresh.wait_for(1)
+        time.sleep(0.1)
+        assert fresh.topics() == [f"{prefix}/marker/speed"]
+    for ingest in (never, acking, fresh):
+        ingest.close()
+
+
+_CHILD = r"""
+import json, logging, sys, time
+from adapters.mqtt import MqttSource
+from collector.mapping import Mapper
+from collector.metrics import AgentMetrics
+from schemas.config import EnterpriseConfig, MqttSource as SourceConfig
+
+cfg = SourceConfig.model_validate_json(sys.argv[1])
+enterprise = EnterpriseConfig.model_validate_json(sys.argv[2])
+
+class SpoolThatNeverCommits:
+    def submit(self, source, topic, payload, result, ack):
+        print("got", topic, flush=True)
+
+source = MqttSource(cfg, Mapper(enterprise, cfg.subscribe), SpoolThatNeverCommits(), AgentMetrics(),
+                    logging.getLogger("child"))
+source.start()
+while not source.subscribed:
+    time.sleep(0.01)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_agent_gets_its_unacknowledged_messages_after_restart(
+    mosquitto: MosquittoServer, prefix: str
+) -> None:
+    cfg = source_config(mosquitto, prefix)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, cfg.model_dump_json(), ENTERPRISE.model_dump_json()],
+        stdout=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line.strip()) for line in child.stdout or []], daemon=True)
+    reader.start()
+    try:
+        assert lines.get(timeout=WAIT_S) == "ready"
+        sent = [(f"{prefix}/press-{i}/force", json.dumps({"ts": ts_ms(), "value": i}).encode(), 1) for i in range(3)]
+        publish(mosquitto, sent)
+        assert sorted(lines.get(timeout=WAIT_S) for _ in sent) == sorted(f"got {t}" for t, _, _ in sent)
+    finally:
+        child.send_signal(signal.SIGKILL)  # no DISCONNECT, no cleanup: a power cut
+        child.wait(WAIT_S)
+    ingest = RecordingIngest()
+    with running(make_source(cfg, ingest)):
+        subs = ingest.wait_for(3)
+        assert sorted((s.topic, s.payload) for s in subs) == sorted((t, p) for t, p, _ in sent)
+        assert [p.fields["value"] for s in sorted(subs, key=lambda s: s.topic) for p in s.result.points] == [
+            0.0, 1.0, 2.0]
+    ingest.close()
+
+
+def test_a_late_ack_after_reconnect_is_not_sent_on_the_new_connection(mosquitto_private: MosquittoServer) -> None:
+    """An ack of the previous connection is dropped (the broker resends that message anyway, and
+    may have given its packet id to another one); the broker's own log shows what reached it."""
+    cfg = source_config(mosquitto_private, "late")
+    ingest = RecordingIngest(ack=False)
+    acks: list[Callable[[], None]] = []
+    real_submit = ingest.submit
+
+    def keep_ack(source_name: str, topic: str, payload: bytes, result: MapResult, ack: Any) -> None:
+        acks.append(ack)
+        real_submit(source_name, topic, payload, result, ack)
+
+    ingest.submit = keep_ack  # type: ignore[method-assign]
+    pubacks = f"Received PUBACK from {cfg.client_id}"
+    with running(make_source(cfg, ingest)) as source:
+        publish(mosquitto_private, [("late/a/b", json.dumps({"ts": ts_ms(), "value": 1}).encode(), 1)])
+        ingest.wait_for(1)
+        mosquitto_private.stop()
+        wait_until(lambda: not source.connected, "the source to notice the broker is gone")
+        mosquitto_private.start()
+        subs = ingest.wait_for(2)  # the persistent session resends the unacknowledged message
+        assert subs[0].payload == subs[1].payload
+        acks[0]()  # the first connection's ack, late
+        time.sleep(0.3)
+        assert mosquitto_private.log().count(pubacks) == 0
+        acks[1]()
+        wait_until(lambda: mosquitto_private.log().count(pubacks) == 1, "the current connection's PUBACK")
+    ingest.close()
+
+
+# --- reconnects ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_broker_restart_reconnects_and_resubscribes(
+    mosquitto_private: MosquittoServer, protocol: str, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'stop' (SIGTERM) saves the broker's sessions, 'kill' loses them; messages flow again either way."""
+    cfg = source_config(mosquitto_private, "rs", protocol=protocol)
+    ingest, metrics = RecordingIngest(), AgentMetrics()
+    source = make_source(cfg, ingest, metrics)
+    with caplog.at_level(logging.INFO, logger="test.mqtt"), running(source):
+        publish(mosquitto_private, [("rs/a/before", json.dumps({"ts": ts_ms(), "value": 1}).encode(), 1)])
+        ingest.wait_for(1)
+        getattr(mosquitto_private, how)()
+        wait_until(lambda: not source.connected, "the source to notice the broker is gone")
+        assert metrics.value("fmc_source_connected", {"source": "plant"}) == 0
+        time.sleep(0.3)  # a few failed attempts while the broker is down
+        mosquitto_private.start()
+        wait_until(lambda: source.subscribed, "reconnect and resubscribe")
+        assert metrics.value("fmc_source_connected", {"source": "plant"}) == 1
+        publish(mosquitto_private, [("rs/a/after", json.dumps({"ts": ts_ms(), "value": 2}).encode(), 1)])
+        subs = ingest.wait_for(2)
+        assert [s.topic for s in subs] == ["rs/a/before", "rs/a/after"]
+        assert subs[1].acked.wait(WAIT_S)
+    text = caplog.text
+    assert "lost the connection" in text
+    assert "connection refused" in text  # the attempts while it was down, with the reason
+    assert ("resumed session" if how == "stop" else "new session") in text.split("lost the connection")[1]
+    ingest.close()
+
+
+def test_start_returns_at_once_and_retries_an_unreachable_broker(
+    mosquitto_private: MosquittoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = source_config(mosquitto_private, "late-broker")
+    mosquitto_private.stop()
+    ingest = RecordingIngest()
+    source = make_source(cfg, ingest)
+    with caplog.at_level(logging.WARNING, logger="test.mqtt"):
+        began = time.monotonic()
+        source.start()
+        assert time.monotonic() - began < 0.5
+        try:
+            wait_until(lambda: "connection refused" in caplog.text, "a logged failed attempt")
+            assert not source.connected
+            mosquitto_private.start()
+            wait_until(lambda: source.subscribed, "connect once the broker is up")
+        finally:
+            source.stop(1.0)
+    ingest.close()
+
+
+# --- credentials, check_mqtt ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def auth_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    server = MosquittoServer(tmp_path_factory.mktemp("auth"), users={"fmc": "s3cret-pw"})
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_check_mqtt_with_right_and_wrong_credentials(auth_broker: MosquittoServer, protocol: str) -> None:
+    def cfg(**kw: Any) -> config.MqttSource:
+        return source_config(auth_broker, "auth", protocol=protocol, **kw)
+
+    ok = await check_mqtt(cfg(username="fmc", password="s3cret-pw"), timeout=3)
+    assert ok.ok, ok.detail
+    assert ok.name == "mqtt:plant" and "1 subscription(s) accepted" in ok.detail
+    for wrong in (cfg(username="fmc", password="wrong-pw"), cfg(username="nobody", password="x"), cfg()):
+        result = await check_mqtt(wrong, timeout=3)
+        assert not result.ok
+        assert "refused the connection" in result.detail
+        assert "not authorised" in result.detail or "bad username or password" in result.detail, result.detail
+        assert "wrong-pw" not in result.detail
+
+
+def test_source_with_credentials(auth_broker: MosquittoServer, caplog: pytest.LogCaptureFixture) -> None:
+    ingest = RecordingIngest()
+    good = make_source(source_config(auth_broker, "cred", username="fmc", password="s3cret-pw"), ingest)
+    with running(good):
+        publish(auth_broker, [("cred/a/b", b'{"value": 1, "ts": %d}' % ts_ms(), 1)],
+                username="fmc", password="s3cret-pw")
+        assert ingest.wait_for(1)[0].result.points[0].fields["value"] == 1.0
+    bad = make_source(source_config(auth_broker, "cred2", username="fmc", password="wrong-pw"), ingest)
+    with caplog.at_level(logging.INFO, logger="test.mqtt"):
+        bad.start()
+        try:
+            wait_until(lambda: "refused the connection" in caplog.text, "the refusal in the log")
+            assert not bad.connected
+        finally:
+            bad.stop(1.0)
+    assert "not authorised" in caplog.text
+    assert "wrong-pw" not in caplog.text and "s3cret" not in caplog.text
+    ingest.close()
+
+
+async def test_check_mqtt_unreachable_and_silent_ports() -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    cfg = config.MqttSource(name="x", host="127.0.0.1", port=port, clean_session=True,
+                            subscribe=[{"topic": "a/{equipment}/{signal}"}])
+    result = await check_mqtt(cfg, timeout=2)
+    assert not result.ok and "connection refused" in result.detail and str(port) in result.detail
+
+    dns = await check_mqtt(cfg.model_copy(update={"host": "no-such-broker.invalid"}), timeout=2)
+    assert not dns.ok and "cannot resolve the host name 'no-such-broker.invalid'" in dns.detail
+
+    with socket.socket() as silent:  # accepts TCP (the kernel does), never speaks MQTT
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        began = time.monotonic()
+        result = await check_mqtt(cfg.model_copy(update={"port": silent.getsockname()[1]}), timeout=0.5)
+        assert time.monotonic() - began < 3
+    assert not result.ok and "no CONNACK" in result.detail
+
+
+class SubscriptionRefusingBroker:
+    """Accepts the connection and refuses every subscription (SUBACK 0x80), as a broker whose ACL
+    forbids a filter does. mosquitto 2.0 grants such subscriptions and filters silently, so this
+    tiny MQTT 3.1.1 responder stands in for brokers that answer 0x80."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = self.sock.accept()
+            with conn:
+                while True:
+                    kind, body = self._read_packet(conn)
+                    if kind == 0x10:  # CONNECT
+                        conn.sendall(b"\x20\x02\x00\x00")
+                    elif kind == 0x82:  # SUBSCRIBE: packet id, then (length, filter, qos) entries
+                        count, pos = 0, 2
+                        while pos < len(body):
+                            pos += 2 + int.from_bytes(body[pos : pos + 2], "big") + 1
+                            count += 1
+                        conn.sendall(bytes([0x90, 2 + count]) + body[:2] + b"\x80" * count)
+                    elif kind == 0xC0:  # PINGREQ
+                        conn.sendall(b"\xd0\x00")
+                    elif kind in (0xE0, None):
+                        return
+
+    @staticmethod
+    def _read_packet(conn: socket.socket) -> tuple[int | None, bytes]:
+        head = conn.recv(1)
+        if not head:
+            return None, b""
+        length, shift = 0, 0
+        while True:
+            byte = conn.recv(1)[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        body = b""
+        while len(body) < length:
+            chunk = conn.recv(length - len(body))
+            if not chunk:
+                return None, b""
+            body += chunk
+        return head[0], body
+
+
+async def test_check_mqtt_reports_refused_subscriptions() -> None:
+    broker = SubscriptionRefusingBroker()
+    cfg = config.MqttSource(
+        name="acl", port=broker.port, clean_session=True,
+        subscribe=[{"topic": "secret/{equipment}/{signal}"}, {"topic": "other/#", "signal": "x", "equipment": "y"}],
+    )
+    result = await check_mqtt(cfg, timeout=3)
+    assert not result.ok
+    assert "refused 2 subscription(s)" in result.detail
+    assert "'secret/+/+'" in result.detail and "'other/#'" in result.detail
+    broker.sock.close()
+
+
+# --- TLS --------------------------------------------------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MosquittoServer, Path]]:
+    """A broker with a TLS listener, its certificate signed by a CA made here for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make test certificates: install Debian's `openssl` package")
+    d = tmp_path_factory.mktemp("tls")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fmc test CA",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             cwd=d)
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    server = MosquittoServer(d / "broker", f"cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key")
+    yield server, d
+    server.stop()
+
+
+async def test_tls_check_and_messages(tls_broker: tuple[MosquittoServer, Path]) -> None:
+    server, d = tls_broker
+    good = source_config(server, "tls", tls={"ca_file": d / "ca.pem"})
+    result = await check_mqtt(good, timeout=3)
+    assert result.ok and "TLS" in result.detail, result.detail
+
+    untrusted = await check_mqtt(source_config(server, "tls", tls={}), timeout=3)  # system CAs only
+    assert not untrusted.ok and "not trusted" in untrusted.detail and "ca_file" in untrusted.detail
+
+    insecure = await check_mqtt(source_config(server, "tls", tls={"insecure_skip_verify": True}), timeout=3)
+    assert insecure.ok, insecure.detail
+
+    plain = await check_mqtt(source_config(server, "tls"), timeout=1)  # TLS port, no [mqtt.tls]
+    assert not plain.ok and "[mqtt.tls]" in plain.detail, plain.detail
+
+    missing = await check_mqtt(source_config(server, "tls", tls={"ca_file": d / "nope.pem"}), timeout=1)
+    assert not missing.ok and "TLS settings" in missing.detail
+
+
+def test_tls_source_receives(tls_broker: tuple[MosquittoServer, Path]) -> None:
+    server, d = tls_broker
+    ingest = RecordingIngest()
+    with running(make_source(source_config(server, "tls", tls={"ca_file": d / "ca.pem"}), ingest)):
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311)
+        client.tls_set_context(ssl.create_default_context(cafile=str(d / "ca.pem")))
+        client.connect(server.host, server.port)
+        client.loop_start()
+        client.publish("tls/a/b", b'{"value": 3, "ts": %d}' % ts_ms(), 1).wait_for_publish(WAIT_S)
+        client.disconnect()
+        client.loop_stop()
+        assert ingest.wait_for(1)[0].result.points[0].fields["value"] == 3.0
+    ingest.close()
+
+
+# --- bad input through the real broker ---------------------------------------------------------------------
+
+
+def test_bad_input_is_rejected_with_a_reason_and_the_source_keeps_running(
+    mosquitto: MosquittoServer, prefix: str
+) -> None:
+    cfg = source_config(
+        mosquitto, prefix, max_payload_bytes=1024,
+        subscribe=[
+            {"topic": f"{prefix}/num/{{meter}}", "kind": "meter", "carrier": "water_intake", "payload": "number"},
+            {"topic": f"{prefix}/{{equipment}}/{{signal}}"},
+        ],
+    )
+    ingest = RecordingIngest()
+    p = prefix
+    cases: list[tuple[str, bytes, list[str]]] = [
+        (f"{p}/loom-1/speed", b'{"value": ', ["payload_not_json"]),
+        (f"{p}/loom-1/speed", b'{"value": "fast"}', ["value_wrong_type"]),
+        (f"{p}/loom-1/speed", b'{"value": NaN}', ["value_not_finite"]),
+        (f"{p}/loom-1/speed", b'{"value": 1, "pad": "' + b"x" * 2000 + b'"}', ["payload_too_large"]),
+        (f"{p}/loom-1/speed", b"\xff\xfe{}", ["payload_not_utf8"]),
+        (f"{p}/loom-1/speed", b'{"speed": 1}', ["value_path_missing"]),
+        (f"{p}/num/m1", b"12,5", ["payload_not_number"]),
+        (f"{p}/num/m1", b"inf", ["value_not_finite"]),
+        (f"{p}/back\\slash/speed", b'{"value": 1}', ["name_backslash"]),
+        # writable names: carried exactly
+        (f"{p}/loom 1/spindle speed", b'{"value": 1}', []),
+        (f'{p}/a,b=c/"quoted"', b'{"value": 2}', []),
+        (f"{p}/织机-07/转速", b'{"value": 3}', []),
+        (f"{p}/loom-1/speed", b'{"value": 4}', []),
+    ]
+    with running(make_source(cfg, ingest)) as source:
+        publish(mosquitto, [(topic, payload, 1) for topic, payload, _ in cases])
+        subs = ingest.wait_for(len(cases))
+        assert [(s.topic, s.payload) for s in subs] == [(t, pl) for t, pl, _ in cases]  # QoS 1 keeps order
+        for sub, (topic, _, want) in zip(subs, cases, strict=True):
+            assert sub.reasons() == want, (topic, sub.result.rejections)
+            if not want:
+                (point,) = sub.result.points
+                equipment, signal_name = topic.split("/")[1:]
+                assert point.tags["equipment"] == equipment and point.tags["signal"] == signal_name
+                back = lineprotocol.parse(lineprotocol.encode(point))
+                assert (back.tags, back.fields) == (point.tags, point.fields)
+        # rejected messages are acknowledged too: they will never become valid by being resent
+        assert all(s.acked.wait(WAIT_S) for s in subs)
+        assert Counter(r for s in subs for r in s.reasons())["payload_too_large"] == 1
+
+        # A topic with a control character: mosquitto drops such a publisher; whatever a broker
+        # lets through must be rejected, never written. The source carries on either way.
+        with contextlib.suppress(Exception):
+            publish(mosquitto, [(f"{p}/bad\nname/speed", b'{"value": 1}', 1)], wait_s=0.5)
+        publish(mosquitto, [(f"{p}/after/speed", b'{"value": 5}', 1)])
+        wait_until(lambda: ingest.topics()[-1] == f"{p}/after/speed", "the message after the bad one")
+        for sub in ingest.submissions[len(cases):-1]:
+            assert sub.result.points == [] and sub.reasons() == ["name_control_char"]
+        assert source.connected
+
+
+def test_config_changes_with_a_persistent_session(mosquitto: MosquittoServer, prefix: str) -> None:
+    """The broker resumes the session (session present) with the *previous* config's filters:
+    a new subscription works only because fmc subscribes on every connect, and a removed one
+    (fmc never unsubscribes: it does not know it) is rejected as topic_unmatched and acknowledged."""
+    keep = {"topic": f"{prefix}/{{equipment}}/{{signal}}"}
+    old = source_config(mosquitto, prefix, subscribe=[keep, {"topic": f"{prefix}-old/{{equipment}}/{{signal}}"}])
+    ingest = RecordingIngest()
+    with running(make_source(old, ingest)):
+        pass
+    new = source_config(mosquitto, prefix, subscribe=[keep, {"topic": f"{prefix}-new/{{equipment}}/{{signal}}"}])
+    with running(make_source(new, ingest)):
+        publish(mosquitto, [(f"{prefix}-old/a/b", b'{"value": 1}', 1), (f"{prefix}/a/b", b'{"value": 2}', 1),
+                            (f"{prefix}-new/a/b", b'{"value": 3}', 1)])
+        removed, kept, added = ingest.wait_for(3)
+        assert removed.reasons() == ["topic_unmatched"] and removed.acked.wait(WAIT_S)
+        assert kept.result.points[0].fields["value"] == 2.0
+        assert added.result.points[0].fields["value"] == 3.0
+    ingest.close()
+
+
+def test_an_ingest_error_leaves_the_message_unacknowledged_and_the_source_running(
+    mosquitto: MosquittoServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ingest = RecordingIngest(fail_first=1)
+    cfg = source_config(mosquitto, prefix)
+    with caplog.at_level(logging.ERROR, logger="test.mqtt"), running(make_source(cfg, ingest)) as source:
+        publish(mosquitto, [(f"{prefix}/a/b", b'{"value": 1}', 1), (f"{prefix}/a/c", b'{"value": 2}', 1)])
+        (sub,) = ingest.wait_for(1)
+        assert sub.topic == f"{prefix}/a/c" and sub.acked.wait(WAIT_S)
+        assert source.connected and source._unacked == 0
+    assert "did not take a message" in caplog.text
+    # the one that failed was never acknowledged: the next start gets it again
+    again = RecordingIngest()
+    with running(make_source(cfg, again)):
+        assert again.wait_for(1)[0].topic == f"{prefix}/a/b"
+    ingest.close()
+    again.close()
