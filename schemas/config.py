@@ -173,9 +173,20 @@ class Subscription(_Model):
             wanted = {"meter": self.meter, "carrier": self.carrier}
             if self.values is not None:
                 raise ValueError("'values' (several signals per message) is for kind = 'signal' only")
+        if self.values is not None:
+            for signal_name in self.values:
+                if not re.fullmatch(NAME_PATTERN, signal_name):
+                    raise ValueError(f"values: signal name {signal_name!r} has a control character or backslash")
         for key, template in wanted.items():
             if template is None:
                 continue
+            if not re.fullmatch(NAME_PATTERN, TEMPLATE_FIELD.sub("x", template)):
+                raise ValueError(
+                    f"{key} = {template!r}: names become tags in the store and may not hold control "
+                    "characters or backslashes, nor be longer than 128 characters"
+                )
+            if key == "carrier" and not TEMPLATE_FIELD.search(template) and template not in CARRIERS:
+                raise ValueError(f"carrier = {template!r} is not one of: {', '.join(CARRIERS)}")
             for name in TEMPLATE_FIELD.findall(template):
                 if name not in captured:
                     raise ValueError(

@@ -143,3 +143,18 @@ def test_sizes(text, expected):
 def test_bad_sizes(text):
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('kind = "meter"\n  carrier = "plutonium"\n  meter = "main"', "not one of"),
+        ('equipment = "loom\\\\{equipment}"', "backslash"),
+        ('values = { "a\\nb" = "x" }', "control character"),
+    ],
+)
+def test_fixed_names_are_checked_at_start(tmp_path, line, words):
+    text = GOOD.replace('topic = "plant/{equipment}/{signal}"', f'topic = "plant/{{equipment}}/{{signal}}"\n  {line}')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert "mqtt[0].subscribe[0]" in info.value.render() and words in info.value.render()

@@ -1,0 +1,192 @@
+"""The edge agent runtime: sources → ingest (group commit) → spool → drain loop → sink."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from adapters.embedded import EmbeddedSink
+from adapters.influxdb import InfluxDBSink
+from adapters.mqtt import MqttSource
+
+from collector.backoff import backoff_delay
+from collector.ingest import Ingest
+from collector.mapping import Mapper
+from collector.metrics import AgentMetrics
+from collector.sink import Sink, SinkUnavailable
+from collector.spool import Spool
+from schemas.config import AgentConfig
+from schemas.config import EmbeddedSink as EmbeddedSinkConfig
+from schemas.config import InfluxDBSink as InfluxDBSinkConfig
+
+GAUGE_INTERVAL_S = 1.0
+IDLE_POLL_S = 0.05
+
+
+def make_sink(cfg: AgentConfig) -> Sink:
+    if isinstance(cfg.sink, InfluxDBSinkConfig):
+        return InfluxDBSink(cfg.sink)
+    if isinstance(cfg.sink, EmbeddedSinkConfig):
+        return EmbeddedSink(cfg.sink)
+    raise TypeError(f"unknown sink {cfg.sink!r}")
+
+
+def sink_batching(cfg: AgentConfig) -> tuple[int, float, float, float]:
+    """(batch size, max age s, retry min s, retry max s) for the configured sink."""
+    if isinstance(cfg.sink, InfluxDBSinkConfig):
+        s = cfg.sink
+        return s.batch_size, s.batch_max_age_s, s.retry_min_s, s.retry_max_s
+    return 5000, 0.5, 0.5, 30.0
+
+
+class Agent:
+    """One agent per gateway. ``run(stop)`` until ``stop`` is set; then flush and return."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        *,
+        logger: logging.Logger | None = None,
+        metrics: AgentMetrics | None = None,
+        shutdown_flush_s: float = 10.0,
+    ) -> None:
+        self.cfg = cfg
+        self.log = logger or logging.getLogger("fmc")
+        self.metrics = metrics or AgentMetrics()
+        self.shutdown_flush_s = shutdown_flush_s
+        self.spool: Spool | None = None
+        self.sources: list[MqttSource] = []
+        self._metrics_server: Any = None
+        self._last_sink_error_log = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        cfg = self.cfg
+        self.spool = spool = Spool(
+            cfg.spool.path,
+            max_bytes=cfg.spool.max_bytes,
+            synchronous=cfg.spool.synchronous,
+            rejected_keep=cfg.spool.rejected_keep,
+        )
+        ingest = Ingest(
+            spool,
+            self.metrics,
+            max_series=cfg.limits.max_series,
+            commit_interval_ms=cfg.spool.commit_interval_ms,
+            logger=self.log.getChild("ingest"),
+        )
+        sink = make_sink(cfg)
+        self._start_metrics_server()
+        stats = spool.stats()
+        self.log.info(
+            "agent starting: enterprise=%s sources=%d sink=%s spool=%s (%d points waiting)",
+            cfg.enterprise.id, len(cfg.mqtt), cfg.sink.type, cfg.spool.path, stats.depth,
+        )
+        ingest.start()
+        draining = asyncio.Event()  # set when the drain loop should stop at the next chance
+        drain = asyncio.create_task(self._drain(spool, sink, draining), name="fmc-drain")
+        gauges = asyncio.create_task(self._update_gauges(spool), name="fmc-gauges")
+        try:
+            for m in cfg.mqtt:
+                mapper = Mapper(cfg.enterprise, m.subscribe, max_payload_bytes=m.max_payload_bytes)
+                source = MqttSource(m, mapper, ingest, self.metrics, self.log.getChild(f"mqtt.{m.name}"))
+                self.sources.append(source)
+                source.start()
+            await stop.wait()
+            self.log.info("agent stopping: flushing")
+        finally:
+            for source in self.sources:
+                await asyncio.to_thread(source.stop)
+            await asyncio.to_thread(ingest.stop)
+            # give the drain loop a bounded time to empty the spool; what is left stays on disk
+            deadline = time.monotonic() + self.shutdown_flush_s
+            while time.monotonic() < deadline and not drain.done():
+                if (await asyncio.to_thread(spool.stats)).depth == 0:
+                    break
+                await asyncio.sleep(IDLE_POLL_S)
+            draining.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(drain, timeout=max(5.0, sink_batching(cfg)[0] / 1000))
+            gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauges
+            await sink.aclose()
+            left = spool.stats().depth
+            spool.close()
+            self._stop_metrics_server()
+            self.log.info("agent stopped: %d points left in the spool for the next start", left)
+
+    async def _drain(self, spool: Spool, sink: Sink, draining: asyncio.Event) -> None:
+        batch_size, max_age_s, retry_min, retry_max = sink_batching(self.cfg)
+        attempt = 0
+        while not draining.is_set():
+            batch = await asyncio.to_thread(spool.read_batch, batch_size)
+            if not batch.ids:
+                await _sleep_unless(draining, IDLE_POLL_S)
+                continue
+            if len(batch.ids) < batch_size and not draining.is_set():
+                age = time.time() - batch.enqueued_ms[0] / 1000.0
+                if age < max_age_s:
+                    # wait for a fuller batch, but never hold a point longer than max_age_s
+                    await _sleep_unless(draining, min(max_age_s - age, IDLE_POLL_S * 2))
+                    continue
+            try:
+                outcome = await sink.write(batch.lines)
+            except SinkUnavailable as e:
+                self.metrics.sink_errors.labels(sink.name, _error_label(e)).inc()
+                delay = max(e.retry_after or 0.0, backoff_delay(attempt, retry_min, retry_max))
+                attempt += 1
+                self._log_sink_error(e, delay)
+                await _sleep_unless(draining, delay)
+                continue
+            attempt = 0
+            refused = [(r.index, r.reason, r.status) for r in outcome.refused]
+            await asyncio.to_thread(spool.complete, batch, refused)
+            self.metrics.written.labels(sink.name).inc(len(batch.ids) - len(refused))
+            if refused:
+                self.metrics.dead_lettered.labels(sink.name).inc(len(refused))
+                self.log.warning(
+                    "store refused %d point(s) for good; kept in the dead-letter table "
+                    "(fmc spool show -c … --dead-letters): %s", len(refused), refused[0][1],
+                )
+
+    def _log_sink_error(self, e: SinkUnavailable, delay: float) -> None:
+        now = time.monotonic()
+        if now - self._last_sink_error_log >= 30.0:  # one line per 30 s, not one per retry
+            self._last_sink_error_log = now
+            self.log.warning("store unavailable (%s); points stay in the spool; retrying in %.1fs", e.reason, delay)
+
+    async def _update_gauges(self, spool: Spool) -> None:
+        while True:
+            stats = await asyncio.to_thread(spool.stats)
+            self.metrics.spool_depth.set(stats.depth)
+            self.metrics.spool_bytes.set(stats.bytes)
+            oldest = stats.oldest_enqueued_ms
+            self.metrics.oldest_age.set(0.0 if oldest is None else max(0.0, time.time() - oldest / 1000))
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+
+    def _start_metrics_server(self) -> None:
+        if not self.cfg.metrics.enabled:
+            return
+        from prometheus_client import start_http_server
+
+        host, port = self.cfg.metrics.host_port()
+        self._metrics_server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+        self.log.info("metrics on http://%s/metrics", self.cfg.metrics.listen)
+
+    def _stop_metrics_server(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+
+
+def _error_label(e: SinkUnavailable) -> str:
+    return f"http_{e.status}" if e.status else "unreachable"
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=seconds)

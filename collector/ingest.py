@@ -1,0 +1,212 @@
+"""Group commit: points from every source go through one writer thread into the spool.
+
+Sources call ``submit`` from their own threads (paho's network thread, an asyncio loop). The
+writer thread encodes the points, commits a whole group in one SQLite transaction (one fsync
+for hundreds of messages instead of one each) and only then calls each message's ``ack``, so
+an MQTT QoS 1 message is acknowledged to the broker only once its points are on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from collector.lineprotocol import LineProtocolError, encode, encode_series
+from collector.mapping import MapResult, Rejection
+from collector.metrics import AgentMetrics
+from collector.spool import RejectionRecord, Spool
+from schemas.points import Point, Priority
+
+MAX_GROUP_POINTS = 5000
+PAYLOAD_EXCERPT_BYTES = 512
+
+
+@dataclass(slots=True)
+class _Submission:
+    source: str
+    topic: str
+    payload: bytes
+    points: Sequence[Point]
+    rejections: Sequence[Rejection]
+    ack: Callable[[], None] | None
+
+
+class Ingest:
+    def __init__(
+        self,
+        spool: Spool,
+        metrics: AgentMetrics,
+        *,
+        max_series: int,
+        commit_interval_ms: int = 20,
+        queue_max: int = 5_000,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._spool = spool
+        self._metrics = metrics
+        self._max_series = max_series
+        self._interval = commit_interval_ms / 1000.0
+        # bounded: when the disk is slower than the sources, submit() blocks and the broker
+        # holds the messages (TCP backpressure) instead of this process growing without limit
+        self._queue: queue.Queue[_Submission | None] = queue.Queue(maxsize=queue_max)
+        self._series: set[str] = set()  # encoded series keys seen, for limits.max_series
+        self._log = logger or logging.getLogger("fmc.ingest")
+        self._thread = threading.Thread(target=self._run, name="fmc-ingest", daemon=True)
+        self._stopped = threading.Event()
+        self.commits = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(
+        self,
+        source: str,
+        topic: str,
+        payload: bytes,
+        result: MapResult,
+        ack: Callable[[], None] | None,
+    ) -> None:
+        """Queue a mapped message; ``ack`` runs after its points are committed."""
+        self._queue.put(_Submission(source, topic, payload, result.points, result.rejections, ack))
+
+    def submit_points(self, source: str, points: Sequence[Point]) -> None:
+        """Points made inside the agent (state changes, rollups): committed like any message."""
+        self._queue.put(_Submission(source, "", b"", points, (), None))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Commit everything queued, then end the writer thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self._stopped.set()
+
+    # --- writer thread ---------------------------------------------------------------------
+
+    def _collect(self, first: _Submission) -> tuple[list[_Submission], bool]:
+        group, count, stop = [first], len(first.points), False
+        deadline = time.monotonic() + self._interval
+        while count < MAX_GROUP_POINTS:
+            try:
+                remaining = deadline - time.monotonic()
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                stop = True
+                break
+            group.append(item)
+            count += len(item.points)
+        return group, stop
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            group, stop = self._collect(first)
+            self._commit(group)
+        # drain what arrived after the stop marker (sources are stopped before us)
+        rest: list[_Submission] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                rest.append(item)
+        if rest:
+            self._commit(rest)
+
+    def _commit(self, group: list[_Submission]) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        items: list[tuple[str, Priority]] = []
+        records: list[RejectionRecord] = []
+        accepted_by_source: dict[str, int] = {}
+        rejected: list[tuple[str, str]] = []
+        for sub in group:
+            for rej in sub.rejections:
+                rejected.append((sub.source, rej.reason))
+                records.append(self._record(now_ms, sub, rej.reason, rej.detail))
+            for point in sub.points:
+                try:
+                    if point.series is None:
+                        point.series = encode_series(point.measurement, point.tags)
+                    line = encode(point)
+                except LineProtocolError as e:
+                    rejected.append((sub.source, e.reason))
+                    records.append(self._record(now_ms, sub, e.reason, e.detail))
+                    continue
+                key = point.series
+                if key not in self._series:
+                    if len(self._series) >= self._max_series:
+                        rejected.append((sub.source, "series_limit"))
+                        records.append(
+                            self._record(now_ms, sub, "series_limit", f"more than {self._max_series} series")
+                        )
+                        continue
+                    self._series.add(key)
+                items.append((line, point.priority))
+                accepted_by_source[sub.source] = accepted_by_source.get(sub.source, 0) + 1
+        drops = self._append_until_committed(items, records)
+        self.commits += 1
+        for source, n in accepted_by_source.items():
+            self._metrics.accepted.labels(source).inc(n)
+        self._metrics.spooled.inc(len(items))
+        for source, reason in rejected:
+            self._metrics.rejected.labels(source, reason).inc()
+        for priority, n in drops.items():
+            self._metrics.dropped.labels(priority).inc(n)
+        self._ack(group)
+
+    def _ack(self, group: list[_Submission]) -> None:
+        # A source that can acknowledge a whole group at once (one write to the broker instead of
+        # one per message) marks its acks with ``owner.ack_many``; other acks are called singly.
+        by_owner: dict[int, tuple[Any, list[Any]]] = {}
+        for sub in group:
+            ack = sub.ack
+            if ack is None:
+                continue
+            owner = getattr(ack, "owner", None)
+            if owner is not None and hasattr(owner, "ack_many"):
+                by_owner.setdefault(id(owner), (owner, []))[1].append(ack)
+                continue
+            try:
+                ack()
+            except Exception:  # a lost connection: the broker redelivers, the store dedupes
+                self._log.debug("ack failed for a message on %s", sub.topic, exc_info=True)
+        for owner, acks in by_owner.values():
+            try:
+                owner.ack_many(acks)
+            except Exception:
+                self._log.debug("acks failed for %d message(s)", len(acks), exc_info=True)
+
+    def _append_until_committed(
+        self, items: list[tuple[str, Priority]], records: list[RejectionRecord]
+    ) -> dict[str, int]:
+        # Nothing is acknowledged before it is on disk: when the spool cannot commit (disk full,
+        # I/O error), keep the group and try again; the queue fills and sources slow down.
+        delay = 0.1
+        while True:
+            try:
+                return self._spool.append(items, records)
+            except Exception as e:
+                self._log.error("spool commit failed, retrying in %.1fs: %s", delay, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    @staticmethod
+    def _record(now_ms: int, sub: _Submission, reason: str, detail: str) -> RejectionRecord:
+        return RejectionRecord(
+            at_ms=now_ms,
+            source=sub.source,
+            topic=sub.topic,
+            reason=reason,
+            detail=detail[:500],
+            payload_excerpt=bytes(sub.payload[:PAYLOAD_EXCERPT_BYTES]),
+        )
