@@ -11,7 +11,6 @@ from typing import Any
 from adapters.embedded import EmbeddedSink
 from adapters.influxdb import InfluxDBSink
 from adapters.mqtt import MqttSource
-
 from collector.backoff import backoff_delay
 from collector.ingest import Ingest
 from collector.mapping import Mapper
