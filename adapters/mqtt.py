@@ -310,26 +310,28 @@ class MqttSource:
         each; MQTT 5 allows the same short form for reason Success) go as one queue entry. MQTT
         wants PUBACKs in the order the PUBLISHes came, which a group keeps.
         """
-        mids: list[int] = []
+        fresh = [a for a in acks if not a.done]
+        for a in fresh:
+            a.done = True  # only the ingest's writer thread acks, so this needs no lock
+        if not fresh:
+            return
+        # Build the packets before taking the lock: on_message waits on the same lock, and a
+        # group can hold thousands of acks.
+        generation = fresh[-1].generation
+        mids = [a.mid for a in fresh if a.generation == generation and a.qos == 1]
+        queue_packet = getattr(self._client, "_packet_queue", None)
+        packets = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids) if queue_packet and len(mids) > 1 else b""
         with self._lock:
-            for a in acks:
-                if a.done:
-                    continue
-                a.done = True
-                self._unacked -= 1
-                if self._link_up and a.generation == self._generation and a.qos == 1:
-                    mids.append(a.mid)
+            self._unacked -= len(fresh)
             if self._unacked == 0:
                 self._acks_done.notify_all()
-            if not mids:
+            if not mids or not self._link_up or generation != self._generation:
                 return
-            queue_packet = getattr(self._client, "_packet_queue", None)
-            if queue_packet is None or len(mids) == 1:  # paho without that internal: one by one
+            if packets:
+                queue_packet(mqtt.PUBACK, packets, 0, 0)
+            else:  # one message, or a paho without that internal: one by one
                 for mid in mids:
                     self._client.ack(mid, 1)
-                return
-            packets = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids)
-            queue_packet(mqtt.PUBACK, packets, 0, 0)
 
     # --- paho callbacks (network thread) ---------------------------------------------------------
 

@@ -81,10 +81,6 @@ def _run(cfg: AgentConfig) -> int:
 
     log = setup_logging(cfg.log)
     agent = Agent(cfg, logger=log)
-    # The MQTT network thread does many short socket reads; each time it gives up the GIL it may
-    # wait a whole switch interval (5 ms by default) behind the ingest or drain thread. A shorter
-    # interval keeps the network thread fed (measured with make bench).
-    sys.setswitchinterval(float(os.environ.get("FMC_SWITCH_INTERVAL", "0.0005")))
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -9,9 +9,9 @@ an MQTT QoS 1 message is acknowledged to the broker only once its points are on 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +51,16 @@ class Ingest:
         self._metrics = metrics
         self._max_series = max_series
         self._interval = commit_interval_ms / 1000.0
-        # bounded: when the disk is slower than the sources, submit() blocks and the broker
-        # holds the messages (TCP backpressure) instead of this process growing without limit
-        self._queue: queue.Queue[_Submission | None] = queue.Queue(maxsize=queue_max)
+        # A deque rather than queue.Queue: sources append without taking a lock the writer holds
+        # (under load, Queue's mutex made the MQTT thread wait on the writer at every message).
+        # Bounded: when the disk is slower than the sources, submit() waits and the broker holds
+        # the messages (TCP backpressure) instead of this process growing without limit.
+        self._pending: deque[_Submission] = deque()
+        self._queue_max = queue_max
+        self._has_work = threading.Event()
+        self._writer_waiting = False
+        self._room = threading.Condition()
+        self._stop_requested = False
         self._series: set[str] = set()  # encoded series keys seen, for limits.max_series
         self._log = logger or logging.getLogger("fmc.ingest")
         self._thread = threading.Thread(target=self._run, name="fmc-ingest", daemon=True)
@@ -72,56 +79,63 @@ class Ingest:
         ack: Callable[[], None] | None,
     ) -> None:
         """Queue a mapped message; ``ack`` runs after its points are committed."""
-        self._queue.put(_Submission(source, topic, payload, result.points, result.rejections, ack))
+        self._put(_Submission(source, topic, payload, result.points, result.rejections, ack))
 
     def submit_points(self, source: str, points: Sequence[Point]) -> None:
         """Points made inside the agent (state changes, rollups): committed like any message."""
-        self._queue.put(_Submission(source, "", b"", points, (), None))
+        self._put(_Submission(source, "", b"", points, (), None))
+
+    def _put(self, sub: _Submission) -> None:
+        if len(self._pending) >= self._queue_max:
+            with self._room:
+                while len(self._pending) >= self._queue_max and self._thread.is_alive():
+                    self._room.wait(0.05)
+        self._pending.append(sub)
+        if self._writer_waiting:  # set() only when the writer sleeps: an Event costs a lock
+            self._has_work.set()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Commit everything queued, then end the writer thread."""
+        self._stop_requested = True
+        self._has_work.set()
         if self._thread.is_alive():
-            self._queue.put(None)
             self._thread.join(timeout)
         self._stopped.set()
 
     # --- writer thread ---------------------------------------------------------------------
 
-    def _collect(self, first: _Submission) -> tuple[list[_Submission], bool]:
-        group, count, stop = [first], len(first.points), False
-        deadline = time.monotonic() + self._interval
-        while count < MAX_GROUP_POINTS:
-            try:
-                remaining = deadline - time.monotonic()
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                stop = True
-                break
-            group.append(item)
-            count += len(item.points)
-        return group, stop
+    def _wait_for_work(self) -> None:
+        self._writer_waiting = True
+        # checked again after announcing the wait: a submit() in between either sees the flag
+        # (and sets the event) or put its item where this check finds it
+        if not self._pending and not self._stop_requested:
+            self._has_work.wait(0.5)
+        self._writer_waiting = False
+        self._has_work.clear()
+
+    def _take_group(self) -> list[_Submission]:
+        group: list[_Submission] = []
+        count = 0
+        pending = self._pending
+        while pending and count < MAX_GROUP_POINTS:
+            sub = pending.popleft()
+            group.append(sub)
+            count += len(sub.points) or 1
+        with self._room:
+            self._room.notify_all()
+        return group
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._queue.get()
-            if first is None:
-                break
-            group, stop = self._collect(first)
-            self._commit(group)
-        # drain what arrived after the stop marker (sources are stopped before us)
-        rest: list[_Submission] = []
         while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                rest.append(item)
-        if rest:
-            self._commit(rest)
+            if not self._pending:
+                if self._stop_requested:
+                    return
+                self._wait_for_work()
+                continue
+            # gather a little longer when the first look finds few messages: one fsync for many
+            if len(self._pending) < MAX_GROUP_POINTS and self._interval > 0 and not self._stop_requested:
+                time.sleep(self._interval)
+            self._commit(self._take_group())
 
     def _commit(self, group: list[_Submission]) -> None:
         now_ms = time.time_ns() // 1_000_000
