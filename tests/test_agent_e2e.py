@@ -290,3 +290,38 @@ def test_fmc_check_reports_each_connection(tmp_path, mosquitto, influx_db):
     assert "FAIL" in lines["mqtt:plant"] and "FAIL" in lines["sink:influxdb"], out.stdout
     assert "no_such_db" in lines["sink:influxdb"]
     assert "2 check(s) failed" in out.stdout
+
+
+def test_json_logs_no_secrets_and_clean_sigint(tmp_path, mosquitto, agent_cleanup):
+    """Embedded store, JSON logs: every line is an object, the password never appears, SIGINT flushes."""
+    import os
+    import signal as signals
+
+    port = free_port()
+    cfg = agent_config(tmp_path, mqtt_port=mosquitto.port, metrics_port=port, client_id="e2e-json")
+    text = cfg.read_text().replace('level = "debug"', 'level = "debug"\nformat = "json"')
+    text = text.replace('reconnect_min_s = 0.2', 'reconnect_min_s = 0.2\nusername = "gw"\npassword = "${FMC_E2E_PW}"')
+    cfg.write_text(text)
+    os.environ["FMC_E2E_PW"] = "correct-horse-battery-staple"
+    try:
+        agent = AgentProcess(cfg, port).start()
+    finally:
+        del os.environ["FMC_E2E_PW"]
+    agent_cleanup.append(agent)
+    agent.wait_metric("fmc_source_connected", 1, source="plant")
+    publish_all(mosquitto.port, signal_messages(2, ["s"], 5))
+    agent.wait_metric("fmc_points_written_total", 10, sink="embedded")
+    agent.proc.send_signal(signals.SIGINT)
+    assert agent.proc.wait(30) == 0
+    lines = [line for line in agent.log_path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {"ts", "level", "logger", "msg"} <= set(records[0])
+    assert any("agent stopped" in r["msg"] for r in records)
+    assert "correct-horse" not in agent.log_path.read_text()
+    from adapters.embedded import EmbeddedStore
+
+    store = EmbeddedStore(tmp_path / "store.db")
+    try:
+        assert store.count("signal") == 10
+    finally:
+        store.close()
