@@ -127,7 +127,9 @@ class Agent:
                 continue
             if len(batch.ids) < batch_size and not draining.is_set():
                 age = time.time() - batch.enqueued_ms[0] / 1000.0
-                if age < max_age_s:
+                # a negative age means the wall clock was set back (NTP, RTC reset on a gateway):
+                # send now rather than hold points until the clock catches up
+                if 0 <= age < max_age_s:
                     # wait for a fuller batch, but never hold a point longer than max_age_s
                     await _sleep_unless(draining, min(max_age_s - age, IDLE_POLL_S * 2))
                     continue
