@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from adapters.embedded import EmbeddedSink
 from adapters.influxdb import InfluxDBSink
 from adapters.mqtt import MqttSource
 from collector.backoff import backoff_delay
-from collector.ingest import Ingest
+from collector.ingest import PLANT_STATE_KEY, Ingest
 from collector.mapping import Mapper
 from collector.metrics import AgentMetrics
+from collector.plant import PlantModel
+from collector.rollups import InventoryItem, Site
 from collector.sink import Sink, SinkUnavailable
 from collector.spool import Spool
 from schemas.config import AgentConfig
 from schemas.config import EmbeddedSink as EmbeddedSinkConfig
 from schemas.config import InfluxDBSink as InfluxDBSinkConfig
+from schemas.inventory import EquipmentItem
 
 GAUGE_INTERVAL_S = 1.0
 IDLE_POLL_S = 0.05
@@ -51,8 +56,12 @@ class Agent:
         logger: logging.Logger | None = None,
         metrics: AgentMetrics | None = None,
         shutdown_flush_s: float = 10.0,
+        inventory: Sequence[EquipmentItem] | None = None,
     ) -> None:
         self.cfg = cfg
+        # the equipment ledger: [[equipment]] plus the [inventory] csv (loaded by the caller, which
+        # reports a bad file as a configuration error)
+        self.inventory = list(inventory) if inventory is not None else list(cfg.equipment)
         self.log = logger or logging.getLogger("fmc")
         self.metrics = metrics or AgentMetrics()
         self.shutdown_flush_s = shutdown_flush_s
@@ -69,12 +78,14 @@ class Agent:
             synchronous=cfg.spool.synchronous,
             rejected_keep=cfg.spool.rejected_keep,
         )
+        self.plant = plant = self._plant_model(spool)
         ingest = Ingest(
             spool,
             self.metrics,
             max_series=cfg.limits.max_series,
             commit_interval_ms=cfg.spool.commit_interval_ms,
             logger=self.log.getChild("ingest"),
+            plant=plant,
         )
         sink = make_sink(cfg)
         self._start_metrics_server()
@@ -116,6 +127,27 @@ class Agent:
             spool.close()
             self._stop_metrics_server()
             self.log.info("agent stopped: %d points left in the spool for the next start", left)
+
+    def _plant_model(self, spool: Spool) -> PlantModel | None:
+        """States, meter intervals and daily rollups, when there is an inventory or a meter."""
+        cfg = self.cfg
+        if not (self.inventory or cfg.meter):
+            return None
+        items = [
+            InventoryItem(e.id, e.nc, e.asset_value, e.commissioned, e.decommissioned, e.in_scope, e.kind)
+            for e in self.inventory
+        ]
+        plant = PlantModel(Site.from_enterprise(cfg.enterprise), cfg, items, start_ns=time.time_ns())
+        saved = spool.state_get(PLANT_STATE_KEY)
+        if saved:
+            try:
+                plant.restore(json.loads(saved))
+                self.log.info("resumed the plant state saved in the spool (today's seconds are kept)")
+            except (ValueError, KeyError, TypeError) as e:
+                self.log.warning("could not resume the saved plant state (%s); starting afresh", e)
+        self.log.info("plant model: %d equipment in the inventory, %d meter(s), %d virtual",
+                      len(items), len(cfg.meter), len(cfg.virtual_meter))
+        return plant
 
     async def _drain(self, spool: Spool, sink: Sink, draining: asyncio.Event) -> None:
         batch_size, max_age_s, retry_min, retry_max = sink_batching(self.cfg)

@@ -11,7 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from collector.inventory import inventory_check_main, load_inventory
 from schemas.config import AgentConfig, ConfigError, load_config
+from schemas.inventory import EquipmentItem
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -36,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
     demo.add_argument("--workdir", type=Path, default=None, help="where the store and spool go")
 
+    inventory = sub.add_parser("inventory", help="check an equipment ledger CSV (设备台账) and summarise it")
+    inventory_sub = inventory.add_subparsers(dest="inventory_command", metavar="ACTION", required=True)
+    inventory_check = inventory_sub.add_parser("check", help="validate FILE; every bad row is named by line")
+    inventory_check.add_argument("file", help="CSV file, Chinese or English headers")
+
     spool = sub.add_parser("spool", help="inspect the agent's spool (works while the agent runs)")
     spool_sub = spool.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
     show = spool_sub.add_parser("show", help="depth, drops, dead letters and recent rejections")
@@ -59,9 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.command == "run":
-            return _run(load_config(args.config))
+            cfg = load_config(args.config)
+            return _run(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory))
         if args.command == "check":
-            return _check(load_config(args.config), args.timeout)
+            cfg = load_config(args.config)
+            return _check(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), args.timeout)
+        if args.command == "inventory":
+            return inventory_check_main(Path(args.file), sys.stdout)
         if args.command == "demo":
             return _demo(args.duration, args.workdir)
         if args.command == "spool":
@@ -75,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def _run(cfg: AgentConfig) -> int:
+def _run(cfg: AgentConfig, inventory: list[EquipmentItem]) -> int:
     from collector.agent import Agent
     from collector.logs import setup_logging
 
     log = setup_logging(cfg.log)
-    agent = Agent(cfg, logger=log)
+    agent = Agent(cfg, logger=log, inventory=inventory)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -98,7 +109,7 @@ def _run(cfg: AgentConfig) -> int:
     return EXIT_OK
 
 
-def _check(cfg: AgentConfig, timeout: float) -> int:
+def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> int:
     from adapters.mqtt import check_mqtt
     from collector.agent import make_sink
     from collector.sink import CheckResult
@@ -125,6 +136,9 @@ def _check(cfg: AgentConfig, timeout: float) -> int:
     width = max(len(r.name) for r in results)
     print(f"config ok: enterprise {cfg.enterprise.id} ({cfg.enterprise.name}), region {cfg.enterprise.region}, "
           f"industry {cfg.enterprise.industry}")
+    if inventory:
+        nc = sum(1 for e in inventory if e.nc)
+        print(f"inventory: {len(inventory)} equipment ({nc} NC), {len(cfg.meter)} meter(s)")
     for r in results:
         print(f"  {r.name.ljust(width)}  {'ok  ' if r.ok else 'FAIL'}  {r.detail}")
     failed = sum(not r.ok for r in results)

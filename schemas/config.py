@@ -15,8 +15,6 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -24,45 +22,16 @@ from pydantic import (
     model_validator,
 )
 
-# Names that become tag values in the store: bounded, printable, no line-protocol specials
-# beyond what the encoder escapes. Topic segments are checked again at run time.
-NAME_PATTERN = r"^[^\x00-\x1f\x7f\\]{1,128}$"
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-CARRIERS = (
-    "electricity",
-    "natural_gas",
-    "coal",
-    "diesel",
-    "gasoline",
-    "lpg",
-    "steam",
-    "heat",
-    "water_intake",
-    "water_reused",
-    "wastewater",
+from schemas.base import (
+    CARRIERS,
+    ID_PATTERN,
+    NAME_PATTERN,
+    TEMPLATE_FIELD,
+    ConfigError,
+    _Model,
 )
-
-
-class ConfigError(Exception):
-    """A configuration problem a user can fix: which file, which setting, what to do."""
-
-    def __init__(self, file: str | os.PathLike[str] | None, problems: list[tuple[str, str, str]]) -> None:
-        self.file = str(file) if file is not None else "<config>"
-        self.problems = problems  # (setting, what is wrong, how to fix)
-        super().__init__(self.render())
-
-    def render(self) -> str:
-        lines = [f"{self.file}: invalid configuration ({len(self.problems)} problem(s))"]
-        for setting, wrong, fix in self.problems:
-            lines.append(f"  - setting `{setting}`: {wrong}")
-            if fix:
-                lines.append(f"    fix: {fix}")
-        return "\n".join(lines)
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from schemas.inventory import EquipmentItem, InventoryConfig
+from schemas.plant import PlantSections, check_interval_alignment
 
 
 def parse_size(value: Any) -> int:
@@ -302,7 +271,10 @@ class LimitsConfig(_Model):
     max_series: int = Field(default=100_000, ge=1, description="new series beyond this are rejected")
 
 
-class AgentConfig(_Model):
+class AgentConfig(PlantSections):
+    """The whole agent file. The plant sections (`[plant]`, `[[equipment_class]]`, `[[meter]]`,
+    `[[virtual_meter]]`, `[coefficients]`) come from ``PlantSections``."""
+
     enterprise: EnterpriseConfig
     mqtt: list[MqttSource] = Field(default_factory=list)
     sink: SinkConfig
@@ -310,9 +282,12 @@ class AgentConfig(_Model):
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     limits: LimitsConfig = LimitsConfig()
+    equipment: list[EquipmentItem] = Field(default_factory=list)
+    inventory: InventoryConfig = InventoryConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> AgentConfig:
+        check_interval_alignment(self.plant.interval_minutes, self.enterprise.timezone)
         names = [m.name for m in self.mqtt]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -391,11 +366,15 @@ _FORM_BY_SETTING = {
 def _problems_from(err: ValidationError) -> list[tuple[str, str, str]]:
     problems = []
     for e in err.errors(include_url=False):
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p in ("influxdb", "embedded"))]
+        # a tagged union adds its tag to the location (sink.influxdb.url, rules[0].threshold.above)
+        tags = ("influxdb", "embedded", "threshold", "map", "builtin")
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p in tags)]
         # model-level validators report at the section; function-after wrappers add noise
         loc = [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
         msg = e["msg"].removeprefix("Value error, ")
         fix = _FIX_BY_TYPE.get(e["type"], "")
+        if e["type"].startswith("union_tag") and loc[:1] != ["sink"]:
+            fix = "use one of the types named"
         if e["type"] == "string_pattern_mismatch":
             last = next((p for p in reversed(loc) if isinstance(p, str)), "")
             msg = "has the wrong form"
@@ -444,4 +423,7 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     sink = cfg.sink
     if isinstance(sink, EmbeddedSink):
         sink = sink.model_copy(update={"path": rel(sink.path)})
-    return cfg.model_copy(update={"spool": spool, "sink": sink})
+    inventory = cfg.inventory
+    if inventory.csv is not None:
+        inventory = inventory.model_copy(update={"csv": rel(inventory.csv)})
+    return cfg.model_copy(update={"spool": spool, "sink": sink, "inventory": inventory})

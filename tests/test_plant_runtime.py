@@ -1,0 +1,167 @@
+"""The plant model wired into the ingest: raw points in, states and daily rollups committed with them,
+and the day's seconds kept across a restart (saved in the spool)."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, date, datetime, timedelta, timezone
+
+from collector.ingest import PLANT_STATE_KEY, Ingest
+from collector.lineprotocol import encode_series, parse
+from collector.metrics import AgentMetrics
+from collector.plant import PlantModel
+from collector.rollups import InventoryItem, Site
+from collector.spool import Spool
+from schemas.plant import PlantSections
+from schemas.points import Point, Priority
+
+CST = timezone(timedelta(hours=8))
+SITE = Site("e1", "330602", "17", "Asia/Shanghai")
+SECTIONS = PlantSections.model_validate({
+    "equipment_class": [{"name": "cnc", "rules": [
+        {"type": "threshold", "signal": "spindle_speed", "on_above": 100, "off_below": 50, "off_state": "idle"}]}],
+})
+INVENTORY = [
+    InventoryItem("m1", True, 100_000.0, kind="cnc"),
+    InventoryItem("m2", True, 50_000.0, kind="cnc"),
+    InventoryItem("m3", False, 20_000.0, kind="loom"),  # never connected: offline all day, still counted
+]
+# 2026-03-01 23:00 local = 15:00 UTC; the local day 2026-03-01 ends at 16:00 UTC
+T0 = int(datetime(2026, 3, 1, 23, 0, tzinfo=CST).timestamp()) * 10**9
+S = 10**9
+
+
+class Clock:
+    def __init__(self, ns: int) -> None:
+        self.ns = ns
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def signal(equipment: str, value: float, ts: int) -> Point:
+    tags = {"enterprise": "e1", "equipment": equipment, "signal": "spindle_speed"}
+    return Point("signal", tags, {"value": value, "quality": 0}, ts, Priority.RAW, encode_series("signal", tags))
+
+
+def committed(spool: Spool) -> list[Point]:
+    batch = spool.read_batch(100_000)
+    return [parse(line) for line in batch.lines]
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def make_ingest(spool: Spool, plant: PlantModel, clock: Clock) -> Ingest:
+    ingest = Ingest(spool, AgentMetrics(), max_series=1000, commit_interval_ms=0, plant=plant, clock=clock,
+                    snapshot_every_s=0.0)
+    ingest.start()
+    return ingest
+
+
+def test_states_and_daily_rollups_are_committed_with_the_raw_points(tmp_path):
+    spool = Spool(tmp_path / "spool.db")
+    clock = Clock(T0)
+    plant = PlantModel(SITE, SECTIONS, INVENTORY, start_ns=T0)
+    ingest = make_ingest(spool, plant, clock)
+    # m1 runs from 23:00 to midnight; m2 sends one idle value at 23:30 and goes offline at 23:40
+    ingest.submit_points("plant", [signal("m1", 1500.0, T0)])
+    for minute in range(5, 60, 5):
+        clock.ns = T0 + minute * 60 * S
+        ingest.submit_points("plant", [signal("m1", 1500.0, clock.ns)])
+        if minute == 30:
+            ingest.submit_points("plant", [signal("m2", 10.0, clock.ns)])
+    wait_until(lambda: any(p.measurement == "signal" and p.ts_ns == clock.ns for p in committed(spool)))
+    clock.ns = T0 + 3600 * S + 5 * S  # 00:00:05 the next local day
+    wait_until(lambda: any(p.measurement == "enterprise_daily" for p in committed(spool)))
+    ingest.stop()
+    points = committed(spool)
+    states = [(p.tags["equipment"], p.fields["state"]) for p in points if p.measurement == "equipment_state"]
+    assert ("m1", "running") in states and ("m2", "idle") in states and ("m2", "offline") in states
+    days = {p.tags["equipment"]: p for p in points if p.measurement == "equipment_daily"}
+    assert set(days) == {"m1", "m2", "m3"}
+    assert days["m1"].ts_ns == int(datetime(2026, 3, 1, tzinfo=CST).timestamp()) * S
+    # the tracker started at 23:00, so m1's day holds 3600 s of running, with good data all along
+    assert days["m1"].fields["running_s"] == 3600.0 and days["m1"].fields["online_s"] == 3600.0
+    assert days["m1"].fields["good_samples"] == 12
+    # m2: online from 23:30 for offline_after_s (600 s), idle
+    assert days["m2"].fields["online_s"] == 600.0 and days["m2"].fields["idle_s"] == 600.0
+    assert days["m3"].fields["online_s"] == 0.0 and days["m3"].fields["in_inventory_s"] == 86_400.0
+    assert days["m1"].tags == {"enterprise": "e1", "region": "330602", "industry": "17", "equipment": "m1",
+                               "nc": "true", "kind": "cnc"}
+    (daily,) = [p for p in points if p.measurement == "enterprise_daily"]
+    assert daily.fields["equipment_total"] == 3 and daily.fields["equipment_nc"] == 2
+    assert daily.fields["asset_value_total"] == 170_000.0 and daily.fields["asset_value_nc"] == 150_000.0
+    # networked on a day: good data for at least 1 minute that day — m1 and m2, both NC
+    assert daily.fields["equipment_networked"] == 2 and daily.fields["nc_equipment_networked"] == 2
+    assert daily.ts_ns == days["m1"].ts_ns
+    spool.close()
+    # rollups are spooled with the priority a full spool never drops
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "spool.db") as db:
+        priorities = dict(db.execute("SELECT substr(line, 1, instr(line, ',') - 1), max(priority) FROM spool "
+                                     "GROUP BY 1").fetchall())
+    assert priorities == {"signal": Priority.RAW, "equipment_state": Priority.EVENT,
+                          "equipment_daily": Priority.ROLLUP, "enterprise_daily": Priority.ROLLUP}
+
+
+def test_a_restart_mid_day_keeps_the_days_seconds(tmp_path):
+    """Run 23:00-23:30, stop (state saved in the spool), start again at 23:30 and run to midnight:
+    the day's totals equal an uninterrupted run's."""
+
+    def run(path, stop_at: int | None) -> dict[str, dict]:
+        spool = Spool(path)
+        clock = Clock(T0)
+        plant = PlantModel(SITE, SECTIONS, INVENTORY, start_ns=T0)
+        ingest = make_ingest(spool, plant, clock)
+        minute = 0
+        while minute < 60:
+            clock.ns = T0 + minute * 60 * S
+            ingest.submit_points("plant", [signal("m1", 1500.0 if minute < 45 else 10.0, clock.ns)])
+            minute += 1
+            if stop_at is not None and minute == stop_at:
+                time.sleep(0.05)
+                ingest.stop()  # saves the plant state in the spool
+                saved = json.loads(spool.state_get(PLANT_STATE_KEY))
+                plant = PlantModel(SITE, SECTIONS, INVENTORY, start_ns=clock.ns)
+                plant.restore(saved)
+                ingest = make_ingest(spool, plant, clock)
+                stop_at = None
+        last = T0 + 59 * 60 * S
+        wait_until(lambda: any(p.measurement == "signal" and p.ts_ns == last for p in committed(spool)))
+        clock.ns = T0 + 3600 * S + 5 * S
+        wait_until(lambda: any(p.measurement == "enterprise_daily" for p in committed(spool)))
+        ingest.stop()
+        out = {p.tags["equipment"]: p.fields for p in committed(spool) if p.measurement == "equipment_daily"}
+        spool.close()
+        return out
+
+    straight = run(tmp_path / "a.db", None)
+    restarted = run(tmp_path / "b.db", 30)
+    assert straight == restarted
+    assert straight["m1"]["running_s"] == 45 * 60.0 and straight["m1"]["idle_s"] == 15 * 60.0
+
+
+def test_equipment_not_in_the_inventory_is_stored_but_not_counted(tmp_path):
+    spool = Spool(tmp_path / "spool.db")
+    clock = Clock(T0)
+    plant = PlantModel(SITE, SECTIONS, INVENTORY, start_ns=T0)
+    ingest = make_ingest(spool, plant, clock)
+    ingest.submit_points("plant", [signal("stranger", 1.0, T0)])
+    wait_until(lambda: any(p.tags.get("equipment") == "stranger" for p in committed(spool)))
+    ingest.stop()
+    assert plant.counts["unknown_equipment"] == 1
+    assert not any(p.measurement == "equipment_state" and p.tags["equipment"] == "stranger"
+                   for p in committed(spool))
+    spool.close()
+
+
+def test_day_boundary_is_local_midnight():
+    assert datetime.fromtimestamp((T0 + 3600 * S) / S, UTC) == datetime(2026, 3, 1, 16, 0, tzinfo=UTC)
+    assert date(2026, 3, 1) == datetime.fromtimestamp(T0 / S, CST).date()
