@@ -158,3 +158,24 @@ def test_fixed_names_are_checked_at_start(tmp_path, line, words):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     assert "mqtt[0].subscribe[0]" in info.value.render() and words in info.value.render()
+
+
+def test_example_config_with_its_inventory_loads(monkeypatch):
+    from collector.inventory import load_inventory
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    cfg = load_config(EXAMPLE)
+    items = load_inventory(EXAMPLE, cfg.equipment, cfg.inventory)
+    assert len(items) == 20
+    kinds = {i.kind for i in items}
+    assert "织机" in kinds and [c.name for c in cfg.equipment_class] == ["织机"]
+    assert [m.id for m in cfg.meter] == ["main", "intake-1"]
+
+
+def test_bad_inventory_csv_fails_at_start_with_exit_code_2(tmp_path, capsys):
+    (tmp_path / "ledger.csv").write_text("设备编号,是否数控,原值\nm1,是,12万\nm1,否,100\n", encoding="utf-8")
+    path = write(tmp_path, GOOD + '\n[inventory]\ncsv = "ledger.csv"\n')
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "12万" in err and "line 3" in err and "Traceback" not in err
