@@ -13,6 +13,7 @@ from typing import Any
 from adapters.embedded import EmbeddedSink
 from adapters.influxdb import InfluxDBSink
 from adapters.mqtt import MqttSource
+from adapters.opcua import OpcUaSource
 from collector.backoff import backoff_delay
 from collector.ingest import PLANT_STATE_KEY, Ingest
 from collector.mapping import Mapper
@@ -66,7 +67,7 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.shutdown_flush_s = shutdown_flush_s
         self.spool: Spool | None = None
-        self.sources: list[MqttSource] = []
+        self.sources: list[MqttSource | OpcUaSource] = []
         self._metrics_server: Any = None
         self._last_sink_error_log = 0.0
 
@@ -92,7 +93,7 @@ class Agent:
         stats = spool.stats()
         self.log.info(
             "agent starting: enterprise=%s sources=%d sink=%s spool=%s (%d points waiting)",
-            cfg.enterprise.id, len(cfg.mqtt), cfg.sink.type, cfg.spool.path, stats.depth,
+            cfg.enterprise.id, len(cfg.mqtt) + len(cfg.opcua), cfg.sink.type, cfg.spool.path, stats.depth,
         )
         ingest.start()
         draining = asyncio.Event()  # set when the drain loop should stop at the next chance
@@ -104,6 +105,11 @@ class Agent:
                 source = MqttSource(m, mapper, ingest, self.metrics, self.log.getChild(f"mqtt.{m.name}"))
                 self.sources.append(source)
                 source.start()
+            for o in cfg.opcua:
+                log = self.log.getChild(f"opcua.{o.name}")
+                opcua_source = OpcUaSource(o, cfg.enterprise, ingest, self.metrics, log)
+                self.sources.append(opcua_source)
+                opcua_source.start()
             await stop.wait()
             self.log.info("agent stopping: flushing")
         finally:

@@ -38,6 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
     demo.add_argument("--workdir", type=Path, default=None, help="where the store and spool go")
 
+    opcua = sub.add_parser("opcua", help="OPC UA tools: a client certificate, browsing a server for machines")
+    opcua_sub = opcua.add_subparsers(dest="opcua_command", metavar="ACTION", required=True)
+    cert = opcua_sub.add_parser("cert", help="make a client certificate and key whose application URI fmc announces")
+    cert.add_argument("--out", type=Path, required=True, help="folder for client-cert.der and client-key.pem")
+    cert.add_argument("--application-uri", default=None,
+                      help="default: urn:fmc:<hostname>:client (must equal [[opcua]] application_uri)")
+    cert.add_argument("--common-name", default="fmc agent")
+    cert.add_argument("--days", type=int, default=3650)
+    browse = opcua_sub.add_parser("browse", help="list the machines a server exposes, as ready-to-paste TOML")
+    browse.add_argument("endpoint", help="opc.tcp://host:4840")
+    browse.add_argument("--max-depth", type=int, default=8)
+    browse.add_argument("--timeout", type=float, default=10.0)
+
     inventory = sub.add_parser("inventory", help="check an equipment ledger CSV (设备台账) and summarise it")
     inventory_sub = inventory.add_subparsers(dest="inventory_command", metavar="ACTION", required=True)
     inventory_check = inventory_sub.add_parser("check", help="validate FILE; every bad row is named by line")
@@ -71,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             cfg = load_config(args.config)
             return _check(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), args.timeout)
+        if args.command == "opcua":
+            return _opcua(args)
         if args.command == "inventory":
             return inventory_check_main(Path(args.file), sys.stdout)
         if args.command == "demo":
@@ -111,6 +126,7 @@ def _run(cfg: AgentConfig, inventory: list[EquipmentItem]) -> int:
 
 def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> int:
     from adapters.mqtt import check_mqtt
+    from adapters.opcua import check_opcua
     from collector.agent import make_sink
     from collector.sink import CheckResult
 
@@ -122,6 +138,12 @@ def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> 
                 results.append(CheckResult(_prefixed("mqtt", r.name), r.ok, r.detail))
             except TimeoutError:
                 results.append(CheckResult(f"mqtt:{m.name}", False, f"no answer within {timeout:.0f}s"))
+        for o in cfg.opcua:
+            try:
+                r = await asyncio.wait_for(check_opcua(o, timeout=timeout), timeout + 2)
+                results.append(CheckResult(_prefixed("opcua", r.name), r.ok, r.detail))
+            except TimeoutError:
+                results.append(CheckResult(f"opcua:{o.name}", False, f"no answer within {timeout:.0f}s"))
         sink = make_sink(cfg)
         try:
             r = await asyncio.wait_for(sink.check(), timeout + 2)
@@ -144,6 +166,33 @@ def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> 
     failed = sum(not r.ok for r in results)
     print("all checks passed" if not failed else f"{failed} check(s) failed")
     return EXIT_OK if not failed else EXIT_FAILURE
+
+
+def _opcua(args: argparse.Namespace) -> int:
+    import socket
+
+    from adapters.opcua_tools import browse_machines, make_client_certificate
+    from schemas.opcua import DEFAULT_APPLICATION_URI
+
+    if args.opcua_command == "cert":
+        uri = args.application_uri or DEFAULT_APPLICATION_URI.format(hostname=socket.gethostname())
+        args.out.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = args.out / "client-cert.der", args.out / "client-key.pem"
+        if cert_path.exists() or key_path.exists():
+            print(f"fmc opcua cert: {cert_path} or {key_path} exists already; move it away first", file=sys.stderr)
+            return EXIT_USAGE
+        make_client_certificate(cert_path, key_path, uri, args.common_name, days=args.days)
+        print(f"wrote {cert_path} and {key_path} (application URI {uri})")
+        print(f'in [[opcua]]: certificate = "{cert_path}", private_key = "{key_path}", application_uri = "{uri}"')
+        print("then make the server trust the certificate (copy it into the server's trusted folder)")
+        return EXIT_OK
+    try:
+        report = asyncio.run(browse_machines(args.endpoint, max_depth=args.max_depth, timeout=args.timeout))
+    except Exception as e:  # a clear sentence, not a trace: the endpoint is the user's input
+        print(f"fmc opcua browse: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(report.render_toml())
+    return EXIT_OK
 
 
 def _prefixed(kind: str, name: str) -> str:

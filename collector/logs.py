@@ -47,4 +47,6 @@ def setup_logging(cfg: LogConfig, stream=sys.stderr) -> logging.Logger:
     logger.addHandler(handler)
     logger.setLevel(cfg.level.upper())
     logger.propagate = False
+    # asyncua's own warnings repeat what the OPC UA source reports with its cause; keep its errors
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
     return logger

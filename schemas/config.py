@@ -31,6 +31,7 @@ from schemas.base import (
     _Model,
 )
 from schemas.inventory import EquipmentItem, InventoryConfig
+from schemas.opcua import OpcUaSource
 from schemas.plant import PlantSections, check_interval_alignment
 
 
@@ -277,6 +278,7 @@ class AgentConfig(PlantSections):
 
     enterprise: EnterpriseConfig
     mqtt: list[MqttSource] = Field(default_factory=list)
+    opcua: list[OpcUaSource] = Field(default_factory=list)
     sink: SinkConfig
     spool: SpoolConfig = SpoolConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -288,10 +290,10 @@ class AgentConfig(PlantSections):
     @model_validator(mode="after")
     def _unique(self) -> AgentConfig:
         check_interval_alignment(self.plant.interval_minutes, self.enterprise.timezone)
-        names = [m.name for m in self.mqtt]
+        names = [m.name for m in self.mqtt] + [o.name for o in self.opcua]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise ValueError(f"mqtt source names must be unique; repeated: {sorted(dup)}")
+            raise ValueError(f"source names ([[mqtt]] and [[opcua]]) must be unique; repeated: {sorted(dup)}")
         ids = [m.client_id for m in self.mqtt if m.client_id]
         dup = {n for n in ids if ids.count(n) > 1}
         if dup:
@@ -426,4 +428,5 @@ def _resolve_paths(cfg: AgentConfig, base: Path) -> AgentConfig:
     inventory = cfg.inventory
     if inventory.csv is not None:
         inventory = inventory.model_copy(update={"csv": rel(inventory.csv)})
-    return cfg.model_copy(update={"spool": spool, "sink": sink, "inventory": inventory})
+    opcua = [o.relative_to(base) for o in cfg.opcua]
+    return cfg.model_copy(update={"spool": spool, "sink": sink, "inventory": inventory, "opcua": opcua})
