@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 from collector.inventory import inventory_check_main, load_inventory
@@ -131,19 +132,16 @@ def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> 
     from collector.sink import CheckResult
 
     async def checks() -> list[CheckResult]:
+        async def bounded(kind: str, name: str, check: Awaitable[CheckResult]) -> CheckResult:
+            try:
+                r = await asyncio.wait_for(check, timeout + 2)
+            except TimeoutError:
+                return CheckResult(f"{kind}:{name}", False, f"no answer within {timeout:.0f}s")
+            return CheckResult(_prefixed(kind, r.name), r.ok, r.detail)
+
         results = [_check_spool(cfg)]
-        for m in cfg.mqtt:
-            try:
-                r = await asyncio.wait_for(check_mqtt(m, timeout=timeout), timeout + 2)
-                results.append(CheckResult(_prefixed("mqtt", r.name), r.ok, r.detail))
-            except TimeoutError:
-                results.append(CheckResult(f"mqtt:{m.name}", False, f"no answer within {timeout:.0f}s"))
-        for o in cfg.opcua:
-            try:
-                r = await asyncio.wait_for(check_opcua(o, timeout=timeout), timeout + 2)
-                results.append(CheckResult(_prefixed("opcua", r.name), r.ok, r.detail))
-            except TimeoutError:
-                results.append(CheckResult(f"opcua:{o.name}", False, f"no answer within {timeout:.0f}s"))
+        results += [await bounded("mqtt", m.name, check_mqtt(m, timeout=timeout)) for m in cfg.mqtt]
+        results += [await bounded("opcua", o.name, check_opcua(o, timeout=timeout)) for o in cfg.opcua]
         sink = make_sink(cfg)
         try:
             r = await asyncio.wait_for(sink.check(), timeout + 2)

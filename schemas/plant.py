@@ -85,6 +85,12 @@ def native_to_canonical(carrier: str, unit: str, density_kg_per_l: float | None 
     raise ValueError(f"unit {unit!r} is not a unit of {carrier}; use one of: {', '.join(allowed)}")
 
 
+def known_carrier(v: str) -> str:
+    if v not in CARRIERS:
+        raise ValueError(f"carrier {v!r} is not one of: {', '.join(CARRIERS)}")
+    return v
+
+
 class _PlantModel(_Model):
     # TOML has nan and inf; no threshold, scale, limit or coefficient may be one
     model_config = ConfigDict(allow_inf_nan=False)
@@ -226,12 +232,7 @@ class MeterConfig(_PlantModel):
     source: str | None = Field(default=None, pattern=NAME_PATTERN, description="`meter` tag of its readings")
     enterprise_total: bool = Field(default=True, description="counted in the enterprise's consumption_daily")
 
-    @field_validator("carrier")
-    @classmethod
-    def _carrier(cls, v: str) -> str:
-        if v not in CARRIERS:
-            raise ValueError(f"carrier {v!r} is not one of: {', '.join(CARRIERS)}")
-        return v
+    _carrier = field_validator("carrier")(lambda cls, v: known_carrier(v))
 
     @model_validator(mode="after")
     def _units(self) -> MeterConfig:
@@ -269,12 +270,7 @@ class VirtualMeterConfig(_PlantModel):
     enterprise_total: bool = True
     max_wait_s: float = Field(default=3600.0, gt=0, description="how long to wait for all parts of an interval")
 
-    @field_validator("carrier")
-    @classmethod
-    def _carrier(cls, v: str) -> str:
-        if v not in CARRIERS:
-            raise ValueError(f"carrier {v!r} is not one of: {', '.join(CARRIERS)}")
-        return v
+    _carrier = field_validator("carrier")(lambda cls, v: known_carrier(v))
 
     @model_validator(mode="after")
     def _parts(self) -> VirtualMeterConfig:
