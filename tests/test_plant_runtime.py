@@ -165,3 +165,48 @@ def test_equipment_not_in_the_inventory_is_stored_but_not_counted(tmp_path):
 def test_day_boundary_is_local_midnight():
     assert datetime.fromtimestamp((T0 + 3600 * S) / S, UTC) == datetime(2026, 3, 1, 16, 0, tzinfo=UTC)
     assert date(2026, 3, 1) == datetime.fromtimestamp(T0 / S, CST).date()
+
+
+METER_SECTIONS = PlantSections.model_validate({
+    "plant": {"interval_minutes": 15},
+    "meter": [{"id": "main", "carrier": "electricity", "kind": "counter", "unit": "kWh", "max_rate_per_h": 1000,
+               "max_gap_s": 1800}],
+})
+
+
+def reading(meter: str, value: float, ts: int) -> Point:
+    tags = {"enterprise": "e1", "meter": meter, "carrier": "electricity"}
+    return Point("meter_reading", tags, {"value": value, "quality": 0}, ts, Priority.RAW,
+                 encode_series("meter_reading", tags))
+
+
+def test_meter_intervals_and_daily_consumption_with_a_reset(tmp_path):
+    """A counter read every 5 minutes from 23:00, reset to 0 at 23:30 (a meter swap): 15-minute
+    intervals and the day's consumption count every true kWh once and none twice."""
+    spool = Spool(tmp_path / "spool.db")
+    clock = Clock(T0)
+    plant = PlantModel(SITE, METER_SECTIONS, [], start_ns=T0)
+    ingest = make_ingest(spool, plant, clock)
+    # 10 kWh per 5 minutes; at 23:30 the register was replaced and reads 10 (it counted from 0)
+    values = [1000, 1010, 1020, 1030, 1040, 1050, 10, 20, 30, 40, 50, 60, 70]
+    for k, v in enumerate(values):
+        clock.ns = T0 + k * 300 * S
+        ingest.submit_points("plant", [reading("main", float(v), clock.ns)])
+    wait_until(lambda: any(p.measurement == "meter_reading" and p.ts_ns == clock.ns for p in committed(spool)))
+    clock.ns = T0 + 3600 * S + 1800 * S + 16 * 60 * S  # past midnight + max_gap_s + one interval
+    wait_until(lambda: any(p.measurement == "consumption_daily" for p in committed(spool)))
+    ingest.stop()
+    points = committed(spool)
+    intervals = sorted((p.ts_ns, p.fields["amount"], p.fields["coverage"]) for p in points
+                       if p.measurement == "meter_interval")
+    # 23:00-23:15, 23:15-23:30, 23:30-23:45, 23:45-24:00: 30 kWh each, fully covered
+    assert [(ts - T0) // S for ts, _, _ in intervals[:4]] == [0, 900, 1800, 2700]
+    assert [round(a, 9) for _, a, _ in intervals[:4]] == [30.0, 30.0, 30.0, 30.0]
+    assert all(c == 1.0 for _, _, c in intervals[:4])
+    (daily,) = [p for p in points if p.measurement == "consumption_daily"]
+    assert daily.tags["carrier"] == "electricity"
+    assert round(daily.fields["amount"], 9) == 120.0
+    assert round(daily.fields["tce"], 9) == round(120.0 * 0.1229 / 1000, 9)  # kWh × kgce/kWh ÷ 1000
+    # the tracker covered one hour of the day's 24: coverage says so
+    assert abs(daily.fields["coverage"] - 1 / 24) < 1e-9
+    spool.close()
