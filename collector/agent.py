@@ -63,6 +63,7 @@ class Agent:
         # the equipment ledger: [[equipment]] plus the [inventory] csv (loaded by the caller, which
         # reports a bad file as a configuration error)
         self.inventory = list(inventory) if inventory is not None else list(cfg.equipment)
+        self.plant: PlantModel | None = None  # made in run() when there is an inventory or a meter
         self.log = logger or logging.getLogger("fmc")
         self.metrics = metrics or AgentMetrics()
         self.shutdown_flush_s = shutdown_flush_s
@@ -87,6 +88,8 @@ class Agent:
             commit_interval_ms=cfg.spool.commit_interval_ms,
             logger=self.log.getChild("ingest"),
             plant=plant,
+            alive_equipment=self._subscribed_equipment,
+            alive_every_s=min(60.0, cfg.plant.offline_after_s / 3),
         )
         sink = make_sink(cfg)
         self._start_metrics_server()
@@ -140,6 +143,15 @@ class Agent:
             spool.close()
             self._stop_metrics_server()
             self.log.info("agent stopped: %d points left in the spool for the next start", left)
+
+    def _subscribed_equipment(self) -> set[str]:
+        """Equipment read through a live OPC UA subscription (subscriptions report changes only)."""
+        out: set[str] = set()
+        for source in self.sources:
+            cfg = getattr(source, "cfg", None)
+            if source.connected and cfg is not None and hasattr(cfg, "endpoint"):
+                out.update(n.equipment for n in cfg.node if n.mode == "subscribe")
+        return out
 
     def _plant_model(self, spool: Spool) -> PlantModel | None:
         """States, meter intervals and daily rollups, when there is an inventory or a meter."""

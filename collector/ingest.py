@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +52,14 @@ class Ingest:
         plant: PlantModel | None = None,
         snapshot_every_s: float = 10.0,
         clock: Callable[[], int] = time.time_ns,
+        alive_equipment: Callable[[], Iterable[str]] | None = None,
+        alive_every_s: float = 60.0,
     ) -> None:
+        # equipment behind a live OPC UA subscription (which reports changes only); vouched for
+        # to the plant model every alive_every_s, well within its offline_after_s
+        self._alive_equipment = alive_equipment
+        self._alive_every_ns = int(alive_every_s * 1e9)
+        self._last_alive_ns = 0
         self._clock = clock  # wall clock in ns for the plant model; tests move it across midnight
         self._spool = spool
         # The plant model sees every raw point this thread commits and the passing time; what it
@@ -163,6 +170,9 @@ class Ingest:
             return
         self._last_tick_ns = now_ns
         derived = self._plant.advance(now_ns)
+        if self._alive_equipment is not None and now_ns - self._last_alive_ns >= self._alive_every_ns:
+            self._last_alive_ns = now_ns
+            derived += self._plant.confirm_alive(self._alive_equipment(), now_ns)
         if derived:
             self._commit([_Submission("plant", "", b"", derived, (), None)], observe=False)
         if final or time.monotonic_ns() - self._last_snapshot_ns >= self._snapshot_every_ns:

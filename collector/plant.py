@@ -75,6 +75,7 @@ class PlantModel:
         self._intervals: dict[date, list[MeterInterval]] = defaultdict(list)
         self._clock = start_ns
         self.counts: dict[str, int] = {"unknown_equipment": 0, "unknown_meter": 0}
+        self._last_quality: dict[str, int] = {}
 
     # --- input ------------------------------------------------------------------------------------
 
@@ -89,6 +90,7 @@ class PlantModel:
                     continue
                 value = p.fields.get("value", p.fields.get("text"))
                 quality = int(p.fields.get("quality", 0))
+                self._last_quality[tracker.equipment] = quality
                 self._events(tracker.observe(p.tags["signal"], value, quality, p.ts_ns, received_ns), out)
             elif p.measurement == "meter_reading":
                 meter = self.meters.get(p.tags.get("meter", ""))
@@ -99,6 +101,16 @@ class PlantModel:
                 quality = int(p.fields.get("quality", 0))
                 if isinstance(value, float | int) and not isinstance(value, bool):
                     self._intervals_out(meter.observe(float(value), quality, p.ts_ns, received_ns), out)
+        return out
+
+    def confirm_alive(self, equipment: Iterable[str], now_ns: int) -> list[Point]:
+        """Equipment whose values come from a live OPC UA subscription: unchanged values are still
+        good data (see EquipmentTracker.confirm_alive), as long as the last sample was good."""
+        out: list[Point] = []
+        for eq in equipment:
+            tracker = self.trackers.get(eq)
+            if tracker is not None and self._last_quality.get(eq) == 0:
+                self._events(tracker.confirm_alive(now_ns), out)
         return out
 
     def advance(self, now_ns: int) -> list[Point]:

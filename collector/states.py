@@ -336,6 +336,17 @@ class EquipmentTracker:
         self._advance_to(now_ns, events)
         return events
 
+    def confirm_alive(self, now_ns: int) -> list[Event]:
+        """The source vouches that the last values still hold: an OPC UA subscription reports only
+        changes, so a machine standing still (speed 0, power 0) sends nothing while its session is
+        alive and its last value was good. The equipment stays online in its state; no sample is
+        counted. The caller only vouches while the last sample was good (a Bad status ends it)."""
+        events: list[Event] = []
+        self._advance_to(now_ns, events)
+        if self._state != "offline" and self._last_good is not None and self._t > self._last_good:
+            self._last_good = self._t
+        return events
+
     def open_day_totals(self) -> EquipmentDay:
         """The open day so far (up to the cursor), e.g. for a live dashboard; not an event."""
         return self._day_record(partial=True)

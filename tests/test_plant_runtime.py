@@ -210,3 +210,22 @@ def test_meter_intervals_and_daily_consumption_with_a_reset(tmp_path):
     # the tracker covered one hour of the day's 24: coverage says so
     assert abs(daily.fields["coverage"] - 1 / 24) < 1e-9
     spool.close()
+
+
+def test_a_live_subscription_keeps_a_machine_that_stands_still_online():
+    """m1 reports speed 0 once (idle) and never changes: an OPC UA subscription sends nothing more.
+    While its session lives the agent vouches for it, so m1 is idle, not offline, the whole hour.
+    m2's last sample was Bad (the PLC link behind the server is down): no vouching, offline."""
+    plant = PlantModel(SITE, SECTIONS, INVENTORY, start_ns=T0)
+    bad = signal("m2", 0.0, T0 + S)
+    bad.fields["quality"] = 0x80000000  # Bad
+    out = plant.observe([signal("m1", 0.0, T0), signal("m2", 10.0, T0), bad], T0 + S)
+    for second in range(60, 3600 + 60, 60):  # the ingest vouches every 60 s (offline_after_s / 3 at most)
+        out += plant.confirm_alive({"m1", "m2"}, T0 + second * S)
+    out += plant.advance(T0 + 3600 * S + 5 * S)
+    days = {p.tags["equipment"]: p.fields for p in out if p.measurement == "equipment_daily"}
+    assert days["m1"]["idle_s"] == 3600.0 and days["m1"]["online_s"] == 3600.0
+    assert days["m1"]["good_samples"] == 1  # vouching is not a sample
+    assert days["m2"]["online_s"] == 600.0  # its good value at T0 held for offline_after_s, then offline
+    states = [(p.tags["equipment"], p.fields["state"]) for p in out if p.measurement == "equipment_state"]
+    assert ("m1", "offline") not in states and ("m2", "offline") in states
