@@ -1,17 +1,21 @@
-"""``fmc demo``: a simulated knitting and weaving plant, an embedded MQTT broker, the real agent
-and the embedded store, in one process and without any server; then a summary of what it measured.
+"""``fmc demo``: a simulated pilot plant — a textile mill whose ~20 machines speak OPC UA and whose
+utility meters publish over MQTT — collected by the real agent into the embedded store, in one
+process and without any server; then a summary of what the agent measured.
 
-Four parts, kept apart so a later version can swap one without touching the others (the plan
-is a pilot plant whose machines speak OPC UA while the meters stay on MQTT):
+Parts, kept apart so each can change alone:
 
-- ``PlantSimulator`` — the plant: machines with shifts, idle spells and faults, and utility meters
-  whose counters follow the machines' load. Pure and deterministic for a seed and a start time;
-  it returns messages and reports what it sent, it does no I/O.
-- ``DemoBroker`` / ``MqttPublisher`` — the transport: amqtt on a free 127.0.0.1 port, and a
-  paho client that publishes the simulator's messages with QoS 1.
-- the agent — ``collector.agent.Agent``, exactly what ``fmc run`` starts, writing to the embedded store.
-- ``summarise`` / ``render_summary`` — reads the store, the agent's metrics and the simulator's
-  report, and prints plain-text tables that stay aligned with Chinese text.
+- ``collector.demo_plant`` — the plant: ``PlantSimulator`` (machines with shifts, idle spells,
+  faults and a flaky link; meters, one of which is reset mid-run; deliberately bad messages),
+  ``OpcUaPlantServer`` (asyncua on a free 127.0.0.1 port) and the equipment ledger (CSV).
+- ``DemoBroker`` / ``MqttPublisher`` — the meters' transport: amqtt on a free 127.0.0.1 port and a
+  paho client publishing with QoS 1.
+- the agent — ``collector.agent.Agent``, exactly what ``fmc run`` starts, with an ``[[opcua]]``
+  source for the machines, an ``[[mqtt]]`` source for the meters, the ledger as its inventory, and
+  the embedded store as its sink (``demo_config``).
+- ``summarise`` / ``render_summary`` — per equipment and per enterprise figures read from the
+  store, the agent's plant model (today so far) and its metrics, checked against what the
+  simulator reports; plain-text tables that stay aligned with Chinese text. The same figures go
+  to ``demo-summary.json`` in the work dir.
 
 Everything printed is labelled SIMULATED DATA: these figures describe no real plant.
 """
@@ -20,294 +24,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
-import random
-import socket
 import sys
 import tempfile
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from collector.demo_plant import (
+    DEMO_LEDGER_ONLY,
+    DEMO_MACHINES,
+    DEMO_METERS,
+    NAMESPACES,
+    PLANT_TZ,
+    LedgerOnly,
+    MachineSpec,
+    MeterSpec,
+    OpcUaPlantServer,
+    PlantSimulator,
+    SimMessage,
+    SimulatorReport,
+    equipment_classes,
+    free_port,
+    meter_configs,
+    opcua_nodes,
+    shift_at,
+    write_ledger_csv,
+)
 from schemas.config import AgentConfig
 
-# --- the simulated plant -------------------------------------------------------------------------
-
-PLANT_TZ = timezone(timedelta(hours=8), "CST")  # the plant's local time, as its meters print it
-METER_PERIOD_S = 2  # meters report less often than machines
-BAD_MESSAGE_CYCLE_S = 10  # the deliberately bad messages repeat every this many seconds
-
-# program_state codes the machines publish (numeric in v1; companion-spec states come later)
-PROGRAM_STATE_CODES = {"off": 0, "idle": 1, "running": 2, "down": 3}
-STATE_LABELS = {0: "停机 off", 1: "待机 idle", 2: "运行 running", 3: "故障 down"}
-
-
-@dataclass(frozen=True, slots=True)
-class MachineKind:
-    label: str  # Chinese and English, for the summary
-    nominal_rpm: float  # main shaft, needle cylinder, knife or pump speed when running
-    run_kw: float
-    idle_kw: float
-    good_per_s: float  # good pieces per second of running
-    heats: bool = False  # dyeing machines publish their liquor temperature
-
-
-LOOM = MachineKind("喷气织机 air-jet loom", 650.0, 4.5, 0.6, 0.25)
-KNITTER = MachineKind("圆纬机 circular knitter", 28.0, 5.5, 0.5, 0.08)
-CNC_CUTTER = MachineKind("数控裁床 CNC cutter", 3000.0, 11.0, 1.5, 0.5)
-DYEING = MachineKind("溢流染色机 dyeing machine", 1450.0, 30.0, 3.0, 0.002, heats=True)
-
-
-@dataclass(frozen=True, slots=True)
-class MachineSpec:
-    equipment: str
-    kind: MachineKind
-    flaky_network: bool = False  # loses its connection now and then: fewer seconds with data
-
-    @property
-    def signals(self) -> tuple[str, ...]:
-        base = ("spindle_speed", "power_kw", "program_state", "good_count")
-        return (*base, "temperature_c") if self.kind.heats else base
-
-
-@dataclass(frozen=True, slots=True)
-class MeterSpec:
-    carrier: str
-    meter: str
-    label: str
-    unit: str
-    start_reading: float
-    resolution: float
-
-
-DEMO_MACHINES: tuple[MachineSpec, ...] = (
-    *(MachineSpec(f"loom-{i:02d}", LOOM) for i in range(1, 5)),
-    *(MachineSpec(f"knit-{i:02d}", KNITTER, flaky_network=(i == 3)) for i in range(1, 5)),
-    *(MachineSpec(f"cnc-cut-{i:02d}", CNC_CUTTER) for i in range(1, 3)),
-    *(MachineSpec(f"dye-{i:02d}", DYEING) for i in range(1, 3)),
-)
-DEMO_METERS: tuple[MeterSpec, ...] = (
-    MeterSpec("electricity", "main-incomer", "电 electricity", "kWh", 1_284_530.25, 0.01),
-    MeterSpec("natural_gas", "boiler-1", "天然气 natural gas", "m³", 356_712.4, 0.001),
-    MeterSpec("water_intake", "intake-1", "取水 water intake", "m³", 98_211.5, 0.001),
-    MeterSpec("wastewater", "wwtp-outlet", "废水 wastewater", "m³", 81_003.2, 0.001),
-)
-BASE_LOAD_KW = 40.0  # compressors, lighting, air conditioning: on the main meter, not on a machine
-
-# Deliberately bad messages, each a mistake real plants make; (tick within the cycle, kind).
-BAD_MALFORMED_JSON = "malformed JSON"
-BAD_NAN = "NaN value"
-BAD_CLOCK = "device clock at 1970"
-BAD_CARRIER = "unknown carrier in topic"
-BAD_SCHEDULE: tuple[tuple[int, str], ...] = ((1, BAD_MALFORMED_JSON), (2, BAD_NAN), (2, BAD_CLOCK), (3, BAD_CARRIER))
-
-
-@dataclass(frozen=True, slots=True)
-class SimMessage:
-    topic: str
-    payload: bytes
-    bad: str | None = None  # which deliberate mistake, None for a good message
-
-
-@dataclass(slots=True)
-class SimulatorReport:
-    """What the simulator sent: the numbers the summary and the tests check the agent against."""
-
-    start_ms: int
-    ticks: int = 0
-    machine_messages: dict[str, int] = field(default_factory=dict)  # per equipment
-    meter_messages: dict[str, int] = field(default_factory=dict)  # per meter
-    bad_messages: dict[str, int] = field(default_factory=dict)  # per kind of mistake
-    bad_topics: list[str] = field(default_factory=list)
-
-    @property
-    def good_total(self) -> int:
-        return sum(self.machine_messages.values()) + sum(self.meter_messages.values())
-
-    @property
-    def bad_total(self) -> int:
-        return sum(self.bad_messages.values())
-
-    @property
-    def total(self) -> int:
-        return self.good_total + self.bad_total
-
-
-@dataclass(slots=True)
-class _MachineState:
-    state: str  # running | idle | down
-    state_left_s: int = 0  # for down: seconds until repaired
-    offline_left_s: int = 0  # > 0: the network is gone, nothing is published
-    good_count: float = 0.0
-    temperature_c: float = 25.0
-    power_kw: float = 0.0
-    offset_ms: int = 0  # each controller publishes at its own phase within the second
-
-
-def shift_staffing(local: datetime) -> float:
-    """Chance an idle machine gets an operator within a minute, by shift (three 8-hour shifts)."""
-    if 8 <= local.hour < 16:
-        return 0.95
-    if 16 <= local.hour < 24:
-        return 0.85
-    return 0.6  # night shift: fewer operators
-
-
-class PlantSimulator:
-    """One second of plant time per ``tick()``; deterministic for a seed and a start time."""
-
-    def __init__(
-        self,
-        seed: int,
-        start_ms: int,
-        machines: Sequence[MachineSpec] = DEMO_MACHINES,
-        meters: Sequence[MeterSpec] = DEMO_METERS,
-    ) -> None:
-        self.rng = random.Random(seed)
-        self.machines = tuple(machines)
-        self.meters = tuple(meters)
-        self.start_ms = start_ms - start_ms % 1000  # whole seconds: "seconds with data" counts cleanly
-        self.report = SimulatorReport(start_ms=self.start_ms)
-        self._state: dict[str, _MachineState] = {}
-        for spec in self.machines:
-            roll = self.rng.random()
-            state = "running" if roll < 0.75 else "idle" if roll < 0.92 else "down"
-            s = _MachineState(state=state, offset_ms=self.rng.randrange(0, 400))
-            s.good_count = float(self.rng.randrange(1_000, 20_000)) if spec.kind.good_per_s >= 0.01 else 40.0
-            s.temperature_c = 95.0 + self.rng.random() * 30 if state == "running" else 40.0
-            s.state_left_s = self.rng.randrange(5, 20) if state == "down" else 0
-            self._state[spec.equipment] = s
-        self._readings = {m.meter: m.start_reading for m in self.meters}
-
-    def tick(self) -> list[SimMessage]:
-        """Advance one second and return what the plant publishes in it."""
-        k = self.report.ticks
-        now_ms = self.start_ms + k * 1000
-        local = datetime.fromtimestamp(now_ms / 1000, PLANT_TZ)
-        messages: list[SimMessage] = []
-        for spec in self.machines:
-            messages += self._machine_second(spec, now_ms, shift_staffing(local))
-        self._advance_meters()
-        if k % METER_PERIOD_S == 0:
-            messages += self._meter_messages(now_ms, local)
-        messages += self._bad_messages(k, now_ms)
-        self.report.ticks += 1
-        return messages
-
-    def _machine_second(self, spec: MachineSpec, now_ms: int, staffing: float) -> list[SimMessage]:
-        s, kind, rng = self._state[spec.equipment], spec.kind, self.rng
-        # state changes: short idle spells, an occasional fault that takes a while to clear
-        if s.state == "running":
-            roll = rng.random()
-            if roll < 0.004:
-                s.state, s.state_left_s = "down", rng.randrange(6, 25)
-            elif roll < 0.024:
-                s.state = "idle"
-        elif s.state == "idle":
-            if rng.random() < 0.2 * staffing:
-                s.state = "running"
-        else:
-            s.state_left_s -= 1
-            if s.state_left_s <= 0:
-                s.state = "idle"
-        if spec.flaky_network:
-            if s.offline_left_s > 0:
-                s.offline_left_s -= 1
-            elif rng.random() < 0.08:
-                s.offline_left_s = rng.randrange(2, 5)
-
-        running = s.state == "running"
-        rpm = kind.nominal_rpm * (1 + rng.gauss(0, 0.01)) if running else 0.0
-        if running:
-            s.power_kw = kind.run_kw * (1 + rng.gauss(0, 0.03))
-            s.good_count += kind.good_per_s * (1 + rng.gauss(0, 0.1))
-        elif s.state == "idle":
-            s.power_kw = kind.idle_kw * (1 + rng.gauss(0, 0.05))
-        else:
-            s.power_kw = kind.idle_kw * 0.3  # the controller stays on during a fault
-        if kind.heats:  # heat towards 130 °C while dyeing, cool slowly otherwise
-            target = 130.0 if running else 40.0
-            s.temperature_c += (target - s.temperature_c) * (0.03 if running else 0.005)
-        if s.offline_left_s > 0:
-            return []  # the machine runs on, but nothing reaches the broker
-
-        ts_ms = now_ms + s.offset_ms
-        values: dict[str, float | int] = {
-            "spindle_speed": round(rpm, 1),
-            "power_kw": round(s.power_kw, 2),
-            "program_state": PROGRAM_STATE_CODES[s.state],
-            "good_count": int(s.good_count),
-        }
-        if kind.heats:
-            values["temperature_c"] = round(s.temperature_c, 1)
-        out = [
-            SimMessage(f"plant/{spec.equipment}/{signal}", _json({"ts": ts_ms, "value": value}))
-            for signal, value in values.items()
-        ]
-        self.report.machine_messages[spec.equipment] = self.report.machine_messages.get(spec.equipment, 0) + len(out)
-        return out
-
-    def _advance_meters(self) -> None:
-        load_kw = BASE_LOAD_KW + sum(s.power_kw for s in self._state.values())
-        dyeing = sum(
-            1 for spec in self.machines if spec.kind.heats and self._state[spec.equipment].state == "running"
-        )
-        per_hour = {  # consumption per hour of each carrier, from what the plant does
-            "electricity": load_kw,
-            "natural_gas": 5.0 + 25.0 * dyeing,  # the steam boiler follows the dyehouse
-            "water_intake": 6.0 + 10.0 * dyeing,
-            "wastewater": 0.85 * (6.0 + 10.0 * dyeing),
-        }
-        for m in self.meters:
-            self._readings[m.meter] += per_hour.get(m.carrier, 0.0) / 3600.0
-
-    def _meter_messages(self, now_ms: int, local: datetime) -> list[SimMessage]:
-        stamp = local.isoformat(timespec="milliseconds")
-        out = []
-        for m in self.meters:
-            digits = max(0, -math.floor(math.log10(m.resolution)))
-            reading = round(math.floor(self._readings[m.meter] / m.resolution) * m.resolution, digits)
-            out.append(SimMessage(f"meters/{m.carrier}/{m.meter}", _json({"t": stamp, "d": {"reading": reading}})))
-            self.report.meter_messages[m.meter] = self.report.meter_messages.get(m.meter, 0) + 1
-        return out
-
-    def _bad_messages(self, k: int, now_ms: int) -> list[SimMessage]:
-        out = []
-        for at, kind in BAD_SCHEDULE:
-            if k % BAD_MESSAGE_CYCLE_S != at:
-                continue
-            if kind == BAD_MALFORMED_JSON:  # a gateway cut the message short
-                msg = SimMessage("plant/loom-02/power_kw", f'{{"ts": {now_ms}, "value": 4.'.encode(), kind)
-            elif kind == BAD_NAN:  # a PLC's division by zero, serialised as NaN
-                msg = SimMessage("plant/knit-01/spindle_speed", f'{{"ts": {now_ms}, "value": NaN}}'.encode(), kind)
-            elif kind == BAD_CLOCK:  # a controller whose clock battery died
-                msg = SimMessage("plant/cnc-cut-02/power_kw", _json({"ts": 0, "value": 10.5}), kind)
-            else:  # a meter set up with "gas" where the plant's config says natural_gas
-                stamp = datetime.fromtimestamp(now_ms / 1000, PLANT_TZ).isoformat(timespec="milliseconds")
-                msg = SimMessage("meters/gas/boiler-2", _json({"t": stamp, "d": {"reading": 1.0}}), kind)
-            out.append(msg)
-            self.report.bad_messages[kind] = self.report.bad_messages.get(kind, 0) + 1
-            self.report.bad_topics.append(msg.topic)
-        return out
-
-
-def _json(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode()
-
+if TYPE_CHECKING:  # typing only: the agent is imported when the demo runs
+    from collector.agent import Agent
 
 # --- transport: broker and publisher --------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class DemoBroker:
@@ -398,23 +154,51 @@ class MqttPublisher:
 
 # --- the agent's configuration ---------------------------------------------------------------------
 
-SOURCE_NAME = "plant-sim"
+OPCUA_SOURCE = "plant-opcua"
+MQTT_SOURCE = "meters-mqtt"
 DEMO_ENTERPRISE = {
     "id": "demo-330602-0001",
     "name": "示范纺织（模拟） Demo Textiles (simulated)",
     "region": "330602",
     "industry": "17",
 }
+# Not the defaults: 1-minute meter intervals complete during a short run (default 15), and a
+# machine whose link drops shows as offline after 8 s (default 600 s).
+DEMO_PLANT = {"interval_minutes": 1, "offline_after_s": 8.0}
+LEDGER_FILE = "equipment-ledger.csv"
+STORE_FILE = "fmc-store.db"
+SPOOL_FILE = "spool.db"
+SUMMARY_FILE = "demo-summary.json"
+SETTLE_S = 1.5  # after the last tick: one publishing interval (0.5 s) and one poll round (1 s)
 
 
-def demo_config(broker_port: int, workdir: Path, metrics_port: int | None) -> AgentConfig:
+def demo_config(
+    opcua_endpoint: str,
+    broker_port: int,
+    workdir: Path,
+    metrics_port: int | None,
+    machines: Sequence[MachineSpec] = DEMO_MACHINES,
+    meters: Sequence[MeterSpec] = DEMO_METERS,
+) -> AgentConfig:
     """The agent configuration ``fmc demo`` runs with; the same shape as deploy/examples/agent.toml."""
     return AgentConfig.model_validate(
         {
             "enterprise": DEMO_ENTERPRISE,
+            "opcua": [
+                {
+                    "name": OPCUA_SOURCE,
+                    "endpoint": opcua_endpoint,
+                    "security_policy": "None",  # a loopback demo; a plant uses Basic256Sha256
+                    "timestamp": "source",
+                    "reconnect_min_s": 0.2,
+                    "reconnect_max_s": 2.0,
+                    "namespaces": NAMESPACES,
+                    "node": opcua_nodes(machines),
+                }
+            ],
             "mqtt": [
                 {
-                    "name": SOURCE_NAME,
+                    "name": MQTT_SOURCE,
                     "host": "127.0.0.1",
                     "port": broker_port,
                     "client_id": "fmc-demo",
@@ -422,13 +206,6 @@ def demo_config(broker_port: int, workdir: Path, metrics_port: int | None) -> Ag
                     "reconnect_min_s": 0.2,
                     "reconnect_max_s": 2.0,
                     "subscribe": [
-                        {
-                            "topic": "plant/{equipment}/{signal}",
-                            "qos": 1,
-                            "value_path": "value",
-                            "timestamp_path": "ts",
-                            "timestamp_unit": "ms",
-                        },
                         {
                             "topic": "meters/{carrier}/{meter}",
                             "qos": 1,
@@ -440,8 +217,11 @@ def demo_config(broker_port: int, workdir: Path, metrics_port: int | None) -> Ag
                     ],
                 }
             ],
-            "sink": {"type": "embedded", "path": str(workdir / "fmc-store.db")},
-            "spool": {"path": str(workdir / "spool.db")},
+            "plant": DEMO_PLANT,
+            "equipment_class": equipment_classes(machines),
+            "meter": meter_configs(meters),
+            "sink": {"type": "embedded", "path": str(workdir / STORE_FILE)},
+            "spool": {"path": str(workdir / SPOOL_FILE)},
             "metrics": (
                 {"enabled": True, "listen": f"127.0.0.1:{metrics_port}"} if metrics_port else {"enabled": False}
             ),
@@ -452,113 +232,261 @@ def demo_config(broker_port: int, workdir: Path, metrics_port: int | None) -> Ag
 
 # --- summary --------------------------------------------------------------------------------------
 
+STATE_LABELS = {
+    "offline": "离线 offline", "off": "停机 off", "idle": "待机 idle", "running": "运行 running", "down": "故障 down",
+}
+TRACKED = ("running", "idle", "down", "off", "offline")
+
 
 @dataclass(slots=True)
-class EquipmentSummary:
+class EquipmentRow:
     equipment: str
-    kind_label: str
-    published: int  # good messages the simulator sent for it
-    points: int  # signal points in the store
-    signals: int
-    seconds_with_data: int
-    seconds: int
-    last: dict[str, float]
-
-
-@dataclass(slots=True)
-class MeterSummary:
-    meter: str
-    carrier_label: str
-    unit: str
-    readings: int
-    first: float | None
-    last: float | None
+    label: str
+    nc: bool
+    connected: bool
+    counted: bool  # in the ledger's scope and in service today: in the denominators
+    note: str
+    state: str | None  # the last `equipment_state` in the store; None: none written
+    seconds: dict[str, float]  # today so far, from the agent's state tracker
+    state_changes: int  # `equipment_state` points in the store
+    values: int  # `signal` points in the store
+    bad_values: int  # … of them with a Bad OPC UA status
+    good_samples: int  # good values the tracker saw today
+    sim_seconds: dict[str, int]  # the simulator's truth (connected machines)
 
     @property
-    def consumption(self) -> float | None:
-        return None if self.first is None or self.last is None else self.last - self.first
+    def delivered_good_data(self) -> bool:
+        return self.good_samples > 0
+
+
+@dataclass(slots=True)
+class MeterRow:
+    meter: str
+    carrier: str
+    label: str
+    unit: str
+    readings: int  # `meter_reading` points in the store
+    first: float | None
+    last: float | None
+    intervals_written: int  # `meter_interval` points in the store
+    amount_written: float  # … their `amount`
+    tce_written: float | None  # … their `tce`
+    amount_open: float  # the interval still open in the agent's accumulator (not written yet)
+    tce_open: float | None
+    events: dict[str, int]  # the accumulator's counts that are not 0 (reset_counted, …)
+    sim_increments: float | None  # the register's true increments, from the simulator
+    reset_at_ms: int | None
+
+    @property
+    def consumption(self) -> float:
+        return self.amount_written + self.amount_open
+
+    @property
+    def tce(self) -> float | None:
+        if self.tce_written is None and self.tce_open is None:
+            return None
+        return (self.tce_written or 0.0) + (self.tce_open or 0.0)
+
+
+@dataclass(slots=True)
+class EnterpriseFigures:
+    day: str  # the local date the figures are for
+    equipment_counted: int
+    equipment_nc: int
+    asset_value_total: float
+    asset_value_nc: float
+    networked_min_online_minutes: float
+    nc_networked: int  # by the rule: good data and ≥ the minimum online time today
+    nc_with_good_data: int  # the demo's stand-in: delivered good data in this run
+    tce_by_carrier: dict[str, float]
+    m3_by_carrier: dict[str, float]
+
+    @property
+    def tce_total(self) -> float:
+        return sum(self.tce_by_carrier.values())
 
 
 @dataclass(slots=True)
 class DemoSummary:
     workdir: Path
     store_path: Path
-    seconds: int
-    equipment: list[EquipmentSummary]
-    meters: list[MeterSummary]
+    started_ms: int  # the agent's start
+    first_tick_ms: int
+    last_tick_ms: int
+    ticks: int
+    shift: str
+    on_break: bool
+    equipment: list[EquipmentRow]
+    meters: list[MeterRow]
+    enterprise: EnterpriseFigures
     report: SimulatorReport
-    received: int
+    opcua_received: int
+    mqtt_received: int
     accepted: int
     rejected: dict[str, int]
     written: int
     dead_lettered: int
-    store_points: int
+    store_points: dict[str, int]
     spool_depth: int
     problems: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        doc["workdir"], doc["store_path"] = str(self.workdir), str(self.store_path)
+        doc["simulated"] = True
+        return doc
+
+
+def _ledger_rows(inventory: Sequence[Any], machines: Sequence[MachineSpec],
+                 ledger_only: Sequence[LedgerOnly]) -> list[tuple[Any, str, str]]:
+    """(inventory item, label, note) in ledger order."""
+    labels = {s.equipment: s.kind.label for s in machines}
+    notes = {x.equipment: x.why for x in ledger_only}
+    labels.update({x.equipment: x.label for x in ledger_only})
+    flaky = {s.equipment for s in machines if s.flaky_link}
+    out = []
+    for item in inventory:
+        note = notes.get(item.id, "")
+        if item.id in flaky:
+            note = "its link to the PLC drops now and then"
+        elif not item.connected and item.decommissioned is None:
+            note = f"never connected ({note})" if note else "never connected"
+        out.append((item, labels.get(item.id, item.category or item.kind), note))
+    return out
+
 
 def summarise(
-    store_path: Path,
+    agent: Agent,
+    sim: SimulatorReport,
+    *,
     workdir: Path,
-    report: SimulatorReport,
-    metrics: Any,
     spool_depth: int,
+    started_ms: int,
+    first_tick_ms: int,
+    last_tick_ms: int,
     machines: Sequence[MachineSpec] = DEMO_MACHINES,
     meters: Sequence[MeterSpec] = DEMO_METERS,
+    ledger_only: Sequence[LedgerOnly] = DEMO_LEDGER_ONLY,
 ) -> DemoSummary:
-    """Read back what the run stored (only its own time window: a reused workdir keeps older runs)."""
+    """Read back what the run measured: the store, the agent's plant model (today so far) and metrics."""
     from adapters.embedded import EmbeddedStore
+    from collector.rollups import is_networked
+    from collector.tce import coefficients_for, tce
+    from schemas.plant import native_to_canonical
 
-    start_ns = report.start_ms * 1_000_000
-    end_ns = start_ns + (report.ticks + 1) * 1_000_000_000
-    enterprise = {"enterprise": DEMO_ENTERPRISE["id"]}
-    equipment: list[EquipmentSummary] = []
-    meter_rows: list[MeterSummary] = []
+    cfg, plant = agent.cfg, agent.plant
+    assert plant is not None, "the demo's agent has an inventory, so it has a plant model"
+    store_path = workdir / STORE_FILE
+    today = datetime.fromtimestamp(last_tick_ms / 1000, PLANT_TZ).date()
+    shift, on_break = shift_at(datetime.fromtimestamp(first_tick_ms / 1000, PLANT_TZ))
+    coefficients = coefficients_for(cfg.coefficients, today.year)
+    equipment: list[EquipmentRow] = []
+    meter_rows: list[MeterRow] = []
     with EmbeddedStore(store_path, readonly=True) as store:
-        for spec in machines:
-            pts = store.points("signal", {**enterprise, "equipment": spec.equipment}, start_ns, end_ns, ["value"])
-            seconds = {(p.ts_ns - start_ns) // 1_000_000_000 for p in pts}
-            last = {p.tags["signal"]: float(p.fields["value"]) for p in pts}  # time order: the last wins
+        for item, label, note in _ledger_rows(agent.inventory, machines, ledger_only):
+            tags = {"equipment": item.id}
+            states = store.points("equipment_state", tags, fields=["state"])
+            values = store.points("signal", tags, fields=["quality"])
+            tracker = plant.trackers[item.id]
+            day = tracker.open_day_totals()
+            seconds = {
+                "running": day.running_ns / 1e9, "idle": day.idle_ns / 1e9, "down": day.down_ns / 1e9,
+                "off": day.off_ns / 1e9, "offline": day.offline_ns / 1e9,
+            }
             equipment.append(
-                EquipmentSummary(
-                    equipment=spec.equipment,
-                    kind_label=spec.kind.label,
-                    published=report.machine_messages.get(spec.equipment, 0),
-                    points=len(pts),
-                    signals=len({p.tags["signal"] for p in pts}),
-                    seconds_with_data=len(seconds),
-                    seconds=report.ticks,
-                    last=last,
+                EquipmentRow(
+                    equipment=item.id,
+                    label=label,
+                    nc=item.nc,
+                    connected=item.connected,
+                    counted=item.counts_on(today),
+                    note=note,
+                    state=str(states[-1].fields["state"]) if states else None,
+                    seconds=seconds,
+                    state_changes=len(states),
+                    values=len(values),
+                    bad_values=sum(1 for p in values if p.fields.get("quality")),
+                    good_samples=day.good_samples,
+                    sim_seconds=dict(sim.state_seconds.get(item.id, {})),
                 )
             )
         for m in meters:
-            tags = {**enterprise, "meter": m.meter, "carrier": m.carrier}
-            stored = store.points("meter_reading", tags, start_ns, end_ns, ["value"])
-            readings = [float(p.fields["value"]) for p in stored]
+            tags = {"meter": m.meter, "carrier": m.carrier}
+            readings = [float(p.fields["value"]) for p in store.points("meter_reading", tags, fields=["value"])]
+            intervals = store.points("meter_interval", tags, fields=["amount", "tce"])
+            acc = plant.meters[m.meter]
+            snap = acc.snapshot()
+            amount_open = sum(float(row[1]) for row in snap["open"])
+            factor = native_to_canonical(m.carrier, acc.meter.unit or m.config_unit)
+            tce_open = tce(m.carrier, amount_open * factor, coefficients)
+            tce_values = [float(p.fields["tce"]) for p in intervals if "tce" in p.fields]
             meter_rows.append(
-                MeterSummary(
+                MeterRow(
                     meter=m.meter,
-                    carrier_label=m.label,
+                    carrier=m.carrier,
+                    label=m.label,
                     unit=m.unit,
                     readings=len(readings),
                     first=readings[0] if readings else None,
                     last=readings[-1] if readings else None,
+                    intervals_written=len(intervals),
+                    amount_written=sum(float(p.fields["amount"]) for p in intervals),
+                    tce_written=sum(tce_values) if tce_values else (None if tce_open is None else 0.0),
+                    amount_open=amount_open,
+                    tce_open=tce_open,
+                    events={k: v for k, v in acc.counts.items() if v},
+                    sim_increments=sim.meter_increments.get(m.meter),
+                    reset_at_ms=sim.resets.get(m.meter),
                 )
             )
-        store_points = sum(
-            len(store.points(measurement, enterprise, start_ns, end_ns, ["value"]))
-            for measurement in ("signal", "meter_reading")
-        )
-    source = {"source": SOURCE_NAME}
+        store_points = {name: store.count(name) for name in
+                        ("signal", "meter_reading", "equipment_state", "meter_interval", "equipment_daily",
+                         "enterprise_daily", "consumption_daily")}
+
+    counted = [e for e in equipment if e.counted]
+    nc = [e for e in counted if e.nc]
+    minimum = cfg.plant.networked_min_online_minutes
+    values_by_id = {item.id: item.asset_value or 0.0 for item in agent.inventory}
+    tce_by_carrier: dict[str, float] = {}
+    m3_by_carrier: dict[str, float] = {}
+    for row in meter_rows:
+        if row.tce is not None:
+            tce_by_carrier[row.carrier] = tce_by_carrier.get(row.carrier, 0.0) + row.tce
+        if row.unit == "m³" and row.carrier in ("water_intake", "wastewater"):
+            m3_by_carrier[row.carrier] = m3_by_carrier.get(row.carrier, 0.0) + row.consumption
+    enterprise = EnterpriseFigures(
+        day=today.isoformat(),
+        equipment_counted=len(counted),
+        equipment_nc=len(nc),
+        asset_value_total=sum(values_by_id[e.equipment] for e in counted),
+        asset_value_nc=sum(values_by_id[e.equipment] for e in nc),
+        networked_min_online_minutes=minimum,
+        nc_networked=sum(
+            1 for e in nc
+            if is_networked(e.good_samples, sum(v for k, v in e.seconds.items() if k != "offline"), minimum)
+        ),
+        nc_with_good_data=sum(1 for e in nc if e.delivered_good_data),
+        tce_by_carrier=tce_by_carrier,
+        m3_by_carrier=m3_by_carrier,
+    )
+    metrics = agent.metrics
     return DemoSummary(
         workdir=workdir,
         store_path=store_path,
-        seconds=report.ticks,
+        started_ms=started_ms,
+        first_tick_ms=first_tick_ms,
+        last_tick_ms=last_tick_ms,
+        ticks=sim.ticks,
+        shift=shift.name,
+        on_break=on_break,
         equipment=equipment,
         meters=meter_rows,
-        report=report,
-        received=int(metrics.value("fmc_messages_received_total", source)),
-        accepted=int(metrics.value("fmc_points_accepted_total", source)),
+        enterprise=enterprise,
+        report=sim,
+        opcua_received=int(metrics.value("fmc_messages_received_total", {"source": OPCUA_SOURCE})),
+        mqtt_received=int(metrics.value("fmc_messages_received_total", {"source": MQTT_SOURCE})),
+        accepted=int(sum(metrics.value("fmc_points_accepted_total", {"source": s}) for s in (OPCUA_SOURCE,
+                                                                                            MQTT_SOURCE))),
         rejected=_rejections_by_reason(metrics),
         written=int(metrics.value("fmc_points_written_total", {"sink": "embedded"})),
         dead_lettered=int(metrics.value("fmc_points_dead_lettered_total", {"sink": "embedded"})),
@@ -571,8 +499,9 @@ def _rejections_by_reason(metrics: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:
-            if sample.name == "fmc_rejected_total" and sample.labels.get("source") == SOURCE_NAME and sample.value:
-                out[sample.labels["reason"]] = int(sample.value)
+            if sample.name == "fmc_rejected_total" and sample.value:
+                reason = sample.labels["reason"]
+                out[reason] = out.get(reason, 0) + int(sample.value)
     return dict(sorted(out.items()))
 
 
@@ -600,74 +529,134 @@ def _num(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:,.{digits}f}"
 
 
+def _pct(part: float, whole: float) -> str:
+    return "—" if not whole else f"{100.0 * part / whole:.1f} %"
+
+
+def _clock(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, PLANT_TZ).strftime("%H:%M:%S")
+
+
+def _state_cell(e: EquipmentRow) -> str:
+    if not e.counted:
+        return "—"
+    return STATE_LABELS.get(e.state or "offline", e.state or "offline")  # no state written yet: offline
+
+
 def render_summary(s: DemoSummary) -> str:
-    banner = "SIMULATED DATA — 模拟数据: no real plant, machine or meter is measured here"
+    banner = "SIMULATED DATA — 模拟数据: a simulated pilot plant; no real plant, machine or meter is measured here"
     out = ["", "=" * text_width(banner), banner, "=" * text_width(banner), ""]
+    ent = s.enterprise
     out.append(f"{DEMO_ENTERPRISE['name']}  (enterprise {DEMO_ENTERPRISE['id']}, region 330602, industry 17)")
-    out.append(f"{s.seconds} s of plant time, {len(s.equipment)} machines, {len(s.meters)} meters")
+    out.append(f"{s.ticks} s of plant data on {ent.day}, {_clock(s.first_tick_ms)}–{_clock(s.last_tick_ms)} "
+               f"plant time (Asia/Shanghai); {s.shift}{', on its break' if s.on_break else ''}")
+    out.append("States change every few seconds here; in a real plant they change every few minutes.")
     out.append("")
-    out.append("Equipment — measurement `signal` in the store")
+
+    out.append(f"Equipment — today so far (since the agent started at {_clock(s.started_ms)}), seconds per state from "
+               "the agent's state tracker;")
+    out.append("state = the last `equipment_state` in the store; values = `signal` points (bad = Bad OPC UA status)")
     rows = []
+    notes = []
     for e in s.equipment:
-        state = e.last.get("program_state")
-        share = 100.0 * e.seconds_with_data / e.seconds if e.seconds else 0.0
-        rows.append(
-            [
-                e.equipment,
-                str(e.points),
-                str(e.published),
-                str(e.signals),
-                f"{share:.0f}% ({e.seconds_with_data}/{e.seconds})",
-                e.kind_label,
-                STATE_LABELS.get(int(state), "—") if state is not None else "—",
-                _num(e.last.get("spindle_speed")),
-                _num(e.last.get("power_kw"), 2),
-                _num(e.last.get("temperature_c")) if "temperature_c" in e.last else "",
-                _num(e.last.get("good_count"), 0),
-            ]
-        )
-    headers = ["equipment", "stored", "sent", "signals", "seconds with data", "type 类型", "state 状态",
-               "rpm", "kW", "°C", "good count"]
-    out += render_table(headers, rows, "<>>><<<>>>>")
-    out.append("(stored = points in the store; sent = good messages the simulator published; last values shown)")
+        secs = [_num(e.seconds[k], 0) if e.counted else "" for k in TRACKED]
+        mark = "*" if e.note else ""
+        rows.append([
+            e.equipment + mark, e.label, "yes" if e.nc else "no", "yes" if e.connected else "no", _state_cell(e),
+            *secs, str(e.state_changes), f"{e.values} ({e.bad_values})",
+        ])
+        if e.note:
+            notes.append(f"{e.equipment}: {e.note}")
+    headers = ["equipment", "type 类型", "NC", "联网 conn.", "state 状态", "running", "idle", "down", "off", "offline",
+               "changes", "values (bad)"]
+    out += render_table(headers, rows, "<<<<<>>>>>>>")
+    out.append("* " + "; ".join(notes))
     out.append("")
-    out.append("Meters — measurement `meter_reading` in the store (cumulative counters)")
-    rows = [
-        [m.meter, str(m.readings), m.carrier_label, _num(m.first, 3), _num(m.last, 3), _num(m.consumption, 3), m.unit]
-        for m in s.meters
+
+    out.append(f"Enterprise — 企业指标 (SIMULATED), {ent.day}")
+    lines: list[tuple[str, str]] = [
+        ("NC rate 装备数控化率", "period end: the ledger's equipment in scope and in service today"),
+        ("  by count",
+         f"{ent.equipment_nc} of {ent.equipment_counted} = {_pct(ent.equipment_nc, ent.equipment_counted)}"),
+        ("  by asset value 原值", f"¥{ent.asset_value_nc:,.0f} of ¥{ent.asset_value_total:,.0f} = "
+                                f"{_pct(ent.asset_value_nc, ent.asset_value_total)}"),
+        ("networking rate 机器联网率", "today so far: networked NC equipment ÷ NC equipment"),
+        (f"  by the rule (good data, ≥ {ent.networked_min_online_minutes:g} min online today)",
+         f"{ent.nc_networked} of {ent.equipment_nc} = {_pct(ent.nc_networked, ent.equipment_nc)}"
+         + (f"  (this run lasted {s.ticks} s: no equipment can be online {ent.networked_min_online_minutes:g} min)"
+            if s.ticks < ent.networked_min_online_minutes * 60 else "")),
+        ("  delivered good data in this run (demo stand-in)",
+         f"{ent.nc_with_good_data} of {ent.equipment_nc} = {_pct(ent.nc_with_good_data, ent.equipment_nc)}"
+         "  (NC equipment never connected: the gap)"),
+        ("energy 综合能源消费量", "`meter_interval` tce, plus the interval still open in the agent"),
     ]
-    out += render_table(["meter", "stored", "carrier 能源/水", "first reading", "last reading", "consumption", "unit"],
-                        rows, "<><>>><")
+    labels = {m.carrier: m.label for m in s.meters}
+    for carrier, value in ent.tce_by_carrier.items():
+        lines.append((f"  {labels.get(carrier, carrier)}", f"{value:.6f} tce"))
+    lines.append(("  total", f"{ent.tce_total:.6f} tce  ({ent.tce_total * 1000:.3f} kgce)"))
+    lines.append(("water 水", "m³ (fresh water and other media are not energy)"))
+    for carrier, value in ent.m3_by_carrier.items():
+        lines.append((f"  {labels.get(carrier, carrier)}", f"{value:.3f} m³"))
+    width = max(text_width(k) for k, _ in lines)
+    out += [f"  {pad(k, width)}  {v}" for k, v in lines]
     out.append("")
-    out.append("Totals")
-    bad = ", ".join(f"{kind} {n}" for kind, n in sorted(s.report.bad_messages.items())) or "none"
+
+    out.append("Meters — raw `meter_reading` and 1-minute `meter_interval` points in the store (cumulative counters)")
+    rows = []
+    for m in s.meters:
+        digits = 2 if m.unit == "kWh" else 3
+        rows.append([
+            m.meter, m.label, str(m.readings), _num(m.first, digits), _num(m.last, digits), str(m.intervals_written),
+            _num(m.amount_written, digits), _num(m.amount_open, digits), _num(m.consumption, digits), m.unit,
+            "—" if m.tce is None else f"{m.tce:.6f}",
+        ])
+    out += render_table(["meter", "carrier 能源/水", "readings", "first reading", "last reading", "intervals",
+                         "in intervals", "open interval", "consumption", "unit", "tce"], rows, "<<>>>>>>><>")
+    for m in s.meters:
+        if m.reset_at_ms is None:
+            continue
+        events = ", ".join(f"{k} {v}" for k, v in sorted(m.events.items())) or "none"
+        naive = None if m.first is None or m.last is None else m.last - m.first
+        out.append(f"{m.meter}: the register was reset to 0 at {_clock(m.reset_at_ms)} (simulated maintenance). "
+                   f"Counted once: {_num(m.consumption, 3)} {m.unit}; the register's true increments: "
+                   f"{_num(m.sim_increments, 3)} {m.unit}")
+        out.append(f"  (last − first reading would say {_num(naive, 3)} {m.unit}; accumulator events: {events})")
+    out.append(f"(intervals are {DEMO_PLANT['interval_minutes']} minute here, 15 by default; the open interval is "
+               "written once it ends)")
+    out.append("")
+
+    out.append("Agent")
+    r = s.report
+    bad = ", ".join(f"{kind} {n}" for kind, n in sorted(r.bad_messages.items())) or "none"
     rejected = ", ".join(f"{reason} {n}" for reason, n in s.rejected.items()) or "none"
+    written_values = sum(r.values_written.values())
     totals = [
-        ("messages sent by the simulator", f"{s.report.total}  (deliberately bad: {s.report.bad_total}: {bad})"),
-        ("messages received by the agent", str(s.received)),
+        ("OPC UA values written by the simulator", f"{written_values}  ({r.changes_written} of them changes; "
+                                                   f"link losses: {sum(r.link_losses.values())})"),
+        ("OPC UA values received by the agent", f"{s.opcua_received}  (initial values, changes, polls)"),
+        ("MQTT messages sent by the simulator", f"{r.mqtt_total}  (deliberately bad: {r.bad_total}: {bad})"),
+        ("MQTT messages received by the agent", str(s.mqtt_received)),
         ("points accepted into the spool", str(s.accepted)),
         ("rejected, by reason", f"{sum(s.rejected.values())}  ({rejected})"),
         ("points written to the embedded store", str(s.written)),
         ("points refused by the store", str(s.dead_lettered)),
-        ("points in the store from this run", str(s.store_points)),
+        ("points in the store", ", ".join(f"{k} {v}" for k, v in s.store_points.items() if v)),
         ("spool depth at the end", str(s.spool_depth)),
     ]
     width = max(text_width(k) for k, _ in totals)
     out += [f"  {pad(k, width)}  {v}" for k, v in totals]
     out.append("")
     out.append(f"Store: {s.store_path}  (SQLite; read it with adapters.embedded.EmbeddedStore)")
-    out.append(f"Work dir (kept): {s.workdir}")
+    out.append(f"Work dir (kept): {s.workdir}  — {LEDGER_FILE} (the ledger it loaded), {SUMMARY_FILE}")
+    out.append("Daily rollups (equipment_daily, enterprise_daily, consumption_daily) are written at local midnight;")
+    out.append("the 'today so far' figures above come from the agent's plant model.")
     out.append("Run the real agent on your plant: copy deploy/examples/agent.toml, set the enterprise,")
-    out.append("broker and store, then `fmc check -c agent.toml` and `fmc run -c agent.toml`")
-    out.append("(as shipped: fmc run -c deploy/examples/agent.toml).")
+    out.append("servers and store, then `fmc check -c agent.toml` and `fmc run -c agent.toml`.")
     if s.problems:
         out.append("")
         out += [f"PROBLEM: {p}" for p in s.problems]
     out.append("")
     return "\n".join(out)
-
-
-# --- the run ----------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -714,48 +703,81 @@ async def _wait_until(condition: Callable[[], bool], timeout_s: float, poll_s: f
     return True
 
 
-def _received(agent: Any) -> float:
-    return float(agent.metrics.value("fmc_messages_received_total", {"source": SOURCE_NAME}))
 
 
-async def _simulate(
-    sim: PlantSimulator,
-    agent: Any,
-    agent_task: asyncio.Task[None],
-    broker: DemoBroker,
-    cfg: AgentConfig,
-    ticks: int,
-    say: Callable[[str], None],
-) -> list[str]:
-    """Publish ``ticks`` seconds of plant data and wait until the agent received all of it.
+def _received(agent: Agent, source: str) -> float:
+    return float(agent.metrics.value("fmc_messages_received_total", {"source": source}))
+
+
+def _connected(agent: Agent, source: str) -> bool:
+    return agent.metrics.value("fmc_source_connected", {"source": source}) >= 1
+
+
+def _fresh_workdir(workdir: Path) -> None:
+    """A demo starts afresh: an earlier demo's spool and store in the same work dir are replaced
+    (its plant state would resume, and its meters would see this run's registers start over)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in (STORE_FILE, SPOOL_FILE):
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            (workdir / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+@dataclass(slots=True)
+class _Run:
+    """The demo's live parts, for ``_simulate``."""
+
+    sim: PlantSimulator
+    server: OpcUaPlantServer
+    broker: DemoBroker
+    agent: Agent
+    agent_task: asyncio.Task[None]
+    cfg: AgentConfig
+    first_tick_ms: int = 0
+    last_tick_ms: int = 0
+
+
+async def _simulate(run: _Run, ticks: int, say: Callable[[str], None]) -> list[str]:
+    """Run ``ticks`` seconds of plant and wait until the agent has what was sent.
     Returns the problems seen (empty when all went well)."""
-    problems: list[str] = []
-    # publish only once the agent's persistent session is subscribed, or the broker would have
-    # nobody to keep the first messages for
-    filters = [sub.mqtt_filter() for sub in cfg.mqtt[0].subscribe]
-    await _wait_until(lambda: broker.has_subscriptions(filters) or agent_task.done(), 15.0)
-    if agent_task.done() or not broker.has_subscriptions(filters):
-        return ["the agent did not subscribe to the demo broker within 15 s"]
-    publisher = MqttPublisher("127.0.0.1", broker.port)
+    sim, agent, task = run.sim, run.agent, run.agent_task
+    # start the plant's clock only once the agent listens on both sources, or its first seconds would be lost
+    filters = [sub.mqtt_filter() for sub in run.cfg.mqtt[0].subscribe]
+    ready = await _wait_until(
+        lambda: task.done() or (run.broker.has_subscriptions(filters) and _connected(agent, OPCUA_SOURCE)), 20.0
+    )
+    if task.done():
+        return ["the agent stopped before it was connected to the simulated plant"]
+    if not ready:
+        missing = "the OPC UA server" if not _connected(agent, OPCUA_SOURCE) else "the MQTT broker"
+        return [f"the agent did not connect to {missing} within 20 s"]
+    publisher = MqttPublisher("127.0.0.1", run.broker.port)
     await publisher.connect()
+    written = 0
     try:
         say(f"simulating {len(sim.machines)} machines and {len(sim.meters)} meters for {ticks} s …")
         t0 = time.monotonic()
         for k in range(ticks):
             await asyncio.sleep(max(0.0, t0 + k - time.monotonic()))  # one tick per wall-clock second
-            if agent_task.done():
-                return ["the agent stopped while the plant was publishing"]
-            publisher.publish(sim.tick())
+            if task.done():
+                return ["the agent stopped while the plant was running"]
+            now_ms = time.time_ns() // 1_000_000
+            run.first_tick_ms = run.first_tick_ms or now_ms
+            run.last_tick_ms = now_ms
+            tick = sim.tick(now_ms)
+            written += await run.server.write(tick)
+            publisher.publish(tick.messages)
             if k and k % 5 == 0:
-                received = _received(agent)
-                say(f"  {k:>3} s: {publisher.published} messages published, {received:.0f} received by the agent")
+                say(f"  {k:>3} s: OPC UA {written} values written, {_received(agent, OPCUA_SOURCE):.0f} received; "
+                    f"MQTT {publisher.published} messages published, {_received(agent, MQTT_SOURCE):.0f} received")
         if not await publisher.flush():
-            problems.append("the broker did not acknowledge every published message")
+            return ["the broker did not acknowledge every published message"]
     finally:
         await publisher.close()
-    sent = sim.report.total
-    if not await _wait_until(lambda: agent_task.done() or _received(agent) >= sent, 15.0):
-        problems.append(f"the agent received {_received(agent):.0f} of {sent} messages within 15 s")
+    problems: list[str] = []
+    sent = sim.report.mqtt_total
+    if not await _wait_until(lambda: task.done() or _received(agent, MQTT_SOURCE) >= sent, 15.0):
+        problems.append(f"the agent received {_received(agent, MQTT_SOURCE):.0f} of {sent} MQTT messages within 15 s")
+    await asyncio.sleep(SETTLE_S)  # OPC UA: the last changes come with the next publish or poll
     return problems
 
 
@@ -767,10 +789,12 @@ async def run_demo(
 ) -> int:
     """Run the simulated plant through the real agent into the embedded store; print a summary.
 
-    Returns the exit code: 0 when every message the simulator sent reached the agent and the
-    spool was empty at the end, 1 otherwise (the output says what went wrong).
+    Returns the exit code: 0 when every MQTT message reached the agent, every connected machine
+    delivered data, the meters' consumption matches the simulator's registers and the spool was
+    empty at the end; 1 otherwise (the output says what went wrong).
     """
     from collector.agent import Agent
+    from collector.inventory import load_inventory_csv
     from collector.spool import Spool
 
     def say(text: str) -> None:
@@ -779,53 +803,88 @@ async def run_demo(
 
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="fmc-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    _fresh_workdir(workdir)
     ticks = max(1, math.ceil(duration_s))
-    say("fmc demo — SIMULATED DATA: a simulated textile plant, the real agent, an embedded store")
-    say(f"work dir: {workdir} (kept after the demo)")
+    say("fmc demo — SIMULATED DATA: a simulated textile plant (OPC UA machines, MQTT meters), the real agent, "
+        "an embedded store")
+    say(f"work dir: {workdir} (kept after the demo; an earlier demo's spool and store there are replaced)")
+    ledger = write_ledger_csv(workdir / LEDGER_FILE)
+    inventory = load_inventory_csv(ledger)
+    say(f"equipment ledger 设备台账: {ledger.name}, {len(inventory)} rows ({len(DEMO_MACHINES)} connected machines, "
+        f"{len(inventory) - len(DEMO_MACHINES)} on the ledger only)")
 
     problems: list[str] = []
-    sim = PlantSimulator(seed, start_ms=time.time_ns() // 1_000_000)
-    with _quiet_loggers(("amqtt", "transitions"), logging.WARNING), _agent_logger() as agent_log:
-        broker = DemoBroker()
+    sim = PlantSimulator(seed, reset_at_tick=ticks // 2)
+    with _quiet_loggers(("amqtt", "transitions", "asyncua"), logging.ERROR), _agent_logger() as agent_log:
+        server, broker = OpcUaPlantServer(), DemoBroker()
         try:
+            endpoint = await server.start(sim.initial_values())
             await broker.start()
         except RuntimeError as e:
+            await server.stop()
             say(f"PROBLEM: {e}")
             return 1
         try:
             metrics_port = free_port()
-            cfg = demo_config(broker.port, workdir, metrics_port)
-            agent = Agent(cfg, logger=agent_log)
-            say(f"MQTT broker (amqtt): 127.0.0.1:{broker.port}   "
-                f"agent metrics while it runs: http://127.0.0.1:{metrics_port}/metrics")
-            stop = asyncio.Event()
-            agent_task = asyncio.create_task(agent.run(stop), name="fmc-demo-agent")
             try:
-                problems += await _simulate(sim, agent, agent_task, broker, cfg, ticks, say)
-            except Exception as e:  # reported below; the agent and the broker still stop cleanly
+                cfg = demo_config(endpoint, broker.port, workdir, metrics_port)
+                agent = Agent(cfg, logger=agent_log, inventory=inventory)
+            except Exception as e:  # the demo's own config is wrong: say so plainly (the finally stops the servers)
+                say(f"PROBLEM: cannot set up the agent: {type(e).__name__}: {e}")
+                return 1
+            say(f"OPC UA server (asyncua, security None): {endpoint}  {len(DEMO_MACHINES)} machines under "
+                "Objects/Machines")
+            say(f"MQTT broker (amqtt): 127.0.0.1:{broker.port}  {len(DEMO_METERS)} meters;  "
+                f"agent metrics while it runs: http://127.0.0.1:{metrics_port}/metrics")
+            say(f"demo settings: [plant] interval_minutes = {DEMO_PLANT['interval_minutes']} (default 15) so meter "
+                f"intervals complete in a short run; offline_after_s = {DEMO_PLANT['offline_after_s']:g} "
+                "(default 600) so a lost link shows")
+            started_ms = time.time_ns() // 1_000_000
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop), name="fmc-demo-agent")
+            run = _Run(sim, server, broker, agent, task, cfg)
+            try:
+                problems += await _simulate(run, ticks, say)
+            except Exception as e:  # reported below; the agent and the servers still stop cleanly
                 problems.append(f"{type(e).__name__}: {e}")
             finally:
                 stop.set()  # the agent flushes its spool into the store before it returns
                 try:
-                    await agent_task
+                    await task
                 except Exception as e:
                     problems.append(f"the agent failed: {type(e).__name__}: {e}")
         finally:
             await broker.stop()
+            await server.stop()
 
-    store_path = workdir / "fmc-store.db"
-    if not cfg.spool.path.exists() or not store_path.exists():
-        for p in [*problems, f"the agent wrote no spool or no store in {workdir}"]:
+    store_path = workdir / STORE_FILE
+    if getattr(agent, "plant", None) is None or not run.first_tick_ms or not store_path.exists():
+        for p in [*problems, f"the run produced no data to summarise (work dir {workdir})"]:
             say(f"PROBLEM: {p}")
         return 1
     with Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes) as spool:
         spool_depth = spool.stats().depth
-    summary = summarise(store_path, workdir, sim.report, agent.metrics, spool_depth)
-    if summary.received < sim.report.total and not any("received" in p for p in problems):
-        problems.append(f"the agent received {summary.received} of {sim.report.total} messages")
-    if spool_depth != 0:
-        problems.append(f"{spool_depth} points were left in the spool (they go to the store on the next start)")
+    summary = summarise(agent, sim.report, workdir=workdir, spool_depth=spool_depth, started_ms=started_ms,
+                        first_tick_ms=run.first_tick_ms, last_tick_ms=run.last_tick_ms)
+    problems += _checks(summary)
     summary.problems = problems
+    (workdir / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
     say(render_summary(summary))
     return 0 if not problems else 1
+
+
+def _checks(s: DemoSummary) -> list[str]:
+    """What must hold after a good run; each failure is printed as a PROBLEM and makes the exit code 1."""
+    problems: list[str] = []
+    if s.mqtt_received < s.report.mqtt_total:
+        problems.append(f"the agent received {s.mqtt_received} of {s.report.mqtt_total} MQTT messages")
+    silent = [e.equipment for e in s.equipment if e.connected and (e.values == 0 or e.state_changes == 0)]
+    if silent:
+        problems.append(f"no values or no states in the store for connected machine(s): {', '.join(silent)}")
+    for m in s.meters:
+        if m.sim_increments is not None and abs(m.consumption - m.sim_increments) > 1e-6 * max(1.0, m.sim_increments):
+            problems.append(f"meter {m.meter}: the agent counted {m.consumption:.6f} {m.unit}, the register moved "
+                            f"{m.sim_increments:.6f} {m.unit}")
+    if s.spool_depth != 0:
+        problems.append(f"{s.spool_depth} points were left in the spool (they go to the store on the next start)")
+    return problems
