@@ -24,6 +24,7 @@ from collector.rollups import (
     InventoryItem,
     Site,
     consumption_daily,
+    counted_meters,
     enterprise_daily,
     local_date,
     local_day_bounds,
@@ -65,8 +66,7 @@ class PlantModel:
                          timezone=site.timezone)
             for v in sections.virtual_meter
         ]
-        self.counted = {m.id: m.carrier for m in sections.meter if m.enterprise_total}
-        self.counted.update({v.id: v.carrier for v in sections.virtual_meter if v.enterprise_total})
+        self.counted = counted_meters(sections)
         # a day's consumption is final once every meter's last interval of the day is: max_gap_s
         # (or a virtual meter's max_wait_s) after midnight, plus one interval
         waits = [m.max_gap_s for m in sections.meter] + [v.max_wait_s for v in sections.virtual_meter]
