@@ -223,6 +223,10 @@ class Agent:
             self.metrics.spool_bytes.set(stats.bytes)
             oldest = stats.oldest_enqueued_ms
             self.metrics.oldest_age.set(0.0 if oldest is None else max(0.0, time.time() - oldest / 1000))
+            if self.plant is not None:
+                # read from another thread: plain int counters, a momentarily stale sum is fine
+                for (part, kind), n in self.plant.event_counts().items():
+                    self.metrics.plant_events.labels(part, kind).set(n)
             await asyncio.sleep(GAUGE_INTERVAL_S)
 
     def _start_metrics_server(self) -> None:

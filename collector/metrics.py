@@ -31,6 +31,12 @@ class AgentMetrics:
         self.oldest_age = Gauge(
             "fmc_spool_oldest_point_age_seconds", "Age of the oldest unsent point (0 when empty)", registry=r
         )
+        self.plant_events = Gauge(
+            "fmc_plant_events",
+            "Plant model events since start, by part and kind: late or future samples, implausible meter "
+            "jumps (rejected), resets and rollovers, unknown equipment or meters, skipped days",
+            ["part", "kind"], registry=r,
+        )
         self.connected = Gauge("fmc_source_connected", "1 while a source is connected", ["source"], registry=r)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:

@@ -137,6 +137,17 @@ class PlantModel:
                                          coefficients=coefficients_for(self.sections.coefficients, year)))
         return out
 
+    def event_counts(self) -> dict[tuple[str, str], int]:
+        """What the trackers and accumulators counted, summed per (part, kind), for /metrics."""
+        out: dict[tuple[str, str], int] = {("plant", k): v for k, v in self.counts.items()}
+        for part, counters in (("equipment", [t.counts for t in self.trackers.values()]),
+                               ("meter", [m.counts for m in self.meters.values()]),
+                               ("virtual_meter", [v.counts for v in self.virtual])):
+            for counts in counters:
+                for kind, n in list(counts.items()):
+                    out[(part, kind)] = out.get((part, kind), 0) + n
+        return out
+
     # --- events -----------------------------------------------------------------------------------
 
     def _events(self, events: Iterable[StateChange | EquipmentDay], out: list[Point]) -> None:

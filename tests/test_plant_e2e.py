@@ -80,6 +80,10 @@ def test_opcua_states_reach_influxdb(tmp_path, mosquitto, influx_db):
             assert rows[0]["last"] == 1200.0
             # never-connected equipment has no state changes: it stays offline, counted at the day's end
             assert set(states) == {"CNC-01"}
+            # the plant model's counters are on /metrics (zero here: no late samples, no unknown equipment)
+            metrics = agent.metrics()
+            assert metrics[("fmc_plant_events", (("kind", "late_samples"), ("part", "equipment")))] >= 0
+            assert metrics[("fmc_plant_events", (("kind", "unknown_equipment"), ("part", "plant")))] == 0
             assert agent.terminate() == 0
         finally:
             agent.stop_quietly()

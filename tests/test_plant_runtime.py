@@ -205,6 +205,7 @@ def test_meter_intervals_and_daily_consumption_with_a_reset(tmp_path):
     assert all(c == 1.0 for _, _, c in intervals[:4])
     (daily,) = [p for p in points if p.measurement == "consumption_daily"]
     assert daily.tags["carrier"] == "electricity"
+    assert plant.event_counts()[("meter", "reset_counted")] == 1  # exported as fmc_plant_events
     assert round(daily.fields["amount"], 9) == 120.0
     assert round(daily.fields["tce"], 9) == round(120.0 * 0.1229 / 1000, 9)  # kWh × kgce/kWh ÷ 1000
     # the tracker covered one hour of the day's 24: coverage says so
