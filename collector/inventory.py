@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -181,15 +181,26 @@ class _Column:
     scale: float = 1.0  # asset value in 万元 -> yuan
 
 
-def match_header(header: str, index: dict[str, str] | None = None) -> tuple[str, float] | None:
-    """(field, scale to yuan) for a header, or None when it is not an inventory column."""
+# Which fields may carry a unit in their header, and the scale each unit gives (inventory: 原值 only).
+HeaderUnits = Mapping[str, Mapping[str, float]]
+INVENTORY_UNITS: HeaderUnits = {"asset_value": AMOUNT_UNITS}
+
+
+def match_header(
+    header: str, index: dict[str, str] | None = None, units: HeaderUnits | None = None
+) -> tuple[str, float] | None:
+    """(field, scale) for a header, or None when it is not a known column. ``index`` maps
+    ``header_key`` forms to fields (default: the inventory's synonyms); ``units`` says which fields
+    may name a unit in brackets, 原值(万元), and its scale (default: ``INVENTORY_UNITS``)."""
     synonyms = index if index is not None else _synonym_index()
+    scaled = units if units is not None else INVENTORY_UNITS
     key = header_key(header)
     if key in synonyms:
         return synonyms[key], 1.0
     m = re.fullmatch(r"(.+?)\((.+)\)", key)
-    if m and synonyms.get(m.group(1)) == "asset_value" and m.group(2) in AMOUNT_UNITS:
-        return "asset_value", AMOUNT_UNITS[m.group(2)]
+    field_name = synonyms.get(m.group(1)) if m else None
+    if m and field_name in scaled and m.group(2) in scaled[field_name]:
+        return field_name, scaled[field_name][m.group(2)]
     return None
 
 
@@ -245,22 +256,24 @@ def _split_rows(text: str, delimiter: str) -> Iterable[list[str]]:
     return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
 
 
-def _find_header(rows: Iterable[list[str]], synonyms: dict[str, str]) -> tuple[int, int]:
-    """(row offset, recognised columns) of the first row naming at least two inventory columns."""
+def _find_header(
+    rows: Iterable[list[str]], synonyms: dict[str, str], units: HeaderUnits | None = None
+) -> tuple[int, int]:
+    """(row offset, recognised columns) of the first row naming at least two known columns."""
     for offset, row in enumerate(itertools.islice(rows, HEADER_SEARCH_ROWS)):
-        recognised = sum(1 for cell in row if match_header(cell, synonyms))
+        recognised = sum(1 for cell in row if match_header(cell, synonyms, units))
         if recognised >= 2:
             return offset, recognised
     return -1, 0
 
 
-def _sniff(text: str, synonyms: dict[str, str]) -> tuple[str, int]:
+def _sniff(text: str, synonyms: dict[str, str], units: HeaderUnits | None = None) -> tuple[str, int]:
     """(delimiter, header row offset): the delimiter under which a header shows up first, and with
     the most recognised columns (a stray "nc,id" inside a later cell must not win)."""
     found: list[tuple[int, int, int, str]] = []
     for order, delimiter in enumerate(DELIMITERS):
         try:
-            offset, recognised = _find_header(_split_rows(text, delimiter), synonyms)
+            offset, recognised = _find_header(_split_rows(text, delimiter), synonyms, units)
         except csv.Error:
             continue
         if offset >= 0:
@@ -313,17 +326,25 @@ def read_inventory_csv(path: str | Path) -> InventoryImport:
     return parse_inventory_text(text, path=path, encoding=encoding)
 
 
+def split_csv(
+    text: str, synonyms: dict[str, str], units: HeaderUnits | None = None
+) -> tuple[list[list[str]], str, int]:
+    """(rows, delimiter, header row offset) of decoded CSV text whose header names at least two
+    columns known to ``synonyms`` (see ``match_header``); raises ``csv.Error``."""
+    explicit = re.match(r"sep=(.)\r?\n", text)  # Excel's own "sep=;" line; Excel does not show it as a row
+    if explicit:
+        text, delimiter = text[explicit.end():], explicit.group(1)
+        header_offset = max(_find_header(_split_rows(text, delimiter), synonyms, units)[0], 0)
+    else:
+        delimiter, header_offset = _sniff(text, synonyms, units)
+    return list(_split_rows(text, delimiter)), delimiter, header_offset
+
+
 def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> InventoryImport:
     """The CSV ledger already decoded; ``path`` only names it in messages."""
     synonyms = _synonym_index()
     try:
-        explicit = re.match(r"sep=(.)\r?\n", text)  # Excel's own "sep=;" line; Excel does not show it as a row
-        if explicit:
-            text, delimiter = text[explicit.end():], explicit.group(1)
-            header_offset = max(_find_header(_split_rows(text, delimiter), synonyms)[0], 0)
-        else:
-            delimiter, header_offset = _sniff(text, synonyms)
-        rows = list(_split_rows(text, delimiter))
+        rows, delimiter, header_offset = split_csv(text, synonyms)
     except csv.Error as e:
         raise InventoryError(path, [InventoryProblem(f"not readable as CSV: {e}")]) from None
     if not any(any(cell.strip() for cell in row) for row in rows):
