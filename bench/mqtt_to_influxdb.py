@@ -109,8 +109,8 @@ def agent_rate(tmp: Path, mqtt_port: int, influx: InfluxDBServer, db: str, clien
     t0 = time.perf_counter()
     agent = AgentProcess(cfg, metrics_port).start()
     try:
-        # polled twice a second: scraping /metrics costs the agent CPU too
-        written = agent.wait_metric("fmc_points_written_total", expected, timeout=900, poll_s=0.5, sink="influxdb")
+        # polled ten times a second: finer would cost the agent CPU (each scrape), coarser would overstate its time
+        written = agent.wait_metric("fmc_points_written_total", expected, timeout=900, poll_s=0.1, sink="influxdb")
         elapsed = time.perf_counter() - t0
         rss = vm_hwm_mb(agent.proc.pid)
     finally:
