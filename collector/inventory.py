@@ -395,9 +395,17 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
     return InventoryImport(path, items, lines, warnings, encoding, _delimiter_name(delimiter), header_line)
 
 
-def _map_header(
-    header: list[str], body: list[list[str]], header_line: int, synonyms: dict[str, str]
+def collect_columns(
+    header: list[str],
+    body: list[list[str]],
+    header_line: int,
+    synonyms: dict[str, str],
+    units: HeaderUnits | None = None,
+    unmatched: Callable[[str], InventoryProblem | None] | None = None,
 ) -> tuple[dict[str, _Column], list[str], list[InventoryProblem]]:
+    """Match each header cell to a field (shared by the ledger and the reports import): the
+    columns found, the unknown headers, and problems (a field named twice; whatever ``unmatched``
+    says about a header it recognises as wrong rather than unknown)."""
     columns: dict[str, _Column] = {}
     unknown: list[str] = []
     problems: list[InventoryProblem] = []
@@ -407,9 +415,13 @@ def _map_header(
             if any(_cell(row, index).strip() for row in body):
                 unknown.append(f"column {_column_letter(index)} (no header)")
             continue
-        matched = match_header(name, synonyms)
+        matched = match_header(name, synonyms, units)
         if matched is None:
-            unknown.append(name)
+            problem = unmatched(name) if unmatched is not None else None
+            if problem is not None:
+                problems.append(problem)
+            else:
+                unknown.append(name)
             continue
         field_name, scale = matched
         if field_name in columns:
@@ -421,6 +433,13 @@ def _map_header(
             )
             continue
         columns[field_name] = _Column(field_name, index, name, scale)
+    return columns, unknown, problems
+
+
+def _map_header(
+    header: list[str], body: list[list[str]], header_line: int, synonyms: dict[str, str]
+) -> tuple[dict[str, _Column], list[str], list[InventoryProblem]]:
+    columns, unknown, problems = collect_columns(header, body, header_line, synonyms)
     missing = [field_name for field_name in REQUIRED_FIELDS if field_name not in columns]
     for field_name in missing:
         problems.append(

@@ -27,8 +27,8 @@ from collector.inventory import (
     TOTAL_ROW_MARKERS,
     HeaderUnits,
     _cell,
-    _column_letter,
     _delimiter_name,
+    collect_columns,
     decode_ledger,
     header_key,
     match_header,
@@ -192,33 +192,14 @@ def parse_reports_text(text: str, *, path: Path, encoding: str = "UTF-8") -> Rep
 def _map_header(
     header: list[str], body: list[list[str]], header_line: int, synonyms: dict[str, str]
 ) -> tuple[dict[str, _Column], list[str], list[InventoryProblem]]:
-    columns: dict[str, _Column] = {}
-    unknown: list[str] = []
-    problems: list[InventoryProblem] = []
-    for index, cell in enumerate(header):
-        name = cell.strip()
-        if not name:
-            if any(_cell(row, index).strip() for row in body):
-                unknown.append(f"column {_column_letter(index)} (no header)")
-            continue
-        matched = match_header(name, synonyms, REPORT_UNITS)
-        if matched is None:
-            m = re.fullmatch(r"(.+?)\((.+)\)", header_key(name))
-            if m and synonyms.get(m.group(1)) is not None:
-                problems.append(InventoryProblem(_unit_message(name, synonyms[m.group(1)]), header_line, name))
-            else:
-                unknown.append(name)
-            continue
-        field_name, scale = matched
-        if field_name in columns:
-            problems.append(
-                InventoryProblem(
-                    f"columns {columns[field_name].header!r} and {name!r} both mean {field_name}; keep one",
-                    header_line,
-                )
-            )
-            continue
-        columns[field_name] = _Column(field_name, index, name, scale)
+    def unit_problem(name: str) -> InventoryProblem | None:
+        # a known header with a unit we do not know: an error, not an unknown column
+        m = re.fullmatch(r"(.+?)\((.+)\)", header_key(name))
+        if m and synonyms.get(m.group(1)) is not None:
+            return InventoryProblem(_unit_message(name, synonyms[m.group(1)]), header_line, name)
+        return None
+
+    columns, unknown, problems = collect_columns(header, body, header_line, synonyms, REPORT_UNITS, unit_problem)
     missing = [name for name in REQUIRED_LABELS if name not in columns]
     for field_name in missing:
         problems.append(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict
 
@@ -52,3 +53,22 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+
+
+def known_timezone(v: str) -> str:
+    """A time-zone setting: an IANA name zoneinfo knows."""
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Asia/Shanghai'") from None
+    return v
+
+
+def equal_values_by_year(v: dict[int, float]) -> dict[int, float]:
+    """Published electricity equal values 等价值 (kgce per kWh) by calendar year."""
+    for year, value in v.items():
+        if not 1990 <= year <= 2100:
+            raise ValueError(f"year {year} is not a calendar year; write e.g. 2020 = 0.3055")
+        if not 0 < value < 1:
+            raise ValueError(f"{year} = {value}: the equal value is in kgce per kWh, around 0.3")
+    return v

@@ -12,7 +12,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     Field,
@@ -29,6 +28,7 @@ from schemas.base import (
     TEMPLATE_FIELD,
     ConfigError,
     _Model,
+    known_timezone,
 )
 from schemas.inventory import EquipmentItem, InventoryConfig
 from schemas.opcua import OpcUaSource
@@ -59,14 +59,7 @@ class EnterpriseConfig(_Model):
     industry: str = Field(pattern=r"^\d{2}(\d{1,2})?$", description="GB/T 4754-2017 division, e.g. '17'")
     timezone: str = "Asia/Shanghai"
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'Asia/Shanghai'") from e
-        return v
+    _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))
 
 
 class TLSConfig(_Model):

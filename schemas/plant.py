@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from schemas.base import CARRIERS, ID_PATTERN, NAME_PATTERN, _Model
+from schemas.base import CARRIERS, ID_PATTERN, NAME_PATTERN, _Model, equal_values_by_year
 
 # --- carriers and units --------------------------------------------------------------------------
 
@@ -308,15 +308,7 @@ class CoefficientsConfig(_PlantModel):
                 raise ValueError(f"{carrier} = {value}: a coefficient is a positive number of kgce per unit")
         return v
 
-    @field_validator("electricity_equal_value")
-    @classmethod
-    def _years(cls, v: dict[int, float]) -> dict[int, float]:
-        for year, value in v.items():
-            if not 1990 <= year <= 2100:
-                raise ValueError(f"year {year} is not a calendar year; write e.g. 2020 = 0.3055")
-            if not 0 < value < 1:
-                raise ValueError(f"{year} = {value}: the equal value is in kgce per kWh, around 0.3")
-        return v
+    _years = field_validator("electricity_equal_value")(lambda cls, v: equal_values_by_year(v))
 
     @model_validator(mode="after")
     def _choices(self) -> CoefficientsConfig:

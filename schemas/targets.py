@@ -19,11 +19,10 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from schemas.base import ID_PATTERN, ConfigError, _Model
+from schemas.base import ID_PATTERN, ConfigError, _Model, equal_values_by_year, known_timezone
 from schemas.config import _problems_from
 
 INDICATORS = (
@@ -104,24 +103,8 @@ class Policy(_Model):
     )
     min_coverage: float = Field(default=0.95, gt=0, le=1)
 
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f'{v!r} is not an IANA time zone such as "Asia/Shanghai"') from None
-        return v
-
-    @field_validator("electricity_equal_value")
-    @classmethod
-    def _equal(cls, v: dict[int, float]) -> dict[int, float]:
-        for year, value in v.items():
-            if not 1990 <= year <= 2100:
-                raise ValueError(f"year {year} is not a calendar year; write e.g. 2020 = 0.3055")
-            if not 0 < value < 1:
-                raise ValueError(f"{year} = {value}: the equal value is in kgce per kWh, around 0.3")
-        return v
+    _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))
+    _equal = field_validator("electricity_equal_value")(lambda cls, v: equal_values_by_year(v))
 
     @field_validator("deflator")
     @classmethod
