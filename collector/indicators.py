@@ -22,11 +22,13 @@ Coverage:
 from __future__ import annotations
 
 import calendar
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
+from collector.store import CarrierSums, DailySums, PeriodSums
 from schemas.targets import INDICATORS, POINT_INDICATORS, Targets
 
 Status = Literal["met", "missed", "insufficient_data", "no_target"]
@@ -155,8 +157,10 @@ class EnterpriseData:
     reports: Sequence[Report] = ()
     # figures reported for the base year (surveys), used when the data cannot give the baseline
     baseline_values: Mapping[str, float] = field(default_factory=dict)
-    # carriers expected for energy; None = the energy carriers seen in ``consumption``
+    # carriers expected for energy; None = the energy carriers seen in the data
     energy_carriers: frozenset[str] | None = None
+    # sums a store computed, by (period start, period end); a period not here is summed from the rows
+    sums: Mapping[tuple[date, date], PeriodSums] = field(default_factory=dict)
 
 
 # --- results ---------------------------------------------------------------------------------------------
@@ -208,67 +212,123 @@ class PooledResult(IndicatorResult):
 # --- measures --------------------------------------------------------------------------------------------
 
 
-def _rate_measure(indicator: str, period: Period, days: Sequence[EnterpriseDay], targets: Targets) -> Measure:
-    policy = targets.policy
+def summarize(period: Period, daily: Iterable[EnterpriseDay], consumption: Iterable[ConsumptionDay]) -> PeriodSums:
+    """The period's sums from daily rows: what a store computes in its query (``collector.store``).
+    A day delivered twice counts once (the last one wins, as in the stores)."""
     rows: dict[date, EnterpriseDay] = {}
-    for r in days:
+    for r in daily:
         if period.contains(r.day):
-            rows[r.day] = r  # a day delivered twice counts once
-    coverage = len(rows) / period.days
-    if not rows:
+            rows[r.day] = r
+    sums = None
+    if rows:
+        last = rows[max(rows)]
+        v = rows.values()
+        sums = DailySums(
+            days=len(rows),
+            equipment_total=float(sum(r.equipment_total for r in v)),
+            equipment_nc=float(sum(r.equipment_nc for r in v)),
+            asset_value_total=math.fsum(r.asset_value_total for r in v),
+            asset_value_nc=math.fsum(r.asset_value_nc for r in v),
+            equipment_networked=float(sum(r.equipment_networked for r in v)),
+            nc_equipment_networked=float(sum(r.nc_equipment_networked for r in v)),
+            last_day=last.day,
+            last_equipment_total=float(last.equipment_total),
+            last_equipment_nc=float(last.equipment_nc),
+            last_asset_value_total=last.asset_value_total,
+            last_asset_value_nc=last.asset_value_nc,
+        )
+    best: dict[tuple[date, str], ConsumptionDay] = {}
+    for c in consumption:
+        if period.contains(c.day):
+            best[(c.day, c.carrier)] = c
+    by_carrier: dict[str, list[ConsumptionDay]] = {}
+    for (_, carrier), c in sorted(best.items()):
+        by_carrier.setdefault(carrier, []).append(c)
+    carriers = {
+        carrier: CarrierSums(
+            carrier=carrier,
+            rows=len(cs),
+            amount=math.fsum(c.amount for c in cs),
+            tce=math.fsum(c.tce for c in cs if c.tce is not None),
+            tce_rows=sum(1 for c in cs if c.tce is not None),
+            m3=math.fsum(c.m3 for c in cs if c.m3 is not None),
+            m3_rows=sum(1 for c in cs if c.m3 is not None),
+            coverage=math.fsum(min(max(c.coverage, 0.0), 1.0) for c in cs),
+        )
+        for carrier, cs in by_carrier.items()
+    }
+    return PeriodSums(sums, carriers)
+
+
+def period_sums(period: Period, data: EnterpriseData) -> PeriodSums:
+    """The sums the store gave for the period, else those of the daily rows."""
+    given = data.sums.get((period.start, period.end))
+    if given is not None:
+        return given
+    return summarize(period, data.daily, data.consumption)
+
+
+def _rate_measure(indicator: str, period: Period, sums: DailySums | None, targets: Targets) -> Measure:
+    policy = targets.policy
+    if sums is None or sums.days <= 0:
         return Measure(None, None, 0.0, 100.0)
+    coverage = min(sums.days / period.days, 1.0)
     if indicator == "nc_rate":
-        if policy.nc_rate_weight == "asset_value":
-            num, den = (lambda r: r.asset_value_nc), (lambda r: r.asset_value_total)
-        else:
-            num, den = (lambda r: float(r.equipment_nc)), (lambda r: float(r.equipment_total))
+        asset = policy.nc_rate_weight == "asset_value"
         if policy.nc_rate_basis == "period_end":
-            last = rows[max(rows)]
-            return Measure(num(last), den(last), coverage, 100.0)
-        return Measure(sum(map(num, rows.values())), sum(map(den, rows.values())), coverage, 100.0)
+            if asset:
+                return Measure(sums.last_asset_value_nc, sums.last_asset_value_total, coverage, 100.0)
+            return Measure(sums.last_equipment_nc, sums.last_equipment_total, coverage, 100.0)
+        if asset:
+            return Measure(sums.asset_value_nc, sums.asset_value_total, coverage, 100.0)
+        return Measure(sums.equipment_nc, sums.equipment_total, coverage, 100.0)
     if policy.networking_denominator == "all_equipment_days":
-        n = sum(r.equipment_networked for r in rows.values())
-        d = sum(r.equipment_total for r in rows.values())
-    else:
-        n = sum(r.nc_equipment_networked for r in rows.values())
-        d = sum(r.equipment_nc for r in rows.values())
-    return Measure(float(n), float(d), coverage, 100.0)
+        return Measure(sums.equipment_networked, sums.equipment_total, coverage, 100.0)
+    return Measure(sums.nc_equipment_networked, sums.equipment_nc, coverage, 100.0)
 
 
 def _carrier_sum(
-    period: Period, rows: Iterable[ConsumptionDay], carriers: frozenset[str], targets: Targets, field_: str
+    period: Period, sums: Mapping[str, CarrierSums], carriers: frozenset[str], targets: Targets, field_: str
 ) -> tuple[float | None, float]:
     """(Σ tce or m³ of the carriers over the period, coverage)."""
     if not carriers:
         return None, 0.0
-    best: dict[tuple[date, str], ConsumptionDay] = {}
-    for r in rows:
-        if r.carrier in carriers and period.contains(r.day):
-            best[(r.day, r.carrier)] = r
     total = 0.0
     covered = 0.0
-    for (day, carrier), r in best.items():
-        covered += min(max(r.coverage, 0.0), 1.0)
+    present = False
+    for carrier in sorted(carriers):
+        c = sums.get(carrier)
+        if c is None or c.rows <= 0:
+            continue
+        present = True
+        covered += min(max(c.coverage, 0.0), float(c.rows))
         if field_ == "tce":
-            kgce = targets.policy.electricity_kgce(day.year) if carrier == "electricity" else None
+            kgce = targets.policy.electricity_kgce(period.year) if carrier == "electricity" else None
             if carrier == "electricity" and targets.policy.electricity_basis == "equal" and kgce is None:
                 return None, 0.0  # no equal value for that year yet: not the equivalent value silently
             if kgce is not None:
-                total += r.amount * kgce / 1000.0
-            elif r.tce is not None:
-                total += r.tce
+                total += c.amount * kgce / 1000.0
+            elif c.tce_rows == c.rows:
+                total += c.tce
             else:
                 return None, 0.0  # an energy carrier without tce: not zero energy
+        elif c.m3_rows == c.rows:
+            total += c.m3
+        elif c.m3_rows == 0:
+            total += c.amount  # water carriers are metered in m³
         else:
-            total += r.m3 if r.m3 is not None else r.amount
-    coverage = covered / (period.days * len(carriers))
-    return (total if best else None), coverage
+            return None, 0.0  # some days in m³ and some not: no sum to trust
+    coverage = min(covered / (period.days * len(carriers)), 1.0)
+    return (total if present else None), coverage
 
 
-def _energy_carriers(data: EnterpriseData) -> frozenset[str]:
+def _energy_carriers(data: EnterpriseData, sums: PeriodSums) -> frozenset[str]:
     if data.energy_carriers is not None:
         return data.energy_carriers
-    return frozenset(r.carrier for r in data.consumption if r.carrier in ENERGY_CARRIERS)
+    seen = {r.carrier for r in data.consumption} | set(sums.carriers)
+    for s in data.sums.values():
+        seen.update(s.carriers)
+    return frozenset(c for c in seen if c in ENERGY_CARRIERS)
 
 
 def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: Targets) -> tuple[float | None, float]:
@@ -307,8 +367,9 @@ def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: T
 
 def measure(indicator: str, period: Period, data: EnterpriseData, targets: Targets) -> Measure:
     """Numerator, denominator and coverage of one indicator of one enterprise for one period."""
+    sums = period_sums(period, data)
     if indicator in ("nc_rate", "networking_rate"):
-        return _rate_measure(indicator, period, data.daily, targets)
+        return _rate_measure(indicator, period, sums.daily, targets)
     if indicator in ("rd_intensity", "new_product_ratio"):
         num_name, den_name = (
             ("rd_expense", "revenue") if indicator == "rd_intensity" else ("new_product_output", "gross_output")
@@ -321,11 +382,11 @@ def measure(indicator: str, period: Period, data: EnterpriseData, targets: Targe
         d, cd = _report_sum(period, data.reports, "employees_avg", targets)
         return Measure(n, d, min(cn, cd))
     if indicator in ("energy", "energy_intensity"):
-        n, cn = _carrier_sum(period, data.consumption, _energy_carriers(data), targets, "tce")
+        n, cn = _carrier_sum(period, sums.carriers, _energy_carriers(data, sums), targets, "tce")
     elif indicator == "water_intensity":
-        n, cn = _carrier_sum(period, data.consumption, frozenset({"water_intake"}), targets, "m3")
+        n, cn = _carrier_sum(period, sums.carriers, frozenset({"water_intake"}), targets, "m3")
     elif indicator == "wastewater_intensity":
-        n, cn = _carrier_sum(period, data.consumption, frozenset({"wastewater"}), targets, "m3")
+        n, cn = _carrier_sum(period, sums.carriers, frozenset({"wastewater"}), targets, "m3")
     else:
         raise ValueError(f"unknown indicator {indicator!r}")
     if indicator == "energy":
