@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
+from collector import central_cli
 from collector.inventory import inventory_check_main, load_inventory
 from schemas.config import AgentConfig, ConfigError, load_config
 from schemas.inventory import EquipmentItem
@@ -64,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--limit", type=int, default=20)
     requeue = spool_sub.add_parser("requeue", help="send dead-lettered points again (after fixing the cause)")
     requeue.add_argument("-c", "--config", required=True)
+
+    # Commands defined next to what they run; each sets `handler` and imports its heavy parts lazily.
+    central_cli.add_parser(sub)
     return p
 
 
@@ -79,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
         if args.command == "run":
             cfg = load_config(args.config)
             return _run(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory))

@@ -31,7 +31,6 @@ import math
 import sys
 import tempfile
 import time
-import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +57,7 @@ from collector.demo_plant import (
     shift_at,
     write_ledger_csv,
 )
+from collector.tables import pad, render_table, text_width
 from schemas.config import AgentConfig
 
 if TYPE_CHECKING:  # typing only: the agent is imported when the demo runs
@@ -503,26 +503,6 @@ def _rejections_by_reason(metrics: Any) -> dict[str, int]:
                 reason = sample.labels["reason"]
                 out[reason] = out.get(reason, 0) + int(sample.value)
     return dict(sorted(out.items()))
-
-
-def text_width(text: str) -> int:
-    """Columns a terminal gives ``text``: East Asian wide and fullwidth characters take two."""
-    return sum(
-        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text
-    )
-
-
-def pad(text: str, width: int, align: str = "<") -> str:
-    gap = " " * max(0, width - text_width(text))
-    return gap + text if align == ">" else text + gap
-
-
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
-    """Plain-text table; ``align`` has one '<' or '>' per column."""
-    widths = [max(text_width(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(pad(str(c), w, a) for c, w, a in zip(cells, widths, align, strict=True)).rstrip()
-    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
 def _num(value: float | None, digits: int = 1) -> str:

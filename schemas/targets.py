@@ -1,8 +1,8 @@
-"""A plan's targets and the indicator policy, as a file (`deploy/targets/*.toml`). DESIGN §2.
+"""A plan's targets and the indicator policy, as a file (`schemas/plans/*.toml`, or any path). DESIGN §2.
 
 A plan is data, not code: the 2017-2020 Zhejiang plan is the default file
-``deploy/targets/zhejiang-2017-2020.toml``; another plan (other rates, another base year) is a new
-file. ``collector.indicators`` reads these models; it never hard-codes a rate.
+``schemas/plans/zhejiang-2017-2020.toml`` (built in, named ``zhejiang-2017-2020``); another plan
+(other rates, another base year) is a new file. ``collector.indicators`` reads these models; it never hard-codes a rate.
 
 Target kinds:
 
@@ -176,7 +176,8 @@ def load_targets(path: str | os.PathLike[str]) -> Targets:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            path, [("(file)", "the file does not exist", "pass the path of a plan file, e.g. deploy/targets/")]
+            path,
+            [("(file)", "the file does not exist", "name a built-in plan (zhejiang-2017-2020) or a plan file")],
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, [("(file)", f"cannot read it: {e}", "check permissions and UTF-8 encoding")]) from None
@@ -191,7 +192,7 @@ def load_targets(path: str | os.PathLike[str]) -> Targets:
             (
                 setting,
                 wrong,
-                fix.replace("deploy/examples/agent.toml", "deploy/targets/zhejiang-2017-2020.toml")
+                fix.replace("deploy/examples/agent.toml", "schemas/plans/zhejiang-2017-2020.toml")
                 or "correct it as described; docs/indicators.md lists every setting",
             )
             for setting, wrong, fix in _problems_from(e)

@@ -25,7 +25,7 @@ from schemas.base import ConfigError
 from schemas.targets import INDICATORS, Targets, load_targets
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN = load_targets(ROOT / "deploy" / "targets" / "zhejiang-2017-2020.toml")
+PLAN = load_targets(ROOT / "schemas" / "plans" / "zhejiang-2017-2020.toml")
 
 
 def with_policy(**kw: object) -> Targets:
