@@ -81,7 +81,7 @@ _PERIOD_FORMS = "2019, 2019-Q2, 2019-03, 2019-YTD or 2019-YTD-06-30"
 
 def parse_period(text: str, today: date) -> Period:
     """A period from its label; ``YYYY-YTD`` runs through yesterday (local) or the year's end."""
-    m = re.fullmatch(r"(\d{4})(?:-(Q[1-4]|0[1-9]|1[0-2]|YTD(?:-(\d{2})-(\d{2}))?))?", text)
+    m = re.fullmatch(r"([0-9]{4})(?:-(Q[1-4]|0[1-9]|1[0-2]|YTD(?:-([0-9]{2})-([0-9]{2}))?))?", text)
     if m is None:
         raise ValueError(f"period {text!r}: write {_PERIOD_FORMS}")
     year = int(m.group(1))

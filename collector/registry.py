@@ -29,8 +29,8 @@ from schemas.base import ID_PATTERN, ConfigError
 from schemas.labels import INDICATOR_LABELS
 from schemas.targets import INDICATORS
 
-REGION_PATTERN = r"^\d{6}$"
-INDUSTRY_PATTERN = r"^\d{2}(\d{1,2})?$"
+REGION_PATTERN = r"^[0-9]{6}$"
+INDUSTRY_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"
 
 
 @dataclass(frozen=True, slots=True)

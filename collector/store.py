@@ -24,8 +24,9 @@ from typing import Protocol
 from schemas.base import ID_PATTERN
 from schemas.points import Point
 
-REGION_PREFIX_PATTERN = r"^\d{2}(\d{2}){0,2}$"  # 33 province, 3306 city, 330602 county
-INDUSTRY_PREFIX_PATTERN = r"^\d{2}(\d{1,2})?$"  # GB/T 4754: 17 division, 171 group, 1711 class
+# [0-9], not \d: Python's \d also matches other scripts' digits (３, ٣), which are not codes
+REGION_PREFIX_PATTERN = r"^[0-9]{2}([0-9]{2}){0,2}$"  # 33 province, 3306 city, 330602 county
+INDUSTRY_PREFIX_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"  # GB/T 4754: 17 division, 171 group, 1711 class
 REPORT_FIELDS = (
     "value_added",
     "value_added_comparable",

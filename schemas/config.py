@@ -55,8 +55,8 @@ def parse_size(value: Any) -> int:
 class EnterpriseConfig(_Model):
     id: str = Field(pattern=ID_PATTERN, description="stable enterprise id, e.g. a unified social credit code")
     name: str = Field(min_length=1, max_length=200)
-    region: str = Field(pattern=r"^\d{6}$", description="6-digit administrative division code (GB/T 2260)")
-    industry: str = Field(pattern=r"^\d{2}(\d{1,2})?$", description="GB/T 4754-2017 division, e.g. '17'")
+    region: str = Field(pattern=r"^[0-9]{6}$", description="6-digit administrative division code (GB/T 2260)")
+    industry: str = Field(pattern=r"^[0-9]{2}([0-9]{1,2})?$", description="GB/T 4754-2017 division, e.g. '17'")
     timezone: str = "Asia/Shanghai"
 
     _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))

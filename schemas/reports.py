@@ -24,11 +24,11 @@ from schemas.base import ID_PATTERN, ConfigError, _Model
 from schemas.inventory import InventoryProblem
 
 # The canonical form stored in the ``period`` tag: a year, or a year and a two-digit month.
-PERIOD_PATTERN = r"^\d{4}(-(0[1-9]|1[0-2]))?$"
+PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]))?$"
 MIN_YEAR, MAX_YEAR = 1949, 2100
 # Same forms as the agent config's [enterprise] region / industry (schemas.config).
-REGION_PATTERN = r"^\d{6}$"
-INDUSTRY_PATTERN = r"^\d{2}(\d{1,2})?$"
+REGION_PATTERN = r"^[0-9]{6}$"
+INDUSTRY_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"
 
 # The reported figures, in the order of DESIGN §4; every one a field of ``enterprise_report``.
 REPORT_FIELDS = (
