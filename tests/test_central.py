@@ -172,7 +172,7 @@ async def test_enterprise_energy_intensity_golden(service: IndicatorService) -> 
 
 async def test_service_equals_engine_on_rows(service: IndicatorService) -> None:
     """The store's sums through the service give what the engine gives on the raw rows."""
-    region, industry, years = SHAPE["A"]
+    years = SHAPE["A"][2]
     rows = [EnterpriseDay(day, t, 50 if day == date(2020, 12, 31) else n, 0.0, 0.0, net, net)
             for year, (t, n, net) in years.items() for day in days_of(year)]
     cons = [ConsumptionDay(day, "electricity", kwh, kwh * 0.1229 / 1000, None, 1.0)
