@@ -48,10 +48,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 # --- rendering -------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, digits: int = 2) -> str:
+def _fmt(value: float | None) -> str:
+    """Two decimals, four below 1 (intensities such as 0.2134 tce/10⁴ yuan)."""
     if value is None:
         return "—"
-    return f"{value:,.{digits}f}"
+    return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.2f}"
 
 
 def _change(indicator: str, value: float | None) -> str:

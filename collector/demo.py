@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from collector.demo_central import HISTORY_YEARS, SHOWN_YEAR, DemoApi, indicator_table, write_history
 from collector.demo_plant import (
     DEMO_LEDGER_ONLY,
     DEMO_MACHINES,
@@ -773,9 +774,7 @@ async def run_demo(
     delivered data, the meters' consumption matches the simulator's registers and the spool was
     empty at the end; 1 otherwise (the output says what went wrong).
     """
-    from collector.agent import Agent
     from collector.inventory import load_inventory_csv
-    from collector.spool import Spool
 
     def say(text: str) -> None:
         out.write(text + "\n")
@@ -792,6 +791,26 @@ async def run_demo(
     inventory = load_inventory_csv(ledger)
     say(f"equipment ledger 设备台账: {ledger.name}, {len(inventory)} rows ({len(DEMO_MACHINES)} connected machines, "
         f"{len(inventory) - len(DEMO_MACHINES)} on the ledger only)")
+    history = write_history(workdir / STORE_FILE, len(inventory))
+    say(f"SIMULATED HISTORY: {history} daily rollups and annual reports of {HISTORY_YEARS[0]}-{HISTORY_YEARS[-1]} "
+        "written to the store, so the plan's targets can be shown")
+    api = DemoApi(workdir, workdir / STORE_FILE)
+    try:
+        await api.start()
+        say(f"API (fmc api, while the demo runs): {api.url}/docs  key (scope province): {api.key}")
+        say(f"  curl -H 'Authorization: Bearer {api.key}' '{api.url}/v1/indicators?level=enterprise"
+            f"&period={SHOWN_YEAR}&format=csv'")
+    except Exception as e:  # the demo goes on without its API; say why
+        say(f"PROBLEM: the API did not start: {type(e).__name__}: {e}")
+    try:
+        return await _run_plant(workdir, ticks, seed, inventory, say)
+    finally:
+        await api.stop()
+
+
+async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: Callable[[str], None]) -> int:
+    from collector.agent import Agent
+    from collector.spool import Spool
 
     problems: list[str] = []
     sim = PlantSimulator(seed, reset_at_tick=ticks // 2)
@@ -850,6 +869,9 @@ async def run_demo(
     summary.problems = problems
     (workdir / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
     say(render_summary(summary))
+    table, table_problems = await indicator_table(workdir / STORE_FILE)
+    say(table)
+    problems += table_problems
     return 0 if not problems else 1
 
 

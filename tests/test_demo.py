@@ -249,3 +249,33 @@ async def test_demo_run_matches_the_store_and_the_simulator(tmp_path: Path) -> N
         BAD_SCHEDULE)
     assert _total(text, "spool depth at the end") == 0
     assert _total(text, "points refused by the store") == 0
+
+
+async def test_demo_history_table_and_api(tmp_path: Path) -> None:
+    """The SIMULATED history gives the indicator table the demo prints, and the demo's API serves
+    the same figures with its key (and nothing without it)."""
+    import httpx
+
+    from collector.demo_central import DEMO_ENTERPRISE_ID, DemoApi, history_points, indicator_table, write_history
+
+    store_path = tmp_path / STORE_FILE
+    write_history(store_path, 24)
+    last = max((p for p in history_points(DEMO_ENTERPRISE_ID, "330602", "17", equipment_total=24)
+                if p.measurement == "enterprise_daily"), key=lambda p: p.ts_ns)
+    nc_2020 = 100 * last.fields["equipment_nc"] / last.fields["equipment_total"]  # period end: 31 December
+    table, problems = await indicator_table(store_path)
+    assert problems == []
+    assert "SIMULATED HISTORY" in table
+    nc_line = next(line for line in table.splitlines() if line.startswith("装备数控化率"))
+    assert nc_line.split()[2] == f"{nc_2020:.2f}"
+    api = DemoApi(tmp_path, store_path)
+    await api.start()
+    try:
+        async with httpx.AsyncClient(base_url=api.url) as client:
+            url = f"/v1/enterprises/{DEMO_ENTERPRISE_ID}/indicators?period=2020"
+            assert (await client.get(url)).status_code == 401
+            r = await client.get(url, headers={"Authorization": f"Bearer {api.key}"})
+            assert r.status_code == 200, r.text
+            assert str(round(nc_2020, 6))[:6] in r.text
+    finally:
+        await api.stop()
