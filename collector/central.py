@@ -72,6 +72,17 @@ class _Figures:
     digest: str
     computed_at: datetime
     last_used: float = field(default_factory=time.monotonic)
+    _by_id: dict[str, EnterpriseFigures] | None = None
+
+    def select(self, scope: Scope) -> list[EnterpriseFigures]:
+        """The members in ``scope``; by id lookup when the scope names enterprises only."""
+        if scope == self.scope:
+            return self.members
+        if scope.enterprises and scope.region_prefix is None and not scope.industries:
+            if self._by_id is None:
+                self._by_id = {f.info.enterprise: f for f in self.members}
+            return [self._by_id[e] for e in sorted(set(scope.enterprises)) if e in self._by_id]
+        return [f for f in self.members if scope.admits(f.info.enterprise, f.info.region, f.info.industry)]
 
 
 # --- periods ---------------------------------------------------------------------------------------------
@@ -158,6 +169,7 @@ class IndicatorService:
         self._registry = dict(registry or {})
         self._revalidate_s = revalidate_s
         self._max_entries = max_entries
+        self._max_rows = 50 * max_entries
         self._now = now
         self._figures: dict[tuple[Period, Scope], _Figures] = {}
         self._rows: dict[tuple[Level, Period, Scope], tuple[str, Computed]] = {}
@@ -247,11 +259,17 @@ class IndicatorService:
         cached = self._rows.get(key)
         if cached is not None and cached[0] == figures.digest:
             return cached[1]
-        members = [f for f in figures.members if scope.admits(f.info.enterprise, f.info.region, f.info.industry)]
-        rows = await asyncio.to_thread(group_rows, level, members, self.targets, region_scope=scope.region_prefix)
+        members = figures.select(scope)
+        if len(members) > 64:  # pooling thousands of members: keep the event loop serving meanwhile
+            rows = await asyncio.to_thread(group_rows, level, members, self.targets, region_scope=scope.region_prefix)
+        else:
+            rows = group_rows(level, members, self.targets, region_scope=scope.region_prefix)
         computed = Computed(level, period, rows, _rows_etag(level, period, scope, figures.digest, rows),
                             figures.computed_at)
         self._rows[key] = (figures.digest, computed)
+        if len(self._rows) > self._max_rows:  # one entry per enterprise asked for: bounded, oldest first out
+            for old in list(self._rows)[: len(self._rows) - self._max_rows]:
+                del self._rows[old]
         return computed
 
     async def reports(self, scope: Scope, first_year: int, last_year: int) -> dict[str, list[StoredReport]]:
