@@ -1,0 +1,257 @@
+"""Benchmark: the central API on a synthetic province (issue 4).
+
+20,000 enterprises in 90 counties of 11 cities, in the plan's ten key industries; one year of
+daily rollups (``enterprise_daily`` and ``consumption_daily`` for electricity and water intake,
+the agents' shapes) plus annual reports, written to a real InfluxDB; a registry CSV with the
+enterprises' reported base-year figures. Then ``fmc api`` runs as its own process and the
+benchmark prints:
+
+- cold: the time of the first county-level annual request (store queries + engine + pooling);
+- warm: latency p50/p95/p99 of the county endpoint and of the enterprise endpoint under 50
+  concurrent clients;
+- the API process's peak RSS (VmHWM).
+
+Goal: cold ≤ 10 s, warm p95 ≤ 50 ms.
+
+Run: make bench   (or: .venv/bin/python -m bench.province --enterprises 20000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from tests.servers.influxdb import InfluxDBServer, free_port
+
+KEY_INDUSTRIES = ("13", "14", "15", "17", "18", "19", "22", "26", "28", "29", "30", "32")
+TZ = ZoneInfo("Asia/Shanghai")
+DB = "fmc"
+
+
+def regions(n_counties: int, n_cities: int) -> list[str]:
+    """County codes 33CCKK: the counties spread over the cities."""
+    out = []
+    for i in range(n_counties):
+        city = 1 + i % n_cities
+        county = 2 + i // n_cities
+        out.append(f"33{city:02d}{county:02d}")
+    return out
+
+
+def enterprises(n: int, counties: list[str], seed: int) -> list[tuple[str, str, str, dict[str, float]]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        total = rng.randint(20, 400)
+        nc = int(total * rng.uniform(0.2, 0.8))
+        out.append((f"E{i:06d}", rng.choice(counties), rng.choice(KEY_INDUSTRIES),
+                    {"total": total, "nc": nc, "net": rng.uniform(0.3, 0.9), "kwh": total * rng.uniform(80, 400),
+                     "water": total * rng.uniform(0.5, 4), "va": total * rng.uniform(3e4, 2e5)}))
+    return out
+
+
+def day_lines(ents: list[tuple[str, str, str, dict[str, float]]], day: date, rng: random.Random) -> list[str]:
+    ts = int(datetime(day.year, day.month, day.day, tzinfo=TZ).timestamp()) * 1_000_000_000
+    lines = []
+    for ent, region, industry, p in ents:
+        tags = f"enterprise={ent},industry={industry},region={region}"
+        total, nc = int(p["total"]), int(p["nc"])
+        net = int(nc * p["net"])
+        lines.append(
+            f"enterprise_daily,{tags} asset_value_nc=0,asset_value_total=0,equipment_nc={nc}i,"
+            f"equipment_networked={net}i,equipment_total={total}i,nc_equipment_networked={net}i {ts}"
+        )
+        kwh = p["kwh"] * rng.uniform(0.8, 1.2)
+        lines.append(f"consumption_daily,carrier=electricity,{tags} amount={kwh:.3f},coverage=1,"
+                     f"tce={kwh * 0.1229 / 1000:.6f} {ts}")
+        water = p["water"] * rng.uniform(0.8, 1.2)
+        lines.append(f"consumption_daily,carrier=water_intake,{tags} amount={water:.3f},coverage=1,m3={water:.3f} {ts}")
+    return lines
+
+
+def post(client: httpx.Client, url: str, lines: list[str]) -> None:
+    body = gzip.compress("\n".join(lines).encode(), 1)
+    for attempt in range(60):
+        r = client.post(f"{url}/write", params={"db": DB, "precision": "ns"}, content=body,
+                        headers={"Content-Encoding": "gzip"})
+        if r.status_code == 204:
+            return
+        if r.status_code >= 500 and attempt < 59:  # cache full while it snapshots: wait and retry
+            time.sleep(0.5)
+            continue
+        raise RuntimeError(f"write failed: {r.status_code} {r.text[:200]}")
+
+
+def seed(server: InfluxDBServer, ents, year: int, workers: int) -> int:
+    rng = random.Random(1)
+    days = [date(year, 1, 1) + timedelta(days=i) for i in range((date(year + 1, 1, 1) - date(year, 1, 1)).days)]
+    written = 0
+    lock = threading.Lock()
+    clients = threading.local()
+
+    def write_day(day: date) -> None:
+        nonlocal written
+        if not hasattr(clients, "c"):
+            clients.c = httpx.Client(timeout=120)
+        lines = day_lines(ents, day, random.Random(rng.random() + day.toordinal()))
+        for i in range(0, len(lines), 30_000):
+            post(clients.c, server.url, lines[i : i + 30_000])
+        with lock:
+            written += len(lines)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(write_day, days))
+    # annual reports (yuan) of the year
+    start = int(datetime(year, 1, 1, tzinfo=TZ).timestamp()) * 1_000_000_000
+    reports = [
+        f"enterprise_report,enterprise={e},industry={ind},period={year},region={reg} "
+        f"employees_avg={max(10, int(p['total'] * 1.5))},value_added={p['va'] * 1e4:.2f},"
+        f"value_added_comparable={p['va'] * 1e4:.2f} {start}"
+        for e, reg, ind, p in ents
+    ]
+    with httpx.Client(timeout=120) as c:
+        post(c, server.url, reports)
+    return written + len(reports)
+
+
+def write_registry(path: Path, ents, seed_: int) -> None:
+    rng = random.Random(seed_)
+    with path.open("w", encoding="utf-8") as f:
+        f.write("enterprise,name,region,industry,baseline_nc_rate,baseline_networking_rate,"
+                "baseline_energy_intensity,baseline_water_intensity,baseline_labour_productivity\n")
+        for e, reg, ind, p in ents:
+            nc = 100 * p["nc"] / p["total"]
+            kwh_year = p["kwh"] * 365 * 0.1229 / 1000
+            f.write(f"{e},企业{e},{reg},{ind},{nc - rng.uniform(0, 12):.2f},{100 * p['net'] - rng.uniform(0, 15):.2f},"
+                    f"{kwh_year / p['va'] * rng.uniform(1.0, 1.3):.5f},{p['water'] * 365 / p['va'] * 1.2:.5f},"
+                    f"{p['va'] / (p['total'] * 1.5) * rng.uniform(0.7, 1.0):.3f}\n")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+async def load(url: str, key: str, paths: list[str], clients: int, seconds: float) -> list[float]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
+                                 timeout=60) as client:
+        async def worker(i: int) -> None:
+            rng = random.Random(i)
+            while time.perf_counter() < deadline:
+                path = rng.choice(paths)
+                t0 = time.perf_counter()
+                r = await client.get(path)
+                latencies.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{path}: {r.status_code} {r.text[:200]}")
+
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+    return latencies
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--enterprises", type=int, default=20_000)
+    ap.add_argument("--counties", type=int, default=90)
+    ap.add_argument("--cities", type=int, default=11)
+    ap.add_argument("--year", type=int, default=2020)
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--seconds", type=float, default=15.0, help="duration of each warm run")
+    ap.add_argument("--write-workers", type=int, default=3)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="fmc-bench-province-") as tmp:
+        tmpdir = Path(tmp)
+        server = InfluxDBServer(tmpdir / "influxdb")
+        server.start()
+        api_proc: subprocess.Popen[bytes] | None = None
+        try:
+            # one shard for the year, as docs/central.md recommends for the central rollups database
+            server.query(f"CREATE DATABASE {DB} WITH SHARD DURATION 520w")
+            counties = regions(args.counties, args.cities)
+            ents = enterprises(args.enterprises, counties, 42)
+            t0 = time.perf_counter()
+            n = seed(server, ents, args.year, args.write_workers)
+            print(f"seeded {n:,} points ({len(ents):,} enterprises × the days of {args.year} × 3 rollups + reports) "
+                  f"in {time.perf_counter() - t0:.0f} s", flush=True)
+            write_registry(tmpdir / "enterprises.csv", ents, 7)
+            port = free_port()
+            (tmpdir / "central.toml").write_text(
+                f'[store]\ntype = "influxdb"\nurl = "{server.url}"\ndatabase = "{DB}"\ntimeout_s = 120\n'
+                f'[registry]\ncsv = "enterprises.csv"\n'
+                f'[api]\nhost = "127.0.0.1"\nport = {port}\nkeys_file = "keys.db"\nrevalidate_s = 3600\n'
+                f'[log]\nlevel = "warning"\n', encoding="utf-8")
+            from collector.keys import KeyStore
+
+            with KeyStore(tmpdir / "keys.db") as keys:
+                _, key = keys.create("province", "bench")
+            fmc = Path(sys.executable).with_name("fmc")
+            api_proc = subprocess.Popen([str(fmc), "api", "-c", str(tmpdir / "central.toml")], cwd=tmpdir,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                try:
+                    if httpx.get(f"{url}/v1/health", timeout=2).status_code in (200, 503):
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            else:
+                raise RuntimeError("fmc api did not come up")
+            auth = {"Authorization": f"Bearer {key}"}
+            county_path = f"/v1/indicators?level=county&period={args.year}"
+            t0 = time.perf_counter()
+            r = httpx.get(url + county_path, headers=auth, timeout=600)
+            cold = time.perf_counter() - t0
+            r.raise_for_status()
+            body = r.json()
+            rows = body.get("items", body)
+            print(f"cold: county-level {args.year} indicators of {len(ents):,} enterprises: {cold:.2f} s "
+                  f"({len(rows)} counties)  goal ≤ 10 s", flush=True)
+            sample = random.Random(3).sample([e[0] for e in ents], min(2000, len(ents)))
+            enterprise_paths = [f"/v1/enterprises/{e}/indicators?period={args.year}" for e in sample]
+            for label, paths in (("county", [county_path]), ("enterprise", enterprise_paths)):
+                lat = asyncio.run(load(url, key, paths, args.clients, args.seconds))
+                ms = [1000 * x for x in lat]
+                print(f"warm {label:10s} {args.clients} clients: {len(ms):,} requests, "
+                      f"{len(ms) / args.seconds:,.0f}/s  p50 {statistics.median(ms):.1f} ms  "
+                      f"p95 {pct(ms, 95):.1f} ms  p99 {pct(ms, 99):.1f} ms  goal p95 ≤ 50 ms", flush=True)
+            print(f"fmc api peak RSS: {peak_rss_mb(api_proc.pid):.0f} MB")
+        finally:
+            if api_proc is not None:
+                api_proc.terminate()
+                try:
+                    api_proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    api_proc.kill()
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
