@@ -12,7 +12,8 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-from collector import central_cli
+from adapters import grafana
+from collector import api, central_cli, keys
 from collector.inventory import inventory_check_main, load_inventory
 from schemas.config import AgentConfig, ConfigError, load_config
 from schemas.inventory import EquipmentItem
@@ -68,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
     # Commands defined next to what they run; each sets `handler` and imports its heavy parts lazily.
     central_cli.add_parser(sub)
+    api.add_parser(sub)
+    keys.add_parser(sub)
+    grafana.add_parser(sub)
     return p
 
 

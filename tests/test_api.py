@@ -1,0 +1,699 @@
+"""The REST API (``fmc api``) on a real embedded store seeded with the project's writers, through
+the real indicator service: formats (JSON, CSV with BOM and zh/en headers), pagination, ETags,
+errors (401, 404, 422, 503, never 500), report writes, and ``serve()`` for real over HTTP.
+
+``tests/test_api_access.py`` checks the scopes, ``tests/test_api_fuzz.py`` hostile input and the
+OpenAPI fuzzing. The seed helpers here are shared with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from adapters.embedded import EmbeddedQueryStore, EmbeddedStore
+from collector import api as api_module
+from collector.api import create_app, csv_cell, etag_matches, link_header, wants_csv
+from collector.central import IndicatorService
+from collector.keys import KeyStore
+from collector.lineprotocol import encode
+from collector.registry import RegistryEntry
+from collector.reports import report_points
+from collector.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
+from schemas.central import ApiConfig, load_plan
+from schemas.points import Point
+from schemas.reports import EnterpriseReport
+from schemas.targets import INDICATORS
+
+PLAN = load_plan()
+TZ = "Asia/Shanghai"
+YEARS = (2016, 2019)  # the plan's base year and a plan year
+PAGE_SIZE_MAX = 500
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- the seed: five enterprises in four counties of two provinces, one registry-only ---------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    id: str
+    name: str
+    region: str
+    industry: str
+    equipment: int  # in the ledger
+    nc: dict[int, int]  # NC equipment per year
+    networked: dict[int, int]  # NC equipment networked every day, per year
+    kwh: dict[int, float]  # electricity per day
+    water_m3: dict[int, float]  # water intake per day
+    value_added: dict[int, float]  # yuan, annual report
+    employees: float
+
+
+ENTERPRISES = (
+    Shape("91330602A1", "绍兴甲纺织有限公司", "330602", "17", 100, {2016: 40, 2019: 50}, {2016: 20, 2019: 40},
+          {2016: 10_000.0, 2019: 8_000.0}, {2016: 300.0, 2019: 240.0}, {2016: 10e6, 2019: 12e6}, 200),
+    Shape("91330602B2", "绍兴乙化纤有限公司", "330602", "28", 50, {2016: 10, 2019: 16}, {2016: 5, 2019: 12},
+          {2016: 5_000.0, 2019: 5_200.0}, {2016: 100.0, 2019: 90.0}, {2016: 5e6, 2019: 6e6}, 80),
+    # names starting with = + - @: stored text that Excel would take for a formula
+    Shape("91330603C3", '=HYPERLINK("http://example.invalid","x")', "330603", "17", 40, {2016: 8, 2019: 12},
+          {2016: 4, 2019: 10}, {2016: 2_000.0, 2019: 2_100.0}, {2016: 50.0, 2019: 49.0}, {2016: 2e6, 2019: 2.4e6},
+          50),
+    Shape("91330102D4", "@杭州丙印染有限公司", "330102", "17", 60, {2016: 30, 2019: 33}, {2016: 15, 2019: 30},
+          {2016: 6_000.0, 2019: 5_000.0}, {2016: 200.0, 2019: 150.0}, {2016: 8e6, 2019: 9e6}, 120),
+    Shape("91320500E5", "-苏州丁纺织有限公司", "320500", "17", 30, {2016: 6, 2019: 9}, {2016: 3, 2019: 9},
+          {2016: 1_500.0, 2019: 1_400.0}, {2016: 40.0, 2019: 38.0}, {2016: 1.5e6, 2019: 1.8e6}, 30),
+)
+# Known from the registry only, without any data: in a province of its own, since a member without a
+# figure keeps its groups below min_coverage (never a number from silence).
+REGISTRY_ONLY = RegistryEntry("91310104F6", "+上海戊新材料有限公司", "310104", "29")
+BY_ID = {e.id: e for e in ENTERPRISES}
+
+
+@dataclass(frozen=True)
+class EquipmentDay:
+    equipment: str
+    day: date
+    good_samples: int
+    online_s: float
+
+
+@dataclass(frozen=True)
+class Interval:
+    meter: str
+    carrier: str
+    start_ns: int
+    end_ns: int
+    amount: float
+    covered_ns: int
+
+
+def days_of(year: int) -> Iterator[date]:
+    d = date(year, 1, 1)
+    while d.year == year:
+        yield d
+        d += timedelta(days=1)
+
+
+def enterprise_points(shape: Shape, years: tuple[int, ...] = YEARS) -> list[Point]:
+    """Rollups and reports of one enterprise, made by the project's writers."""
+    site = Site(shape.id, shape.region, shape.industry, TZ)
+    tz = zone(TZ)
+    points: list[Point] = []
+    meters = {"el-main": "electricity", "water-in": "water_intake"}
+    for year in years:
+        inventory = [InventoryItem(f"eq-{i:03d}", nc=i < shape.nc[year]) for i in range(shape.equipment)]
+        for day in days_of(year):
+            online = [EquipmentDay(f"eq-{i:03d}", day, 100, 3600.0) for i in range(shape.networked[year])]
+            points.append(enterprise_daily(day, site, inventory, online))
+            start = local_day_start_ns(day, tz)
+            end = local_day_start_ns(day + timedelta(days=1), tz)
+            intervals = [
+                Interval("el-main", "electricity", start, end, shape.kwh[year], end - start),
+                Interval("water-in", "water_intake", start, end, shape.water_m3[year], end - start),
+            ]
+            points.extend(consumption_daily(day, site, intervals, meters))
+    reports = [
+        EnterpriseReport(enterprise=shape.id, period=str(year), value_added=shape.value_added[year],
+                         value_added_comparable=shape.value_added[year], employees_avg=shape.employees,
+                         revenue=shape.value_added[year] * 4, rd_expense=shape.value_added[year] * 0.08,
+                         gross_output=shape.value_added[year] * 5, new_product_output=shape.value_added[year] * 2)
+        for year in years
+    ]
+    points.extend(report_points(reports, {shape.id: shape.region}, {shape.id: shape.industry}, tz=TZ))
+    return points
+
+
+def write_store(path: Path, shapes: tuple[Shape, ...]) -> Path:
+    store = EmbeddedStore(path)
+    try:
+        points = [p for s in shapes for p in enterprise_points(s)]
+        outcome = store.write_lines([encode(p) for p in points])
+        assert outcome.refused == []
+    finally:
+        store.close()
+    return path
+
+
+def registry(shapes: tuple[Shape, ...] = ENTERPRISES, *, extra: bool = True) -> dict[str, RegistryEntry]:
+    out = {s.id: RegistryEntry(s.id, s.name, s.region, s.industry) for s in shapes}
+    if extra:
+        out[REGISTRY_ONLY.enterprise] = REGISTRY_ONLY
+    return out
+
+
+def store_snapshot(path: Path) -> list[tuple]:
+    """Every stored point, to check that nothing changed."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute(
+            "SELECT s.measurement, s.tags, p.ts, p.fields FROM points p JOIN series s ON s.id = p.series_id "
+            "ORDER BY s.measurement, s.tags, p.ts"
+        ).fetchall()
+
+
+_TEMPLATE: dict[str, Path] = {}
+
+
+def seed_template(factory: pytest.TempPathFactory) -> Path:
+    """The seeded store file, written once per test session (tests copy it before writing)."""
+    if "path" not in _TEMPLATE:
+        _TEMPLATE["path"] = write_store(factory.mktemp("seed") / "template.db", ENTERPRISES)
+    return _TEMPLATE["path"]
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return seed_template(tmp_path_factory)
+
+
+@dataclass
+class Api:
+    client: TestClient
+    keys: KeyStore
+    store_path: Path
+    key: dict[str, str]  # scope text -> full key
+
+    def get(self, url: str, scope: str | None = "province", **kwargs: object) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}) or {})  # type: ignore[call-overload]
+        if scope is not None:
+            headers["Authorization"] = f"Bearer {self.key[scope]}"
+        return self.client.get(url, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+    def put(self, url: str, body: object, scope: str | None = "province") -> httpx.Response:
+        """PUT ``body`` as JSON (bytes are sent as they are)."""
+        headers = {"Authorization": f"Bearer {self.key[scope]}"} if scope is not None else {}
+        if isinstance(body, bytes):
+            return self.client.put(url, content=body, headers={**headers, "Content-Type": "application/json"})
+        return self.client.put(url, json=body, headers=headers)
+
+
+SCOPES = ("province", "region:33", "region:3306", "region:330602", "enterprise:91330602A1")
+
+
+def make_api(tmp_path: Path, store_file: Path, shapes: tuple[Shape, ...] = ENTERPRISES, *,
+             registry_extra: bool = True, page_size_default: int = 100) -> tuple[TestClient, KeyStore, dict]:
+    keys = KeyStore(tmp_path / "keys.db")
+    key = {scope: keys.create(scope, f"test {scope}")[1] for scope in SCOPES}
+    service = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(shapes, extra=registry_extra),
+                               revalidate_s=3600)
+    cfg = ApiConfig(keys_file=tmp_path / "keys.db", page_size_default=page_size_default, page_size_max=PAGE_SIZE_MAX)
+    return TestClient(create_app(service, keys, cfg)), keys, key
+
+
+@pytest.fixture
+def api(tmp_path: Path, seeded_template: Path) -> Iterator[Api]:
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    client, keys, key = make_api(tmp_path, store_file)
+    with client:
+        yield Api(client, keys, store_file, key)
+    keys.close()
+
+
+def parse_csv(resp: httpx.Response) -> list[dict[str, str]]:
+    assert resp.content.startswith(b"\xef\xbb\xbf"), "CSV starts with a UTF-8 BOM"
+    text = resp.content.decode("utf-8")[1:]
+    assert "\r\n" in text and "\n" not in text.replace("\r\n", ""), "CRLF line ends only"
+    return list(csv.DictReader(io.StringIO(text, newline="")))
+
+
+def num(cell: str) -> float | None:
+    return None if cell == "" else float(cell)
+
+
+# --- pure helpers -------------------------------------------------------------------------------------------------
+
+
+def test_csv_cell_guards_formulas_but_not_numbers() -> None:
+    assert csv_cell("=SUM(A1)") == "'=SUM(A1)"
+    assert csv_cell("+86 575") == "'+86 575"
+    assert csv_cell("-x") == "'-x"
+    assert csv_cell("@cmd") == "'@cmd"
+    assert csv_cell("\tx") == "'\tx"
+    assert csv_cell("绍兴") == "绍兴"
+    assert csv_cell(-4.5) == "-4.5"
+    assert csv_cell(-3) == "-3"
+    assert csv_cell(1234567.25) == "1234567.25"  # no thousands separator
+    assert csv_cell(None) == ""
+    assert csv_cell(float("nan")) == ""
+    assert csv_cell(float("inf")) == ""
+
+
+def test_negotiation_and_etag_comparison() -> None:
+    assert wants_csv(None, "text/csv")
+    assert wants_csv(None, "text/csv;q=0.9, application/json;q=0.5")
+    assert not wants_csv(None, "application/json, text/csv;q=0.5")
+    assert not wants_csv(None, "text/csv;q=0")
+    assert not wants_csv(None, "*/*")
+    assert not wants_csv(None, None)
+    assert wants_csv("csv", "application/json")
+    assert not wants_csv("json", "text/csv")
+    assert etag_matches('W/"abc"', 'W/"abc"')
+    assert etag_matches('"x", W/"abc"', 'W/"abc"')
+    assert etag_matches("*", 'W/"abc"')
+    assert not etag_matches('W/"abd"', 'W/"abc"')
+    assert not etag_matches(None, 'W/"abc"')
+
+
+def test_link_header_pages() -> None:
+    links = link_header("/v1/indicators", [("level", "enterprise"), ("page", "2")], 2, 10, 35)
+    assert '</v1/indicators?level=enterprise&page=1&page_size=10>; rel="first"' in links
+    assert 'page=1&page_size=10>; rel="prev"' in links
+    assert 'page=3&page_size=10>; rel="next"' in links
+    assert 'page=4&page_size=10>; rel="last"' in links
+    only = link_header("/v1/enterprises", [], 1, 10, 0)
+    assert 'rel="next"' not in only and 'rel="prev"' not in only
+
+
+# --- endpoints ----------------------------------------------------------------------------------------------------
+
+
+def test_health_needs_no_key(api: Api) -> None:
+    r = api.get("/v1/health", scope=None)
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "store": "reachable", "detail": None}
+
+
+def test_health_and_queries_say_503_when_the_store_is_gone(tmp_path: Path) -> None:
+    client, keys, key = make_api(tmp_path, tmp_path / "no-such-store.db", registry_extra=False)
+    with client:
+        r = client.get("/v1/health")
+        assert r.status_code == 503
+        assert r.json()["store"] == "unreachable"
+        auth = {"Authorization": f"Bearer {key['province']}"}
+        r = client.get("/v1/indicators?level=county&period=2019", headers=auth)
+        assert r.status_code == 503
+        detail = r.json()["detail"]
+        assert "store is unreachable" in detail
+        assert "Traceback" not in r.text and str(tmp_path) not in r.text  # no trace, no server path
+        assert r.headers["Retry-After"]
+    keys.close()
+
+
+def test_targets_with_labels(api: Api) -> None:
+    r = api.get("/v1/targets")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["targets"]["base_year"] == 2016
+    assert body["targets"]["indicators"]["nc_rate"]["step"] == 2
+    labels = {i["indicator"]: i for i in body["indicators"]}
+    assert set(labels) == set(INDICATORS)
+    assert labels["nc_rate"]["zh"] == "装备数控化率" and labels["nc_rate"]["unit"] == "%"
+    rows = parse_csv(api.get("/v1/targets?format=csv&lang=en"))
+    assert {r["indicator"] for r in rows} == set(INDICATORS)
+    energy_intensity = next(r for r in rows if r["indicator"] == "energy_intensity")
+    assert float(energy_intensity["step"]) == -0.04 and energy_intensity["target kind"] == "rate_per_year"
+
+
+def test_enterprises_list_detail_and_csv(api: Api) -> None:
+    r = api.get("/v1/enterprises")
+    assert r.status_code == 200
+    body = r.json()
+    ids = [e["enterprise"] for e in body["items"]]
+    assert ids == sorted([*BY_ID, REGISTRY_ONLY.enterprise])
+    assert body["total"] == 6 and r.headers["X-Total-Count"] == "6"
+    r = api.get("/v1/enterprises?region=3306&industry=17")
+    assert [e["enterprise"] for e in r.json()["items"]] == ["91330602A1", "91330603C3"]
+    one = api.get("/v1/enterprises/91330602A1").json()
+    assert one == {"enterprise": "91330602A1", "name": "绍兴甲纺织有限公司", "region": "330602", "industry": "17"}
+    rows = parse_csv(api.get("/v1/enterprises", headers={"Accept": "text/csv"}))
+    assert list(rows[0]) == ["企业编号", "企业名称", "区划代码", "行业代码", "行业名称"]
+    by_id = {r["企业编号"]: r for r in rows}
+    assert by_id["91330602A1"]["行业名称"] == "纺织业"
+    # stored names that look like formulas are defused; the JSON keeps them as they are
+    assert by_id["91330603C3"]["企业名称"] == "'" + BY_ID["91330603C3"].name
+    assert by_id["91330102D4"]["企业名称"] == "'@杭州丙印染有限公司"
+    assert by_id["91320500E5"]["企业名称"] == "'-苏州丁纺织有限公司"
+    assert by_id[REGISTRY_ONLY.enterprise]["企业名称"] == "'" + REGISTRY_ONLY.name
+    assert api.get("/v1/enterprises/91330603C3").json()["name"] == BY_ID["91330603C3"].name
+    r = api.get("/v1/enterprises/NOPE")
+    assert r.status_code == 404 and "NOPE" in r.json()["detail"]
+
+
+def test_indicators_json_matches_csv_in_both_languages(api: Api) -> None:
+    j = api.get("/v1/indicators?level=county&period=2019")
+    assert j.status_code == 200
+    body = j.json()
+    assert body["level"] == "county" and body["period"] == "2019"
+    assert [row["key"] for row in body["items"]] == ["310104", "320500", "330102", "330602", "330603"]
+    county = next(row for row in body["items"] if row["key"] == "330602")
+    nc = county["indicators"]["nc_rate"]
+    # 330602 at the end of 2019: (50 + 16) NC of (100 + 50) equipment
+    assert nc["value"] == pytest.approx(66 / 150 * 100)
+    assert nc["members"] == 2 and nc["included"] == 2 and nc["unit"] == "%"
+    alone = next(row for row in body["items"] if row["key"] == "310104")["indicators"]["nc_rate"]
+    assert alone["value"] is None and alone["members"] == 1 and alone["included"] == 0 and alone["rank"] is None
+    for lang, cols in (("zh", ("区划代码", "指标代码", "数值", "基期值", "目标值", "排名", "企业数", "达标企业数")),
+                       ("en", ("region", "indicator", "value", "baseline", "target", "rank", "members", "met count"))):
+        r = api.get(f"/v1/indicators?level=county&period=2019&format=csv&lang={lang}")
+        assert r.headers["content-type"].startswith("text/csv")
+        assert r.headers["Content-Disposition"] == 'attachment; filename="fmc-indicators-county-2019.csv"'
+        rows = parse_csv(r)
+        assert len(rows) == len(body["items"]) * len(INDICATORS)  # long format: row × indicator
+        region_col, ind_col, value_col, base_col, target_col, rank_col, members_col, met_col = cols
+        for line in rows:
+            item = next(i for i in body["items"] if i["region"] == line[region_col])
+            v = item["indicators"][line[ind_col]]
+            assert num(line[value_col]) == v["value"]  # repr round-trips exactly
+            assert num(line[base_col]) == v["baseline"]
+            assert num(line[target_col]) == v["target"]
+            assert num(line[rank_col]) == v["rank"]
+            assert num(line[members_col]) == v["members"]
+            assert num(line[met_col]) == v["met_count"]
+
+
+def test_enterprise_indicators_all_fields(api: Api) -> None:
+    r = api.get("/v1/enterprises/91330602A1/indicators?period=2019")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["enterprise"]["name"] == "绍兴甲纺织有限公司" and body["period"] == "2019"
+    ind = body["indicators"]
+    assert set(ind) == set(INDICATORS)
+    nc = ind["nc_rate"]
+    assert nc["value"] == pytest.approx(50.0) and nc["baseline"] == pytest.approx(40.0)
+    assert nc["target"] == pytest.approx(40 + 2 * 3)  # +2 points a year from 2016
+    assert nc["status"] == "met" and nc["rank"] is None and nc["members"] is None
+    assert nc["avg_annual"] == pytest.approx(10 / 3)
+    # energy intensity: 8,000 kWh/day × 0.1229 kgce ÷ 1000 × 365 days ÷ 1,200 (10⁴ yuan)
+    ei = ind["energy_intensity"]
+    assert ei["value"] == pytest.approx(8_000 * 0.1229 / 1000 * 365 / 1200)
+    assert ei["unit"] == "tce/10⁴ yuan"
+    assert ind["water_intensity"]["value"] == pytest.approx(240 * 365 / 1200)
+    assert ind["labour_productivity"]["value"] == pytest.approx(1200 / 200)
+    assert ind["rd_intensity"]["value"] == pytest.approx(2.0)
+    only = api.get("/v1/enterprises/91330602A1/indicators?period=2019&indicator=energy").json()
+    assert list(only["indicators"]) == ["energy"]
+    # known from the registry only: every indicator present, none with a value
+    empty = api.get(f"/v1/enterprises/{REGISTRY_ONLY.enterprise}/indicators?period=2019").json()
+    assert all(v["value"] is None and v["status"] == "insufficient_data" for v in empty["indicators"].values())
+    rows = parse_csv(api.get("/v1/enterprises/91330602A1/indicators?period=2019&format=csv&lang=en"))
+    assert {r["indicator"] for r in rows} == set(INDICATORS)
+    assert all(r["rank"] == "" for r in rows)
+
+
+def test_enterprise_level_ranks_and_pooled_extras(api: Api) -> None:
+    body = api.get("/v1/indicators?level=enterprise&period=2019&region=33&indicator=nc_rate").json()
+    ranks = {row["enterprise"]: row["indicators"]["nc_rate"]["rank"] for row in body["items"]}
+    # NC rates 2019: A 50 %, B 32 %, C 30 %, D 55 %
+    assert ranks == {"91330102D4": 1, "91330602A1": 2, "91330602B2": 3, "91330603C3": 4}
+    assert all(list(row["indicators"]) == ["nc_rate"] for row in body["items"])
+    assert body["filters"] == {"region": "33", "industry": None, "enterprise": None, "indicator": "nc_rate"}
+    prov = api.get("/v1/indicators?level=province&period=2019").json()["items"]
+    assert [row["key"] for row in prov] == ["31", "32", "33"]
+    zj = prov[2]["indicators"]["nc_rate"]
+    assert zj["members"] == 4 and zj["included"] == 4
+    assert zj["assessed"] == 4 and zj["met_count"] + (zj["assessed"] - zj["met_count"]) == 4
+    assert zj["met_share"] == pytest.approx(zj["met_count"] / zj["assessed"])
+    ind = api.get("/v1/indicators?level=industry&period=2019&region=33").json()["items"]
+    assert [(row["region"], row["industry"], row["name"]) for row in ind] == [
+        ("33", "17", "纺织业"), ("33", "28", "化学纤维制造业")]
+
+
+def test_pagination_headers_and_totals(api: Api) -> None:
+    seen: list[str] = []
+    page = 1
+    while True:
+        r = api.get(f"/v1/indicators?level=enterprise&period=2019&page={page}&page_size=2")
+        body = r.json()
+        assert body["total"] == 6 and r.headers["X-Total-Count"] == "6"
+        assert len(body["items"]) <= 2
+        seen += [row["key"] for row in body["items"]]
+        links = r.headers["Link"]
+        assert 'rel="last"' in links and "page=3&page_size=2" in links
+        if 'rel="next"' not in links:
+            break
+        page += 1
+    assert page == 3 and seen == sorted([*BY_ID, REGISTRY_ONLY.enterprise])
+    r = api.get("/v1/indicators?level=enterprise&period=2019&page=9&page_size=2")
+    assert r.status_code == 200 and r.json()["items"] == [] and r.json()["total"] == 6
+    c = api.get("/v1/indicators?level=enterprise&period=2019&page=2&page_size=2&format=csv")
+    assert c.headers["X-Total-Count"] == "6" and 'rel="next"' in c.headers["Link"]
+    rows = parse_csv(c)
+    assert sorted({r["企业编号"] for r in rows}) == seen[2:4]
+    d = api.get("/v1/enterprises?page_size=4&page=2")
+    assert d.json()["total"] == 6 and len(d.json()["items"]) == 2
+    assert 'rel="prev"' in d.headers["Link"] and 'rel="next"' not in d.headers["Link"]
+
+
+def test_etag_and_304(api: Api) -> None:
+    url = "/v1/indicators?level=city&period=2019"
+    r = api.get(url)
+    etag = r.headers["ETag"]
+    assert r.headers["Cache-Control"] == "private, max-age=0, must-revalidate"
+    assert r.headers["Vary"] == "Authorization, Accept"
+    again = api.get(url, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == etag
+    # another representation or page has another validator
+    other = {api.get(u).headers["ETag"] for u in (url + "&format=csv", url + "&format=csv&lang=en",
+                                                    url + "&page_size=1", url + "&indicator=energy")}
+    assert etag not in other and len(other) == 4
+    assert api.get(url, scope="region:33").headers["ETag"] != etag
+    for u in ("/v1/enterprises", "/v1/enterprises/91330602A1", "/v1/targets",
+              "/v1/enterprises/91330602A1/reports", "/v1/enterprises/91330602A1/indicators?period=2019"):
+        first = api.get(u)
+        assert first.status_code == 200 and first.headers["ETag"]
+        assert api.get(u, headers={"If-None-Match": first.headers["ETag"]}).status_code == 304
+    # new figures: a new ETag, the old one no longer gives 304
+    before = api.get("/v1/indicators?level=county&period=2019")
+    assert api.put("/v1/enterprises/91330602A1/reports/2019", {"value_added_comparable": 24e6}).status_code == 200
+    after = api.get("/v1/indicators?level=county&period=2019", headers={"If-None-Match": before.headers["ETag"]})
+    assert after.status_code == 200 and after.headers["ETag"] != before.headers["ETag"]
+
+
+def test_large_pages_built_off_the_loop_are_the_same(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = ["/v1/indicators?level=enterprise&period=2019", "/v1/indicators?level=county&period=2019&format=csv",
+            "/v1/enterprises?format=csv", "/v1/enterprises/91330602A1/reports"]
+    inline = [api.get(u).content for u in urls]
+    monkeypatch.setattr(api_module, "OFF_LOOP_ROWS", 0)  # every page through the worker thread
+    assert [api.get(u).content for u in urls] == inline
+
+
+def test_put_report_stores_and_changes_the_figures(api: Api) -> None:
+    before = api.get("/v1/enterprises/91330602A1/indicators?period=2019-03").json()["indicators"]
+    assert before["labour_productivity"]["value"] is None  # no monthly report yet
+    r = api.put("/v1/enterprises/91330602A1/reports/2019-03",
+                {"value_added": 1_000_000, "value_added_comparable": 1_000_000, "employees_avg": 200})
+    assert r.status_code == 200
+    assert r.json() == {"enterprise": "91330602A1", "period": "2019-03",
+                        "figures": {"value_added": 1e6, "value_added_comparable": 1e6, "employees_avg": 200.0}}
+    after = api.get("/v1/enterprises/91330602A1/indicators?period=2019-03").json()["indicators"]
+    assert after["labour_productivity"]["value"] == pytest.approx(100 / 200)  # 10⁴ yuan per person
+    # a second write merges: figures not given keep their stored value
+    r = api.put("/v1/enterprises/91330602A1/reports/2019-03", {"revenue": 4e6})
+    assert r.json()["figures"] == {"value_added": 1e6, "value_added_comparable": 1e6, "employees_avg": 200.0,
+                                   "revenue": 4e6}
+    reports = api.get("/v1/enterprises/91330602A1/reports?year=2019").json()
+    assert [x["period"] for x in reports["items"]] == ["2019", "2019-03"]
+    rows = parse_csv(api.get("/v1/enterprises/91330602A1/reports?year=2019&format=csv"))
+    assert rows[0]["工业增加值(元)"] == "12000000.0" and rows[1]["主营业务收入(元)"] == "4000000.0"
+    assert rows[1]["研发费用(元)"] == ""  # not reported: an empty cell, not 0
+    # the CSV reads back with `fmc reports import`'s reader
+    from collector.reports import parse_reports_text
+
+    text = api.get("/v1/enterprises/91330602A1/reports?year=2019&format=csv").content.decode("utf-8-sig")
+    back = parse_reports_text(text, path=Path("api.csv")).reports
+    assert [(b.enterprise, b.period, b.revenue) for b in back] == [("91330602A1", "2019", 48e6),
+                                                                   ("91330602A1", "2019-03", 4e6)]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({}, "no figures"),
+        ({"value_added": -1}, "value_added"),
+        ({"value_added": "12 万元"}, "value_added"),
+        ({"enterprise": "91330602B2", "value_added": 1}, "enterprise"),
+        (b'{"value_added": 1e400}', "value_added"),
+        (b'{"value_added": NaN}', "value_added"),
+        (b'{"value_added": 1', "body"),
+        (b"", "body"),
+        ([1, 2], "body"),
+    ],
+)
+def test_put_report_rejects_bad_bodies(api: Api, body: object, fragment: str) -> None:
+    before = store_snapshot(api.store_path)
+    r = api.put("/v1/enterprises/91330602A1/reports/2019-04", body)
+    assert r.status_code == 422, r.text
+    assert fragment in r.json()["detail"]
+    assert store_snapshot(api.store_path) == before
+
+
+def test_put_report_for_unknown_enterprise_is_404(api: Api) -> None:
+    r = api.put("/v1/enterprises/91339999Z9/reports/2019", {"value_added": 1})
+    assert r.status_code == 404 and "91339999Z9" in r.json()["detail"]
+
+
+def test_errors_are_sentences(api: Api) -> None:
+    r = api.get("/v1/indicators?level=county&period=2019-13")
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("query parameter 'period': a year (2019)")
+    r = api.get("/v1/indicators?level=county")
+    assert r.status_code == 422 and "'period': it is required" in r.json()["detail"]
+    r = api.get("/v1/indicators?level=county&period=2019-YTD-02-30")
+    assert r.status_code == 422 and "no such day" in r.json()["detail"]
+    r = api.get("/v1/indicators?level=county&period=2019&regoin=3306")
+    assert r.status_code == 422 and "unknown query parameter 'regoin'" in r.json()["detail"]
+    r = api.get("/v1/indicators?level=county&period=2019&region=33&region=32")
+    assert r.status_code == 422 and "more than once" in r.json()["detail"]
+    r = api.get(f"/v1/indicators?level=county&period=2019&page_size={PAGE_SIZE_MAX + 1}")
+    assert r.status_code == 422 and "page_size" in r.json()["detail"]
+    r = api.get("/v1/indicators?level=province&period=2019&region=3306")
+    assert r.status_code == 422 and "not that province's figure" in r.json()["detail"]
+    r = api.get("/v1/indicators?level=county&period=2019&enterprise=91330602A1")
+    assert r.status_code == 422 and "level=enterprise only" in r.json()["detail"]
+    r = api.get("/v1/indicators?level=industry&period=2019&industry=1711")
+    assert r.status_code == 422 and "divisions" in r.json()["detail"]
+    r = api.get("/v1/nothing")
+    assert r.status_code == 404 and "/docs" in r.json()["detail"]
+    r = api.client.delete("/v1/enterprises/91330602A1")
+    assert r.status_code == 405 and "DELETE" in r.json()["detail"]
+
+
+def test_missing_and_bad_keys_are_401(api: Api) -> None:
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Basic dXNlcjpwYXNz"},
+                    {"Authorization": "Bearer fmc_000000000000_" + "x" * 43},
+                    {"Authorization": "Bearer " + api.key["province"][:-1] + "A"}):
+        r = api.client.get("/v1/enterprises", headers=headers)
+        assert r.status_code == 401, headers
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        assert r.json()["detail"]
+
+
+def test_openapi_and_docs_are_served(api: Api) -> None:
+    spec = api.client.get("/openapi.json").json()
+    paths = set(spec["paths"])
+    assert {"/v1/health", "/v1/targets", "/v1/enterprises", "/v1/enterprises/{enterprise_id}",
+            "/v1/enterprises/{enterprise_id}/indicators", "/v1/indicators",
+            "/v1/enterprises/{enterprise_id}/reports", "/v1/enterprises/{enterprise_id}/reports/{period}"} <= paths
+    params = {p["name"]: p for p in spec["paths"]["/v1/indicators"]["get"]["parameters"]}
+    assert params["page_size"]["schema"]["maximum"] == PAGE_SIZE_MAX
+    assert api.client.get("/docs").status_code == 200
+
+
+# --- serve() for real -------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RUN_API = textwrap.dedent(
+    """
+    import argparse, sys
+    from collector import api, keys
+    parser = argparse.ArgumentParser(prog="fmc")
+    sub = parser.add_subparsers(dest="command")
+    api.add_parser(sub)
+    keys.add_parser(sub)
+    args = parser.parse_args(sys.argv[1:])
+    sys.exit(args.handler(args))
+    """
+)
+
+
+def fmc(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", RUN_API, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_serve_for_real_and_stop_on_sigterm(tmp_path: Path, seeded_template: Path) -> None:
+    shutil.copy(seeded_template, tmp_path / "store.db")
+    port = free_port()
+    (tmp_path / "central.toml").write_text(textwrap.dedent(
+        f"""
+        [store]
+        type = "embedded"
+        path = "store.db"
+        [api]
+        host = "127.0.0.1"
+        port = {port}
+        keys_file = "keys.db"
+        [log]
+        level = "warning"
+        """
+    ), encoding="utf-8")
+    created = fmc("keys", "create", "-c", "central.toml", "--scope", "region:3306", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    proc = subprocess.Popen([sys.executable, "-c", RUN_API, "api", "-c", "central.toml"], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "fmc api did not come up within 30 s"
+            time.sleep(0.1)
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            r = http.get("/v1/indicators", params={"level": "county", "period": "2019"})
+            assert r.status_code == 200
+            assert [row["key"] for row in r.json()["items"]] == ["330602", "330603"]
+            assert "server" not in r.headers
+            r = http.get("/v1/indicators", params={"level": "city", "period": "2019", "format": "csv"})
+            assert r.content.startswith(b"\xef\xbb\xbf") and "3306" in r.text and "3301" not in r.text
+            assert http.get("/v1/indicators", params={"level": "province", "period": "2019"}).status_code == 403
+        assert httpx.get(f"{base}/v1/enterprises").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert key not in err and key not in out  # the key is never logged
+
+
+def test_api_command_bad_config_and_busy_port(tmp_path: Path) -> None:
+    r = fmc("api", "-c", "missing.toml", cwd=tmp_path)
+    assert r.returncode == 2 and "missing.toml" in r.stderr and "Traceback" not in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (tmp_path / "central.toml").write_text(
+            f'[store]\ntype = "embedded"\npath = "store.db"\n[api]\nport = {port}\n', encoding="utf-8")
+        r = fmc("api", "-c", "central.toml", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "could not start" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_module_import_stays_light() -> None:
+    code = "import sys, collector.api, collector.keys; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_parser_registration() -> None:
+    parser = argparse.ArgumentParser(prog="fmc")
+    sub = parser.add_subparsers(dest="command")
+    api_module.add_parser(sub)
+    args = parser.parse_args(["api", "-c", "central.toml", "--port", "9000"])
+    assert args.handler is api_module.api_main and args.port == 9000 and args.host is None
+
