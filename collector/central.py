@@ -174,7 +174,7 @@ class IndicatorService:
         self._figures: dict[tuple[Period, Scope], _Figures] = {}
         self._rows: dict[tuple[Level, Period, Scope], tuple[str, Computed]] = {}
         self._locks: dict[tuple[Period, Scope], asyncio.Lock] = {}
-        self._enterprises: tuple[float, list[Enterprise]] | None = None
+        self._enterprises: tuple[float, list[Enterprise], dict[str, Enterprise]] | None = None
         self._enterprises_lock = asyncio.Lock()
         self._materialize = materialize
         self._tasks: list[asyncio.Task[None]] = []
@@ -217,19 +217,19 @@ class IndicatorService:
 
     async def enterprises(self, scope: Scope) -> list[Enterprise]:
         """Enterprises in scope: those the store knows (its tags) and those of the registry."""
-        return [e for e in await self._all_enterprises() if scope.admits(e.enterprise, e.region, e.industry)]
+        everyone, by_id = await self._all_enterprises()
+        if scope.enterprises and scope.region_prefix is None and not scope.industries:
+            return [by_id[e] for e in sorted(set(scope.enterprises)) if e in by_id]
+        return [e for e in everyone if scope.admits(e.enterprise, e.region, e.industry)]
 
     async def enterprise(self, enterprise_id: str) -> Enterprise | None:
-        for e in await self._all_enterprises():
-            if e.enterprise == enterprise_id:
-                return e
-        return None
+        return (await self._all_enterprises())[1].get(enterprise_id)
 
-    async def _all_enterprises(self) -> list[Enterprise]:
+    async def _all_enterprises(self) -> tuple[list[Enterprise], dict[str, Enterprise]]:
         async with self._enterprises_lock:
             cached = self._enterprises
             if cached is not None and time.monotonic() - cached[0] < self._revalidate_s:
-                return cached[1]
+                return cached[1], cached[2]
             stored = await self.store.enterprises(Scope())
             merged: dict[str, Enterprise] = {}
             for info in stored:
@@ -247,8 +247,8 @@ class IndicatorService:
                                 entry.enterprise, entry.region, entry.industry,
                                 merged[entry.enterprise].region, merged[entry.enterprise].industry)
             result = sorted(merged.values(), key=lambda e: e.enterprise)
-            self._enterprises = (time.monotonic(), result)
-            return result
+            self._enterprises = (time.monotonic(), result, merged)
+            return result, merged
 
     async def indicators(self, level: Level, period: Period, scope: Scope) -> Computed:
         """The rows of ``level`` for ``period`` over the enterprises in ``scope`` (cached)."""
