@@ -7,6 +7,7 @@ import contextlib
 import gc
 import json
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,9 @@ from collector.mapping import Mapper
 from collector.metrics import AgentMetrics
 from collector.plant import PlantModel
 from collector.rollups import InventoryItem, Site
+from collector.selfmetrics import INTERVAL_S as SELF_METRICS_INTERVAL_S
+from collector.selfmetrics import SOURCE as SELF_METRICS_SOURCE
+from collector.selfmetrics import agent_point, counters_from, own_points
 from collector.sink import Sink, SinkUnavailable
 from collector.spool import Spool
 from schemas.config import AgentConfig
@@ -71,6 +75,7 @@ class Agent:
         self.sources: list[Any] = []  # MqttSource, OpcUaSource: start() and stop(timeout)
         self._metrics_server: Any = None
         self._last_sink_error_log = 0.0
+        self._started = time.monotonic()
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
@@ -102,6 +107,8 @@ class Agent:
         draining = asyncio.Event()  # set when the drain loop should stop at the next chance
         drain = asyncio.create_task(self._drain(spool, sink, draining), name="fmc-drain")
         gauges = asyncio.create_task(self._update_gauges(spool), name="fmc-gauges")
+        self._started = time.monotonic()
+        reporting = asyncio.create_task(self._report_self(ingest, spool), name="fmc-selfmetrics")
         try:
             for m in cfg.mqtt:
                 mapper = Mapper(cfg.enterprise, m.subscribe, max_payload_bytes=m.max_payload_bytes)
@@ -125,6 +132,10 @@ class Agent:
         finally:
             for source in self.sources:
                 await asyncio.to_thread(source.stop)
+            reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporting
+            await self._submit_self_point(ingest, spool, up=False)  # the store sees a clean stop
             await asyncio.to_thread(ingest.stop)
             # give the drain loop a bounded time to empty the spool; what is left stays on disk
             deadline = time.monotonic() + self.shutdown_flush_s
@@ -143,6 +154,25 @@ class Agent:
             spool.close()
             self._stop_metrics_server()
             self.log.info("agent stopped: %d points left in the spool for the next start", left)
+
+    async def _report_self(self, ingest: Ingest, spool: Spool) -> None:
+        """An ``agent`` point (collector.selfmetrics) at start and every minute."""
+        while True:
+            await self._submit_self_point(ingest, spool, up=True)
+            await asyncio.sleep(SELF_METRICS_INTERVAL_S)
+
+    async def _submit_self_point(self, ingest: Ingest, spool: Spool, *, up: bool) -> None:
+        try:
+            stats = await asyncio.to_thread(spool.stats)
+            point = agent_point(
+                self.cfg.enterprise.id, socket.gethostname(), time.time_ns(), up=up,
+                uptime_s=time.monotonic() - self._started, spool=stats, counters=counters_from(self.metrics),
+                sources=[bool(getattr(s, "connected", False)) for s in self.sources],
+            )
+            # through the ingest like every other point; in a thread, as a full queue makes it wait
+            await asyncio.to_thread(ingest.submit_points, SELF_METRICS_SOURCE, [point])
+        except Exception as e:  # the agent's own health must never stop the agent
+            self.log.warning("could not record the agent's self-metrics: %s", e)
 
     def _subscribed_equipment(self) -> set[str]:
         """Equipment read through a live OPC UA subscription (subscriptions report changes only)."""
@@ -202,7 +232,9 @@ class Agent:
             attempt = 0
             refused = [(r.index, r.reason, r.status) for r in outcome.refused]
             await asyncio.to_thread(spool.complete, batch, refused)
-            self.metrics.written.labels(sink.name).inc(len(batch.ids) - len(refused))
+            # the agent's own `agent` points are not data delivered: written counts the data only
+            own = own_points(batch.lines, {r[0] for r in refused})
+            self.metrics.written.labels(sink.name).inc(len(batch.ids) - len(refused) - own)
             if refused:
                 self.metrics.dead_lettered.labels(sink.name).inc(len(refused))
                 self.log.warning(

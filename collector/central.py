@@ -397,7 +397,7 @@ class IndicatorService:
 
     async def materialize(self, periods: Sequence[Period], *, chunk: int = 20_000) -> int:
         """Write ``indicator`` points of every level for the periods; returns the number written.
-        Industry rows are written pooled within the province and within each city."""
+        Industry rows are written pooled within the province, each city and each county."""
         written = 0
         for period in periods:
             computed = await self.indicators("enterprise", period, Scope())
@@ -405,9 +405,9 @@ class IndicatorService:
             rows: list[GroupRow] = list(computed.rows)
             for level in ("county", "city", "province", "industry"):
                 rows += (await self.indicators(level, period, Scope())).rows
-            for city in sorted({f.info.region[:4] for f in figures.members}):
-                members = [f for f in figures.members if f.info.region.startswith(city)]
-                rows += group_rows("industry", members, self.targets, region_scope=city)
+            for region in sorted({f.info.region[:n] for f in figures.members for n in (4, 6)}):
+                members = [f for f in figures.members if f.info.region.startswith(region)]
+                rows += group_rows("industry", members, self.targets, region_scope=region)
             points = indicator_points(rows, self.timezone)
             for i in range(0, len(points), chunk):
                 await self.store.write(points[i : i + chunk])

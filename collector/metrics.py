@@ -15,7 +15,10 @@ class AgentMetrics:
             "fmc_rejected", "Messages or values rejected, by reason", ["source", "reason"], registry=r
         )
         self.spooled = Counter("fmc_points_spooled", "Points committed to the spool", registry=r)
-        self.written = Counter("fmc_points_written", "Points the store confirmed", ["sink"], registry=r)
+        self.written = Counter(
+            "fmc_points_written", "Data points the store confirmed (the agent's own `agent` points excluded)", ["sink"],
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "fmc_points_dead_lettered", "Points the store refused for good, moved to the dead-letter table",
             ["sink"], registry=r,

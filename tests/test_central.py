@@ -276,6 +276,9 @@ async def test_materialized_points_round_trip(service: IndicatorService, store_p
     assert county[0].fields["met_count"] == 3 and county[0].fields["status"] == "met"
     industry_in_city = [p for p in points if p.tags.get("level") == "industry" and p.tags["region"] == "3306"]
     assert {p.tags["industry"] for p in industry_in_city} == {"17", "28"}
+    in_county = {p.tags["industry"]: p.fields.get("value") for p in points if p.tags.get("level") == "industry"
+                 and p.tags["region"] == "330602" and p.tags["indicator"] == "nc_rate"}
+    assert in_county == pytest.approx({"17": 100 * 65 / 150, "28": 50.0})  # A+B: (50+15)/(100+50); C: 25/50
 
 
 def test_parse_period_forms() -> None:
