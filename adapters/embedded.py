@@ -25,6 +25,10 @@ an index for "every series with equipment = loom-01" without parsing JSON in SQL
 
 Every SQL statement is a constant text with ``?`` parameters: nothing a caller passes (tag
 keys and values, measurement names, field names) is ever put into SQL text.
+
+``EmbeddedQueryStore`` (at the end) is the central service's ``collector.store.IndicatorStore``
+over such a file: the same answers as ``adapters.influxdb_query.InfluxQueryStore``, computed in
+SQL (``tests/test_store_contract.py`` runs one contract on both).
 """
 
 from __future__ import annotations
@@ -36,13 +40,27 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from collector.lineprotocol import LineProtocolError, parse
+from collector.lineprotocol import LineProtocolError, encode, parse
+from collector.rollups import local_date, local_day_start_ns
 from collector.sink import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
+from collector.store import (
+    REPORT_FIELDS,
+    CarrierSums,
+    DailySums,
+    EnterpriseInfo,
+    PeriodSums,
+    Scope,
+    StoredReport,
+    StoreQueryError,
+)
 from schemas.config import EmbeddedSink as EmbeddedSinkConfig
 from schemas.points import FieldValue, Point
 
@@ -52,6 +70,7 @@ SCHEMA_VERSION = 1
 APPLICATION_ID = 0x666D6353  # "fmcS"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 BUSY_TIMEOUT_S = 5.0
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -221,10 +240,11 @@ class EmbeddedStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def write_lines(self, lines: Sequence[str]) -> WriteOutcome:
+    def write_lines(self, lines: Sequence[str], *, all_or_nothing: bool = False) -> WriteOutcome:
         """Parse and upsert every line in one transaction; unparsable or conflicting lines are
         refused (with the store's reason) and the others written. sqlite3 errors propagate and
-        nothing of the call is kept."""
+        nothing of the call is kept. ``all_or_nothing``: one refused line rolls the whole call
+        back (``written`` is then 0 and ``refused`` says why)."""
         refused: list[RefusedLine] = []
         written = 0
         with self._lock:
@@ -239,6 +259,9 @@ class EmbeddedStore:
                         written += 1
                     else:
                         refused.append(RefusedLine(index=index, reason=reason))
+                if all_or_nothing and refused:
+                    conn.execute("ROLLBACK")
+                    return WriteOutcome(written=0, refused=refused)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -487,3 +510,335 @@ class EmbeddedSink:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._forget_store)
+
+
+# --- the central store query interface (collector.store.IndicatorStore) over this file -------------------
+
+_DAILY_FIELDS = (
+    "equipment_total",
+    "equipment_nc",
+    "asset_value_total",
+    "asset_value_nc",
+    "equipment_networked",
+    "nc_equipment_networked",
+)
+_LAST_FIELDS = _DAILY_FIELDS[:4]
+_CARRIER_FIELDS = ("amount", "tce", "m3", "coverage")
+_ROLLUP_MEASUREMENTS = ("enterprise_daily", "consumption_daily", "enterprise_report")
+# The fingerprint per measurement: the number of points (points carrying the first field) and the sum
+# of each field; for reports, whose fields are each optional, a count and a sum per field. The same in
+# both stores (adapters.influxdb_query), where each count or sum is one pass over the points.
+_FINGERPRINT_FIELDS = {
+    "enterprise_daily": _DAILY_FIELDS,
+    "consumption_daily": _CARRIER_FIELDS,
+    "enterprise_report": REPORT_FIELDS,
+}
+REPORT_MARGIN_NS = 2 * 86_400 * 1_000_000_000  # reports stamped in another time zone still fall inside
+
+
+def _json_field(name: str) -> str:
+    # ``name`` is always one of this module's constant field names, never caller input
+    return f"json_extract(p.fields, '$.{name}')"
+
+
+# The series of one measurement with their tags as columns; the scope as one constant condition whose
+# values are bound parameters (:region, :industries, :enterprises as JSON arrays).
+_SCOPED_SERIES = """
+WITH sel AS (
+    SELECT id,
+           json_extract(tags, '$.enterprise') AS enterprise,
+           json_extract(tags, '$.region') AS region,
+           json_extract(tags, '$.industry') AS industry,
+           json_extract(tags, '$.carrier') AS carrier,
+           json_extract(tags, '$.period') AS period
+    FROM series
+    WHERE measurement = :measurement
+)
+"""
+_IN_SCOPE = (
+    "sel.enterprise IS NOT NULL"
+    " AND (:region IS NULL OR substr(sel.region, 1, length(:region)) = :region)"
+    " AND (:industry_count = 0 OR EXISTS (SELECT 1 FROM json_each(:industries) j"
+    " WHERE substr(sel.industry, 1, length(j.value)) = j.value))"
+    " AND (:enterprise_count = 0 OR sel.enterprise IN (SELECT value FROM json_each(:enterprises)))"
+)
+_IN_PERIOD = "p.ts >= :start AND p.ts < :end"
+
+# One row per enterprise: the count and sums, and (SQLite's documented rule for a lone max()) the
+# fields of the row with the latest timestamp as bare columns.
+_DAILY_SUMS_SQL = (
+    _SCOPED_SERIES
+    + "SELECT sel.enterprise, count("
+    + _json_field("equipment_total")
+    + "), "
+    + ", ".join(f"total({_json_field(f)})" for f in _DAILY_FIELDS)
+    + ", max(p.ts), "
+    + ", ".join(_json_field(f) for f in _LAST_FIELDS)
+    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE} GROUP BY sel.enterprise"
+)
+_CARRIER_SUMS_SQL = (
+    _SCOPED_SERIES
+    + "SELECT sel.enterprise, sel.carrier, "
+    + f"count({_json_field('amount')}), total({_json_field('amount')}), "
+    + f"total({_json_field('tce')}), count({_json_field('tce')}), "
+    + f"total({_json_field('m3')}), count({_json_field('m3')}), total({_json_field('coverage')})"
+    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
+    + " AND sel.carrier IS NOT NULL GROUP BY sel.enterprise, sel.carrier"
+)
+_REPORTS_SQL = (
+    _SCOPED_SERIES
+    + "SELECT sel.enterprise, sel.period, p.ts, p.fields"
+    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
+    + " AND sel.period IS NOT NULL AND (length(sel.period) = 4 OR substr(sel.period, 5, 1) = '-')"
+    + " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
+    + " ORDER BY sel.enterprise, p.ts, sel.id"
+)
+# Every series of the three measurements with the time of its latest point (the primary key makes
+# max(ts) per series an index lookup); per enterprise, the tags of the series with the latest point.
+_ENTERPRISES_SQL = """
+WITH sel AS (
+    SELECT id,
+           json_extract(tags, '$.enterprise') AS enterprise,
+           coalesce(json_extract(tags, '$.region'), '') AS region,
+           coalesce(json_extract(tags, '$.industry'), '') AS industry
+    FROM series
+    WHERE measurement IN ('enterprise_daily', 'consumption_daily', 'enterprise_report')
+),
+latest AS (
+    SELECT sel.enterprise, sel.region, sel.industry, (SELECT max(ts) FROM points WHERE series_id = sel.id) AS ts
+    FROM sel
+    WHERE sel.enterprise IS NOT NULL
+      AND (:enterprise_count = 0 OR sel.enterprise IN (SELECT value FROM json_each(:enterprises)))
+)
+SELECT enterprise, region, industry, max(ts) FROM latest WHERE ts IS NOT NULL GROUP BY enterprise ORDER BY enterprise
+"""
+
+
+def _fingerprint_sql(measurement: str, fields: Sequence[str]) -> str:
+    if measurement == "enterprise_report":
+        columns = ", ".join(f"count({_json_field(f)}), total({_json_field(f)})" for f in fields)
+    else:
+        columns = f"count({_json_field(fields[0])}), " + ", ".join(f"total({_json_field(f)})" for f in fields)
+    return (
+        _SCOPED_SERIES
+        + f"SELECT {columns} FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
+    )
+
+
+_FINGERPRINT_SQL = {m: _fingerprint_sql(m, fields) for m, fields in _FINGERPRINT_FIELDS.items()}
+
+
+def _scope_params(scope: Scope) -> dict[str, object]:
+    return {
+        "region": scope.region_prefix,
+        "industry_count": len(scope.industries),
+        "industries": json.dumps(list(scope.industries)),
+        "enterprise_count": len(scope.enterprises),
+        "enterprises": json.dumps(list(scope.enterprises)),
+    }
+
+
+def _time_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"time zone {name!r} is unknown: use an IANA name such as 'Asia/Shanghai'") from None
+
+
+def _period_bounds_ns(start: date, end: date, tz: ZoneInfo) -> tuple[int, int]:
+    """[local midnight of start, local midnight after end) in UTC ns."""
+    if end < start:
+        raise ValueError(f"period ends ({end}) before it starts ({start})")
+    return local_day_start_ns(start, tz), local_day_start_ns(end + timedelta(days=1), tz)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _report_figures(fields: Mapping[str, object]) -> dict[str, float]:
+    """The figures present (a missing one stays absent, never 0)."""
+    return {
+        name: float(value)
+        for name in REPORT_FIELDS
+        if isinstance(value := fields.get(name), int | float) and not isinstance(value, bool)
+    }
+
+
+class EmbeddedQueryStore:
+    """``collector.store.IndicatorStore`` in SQL over an embedded store file.
+
+    ``store``: an open ``EmbeddedStore`` (shared: its lock serialises the calls) or the path of a
+    store file, opened on first use (a missing file is an error, not a new empty store). Every
+    call runs in a worker thread; a missing, locked or corrupt file raises ``StoreQueryError``.
+    """
+
+    def __init__(self, store: EmbeddedStore | str | Path, *, timezone: str = "Asia/Shanghai") -> None:
+        self.timezone = timezone
+        self._tz = _time_zone(timezone)
+        self._open_lock = threading.Lock()
+        if isinstance(store, EmbeddedStore):
+            self.path = store.path
+            self._store: EmbeddedStore | None = store
+            self._owned = False
+        else:
+            self.path = Path(store)
+            self._store = None
+            self._owned = True
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _opened(self) -> EmbeddedStore:
+        with self._open_lock:
+            if self._store is None:
+                if not self.path.is_file():
+                    raise StoreQueryError(
+                        f"embedded store {self.path} does not exist: fix [store] path, or let an agent "
+                        "(or fmc demo) create it first"
+                    )
+                self._store = EmbeddedStore(self.path)
+            return self._store
+
+    def _forget(self) -> None:
+        # a corrupt or replaced file: open it again on the next call
+        if not self._owned:
+            return
+        with self._open_lock:
+            store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(sqlite3.Error):
+                store.close()
+
+    def _read(self, statements: Sequence[tuple[str, Mapping[str, object]]]) -> list[list[tuple[Any, ...]]]:
+        """Rows of each statement, all from one snapshot of the file."""
+        store = self._opened()
+        with store._lock:
+            conn = store._conn
+            conn.execute("BEGIN")
+            try:
+                return [conn.execute(sql, params).fetchall() for sql, params in statements]
+            finally:
+                conn.execute("COMMIT")
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return await asyncio.to_thread(fn)
+        except StoreQueryError:
+            raise
+        except sqlite3.OperationalError as e:  # locked, I/O error, cannot open
+            raise StoreQueryError(f"embedded store {self.path}: {e}; check that the file is readable") from e
+        except (sqlite3.DatabaseError, StoreError) as e:
+            self._forget()
+            raise StoreQueryError(
+                f"embedded store {self.path} cannot be read ({e}); fix [store] path or restore the file"
+            ) from e
+        except OSError as e:
+            raise StoreQueryError(f"embedded store {self.path}: {e.strerror or e}") from e
+
+    def _params(self, measurement: str, start_ns: int, end_ns: int, scope: Scope) -> dict[str, object]:
+        return {"measurement": measurement, "start": start_ns, "end": end_ns, **_scope_params(scope)}
+
+    # --- the interface ---------------------------------------------------------------------------
+
+    async def enterprises(self, scope: Scope) -> list[EnterpriseInfo]:
+        params = _scope_params(scope)
+
+        def run() -> list[EnterpriseInfo]:
+            [rows] = self._read([(_ENTERPRISES_SQL, params)])
+            # region and industry are those of the latest series, so they are checked after it is known
+            infos = [EnterpriseInfo(str(e), str(r), str(i)) for e, r, i, _ in rows]
+            return [x for x in infos if scope.admits(x.enterprise, x.region, x.industry)]
+
+        return await self._call(run)
+
+    async def period_sums(self, start: date, end: date, scope: Scope) -> dict[str, PeriodSums]:
+        start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
+        daily_params = self._params("enterprise_daily", start_ns, end_ns, scope)
+        carrier_params = self._params("consumption_daily", start_ns, end_ns, scope)
+
+        def run() -> dict[str, PeriodSums]:
+            daily_rows, carrier_rows = self._read(
+                [(_DAILY_SUMS_SQL, daily_params), (_CARRIER_SUMS_SQL, carrier_params)]
+            )
+            daily: dict[str, DailySums] = {}
+            for enterprise, days, *rest in daily_rows:
+                if not days:
+                    continue
+                sums, last_ts, last = rest[:6], rest[6], rest[7:]
+                daily[str(enterprise)] = DailySums(
+                    int(days),
+                    *(_number(v) for v in sums),
+                    local_date(int(last_ts), self._tz),
+                    *(_number(v) for v in last),
+                )
+            carriers: dict[str, dict[str, CarrierSums]] = {}
+            for enterprise, carrier, rows, amount, tce, tce_rows, m3, m3_rows, coverage in carrier_rows:
+                if rows:
+                    carriers.setdefault(str(enterprise), {})[str(carrier)] = CarrierSums(
+                        str(carrier), int(rows), _number(amount), _number(tce), int(tce_rows),
+                        _number(m3), int(m3_rows), _number(coverage),
+                    )
+            return {
+                e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())
+            }
+
+        return await self._call(run)
+
+    async def reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
+        start_ns, end_ns = _period_bounds_ns(date(first_year, 1, 1), date(last_year, 12, 31), self._tz)
+        params = self._params("enterprise_report", start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS, scope)
+        params.update(first_year=first_year, last_year=last_year)
+
+        def run() -> dict[str, list[StoredReport]]:
+            [rows] = self._read([(_REPORTS_SQL, params)])
+            merged: dict[tuple[str, str], dict[str, float]] = {}
+            for enterprise, period, _ts, fields_json in rows:
+                figures = _report_figures(json.loads(fields_json))
+                # the same report under other tags (the enterprise moved): the later row's figures win
+                merged.setdefault((str(enterprise), str(period)), {}).update(figures)
+            out: dict[str, list[StoredReport]] = {}
+            for (enterprise, period), figures in sorted(merged.items()):
+                if figures:
+                    out.setdefault(enterprise, []).append(StoredReport(enterprise, period, figures))
+            return out
+
+        return await self._call(run)
+
+    async def write(self, points: Sequence[Point]) -> None:
+        lines: list[str] = []
+        for index, point in enumerate(points):
+            try:
+                lines.append(encode(point))
+            except LineProtocolError as e:
+                raise StoreQueryError(
+                    f"point {index} ({point.measurement}) cannot be stored: {e.detail}; nothing was written"
+                ) from None
+        if not lines:
+            return
+
+        def run() -> None:
+            outcome = self._opened().write_lines(lines, all_or_nothing=True)
+            if outcome.refused:
+                first = outcome.refused[0]
+                raise StoreQueryError(
+                    f"the store refused {len(outcome.refused)} of {len(lines)} point(s), so nothing was written; "
+                    f"point {first.index} ({points[first.index].measurement}): {first.reason}"
+                )
+
+        await self._call(run)
+
+    async def fingerprint(self, start: date, end: date, scope: Scope) -> tuple[float, ...]:
+        start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
+        statements = [
+            (_FINGERPRINT_SQL[m], self._params(m, start_ns, end_ns, scope)) for m in _ROLLUP_MEASUREMENTS
+        ]
+
+        def run() -> tuple[float, ...]:
+            results = self._read(statements)
+            return tuple(float(v or 0) for rows in results for v in rows[0])
+
+        return await self._call(run)
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await asyncio.to_thread(self._forget)

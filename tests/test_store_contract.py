@@ -1,0 +1,614 @@
+"""The central store query interface (``collector.store.IndicatorStore``): one contract, run on both stores.
+
+Every test runs on the embedded SQLite store (``EmbeddedQueryStore``) and on a real InfluxDB 1.6
+(``InfluxQueryStore``) seeded with the same points, written the way agents write them (line
+protocol through the store's ingest path) and made by the project's own writers or in their exact
+format (``collector.rollups``, ``collector.reports.report_points``). Expected values are worked out by
+hand in the comments, and the randomized test checks the stores against ``indicators.summarize``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from adapters.embedded import EmbeddedQueryStore, EmbeddedStore
+from collector.indicators import ConsumptionDay, EnterpriseDay, Period, summarize
+from collector.lineprotocol import encode
+from collector.reports import report_points
+from collector.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
+from collector.store import (
+    CarrierSums,
+    DailySums,
+    EnterpriseInfo,
+    IndicatorStore,
+    PeriodSums,
+    Scope,
+    StoredReport,
+    StoreQueryError,
+)
+from schemas.config import InfluxDBSink
+from schemas.points import Point, Priority
+from schemas.reports import EnterpriseReport
+
+TZ = "Asia/Shanghai"
+BACKENDS = ["embedded", "influxdb"]
+
+
+# --- points in the writers' format ------------------------------------------------------------------
+
+
+def daily_point(site: Site, row: EnterpriseDay) -> Point:
+    """An ``enterprise_daily`` point exactly as ``collector.rollups.enterprise_daily`` makes it
+    (``test_helpers_match_the_rollup_writers`` checks that)."""
+    return Point(
+        "enterprise_daily",
+        site.tags(),
+        {
+            "equipment_total": row.equipment_total,
+            "equipment_nc": row.equipment_nc,
+            "asset_value_total": float(row.asset_value_total),
+            "asset_value_nc": float(row.asset_value_nc),
+            "equipment_networked": row.equipment_networked,
+            "nc_equipment_networked": row.nc_equipment_networked,
+        },
+        local_day_start_ns(row.day, zone(site.timezone)),
+        Priority.ROLLUP,
+    )
+
+
+def consumption_point(site: Site, row: ConsumptionDay) -> Point:
+    """A ``consumption_daily`` point as ``collector.rollups.consumption_daily`` makes it."""
+    fields: dict[str, float] = {"amount": float(row.amount)}
+    if row.tce is not None:
+        fields["tce"] = float(row.tce)
+    if row.m3 is not None:
+        fields["m3"] = float(row.m3)
+    fields["coverage"] = float(row.coverage)
+    return Point(
+        "consumption_daily",
+        site.tags(carrier=row.carrier),
+        fields,
+        local_day_start_ns(row.day, zone(site.timezone)),
+        Priority.ROLLUP,
+    )
+
+
+def day(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def ed(d: str, total: int, nc: int, value_total: float, value_nc: float, networked: int, nc_networked: int):
+    return EnterpriseDay(day(d), total, nc, value_total, value_nc, networked, nc_networked)
+
+
+A = Site("E-A", "330602", "1711")
+B = Site("E-B", "330603", "1810")
+C = Site("E-C", "330702", "2611")
+D = Site("E-D", "330602", "1751")  # consumption only, no enterprise_daily
+M_OLD = Site("E-M", "330602", "1711")
+M_NEW = Site("E-M", "330781", "1712")  # moved: its latest series has these tags
+N_OLD = Site("E-N", "330602", "1711")
+N_NEW = Site("E-N", "330604", "1713")  # its latest point is a report, with these tags
+
+A_FIRST_WRITE = ed("2019-01-01", 10, 4, 1000.0, 400.0, 6, 3)  # overwritten below: the same day again
+A_ROWS = [
+    ed("2019-01-01", 10, 5, 1000.0, 500.0, 7, 4),
+    ed("2019-12-30", 12, 6, 1200.5, 600.25, 8, 5),
+    ed("2019-12-31", 12, 7, 1200.5, 700.25, 9, 6),  # last local day of 2019: 2019-12-30T16:00Z
+    ed("2020-01-01", 14, 8, 1400.0, 800.0, 10, 7),  # first of 2020: stamped exactly at the bound
+]
+B_ROWS = [
+    ed("2020-02-28", 20, 10, 0.0, 0.0, 12, 8),
+    ed("2020-02-29", 20, 11, 0.0, 0.0, 13, 9),  # leap day
+    ed("2020-03-01", 21, 11, 0.0, 0.0, 14, 10),
+]
+B_CONSUMPTION = [
+    ConsumptionDay(day("2020-02-28"), "electricity", 1000.0, tce=0.125, coverage=1.0),
+    ConsumptionDay(day("2020-02-29"), "electricity", 500.0, tce=0.0625, coverage=0.5),
+    ConsumptionDay(day("2020-02-29"), "water_intake", 30.0, m3=30.0, coverage=1.0),
+    ConsumptionDay(day("2020-03-01"), "electricity", 800.0, tce=0.1, coverage=1.0),
+]
+C_ROWS = [ed("2019-06-15", 5, 1, 50.0, 10.0, 2, 1)]
+D_CONSUMPTION = [
+    ConsumptionDay(day("2019-03-10"), "natural_gas", 100.0, tce=0.25, coverage=1.0),
+    ConsumptionDay(day("2019-03-11"), "natural_gas", 50.0, tce=0.125, coverage=0.75),
+    ConsumptionDay(day("2019-03-10"), "steam", 2.0, tce=0.5, coverage=1.0),
+    ConsumptionDay(day("2019-03-11"), "steam", 3.0, tce=None, coverage=1.0),  # no tce that day
+]
+M_OLD_ROWS = [ed("2021-01-05", 3, 1, 0.0, 0.0, 1, 1)]
+M_NEW_ROWS = [ed("2021-06-01", 4, 2, 0.0, 0.0, 2, 2)]
+N_ROWS = [ed("2019-05-01", 6, 3, 0.0, 0.0, 3, 3)]
+
+REPORTS_OLD_TAGS = [
+    EnterpriseReport(enterprise="E-A", period="2019", value_added=5_000_000.0, employees_avg=120.0,
+                     revenue=20_000_000.0, rd_expense=400_000.0),
+    EnterpriseReport(enterprise="E-A", period="2019-03", value_added=400_000.0),
+    EnterpriseReport(enterprise="E-A", period="2020", value_added=5_500_000.0, employees_avg=118.0),
+    EnterpriseReport(enterprise="E-B", period="2020-02", value_added=300_000.0),
+    EnterpriseReport(enterprise="E-D", period="2018", value_added=1_000_000.0),
+    EnterpriseReport(enterprise="E-M", period="2020", value_added=2_000_000.0),
+]
+REPORTS_NEW_TAGS = [EnterpriseReport(enterprise="E-N", period="2020", value_added=3_000_000.0, employees_avg=30.0)]
+SITES = {s.enterprise: s for s in (A, B, C, D, M_OLD)}
+
+
+def seed_points() -> list[Point]:
+    points = [daily_point(A, A_FIRST_WRITE)]
+    points += [daily_point(A, r) for r in A_ROWS]
+    points += [daily_point(B, r) for r in B_ROWS] + [consumption_point(B, r) for r in B_CONSUMPTION]
+    points += [daily_point(C, r) for r in C_ROWS] + [consumption_point(D, r) for r in D_CONSUMPTION]
+    points += [daily_point(M_OLD, r) for r in M_OLD_ROWS] + [daily_point(M_NEW, r) for r in M_NEW_ROWS]
+    points += [daily_point(N_OLD, r) for r in N_ROWS]
+    points += report_points(
+        REPORTS_OLD_TAGS, {e: s.region for e, s in SITES.items()}, {e: s.industry for e, s in SITES.items()}, tz=TZ
+    )
+    points += report_points(REPORTS_NEW_TAGS, {"E-N": N_NEW.region}, {"E-N": N_NEW.industry}, tz=TZ)
+    return points
+
+
+# --- the two stores ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    """A store under test and the agents' way of writing into it (line protocol, in order)."""
+
+    name: str
+    store: IndicatorStore
+    ingest: Callable[[Sequence[Point]], None]
+
+
+def batches_in_order(points: Sequence[Point]) -> list[list[Point]]:
+    """The points in order, cut where a (series, time) repeats: a later write must overwrite an
+    earlier one, and within one batch the server may apply equal keys in any order."""
+    out: list[list[Point]] = [[]]
+    seen: set[tuple[object, int]] = set()
+    for p in points:
+        key = (p.series_key(), p.ts_ns)
+        if key in seen:
+            out.append([])
+            seen.clear()
+        seen.add(key)
+        out[-1].append(p)
+    return [b for b in out if b]
+
+
+def _influx_ingest(url: str, db: str) -> Callable[[Sequence[Point]], None]:
+    def ingest(points: Sequence[Point]) -> None:
+        with httpx.Client(timeout=10.0) as client:
+            for batch in batches_in_order(points):
+                body = "\n".join(encode(p) for p in batch).encode()
+                response = client.post(f"{url}/write", params={"db": db, "precision": "ns"}, content=body)
+                assert response.status_code == 204, response.text
+
+    return ingest
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "embedded":
+        raw = EmbeddedStore(tmp_path / "store.db")
+
+        def ingest(points: Sequence[Point]) -> None:
+            outcome = raw.write_lines([encode(p) for p in points])
+            assert outcome.refused == []
+
+        store: IndicatorStore = EmbeddedQueryStore(tmp_path / "store.db", timezone=TZ)
+        try:
+            yield Backend("embedded", store, ingest)
+        finally:
+            await store.aclose()
+            raw.close()
+    else:
+        from adapters.influxdb_query import InfluxQueryStore
+
+        server, db = request.getfixturevalue("influx_db")
+        store = InfluxQueryStore(InfluxDBSink(type="influxdb", url=server.url, database=db), timezone=TZ)
+        try:
+            yield Backend("influxdb", store, _influx_ingest(server.url, db))
+        finally:
+            await store.aclose()
+
+
+@pytest.fixture
+async def seeded(backend: Backend) -> Backend:
+    backend.ingest(seed_points())  # A's 2019-01-01 twice: its second write must win
+    return backend
+
+
+def assert_sums_equal(got: PeriodSums | None, want: PeriodSums | None, *, rel: float = 0.0) -> None:
+    """Field by field; floats within ``rel`` (sums of floats may differ in the last bits with the order)."""
+    assert (got is None) == (want is None), (got, want)
+    if got is None or want is None:
+        return
+    assert (got.daily is None) == (want.daily is None), (got.daily, want.daily)
+    pairs = [(got.daily, want.daily)] if got.daily is not None else []
+    assert set(got.carriers) == set(want.carriers)
+    pairs += [(got.carriers[c], want.carriers[c]) for c in want.carriers]
+    for g, w in pairs:
+        for f in dataclasses.fields(w):  # type: ignore[arg-type]
+            gv, wv = getattr(g, f.name), getattr(w, f.name)
+            if isinstance(wv, float):
+                assert math.isclose(gv, wv, rel_tol=rel, abs_tol=1e-9 if rel else 0.0), (f.name, gv, wv)
+            else:
+                assert gv == wv, (f.name, gv, wv)
+                assert type(gv) is type(wv), (f.name, type(gv), type(wv))
+
+
+# --- the writers' format -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _EquipmentDay:
+    equipment: str
+    day: date
+    good_samples: int
+    online_s: float
+
+
+@dataclass(frozen=True)
+class _Interval:
+    meter: str
+    carrier: str
+    start_ns: int
+    end_ns: int
+    amount: float
+    covered_ns: int
+
+
+def test_helpers_match_the_rollup_writers() -> None:
+    """The hand-built seed has the measurement, tags, field names and types of the real writers."""
+    d = day("2019-12-31")
+    inventory = [
+        InventoryItem("m1", nc=True, asset_value=700.25),
+        InventoryItem("m2", nc=False, asset_value=500.25),
+        InventoryItem("m3", nc=True),
+    ]
+    written = enterprise_daily(d, A, inventory, [_EquipmentDay("m1", d, 10, 3600.0)])
+    mine = daily_point(A, ed("2019-12-31", 3, 2, 1200.5, 700.25, 1, 1))
+    assert written == mine
+    assert {k: type(v) for k, v in written.fields.items()} == {k: type(v) for k, v in mine.fields.items()}
+
+    start = local_day_start_ns(d, zone(TZ))
+    quarter = 900 * 10**9
+    intervals = [_Interval("e1", "electricity", start + i * quarter, start + (i + 1) * quarter, 10.0, quarter)
+                 for i in range(96)]
+    [written_c] = consumption_daily(d, A, intervals, {"e1": "electricity"})
+    mine_c = consumption_point(A, ConsumptionDay(d, "electricity", 960.0, tce=written_c.fields["tce"], coverage=1.0))
+    assert written_c == mine_c
+
+
+# --- period sums -------------------------------------------------------------------------------------
+
+
+async def test_year_sums_days_and_last_row(seeded: Backend) -> None:
+    got = await seeded.store.period_sums(day("2019-01-01"), day("2019-12-31"), Scope())
+    # A in 2019: 01-01 (second write), 12-30, 12-31; not 2020-01-01 (stamped at the upper bound)
+    assert_sums_equal(got["E-A"], PeriodSums(DailySums(
+        days=3, equipment_total=34.0, equipment_nc=18.0, asset_value_total=3401.0, asset_value_nc=1800.5,
+        equipment_networked=24.0, nc_equipment_networked=15.0, last_day=day("2019-12-31"),
+        last_equipment_total=12.0, last_equipment_nc=7.0, last_asset_value_total=1200.5, last_asset_value_nc=700.25,
+    )))
+    assert_sums_equal(got["E-C"], PeriodSums(DailySums(1, 5.0, 1.0, 50.0, 10.0, 2.0, 1.0, day("2019-06-15"),
+                                                       5.0, 1.0, 50.0, 10.0)))
+    # consumption without any enterprise_daily: the carriers only; steam lacks tce on one day
+    assert_sums_equal(got["E-D"], PeriodSums(None, {
+        "natural_gas": CarrierSums("natural_gas", 2, 150.0, 0.375, 2, 0.0, 0, 1.75),
+        "steam": CarrierSums("steam", 2, 5.0, 0.5, 1, 0.0, 0, 2.0),
+    }))
+    assert set(got) == {"E-A", "E-C", "E-D", "E-N"}  # B starts in 2020, M in 2021
+
+
+async def test_local_midnight_bounds_first_and_last_day_of_a_year(seeded: Backend) -> None:
+    store = seeded.store
+    last = await store.period_sums(day("2019-12-31"), day("2019-12-31"), Scope())
+    assert last["E-A"].daily is not None
+    assert (last["E-A"].daily.days, last["E-A"].daily.equipment_nc, last["E-A"].daily.last_day) == (
+        1, 7.0, day("2019-12-31"))
+    first = await store.period_sums(day("2020-01-01"), day("2020-01-01"), Scope())
+    assert first["E-A"].daily is not None
+    assert (first["E-A"].daily.days, first["E-A"].daily.equipment_nc) == (1, 8.0)
+    new_year = await store.period_sums(day("2019-01-01"), day("2019-01-01"), Scope())
+    assert new_year["E-A"].daily is not None and new_year["E-A"].daily.days == 1
+    span = await store.period_sums(day("2019-12-30"), day("2020-01-01"), Scope())
+    assert span["E-A"].daily is not None
+    assert (span["E-A"].daily.days, span["E-A"].daily.equipment_total, span["E-A"].daily.last_day) == (
+        3, 38.0, day("2020-01-01"))
+
+
+async def test_leap_day_and_february(seeded: Backend) -> None:
+    store = seeded.store
+    leap = await store.period_sums(day("2020-02-29"), day("2020-02-29"), Scope())
+    assert_sums_equal(leap["E-B"], PeriodSums(
+        DailySums(1, 20.0, 11.0, 0.0, 0.0, 13.0, 9.0, day("2020-02-29"), 20.0, 11.0, 0.0, 0.0),
+        {"electricity": CarrierSums("electricity", 1, 500.0, 0.0625, 1, 0.0, 0, 0.5),
+         "water_intake": CarrierSums("water_intake", 1, 30.0, 0.0, 0, 30.0, 1, 1.0)},
+    ))
+    feb = await store.period_sums(day("2020-02-01"), day("2020-02-29"), Scope())
+    assert_sums_equal(feb["E-B"], PeriodSums(
+        DailySums(2, 40.0, 21.0, 0.0, 0.0, 25.0, 17.0, day("2020-02-29"), 20.0, 11.0, 0.0, 0.0),
+        {"electricity": CarrierSums("electricity", 2, 1500.0, 0.1875, 2, 0.0, 0, 1.5),
+         "water_intake": CarrierSums("water_intake", 1, 30.0, 0.0, 0, 30.0, 1, 1.0)},
+    ))
+    assert set(feb) == {"E-B"}
+
+
+async def test_a_day_written_twice_counts_once_with_the_last_values(seeded: Backend) -> None:
+    got = await seeded.store.period_sums(day("2019-01-01"), day("2019-01-31"), Scope())
+    daily = got["E-A"].daily
+    assert daily is not None
+    assert (daily.days, daily.equipment_nc, daily.asset_value_nc, daily.equipment_networked) == (1, 5.0, 500.0, 7.0)
+
+
+async def test_an_empty_period(seeded: Backend) -> None:
+    assert await seeded.store.period_sums(day("2015-01-01"), day("2015-12-31"), Scope()) == {}
+    assert await seeded.store.period_sums(day("2019-12-31"), day("2019-12-31"), Scope(enterprises=("E-B",))) == {}
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        (Scope(), {"E-A", "E-B", "E-C", "E-D", "E-N"}),
+        (Scope(region_prefix="33"), {"E-A", "E-B", "E-C", "E-D", "E-N"}),
+        (Scope(region_prefix="3306"), {"E-A", "E-B", "E-D", "E-N"}),
+        (Scope(region_prefix="330602"), {"E-A", "E-D", "E-N"}),
+        (Scope(region_prefix="3307"), {"E-C"}),
+        (Scope(region_prefix="34"), set()),
+        (Scope(industries=("17",)), {"E-A", "E-D", "E-N"}),
+        (Scope(industries=("1751",)), {"E-D"}),
+        (Scope(industries=("18", "26")), {"E-B", "E-C"}),
+        (Scope(industries=("175",)), {"E-D"}),
+        (Scope(enterprises=("E-B", "E-D")), {"E-B", "E-D"}),
+        (Scope(enterprises=("E-Z",)), set()),
+        (Scope(region_prefix="3306", industries=("17",)), {"E-A", "E-D", "E-N"}),
+        (Scope(region_prefix="3306", industries=("17",), enterprises=("E-D", "E-B")), {"E-D"}),
+        (Scope(region_prefix="3306", enterprises=("E-C",)), set()),
+    ],
+)
+async def test_scope_in_the_query(seeded: Backend, scope: Scope, expected: set[str]) -> None:
+    got = await seeded.store.period_sums(day("2019-01-01"), day("2020-12-31"), scope)
+    assert set(got) == expected
+    if "E-A" in expected:
+        # scoped sums are the enterprise's whole sums, not a part of them
+        assert got["E-A"].daily is not None and got["E-A"].daily.days == 4
+
+
+# --- enterprises and reports -------------------------------------------------------------------------
+
+
+async def test_enterprises_sorted_with_the_latest_tags(seeded: Backend) -> None:
+    assert await seeded.store.enterprises(Scope()) == [
+        EnterpriseInfo("E-A", "330602", "1711"),
+        EnterpriseInfo("E-B", "330603", "1810"),
+        EnterpriseInfo("E-C", "330702", "2611"),
+        EnterpriseInfo("E-D", "330602", "1751"),  # consumption only
+        EnterpriseInfo("E-M", "330781", "1712"),  # its 2021-06 rollup beats its 2021-01 one and its 2020 report
+        EnterpriseInfo("E-N", "330604", "1713"),  # its 2020 report beats its 2019 rollup
+    ]
+    store = seeded.store
+    # scope applies to the latest tags: E-M is no longer in 330602, E-N not in 1711
+    assert [e.enterprise for e in await store.enterprises(Scope(region_prefix="330602"))] == ["E-A", "E-D"]
+    assert [e.enterprise for e in await store.enterprises(Scope(industries=("1711",)))] == ["E-A"]
+    assert [e.enterprise for e in await store.enterprises(Scope(region_prefix="3307"))] == ["E-C", "E-M"]
+    assert [e.enterprise for e in await store.enterprises(Scope(enterprises=("E-M", "E-B")))] == ["E-B", "E-M"]
+    assert await store.enterprises(Scope(region_prefix="3306", industries=("26",))) == []
+
+
+async def test_reports_by_years_annual_and_monthly(seeded: Backend) -> None:
+    store = seeded.store
+    got = await store.reports(2019, 2020, Scope())
+    assert got == {
+        "E-A": [
+            StoredReport("E-A", "2019", {"value_added": 5_000_000.0, "employees_avg": 120.0,
+                                         "revenue": 20_000_000.0, "rd_expense": 400_000.0}),
+            StoredReport("E-A", "2019-03", {"value_added": 400_000.0}),
+            StoredReport("E-A", "2020", {"value_added": 5_500_000.0, "employees_avg": 118.0}),
+        ],
+        "E-B": [StoredReport("E-B", "2020-02", {"value_added": 300_000.0})],  # absent figures are absent
+        "E-M": [StoredReport("E-M", "2020", {"value_added": 2_000_000.0})],
+        "E-N": [StoredReport("E-N", "2020", {"value_added": 3_000_000.0, "employees_avg": 30.0})],
+    }
+    assert all(type(v) is float for reports in got.values() for r in reports for v in r.figures.values())
+    assert await store.reports(2018, 2018, Scope()) == {
+        "E-D": [StoredReport("E-D", "2018", {"value_added": 1_000_000.0})]
+    }
+    assert list(await store.reports(2019, 2019, Scope())) == ["E-A"]
+    assert list(await store.reports(2020, 2020, Scope(region_prefix="330603"))) == ["E-B"]
+    assert list(await store.reports(2018, 2020, Scope(industries=("17",)))) == ["E-A", "E-D", "E-M", "E-N"]
+    assert list(await store.reports(2018, 2020, Scope(enterprises=("E-D",)))) == ["E-D"]
+    assert await store.reports(2021, 2030, Scope()) == {}
+
+
+# --- write ---------------------------------------------------------------------------------------------
+
+
+def report_point(enterprise: str, period: str, ts_day: str, **figures: float) -> Point:
+    site = SITES[enterprise]
+    return Point("enterprise_report", site.tags(period=period), dict(figures),
+                 local_day_start_ns(day(ts_day), zone(TZ)), Priority.ROLLUP)
+
+
+async def test_write_stores_every_point(seeded: Backend) -> None:
+    store = seeded.store
+    await store.write([
+        report_point("E-A", "2022", "2022-01-01", value_added=1.5, revenue=3.0),
+        report_point("E-B", "2022-05", "2022-05-01", value_added=2.5),
+        daily_point(B, ed("2022-05-02", 1, 1, 0.0, 0.0, 1, 1)),
+    ])
+    assert await store.reports(2022, 2022, Scope()) == {
+        "E-A": [StoredReport("E-A", "2022", {"value_added": 1.5, "revenue": 3.0})],
+        "E-B": [StoredReport("E-B", "2022-05", {"value_added": 2.5})],
+    }
+    got = await store.period_sums(day("2022-05-02"), day("2022-05-02"), Scope())
+    assert got["E-B"].daily is not None and got["E-B"].daily.days == 1
+    await store.write([])  # nothing to do
+
+
+async def test_write_is_all_or_nothing_on_a_type_conflict(seeded: Backend) -> None:
+    store = seeded.store
+    before = await store.fingerprint(day("2022-01-01"), day("2022-12-31"), Scope())
+    good = report_point("E-A", "2022", "2022-01-01", value_added=1.0)
+    # equipment_total is stored as an integer: a string (or a float) for it conflicts
+    conflicting = daily_point(A, ed("2022-01-02", 1, 1, 0.0, 0.0, 1, 1))
+    conflicting.fields["equipment_total"] = "many"
+    with pytest.raises(StoreQueryError, match="type conflict"):
+        await store.write([good, conflicting])
+    as_float = daily_point(A, ed("2022-01-03", 1, 1, 0.0, 0.0, 1, 1))
+    as_float.fields["equipment_nc"] = 1.0
+    with pytest.raises(StoreQueryError, match="type conflict"):
+        await store.write([good, as_float])
+    assert await store.reports(2022, 2022, Scope()) == {}
+    assert await store.period_sums(day("2022-01-01"), day("2022-12-31"), Scope()) == {}
+    assert await store.fingerprint(day("2022-01-01"), day("2022-12-31"), Scope()) == before
+
+
+async def test_write_is_all_or_nothing_within_the_call(seeded: Backend) -> None:
+    """Two points of one call that disagree on a new field's type: neither is written."""
+    store = seeded.store
+    first = Point("indicator", {"enterprise": "E-A", "indicator": "nc_rate", "period": "2022"}, {"value": 1.5},
+                  local_day_start_ns(day("2022-01-01"), zone(TZ)))
+    second = Point("indicator", {"enterprise": "E-B", "indicator": "nc_rate", "period": "2022"}, {"value": "high"},
+                   local_day_start_ns(day("2022-01-01"), zone(TZ)))
+    with pytest.raises(StoreQueryError):
+        await store.write([first, second])
+    # the same field written alone afterwards as a string: accepted only if the float never landed
+    await store.write([dataclasses.replace(second)])
+
+
+async def test_write_refuses_a_point_line_protocol_cannot_carry(seeded: Backend) -> None:
+    store = seeded.store
+    good = report_point("E-A", "2022", "2022-01-01", value_added=1.0)
+    bad = report_point("E-A", "2023", "2023-01-01", value_added=1.0)
+    bad.tags["enterprise"] = "E-A\nenterprise_report,enterprise=X value_added=9"
+    with pytest.raises(StoreQueryError, match="nothing was written"):
+        await store.write([good, bad])
+    nan = report_point("E-A", "2023", "2023-01-01", value_added=float("nan"))
+    with pytest.raises(StoreQueryError):
+        await store.write([good, nan])
+    assert await store.reports(2022, 2023, Scope()) == {}
+
+
+# --- fingerprint ----------------------------------------------------------------------------------------
+
+
+async def test_fingerprint_changes_on_add_and_on_overwrite_only(seeded: Backend) -> None:
+    store = seeded.store
+    year = (day("2019-01-01"), day("2019-12-31"))
+    first = await store.fingerprint(*year, Scope())
+    assert all(isinstance(v, float | int) for v in first)
+    assert await store.fingerprint(*year, Scope()) == first  # stable
+
+    # the same values written again: same data, same fingerprint
+    seeded.ingest([daily_point(A, A_ROWS[1])])
+    assert await store.fingerprint(*year, Scope()) == first
+    # outside the period, or outside the scope: unchanged
+    seeded.ingest([daily_point(A, ed("2021-03-03", 1, 1, 0.0, 0.0, 1, 1))])
+    assert await store.fingerprint(*year, Scope()) == first
+    scoped = await store.fingerprint(*year, Scope(region_prefix="3307"))
+    seeded.ingest([daily_point(A, ed("2019-03-03", 1, 1, 0.0, 0.0, 1, 1))])  # a day added, in 3306
+    assert await store.fingerprint(*year, Scope(region_prefix="3307")) == scoped
+    added = await store.fingerprint(*year, Scope())
+    assert added != first
+
+    # overwritten with other values (same series and time)
+    seeded.ingest([daily_point(A, dataclasses.replace(A_ROWS[2], asset_value_nc=700.5))])
+    overwritten = await store.fingerprint(*year, Scope())
+    assert overwritten != added
+    # a consumption day and a report overwritten
+    seeded.ingest([consumption_point(D, dataclasses.replace(D_CONSUMPTION[0], coverage=0.5))])
+    after_consumption = await store.fingerprint(*year, Scope())
+    assert after_consumption != overwritten
+    seeded.ingest([report_point("E-A", "2019-03", "2019-03-01", value_added=400_001.0)])
+    assert await store.fingerprint(*year, Scope()) != after_consumption
+
+
+# --- the same answers as indicators.summarize --------------------------------------------------------
+
+
+def random_rows(rng: random.Random) -> tuple[dict[str, list[EnterpriseDay]], dict[str, list[ConsumptionDay]]]:
+    """A few enterprises over 2019-12 .. 2020-03 (a year end and a leap day), with some days written twice."""
+    first = day("2019-12-01")
+    daily: dict[str, list[EnterpriseDay]] = {}
+    consumption: dict[str, list[ConsumptionDay]] = {}
+    for site in (A, B, C):
+        rows: list[EnterpriseDay] = []
+        cons: list[ConsumptionDay] = []
+        for offset in sorted(rng.sample(range(122), 50)):
+            d = first + timedelta(days=offset)
+            for _ in range(rng.choice((1, 1, 1, 2))):  # a day sometimes delivered twice
+                total = rng.randint(0, 40)
+                nc = rng.randint(0, total)
+                rows.append(EnterpriseDay(d, total, nc, rng.uniform(0, 1e6), rng.uniform(0, 1e5),
+                                          rng.randint(0, total), rng.randint(0, nc)))
+            for carrier in ("electricity", "water_intake", "steam"):
+                if rng.random() < 0.7:
+                    # which fields a carrier has is fixed per day, so a second delivery has the same ones
+                    has_tce = carrier == "electricity" or (carrier == "steam" and d.day % 3 != 0)
+                    for _ in range(rng.choice((1, 1, 2))):
+                        amount = rng.uniform(0, 5000)
+                        cons.append(ConsumptionDay(d, carrier, amount,
+                                                   tce=amount * 0.1229 / 1000 if has_tce else None,
+                                                   m3=amount if carrier == "water_intake" else None,
+                                                   coverage=rng.random()))
+        daily[site.enterprise], consumption[site.enterprise] = rows, cons
+    return daily, consumption
+
+
+async def test_sums_equal_summarize_of_the_same_rows(backend: Backend) -> None:
+    rng = random.Random(20170101)
+    daily, consumption = random_rows(rng)
+    sites = {s.enterprise: s for s in (A, B, C)}
+    backend.ingest([daily_point(sites[e], r) for e, rows in daily.items() for r in rows]
+                   + [consumption_point(sites[e], r) for e, rows in consumption.items() for r in rows])
+    periods = [
+        Period.of_year(2020), Period.of_month(2020, 2), Period.of_month(2019, 12), Period.of_quarter(2020, 1),
+        Period.year_to_date(day("2020-02-29")), Period("month", day("2020-02-29"), day("2020-02-29")),
+        Period.of_year(2019),
+    ]
+    for period in periods:
+        got = await backend.store.period_sums(period.start, period.end, Scope())
+        for e in sites:
+            want = summarize(period, daily[e], consumption[e])
+            if want.daily is None and not want.carriers:
+                assert e not in got
+                continue
+            assert_sums_equal(got[e], want, rel=1e-12)
+
+
+# --- errors -----------------------------------------------------------------------------------------------
+
+
+async def test_timezone_is_public_and_bounds_follow_it(tmp_path: Path) -> None:
+    raw = EmbeddedStore(tmp_path / "s.db")
+    raw.write_lines([encode(daily_point(A, ed("2019-12-31", 1, 1, 0.0, 0.0, 1, 1)))])  # 2019-12-30T16:00Z
+    utc = EmbeddedQueryStore(raw, timezone="UTC")
+    assert utc.timezone == "UTC"
+    # in UTC that point belongs to 2019-12-30
+    got = await utc.period_sums(day("2019-12-30"), day("2019-12-30"), Scope())
+    assert got["E-A"].daily is not None and got["E-A"].daily.last_day == day("2019-12-30")
+    raw.close()
+    with pytest.raises(ValueError, match="time zone"):
+        EmbeddedQueryStore(tmp_path / "s.db", timezone="Mars/Olympus")
+
+
+async def test_embedded_missing_or_corrupt_file(tmp_path: Path) -> None:
+    missing = EmbeddedQueryStore(tmp_path / "nothing-here.db")
+    with pytest.raises(StoreQueryError, match="does not exist"):
+        await missing.enterprises(Scope())
+    assert not (tmp_path / "nothing-here.db").exists()  # a query never creates an empty store
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database" * 1000)
+    store = EmbeddedQueryStore(corrupt)
+    for call in (store.enterprises(Scope()), store.period_sums(day("2019-01-01"), day("2019-12-31"), Scope())):
+        with pytest.raises(StoreQueryError, match=r"corrupt\.db"):
+            await call
+    await store.aclose()
