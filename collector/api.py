@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import sys
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -43,6 +44,8 @@ CACHE_CONTROL = "private, max-age=0, must-revalidate"
 VARY = "Authorization, Accept"
 HEALTH_TIMEOUT_S = 10.0
 OFF_LOOP_ROWS = 500  # pages with more lines than this are built in a worker thread
+RENDERED_MAX_BODY = 4 << 20  # bodies kept for reuse by ETag: each at most 4 MiB …
+RENDERED_MAX_BYTES = 64 << 20  # … and 64 MiB in all, least recently used out first
 T = TypeVar("T")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _MEDIA_RANGE = re.compile(r"\s*([^;,\s]+)\s*((?:;[^,]*)?)")
@@ -390,9 +393,29 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
     def headers_for(etag: str) -> dict[str, str]:
         return {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": VARY}
 
+    # Bodies already rendered, by ETag: a warm request is a look-up, not a rebuild (bounded in bytes).
+    rendered: OrderedDict[str, tuple[bytes, str, dict[str, str]]] = OrderedDict()
+    rendered_bytes = 0
+
+    def remember(etag: str, body: bytes, media: str, headers: dict[str, str]) -> None:
+        nonlocal rendered_bytes
+        if len(body) > RENDERED_MAX_BODY or etag in rendered:
+            return
+        rendered[etag] = (body, media, dict(headers))
+        rendered_bytes += len(body)
+        while rendered_bytes > RENDERED_MAX_BYTES:
+            _, (old, _, _) = rendered.popitem(last=False)
+            rendered_bytes -= len(old)
+
     def not_modified(request: Request, etag: str) -> Response | None:
+        """304 when the client has this ETag; the rendered body when this process made it before."""
         if etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers_for(etag))
+        hit = rendered.get(etag)
+        if hit is not None:
+            rendered.move_to_end(etag)
+            body, media, headers = hit
+            return Response(body, media_type=media, headers=dict(headers))
         return None
 
     async def respond(
@@ -430,6 +453,8 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
             headers["X-Total-Count"] = str(total)
             headers["Link"] = link_header(request.url.path, request.query_params.multi_items(), page, page_size,
                                           total)
+        if etag is not None:  # a validator that names the representation: the body can be reused
+            remember(tag, body, media, headers)
         return Response(body, media_type=media, headers=headers)
 
     async def off_loop(work: Callable[[], T], size: int) -> T:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import logging
 import re
@@ -316,6 +317,10 @@ class IndicatorService:
 
     def _store_entry(self, key: tuple[Period, Scope], entry: _Figures) -> None:
         self._figures[key] = entry
+        # Hundreds of thousands of long-lived result objects: keep them out of the cyclic GC's full
+        # passes, which would otherwise stall every request for tens of ms (they hold no cycles,
+        # so reference counting still frees them when the entry goes).
+        gc.freeze()
         while len(self._figures) > self._max_entries:
             oldest = min(self._figures, key=lambda k: self._figures[k].last_used)
             del self._figures[oldest]
