@@ -251,31 +251,52 @@ class InfluxQueryStore:
             parts.append(condition)
         return " WHERE " + " AND ".join(parts)
 
-    def period_sums_statements(self, start: date, end: date, scope: Scope) -> list[str]:
-        """The three statements ``period_sums`` sends, each in its own request, at once."""
-        where = self._where(*self._bounds(start, end), scope)
+    def period_sums_statements(
+        self, start: date, end: date, scope: Scope, carriers: Sequence[str] | None = None
+    ) -> list[str]:
+        """The statements ``period_sums`` sends, each in its own request, all at once: the daily sums,
+        the last day, and the consumption sums — one statement per carrier when ``carriers`` are
+        given (smaller pieces keep every core busy), else one for all."""
+        bounds = self._bounds(start, end)
+        where = self._where(*bounds, scope)
         sums = ", ".join(f"sum({f}) AS {f}" for f in DAILY_FIELDS)
         # last() alone (with plain fields beside it) reports the time of the row it picked; mixed
         # with sum() it would report the start of the range instead, so it is a statement of its own
         last = f"last({LAST_FIELDS[0]}) AS {LAST_FIELDS[0]}, " + ", ".join(LAST_FIELDS[1:])
-        carriers = (
+        aggregates = (
             "count(amount) AS n_rows, sum(amount) AS amount, sum(tce) AS tce, count(tce) AS tce_rows, "
             "sum(m3) AS m3, count(m3) AS m3_rows, sum(coverage) AS coverage"
         )
+        consumption = f"SELECT {aggregates} FROM {self._from(CONSUMPTION)}"
+        if carriers is None:
+            per_carrier = [f"{consumption}{where} GROUP BY enterprise, carrier"]
+        else:
+            per_carrier = [
+                f"{consumption}{self._where(*bounds, scope, 'carrier = ' + quote_literal(c))} "
+                "GROUP BY enterprise, carrier"
+                for c in carriers
+            ]
         return [
             f"SELECT count({DAILY_FIELDS[0]}) AS days, {sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
             f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
-            f"SELECT {carriers} FROM {self._from(CONSUMPTION)}{where} GROUP BY enterprise, carrier",
+            *per_carrier,
         ]
+
+    async def carriers(self) -> list[str]:
+        """The carriers ``consumption_daily`` holds (from the index: no data is read)."""
+        [result] = await self._query([f"SHOW TAG VALUES FROM {quote_ident(CONSUMPTION)} WITH KEY = \"carrier\""])
+        return sorted({str(row[columns.index("value")]) for _, columns, rows in _series(result) for row in rows
+                       if "value" in columns})
 
     # --- the interface -----------------------------------------------------------------------------
 
     async def period_sums(self, start: date, end: date, scope: Scope) -> dict[str, PeriodSums]:
         # One request per statement, sent at once: InfluxDB runs the statements of one request one
-        # after another on one core, and separate requests in parallel (a province on 2 cores: 41 s
-        # as one request, see docs/central.md for the figures as separate ones).
-        results = await asyncio.gather(*(self._query([s]) for s in self.period_sums_statements(start, end, scope)))
-        sums_result, last_result, carrier_result = (r[0] for r in results)
+        # after another on one core, and separate requests in parallel (docs/central.md has figures).
+        statements = self.period_sums_statements(start, end, scope, await self.carriers())
+        results = await asyncio.gather(*(self._query([s]) for s in statements))
+        sums_result, last_result = results[0][0], results[1][0]
+        carrier_results = [r[0] for r in results[2:]]
         daily_sums: dict[str, dict[str, Any]] = {}
         for tags, columns, rows in _series(sums_result):
             enterprise = tags.get("enterprise")
@@ -295,7 +316,7 @@ class InfluxQueryStore:
                 *(_num(last.get(f)) for f in LAST_FIELDS),
             )
         carriers: dict[str, dict[str, CarrierSums]] = {}
-        for tags, columns, rows in _series(carrier_result):
+        for tags, columns, rows in (series for result in carrier_results for series in _series(result)):
             enterprise, carrier = tags.get("enterprise"), tags.get("carrier")
             if not rows or not enterprise or not carrier:  # a series without the tag groups under ""
                 continue

@@ -184,23 +184,29 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
     influx_db: tuple[InfluxDBServer, str], proxy: FaultProxy
 ) -> None:
     server, db = influx_db
-    write_points(server, db, [daily(Site("E-1", "330602", "1711"), date(2019, 12, 31))])
+    site = Site("E-1", "330602", "1711")
+    ts = local_day_start_ns(date(2019, 12, 31), zone(TZ))
+    write_points(server, db, [daily(site, date(2019, 12, 31))] + [
+        Point("consumption_daily", site.tags(carrier=c), {"amount": 1.0, "coverage": 1.0}, ts)
+        for c in ("electricity", "water_intake")
+    ])
     store = make_store(proxy.url, db)
     try:
         scope = Scope(region_prefix="3306", industries=("17", "18"), enterprises=("E-1", "E-2"))
         got = await store.period_sums(*YEAR, scope)
     finally:
         await store.aclose()
-    assert list(got) == ["E-1"]
-    assert len(proxy.requests) == 3  # one statement per request, sent at once
-    statements = []
+    assert list(got) == ["E-1"] and set(got["E-1"].carriers) == {"electricity", "water_intake"}
+    sent = []
     for request in proxy.requests:
         assert (request.method, request.path) == ("POST", "/query")
         assert request.query == {"db": db, "epoch": "ms"}
-        [statement] = dict(httpx.QueryParams(request.body.decode()))["q"].split("; ")
-        statements.append(statement)
-    # sums, last, carriers
-    statements.sort(key=lambda q: ["AS days" in q, "last(" in q, "consumption_daily" in q].index(True))
+        [statement] = dict(httpx.QueryParams(request.body.decode()))["q"].split("; ")  # one per request
+        sent.append(statement)
+    # the carriers from the index first, then at once: sums, last, one statement per carrier
+    assert sent[0] == 'SHOW TAG VALUES FROM "consumption_daily" WITH KEY = "carrier"'
+    statements = sorted(sent[1:], key=lambda q: ["AS days" in q, "last(" in q, "consumption_daily" in q].index(True))
+    assert len(statements) == 4
     start = local_day_start_ns(date(2019, 1, 1), zone(TZ))
     end = local_day_start_ns(date(2020, 1, 1), zone(TZ))
     assert start == 1_546_272_000 * 10**9  # 2018-12-31T16:00Z
@@ -211,6 +217,7 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
     assert "sum(" in statements[0] and statements[0].endswith("GROUP BY enterprise")
     assert statements[1].startswith('SELECT last(equipment_total)') and "sum(" not in statements[1]
     assert statements[2].endswith("GROUP BY enterprise, carrier")
+    assert {q.split("carrier = ")[1].split(" ")[0] for q in statements[2:]} == {"'electricity'", "'water_intake'"}
 
 
 async def test_v1_credentials_are_basic_auth_and_v2_a_token(
