@@ -324,7 +324,9 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
 
     bearer = HTTPBearer(auto_error=False, description="an fmc API key: fmc_<id>_<secret> (fmc keys create)")
 
-    def authenticated(
+    # Dependencies are `async def`: FastAPI runs a plain `def` in a worker thread, a hop that cost
+    # more than the work itself (a key look-up is microseconds of SQLite).
+    async def authenticated(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> KeyScope:
         if credentials is None:
@@ -342,7 +344,7 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
         """Refuse unknown and repeated query parameters: a typo such as ?regoin=3306 must not
         silently widen the answer to the key's whole scope."""
 
-        def check(request: Request) -> None:
+        async def check(request: Request) -> None:
             seen: set[str] = set()
             for name, _ in request.query_params.multi_items():
                 if name not in allowed:
@@ -602,6 +604,11 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
         p = parse_period(period)
         computed = await service.indicators("enterprise", p, Scope(enterprises=(e.enterprise,)))
         wanted = [indicator] if indicator else list(INDICATORS)
+        as_csv = wants_csv(format, request.headers.get("accept"))
+        etag = make_etag(computed.etag, "enterprise-indicators", e, tuple(wanted), as_csv, lang)
+        cached = not_modified(request, etag)
+        if cached is not None:
+            return cached
         row = next((r for r in computed.rows if r.enterprise == e.enterprise), None)
         if row is not None:
             values = values_of(row, wanted, with_rank=False)
@@ -611,11 +618,6 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
                                       unit=INDICATOR_LABELS[name][2], with_rank=False)
                 for name in wanted
             }
-        as_csv = wants_csv(format, request.headers.get("accept"))
-        etag = make_etag(computed.etag, "enterprise-indicators", e, tuple(wanted), as_csv, lang)
-        cached = not_modified(request, etag)
-        if cached is not None:
-            return cached
         body = EnterpriseIndicators(enterprise=enterprise_out(e), period=p.label, computed_at=computed.computed_at,
                                     indicators=values)
         identity = ["enterprise", e.region, e.industry, e.enterprise, e.name]
