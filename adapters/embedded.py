@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from collector.lineprotocol import LineProtocolError, encode, parse
+from collector.lineprotocol import LineProtocolError, field_type, parse
 from collector.rollups import local_date, local_day_start_ns
 from collector.sink import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
 from collector.store import (
@@ -60,6 +60,7 @@ from collector.store import (
     Scope,
     StoredReport,
     StoreQueryError,
+    encode_points,
 )
 from schemas.config import EmbeddedSink as EmbeddedSinkConfig
 from schemas.points import FieldValue, Point
@@ -125,17 +126,6 @@ class StoredPoint:
     tags: dict[str, str]
     fields: dict[str, FieldValue]
     ts_ns: int
-
-
-def field_type(value: FieldValue) -> str:
-    """InfluxDB's name for the type of a field value."""
-    if isinstance(value, bool):  # before int: bool is a subclass of int
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    return "string"
 
 
 def _canonical_tags(tags: Mapping[str, str]) -> str:
@@ -805,14 +795,7 @@ class EmbeddedQueryStore:
         return await self._call(run)
 
     async def write(self, points: Sequence[Point]) -> None:
-        lines: list[str] = []
-        for index, point in enumerate(points):
-            try:
-                lines.append(encode(point))
-            except LineProtocolError as e:
-                raise StoreQueryError(
-                    f"point {index} ({point.measurement}) cannot be stored: {e.detail}; nothing was written"
-                ) from None
+        lines = encode_points(points)
         if not lines:
             return
 

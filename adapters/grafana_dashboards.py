@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from collector.selfmetrics import REJECTION_REASONS
 from schemas.base import CARRIERS
+from schemas.labels import INDICATOR_LABELS as LABELS
 from schemas.targets import INDICATORS
 
 DATASOURCE_UID = "fmc-influxdb"
@@ -188,16 +189,9 @@ _DESCRIPTIONS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# the project's one table of indicator names (schemas/labels.py), English capitalised for titles
 INDICATOR_LABELS: dict[str, tuple[str, str]] = {
-    "nc_rate": ("装备数控化率", "NC rate"),
-    "networking_rate": ("机器联网率", "Networking rate"),
-    "energy": ("综合能源消费量", "Energy consumption"),
-    "energy_intensity": ("单位工业增加值能耗", "Energy per value added"),
-    "water_intensity": ("单位工业增加值用水量", "Water per value added"),
-    "wastewater_intensity": ("单位工业增加值废水排放量", "Wastewater per value added"),
-    "labour_productivity": ("全员劳动生产率", "Labour productivity"),
-    "rd_intensity": ("研发经费支出占主营业务收入比重", "R&D intensity"),
-    "new_product_ratio": ("新产品产值率", "New-product output ratio"),
+    name: (zh, en[:1].upper() + en[1:]) for name, (zh, en, _) in LABELS.items()
 }
 INDICATOR_UNITS: dict[str, tuple[str, str]] = {
     "nc_rate": ("percent", "percent"),

@@ -122,6 +122,15 @@ class _WriteProgress:
     refused: list[RefusedLine] = field(default_factory=list)
 
 
+def tls_verify(cfg: InfluxDBSinkConfig) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for the [sink] / [store] TLS settings."""
+    if cfg.insecure_skip_verify:
+        return False
+    if cfg.ca_file is not None:
+        return ssl.create_default_context(cafile=str(cfg.ca_file))
+    return True
+
+
 class InfluxDBSink:
     """Writes line protocol to InfluxDB over one keep-alive ``httpx.AsyncClient``."""
 
@@ -147,7 +156,7 @@ class InfluxDBSink:
             headers=headers,
             auth=auth,
             timeout=httpx.Timeout(cfg.timeout_s),
-            verify=self._tls_verify(cfg),
+            verify=tls_verify(cfg),
             follow_redirects=False,  # a redirect would drop the body or credentials; report it instead
         )
         if cfg.dialect == "v1":
@@ -161,13 +170,6 @@ class InfluxDBSink:
             self._write_params = {"org": cfg.org or "", "bucket": cfg.bucket or "", "precision": "ns"}
             self._target = f"bucket '{cfg.bucket}' in org '{cfg.org}'"
 
-    @staticmethod
-    def _tls_verify(cfg: InfluxDBSinkConfig) -> ssl.SSLContext | bool:
-        if cfg.insecure_skip_verify:
-            return False
-        if cfg.ca_file is not None:
-            return ssl.create_default_context(cafile=str(cfg.ca_file))
-        return True
 
     # --- write --------------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
@@ -27,8 +26,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
-from adapters.influxdb import redacted_url, store_error_text
-from collector.lineprotocol import LineProtocolError, encode
+from adapters.influxdb import redacted_url, store_error_text, tls_verify
+from collector.lineprotocol import field_type
 from collector.rollups import NS, local_date, local_day_start_ns
 from collector.store import (
     REPORT_FIELDS,
@@ -39,9 +38,10 @@ from collector.store import (
     Scope,
     StoredReport,
     StoreQueryError,
+    encode_points,
 )
 from schemas.config import InfluxDBSink as InfluxDBSinkConfig
-from schemas.points import FieldValue, Point
+from schemas.points import Point
 
 USER_AGENT = "fmc-central"
 MS = 1_000_000  # ns per ms: answers come with epoch=ms
@@ -160,25 +160,6 @@ def _time_zone(name: str) -> ZoneInfo:
         raise ValueError(f"time zone {name!r} is unknown: use an IANA name such as 'Asia/Shanghai'") from None
 
 
-def _tls_verify(cfg: InfluxDBSinkConfig) -> ssl.SSLContext | bool:
-    if cfg.insecure_skip_verify:
-        return False
-    if cfg.ca_file is not None:
-        return ssl.create_default_context(cafile=str(cfg.ca_file))
-    return True
-
-
-def field_type(value: FieldValue) -> str:
-    """InfluxDB's name for the type of a field value."""
-    if isinstance(value, bool):  # before int: bool is a subclass of int
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "float"
-    return "string"
-
-
 class InfluxQueryStore:
     """``IndicatorStore`` over InfluxQL ``/query`` (and ``/write`` for ``write``).
 
@@ -216,7 +197,7 @@ class InfluxQueryStore:
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(cfg.timeout_s),
-            verify=_tls_verify(cfg),
+            verify=tls_verify(cfg),
             follow_redirects=False,  # a redirect would drop the body or the credentials; report it
         )
         self._query_params = {"db": self.database, "epoch": "ms"}
@@ -409,14 +390,7 @@ class InfluxQueryStore:
         return tuple(out)
 
     async def write(self, points: Sequence[Point]) -> None:
-        lines: list[str] = []
-        for index, point in enumerate(points):
-            try:
-                lines.append(encode(point))
-            except LineProtocolError as e:
-                raise StoreQueryError(
-                    f"point {index} ({point.measurement}) cannot be stored: {e.detail}; nothing was written"
-                ) from None
+        lines = encode_points(points)
         if not lines:
             return
         await self._check_field_types(points)

@@ -34,13 +34,11 @@ from collector.registry import RegistryEntry
 from collector.store import EnterpriseInfo, IndicatorStore, PeriodSums, Scope, StoredReport
 from schemas.central import CentralConfig, MaterializeConfig, load_config_plan
 from schemas.config import EmbeddedSink
-from schemas.reports import EnterpriseReport
+from schemas.reports import MONEY_FIELDS, EnterpriseReport
 from schemas.targets import INDICATORS, Targets
 
 log = logging.getLogger("fmc.central")
 
-MONEY_FIELDS = frozenset({"value_added", "value_added_comparable", "revenue", "rd_expense", "gross_output",
-                          "new_product_output"})
 _YUAN_PER_WAN = 10_000.0  # reports are stored in yuan; the engine takes 10⁴ yuan (万元)
 
 

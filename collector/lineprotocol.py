@@ -102,6 +102,17 @@ def _field_key(key: str) -> str:
     return key.translate(_ESCAPE_KEY)
 
 
+def field_type(value: FieldValue) -> str:
+    """InfluxDB's name for the type of a field value."""
+    if isinstance(value, bool):  # before int: bool is a subclass of int
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    return "string"
+
+
 def encode(point: Point) -> str:
     """One line of line protocol (no trailing newline), nanosecond precision."""
     series = point.series if point.series is not None else encode_series(point.measurement, point.tags)

@@ -21,21 +21,16 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Protocol
 
+from collector.lineprotocol import LineProtocolError, encode
 from schemas.base import ID_PATTERN
 from schemas.points import Point
+from schemas.reports import REPORT_FIELDS
+
+__all__ = ["REPORT_FIELDS"]  # the figures of `enterprise_report`, for the stores
 
 # [0-9], not \d: Python's \d also matches other scripts' digits (３, ٣), which are not codes
 REGION_PREFIX_PATTERN = r"^[0-9]{2}([0-9]{2}){0,2}$"  # 33 province, 3306 city, 330602 county
 INDUSTRY_PREFIX_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"  # GB/T 4754: 17 division, 171 group, 1711 class
-REPORT_FIELDS = (
-    "value_added",
-    "value_added_comparable",
-    "employees_avg",
-    "revenue",
-    "rd_expense",
-    "gross_output",
-    "new_product_output",
-)
 
 
 class StoreQueryError(Exception):
@@ -137,6 +132,19 @@ class StoredReport:
     enterprise: str
     period: str
     figures: Mapping[str, float]
+
+
+def encode_points(points: Sequence[Point]) -> list[str]:
+    """Line protocol of every point; StoreQueryError naming the first one that cannot be stored."""
+    lines: list[str] = []
+    for index, point in enumerate(points):
+        try:
+            lines.append(encode(point))
+        except LineProtocolError as e:
+            raise StoreQueryError(
+                f"point {index} ({point.measurement}) cannot be stored: {e.detail}; nothing was written"
+            ) from None
+    return lines
 
 
 class IndicatorStore(Protocol):

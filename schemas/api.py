@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.base import ID_PATTERN
 from schemas.labels import INDICATOR_LABELS, STATUS_LABELS
 from schemas.reports import MAX_YEAR, MIN_YEAR
-from schemas.targets import Targets
+from schemas.targets import Indicator, Targets
 
 # --- query and path parameters ------------------------------------------------------------------------------
 
@@ -30,17 +30,7 @@ PAGE_MAX = 1_000_000_000
 YEAR_MIN, YEAR_MAX = MIN_YEAR, MAX_YEAR
 
 LevelName = Literal["enterprise", "county", "city", "province", "industry"]
-IndicatorName = Literal[
-    "nc_rate",
-    "networking_rate",
-    "energy",
-    "energy_intensity",
-    "water_intensity",
-    "wastewater_intensity",
-    "labour_productivity",
-    "rd_intensity",
-    "new_product_ratio",
-]
+IndicatorName = Indicator  # the plan file's indicator names
 Format = Literal["json", "csv"]
 Lang = Literal["zh", "en"]
 StatusName = Literal["met", "missed", "insufficient_data", "no_target"]

@@ -8,14 +8,13 @@ file's folder, every problem a ``ConfigError`` naming file, setting and fix.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, ValidationError, field_validator
 
 from schemas.base import ConfigError, _Model
-from schemas.config import EmbeddedSink, InfluxDBSink, LogConfig, _problems_from, _substitute_env
+from schemas.config import EmbeddedSink, InfluxDBSink, LogConfig, _problems_from, read_toml
 from schemas.targets import Targets, load_targets
 
 PLANS_DIR = Path(__file__).parent / "plans"
@@ -87,26 +86,7 @@ def load_plan(name_or_path: str = DEFAULT_PLAN, base: Path | None = None) -> Tar
 def load_central_config(path: str | os.PathLike[str]) -> CentralConfig:
     """Read, substitute ``${ENV}``, validate; relative paths are taken from the file's folder."""
     path = Path(path)
-    try:
-        raw_text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            path, [("(file)", "the file does not exist", f"pass the right path with -c (example: {EXAMPLE})")]
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, [("(file)", f"cannot read it: {e}", "check permissions and UTF-8 encoding")]) from None
-    try:
-        data = tomllib.loads(raw_text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, [("(syntax)", f"not valid TOML: {e}", "fix the syntax at that line")]) from None
-    missing: list[tuple[str, str]] = []
-    data = _substitute_env(data, (), missing)
-    if missing:
-        raise ConfigError(
-            path,
-            [(loc, f"refers to ${{{name}}}, which is not set", f"export {name}=… before starting fmc")
-             for loc, name in missing],
-        )
+    data = read_toml(path, missing_fix=f"pass the right path with -c (example: {EXAMPLE})")
     try:
         cfg = CentralConfig.model_validate(data)
     except ValidationError as e:

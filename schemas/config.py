@@ -382,19 +382,20 @@ def _problems_from(err: ValidationError) -> list[tuple[str, str, str]]:
     return problems
 
 
-def load_config(path: str | os.PathLike[str]) -> AgentConfig:
-    """Read, substitute ``${ENV}`` and validate; relative paths are taken from the file's folder."""
-    path = Path(path)
+def read_toml(path: Path, *, missing_fix: str = "pass the right path with -c", env: bool = True) -> dict[str, Any]:
+    """A config file's TOML, ``${ENV}`` references substituted; every problem a ConfigError."""
     try:
         raw_text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(path, [("(file)", "the file does not exist", "pass the right path with -c")]) from None
+        raise ConfigError(path, [("(file)", "the file does not exist", missing_fix)]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, [("(file)", f"cannot read it: {e}", "check permissions and UTF-8 encoding")]) from None
     try:
         data = tomllib.loads(raw_text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, [("(syntax)", f"not valid TOML: {e}", "fix the syntax at that line")]) from None
+    if not env:
+        return data
     missing: list[tuple[str, str]] = []
     data = _substitute_env(data, (), missing)
     if missing:
@@ -403,6 +404,13 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
             [(loc, f"refers to ${{{name}}}, which is not set", f"export {name}=… before starting fmc")
              for loc, name in missing],
         )
+    return data
+
+
+def load_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read, substitute ``${ENV}`` and validate; relative paths are taken from the file's folder."""
+    path = Path(path)
+    data = read_toml(path)
     try:
         cfg = AgentConfig.model_validate(data)
     except ValidationError as e:

@@ -16,14 +16,13 @@ Target kinds:
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from schemas.base import ID_PATTERN, ConfigError, _Model, equal_values_by_year, known_timezone
-from schemas.config import _problems_from
+from schemas.config import _problems_from, read_toml
 
 INDICATORS = (
     "nc_rate",
@@ -172,19 +171,7 @@ class Targets(_Model):
 def load_targets(path: str | os.PathLike[str]) -> Targets:
     """Read and validate a plan policy file; every problem is a ConfigError naming setting and fix."""
     path = Path(path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            path,
-            [("(file)", "the file does not exist", "name a built-in plan (zhejiang-2017-2020) or a plan file")],
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, [("(file)", f"cannot read it: {e}", "check permissions and UTF-8 encoding")]) from None
-    try:
-        data = tomllib.loads(raw)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, [("(syntax)", f"not valid TOML: {e}", "fix the syntax at that line")]) from None
+    data = read_toml(path, missing_fix="name a built-in plan (zhejiang-2017-2020) or a plan file", env=False)
     try:
         return Targets.model_validate(data)
     except ValidationError as e:
