@@ -176,6 +176,7 @@ class IndicatorService:
         self._enterprises: tuple[float, list[Enterprise], dict[str, Enterprise]] | None = None
         self._enterprises_lock = asyncio.Lock()
         self._materialize = materialize
+        self._reported_years: set[int] = set()  # years a report changed since the last materialization
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -285,6 +286,7 @@ class IndicatorService:
                                tz=self.timezone)
         await self.store.write(points)
         self.invalidate_year(int(report.period[:4]))
+        self._reported_years.add(int(report.period[:4]))
 
     def invalidate_year(self, year: int) -> None:
         """Drop cached figures that read ``year``: its own periods, the next year's (year on year),
@@ -387,11 +389,19 @@ class IndicatorService:
     # --- materialization ---
 
     async def _materialize_loop(self, cfg: MaterializeConfig) -> None:
+        """Every year once at start; then each interval the years data can still arrive for (this
+        year and the last) and the years a report written through the service changed. A province
+        costs tens of seconds per period, so past years are not recomputed every hour."""
+        done_once = False
         while True:
             try:
                 periods = self.materialize_periods(cfg.first_year, cfg.months)
+                if done_once:
+                    periods = stale_periods(periods, self.today().year, self._reported_years, self.targets.base_year)
+                self._reported_years = set()
                 started = time.perf_counter()
                 written = await self.materialize(periods)
+                done_once = True
                 log.info("materialized %d indicator point(s) for %d period(s) in %.1f s", written, len(periods),
                          time.perf_counter() - started)
             except Exception as e:  # the store may be down: try again next time, the API keeps serving
@@ -430,6 +440,16 @@ class IndicatorService:
             if months:
                 out += [Period.of_month(year, m) for m in range(1, 13) if date(year, m, 1) <= today]
         return out
+
+
+def stale_periods(periods: Sequence[Period], this_year: int, reported: set[int], base_year: int) -> list[Period]:
+    """The periods whose figures may have changed since the last materialization: this year's and
+    last year's (data still arrives), those of a year a report changed and of the year after it
+    (its year-on-year change), and all when the base year's reports changed (every target)."""
+    if base_year in reported:
+        return list(periods)
+    years = {this_year, this_year - 1} | reported | {y + 1 for y in reported}
+    return [p for p in periods if p.year in years]
 
 
 def make_store(cfg: CentralConfig, timezone: str) -> IndicatorStore:

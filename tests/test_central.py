@@ -381,3 +381,15 @@ def test_now_is_local() -> None:
 def test_scope_refuses_what_is_not_a_code(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         Scope(**kwargs)
+
+
+def test_rematerialized_periods_are_the_ones_that_can_have_changed() -> None:
+    from collector.central import stale_periods
+
+    periods = [Period.of_year(y) for y in range(2016, 2027)] + [Period.of_month(2019, 3)]
+    years = lambda ps: sorted({p.year for p in ps})  # noqa: E731
+    assert years(stale_periods(periods, 2026, set(), 2016)) == [2025, 2026]
+    # a 2019 report changes 2019 (and its months) and 2020's year-on-year change
+    chosen = stale_periods(periods, 2026, {2019}, 2016)
+    assert years(chosen) == [2019, 2020, 2025, 2026] and Period.of_month(2019, 3) in chosen
+    assert stale_periods(periods, 2026, {2016}, 2016) == periods  # the base year moves every target
