@@ -404,8 +404,10 @@ class IndicatorService:
                 done_once = True
                 log.info("materialized %d indicator point(s) for %d period(s) in %.1f s", written, len(periods),
                          time.perf_counter() - started)
-            except Exception as e:  # the store may be down: try again next time, the API keeps serving
-                log.warning("materialization failed: %s", e)
+            except Exception as e:  # the store may be down: try again soon, the API keeps serving
+                log.warning("materialization failed (trying again within a minute): %s", e)
+                await asyncio.sleep(min(cfg.interval_s, 60.0))
+                continue
             await asyncio.sleep(cfg.interval_s)
 
     async def materialize(self, periods: Sequence[Period], *, chunk: int = 20_000) -> int:
