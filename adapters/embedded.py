@@ -822,6 +822,10 @@ class EmbeddedQueryStore:
 
         return await self._call(run)
 
+    async def ping(self) -> None:
+        """The file opens as an fmc store and answers a query."""
+        await self._call(lambda: self._read([("SELECT 1", {})]))
+
     async def aclose(self) -> None:
         if self._owned:
             await asyncio.to_thread(self._forget)

@@ -448,6 +448,10 @@ class InfluxQueryStore:
                         f"is type {kind}, already exists as type {sorted(known)[0]}; nothing was written"
                     )
 
+    async def ping(self) -> None:
+        """A query that reads no data: the server answers, the credentials and the database are right."""
+        await self._query(["SHOW MEASUREMENTS LIMIT 1"])
+
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()

@@ -516,7 +516,7 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
         import asyncio
 
         try:
-            await asyncio.wait_for(service.enterprises(Scope()), HEALTH_TIMEOUT_S)
+            await asyncio.wait_for(service.check(), HEALTH_TIMEOUT_S)
         except (StoreQueryError, TimeoutError) as e:
             log.warning("health: store unreachable: %s", e)
             body = Health(status="unavailable", store="unreachable", detail="the store is unreachable")

@@ -209,6 +209,10 @@ class IndicatorService:
 
     # --- queries ---
 
+    async def check(self) -> None:
+        """StoreQueryError unless the store answers now (not from the cache)."""
+        await self.store.ping()
+
     def today(self) -> date:
         return self._now().astimezone(self._tz).date()
 

@@ -286,7 +286,8 @@ async def test_nothing_listening_fails_fast_with_a_clear_message() -> None:
     store = make_store(f"http://127.0.0.1:{free_port()}", "fmc")
     started = time.monotonic()
     for call in (store.period_sums(*YEAR, Scope()), store.enterprises(Scope()), store.reports(2019, 2019, Scope()),
-                 store.fingerprint(*YEAR, Scope()), store.write([daily(Site("E-1", "330602", "1711"), YEAR[0])])):
+                 store.fingerprint(*YEAR, Scope()), store.write([daily(Site("E-1", "330602", "1711"), YEAR[0])]),
+                 store.ping()):
         with pytest.raises(StoreQueryError, match=r"cannot connect to InfluxDB at http://127\.0\.0\.1:\d+.*"
                                                   r"\[store\] url"):
             await call
@@ -301,7 +302,10 @@ async def test_a_stopped_server(influxdb_private: InfluxDBServer) -> None:
     store = make_store(server.url, "fmc", timeout_s=2.0)
     try:
         assert list(await store.period_sums(*YEAR, Scope())) == ["E-1"]
+        await store.ping()
         server.stop()
+        with pytest.raises(StoreQueryError, match=r"cannot connect|connection failed"):
+            await store.ping()  # health checks ask the store itself, never a cache
         started = time.monotonic()
         with pytest.raises(StoreQueryError, match=r"cannot connect|connection failed") as caught:
             await store.period_sums(*YEAR, Scope())

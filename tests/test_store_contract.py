@@ -600,15 +600,22 @@ async def test_timezone_is_public_and_bounds_follow_it(tmp_path: Path) -> None:
         EmbeddedQueryStore(tmp_path / "s.db", timezone="Mars/Olympus")
 
 
+async def test_ping_answers_without_reading_data(seeded: Backend) -> None:
+    await seeded.store.ping()
+
+
 async def test_embedded_missing_or_corrupt_file(tmp_path: Path) -> None:
     missing = EmbeddedQueryStore(tmp_path / "nothing-here.db")
     with pytest.raises(StoreQueryError, match="does not exist"):
         await missing.enterprises(Scope())
+    with pytest.raises(StoreQueryError, match="does not exist"):
+        await missing.ping()
     assert not (tmp_path / "nothing-here.db").exists()  # a query never creates an empty store
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(b"this is not a database" * 1000)
     store = EmbeddedQueryStore(corrupt)
-    for call in (store.enterprises(Scope()), store.period_sums(day("2019-01-01"), day("2019-12-31"), Scope())):
+    for call in (store.enterprises(Scope()), store.period_sums(day("2019-01-01"), day("2019-12-31"), Scope()),
+                 store.ping()):
         with pytest.raises(StoreQueryError, match=r"corrupt\.db"):
             await call
     await store.aclose()
