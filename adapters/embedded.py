@@ -52,6 +52,7 @@ from collector.lineprotocol import LineProtocolError, field_type, parse
 from collector.rollups import local_date, local_day_start_ns
 from collector.sink import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
 from collector.store import (
+    ALL_SUMS,
     REPORT_FIELDS,
     CarrierSums,
     DailySums,
@@ -60,6 +61,7 @@ from collector.store import (
     Scope,
     StoredReport,
     StoreQueryError,
+    SumsWanted,
     encode_points,
 )
 from schemas.config import EmbeddedSink as EmbeddedSinkConfig
@@ -741,7 +743,10 @@ class EmbeddedQueryStore:
 
         return await self._call(run)
 
-    async def period_sums(self, start: date, end: date, scope: Scope) -> dict[str, PeriodSums]:
+    async def period_sums(
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
+    ) -> dict[str, PeriodSums]:
+        """Every sum, whatever ``wanted`` says: in SQL they come in one pass."""
         start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
         daily_params = self._params("enterprise_daily", start_ns, end_ns, scope)
         carrier_params = self._params("consumption_daily", start_ns, end_ns, scope)

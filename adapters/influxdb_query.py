@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
@@ -30,6 +31,8 @@ from adapters.influxdb import redacted_url, store_error_text, tls_verify
 from collector.lineprotocol import field_type
 from collector.rollups import NS, local_date, local_day_start_ns
 from collector.store import (
+    ALL_SUMS,
+    DAILY_SUM_FIELDS,
     REPORT_FIELDS,
     CarrierSums,
     DailySums,
@@ -38,6 +41,7 @@ from collector.store import (
     Scope,
     StoredReport,
     StoreQueryError,
+    SumsWanted,
     encode_points,
 )
 from schemas.config import InfluxDBSink as InfluxDBSinkConfig
@@ -53,14 +57,7 @@ REPORT_MARGIN_NS = 2 * 86_400 * NS  # reports stamped in another time zone still
 DAILY = "enterprise_daily"
 CONSUMPTION = "consumption_daily"
 REPORT = "enterprise_report"
-DAILY_FIELDS = (
-    "equipment_total",
-    "equipment_nc",
-    "asset_value_total",
-    "asset_value_nc",
-    "equipment_networked",
-    "nc_equipment_networked",
-)
+DAILY_FIELDS = DAILY_SUM_FIELDS
 LAST_FIELDS = DAILY_FIELDS[:4]
 CARRIER_FIELDS = ("amount", "tce", "m3", "coverage")
 # The fingerprint per measurement: the number of points (points carrying the first field) and the sum
@@ -233,20 +230,23 @@ class InfluxQueryStore:
         return " WHERE " + " AND ".join(parts)
 
     def period_sums_statements(
-        self, start: date, end: date, scope: Scope, carriers: Sequence[str] | None = None
+        self, start: date, end: date, scope: Scope, carriers: Sequence[str] | None = None,
+        wanted: SumsWanted = ALL_SUMS,
     ) -> list[str]:
         """The statements ``period_sums`` sends, each in its own request, all at once: the daily sums,
         the last day, and the consumption sums — one statement per carrier when ``carriers`` are
         given (smaller pieces keep every core busy), else one for all."""
         bounds = self._bounds(start, end)
         where = self._where(*bounds, scope)
-        sums = ", ".join(f"sum({f}) AS {f}" for f in DAILY_FIELDS)
+        # every aggregate is a pass over every series: only the sums the policy uses
+        sums = "".join(f", sum({f}) AS {f}" for f in DAILY_FIELDS if f in wanted.daily)
         # last() alone (with plain fields beside it) reports the time of the row it picked; mixed
         # with sum() it would report the start of the range instead, so it is a statement of its own
         last = f"last({LAST_FIELDS[0]}) AS {LAST_FIELDS[0]}, " + ", ".join(LAST_FIELDS[1:])
+        rows = "count(amount) AS n_rows, sum(amount) AS amount" if wanted.amount else "count(coverage) AS n_rows"
         aggregates = (
-            "count(amount) AS n_rows, sum(amount) AS amount, sum(tce) AS tce, count(tce) AS tce_rows, "
-            "sum(m3) AS m3, count(m3) AS m3_rows, sum(coverage) AS coverage"
+            f"{rows}, sum(tce) AS tce, count(tce) AS tce_rows, sum(m3) AS m3, count(m3) AS m3_rows, "
+            "sum(coverage) AS coverage"
         )
         consumption = f"SELECT {aggregates} FROM {self._from(CONSUMPTION)}"
         if carriers is None:
@@ -258,7 +258,7 @@ class InfluxQueryStore:
                 for c in carriers
             ]
         return [
-            f"SELECT count({DAILY_FIELDS[0]}) AS days, {sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
+            f"SELECT count({DAILY_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
             f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
             *per_carrier,
         ]
@@ -271,10 +271,12 @@ class InfluxQueryStore:
 
     # --- the interface -----------------------------------------------------------------------------
 
-    async def period_sums(self, start: date, end: date, scope: Scope) -> dict[str, PeriodSums]:
+    async def period_sums(
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
+    ) -> dict[str, PeriodSums]:
         # One request per statement, sent at once: InfluxDB runs the statements of one request one
         # after another on one core, and separate requests in parallel (docs/central.md has figures).
-        statements = self.period_sums_statements(start, end, scope, await self.carriers())
+        statements = self.period_sums_statements(start, end, scope, await self.carriers(), wanted)
         results = await asyncio.gather(*(self._query([s]) for s in statements))
         sums_result, last_result = results[0][0], results[1][0]
         carrier_results = [r[0] for r in results[2:]]
@@ -292,7 +294,7 @@ class InfluxQueryStore:
             last = dict(zip(columns, rows[0], strict=False))
             daily[enterprise] = DailySums(
                 _count(sums["days"]),
-                *(_num(sums.get(f)) for f in DAILY_FIELDS),
+                *(_num(sums.get(f)) if f in wanted.daily else math.nan for f in DAILY_FIELDS),
                 local_date(_count(last.get("time")) * MS, self._tz),
                 *(_num(last.get(f)) for f in LAST_FIELDS),
             )
@@ -304,7 +306,8 @@ class InfluxQueryStore:
             r = dict(zip(columns, rows[0], strict=False))
             if _count(r.get("n_rows")):
                 carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
-                    carrier, _count(r["n_rows"]), _num(r.get("amount")), _num(r.get("tce")), _count(r.get("tce_rows")),
+                    carrier, _count(r["n_rows"]), _num(r.get("amount")) if wanted.amount else math.nan,
+                    _num(r.get("tce")), _count(r.get("tce_rows")),
                     _num(r.get("m3")), _count(r.get("m3_rows")), _num(r.get("coverage")),
                 )
         return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}

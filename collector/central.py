@@ -28,7 +28,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from collector.aggregation import LEVELS, EnterpriseFigures, GroupRow, Level, enterprise_figures, group_rows
-from collector.indicators import EnterpriseData, Period, Report
+from collector.indicators import EnterpriseData, Period, Report, sums_wanted
 from collector.materialize import indicator_points
 from collector.registry import RegistryEntry
 from collector.store import EnterpriseInfo, IndicatorStore, PeriodSums, Scope, StoredReport
@@ -176,6 +176,7 @@ class IndicatorService:
         self._enterprises: tuple[float, list[Enterprise], dict[str, Enterprise]] | None = None
         self._enterprises_lock = asyncio.Lock()
         self._materialize = materialize
+        self._wanted = sums_wanted(targets.policy)  # only the sums this plan's policy reads
         self._reported_years: set[int] = set()  # years a report changed since the last materialization
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -335,7 +336,7 @@ class IndicatorService:
         periods = list(dict.fromkeys([period, period.in_year(period.year - 1), period.in_year(self.targets.base_year)]))
         first_year = min(p.year for p in periods)
         sums_list, reports, infos = await asyncio.gather(
-            asyncio.gather(*(self.store.period_sums(p.start, p.end, scope) for p in periods)),
+            asyncio.gather(*(self.store.period_sums(p.start, p.end, scope, self._wanted) for p in periods)),
             self.store.reports(first_year, period.year, scope),
             self.enterprises(scope),
         )

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
-from collector.store import CarrierSums, DailySums, PeriodSums
-from schemas.targets import INDICATORS, POINT_INDICATORS, Targets
+from collector.store import CarrierSums, DailySums, PeriodSums, SumsWanted
+from schemas.targets import INDICATORS, POINT_INDICATORS, Policy, Targets
 
 Status = Literal["met", "missed", "insufficient_data", "no_target"]
 ENERGY_CARRIERS = ("electricity", "natural_gas", "coal", "diesel", "gasoline", "lpg", "steam", "heat")
@@ -260,6 +260,19 @@ def summarize(period: Period, daily: Iterable[EnterpriseDay], consumption: Itera
     return PeriodSums(sums, carriers)
 
 
+def sums_wanted(policy: Policy) -> SumsWanted:
+    """The sums the engine reads under ``policy`` (what a store need not compute otherwise)."""
+    daily: set[str] = set()
+    if policy.nc_rate_basis == "equipment_days":
+        daily |= {"asset_value_nc", "asset_value_total"} if policy.nc_rate_weight == "asset_value" else {
+            "equipment_nc", "equipment_total"}
+    if policy.networking_denominator == "all_equipment_days":
+        daily |= {"equipment_networked", "equipment_total"}
+    else:
+        daily |= {"nc_equipment_networked", "equipment_nc"}
+    return SumsWanted(frozenset(daily), amount=policy.electricity_basis == "equal")
+
+
 def period_sums(period: Period, data: EnterpriseData) -> PeriodSums:
     """The sums the store gave for the period, else those of the daily rows."""
     given = data.sums.get((period.start, period.end))
@@ -314,8 +327,10 @@ def _carrier_sum(
                 return None, 0.0  # an energy carrier without tce: not zero energy
         elif c.m3_rows == c.rows:
             total += c.m3
-        elif c.m3_rows == 0:
+        elif c.m3_rows == 0 and not math.isnan(c.amount):
             total += c.amount  # water carriers are metered in m³
+        elif c.m3_rows == 0:
+            return None, 0.0  # no m³ field and Σ amount not read: never a number from silence
         else:
             return None, 0.0  # some days in m³ and some not: no sum to trust
     coverage = min(covered / (period.days * len(carriers)), 1.0)

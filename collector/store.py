@@ -116,6 +116,31 @@ class CarrierSums:
     coverage: float
 
 
+DAILY_SUM_FIELDS = (
+    "equipment_total",
+    "equipment_nc",
+    "asset_value_total",
+    "asset_value_nc",
+    "equipment_networked",
+    "nc_equipment_networked",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SumsWanted:
+    """Which sums ``period_sums`` must compute: the ``enterprise_daily`` fields to sum, and whether
+    Σ amount of consumption is needed. A store may compute more; a sum it was not asked for and did
+    not compute is NaN (never 0). The day count, the last day and the consumption's tce, m3 and
+    coverage are always computed. On InfluxDB each sum costs a pass over every series, so asking for
+    what the policy uses only roughly halves a province's query (``indicators.sums_wanted``)."""
+
+    daily: frozenset[str] = frozenset(DAILY_SUM_FIELDS)
+    amount: bool = True
+
+
+ALL_SUMS = SumsWanted()
+
+
 @dataclass(frozen=True, slots=True)
 class PeriodSums:
     """What the engine needs of one enterprise for one period."""
@@ -158,7 +183,9 @@ class IndicatorStore(Protocol):
         when an enterprise's region or industry changed)."""
         ...
 
-    async def period_sums(self, start: date, end: date, scope: Scope) -> dict[str, PeriodSums]:
+    async def period_sums(
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
+    ) -> dict[str, PeriodSums]:
         """Per enterprise in scope with data in ``[start, end]``: its sums for that period."""
         ...
 

@@ -21,6 +21,7 @@ from collector.indicators import (
     pool,
     status_of,
 )
+from collector.store import PeriodSums
 from schemas.base import ConfigError
 from schemas.targets import INDICATORS, Targets, load_targets
 
@@ -490,3 +491,50 @@ def test_periods() -> None:
     assert Period.of_quarter(2019, 4).label == "2019-Q4"
     assert Period.year_to_date(date(2020, 2, 29)).in_year(2019).end == date(2019, 2, 28)
     assert Period.of_quarter(2018, 2).months() == [(2018, 4), (2018, 5), (2018, 6)]
+
+
+# --- the sums a store need not compute ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("nc_basis", ["period_end", "equipment_days"])
+@pytest.mark.parametrize("weight", ["count", "asset_value"])
+@pytest.mark.parametrize("denominator", ["nc_equipment_days", "all_equipment_days"])
+@pytest.mark.parametrize("electricity", ["equivalent", "equal"])
+def test_the_engine_reads_only_the_sums_it_asks_for(nc_basis: str, weight: str, denominator: str,
+                                                    electricity: str) -> None:
+    """Sums left out by ``sums_wanted`` (NaN, as a store leaves them) change no figure of any policy."""
+    import dataclasses
+    import math
+
+    from collector.indicators import summarize, sums_wanted
+
+    targets = with_policy(nc_rate_basis=nc_basis, nc_rate_weight=weight, networking_denominator=denominator,
+                          electricity_basis=electricity, electricity_equal_value={2016: 0.33, 2020: 0.30})
+    rows = [EnterpriseDay(d, 40 + d.month, 12 + d.month % 5, 1e6 + d.day, 4e5 + d.month, 30 + d.day % 7,
+                          9 + d.day % 3) for y in (2016, 2019, 2020) for d in days(date(y, 1, 1), date(y, 12, 31))]
+    cons = [ConsumptionDay(d, c, 1000.0 + d.day, tce, m3, 1.0) for y in (2016, 2019, 2020)
+            for d in days(date(y, 1, 1), date(y, 12, 31))
+            for c, tce, m3 in (("electricity", 0.12 + d.day / 1000, None), ("water_intake", None, 30.0 + d.month))]
+    reports = [year_report(y, value_added=900.0 + y, value_added_comparable=880.0 + y) for y in (2016, 2019, 2020)]
+    wanted = sums_wanted(targets.policy)
+
+    def pruned(period: Period) -> PeriodSums:
+        s = summarize(period, rows, cons)
+        daily = dataclasses.replace(s.daily, **{f: math.nan for f in (
+            "equipment_total", "equipment_nc", "asset_value_total", "asset_value_nc", "equipment_networked",
+            "nc_equipment_networked") if f not in wanted.daily})
+        carriers = {k: c if wanted.amount else dataclasses.replace(c, amount=math.nan) for k, c in s.carriers.items()}
+        return dataclasses.replace(s, daily=daily, carriers=carriers)
+
+    for period in (Period.of_year(2020), Period.of_quarter(2020, 2), Period.of_month(2020, 2)):
+        ps = [period, period.in_year(2019), period.in_year(2016)]
+        full = compute_all(period, EnterpriseData("E", rows, cons, reports), targets)
+        lean = compute_all(period, EnterpriseData("E", reports=reports, sums={(p.start, p.end): pruned(p)
+                                                                              for p in ps}), targets)
+        for name in INDICATORS:
+            f, g = full[name], lean[name]
+            assert f.status == g.status, (name, f, g)
+            for attr in ("value", "baseline", "target", "yoy", "coverage"):
+                fv, gv = getattr(f, attr), getattr(g, attr)
+                assert (fv is None and gv is None) or math.isclose(fv, gv, rel_tol=1e-12), (name, attr, fv, gv)
+    assert len(wanted.daily) <= 4  # what the saving is about: at most 4 of the 6 daily sums

@@ -417,3 +417,30 @@ async def test_credentials_on_a_server_with_auth(tmp_path_factory: pytest.TempPa
         await bad.aclose()
     finally:
         server.stop()
+
+
+async def test_period_sums_asks_only_for_the_wanted_sums(
+    influx_db: tuple[InfluxDBServer, str], proxy: FaultProxy
+) -> None:
+    import math
+
+    from collector.store import SumsWanted
+
+    server, db = influx_db
+    site = Site("E-1", "330602", "17")
+    ts = local_day_start_ns(date(2019, 6, 1), zone(TZ))
+    write_points(server, db, [daily(site, date(2019, 6, 1), total=10, nc=4),
+                              Point("consumption_daily", site.tags(carrier="water_intake"),
+                                    {"amount": 5.0, "m3": 5.0, "coverage": 1.0}, ts)])
+    store = make_store(proxy.url, db)
+    try:
+        got = await store.period_sums(*YEAR, Scope(), SumsWanted(frozenset({"equipment_nc"}), amount=False))
+    finally:
+        await store.aclose()
+    sent = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests]
+    assert not any("sum(equipment_total)" in q or "sum(amount)" in q or "count(amount)" in q for q in sent)
+    assert any("sum(equipment_nc)" in q for q in sent)
+    d, water = got["E-1"].daily, got["E-1"].carriers["water_intake"]
+    assert d is not None and d.days == 1 and d.equipment_nc == 4.0 and d.last_equipment_total == 10.0
+    assert math.isnan(d.equipment_total) and math.isnan(d.nc_equipment_networked)  # not asked: NaN, never 0
+    assert (water.rows, water.m3, water.m3_rows, water.coverage) == (1, 5.0, 1, 1.0) and math.isnan(water.amount)
