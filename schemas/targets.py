@@ -17,24 +17,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from schemas.base import ID_PATTERN, ConfigError, _Model, equal_values_by_year, known_timezone
 from schemas.config import _problems_from, read_toml
 
-INDICATORS = (
-    "nc_rate",
-    "networking_rate",
-    "energy",
-    "energy_intensity",
-    "water_intensity",
-    "wastewater_intensity",
-    "labour_productivity",
-    "rd_intensity",
-    "new_product_ratio",
-)
 Indicator = Literal[
     "nc_rate",
     "networking_rate",
@@ -46,6 +35,7 @@ Indicator = Literal[
     "rd_intensity",
     "new_product_ratio",
 ]
+INDICATORS: tuple[str, ...] = get_args(Indicator)  # in this order everywhere (tables, CSV, dashboards)
 # Indicators in percent whose changes are differences in percentage points, not ratios.
 POINT_INDICATORS = frozenset({"nc_rate", "networking_rate", "rd_intensity", "new_product_ratio"})
 
