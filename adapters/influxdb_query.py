@@ -44,6 +44,7 @@ from collector.store import (
     SumsWanted,
     encode_points,
 )
+from collector.tce import is_water
 from schemas.config import InfluxDBSink as InfluxDBSinkConfig
 from schemas.points import Point
 
@@ -244,16 +245,17 @@ class InfluxQueryStore:
         # with sum() it would report the start of the range instead, so it is a statement of its own
         last = f"last({LAST_FIELDS[0]}) AS {LAST_FIELDS[0]}, " + ", ".join(LAST_FIELDS[1:])
         rows = "count(amount) AS n_rows, sum(amount) AS amount" if wanted.amount else "count(coverage) AS n_rows"
-        aggregates = (
-            f"{rows}, sum(tce) AS tce, count(tce) AS tce_rows, sum(m3) AS m3, count(m3) AS m3_rows, "
-            "sum(coverage) AS coverage"
-        )
-        consumption = f"SELECT {aggregates} FROM {self._from(CONSUMPTION)}"
+        tce = "sum(tce) AS tce, count(tce) AS tce_rows"
+        m3 = "sum(m3) AS m3, count(m3) AS m3_rows"
         if carriers is None:
-            per_carrier = [f"{consumption}{where} GROUP BY enterprise, carrier"]
+            per_carrier = [f"SELECT {rows}, {tce}, {m3}, sum(coverage) AS coverage FROM {self._from(CONSUMPTION)}"
+                           f"{where} GROUP BY enterprise, carrier"]
         else:
+            # the engine reads m³ of water carriers and tce of the others: an aggregate of a field a
+            # series lacks still costs a pass over every series, so each carrier asks for its own
             per_carrier = [
-                f"{consumption}{self._where(*bounds, scope, 'carrier = ' + quote_literal(c))} "
+                f"SELECT {rows}, {m3 if is_water(c) else tce}, sum(coverage) AS coverage "
+                f"FROM {self._from(CONSUMPTION)}{self._where(*bounds, scope, 'carrier = ' + quote_literal(c))} "
                 "GROUP BY enterprise, carrier"
                 for c in carriers
             ]

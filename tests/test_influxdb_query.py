@@ -218,6 +218,9 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
     assert statements[1].startswith('SELECT last(equipment_total)') and "sum(" not in statements[1]
     assert statements[2].endswith("GROUP BY enterprise, carrier")
     assert {q.split("carrier = ")[1].split(" ")[0] for q in statements[2:]} == {"'electricity'", "'water_intake'"}
+    for q in statements[2:]:  # each carrier asks only for what the engine reads of it
+        water = "'water_intake'" in q
+        assert ("sum(m3)" in q, "sum(tce)" in q) == (water, not water), q
 
 
 async def test_v1_credentials_are_basic_auth_and_v2_a_token(
