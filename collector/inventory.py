@@ -310,19 +310,24 @@ _FORM_BY_FIELD = {
 }
 
 
-def read_inventory_csv(path: str | Path) -> InventoryImport:
-    """Read and check a CSV ledger; ``InventoryError`` lists every problem, nothing is returned then."""
-    path = Path(path)
+def read_csv_text(path: Path, error: Callable[[Path, list[InventoryProblem]], ConfigError]) -> tuple[str, str]:
+    """(text, encoding) of a CSV file Excel wrote; ``error`` (the importer's own) when it cannot be read."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise InventoryError(path, [InventoryProblem("the file does not exist")]) from None
+        raise error(path, [InventoryProblem("the file does not exist")]) from None
     except OSError as e:
-        raise InventoryError(path, [InventoryProblem(f"cannot read it: {e.strerror or e}")]) from None
+        raise error(path, [InventoryProblem(f"cannot read it: {e.strerror or e}")]) from None
     try:
-        text, encoding = decode_ledger(raw)
+        return decode_ledger(raw)
     except ValueError as e:
-        raise InventoryError(path, [InventoryProblem(str(e))]) from None
+        raise error(path, [InventoryProblem(str(e))]) from None
+
+
+def read_inventory_csv(path: str | Path) -> InventoryImport:
+    """Read and check a CSV ledger; ``InventoryError`` lists every problem, nothing is returned then."""
+    path = Path(path)
+    text, encoding = read_csv_text(path, InventoryError)
     return parse_inventory_text(text, path=path, encoding=encoding)
 
 

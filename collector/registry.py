@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collector.inventory import decode_ledger
 from schemas.base import ID_PATTERN, ConfigError
 from schemas.labels import INDICATOR_LABELS
 from schemas.targets import INDICATORS
@@ -60,22 +61,13 @@ def _header_key(header: str) -> str | None:
     return None
 
 
-def _decode(raw: bytes) -> str:
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    raise UnicodeDecodeError("utf-8", raw, 0, 1, "neither UTF-8 nor GB18030")
-
-
 def read_registry(path: Path) -> dict[str, RegistryEntry]:
     """Every enterprise of the file by id; ConfigError listing every problem, nothing partial."""
     try:
-        text = _decode(path.read_bytes())
+        text, _ = decode_ledger(path.read_bytes())  # the ledger's decoding: BOMs, UTF-8, GB18030
     except FileNotFoundError:
         raise ConfigError(path, [("registry.csv", "the file does not exist", "fix [registry] csv")]) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise ConfigError(path, [("(file)", f"cannot read it: {e}", "save it as UTF-8 or GB18030 CSV")]) from None
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:

@@ -29,10 +29,10 @@ from collector.inventory import (
     _cell,
     _delimiter_name,
     collect_columns,
-    decode_ledger,
     header_key,
     match_header,
     parse_number,
+    read_csv_text,
     split_csv,
 )
 from schemas.inventory import InventoryProblem
@@ -125,16 +125,7 @@ def read_reports_csv(path: str | Path) -> list[EnterpriseReport]:
 
 def read_reports_file(path: str | Path) -> ReportsImport:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ReportsError(path, [InventoryProblem("the file does not exist")]) from None
-    except OSError as e:
-        raise ReportsError(path, [InventoryProblem(f"cannot read it: {e.strerror or e}")]) from None
-    try:
-        text, encoding = decode_ledger(raw)
-    except ValueError as e:
-        raise ReportsError(path, [InventoryProblem(str(e))]) from None
+    text, encoding = read_csv_text(path, ReportsError)
     return parse_reports_text(text, path=path, encoding=encoding)
 
 
