@@ -10,7 +10,7 @@ Three processes per setting, on one machine:
   is unchanged; only the generator gets cheaper, so it can offer the load.
 - the bare client: asyncua's UaClient with one subscription over all N variables and a publish
   callback that only counts notifications whose SourceTimestamp is at most 2 s old.
-- the agent: ``adapters.opcua.OpcUaSource`` in its thread, feeding a real ``Ingest`` and ``Spool``
+- the agent: ``fmc.sources.opcua.source.OpcUaSource`` in its thread, feeding a real ``Ingest`` and ``Spool``
   (synchronous=full, the default). A change counts as handled when its point was committed to the
   spool at most 2 s after its SourceTimestamp (the spool records each row's commit time).
 
@@ -176,13 +176,13 @@ async def bare(port: int, variables: int, hz: float, seconds: float, warmup: flo
 
 def agent(port: int, variables: int, hz: float, seconds: float, warmup: float, directory: Path,
           gc_freeze: bool) -> dict[str, Any]:
-    from adapters.opcua import OpcUaSource
-    from collector import lineprotocol
-    from collector.ingest import Ingest
-    from collector.metrics import AgentMetrics
-    from collector.spool import Spool
-    from schemas import opcua as schema
-    from schemas.config import EnterpriseConfig
+    from fmc.agent.config import EnterpriseConfig
+    from fmc.agent.ingest import Ingest
+    from fmc.agent.metrics import AgentMetrics
+    from fmc.agent.spool import Spool
+    from fmc.core import lineprotocol
+    from fmc.sources.opcua import config as schema
+    from fmc.sources.opcua.source import OpcUaSource
 
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("asyncua").setLevel(logging.ERROR)

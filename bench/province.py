@@ -253,7 +253,7 @@ def main() -> int:
                 f'[registry]\ncsv = "enterprises.csv"\n'
                 f'[api]\nhost = "127.0.0.1"\nport = {port}\nkeys_file = "keys.db"\nrevalidate_s = 3600\n'
                 f'[log]\nlevel = "warning"\n', encoding="utf-8")
-            from collector.keys import KeyStore
+            from fmc.central.keys import KeyStore
 
             with KeyStore(tmpdir / "keys.db") as keys:
                 _, key = keys.create("province", "bench")

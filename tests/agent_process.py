@@ -99,7 +99,7 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector.cli", "run", "-c", str(self.config)],
+            [sys.executable, "-m", "fmc.cli.main", "run", "-c", str(self.config)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

@@ -15,8 +15,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from collector.spool import Spool
-from schemas.points import Priority
+from fmc.agent.spool import Spool
+from fmc.core.points import Priority
 
 
 def make_line(seq: int) -> str:

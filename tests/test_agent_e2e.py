@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import paho.mqtt.client as mqtt
 import pytest
 
-from collector.spool import Spool
+from fmc.agent.spool import Spool
 from tests.agent_process import ROOT, AgentProcess, agent_config, free_port
 
 BASE_NS = 1_764_000_000_000_000_000  # 2025-11-24, a fixed instant: device timestamps
@@ -229,7 +229,7 @@ def test_store_outage_is_absorbed_and_refused_points_are_dead_lettered(tmp_path,
         assert spool.stats().depth == 0
     finally:
         spool.close()
-    shown = subprocess.run([sys.executable, "-m", "collector.cli", "spool", "show", "-c", str(cfg)],
+    shown = subprocess.run([sys.executable, "-m", "fmc.cli.main", "spool", "show", "-c", str(cfg)],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert shown.returncode == 0
     assert f"dead letters: {len(meters)}" in shown.stdout and "conflict" in shown.stdout
@@ -277,13 +277,13 @@ def test_bad_input_is_counted_by_reason_and_good_input_still_lands(tmp_path, mos
 def test_fmc_check_reports_each_connection(tmp_path, mosquitto, influx_db):
     server, db = influx_db
     cfg = agent_config(tmp_path, mqtt_port=mosquitto.port, influx_url=server.url, database=db)
-    ok = subprocess.run([sys.executable, "-m", "collector.cli", "check", "-c", str(cfg)],
+    ok = subprocess.run([sys.executable, "-m", "fmc.cli.main", "check", "-c", str(cfg)],
                         capture_output=True, text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "mqtt:plant" in ok.stdout and "all checks passed" in ok.stdout
     dead_port = free_port()
     bad = agent_config(tmp_path, mqtt_port=dead_port, influx_url=server.url, database="no_such_db")
-    out = subprocess.run([sys.executable, "-m", "collector.cli", "check", "-c", str(bad), "--timeout", "2"],
+    out = subprocess.run([sys.executable, "-m", "fmc.cli.main", "check", "-c", str(bad), "--timeout", "2"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)
     assert out.returncode == 1
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
@@ -318,7 +318,7 @@ def test_json_logs_no_secrets_and_clean_sigint(tmp_path, mosquitto, agent_cleanu
     assert {"ts", "level", "logger", "msg"} <= set(records[0])
     assert any("agent stopped" in r["msg"] for r in records)
     assert "correct-horse" not in agent.log_path.read_text()
-    from adapters.embedded import EmbeddedStore
+    from fmc.stores.embedded.store import EmbeddedStore
 
     store = EmbeddedStore(tmp_path / "store.db")
     try:

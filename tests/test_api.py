@@ -29,19 +29,19 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from adapters.embedded import EmbeddedQueryStore, EmbeddedStore
-from collector import api as api_module
-from collector.api import create_app, csv_cell, etag_matches, link_header, wants_csv
-from collector.central import IndicatorService
-from collector.keys import KeyStore
-from collector.lineprotocol import encode
-from collector.registry import RegistryEntry
-from collector.reports import report_points
-from collector.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
-from schemas.central import ApiConfig, load_plan
-from schemas.points import Point
-from schemas.reports import EnterpriseReport
-from schemas.targets import INDICATORS
+from fmc.central.api import app as api_module
+from fmc.central.api.app import create_app, csv_cell, etag_matches, link_header, wants_csv
+from fmc.central.config import ApiConfig, load_plan
+from fmc.central.keys import KeyStore
+from fmc.central.registry import RegistryEntry
+from fmc.central.reports import report_points
+from fmc.central.service import IndicatorService
+from fmc.core.lineprotocol import encode
+from fmc.core.points import Point
+from fmc.indicators.plan import INDICATORS
+from fmc.indicators.reports import EnterpriseReport
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
+from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 
 PLAN = load_plan()
 TZ = "Asia/Shanghai"
@@ -506,7 +506,7 @@ def test_put_report_stores_and_changes_the_figures(api: Api) -> None:
     assert rows[0]["工业增加值(元)"] == "12000000.0" and rows[1]["主营业务收入(元)"] == "4000000.0"
     assert rows[1]["研发费用(元)"] == ""  # not reported: an empty cell, not 0
     # the CSV reads back with `fmc reports import`'s reader
-    from collector.reports import parse_reports_text
+    from fmc.central.reports import parse_reports_text
 
     text = api.get("/v1/enterprises/91330602A1/reports?year=2019&format=csv").content.decode("utf-8-sig")
     back = parse_reports_text(text, path=Path("api.csv")).reports
@@ -602,7 +602,8 @@ def free_port() -> int:
 RUN_API = textwrap.dedent(
     """
     import argparse, sys
-    from collector import api, keys
+    from fmc.central import keys
+    from fmc.central.api import app as api
     parser = argparse.ArgumentParser(prog="fmc")
     sub = parser.add_subparsers(dest="command")
     api.add_parser(sub)
@@ -687,7 +688,8 @@ def test_api_command_bad_config_and_busy_port(tmp_path: Path) -> None:
 
 
 def test_module_import_stays_light() -> None:
-    code = "import sys, collector.api, collector.keys; print('fastapi' in sys.modules, 'uvicorn' in sys.modules)"
+    code = ("import sys, fmc.central.api.app, fmc.central.keys; "
+            "print('fastapi' in sys.modules, 'uvicorn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert out.stdout.split() == ["False", "False"], out.stderr
 

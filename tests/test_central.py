@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from adapters.embedded import EmbeddedQueryStore, EmbeddedStore
-from collector import cli
-from collector.central import IndicatorService, UnknownEnterprise, parse_period
-from collector.indicators import ConsumptionDay, EnterpriseData, EnterpriseDay, Period, compute_all
-from collector.lineprotocol import encode
-from collector.registry import RegistryEntry, read_registry
-from collector.rollups import local_day_start_ns, zone
-from collector.store import Scope
-from schemas.base import ConfigError
-from schemas.central import load_plan
-from schemas.points import Point, Priority
-from schemas.reports import EnterpriseReport
+from fmc.central.config import load_plan
+from fmc.central.registry import RegistryEntry, read_registry
+from fmc.central.service import IndicatorService, UnknownEnterprise, parse_period
+from fmc.central.store import Scope
+from fmc.cli import main as cli
+from fmc.core.config import ConfigError
+from fmc.core.lineprotocol import encode
+from fmc.core.points import Point, Priority
+from fmc.indicators.engine import ConsumptionDay, EnterpriseData, EnterpriseDay, Period, compute_all
+from fmc.indicators.reports import EnterpriseReport
+from fmc.plant.rollups import local_day_start_ns, zone
+from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 
 PLAN = load_plan()
 TZ = zone("Asia/Shanghai")
@@ -177,7 +177,7 @@ async def test_service_equals_engine_on_rows(service: IndicatorService) -> None:
             for year, (t, n, net) in years.items() for day in days_of(year)]
     cons = [ConsumptionDay(day, "electricity", kwh, kwh * 0.1229 / 1000, None, 1.0)
             for year, kwh in ((2016, 10_000.0), (2020, 8_000.0)) for day in days_of(year)]
-    from collector.indicators import Report
+    from fmc.indicators.engine import Report
 
     reports = [Report(Period.of_year(2016), value_added=1000.0, value_added_comparable=1000.0),
                Report(Period.of_year(2020), value_added=1200.0, value_added_comparable=1200.0)]
@@ -384,7 +384,7 @@ def test_scope_refuses_what_is_not_a_code(kwargs: dict) -> None:
 
 
 def test_rematerialized_periods_are_the_ones_that_can_have_changed() -> None:
-    from collector.central import stale_periods
+    from fmc.central.service import stale_periods
 
     periods = [Period.of_year(y) for y in range(2016, 2027)] + [Period.of_month(2019, 3)]
     years = lambda ps: sorted({p.year for p in ps})  # noqa: E731

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import main
-from schemas.config import ConfigError, load_config, parse_size
+from fmc.agent.config import ConfigError, load_config, parse_size
+from fmc.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "examples" / "agent.toml"
@@ -124,11 +124,11 @@ def test_syntax_error_and_missing_file(tmp_path):
 
 def test_cli_exit_code_2_without_traceback_in_a_real_process(tmp_path):
     path = write(tmp_path, GOOD.replace('region = "330602"', 'region = "33"'))
-    proc = subprocess.run([sys.executable, "-m", "collector.cli", "run", "-c", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "fmc.cli.main", "run", "-c", str(path)],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
     assert "enterprise.region" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "collector.cli", "frobnicate"],
+    proc = subprocess.run([sys.executable, "-m", "fmc.cli.main", "frobnicate"],
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
 
@@ -161,7 +161,7 @@ def test_fixed_names_are_checked_at_start(tmp_path, line, words):
 
 
 def test_example_config_with_its_inventory_loads(monkeypatch):
-    from collector.inventory import load_inventory
+    from fmc.plant.ledger import load_inventory
 
     for k, v in ENV.items():
         monkeypatch.setenv(k, v)

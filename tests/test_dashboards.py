@@ -27,21 +27,21 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from adapters import grafana_dashboards as gd
-from collector.aggregation import EnterpriseFigures, GroupRow, enterprise_figures, group_rows
-from collector.indicators import ConsumptionDay, EnterpriseData, EnterpriseDay, Period, Report, Status
-from collector.lineprotocol import encode
-from collector.materialize import indicator_points, period_tag
-from collector.meters import MeterAccumulator, MeterInterval
-from collector.rollups import NS, InventoryItem, Site, consumption_daily, enterprise_daily, local_day_bounds
-from collector.selfmetrics import REJECTION_REASONS, AgentCounters, agent_point
-from collector.spool import SpoolStats
-from collector.states import STATES, EquipmentDay, StateChange
-from collector.store import EnterpriseInfo
-from schemas.base import CARRIERS
-from schemas.plant import MeterConfig
-from schemas.points import Point
-from schemas.targets import INDICATORS, Targets, load_targets
+from fmc.agent.selfmetrics import REJECTION_REASONS, AgentCounters, agent_point
+from fmc.agent.spool import SpoolStats
+from fmc.central.grafana import dashboards as gd
+from fmc.central.materialize import indicator_points, period_tag
+from fmc.central.store import EnterpriseInfo
+from fmc.core.config import CARRIERS
+from fmc.core.lineprotocol import encode
+from fmc.core.points import Point
+from fmc.indicators.engine import ConsumptionDay, EnterpriseData, EnterpriseDay, Period, Report, Status
+from fmc.indicators.plan import INDICATORS, Targets, load_targets
+from fmc.indicators.pooling import EnterpriseFigures, GroupRow, enterprise_figures, group_rows
+from fmc.plant.config import MeterConfig
+from fmc.plant.meters import MeterAccumulator, MeterInterval
+from fmc.plant.rollups import NS, InventoryItem, Site, consumption_daily, enterprise_daily, local_day_bounds
+from fmc.plant.states import STATES, EquipmentDay, StateChange
 from tests.servers.influxdb import InfluxDBError, InfluxDBServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -297,7 +297,7 @@ def write_points(server: InfluxDBServer, db: str, points: Sequence[Point]) -> No
 
 @pytest.fixture(scope="module")
 def targets() -> Targets:
-    return load_targets(ROOT / "schemas" / "plans" / "zhejiang-2017-2020.toml")
+    return load_targets(ROOT / "fmc" / "indicators" / "plans" / "zhejiang-2017-2020.toml")
 
 
 @pytest.fixture(scope="module")
@@ -969,15 +969,16 @@ def test_the_committed_dashboards_are_what_the_code_makes():
     folder = ROOT / "grafana" / "dashboards"
     committed = {p.name: p.read_text(encoding="utf-8") for p in folder.glob("*.json")}
     generated = {f"{d.uid}.json": gd.dashboard_json(d) for d in ALL_DASHBOARDS}
-    assert committed.keys() == generated.keys(), "regenerate: python -m adapters.grafana_dashboards grafana/dashboards"
+    assert committed.keys() == generated.keys(), (
+        "regenerate: python -m fmc.central.grafana.dashboards grafana/dashboards")
     for name, text in generated.items():
-        assert committed[name] == text, f"{name} is stale: python -m adapters.grafana_dashboards grafana/dashboards"
+        assert committed[name] == text, f"{name} is stale: python -m fmc.central.grafana.dashboards grafana/dashboards"
         assert json.loads(text)["uid"] == name.removesuffix(".json")
 
 
 def test_the_command_writes_every_dashboard(tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "adapters.grafana_dashboards", str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "fmc.central.grafana.dashboards", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{d.uid}.json" for d in ALL_DASHBOARDS)
@@ -989,10 +990,10 @@ def test_the_command_writes_every_dashboard(tmp_path):
 def test_the_command_says_what_is_wrong_without_a_traceback(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    done = subprocess.run([sys.executable, "-m", "adapters.grafana_dashboards", str(blocker / "sub")], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "fmc.central.grafana.dashboards", str(blocker / "sub")], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "cannot write the dashboards into" in done.stderr and "Traceback" not in done.stderr
-    done = subprocess.run([sys.executable, "-m", "adapters.grafana_dashboards"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "fmc.central.grafana.dashboards"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "OUT_DIR" in done.stderr and "Traceback" not in done.stderr

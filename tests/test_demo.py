@@ -11,9 +11,9 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from adapters.embedded import EmbeddedStore
-from collector.demo import LEDGER_FILE, SPOOL_FILE, STORE_FILE, SUMMARY_FILE, render_table, run_demo, text_width
-from collector.demo_plant import (
+from fmc.agent.ingest import PLANT_STATE_KEY
+from fmc.agent.spool import Spool
+from fmc.demo.plant import (
     BAD_SCHEDULE,
     DEMO_LEDGER_ONLY,
     DEMO_MACHINES,
@@ -26,11 +26,11 @@ from collector.demo_plant import (
     meter_configs,
     write_ledger_csv,
 )
-from collector.ingest import PLANT_STATE_KEY
-from collector.inventory import load_inventory_csv
-from collector.meters import MeterAccumulator
-from collector.spool import Spool
-from schemas.plant import MeterConfig
+from fmc.demo.run import LEDGER_FILE, SPOOL_FILE, STORE_FILE, SUMMARY_FILE, render_table, run_demo, text_width
+from fmc.plant.config import MeterConfig
+from fmc.plant.ledger import load_inventory_csv
+from fmc.plant.meters import MeterAccumulator
+from fmc.stores.embedded.store import EmbeddedStore
 
 DAY_MS = 1_764_036_000_000  # 2025-11-25 10:00 in the plant's time zone: day shift, working
 BREAK_MS = 1_764_043_800_000  # 2025-11-25 12:10: the day shift's meal break
@@ -256,7 +256,7 @@ async def test_demo_history_table_and_api(tmp_path: Path) -> None:
     the same figures with its key (and nothing without it)."""
     import httpx
 
-    from collector.demo_central import DEMO_ENTERPRISE_ID, DemoApi, history_points, indicator_table, write_history
+    from fmc.demo.history import DEMO_ENTERPRISE_ID, DemoApi, history_points, indicator_table, write_history
 
     store_path = tmp_path / STORE_FILE
     write_history(store_path, 24)

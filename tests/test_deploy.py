@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from adapters.grafana import DATASOURCE_UID
+from fmc.central.grafana.push import DATASOURCE_UID
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -105,7 +105,7 @@ def test_unit_has_the_hardening_and_the_layout_install_sh_expects(role: str) -> 
 
 
 def test_agent_unit_fits_a_small_gateway_and_waits_for_the_spool_flush() -> None:
-    from collector.agent import Agent
+    from fmc.agent.runtime import Agent
 
     unit = parse_unit(UNITS["agent"].read_text(encoding="utf-8"))
     memory_max = _bytes(one(unit, "Service", "MemoryMax"))
@@ -137,7 +137,7 @@ def _copy_source(dest: Path) -> Path:
     dest.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
-    for package in ("collector", "adapters", "schemas"):
+    for package in ("fmc",):
         shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
     return dest
 
@@ -176,12 +176,12 @@ def test_install_makes_a_working_venv_and_says_what_to_do_next(installed: Instal
     version = subprocess.run([str(fmc), "--version"], capture_output=True, text=True, env=_install_env(), timeout=60)
     assert version.returncode == 0, version.stderr
     assert re.fullmatch(r"fmc \d+\.\d+\.\d+\S*\n", version.stdout)
-    probe = "import collector; print(collector.__file__)"
+    probe = "import fmc; print(fmc.__file__)"
     where = subprocess.run([str(installed.venv / "bin" / "python"), "-c", probe], capture_output=True, text=True,
                            env=_install_env(), timeout=60, cwd="/")
     assert where.stdout.startswith(str(installed.venv)), where.stdout + where.stderr  # the installed copy, not ours
-    plans = list((installed.venv / "lib").glob("python3*/site-packages/schemas/plans/*.toml"))
-    assert {p.name for p in plans} == {p.name for p in (ROOT / "schemas" / "plans").glob("*.toml")}
+    plans = list((installed.venv / "lib").glob("python3*/site-packages/fmc/indicators/plans/*.toml"))
+    assert {p.name for p in plans} == {p.name for p in (ROOT / "fmc" / "indicators" / "plans").glob("*.toml")}
     out = installed.first.stdout
     assert f"created venv {installed.venv}" in out and version.stdout.strip() in out
     for step in ("next steps:", f"{installed.prefix}/etc/agent.toml", f"{installed.prefix}/etc/agent.env",
@@ -239,7 +239,7 @@ def test_upgrade_keeps_state_config_and_secrets(installed: Installed, tmp_path: 
 def test_central_role_installs_the_api_unit_and_a_usable_central_config(
     installed: Installed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from schemas.central import load_central_config
+    from fmc.central.config import load_central_config
 
     etc = installed.prefix / "etc"
     agent_files = {name: (etc / name).read_bytes() for name in ("agent.toml", "agent.env", "inventory.csv")}
@@ -439,7 +439,7 @@ def test_influxdb_init_script_maps_the_database_and_runs_in_the_image() -> None:
 
 
 def test_compose_central_config_is_valid_and_fits_the_container(monkeypatch: pytest.MonkeyPatch) -> None:
-    from schemas.central import load_central_config
+    from fmc.central.config import load_central_config
 
     service = _compose()["services"]["fmc-api"]
     for name in service["environment"]:
@@ -464,8 +464,9 @@ def test_dockerfile_builds_from_the_package_sources_only() -> None:
     for source in sources:
         assert (ROOT / source).exists(), source
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    # a sub-package (schemas.plans) comes with its top-level folder
-    assert {p.split(".")[0] for p in pyproject["tool"]["setuptools"]["packages"]} <= set(sources)
+    # a sub-package (fmc.indicators.plans) comes with its top-level folder
+    assert {p.split(".")[0].rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]} <= set(
+        sources)
     assert pyproject["project"]["readme"] in sources
     allowed = [line[1:].rstrip("/") for line in (COMPOSE_DIR / "Dockerfile.dockerignore").read_text().splitlines()
                if line.startswith("!")]
@@ -516,7 +517,7 @@ def _connack(host: str, port: int, user: str | None, password: str | None) -> in
 
 
 def test_provisioned_datasource_is_the_one_the_dashboards_use() -> None:
-    from adapters import grafana_dashboards
+    from fmc.central.grafana import dashboards as grafana_dashboards
 
     prov = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/fmc.yaml").read_text(encoding="utf-8"))
     assert prov["apiVersion"] == 1
@@ -534,7 +535,7 @@ def test_provisioned_datasource_is_the_one_the_dashboards_use() -> None:
 
 
 def test_dashboard_provider_reads_the_mounted_folder_like_push_does() -> None:
-    from adapters import grafana_dashboards
+    from fmc.central.grafana import dashboards as grafana_dashboards
 
     prov = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/fmc.yaml").read_text(encoding="utf-8"))
     [provider] = prov["providers"]
@@ -550,12 +551,12 @@ def test_dashboard_provider_reads_the_mounted_folder_like_push_does() -> None:
 
 
 def test_committed_dashboard_files_are_what_the_code_builds() -> None:
-    from adapters import grafana_dashboards
+    from fmc.central.grafana import dashboards as grafana_dashboards
 
     folder = ROOT / "grafana" / "dashboards"
     files = {p.name: p for p in folder.glob("*.json")}
     built = {f"{d.uid}.json": d for d in grafana_dashboards.all_dashboards()}
-    assert set(files) == set(built), "regenerate: python -m adapters.grafana_dashboards grafana/dashboards"
+    assert set(files) == set(built), "regenerate: python -m fmc.central.grafana.dashboards grafana/dashboards"
     for name, dashboard in built.items():
         # file provisioning needs the uid and title inside the JSON itself
         model = json.loads(files[name].read_text(encoding="utf-8"))

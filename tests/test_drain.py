@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from adapters.embedded import EmbeddedSink, EmbeddedStore
-from collector.agent import Agent
-from collector.spool import Spool
-from schemas.config import AgentConfig
-from schemas.points import Priority
+from fmc.agent.config import AgentConfig
+from fmc.agent.runtime import Agent
+from fmc.agent.spool import Spool
+from fmc.core.points import Priority
+from fmc.stores.embedded.store import EmbeddedSink, EmbeddedStore
 
 
 def make_config(tmp_path) -> AgentConfig:

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from adapters import grafana
-from adapters.grafana import (
+from fmc.central.grafana import push as grafana
+from fmc.central.grafana.push import (
     DATASOURCE_UID,
     PushError,
     PushUsageError,
@@ -681,7 +681,7 @@ def test_fmc_command_runs_grafana_push(
     fake: FakeGrafana, test_dashboards: list[Dash], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from collector.cli import main
+    from fmc.cli.main import main
 
     monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
     assert main(["grafana", "push", "--url", fake.url, "--dry-run"]) == 0
@@ -693,16 +693,18 @@ def test_module_import_stays_light() -> None:
     import subprocess
     import sys
 
-    code = "import sys, adapters.grafana; print(sorted(m for m in ('grafana_client', 'niquests') if m in sys.modules))"
+    code = ("import sys, fmc.central.grafana.push; "
+            "print(sorted(m for m in ('grafana_client', 'niquests') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-# --- the real dashboards (adapters/grafana_dashboards.py) ----------------------------------------------------
+# --- the real dashboards (fmc/central/grafana/dashboards.py) ----------------------------------------------------
 
 
 def _real_dashboards() -> Any:
-    return pytest.importorskip("adapters.grafana_dashboards", reason="adapters/grafana_dashboards.py not there yet")
+    return pytest.importorskip("fmc.central.grafana.dashboards",
+                               reason="fmc/central/grafana/dashboards.py not there yet")
 
 
 @pytest.mark.parametrize("lang", ["zh", "en", "both"])

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.indicators import (
+from fmc.central.store import PeriodSums
+from fmc.core.config import ConfigError
+from fmc.indicators.engine import (
     ConsumptionDay,
     EnterpriseData,
     EnterpriseDay,
@@ -21,12 +23,10 @@ from collector.indicators import (
     pool,
     status_of,
 )
-from collector.store import PeriodSums
-from schemas.base import ConfigError
-from schemas.targets import INDICATORS, Targets, load_targets
+from fmc.indicators.plan import INDICATORS, Targets, load_targets
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAN = load_targets(ROOT / "schemas" / "plans" / "zhejiang-2017-2020.toml")
+PLAN = load_targets(ROOT / "fmc" / "indicators" / "plans" / "zhejiang-2017-2020.toml")
 
 
 def with_policy(**kw: object) -> Targets:
@@ -506,7 +506,7 @@ def test_the_engine_reads_only_the_sums_it_asks_for(nc_basis: str, weight: str, 
     import dataclasses
     import math
 
-    from collector.indicators import summarize, sums_wanted
+    from fmc.indicators.engine import summarize, sums_wanted
 
     targets = with_policy(nc_rate_basis=nc_basis, nc_rate_weight=weight, networking_denominator=denominator,
                           electricity_basis=electricity, electricity_equal_value={2016: 0.33, 2020: 0.30})

@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from collector.inventory import (
+from fmc.core.config import ID_PATTERN, ConfigError
+from fmc.plant.equipment import KIND_PATTERN, EquipmentItem, InventoryConfig, InventoryError, kind_from_category
+from fmc.plant.ledger import (
     FALSE_WORDS,
     HEADER_SYNONYMS,
     TRUE_WORDS,
@@ -32,8 +34,6 @@ from collector.inventory import (
     parse_number,
     read_inventory_csv,
 )
-from schemas.base import ID_PATTERN, ConfigError
-from schemas.inventory import KIND_PATTERN, EquipmentItem, InventoryConfig, InventoryError, kind_from_category
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "inventory"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from collector import keys as keys_module
-from collector.keys import (
+from fmc.central import keys as keys_module
+from fmc.central.keys import (
     AccessDenied,
     BadCombination,
     KeyScope,
@@ -24,7 +24,7 @@ from collector.keys import (
     parse_scope,
     split_key,
 )
-from collector.store import Scope
+from fmc.central.store import Scope
 
 LEVELS = ("enterprise", "county", "city", "province", "industry")
 DIGITS = {"province": 2, "city": 4, "county": 6}

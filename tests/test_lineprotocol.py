@@ -9,8 +9,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point as ClientPoint
 
-from collector.lineprotocol import LineProtocolError, encode, parse
-from schemas.points import Point
+from fmc.core.lineprotocol import LineProtocolError, encode, parse
+from fmc.core.points import Point
 
 # Any unicode text, including the characters line protocol must escape.
 names = st.text(min_size=1, max_size=30)

@@ -1,4 +1,4 @@
-"""collector.mapping: every rejection reason with a real payload, and names that cannot inject points."""
+"""fmc.sources.mqtt.mapping: every rejection reason with a real payload, and names that cannot inject points."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import lineprotocol
-from collector.mapping import MIN_TIMESTAMP_NS, Mapper, MapResult, Rejection
-from schemas.config import EnterpriseConfig, Subscription
-from schemas.points import Point, Priority
+from fmc.agent.config import EnterpriseConfig, Subscription
+from fmc.core import lineprotocol
+from fmc.core.points import Point, Priority
+from fmc.sources.mqtt.mapping import MIN_TIMESTAMP_NS, Mapper, MapResult, Rejection
 
 ENTERPRISE = EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
 NOW_NS = 1_764_000_000 * 10**9  # 2025-11-24T16:00:00Z, the "receive time" of every message here

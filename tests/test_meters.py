@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from collector.meters import MeterAccumulator, MeterInterval, VirtualMeter
-from collector.rollups import Site
-from schemas.plant import MeterConfig, PlantSections, VirtualMeterConfig
-from schemas.points import Priority
+from fmc.core.points import Priority
+from fmc.plant.config import MeterConfig, PlantSections, VirtualMeterConfig
+from fmc.plant.meters import MeterAccumulator, MeterInterval, VirtualMeter
+from fmc.plant.rollups import Site
 
 S = 10**9
 MIN = 60 * S

@@ -1,4 +1,4 @@
-"""adapters.mqtt against the real mosquitto: mapping, manual acks, redelivery, restarts, auth, TLS, bad input."""
+"""fmc.sources.mqtt against the real mosquitto: mapping, manual acks, redelivery, restarts, auth, TLS, bad input."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from adapters.mqtt import RECEIVE_MAXIMUM, SESSION_EXPIRY_S, MqttSource, _connect_options, check_mqtt
-from collector import lineprotocol
-from collector.mapping import Mapper, MapResult
-from collector.metrics import AgentMetrics
-from schemas import config
+from fmc.agent import config
+from fmc.agent.metrics import AgentMetrics
+from fmc.core import lineprotocol
+from fmc.sources.mqtt.mapping import Mapper, MapResult
+from fmc.sources.mqtt.source import RECEIVE_MAXIMUM, SESSION_EXPIRY_S, MqttSource, _connect_options, check_mqtt
 from tests.servers.mosquitto import MosquittoServer
 
 ENTERPRISE = config.EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
@@ -281,10 +281,10 @@ def test_unacknowledged_messages_come_again_acknowledged_ones_do_not(
 
 _CHILD = r"""
 import json, logging, sys, time
-from adapters.mqtt import MqttSource
-from collector.mapping import Mapper
-from collector.metrics import AgentMetrics
-from schemas.config import EnterpriseConfig, MqttSource as SourceConfig
+from fmc.sources.mqtt.source import MqttSource
+from fmc.sources.mqtt.mapping import Mapper
+from fmc.agent.metrics import AgentMetrics
+from fmc.agent.config import EnterpriseConfig, MqttSource as SourceConfig
 
 cfg = SourceConfig.model_validate_json(sys.argv[1])
 enterprise = EnterpriseConfig.model_validate_json(sys.argv[2])

@@ -1,4 +1,4 @@
-"""adapters.opcua against real asyncua servers: values into a real Ingest + Spool, reconnects, watchdog, security."""
+"""fmc.sources.opcua against real asyncua servers: values into a real Ingest + Spool, reconnects, watchdog, security."""
 
 from __future__ import annotations
 
@@ -19,7 +19,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from adapters.opcua import (
+from fmc.agent.config import ConfigError, EnterpriseConfig, _Model, problems_from
+from fmc.agent.ingest import Ingest
+from fmc.agent.metrics import AgentMetrics
+from fmc.agent.spool import Spool
+from fmc.core import lineprotocol
+from fmc.core.points import Point
+from fmc.sources.mqtt.mapping import Rejection
+from fmc.sources.opcua import config as schema
+from fmc.sources.opcua.source import (
     QUALITY_MASK,
     OpcUaSource,
     _NodePlan,
@@ -27,15 +35,7 @@ from adapters.opcua import (
     data_value_to_point,
     describe_failure,
 )
-from adapters.opcua_tools import make_client_certificate
-from collector import lineprotocol
-from collector.ingest import Ingest
-from collector.mapping import Rejection
-from collector.metrics import AgentMetrics
-from collector.spool import Spool
-from schemas import opcua as schema
-from schemas.config import ConfigError, EnterpriseConfig, _Model, _problems_from
-from schemas.points import Point
+from fmc.sources.opcua.tools import make_client_certificate
 from tests.servers.opcua import (
     MACHINE_TOOL_URI,
     MACHINERY_URI,
@@ -493,7 +493,7 @@ def config_errors(toml: str) -> str:
     try:
         _AgentLike.model_validate(tomllib.loads(toml))
     except ValidationError as e:
-        return ConfigError("agent.toml", _problems_from(e)).render()
+        return ConfigError("agent.toml", problems_from(e)).render()
     raise AssertionError("the configuration was accepted")
 
 

@@ -1,4 +1,4 @@
-"""adapters.opcua_tools: the client certificate generator and the machine browser, on a real asyncua server."""
+"""fmc.sources.opcua.tools: the client certificate generator and the machine browser, on a real asyncua server."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from adapters.opcua import certificate_uris, check_opcua
-from adapters.opcua_tools import alias_namespaces, browse_machines, equipment_id, make_client_certificate
-from schemas import opcua as schema
+from fmc.sources.opcua import config as schema
+from fmc.sources.opcua.source import certificate_uris, check_opcua
+from fmc.sources.opcua.tools import alias_namespaces, browse_machines, equipment_id, make_client_certificate
 from tests.servers.opcua import MACHINE_TOOL_URI, PLANT_URI, OpcUaTestServer
 from tests.test_opcua_adapter import Harness, wait_until
 

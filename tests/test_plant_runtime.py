@@ -7,14 +7,14 @@ import json
 import time
 from datetime import UTC, date, datetime, timedelta, timezone
 
-from collector.ingest import PLANT_STATE_KEY, Ingest
-from collector.lineprotocol import encode_series, parse
-from collector.metrics import AgentMetrics
-from collector.plant import PlantModel
-from collector.rollups import InventoryItem, Site
-from collector.spool import Spool
-from schemas.plant import PlantSections
-from schemas.points import Point, Priority
+from fmc.agent.ingest import PLANT_STATE_KEY, Ingest
+from fmc.agent.metrics import AgentMetrics
+from fmc.agent.spool import Spool
+from fmc.core.lineprotocol import encode_series, parse
+from fmc.core.points import Point, Priority
+from fmc.plant.config import PlantSections
+from fmc.plant.model import PlantModel
+from fmc.plant.rollups import InventoryItem, Site
 
 CST = timezone(timedelta(hours=8))
 SITE = Site("e1", "330602", "17", "Asia/Shanghai")

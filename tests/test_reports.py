@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from collector.reports import (
+from fmc.central.reports import (
     REPORT_HEADERS,
     match_report_header,
     period_start_ns,
@@ -24,8 +24,8 @@ from collector.reports import (
     report_points,
     reports_import_main,
 )
-from schemas.points import Priority
-from schemas.reports import REPORT_FIELDS, EnterpriseReport, ReportsError, parse_period, period_bounds
+from fmc.core.points import Priority
+from fmc.indicators.reports import REPORT_FIELDS, EnterpriseReport, ReportsError, parse_period, period_bounds
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "reports"

@@ -6,8 +6,10 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from collector.meters import MeterAccumulator
-from collector.rollups import (
+from fmc.core.points import Priority
+from fmc.plant.config import EquipmentClassConfig, MeterConfig, PlantSections, check_interval_alignment
+from fmc.plant.meters import MeterAccumulator
+from fmc.plant.rollups import (
     InventoryItem,
     Site,
     consumption_daily,
@@ -16,9 +18,7 @@ from collector.rollups import (
     local_day_bounds,
     zone,
 )
-from collector.states import EquipmentDay, EquipmentTracker
-from schemas.plant import EquipmentClassConfig, MeterConfig, PlantSections, check_interval_alignment
-from schemas.points import Priority
+from fmc.plant.states import EquipmentDay, EquipmentTracker
 
 S = 10**9
 MIN = 60 * S

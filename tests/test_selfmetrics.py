@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.embedded import EmbeddedStore
-from collector import selfmetrics
-from collector.agent import Agent
-from collector.lineprotocol import encode, parse
-from collector.metrics import AgentMetrics
-from collector.selfmetrics import (
+from fmc.agent import selfmetrics
+from fmc.agent.config import AgentConfig
+from fmc.agent.metrics import AgentMetrics
+from fmc.agent.runtime import Agent
+from fmc.agent.selfmetrics import (
     FIELDS,
     REJECTION_REASONS,
     AgentCounters,
@@ -25,9 +24,10 @@ from collector.selfmetrics import (
     host_tag,
     rejected_fields,
 )
-from collector.spool import SpoolStats
-from schemas.config import AgentConfig
-from schemas.points import Priority
+from fmc.agent.spool import SpoolStats
+from fmc.core.lineprotocol import encode, parse
+from fmc.core.points import Priority
+from fmc.stores.embedded.store import EmbeddedStore
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW_NS = 1_764_000_000_123_456_789
@@ -154,7 +154,7 @@ def _reason_literals() -> set[str]:
     pattern = re.compile(r'(?:Rejection|LineProtocolError|_reject)\(\s*"([a-z0-9_]+)"')
     ingest_pattern = re.compile(r'rejected\.append\(\(sub\.source, "([a-z0-9_]+)"\)\)')
     found: set[str] = set()
-    for folder in ("collector", "adapters"):
+    for folder in ("fmc",):
         for path in (ROOT / folder).rglob("*.py"):
             text = path.read_text(encoding="utf-8")
             found.update(pattern.findall(text))
@@ -166,7 +166,7 @@ def test_every_rejection_reason_in_the_code_has_its_own_field():
     found = _reason_literals()
     assert len(found) >= 25  # the scan itself works
     missing = found - set(REJECTION_REASONS)
-    assert not missing, f"add these reasons to collector.selfmetrics.REJECTION_REASONS: {sorted(missing)}"
+    assert not missing, f"add these reasons to fmc.agent.selfmetrics.REJECTION_REASONS: {sorted(missing)}"
     assert len(set(REJECTION_REASONS)) == len(REJECTION_REASONS)
 
 

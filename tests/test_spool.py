@@ -21,14 +21,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from collector.spool import (
+from fmc.agent.spool import (
     PAYLOAD_EXCERPT_MAX,
     RejectionRecord,
     Spool,
     SpoolBatch,
     SpoolError,
 )
-from schemas.points import Priority
+from fmc.core.points import Priority
 from tests.spool_child import make_line, priority_of
 
 CHILD = Path(__file__).with_name("spool_child.py")

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.rollups import InventoryItem, Site
-from collector.states import STATE_CODES, EquipmentDay, EquipmentTracker, StateChange
-from schemas.plant import EquipmentClassConfig, PlantConfig
-from schemas.points import Priority
+from fmc.core.points import Priority
+from fmc.plant.config import EquipmentClassConfig, PlantConfig
+from fmc.plant.rollups import InventoryItem, Site
+from fmc.plant.states import STATE_CODES, EquipmentDay, EquipmentTracker, StateChange
 
 S = 10**9
 MIN = 60 * S

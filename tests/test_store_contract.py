@@ -1,9 +1,9 @@
-"""The central store query interface (``collector.store.IndicatorStore``): one contract, run on both stores.
+"""The central store query interface (``fmc.central.store.IndicatorStore``): one contract, run on both stores.
 
 Every test runs on the embedded SQLite store (``EmbeddedQueryStore``) and on a real InfluxDB 1.6
 (``InfluxQueryStore``) seeded with the same points, written the way agents write them (line
 protocol through the store's ingest path) and made by the project's own writers or in their exact
-format (``collector.rollups``, ``collector.reports.report_points``). Expected values are worked out by
+format (``fmc.plant.rollups``, ``fmc.central.reports.report_points``). Expected values are worked out by
 hand in the comments, and the randomized test checks the stores against ``indicators.summarize``.
 """
 
@@ -20,12 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from adapters.embedded import EmbeddedQueryStore, EmbeddedStore
-from collector.indicators import ConsumptionDay, EnterpriseDay, Period, summarize
-from collector.lineprotocol import encode
-from collector.reports import report_points
-from collector.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
-from collector.store import (
+from fmc.agent.config import InfluxDBSink
+from fmc.central.reports import report_points
+from fmc.central.store import (
     CarrierSums,
     DailySums,
     EnterpriseInfo,
@@ -35,9 +32,12 @@ from collector.store import (
     StoredReport,
     StoreQueryError,
 )
-from schemas.config import InfluxDBSink
-from schemas.points import Point, Priority
-from schemas.reports import EnterpriseReport
+from fmc.core.lineprotocol import encode
+from fmc.core.points import Point, Priority
+from fmc.indicators.engine import ConsumptionDay, EnterpriseDay, Period, summarize
+from fmc.indicators.reports import EnterpriseReport
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
+from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 
 TZ = "Asia/Shanghai"
 BACKENDS = ["embedded", "influxdb"]
@@ -47,7 +47,7 @@ BACKENDS = ["embedded", "influxdb"]
 
 
 def daily_point(site: Site, row: EnterpriseDay) -> Point:
-    """An ``enterprise_daily`` point exactly as ``collector.rollups.enterprise_daily`` makes it
+    """An ``enterprise_daily`` point exactly as ``fmc.plant.rollups.enterprise_daily`` makes it
     (``test_helpers_match_the_rollup_writers`` checks that)."""
     return Point(
         "enterprise_daily",
@@ -66,7 +66,7 @@ def daily_point(site: Site, row: EnterpriseDay) -> Point:
 
 
 def consumption_point(site: Site, row: ConsumptionDay) -> Point:
-    """A ``consumption_daily`` point as ``collector.rollups.consumption_daily`` makes it."""
+    """A ``consumption_daily`` point as ``fmc.plant.rollups.consumption_daily`` makes it."""
     fields: dict[str, float] = {"amount": float(row.amount)}
     if row.tce is not None:
         fields["tce"] = float(row.tce)
@@ -209,7 +209,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             await store.aclose()
             raw.close()
     else:
-        from adapters.influxdb_query import InfluxQueryStore
+        from fmc.stores.influxdb.query import InfluxQueryStore
 
         server, db = request.getfixturevalue("influx_db")
         store = InfluxQueryStore(InfluxDBSink(type="influxdb", url=server.url, database=db), timezone=TZ)

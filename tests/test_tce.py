@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from collector.tce import DEFAULT_COEFFICIENTS, KGCE_PER_MJ, coefficients_for, tce
-from schemas.plant import CoefficientsConfig
+from fmc.plant.config import CoefficientsConfig
+from fmc.plant.tce import DEFAULT_COEFFICIENTS, KGCE_PER_MJ, coefficients_for, tce
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,279 @@
+"""Group commit: points from every source go through one writer thread into the spool.
+
+Sources call ``submit`` from their own threads (paho's network thread, an asyncio loop). The
+writer thread encodes the points, commits a whole group in one SQLite transaction (one fsync
+for hundreds of messages instead of one each) and only then calls each message's ``ack``, so
+an MQTT QoS 1 message is acknowledged to the broker only once its points are on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fmc.agent.metrics import AgentMetrics
+from fmc.agent.spool import RejectionRecord, Spool
+from fmc.core.lineprotocol import LineProtocolError, encode, encode_series
+from fmc.core.points import Point, Priority
+from fmc.plant.model import PlantModel
+from fmc.sources.mqtt.mapping import MapResult, Rejection
+
+MAX_GROUP_POINTS = 5000
+PLANT_STATE_KEY = "plant"
+PAYLOAD_EXCERPT_BYTES = 512
+
+
+@dataclass(slots=True)
+class _Submission:
+    source: str
+    topic: str
+    payload: bytes
+    points: Sequence[Point]
+    rejections: Sequence[Rejection]
+    ack: Callable[[], None] | None
+
+
+class Ingest:
+    def __init__(
+        self,
+        spool: Spool,
+        metrics: AgentMetrics,
+        *,
+        max_series: int,
+        commit_interval_ms: int = 20,
+        queue_max: int = 5_000,
+        logger: logging.Logger | None = None,
+        plant: PlantModel | None = None,
+        snapshot_every_s: float = 10.0,
+        clock: Callable[[], int] = time.time_ns,
+        alive_equipment: Callable[[], Iterable[str]] | None = None,
+        alive_every_s: float = 60.0,
+    ) -> None:
+        # equipment behind a live OPC UA subscription (which reports changes only); vouched for
+        # to the plant model every alive_every_s, well within its offline_after_s
+        self._alive_equipment = alive_equipment
+        self._alive_every_ns = int(alive_every_s * 1e9)
+        self._last_alive_ns = 0
+        self._clock = clock  # wall clock in ns for the plant model; tests move it across midnight
+        self._spool = spool
+        # The plant model sees every raw point this thread commits and the passing time; what it
+        # derives (states, intervals, daily rollups) is committed with the points that caused it.
+        self._plant = plant
+        self._snapshot_every_ns = int(snapshot_every_s * 1e9)
+        self._last_tick_ns = 0
+        self._last_snapshot_ns = time.monotonic_ns()
+        self._metrics = metrics
+        self._max_series = max_series
+        self._interval = commit_interval_ms / 1000.0
+        # A deque rather than queue.Queue: sources append without taking a lock the writer holds
+        # (under load, Queue's mutex made the MQTT thread wait on the writer at every message).
+        # Bounded: when the disk is slower than the sources, submit() waits and the broker holds
+        # the messages (TCP backpressure) instead of this process growing without limit.
+        self._pending: deque[_Submission] = deque()
+        self._queue_max = queue_max
+        self._has_work = threading.Event()
+        self._writer_waiting = False
+        self._room = threading.Condition()
+        self._stop_requested = False
+        self._series: set[str] = set()  # encoded series keys seen, for limits.max_series
+        self._log = logger or logging.getLogger("fmc.ingest")
+        self._thread = threading.Thread(target=self._run, name="fmc-ingest", daemon=True)
+        self._stopped = threading.Event()
+        self.commits = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(
+        self,
+        source: str,
+        topic: str,
+        payload: bytes,
+        result: MapResult,
+        ack: Callable[[], None] | None,
+    ) -> None:
+        """Queue a mapped message; ``ack`` runs after its points are committed."""
+        self._put(_Submission(source, topic, payload, result.points, result.rejections, ack))
+
+    def submit_points(self, source: str, points: Sequence[Point]) -> None:
+        """Points made inside the agent (state changes, rollups): committed like any message."""
+        self._put(_Submission(source, "", b"", points, (), None))
+
+    def _put(self, sub: _Submission) -> None:
+        if len(self._pending) >= self._queue_max:
+            with self._room:
+                while len(self._pending) >= self._queue_max and self._thread.is_alive():
+                    self._room.wait(0.05)
+        self._pending.append(sub)
+        if self._writer_waiting:  # set() only when the writer sleeps: an Event costs a lock
+            self._has_work.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Commit everything queued, then end the writer thread."""
+        self._stop_requested = True
+        self._has_work.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._stopped.set()
+
+    # --- writer thread ---------------------------------------------------------------------
+
+    def _wait_for_work(self) -> None:
+        self._writer_waiting = True
+        # checked again after announcing the wait: a submit() in between either sees the flag
+        # (and sets the event) or put its item where this check finds it
+        if not self._pending and not self._stop_requested:
+            self._has_work.wait(0.5)
+        self._writer_waiting = False
+        self._has_work.clear()
+
+    def _take_group(self) -> list[_Submission]:
+        group: list[_Submission] = []
+        count = 0
+        pending = self._pending
+        while pending and count < MAX_GROUP_POINTS:
+            sub = pending.popleft()
+            group.append(sub)
+            count += len(sub.points) or 1
+        with self._room:
+            self._room.notify_all()
+        return group
+
+    def _run(self) -> None:
+        while True:
+            if not self._pending:
+                # time moves on for the plant model only once what arrived before now is in it
+                self._tick()
+                if self._stop_requested:
+                    self._tick(final=True)
+                    return
+                self._wait_for_work()
+                continue
+            # gather a little longer when the first look finds few messages: one fsync for many
+            if len(self._pending) < MAX_GROUP_POINTS and self._interval > 0 and not self._stop_requested:
+                time.sleep(self._interval)
+            self._commit(self._take_group())
+            self._tick()
+
+    def _tick(self, final: bool = False) -> None:
+        """Once a second: let the plant model see time pass; now and then, save its state."""
+        if self._plant is None:
+            return
+        now_ns = self._clock()
+        if not final and abs(now_ns - self._last_tick_ns) < 1_000_000_000:
+            return
+        self._last_tick_ns = now_ns
+        derived = self._plant.advance(now_ns)
+        if self._alive_equipment is not None and now_ns - self._last_alive_ns >= self._alive_every_ns:
+            self._last_alive_ns = now_ns
+            derived += self._plant.confirm_alive(self._alive_equipment(), now_ns)
+        if derived:
+            self._commit([_Submission("plant", "", b"", derived, (), None)], observe=False)
+        if final or time.monotonic_ns() - self._last_snapshot_ns >= self._snapshot_every_ns:
+            self._last_snapshot_ns = time.monotonic_ns()
+            try:
+                self._spool.state_set(PLANT_STATE_KEY, json.dumps(self._plant.snapshot(), separators=(",", ":")))
+            except Exception as e:  # the points are safe; only resume accuracy suffers
+                self._log.error("could not save the plant state: %s", e)
+
+    def _commit(self, group: list[_Submission], observe: bool = True) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        items: list[tuple[str, Priority]] = []
+        records: list[RejectionRecord] = []
+        accepted_by_source: dict[str, int] = {}
+        accepted: list[Point] = []
+        rejected: list[tuple[str, str]] = []
+        for sub in group:
+            for rej in sub.rejections:
+                rejected.append((sub.source, rej.reason))
+                records.append(self._record(now_ms, sub, rej.reason, rej.detail))
+            for point in sub.points:
+                try:
+                    if point.series is None:
+                        point.series = encode_series(point.measurement, point.tags)
+                    line = encode(point)
+                except LineProtocolError as e:
+                    rejected.append((sub.source, e.reason))
+                    records.append(self._record(now_ms, sub, e.reason, e.detail))
+                    continue
+                key = point.series
+                if key not in self._series:
+                    if len(self._series) >= self._max_series:
+                        rejected.append((sub.source, "series_limit"))
+                        records.append(
+                            self._record(now_ms, sub, "series_limit", f"more than {self._max_series} series")
+                        )
+                        continue
+                    self._series.add(key)
+                items.append((line, point.priority))
+                accepted.append(point)
+                accepted_by_source[sub.source] = accepted_by_source.get(sub.source, 0) + 1
+        if observe and self._plant is not None:
+            for point in self._plant.observe(accepted, self._clock()):
+                try:
+                    items.append((encode(point), point.priority))
+                except LineProtocolError as e:  # names come from config and inventory: a bug if so
+                    self._log.error("derived point not encodable: %s", e)
+        drops = self._append_until_committed(items, records)
+        self.commits += 1
+        for source, n in accepted_by_source.items():
+            self._metrics.accepted.labels(source).inc(n)
+        self._metrics.spooled.inc(len(items))
+        for source, reason in rejected:
+            self._metrics.rejected.labels(source, reason).inc()
+        for priority, n in drops.items():
+            self._metrics.dropped.labels(priority).inc(n)
+        self._ack(group)
+
+    def _ack(self, group: list[_Submission]) -> None:
+        # A source that can acknowledge a whole group at once (one write to the broker instead of
+        # one per message) marks its acks with ``owner.ack_many``; other acks are called singly.
+        by_owner: dict[int, tuple[Any, list[Any]]] = {}
+        for sub in group:
+            ack = sub.ack
+            if ack is None:
+                continue
+            owner = getattr(ack, "owner", None)
+            if owner is not None and hasattr(owner, "ack_many"):
+                by_owner.setdefault(id(owner), (owner, []))[1].append(ack)
+                continue
+            try:
+                ack()
+            except Exception:  # a lost connection: the broker redelivers, the store dedupes
+                self._log.debug("ack failed for a message on %s", sub.topic, exc_info=True)
+        for owner, acks in by_owner.values():
+            try:
+                owner.ack_many(acks)
+            except Exception:
+                self._log.debug("acks failed for %d message(s)", len(acks), exc_info=True)
+
+    def _append_until_committed(
+        self, items: list[tuple[str, Priority]], records: list[RejectionRecord]
+    ) -> dict[str, int]:
+        # Nothing is acknowledged before it is on disk: when the spool cannot commit (disk full,
+        # I/O error), keep the group and try again; the queue fills and sources slow down.
+        delay = 0.1
+        while True:
+            try:
+                return self._spool.append(items, records)
+            except Exception as e:
+                self._log.error("spool commit failed, retrying in %.1fs: %s", delay, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    @staticmethod
+    def _record(now_ms: int, sub: _Submission, reason: str, detail: str) -> RejectionRecord:
+        return RejectionRecord(
+            at_ms=now_ms,
+            source=sub.source,
+            topic=sub.topic,
+            reason=reason,
+            detail=detail[:500],
+            payload_excerpt=bytes(sub.payload[:PAYLOAD_EXCERPT_BYTES]),
+        )

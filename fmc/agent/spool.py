@@ -1,0 +1,557 @@
+"""The durable local spool: every accepted point is on disk before its message is acknowledged.
+
+An SQLite database in WAL mode. The ingest writer thread ``append``s encoded line-protocol
+lines in one transaction per group; the drain loop ``read_batch``es the oldest lines, sends them
+and only then ``complete``s them (deleted, or moved to ``dead_letter`` when the store refused a
+line for good). When the lines exceed ``max_bytes`` the oldest points of the lowest priority are
+dropped (raw signals, then events; rollups never) and every drop is counted in the database.
+
+Thread model: one writer thread calls ``append``; the drain loop calls ``read_batch``,
+``complete`` and ``stats`` from varying threads (``asyncio.to_thread``). Each side has its own
+connection and lock; SQLite serialises the two sides' write transactions (``busy_timeout``
+makes the second one wait instead of failing). See ``docs/spool.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from fmc.core.points import Priority
+
+# Written into the SQLite header so a spool is never confused with another database (and
+# another database never gets spool tables added to it). "fmcS" in ASCII.
+APPLICATION_ID = 0x666D6353
+SCHEMA_VERSION = 1
+
+PAYLOAD_EXCERPT_MAX = 512  # bytes of a rejected message kept for inspection
+DETAIL_MAX = 1024  # characters of a rejection's detail: the ring is bounded in rows, so bound rows too
+DROP_TARGET = 0.9  # drop down to this share of max_bytes, so a full spool does not drop on every append
+DROP_CHUNK_MAX = 50_000  # rows deleted per statement when making room
+BUSY_TIMEOUT_S = 60.0  # a write transaction waits this long for the other side's before failing
+WAL_SIZE_LIMIT = 64 << 20  # truncate the WAL file back to this after a checkpoint
+
+# Priorities a full spool may drop, lowest (dropped first) to highest. Rollups are never dropped.
+DROPPABLE = tuple(p for p in sorted(Priority) if p is not Priority.ROLLUP)
+
+# Counter rows in the ``counters`` table. The queue totals are kept there, updated in the same
+# transaction as the rows they count, so they are right after a crash, need no full-table SUM()
+# on open (minutes on a gigabyte spool on an SD card), and stay right when another process (the
+# ``fmc spool`` command) changes the spool while the agent runs.
+QUEUED_POINTS = "queued_points"
+QUEUED_BYTES = "queued_bytes"
+LAST_ID = "last_id"  # highest id ever given out: ids are never reused, even after the spool empties
+REJECTED_TOTAL = "rejected_total"
+
+
+def _dropped_key(priority: Priority) -> str:
+    return f"dropped.{priority.name}"
+
+
+# One statement per string (executed one by one inside the creating transaction).
+_SCHEMA = (
+    f"""
+    CREATE TABLE spool (
+        -- INTEGER PRIMARY KEY is the rowid itself: rows are stored in id order, so appending is
+        -- a write at the end of the b-tree and "oldest first" is a plain walk, no sort.
+        id          INTEGER PRIMARY KEY,
+        priority    INTEGER NOT NULL CHECK (priority BETWEEN {int(min(Priority))} AND {int(max(Priority))}),
+        enqueued_ms INTEGER NOT NULL,
+        nbytes      INTEGER NOT NULL,  -- UTF-8 length of line: byte accounting without length()
+        line        TEXT    NOT NULL
+    )""",
+    # The drop query ("oldest rows of priority p") walks this index instead of scanning the
+    # whole spool. Every index entry ends with the rowid, so it is ordered by (priority, id).
+    "CREATE INDEX spool_by_priority ON spool (priority)",
+    """
+    CREATE TABLE dead_letter (
+        id           INTEGER PRIMARY KEY,  -- the row's id in spool, kept when it is requeued
+        priority     INTEGER NOT NULL,
+        enqueued_ms  INTEGER NOT NULL,
+        nbytes       INTEGER NOT NULL,
+        line         TEXT    NOT NULL,
+        reason       TEXT    NOT NULL,     -- the store's own words
+        status       INTEGER,              -- HTTP status, when the store gave one
+        failed_at_ms INTEGER NOT NULL
+    )""",
+    """
+    CREATE TABLE rejected (
+        id              INTEGER PRIMARY KEY,
+        at_ms           INTEGER NOT NULL,
+        source          TEXT    NOT NULL,
+        topic           TEXT    NOT NULL,
+        reason          TEXT    NOT NULL,
+        detail          TEXT    NOT NULL,
+        payload_excerpt BLOB    NOT NULL
+    )""",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+)
+
+_COUNTER_NAMES = (QUEUED_POINTS, QUEUED_BYTES, LAST_ID, REJECTED_TOTAL, *map(_dropped_key, DROPPABLE))
+
+# Statements are module constants: the sqlite3 module keeps a per-connection cache of prepared
+# statements keyed by SQL text, so each is compiled once per connection, not once per call.
+_ADD_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ? RETURNING value"
+_INSERT_POINT = "INSERT INTO spool (id, priority, enqueued_ms, nbytes, line) VALUES (?, ?, ?, ?, ?)"
+_INSERT_REJECTION = (
+    "INSERT INTO rejected (at_ms, source, topic, reason, detail, payload_excerpt) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_TRIM_REJECTIONS = "DELETE FROM rejected WHERE id <= (SELECT max(id) FROM rejected) - ?"
+# Chunked: "the oldest n rows of this priority not in the batch being sent", via spool_by_priority.
+_DROP_OLDEST = (
+    "DELETE FROM spool WHERE id IN "
+    "(SELECT id FROM spool WHERE priority = ? AND id > ? ORDER BY id LIMIT ?) RETURNING nbytes"
+)
+_READ_OLDEST = "SELECT id, nbytes, enqueued_ms, line FROM spool ORDER BY id LIMIT ?"
+_MOVE_TO_DEAD_LETTER = (
+    "INSERT OR REPLACE INTO dead_letter "
+    "(id, priority, enqueued_ms, nbytes, line, reason, status, failed_at_ms) "
+    "SELECT id, priority, enqueued_ms, nbytes, line, ?, ?, ? FROM spool WHERE id = ?"
+)
+# One statement for a whole batch (ids passed as a JSON array); RETURNING gives the bytes of the
+# rows really deleted, so a row already gone (completed twice) is not subtracted twice.
+_DELETE_IDS = "DELETE FROM spool WHERE id IN (SELECT value FROM json_each(?)) RETURNING nbytes"
+_REQUEUE = (
+    "INSERT OR IGNORE INTO spool (id, priority, enqueued_ms, nbytes, line) "
+    "SELECT id, priority, enqueued_ms, nbytes, line FROM dead_letter ORDER BY id RETURNING nbytes"
+)
+
+
+class SpoolError(Exception):
+    """The spool file cannot be opened or used; the message names the file."""
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+@dataclass(slots=True)
+class SpoolBatch:
+    ids: list[int]  # row ids, ascending
+    lines: list[str]
+    enqueued_ms: list[int]  # wall-clock ms when each was appended
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    depth: int  # points waiting
+    bytes: int  # UTF-8 bytes of the lines waiting (the quantity max_bytes bounds)
+    oldest_enqueued_ms: int | None
+    dropped: dict[str, int]  # persisted drop counts by priority name, e.g. {"RAW": 12, "EVENT": 0}
+    dead_letters: int
+    rejected_total: int
+    # The configured bound; bytes > max_bytes happens only when what is left cannot be dropped
+    # (rollups, or the batch being sent).
+    max_bytes: int = 0
+
+
+@dataclass(slots=True)
+class RejectionRecord:
+    at_ms: int
+    source: str
+    topic: str
+    reason: str
+    detail: str
+    payload_excerpt: bytes  # at most PAYLOAD_EXCERPT_MAX bytes are kept
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: int
+    line: str
+    reason: str
+    status: int | None
+    failed_at_ms: int
+    priority: Priority = field(default=Priority.RAW)
+    enqueued_ms: int = 0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Spool:
+    def __init__(
+        self,
+        path: Path | str,
+        max_bytes: int = 1 << 30,
+        synchronous: str = "full",
+        rejected_keep: int = 1000,
+    ) -> None:
+        """Open the spool at ``path`` (created with its parent directory when missing) and resume
+        where the last process stopped. Raises SpoolError naming the file when it is unusable."""
+        sync = synchronous.lower()
+        if sync not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        if rejected_keep < 0:
+            raise ValueError("rejected_keep must not be negative")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.synchronous = sync
+        self.rejected_keep = rejected_keep
+        # writer side: append, requeue_dead_letters, state_set
+        self._writer_lock = threading.Lock()
+        self._write_serial = threading.Lock()
+        # drain side: read_batch, complete, stats and the inspection queries
+        self._reader_lock = threading.Lock()
+        # Highest id of the batch the drain loop is sending: drops never take rows at or below it,
+        # so a point is never both delivered and counted as dropped. Guarded by _inflight_lock,
+        # which the writer holds from choosing rows to drop until the drop is committed.
+        self._inflight_lock = threading.Lock()
+        self._inflight_max_id = 0
+        self._closed = False
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SpoolError(f"spool {self.path}: cannot create its directory: {e}", self.path) from e
+        self._writer = self._connect()
+        try:
+            with self._sqlite_errors("open"):
+                self._prepare_schema(self._writer)
+            self._reader = self._connect()
+        except BaseException:
+            self._writer.close()
+            raise
+
+    # --- opening ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        with self._sqlite_errors("open"):
+            # isolation_level=None: the sqlite3 module opens no implicit transactions; every
+            # transaction here is an explicit BEGIN IMMEDIATE ... COMMIT.
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            try:
+                # the first read of the file: a file that is not SQLite fails here
+                conn.execute("PRAGMA schema_version").fetchone()
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise SpoolError(
+                        f"spool {self.path}: cannot use WAL journal mode (got {mode!r}); "
+                        "is it on a network or read-only file system?",
+                        self.path,
+                    )
+                conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
+            except BaseException:
+                conn.close()
+                raise
+        return conn
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
+        with self._transaction(conn):
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetchone()[0]
+            if app_id == 0 and tables == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif app_id != APPLICATION_ID:
+                raise SpoolError(f"spool {self.path}: this file is not an fmc spool", self.path)
+            elif version > SCHEMA_VERSION:
+                raise SpoolError(
+                    f"spool {self.path}: written by a newer fmc (schema {version}, this one reads {SCHEMA_VERSION})",
+                    self.path,
+                )
+            conn.executemany(
+                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(n,) for n in _COUNTER_NAMES]
+            )
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _sqlite_errors(self, operation: str) -> Iterator[None]:
+        """Turn sqlite3's exceptions into SpoolError naming the file (a bare "file is not a
+        database" does not tell an operator which file)."""
+        if self._closed:
+            raise SpoolError(f"spool {self.path}: {operation} after close", self.path)
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            hint = ""
+            if "not a database" in str(e) or "malformed" in str(e):
+                hint = " (the file is damaged; move it aside to start an empty spool)"
+            raise SpoolError(f"spool {self.path}: {operation} failed: {e}{hint}", self.path) from e
+        except sqlite3.Error as e:
+            raise SpoolError(f"spool {self.path}: {operation} failed: {e}", self.path) from e
+
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        # Write transactions of this process's two connections queue on a Python lock: left to
+        # SQLite, the loser sleeps in its busy handler (up to 100 ms a try), which stalls ingest
+        # behind the drain's deletes. IMMEDIATE takes SQLite's write lock up front, so another
+        # process (`fmc spool requeue`) waits on busy_timeout instead of failing half-way.
+        with self._write_serial:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    @staticmethod
+    def _add_counter(conn: sqlite3.Connection, name: str, delta: int) -> int:
+        row = conn.execute(_ADD_COUNTER, (delta, name)).fetchone()
+        if row is None:
+            raise sqlite3.DatabaseError(f"counter {name!r} is missing")
+        return int(row[0])
+
+    # --- writer side -----------------------------------------------------------------------
+
+    def append(
+        self,
+        items: Sequence[tuple[str, Priority]],
+        rejections: Sequence[RejectionRecord] = (),
+        *,
+        now_ms: int | None = None,
+    ) -> dict[str, int]:
+        """Commit ``items`` (encoded line, priority) and ``rejections`` in one transaction, then keep
+        the spool within max_bytes. Returns the points dropped now, by priority name."""
+        if not items and not rejections:
+            return {}
+        enqueued = _now_ms() if now_ms is None else now_ms
+        conn = self._writer
+        with (
+            self._writer_lock,
+            self._sqlite_errors("append"),
+            contextlib.ExitStack() as held_until_commit,
+            self._transaction(conn),
+        ):
+            drops: dict[str, int] = {}
+            if items:
+                n = len(items)
+                first_id = self._add_counter(conn, LAST_ID, n) - n + 1
+                rows = [
+                    (first_id + i, int(priority), enqueued, len(line.encode()), line)
+                    for i, (line, priority) in enumerate(items)
+                ]
+                conn.executemany(_INSERT_POINT, rows)
+                queued_points = self._add_counter(conn, QUEUED_POINTS, n)
+                queued_bytes = self._add_counter(conn, QUEUED_BYTES, sum(r[3] for r in rows))
+                if queued_bytes > self.max_bytes:
+                    held_until_commit.enter_context(self._inflight_lock)
+                    drops = self._drop_points(conn, queued_bytes, queued_points)
+            if rejections:
+                self._insert_rejections(conn, rejections)
+        return drops
+
+    def _drop_points(self, conn: sqlite3.Connection, queued_bytes: int, queued_points: int) -> dict[str, int]:
+        """Inside a write transaction, holding _inflight_lock until it commits: drop the oldest
+        points of the lowest priority until the lines fit in DROP_TARGET * max_bytes or nothing
+        droppable is left. Counters are updated in the same transaction; returns the drops."""
+        before_points, before_bytes = queued_points, queued_bytes
+        target = int(self.max_bytes * DROP_TARGET)
+        keep_ids_up_to = self._inflight_max_id
+        drops: dict[str, int] = {}
+        for priority in DROPPABLE:
+            while queued_bytes > target:
+                # size each chunk from the average row, so a large excess takes a few statements
+                # and a small one does not delete past the target
+                avg = max(1, queued_bytes // max(1, queued_points))
+                chunk = min(DROP_CHUNK_MAX, max(1, -(-(queued_bytes - target) // avg)))
+                freed = conn.execute(_DROP_OLDEST, (int(priority), keep_ids_up_to, chunk)).fetchall()
+                if not freed:
+                    break
+                queued_points -= len(freed)
+                queued_bytes -= sum(r[0] for r in freed)
+                drops[priority.name] = drops.get(priority.name, 0) + len(freed)
+        if drops:
+            self._add_counter(conn, QUEUED_POINTS, queued_points - before_points)
+            self._add_counter(conn, QUEUED_BYTES, queued_bytes - before_bytes)
+            for name, n in drops.items():
+                self._add_counter(conn, _dropped_key(Priority[name]), n)
+        return drops
+
+    def _insert_rejections(self, conn: sqlite3.Connection, rejections: Sequence[RejectionRecord]) -> None:
+        conn.executemany(
+            _INSERT_REJECTION,
+            [
+                (
+                    r.at_ms,
+                    r.source,
+                    r.topic,
+                    r.reason,
+                    r.detail[:DETAIL_MAX],
+                    bytes(r.payload_excerpt[:PAYLOAD_EXCERPT_MAX]),
+                )
+                for r in rejections
+            ],
+        )
+        self._add_counter(conn, REJECTED_TOTAL, len(rejections))
+        conn.execute(_TRIM_REJECTIONS, (self.rejected_keep,))
+
+    def requeue_dead_letters(self) -> int:
+        """Move every dead letter back to the queue (the operator fixed the cause). They keep their
+        ids, so they are sent first, and count against max_bytes like any point. Returns how many."""
+        conn = self._writer
+        with (
+            self._writer_lock,
+            self._sqlite_errors("requeue dead letters"),
+            contextlib.ExitStack() as held_until_commit,
+            self._transaction(conn),
+        ):
+            moved = conn.execute(_REQUEUE).fetchall()
+            conn.execute("DELETE FROM dead_letter")
+            if not moved:
+                return 0
+            queued_points = self._add_counter(conn, QUEUED_POINTS, len(moved))
+            queued_bytes = self._add_counter(conn, QUEUED_BYTES, sum(r[0] for r in moved))
+            if queued_bytes > self.max_bytes:
+                held_until_commit.enter_context(self._inflight_lock)
+                self._drop_points(conn, queued_bytes, queued_points)
+        return len(moved)
+
+    def state_set(self, key: str, value: str) -> None:
+        conn = self._writer
+        with self._writer_lock, self._sqlite_errors("state_set"), self._transaction(conn):
+            conn.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def recount(self) -> SpoolStats:
+        """Recompute the queue totals from the rows (a full scan). Only needed after the spool
+        was edited by hand; the running totals are otherwise kept in the same transactions."""
+        conn = self._writer
+        with self._writer_lock, self._sqlite_errors("recount"), self._transaction(conn):
+            points, nbytes = conn.execute("SELECT count(*), coalesce(sum(nbytes), 0) FROM spool").fetchone()
+            max_id = conn.execute(
+                "SELECT max(coalesce((SELECT max(id) FROM spool), 0), coalesce((SELECT max(id) FROM dead_letter), 0))"
+            ).fetchone()[0]
+            conn.executemany(
+                "UPDATE counters SET value = ? WHERE name = ?",
+                [(points, QUEUED_POINTS), (nbytes, QUEUED_BYTES)],
+            )
+            conn.execute("UPDATE counters SET value = max(value, ?) WHERE name = ?", (max_id, LAST_ID))
+        return self.stats()
+
+    # --- drain side ------------------------------------------------------------------------
+
+    def read_batch(self, max_points: int, max_bytes: int | None = None) -> SpoolBatch:
+        """The oldest points, at most ``max_points`` and (when given) ``max_bytes`` of lines, but
+        always at least one point when any is waiting. Empty batch when the spool is empty."""
+        if max_points < 1:
+            raise ValueError("max_points must be at least 1")
+        batch = SpoolBatch([], [], [])
+        total = 0
+        with self._reader_lock, self._sqlite_errors("read"), self._inflight_lock:
+            cursor = self._reader.execute(_READ_OLDEST, (max_points,))
+            try:
+                for row_id, nbytes, enqueued_ms, line in cursor:
+                    if max_bytes is not None and batch.ids and total + nbytes > max_bytes:
+                        break
+                    total += nbytes
+                    batch.ids.append(row_id)
+                    batch.lines.append(line)
+                    batch.enqueued_ms.append(enqueued_ms)
+            finally:
+                cursor.close()  # ends the read snapshot even when the loop stopped early
+            self._inflight_max_id = batch.ids[-1] if batch.ids else 0
+        return batch
+
+    def complete(
+        self,
+        batch: SpoolBatch,
+        refused: Sequence[tuple[int, str, int | None]] = (),
+        *,
+        now_ms: int | None = None,
+    ) -> None:
+        """The store took ``batch``: in one transaction, move the rows at the ``refused`` batch
+        indexes (index, reason, status) to dead_letter and delete all the other rows."""
+        if not batch.ids:
+            return
+        failed_at = _now_ms() if now_ms is None else now_ms
+        moves = []
+        for index, reason, status in refused:
+            if not 0 <= index < len(batch.ids):
+                raise ValueError(f"refused index {index} is outside the batch of {len(batch.ids)}")
+            moves.append((reason, status, failed_at, batch.ids[index]))
+        conn = self._reader
+        with self._reader_lock, self._sqlite_errors("complete"):
+            with self._transaction(conn):
+                if moves:
+                    conn.executemany(_MOVE_TO_DEAD_LETTER, moves)
+                gone = conn.execute(_DELETE_IDS, (json.dumps(batch.ids),)).fetchall()
+                if gone:
+                    self._add_counter(conn, QUEUED_POINTS, -len(gone))
+                    self._add_counter(conn, QUEUED_BYTES, -sum(r[0] for r in gone))
+            with self._inflight_lock:
+                if self._inflight_max_id <= batch.ids[-1]:
+                    self._inflight_max_id = 0
+
+    def stats(self) -> SpoolStats:
+        conn = self._reader
+        with self._reader_lock, self._sqlite_errors("stats"):
+            # one read transaction: the numbers come from the same snapshot
+            conn.execute("BEGIN")
+            try:
+                counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+                oldest = conn.execute("SELECT enqueued_ms FROM spool ORDER BY id LIMIT 1").fetchone()
+                dead = conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+            finally:
+                conn.execute("COMMIT")
+        return SpoolStats(
+            depth=counters.get(QUEUED_POINTS, 0),
+            bytes=counters.get(QUEUED_BYTES, 0),
+            oldest_enqueued_ms=oldest[0] if oldest else None,
+            dropped={p.name: counters.get(_dropped_key(p), 0) for p in DROPPABLE},
+            dead_letters=dead,
+            rejected_total=counters.get(REJECTED_TOTAL, 0),
+            max_bytes=self.max_bytes,
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recently failed dead letters first (for ``fmc spool`` inspection)."""
+        with self._reader_lock, self._sqlite_errors("read dead letters"):
+            rows = self._reader.execute(
+                "SELECT id, line, reason, status, failed_at_ms, priority, enqueued_ms FROM dead_letter "
+                "ORDER BY failed_at_ms DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [DeadLetter(r[0], r[1], r[2], r[3], r[4], Priority(r[5]), r[6]) for r in rows]
+
+    def recent_rejections(self, limit: int = 100) -> list[RejectionRecord]:
+        """The newest rejected messages first."""
+        with self._reader_lock, self._sqlite_errors("read rejections"):
+            rows = self._reader.execute(
+                "SELECT at_ms, source, topic, reason, detail, payload_excerpt FROM rejected ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RejectionRecord(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+    def state_get(self, key: str) -> str | None:
+        with self._reader_lock, self._sqlite_errors("state_get"):
+            row = self._reader.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # --- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close both connections (idempotent). Committed data is already on disk."""
+        with self._writer_lock, self._reader_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._reader.close()
+            self._writer.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,122 @@
+"""The central service's configuration (``central.toml``): store, plan, registry, API, materialization.
+
+Example: ``deploy/examples/central.toml``; reference: ``docs/central.md``. Loaded like the agent's
+file: ``${ENV}`` references substituted (secrets stay SecretStr), relative paths taken from the
+file's folder, every problem a ``ConfigError`` naming file, setting and fix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+
+from fmc.agent.config import EmbeddedSink, InfluxDBSink, LogConfig
+from fmc.core.config import ConfigError, _Model, problems_from, read_toml
+from fmc.indicators.plan import PLANS_DIR, Targets, load_targets
+
+DEFAULT_PLAN = "zhejiang-2017-2020"
+EXAMPLE = "deploy/examples/central.toml"
+
+StoreConfig = Annotated[InfluxDBSink | EmbeddedSink, Field(discriminator="type")]
+
+
+class ApiConfig(_Model):
+    host: str = Field(default="127.0.0.1", min_length=1, description="address `fmc api` listens on")
+    port: int = Field(default=8080, ge=1, le=65535)
+    keys_file: Path = Field(default=Path("keys.db"), description="SQLite file of the hashed API keys")
+    revalidate_s: float = Field(
+        default=60.0, ge=1, le=86400, description="how often cached figures are checked against the store"
+    )
+    page_size_default: int = Field(default=1000, ge=1, le=100_000)
+    page_size_max: int = Field(default=50_000, ge=1, le=1_000_000)
+
+
+class RegistryConfig(_Model):
+    csv: Path | None = Field(
+        default=None,
+        description="enterprises CSV: id, name, region, industry and optional reported base-year figures",
+    )
+
+
+class MaterializeConfig(_Model):
+    enabled: bool = Field(default=False, description="write `indicator` points for the dashboards")
+    interval_s: float = Field(default=3600.0, ge=10)
+    first_year: int | None = Field(default=None, ge=1990, le=2100, description="default: the plan's base year")
+    months: bool = Field(default=True, description="monthly figures too (the dashboards' trend panels)")
+
+
+class CentralConfig(_Model):
+    targets: str = Field(
+        default=DEFAULT_PLAN, description="a built-in plan id (zhejiang-2017-2020) or the path of a plan file"
+    )
+    store: StoreConfig
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    materialize: MaterializeConfig = Field(default_factory=MaterializeConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("empty; name a plan (zhejiang-2017-2020) or a plan file")
+        return v
+
+
+def builtin_plans() -> list[str]:
+    return sorted(p.stem for p in PLANS_DIR.glob("*.toml"))
+
+
+def plan_path(name_or_path: str, base: Path | None = None) -> Path:
+    """The file of a built-in plan id, else the path (relative to ``base``)."""
+    if name_or_path in builtin_plans():
+        return PLANS_DIR / f"{name_or_path}.toml"
+    p = Path(name_or_path)
+    return p if p.is_absolute() or base is None else base / p
+
+
+def load_plan(name_or_path: str = DEFAULT_PLAN, base: Path | None = None) -> Targets:
+    return load_targets(plan_path(name_or_path, base))
+
+
+def load_central_config(path: str | os.PathLike[str]) -> CentralConfig:
+    """Read, substitute ``${ENV}``, validate; relative paths are taken from the file's folder."""
+    path = Path(path)
+    data = read_toml(path, missing_fix=f"pass the right path with -c (example: {EXAMPLE})")
+    try:
+        cfg = CentralConfig.model_validate(data)
+    except ValidationError as e:
+        problems = [(s, w, f.replace("deploy/examples/agent.toml", EXAMPLE)) for s, w, f in problems_from(e)]
+        raise ConfigError(path, problems) from None
+    base = path.parent
+
+    def rel(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    store = cfg.store
+    if isinstance(store, EmbeddedSink):
+        store = store.model_copy(update={"path": rel(store.path)})
+    api = cfg.api.model_copy(update={"keys_file": rel(cfg.api.keys_file)})
+    registry = cfg.registry
+    if registry.csv is not None:
+        registry = registry.model_copy(update={"csv": rel(registry.csv)})
+    targets = cfg.targets if cfg.targets in builtin_plans() else str(plan_path(cfg.targets, base))
+    if not Path(plan_path(targets)).exists():
+        raise ConfigError(
+            path,
+            [("targets", f"no plan {cfg.targets!r}: neither a built-in plan ({', '.join(builtin_plans())}) "
+              "nor an existing file", f'write targets = "{DEFAULT_PLAN}" or the path of a plan file')],
+        )
+    if api.page_size_default > api.page_size_max:
+        raise ConfigError(
+            path, [("api.page_size_default", "larger than api.page_size_max", "make it at most page_size_max")]
+        )
+    return cfg.model_copy(update={"store": store, "api": api, "registry": registry, "targets": targets})
+
+
+def load_config_plan(cfg: CentralConfig) -> Targets:
+    """The plan a loaded config names (its ``targets`` is already absolute or a built-in id)."""
+    return load_plan(cfg.targets)

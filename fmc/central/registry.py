@@ -1,0 +1,120 @@
+"""The central registry of enterprises (``[registry] csv``): names, regions, industries, and the
+base-year figures enterprises reported in surveys (used when the data cannot give a baseline).
+
+CSV, UTF-8 (with or without BOM) or GB18030, Chinese or English headers:
+
+=================  ==========================================  =========
+column             headers accepted                            required
+=================  ==========================================  =========
+enterprise         enterprise, id, 企业编号, 企业代码           yes
+name               name, 企业名称                               no
+region             region, 行政区划代码, 区划代码               yes
+industry           industry, 行业代码                           yes
+baseline figures   baseline_<indicator>, 基期<indicator label>  no
+=================  ==========================================  =========
+
+The whole file is checked before any of it is used: every bad row is named by line and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fmc.core.config import ID_PATTERN, ConfigError
+from fmc.indicators.labels import INDICATOR_LABELS
+from fmc.indicators.plan import INDICATORS
+from fmc.plant.ledger import decode_ledger
+
+REGION_PATTERN = r"^[0-9]{6}$"
+INDUSTRY_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    enterprise: str
+    name: str | None
+    region: str
+    industry: str
+    baseline_values: dict[str, float] = field(default_factory=dict)
+
+
+def _header_key(header: str) -> str | None:
+    h = header.strip().lstrip("\ufeff")
+    low = h.lower().replace(" ", "_")
+    synonyms = {
+        "enterprise": ("enterprise", "id", "enterprise_id", "企业编号", "企业代码"),
+        "name": ("name", "企业名称"),
+        "region": ("region", "行政区划代码", "区划代码"),
+        "industry": ("industry", "行业代码"),
+    }
+    for key, names in synonyms.items():
+        if low in names or h in names:
+            return key
+    for indicator in INDICATORS:
+        if low == f"baseline_{indicator}" or h == f"基期{INDICATOR_LABELS[indicator][0]}":
+            return f"baseline:{indicator}"
+    return None
+
+
+def read_registry(path: Path) -> dict[str, RegistryEntry]:
+    """Every enterprise of the file by id; ConfigError listing every problem, nothing partial."""
+    try:
+        text, _ = decode_ledger(path.read_bytes())  # the ledger's decoding: BOMs, UTF-8, GB18030
+    except FileNotFoundError:
+        raise ConfigError(path, [("registry.csv", "the file does not exist", "fix [registry] csv")]) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(path, [("(file)", f"cannot read it: {e}", "save it as UTF-8 or GB18030 CSV")]) from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise ConfigError(path, [("(file)", "empty", "write a header line and one line per enterprise")])
+    keys = [_header_key(h) for h in rows[0]]
+    problems: list[tuple[str, str, str]] = []
+    for column, (header, key) in enumerate(zip(rows[0], keys, strict=True), start=1):
+        if key is None and header.strip():
+            problems.append((f"line 1, column {column}", f"unknown header {header!r}",
+                             "use enterprise, name, region, industry or baseline_<indicator> (docs/central.md)"))
+    for required in ("enterprise", "region", "industry"):
+        if required not in keys:
+            problems.append(("line 1", f"no {required} column", f"add a {required} column"))
+    if problems:
+        raise ConfigError(path, problems)
+    entries: dict[str, RegistryEntry] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        values = {k: row[i].strip() for i, k in enumerate(keys) if k is not None and i < len(row)}
+
+        def bad(column: str, wrong: str, fix: str, line: int = line) -> None:
+            problems.append((f"line {line}, column {column}", wrong, fix))
+
+        enterprise = values.get("enterprise", "")
+        if not re.fullmatch(ID_PATTERN, enterprise):
+            bad("enterprise", f"{enterprise!r} is not an id", "letters, digits, '.', '_' or '-', at most 64")
+        elif enterprise in entries:
+            bad("enterprise", f"{enterprise!r} appears twice", "keep one line per enterprise")
+        region = values.get("region", "")
+        if not re.fullmatch(REGION_PATTERN, region):
+            bad("region", f"{region!r} is not a 6-digit GB/T 2260 code", "write e.g. 330602")
+        industry = values.get("industry", "")
+        if not re.fullmatch(INDUSTRY_PATTERN, industry):
+            bad("industry", f"{industry!r} is not a GB/T 4754 code", "write e.g. 17 or 1711")
+        baselines: dict[str, float] = {}
+        for key, cell in values.items():
+            if key.startswith("baseline:") and cell:
+                try:
+                    number = float(cell.replace(",", ""))
+                except ValueError:
+                    number = math.nan
+                if not math.isfinite(number) or number < 0:
+                    bad(key.removeprefix("baseline:"), f"{cell!r} is not a number ≥ 0", "write a plain number")
+                else:
+                    baselines[key.removeprefix("baseline:")] = number
+        entries[enterprise] = RegistryEntry(enterprise, values.get("name") or None, region, industry, baselines)
+    if problems:
+        raise ConfigError(path, problems)
+    return entries

@@ -1,0 +1,470 @@
+"""The central indicator service: the store's sums → the engine → levels, cached (DESIGN §3).
+
+``fmc api``, ``fmc indicators`` and the materializer all go through ``IndicatorService``. It
+reads through the narrow ``fmc.central.store.IndicatorStore`` interface only; the engine
+(``fmc.indicators.engine``) and the aggregation (``fmc.indicators.pooling``) are pure.
+
+Caching: the expensive step is an enterprise's figures for a period (three periods of sums and
+the reports). They are cached per (period, scope); a request whose scope is narrower than a
+cached wider entry is served by filtering that entry. A background task recomputes every cached
+entry each ``revalidate_s`` (so new data for a period shows up within that time) and drops
+entries nobody asked for in a while; a report written through the service drops the entries it
+affects at once. A level's rows carry an ETag derived from their content, so an unchanged
+recomputation keeps the ETag (and clients' 304s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from fmc.agent.config import EmbeddedSink
+from fmc.central.config import CentralConfig, MaterializeConfig, load_config_plan
+from fmc.central.materialize import indicator_points
+from fmc.central.registry import RegistryEntry
+from fmc.central.store import EnterpriseInfo, IndicatorStore, PeriodSums, Scope, StoredReport
+from fmc.indicators.engine import EnterpriseData, Period, Report, sums_wanted
+from fmc.indicators.plan import INDICATORS, Targets
+from fmc.indicators.pooling import LEVELS, EnterpriseFigures, GroupRow, Level, enterprise_figures, group_rows
+from fmc.indicators.reports import MONEY_FIELDS, EnterpriseReport
+
+log = logging.getLogger("fmc.central")
+
+_YUAN_PER_WAN = 10_000.0  # reports are stored in yuan; the engine takes 10⁴ yuan (万元)
+
+
+class UnknownEnterprise(KeyError):
+    """No rollup, report or registry entry names this enterprise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Enterprise:
+    enterprise: str
+    name: str | None
+    region: str
+    industry: str
+
+
+@dataclass(frozen=True, slots=True)
+class Computed:
+    level: Level
+    period: Period
+    rows: list[GroupRow]
+    etag: str
+    computed_at: datetime
+
+
+@dataclass(slots=True)
+class _Figures:
+    period: Period
+    scope: Scope
+    members: list[EnterpriseFigures]
+    digest: str
+    computed_at: datetime
+    last_used: float = field(default_factory=time.monotonic)
+    _by_id: dict[str, EnterpriseFigures] | None = None
+
+    def select(self, scope: Scope) -> list[EnterpriseFigures]:
+        """The members in ``scope``; by id lookup when the scope names enterprises only."""
+        if scope == self.scope:
+            return self.members
+        if scope.enterprises and scope.region_prefix is None and not scope.industries:
+            if self._by_id is None:
+                self._by_id = {f.info.enterprise: f for f in self.members}
+            return [self._by_id[e] for e in sorted(set(scope.enterprises)) if e in self._by_id]
+        return [f for f in self.members if scope.admits(f.info.enterprise, f.info.region, f.info.industry)]
+
+
+# --- periods ---------------------------------------------------------------------------------------------
+
+_PERIOD_FORMS = "2019, 2019-Q2, 2019-03, 2019-YTD or 2019-YTD-06-30"
+
+
+def parse_period(text: str, today: date) -> Period:
+    """A period from its label; ``YYYY-YTD`` runs through yesterday (local) or the year's end."""
+    m = re.fullmatch(r"([0-9]{4})(?:-(Q[1-4]|0[1-9]|1[0-2]|YTD(?:-([0-9]{2})-([0-9]{2}))?))?", text)
+    if m is None:
+        raise ValueError(f"period {text!r}: write {_PERIOD_FORMS}")
+    year = int(m.group(1))
+    if not 1990 <= year <= 2100:
+        raise ValueError(f"period {text!r}: the year must lie between 1990 and 2100")
+    part = m.group(2)
+    if part is None:
+        return Period.of_year(year)
+    if part.startswith("Q"):
+        return Period.of_quarter(year, int(part[1]))
+    if part.startswith("YTD"):
+        if m.group(3) is not None:
+            try:
+                through = date(year, int(m.group(3)), int(m.group(4)))
+            except ValueError:
+                raise ValueError(f"period {text!r}: no such day") from None
+            return Period.year_to_date(through)
+        through = min(today - timedelta(days=1), date(year, 12, 31))
+        if through.year != year:
+            raise ValueError(f"period {text!r}: no day of {year} has ended yet")
+        return Period.year_to_date(through)
+    return Period.of_month(year, int(part))
+
+
+# --- the service -----------------------------------------------------------------------------------------
+
+
+def _report_of(stored: StoredReport) -> Report:
+    period = Period.of_year(int(stored.period)) if len(stored.period) == 4 else Period.of_month(
+        int(stored.period[:4]), int(stored.period[5:7])
+    )
+    figures = {
+        name: (value / _YUAN_PER_WAN if name in MONEY_FIELDS else value) for name, value in stored.figures.items()
+    }
+    return Report(period=period, **figures)
+
+
+def _digest(members: Iterable[EnterpriseFigures]) -> str:
+    h = hashlib.sha256()
+    for f in members:
+        h.update(f.info.enterprise.encode())
+        for name in INDICATORS:
+            r = f.results[name]
+            h.update(repr((r.value, r.target, r.baseline, r.previous, r.coverage, r.status)).encode())
+    return h.hexdigest()[:32]
+
+
+def _rows_etag(level: Level, period: Period, scope: Scope, digest: str, rows: Sequence[GroupRow]) -> str:
+    h = hashlib.sha256(repr((level, period.label, period.end, scope, digest)).encode())
+    if level != "enterprise":  # pooled rows depend only on the members' figures, but cheap to include
+        for row in rows:
+            h.update(row.key.encode())
+    return h.hexdigest()[:32]
+
+
+class IndicatorService:
+    """Figures per enterprise and level for any period, from one store and one plan."""
+
+    def __init__(
+        self,
+        store: IndicatorStore,
+        targets: Targets,
+        *,
+        registry: Mapping[str, RegistryEntry] | None = None,
+        revalidate_s: float = 60.0,
+        max_entries: int = 64,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        materialize: MaterializeConfig | None = None,
+    ) -> None:
+        self.store = store
+        self.targets = targets
+        self.timezone = targets.policy.timezone
+        self._tz = ZoneInfo(self.timezone)
+        self._registry = dict(registry or {})
+        self._revalidate_s = revalidate_s
+        self._max_entries = max_entries
+        self._max_rows = 50 * max_entries
+        self._now = now
+        self._figures: dict[tuple[Period, Scope], _Figures] = {}
+        self._rows: dict[tuple[Level, Period, Scope], tuple[str, Computed]] = {}
+        self._locks: dict[tuple[Period, Scope], asyncio.Lock] = {}
+        self._enterprises: tuple[float, list[Enterprise], dict[str, Enterprise]] | None = None
+        self._enterprises_lock = asyncio.Lock()
+        self._materialize = materialize
+        self._wanted = sums_wanted(targets.policy)  # only the sums this plan's policy reads
+        self._reported_years: set[int] = set()  # years a report changed since the last materialization
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def from_config(cls, cfg: CentralConfig) -> IndicatorService:
+        from fmc.central.registry import read_registry
+
+        targets = load_config_plan(cfg)
+        registry = read_registry(cfg.registry.csv) if cfg.registry.csv is not None else {}
+        return cls(make_store(cfg, targets.policy.timezone), targets, registry=registry,
+                   revalidate_s=cfg.api.revalidate_s, materialize=cfg.materialize)
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Background work of a long-running service: revalidation, and materialization when enabled."""
+        if not self._tasks:
+            self._tasks.append(asyncio.create_task(self._revalidate_loop(), name="fmc-revalidate"))
+            if self._materialize is not None and self._materialize.enabled:
+                self._tasks.append(asyncio.create_task(self._materialize_loop(self._materialize),
+                                                       name="fmc-materialize"))
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.store.aclose()
+
+    # --- queries ---
+
+    async def check(self) -> None:
+        """StoreQueryError unless the store answers now (not from the cache)."""
+        await self.store.ping()
+
+    def today(self) -> date:
+        return self._now().astimezone(self._tz).date()
+
+    def parse_period(self, text: str) -> Period:
+        return parse_period(text, self.today())
+
+    async def enterprises(self, scope: Scope) -> list[Enterprise]:
+        """Enterprises in scope: those the store knows (its tags) and those of the registry."""
+        everyone, by_id = await self._all_enterprises()
+        if scope.enterprises and scope.region_prefix is None and not scope.industries:
+            return [by_id[e] for e in sorted(set(scope.enterprises)) if e in by_id]
+        return [e for e in everyone if scope.admits(e.enterprise, e.region, e.industry)]
+
+    async def enterprise(self, enterprise_id: str) -> Enterprise | None:
+        return (await self._all_enterprises())[1].get(enterprise_id)
+
+    async def _all_enterprises(self) -> tuple[list[Enterprise], dict[str, Enterprise]]:
+        async with self._enterprises_lock:
+            cached = self._enterprises
+            if cached is not None and time.monotonic() - cached[0] < self._revalidate_s:
+                return cached[1], cached[2]
+            stored = await self.store.enterprises(Scope())
+            merged: dict[str, Enterprise] = {}
+            for info in stored:
+                entry = self._registry.get(info.enterprise)
+                merged[info.enterprise] = Enterprise(info.enterprise, entry.name if entry else None, info.region,
+                                                     info.industry)
+            for entry in self._registry.values():
+                if entry.enterprise not in merged:
+                    merged[entry.enterprise] = Enterprise(entry.enterprise, entry.name, entry.region, entry.industry)
+                elif (merged[entry.enterprise].region, merged[entry.enterprise].industry) != (
+                    entry.region, entry.industry
+                ):
+                    # the data's tags decide where its figures are pooled; say when the registry disagrees
+                    log.warning("enterprise %s: registry says region %s industry %s, its data %s %s",
+                                entry.enterprise, entry.region, entry.industry,
+                                merged[entry.enterprise].region, merged[entry.enterprise].industry)
+            result = sorted(merged.values(), key=lambda e: e.enterprise)
+            self._enterprises = (time.monotonic(), result, merged)
+            return result, merged
+
+    async def indicators(self, level: Level, period: Period, scope: Scope) -> Computed:
+        """The rows of ``level`` for ``period`` over the enterprises in ``scope`` (cached)."""
+        if level not in LEVELS:
+            raise ValueError(f"level {level!r}: one of {', '.join(LEVELS)}")
+        figures = await self._figures_for(period, scope)
+        key = (level, period, scope)
+        cached = self._rows.get(key)
+        if cached is not None and cached[0] == figures.digest:
+            return cached[1]
+        members = figures.select(scope)
+        if len(members) > 64:  # pooling thousands of members: keep the event loop serving meanwhile
+            rows = await asyncio.to_thread(group_rows, level, members, self.targets, region_scope=scope.region_prefix)
+        else:
+            rows = group_rows(level, members, self.targets, region_scope=scope.region_prefix)
+        computed = Computed(level, period, rows, _rows_etag(level, period, scope, figures.digest, rows),
+                            figures.computed_at)
+        self._rows[key] = (figures.digest, computed)
+        if len(self._rows) > self._max_rows:  # one entry per enterprise asked for: bounded, oldest first out
+            for old in list(self._rows)[: len(self._rows) - self._max_rows]:
+                del self._rows[old]
+        return computed
+
+    async def reports(self, scope: Scope, first_year: int, last_year: int) -> dict[str, list[StoredReport]]:
+        return await self.store.reports(first_year, last_year, scope)
+
+    async def put_report(self, report: EnterpriseReport) -> None:
+        """Write one report (atomically) and drop the cached figures it changes."""
+        from fmc.central.reports import report_points
+
+        known = await self.enterprise(report.enterprise)
+        if known is None:
+            raise UnknownEnterprise(report.enterprise)
+        points = report_points([report], {known.enterprise: known.region}, {known.enterprise: known.industry},
+                               tz=self.timezone)
+        await self.store.write(points)
+        self.invalidate_year(int(report.period[:4]))
+        self._reported_years.add(int(report.period[:4]))
+
+    def invalidate_year(self, year: int) -> None:
+        """Drop cached figures that read ``year``: its own periods, the next year's (year on year),
+        and every period when it is the base year."""
+        for key in list(self._figures):
+            p = key[0]
+            if year == self.targets.base_year or p.year in (year, year + 1):
+                del self._figures[key]
+        self._rows = {k: v for k, v in self._rows.items() if (k[1], k[2]) in self._figures}
+
+    # --- figures and their cache ---
+
+    async def _figures_for(self, period: Period, scope: Scope) -> _Figures:
+        wide = self._figures.get((period, Scope()))
+        if wide is not None:
+            wide.last_used = time.monotonic()
+            return wide
+        key = (period, scope)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # one computation per key, however many clients ask at once
+            cached = self._figures.get(key)
+            if cached is not None:
+                cached.last_used = time.monotonic()
+                return cached
+            entry = await self._compute(period, scope)
+            self._store_entry(key, entry)
+            return entry
+
+    def _store_entry(self, key: tuple[Period, Scope], entry: _Figures) -> None:
+        self._figures[key] = entry
+        # Hundreds of thousands of long-lived result objects: keep them out of the cyclic GC's full
+        # passes, which would otherwise stall every request for tens of ms (they hold no cycles,
+        # so reference counting still frees them when the entry goes).
+        gc.freeze()
+        while len(self._figures) > self._max_entries:
+            oldest = min(self._figures, key=lambda k: self._figures[k].last_used)
+            del self._figures[oldest]
+        self._rows = {k: v for k, v in self._rows.items() if (k[1], k[2]) in self._figures}
+
+    async def _compute(self, period: Period, scope: Scope) -> _Figures:
+        started = time.perf_counter()
+        periods = list(dict.fromkeys([period, period.in_year(period.year - 1), period.in_year(self.targets.base_year)]))
+        first_year = min(p.year for p in periods)
+        sums_list, reports, infos = await asyncio.gather(
+            asyncio.gather(*(self.store.period_sums(p.start, p.end, scope, self._wanted) for p in periods)),
+            self.store.reports(first_year, period.year, scope),
+            self.enterprises(scope),
+        )
+        members = await asyncio.to_thread(self._members, period, periods, list(sums_list), reports, infos)
+        digest = await asyncio.to_thread(_digest, members)
+        log.info("computed %s for %d enterprise(s) in %.2f s", period.label, len(members),
+                 time.perf_counter() - started)
+        return _Figures(period, scope, members, digest, self._now())
+
+    def _members(
+        self,
+        period: Period,
+        periods: list[Period],
+        sums_list: list[dict[str, PeriodSums]],
+        reports: Mapping[str, list[StoredReport]],
+        infos: list[Enterprise],
+    ) -> list[EnterpriseFigures]:
+        members = []
+        for info in infos:
+            sums = {(p.start, p.end): s[info.enterprise] for p, s in zip(periods, sums_list, strict=True)
+                    if info.enterprise in s}
+            entry = self._registry.get(info.enterprise)
+            data = EnterpriseData(
+                enterprise=info.enterprise,
+                reports=[_report_of(r) for r in reports.get(info.enterprise, ())],
+                baseline_values=entry.baseline_values if entry else {},
+                sums=sums,
+            )
+            members.append(enterprise_figures(EnterpriseInfo(info.enterprise, info.region, info.industry), period,
+                                              data, self.targets))
+        return members
+
+    async def _revalidate_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._revalidate_s)
+            try:
+                await self.revalidate()
+            except Exception as e:  # the store may be down for a while: serve what is cached, try later
+                log.warning("revalidation failed: %s", e)
+
+    async def revalidate(self) -> None:
+        """Recompute every cached entry; drop those unused for ten revalidation periods."""
+        self._enterprises = None
+        idle_limit = max(10 * self._revalidate_s, 900.0)
+        for key, entry in list(self._figures.items()):
+            if time.monotonic() - entry.last_used > idle_limit:
+                self._figures.pop(key, None)
+                continue
+            fresh = await self._compute(*key)
+            fresh.last_used = entry.last_used
+            if key in self._figures:
+                self._figures[key] = fresh if fresh.digest != entry.digest else entry
+        self._rows = {k: v for k, v in self._rows.items() if (k[1], k[2]) in self._figures}
+
+    # --- materialization ---
+
+    async def _materialize_loop(self, cfg: MaterializeConfig) -> None:
+        """Every year once at start; then each interval the years data can still arrive for (this
+        year and the last) and the years a report written through the service changed. A province
+        costs tens of seconds per period, so past years are not recomputed every hour."""
+        done_once = False
+        while True:
+            try:
+                periods = self.materialize_periods(cfg.first_year, cfg.months)
+                if done_once:
+                    periods = stale_periods(periods, self.today().year, self._reported_years, self.targets.base_year)
+                self._reported_years = set()
+                started = time.perf_counter()
+                written = await self.materialize(periods)
+                done_once = True
+                log.info("materialized %d indicator point(s) for %d period(s) in %.1f s", written, len(periods),
+                         time.perf_counter() - started)
+            except Exception as e:  # the store may be down: try again soon, the API keeps serving
+                log.warning("materialization failed (trying again within a minute): %s", e)
+                await asyncio.sleep(min(cfg.interval_s, 60.0))
+                continue
+            await asyncio.sleep(cfg.interval_s)
+
+    async def materialize(self, periods: Sequence[Period], *, chunk: int = 20_000) -> int:
+        """Write ``indicator`` points of every level for the periods; returns the number written.
+        Industry rows are written pooled within the province, each city and each county."""
+        written = 0
+        for period in periods:
+            computed = await self.indicators("enterprise", period, Scope())
+            figures = await self._figures_for(period, Scope())
+            rows: list[GroupRow] = list(computed.rows)
+            for level in ("county", "city", "province", "industry"):
+                rows += (await self.indicators(level, period, Scope())).rows
+            for region in sorted({f.info.region[:n] for f in figures.members for n in (4, 6)}):
+                members = [f for f in figures.members if f.info.region.startswith(region)]
+                rows += group_rows("industry", members, self.targets, region_scope=region)
+            points = indicator_points(rows, self.timezone)
+            for i in range(0, len(points), chunk):
+                await self.store.write(points[i : i + chunk])
+            written += len(points)
+        return written
+
+    def materialize_periods(self, first_year: int | None, months: bool) -> list[Period]:
+        """Years from ``first_year`` (default the base year) to this year (year to date), and their
+        months that have begun."""
+        today = self.today()
+        out: list[Period] = []
+        for year in range(first_year or self.targets.base_year, today.year + 1):
+            if year < today.year:
+                out.append(Period.of_year(year))
+            elif today > date(year, 1, 1):
+                out.append(Period.year_to_date(today - timedelta(days=1)))
+            if months:
+                out += [Period.of_month(year, m) for m in range(1, 13) if date(year, m, 1) <= today]
+        return out
+
+
+def stale_periods(periods: Sequence[Period], this_year: int, reported: set[int], base_year: int) -> list[Period]:
+    """The periods whose figures may have changed since the last materialization: this year's and
+    last year's (data still arrives), those of a year a report changed and of the year after it
+    (its year-on-year change), and all when the base year's reports changed (every target)."""
+    if base_year in reported:
+        return list(periods)
+    years = {this_year, this_year - 1} | reported | {y + 1 for y in reported}
+    return [p for p in periods if p.year in years]
+
+
+def make_store(cfg: CentralConfig, timezone: str) -> IndicatorStore:
+    """The store a central config names."""
+    if isinstance(cfg.store, EmbeddedSink):
+        from fmc.stores.embedded.store import EmbeddedQueryStore
+
+        return EmbeddedQueryStore(cfg.store.path, timezone=timezone)
+    from fmc.stores.influxdb.query import InfluxQueryStore
+
+    return InfluxQueryStore(cfg.store, timezone=timezone)

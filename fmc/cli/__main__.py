@@ -1,0 +1,7 @@
+"""``python -m fmc.cli``: the same as the ``fmc`` command."""
+
+import sys
+
+from fmc.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,289 @@
+"""The ``fmc`` command. Exit codes: 0 ok, 1 runtime failure, 2 bad usage or bad configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+
+from fmc.agent.config import AgentConfig, ConfigError, load_config
+from fmc.central import keys
+from fmc.central.api import app as api
+from fmc.central.grafana import push as grafana
+from fmc.cli import central as central_cli
+from fmc.plant.equipment import EquipmentItem
+from fmc.plant.ledger import inventory_check_main, load_inventory
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fmc",
+        description="fmc — factory metrics collector: NC rate, networking rate, energy and water for "
+        "Zhejiang's plan to upgrade traditional manufacturing.",
+    )
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the edge agent")
+    run.add_argument("-c", "--config", required=True, help="agent TOML file")
+
+    check = sub.add_parser("check", help="validate the config and try every connection, then exit")
+    check.add_argument("-c", "--config", required=True, help="agent TOML file")
+    check.add_argument("--timeout", type=float, default=5.0, help="seconds per connection attempt")
+
+    demo = sub.add_parser("demo", help="simulated plant + agent + embedded store, no server needed")
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds to run (default 20)")
+    demo.add_argument("--workdir", type=Path, default=None, help="where the store and spool go")
+
+    opcua = sub.add_parser("opcua", help="OPC UA tools: a client certificate, browsing a server for machines")
+    opcua_sub = opcua.add_subparsers(dest="opcua_command", metavar="ACTION", required=True)
+    cert = opcua_sub.add_parser("cert", help="make a client certificate and key whose application URI fmc announces")
+    cert.add_argument("--out", type=Path, required=True, help="folder for client-cert.der and client-key.pem")
+    cert.add_argument("--application-uri", default=None,
+                      help="default: urn:fmc:<hostname>:client (must equal [[opcua]] application_uri)")
+    cert.add_argument("--common-name", default="fmc agent")
+    cert.add_argument("--days", type=int, default=3650)
+    browse = opcua_sub.add_parser("browse", help="list the machines a server exposes, as ready-to-paste TOML")
+    browse.add_argument("endpoint", help="opc.tcp://host:4840")
+    browse.add_argument("--max-depth", type=int, default=8)
+    browse.add_argument("--timeout", type=float, default=10.0)
+
+    inventory = sub.add_parser("inventory", help="check an equipment ledger CSV (设备台账) and summarise it")
+    inventory_sub = inventory.add_subparsers(dest="inventory_command", metavar="ACTION", required=True)
+    inventory_check = inventory_sub.add_parser("check", help="validate FILE; every bad row is named by line")
+    inventory_check.add_argument("file", help="CSV file, Chinese or English headers")
+
+    spool = sub.add_parser("spool", help="inspect the agent's spool (works while the agent runs)")
+    spool_sub = spool.add_subparsers(dest="spool_command", metavar="ACTION", required=True)
+    show = spool_sub.add_parser("show", help="depth, drops, dead letters and recent rejections")
+    show.add_argument("-c", "--config", required=True)
+    show.add_argument("--limit", type=int, default=20)
+    requeue = spool_sub.add_parser("requeue", help="send dead-lettered points again (after fixing the cause)")
+    requeue.add_argument("-c", "--config", required=True)
+
+    # Commands defined next to what they run; each sets `handler` and imports its heavy parts lazily.
+    central_cli.add_parser(sub)
+    api.add_parser(sub)
+    keys.add_parser(sub)
+    grafana.add_parser(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(f"fmc {version('fmc')}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
+        if args.command == "run":
+            cfg = load_config(args.config)
+            return _run(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory))
+        if args.command == "check":
+            cfg = load_config(args.config)
+            return _check(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), args.timeout)
+        if args.command == "opcua":
+            return _opcua(args)
+        if args.command == "inventory":
+            return inventory_check_main(Path(args.file), sys.stdout)
+        if args.command == "demo":
+            return _demo(args.duration, args.workdir)
+        if args.command == "spool":
+            return _spool(load_config(args.config), args)
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+def _run(cfg: AgentConfig, inventory: list[EquipmentItem]) -> int:
+    from fmc.agent.runtime import Agent
+    from fmc.core.logs import setup_logging
+
+    log = setup_logging(cfg.log)
+    agent = Agent(cfg, logger=log, inventory=inventory)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.run(stop)
+
+    try:
+        asyncio.run(main())
+    except Exception as e:  # a runtime failure: one clear line, the detail in the debug log
+        log.debug("agent failed", exc_info=True)
+        print(f"fmc run: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> int:
+    from fmc.agent.runtime import make_sink
+    from fmc.agent.sink import CheckResult
+    from fmc.sources.mqtt.source import check_mqtt
+    from fmc.sources.opcua.source import check_opcua
+
+    async def checks() -> list[CheckResult]:
+        async def bounded(kind: str, name: str, check: Awaitable[CheckResult]) -> CheckResult:
+            try:
+                r = await asyncio.wait_for(check, timeout + 2)
+            except TimeoutError:
+                return CheckResult(f"{kind}:{name}", False, f"no answer within {timeout:.0f}s")
+            return CheckResult(_prefixed(kind, r.name), r.ok, r.detail)
+
+        results = [_check_spool(cfg)]
+        results += [await bounded("mqtt", m.name, check_mqtt(m, timeout=timeout)) for m in cfg.mqtt]
+        results += [await bounded("opcua", o.name, check_opcua(o, timeout=timeout)) for o in cfg.opcua]
+        sink = make_sink(cfg)
+        try:
+            r = await asyncio.wait_for(sink.check(), timeout + 2)
+            results.append(CheckResult(_prefixed("sink", r.name), r.ok, r.detail))
+        except TimeoutError:
+            results.append(CheckResult(f"sink:{cfg.sink.type}", False, f"no answer within {timeout:.0f}s"))
+        finally:
+            await sink.aclose()
+        return results
+
+    results = asyncio.run(checks())
+    width = max(len(r.name) for r in results)
+    print(f"config ok: enterprise {cfg.enterprise.id} ({cfg.enterprise.name}), region {cfg.enterprise.region}, "
+          f"industry {cfg.enterprise.industry}")
+    if inventory:
+        nc = sum(1 for e in inventory if e.nc)
+        print(f"inventory: {len(inventory)} equipment ({nc} NC), {len(cfg.meter)} meter(s)")
+    for r in results:
+        print(f"  {r.name.ljust(width)}  {'ok  ' if r.ok else 'FAIL'}  {r.detail}")
+    failed = sum(not r.ok for r in results)
+    print("all checks passed" if not failed else f"{failed} check(s) failed")
+    return EXIT_OK if not failed else EXIT_FAILURE
+
+
+def _opcua(args: argparse.Namespace) -> int:
+    import socket
+
+    from fmc.sources.opcua.config import DEFAULT_APPLICATION_URI
+    from fmc.sources.opcua.tools import browse_machines, make_client_certificate
+
+    if args.opcua_command == "cert":
+        uri = args.application_uri or DEFAULT_APPLICATION_URI.format(hostname=socket.gethostname())
+        args.out.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = args.out / "client-cert.der", args.out / "client-key.pem"
+        if cert_path.exists() or key_path.exists():
+            print(f"fmc opcua cert: {cert_path} or {key_path} exists already; move it away first", file=sys.stderr)
+            return EXIT_USAGE
+        make_client_certificate(cert_path, key_path, uri, args.common_name, days=args.days)
+        print(f"wrote {cert_path} and {key_path} (application URI {uri})")
+        print(f'in [[opcua]]: certificate = "{cert_path}", private_key = "{key_path}", application_uri = "{uri}"')
+        print("then make the server trust the certificate (copy it into the server's trusted folder)")
+        return EXIT_OK
+    try:
+        report = asyncio.run(browse_machines(args.endpoint, max_depth=args.max_depth, timeout=args.timeout))
+    except Exception as e:  # a clear sentence, not a trace: the endpoint is the user's input
+        print(f"fmc opcua browse: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(report.render_toml())
+    return EXIT_OK
+
+
+def _prefixed(kind: str, name: str) -> str:
+    return name if name.startswith(f"{kind}:") else f"{kind}:{name}"
+
+
+def _check_spool(cfg: AgentConfig):  # -> CheckResult
+    from fmc.agent.sink import CheckResult
+
+    path = cfg.spool.path
+    folder = path.parent
+    name = "spool"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".fmc-check-"):
+            pass
+    except OSError as e:
+        return CheckResult(name, False, f"cannot write in {folder}: {e.strerror}; create it or fix its owner")
+    free = _free_bytes(folder)
+    if free is not None and free < cfg.spool.max_bytes:
+        limit_mib = cfg.spool.max_bytes / 2**20
+        return CheckResult(name, True, f"{path} (warning: {free / 2**20:.0f} MiB free < max_bytes {limit_mib:.0f} MiB)")
+    return CheckResult(name, True, f"{path} writable")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _demo(duration: float, workdir: Path | None) -> int:
+    from fmc.demo.run import run_demo
+
+    if duration <= 0:
+        print("fmc demo: --duration must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    return asyncio.run(run_demo(duration_s=duration, workdir=workdir))
+
+
+def _spool(cfg: AgentConfig, args: argparse.Namespace) -> int:
+    from fmc.agent.spool import Spool, SpoolError
+
+    if not cfg.spool.path.exists():
+        print(f"no spool at {cfg.spool.path} (the agent has not run with this config yet)", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        spool = Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes, synchronous=cfg.spool.synchronous)
+    except SpoolError as e:
+        print(f"fmc spool: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        if args.spool_command == "requeue":
+            n = spool.requeue_dead_letters()
+            print(f"{n} dead-lettered point(s) queued again")
+            return EXIT_OK
+        s = spool.stats()
+        age = "-" if s.oldest_enqueued_ms is None else f"{time.time() - s.oldest_enqueued_ms / 1000:.0f}s"
+        print(f"spool {cfg.spool.path}")
+        print(f"  waiting: {s.depth} points, {s.bytes} bytes, oldest {age}")
+        print(f"  dropped (spool full): {dict(s.dropped) or 0}")
+        print(f"  dead letters: {s.dead_letters}   rejected messages (all time): {s.rejected_total}")
+        dead = spool.dead_letters(args.limit)
+        if dead:
+            print("dead letters (newest first):")
+            for d in dead:
+                print(f"  #{d.id} status={d.status} {d.reason[:120]}\n      {d.line[:160]}")
+        rejections = spool.recent_rejections(args.limit)
+        if rejections:
+            print("recent rejections (newest first):")
+            for r in rejections:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.at_ms / 1000))
+                excerpt = r.payload_excerpt[:80].decode("utf-8", "replace")
+                print(f"  {when} {r.source} {r.topic!r}: {r.reason} — {r.detail[:100]}\n      payload: {excerpt!r}")
+        return EXIT_OK
+    finally:
+        spool.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

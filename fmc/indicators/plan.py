@@ -1,0 +1,187 @@
+"""A plan's targets and the indicator policy, as a file (`fmc/indicators/plans/*.toml`, or any path). DESIGN §2.
+
+A plan is data, not code: the 2017-2020 Zhejiang plan is the default file
+``fmc/indicators/plans/zhejiang-2017-2020.toml`` (built in, named ``zhejiang-2017-2020``); another plan
+(other rates, another base year) is a new file. ``fmc.indicators.engine`` reads these models; it never
+hard-codes a rate.
+
+Target kinds:
+
+- ``points_per_year``: ``baseline + step·(y - base_year)`` percentage points, capped at ``cap``
+  (NC rate, networking rate: +2 points a year, at most 100 %);
+- ``rate_per_year``: ``baseline·(1 + step)^(y - base_year)`` (energy −4 %, water −5 %, wastewater
+  −2 % per unit of value added, labour productivity +7 %); a negative step means lower is better;
+- ``floor``: the value must reach ``step`` in every plan year (R&D ≥ 1.5 %, new products ≥ 35 %).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, get_args
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from fmc.core.config import (
+    ID_PATTERN,
+    ConfigError,
+    _Model,
+    equal_values_by_year,
+    known_timezone,
+    problems_from,
+    read_toml,
+)
+
+PLANS_DIR = Path(__file__).parent / "plans"  # the built-in plan files
+
+Indicator = Literal[
+    "nc_rate",
+    "networking_rate",
+    "energy",
+    "energy_intensity",
+    "water_intensity",
+    "wastewater_intensity",
+    "labour_productivity",
+    "rd_intensity",
+    "new_product_ratio",
+]
+INDICATORS: tuple[str, ...] = get_args(Indicator)  # in this order everywhere (tables, CSV, dashboards)
+# Indicators in percent whose changes are differences in percentage points, not ratios.
+POINT_INDICATORS = frozenset({"nc_rate", "networking_rate", "rd_intensity", "new_product_ratio"})
+
+
+class PlanInfo(_Model):
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
+    source: str = Field(default="", max_length=500, description="the document and section the numbers come from")
+
+
+class IndicatorTarget(_Model):
+    """The target of one indicator."""
+
+    kind: Literal["points_per_year", "rate_per_year", "floor"]
+    step: float = Field(
+        description="points a year (points_per_year), a fraction a year such as -0.04 (rate_per_year), "
+        "or the minimum value in the indicator's unit (floor)"
+    )
+    cap: float | None = Field(default=None, description="upper limit of a points path, e.g. 100 (%)")
+    status_basis: Literal["path", "year_on_year"] = "path"
+
+    @model_validator(mode="after")
+    def _check(self) -> IndicatorTarget:
+        if self.kind == "rate_per_year" and not -1 < self.step < 10:
+            raise ValueError(f"step = {self.step}: a rate a year is a fraction such as -0.04 (−4 %) or 0.07 (+7 %)")
+        if self.cap is not None and self.kind != "points_per_year":
+            raise ValueError('cap applies only to kind = "points_per_year"')
+        if self.kind == "floor" and self.status_basis == "year_on_year":
+            raise ValueError('a floor has no year-on-year requirement; use status_basis = "path"')
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.kind != "rate_per_year" or self.step >= 0
+
+
+class Policy(_Model):
+    """Every choice of DESIGN §2 that is policy, not code."""
+
+    timezone: str = "Asia/Shanghai"
+    nc_rate_basis: Literal["period_end", "equipment_days"] = "period_end"
+    nc_rate_weight: Literal["count", "asset_value"] = "count"
+    networking_denominator: Literal["nc_equipment_days", "all_equipment_days"] = "nc_equipment_days"
+    networked_min_online_minutes: float = Field(default=1.0, ge=0, le=1440)
+    electricity_basis: Literal["equivalent", "equal"] = "equivalent"
+    electricity_equal_value: dict[int, float] = Field(
+        default_factory=dict, description="year -> kgce per kWh (等价值), as published for that year"
+    )
+    value_added_prices: Literal["comparable", "current"] = "comparable"
+    deflator: dict[int, float] = Field(
+        default_factory=dict,
+        description="year -> price index of that year relative to the base year (base year = 1.0); "
+        "comparable value added = current value added ÷ index, unless a comparable figure is reported",
+    )
+    min_coverage: float = Field(default=0.95, gt=0, le=1)
+
+    _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))
+    _equal = field_validator("electricity_equal_value")(lambda cls, v: equal_values_by_year(v))
+
+    @field_validator("deflator")
+    @classmethod
+    def _deflator(cls, v: dict[int, float]) -> dict[int, float]:
+        for year, value in v.items():
+            if not 1990 <= year <= 2100:
+                raise ValueError(f"year {year} is not a calendar year; write e.g. 2018 = 1.021")
+            if not 0.1 < value < 10:
+                raise ValueError(f"{year} = {value}: a price index relative to the base year is near 1.0")
+        return v
+
+    @model_validator(mode="after")
+    def _equal_needed(self) -> Policy:
+        if self.electricity_basis == "equal" and not self.electricity_equal_value:
+            raise ValueError('electricity_basis = "equal" needs [policy.electricity_equal_value] year = kgce/kWh')
+        return self
+
+    def electricity_kgce(self, year: int) -> float | None:
+        """kgce per kWh of electricity for ``year`` under the equal-value basis (latest year ≤ ``year``)."""
+        if self.electricity_basis != "equal":
+            return None
+        known = [y for y in self.electricity_equal_value if y <= year]
+        return self.electricity_equal_value[max(known)] if known else None
+
+
+class Targets(_Model):
+    """A plan policy file."""
+
+    plan: PlanInfo
+    base_year: int = Field(ge=1990, le=2100)
+    first_year: int = Field(ge=1990, le=2100)
+    last_year: int = Field(ge=1990, le=2100)
+    policy: Policy = Field(default_factory=Policy)
+    indicators: dict[Indicator, IndicatorTarget] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _years(self) -> Targets:
+        if not self.base_year < self.first_year <= self.last_year:
+            raise ValueError(
+                f"years: base_year ({self.base_year}) < first_year ({self.first_year}) <= last_year "
+                f"({self.last_year}) is required"
+            )
+        return self
+
+    @property
+    def years(self) -> range:
+        return range(self.first_year, self.last_year + 1)
+
+    def target_for(self, indicator: str, year: int, baseline: float | None) -> float | None:
+        """The target for ``year`` on the path from the baseline; None outside the plan or without a baseline."""
+        t = self.indicators.get(indicator)  # type: ignore[call-overload]
+        if t is None or year not in self.years:
+            return None
+        if t.kind == "floor":
+            return t.step
+        if baseline is None:
+            return None
+        n = year - self.base_year
+        if t.kind == "points_per_year":
+            v = baseline + t.step * n
+            return min(v, t.cap) if t.cap is not None else v
+        return baseline * (1.0 + t.step) ** n
+
+
+def load_targets(path: str | os.PathLike[str]) -> Targets:
+    """Read and validate a plan policy file; every problem is a ConfigError naming setting and fix."""
+    path = Path(path)
+    data = read_toml(path, missing_fix="name a built-in plan (zhejiang-2017-2020) or a plan file", env=False)
+    try:
+        return Targets.model_validate(data)
+    except ValidationError as e:
+        problems = [
+            (
+                setting,
+                wrong,
+                fix.replace("deploy/examples/agent.toml", "fmc/indicators/plans/zhejiang-2017-2020.toml")
+                or "correct it as described; docs/indicators.md lists every setting",
+            )
+            for setting, wrong, fix in problems_from(e)
+        ]
+        raise ConfigError(path, problems) from None

@@ -1,0 +1,477 @@
+"""Meter accumulator: readings -> consumption per aligned interval (`meter_interval`). Pure, no clock.
+
+One ``MeterAccumulator`` per physical meter, one ``VirtualMeter`` per sum/difference of meters.
+Kinds of meter:
+
+- ``counter``: a cumulative register. Consumption is the increase between readings. A decrease is
+  noise (within ``max_jitter``: ignored), a rollover (``rollover`` set, the old reading in the top
+  tenth: ``rollover - old + new``) or a reset/replacement (the new reading counts from 0 when it is
+  plausible under ``max_rate_per_h``; otherwise nothing is counted and the span stays uncovered).
+  An increase beyond ``max_rate_per_h`` × elapsed is rejected, the baseline kept; if the next
+  reading confirms the new level, the meter is re-based there without counting the jump.
+- ``interval``: each reading is the consumption since the previous reading.
+- ``power``: kW (W, MW) samples integrated by the trapezoid rule into kWh; nothing is integrated
+  across a gap longer than ``max_gap_s``.
+
+Consumption between two readings is spread over the intervals they span by time share when they
+are at most ``max_gap_s`` apart; that time is *covered*. Consumption of a longer gap is real (the
+counter says so) but its time is unknown: it is added, uncovered, to the interval of the later
+reading, so totals stay right and no interval pretends to be complete. The same happens to
+consumption that arrives for an interval already emitted: it goes to the first open interval.
+Nothing is ever filled in for time without readings. An interval is emitted when a reading at or
+after its end has been accepted, or when the caller's clock is ``max_gap_s`` past its end.
+
+Intervals are aligned to UTC multiples of the interval length; they are aligned to local
+midnight too when the zone's UTC offset is a multiple of the interval (+08:00: any interval that
+divides an hour or a day up to 60 min; see ``fmc.plant.config.check_interval_alignment``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fmc.core.points import Point, Priority
+from fmc.plant.config import (
+    POWER_UNITS_KW,
+    CoefficientsConfig,
+    MeterConfig,
+    PlantConfig,
+    VirtualMeterConfig,
+    native_to_canonical,
+)
+from fmc.plant.rollups import NS, Site, local_date, zone
+from fmc.plant.tce import Coefficients, coefficients_for, is_water, tce
+
+NS_PER_HOUR = 3600 * NS
+SNAPSHOT_VERSION = 1
+# A decrease is a rollover only when the wrap is small against the register's range, i.e. the old
+# reading was near the top and the new one near 0; anything else is a reset.
+ROLLOVER_WINDOW = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class MeterInterval:
+    """Consumption of one meter in one aligned interval [start_ns, end_ns)."""
+
+    meter: str
+    carrier: str
+    start_ns: int
+    end_ns: int
+    amount_native: float  # in the meter's unit (power meters: kWh; virtual meters: canonical)
+    amount: float  # in the carrier's canonical unit (fmc.plant.config.CANONICAL_UNIT)
+    tce: float | None  # None: the carrier is not counted as energy (water by default)
+    m3: float | None  # water carriers only
+    covered_ns: int  # time of the interval whose consumption was measured
+    lump: float = 0.0  # part of `amount` from outside the interval's covered time (gaps, late data)
+    clamped: bool = False  # virtual meters: the difference was negative and was set to 0
+
+    @property
+    def coverage(self) -> float:
+        return self.covered_ns / (self.end_ns - self.start_ns)
+
+    @property
+    def complete(self) -> bool:
+        return self.covered_ns >= self.end_ns - self.start_ns
+
+    def to_point(self, site: Site) -> Point:
+        fields: dict[str, float] = {"amount": self.amount_native}
+        if self.tce is not None:
+            fields["tce"] = self.tce
+        if self.m3 is not None:
+            fields["m3"] = self.m3
+        fields["coverage"] = self.coverage
+        return Point(
+            "meter_interval",
+            site.tags(meter=self.meter, carrier=self.carrier),
+            dict(fields),
+            self.start_ns,
+            Priority.ROLLUP,
+        )
+
+
+class _Pricing:
+    """tce and m3 of canonical amounts, with the coefficient table of the interval's local year."""
+
+    def __init__(self, config: CoefficientsConfig | None, timezone: str) -> None:
+        self._config = config
+        self._tz = zone(timezone)
+        self._by_year: dict[int, Coefficients] = {}
+
+    def interval(self, meter: str, carrier: str, start: int, end: int, amount_native: float, amount: float,
+                 covered: int, lump: float, clamped: bool = False) -> MeterInterval:
+        year = local_date(start, self._tz).year
+        if year not in self._by_year:
+            self._by_year[year] = coefficients_for(self._config, year)
+        return MeterInterval(
+            meter, carrier, start, end, amount_native, amount,
+            tce(carrier, amount, self._by_year[year]), amount if is_water(carrier) else None,
+            covered, lump, clamped,
+        )
+
+
+class MeterAccumulator:
+    """Turns one meter's readings into `meter_interval` records.
+
+    ``observe`` and ``advance`` return the intervals that became final, oldest first. Timing:
+    a reading more than ``max_clock_skew_s`` ahead of ``received_ns`` is taken at ``received_ns``;
+    a reading at or before the last accepted one is dropped (a redelivery or out of order; for a
+    counter nothing is lost, the next reading carries it). When time moves on by more than
+    ``max_catch_up_days`` at once, only intervals holding data are emitted for that span.
+    """
+
+    def __init__(
+        self,
+        meter: MeterConfig,
+        *,
+        interval_s: int = 900,
+        coefficients: CoefficientsConfig | None = None,
+        timezone: str = "Asia/Shanghai",
+        max_clock_skew_s: float = 300.0,
+        max_catch_up_days: int = 7,
+    ) -> None:
+        if interval_s <= 0 or 86_400 % interval_s:
+            raise ValueError(f"interval_s = {interval_s} must divide a day")
+        assert meter.unit is not None  # set by the config's validator
+        self.meter = meter
+        self._i = interval_s * NS
+        self._gap = round(meter.max_gap_s * NS)
+        self._skew = round(max_clock_skew_s * NS)
+        self._cap = max_catch_up_days * 86_400 // interval_s
+        self._pricing = _Pricing(coefficients, timezone)
+        if meter.kind == "power":
+            self._kw_per_reading = meter.scale * POWER_UNITS_KW[meter.unit]
+            self._to_canonical = native_to_canonical(meter.carrier, "kWh")
+        else:
+            self._to_canonical = native_to_canonical(meter.carrier, meter.unit, meter.density_kg_per_l)
+        self._last_ts: int | None = None
+        self._last_value: float | None = None  # counter: baseline in `unit`; power: last kW
+        self._candidate: tuple[float, int] | None = None  # counter: a rejected jump that may be a new level
+        self._horizon: int | None = None  # start of the first interval not yet emitted
+        self._open: dict[int, list[Any]] = {}  # start -> [amount_native, covered_ns, lump]
+        self._clock: int | None = None
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("bad_quality", "not_finite", "negative", "out_of_order", "future_timestamp", "implausible",
+             "jitter", "rollover", "reset_counted", "reset_uncounted", "rebaseline", "gap", "late_data",
+             "skipped_intervals"),
+            0,
+        )
+
+    @classmethod
+    def from_plant(
+        cls, meter: MeterConfig, plant: PlantConfig, coefficients: CoefficientsConfig | None, timezone: str
+    ) -> MeterAccumulator:
+        return cls(meter, interval_s=plant.interval_minutes * 60, coefficients=coefficients, timezone=timezone,
+                   max_clock_skew_s=plant.max_clock_skew_s, max_catch_up_days=plant.max_catch_up_days)
+
+    # --- public -------------------------------------------------------------------------------------
+
+    def observe(self, value: float, quality: int, ts_ns: int, received_ns: int | None = None) -> list[MeterInterval]:
+        """One reading (the `meter_reading` value, before this meter's ``scale``)."""
+        t = ts_ns
+        if received_ns is not None and t > received_ns + self._skew:
+            self.counts["future_timestamp"] += 1
+            t = received_ns
+        if quality != 0:
+            self.counts["bad_quality"] += 1
+        elif not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            self.counts["not_finite"] += 1
+        elif value < 0:
+            self.counts["negative"] += 1  # no register or power reading of consumption is negative
+        elif self._last_ts is not None and t <= self._last_ts:
+            self.counts["out_of_order"] += 1
+        else:
+            if self._horizon is None:
+                self._horizon = self._bucket(t)
+            if self.meter.kind == "counter":
+                self._counter(value * self.meter.scale, t)
+            elif self.meter.kind == "interval":
+                self._interval_reading(value * self.meter.scale, t)
+            else:
+                self._power(value * self._kw_per_reading, t)
+        return self._emit()
+
+    def advance(self, now_ns: int) -> list[MeterInterval]:
+        """The caller's clock: intervals max_gap_s past their end are final even without readings."""
+        if self._clock is None or now_ns > self._clock:
+            self._clock = now_ns
+        return self._emit()
+
+    # --- the three kinds ----------------------------------------------------------------------------
+
+    def _limit(self, t1: int, t2: int) -> float | None:
+        rate = self.meter.max_rate_per_h
+        return None if rate is None else rate * (t2 - t1) / NS_PER_HOUR
+
+    def _counter(self, x: float, t: int) -> None:
+        if self._last_value is None or self._last_ts is None:
+            self._last_value, self._last_ts = x, t  # the first reading is only a baseline
+            return
+        prev, t1 = self._last_value, self._last_ts
+        limit = self._limit(t1, t)
+        delta = x - prev
+        if delta >= 0:
+            if limit is not None and delta > limit:
+                cand = self._candidate
+                if cand is not None and x >= cand[0] and t > cand[1] and x - cand[0] <= (self._limit(cand[1], t) or 0):
+                    # two readings agree on a new level (a replaced meter): start there, count the jump nowhere
+                    self.counts["rebaseline"] += 1
+                    self._spread(cand[1], t, x - cand[0])
+                    self._last_value, self._last_ts, self._candidate = x, t, None
+                else:
+                    self.counts["implausible"] += 1
+                    self._candidate = (x, t)
+                return
+            self._spread(t1, t, delta)
+            self._last_value, self._last_ts, self._candidate = x, t, None
+            return
+        self._candidate = None
+        rollover = self.meter.rollover
+        if -delta <= self.meter.max_jitter:
+            # noise: no consumption, and the baseline stays at the higher value so nothing counts twice
+            self.counts["jitter"] += 1
+            self._spread(t1, t, 0.0)
+            self._last_ts = t
+            return
+        wrap = None if rollover is None else rollover - prev + x
+        if wrap is not None and 0 <= wrap < rollover * ROLLOVER_WINDOW and (limit is None or wrap <= limit):
+            self.counts["rollover"] += 1
+            self._spread(t1, t, wrap)
+        elif limit is not None and x <= limit:
+            self.counts["reset_counted"] += 1  # reset to 0 and counted up to x since
+            self._spread(t1, t, x)
+        else:
+            # replaced by a meter with another reading, or no max_rate_per_h to judge: count nothing
+            self.counts["reset_uncounted"] += 1
+        self._last_value, self._last_ts = x, t
+
+    def _interval_reading(self, x: float, t: int) -> None:
+        t1 = self._last_ts
+        self._last_ts = t  # the next reading covers the time since this one, even if this one is rejected
+        if t1 is None:
+            self._lump(t, x)  # when its period began is unknown
+            return
+        limit = self._limit(t1, t)
+        if limit is not None and x > limit:
+            self.counts["implausible"] += 1
+            return
+        self._spread(t1, t, x)
+
+    def _power(self, p: float, t: int) -> None:
+        rate = self.meter.max_rate_per_h
+        if rate is not None and p > rate:
+            self.counts["implausible"] += 1
+            return
+        p1, t1 = self._last_value, self._last_ts
+        self._last_value, self._last_ts = p, t
+        if p1 is None or t1 is None:
+            return
+        if t - t1 > self._gap:
+            self.counts["gap"] += 1  # energy across a gap is unknown: nothing is integrated
+            return
+        pieces = []
+        span = t - t1
+        for start, lo, hi in self._pieces(t1, t):
+            p_lo = p1 + (p - p1) * (lo - t1) / span
+            p_hi = p1 + (p - p1) * (hi - t1) / span
+            pieces.append((start, (p_lo + p_hi) / 2 * (hi - lo) / NS_PER_HOUR, hi - lo))
+        self._book(pieces, (p1 + p) / 2 * span / NS_PER_HOUR)
+
+    # --- booking consumption into intervals ---------------------------------------------------------------
+
+    def _bucket(self, t: int) -> int:
+        return t - t % self._i
+
+    def _pieces(self, t1: int, t2: int) -> list[tuple[int, int, int]]:
+        """(interval start, lo, hi) for each interval [t1, t2) overlaps."""
+        out = []
+        start = self._bucket(t1)
+        while start < t2:
+            out.append((start, max(t1, start), min(t2, start + self._i)))
+            start += self._i
+        return out
+
+    def _spread(self, t1: int, t2: int, amount: float) -> None:
+        """Consumption measured between two readings: by time share, or a lump across a long gap."""
+        if t2 - t1 > self._gap:
+            self.counts["gap"] += 1
+            self._lump(t2, amount)
+            return
+        span = t2 - t1
+        pieces = [(start, amount * (hi - lo) / span, hi - lo) for start, lo, hi in self._pieces(t1, t2)]
+        self._book(pieces, amount)
+
+    def _book(self, pieces: list[tuple[int, float, int]], total: float) -> None:
+        assert self._horizon is not None
+        booked = 0.0
+        for n, (start, share, duration) in enumerate(pieces):
+            if n == len(pieces) - 1:
+                share = max(total - booked, 0.0)  # the last piece takes the rounding: parts sum to the total
+            booked += share
+            if start < self._horizon:
+                self.counts["late_data"] += 1
+                self._lump(self._horizon, share)
+            else:
+                slot = self._open.setdefault(start, [0.0, 0, 0.0])
+                slot[0] += share
+                slot[1] += duration
+
+    def _lump(self, t: int, amount: float) -> None:
+        """Consumption whose time is unknown: into the interval holding t (its end), uncovered."""
+        assert self._horizon is not None
+        start = max(self._bucket(t - 1), self._horizon)
+        slot = self._open.setdefault(start, [0.0, 0, 0.0])
+        slot[0] += amount
+        slot[2] += amount
+
+    # --- emitting final intervals -------------------------------------------------------------------------
+
+    def _emit(self) -> list[MeterInterval]:
+        if self._horizon is None:
+            return []
+        until = self._horizon
+        if self._last_ts is not None:
+            until = max(until, self._bucket(self._last_ts))  # a later reading exists for everything before
+        if self._clock is not None:
+            until = max(until, self._bucket(self._clock - self._gap))  # nothing more can cover these
+        n = (until - self._horizon) // self._i
+        if n <= 0:
+            return []
+        if n > self._cap:
+            starts = sorted(s for s in self._open if s < until)
+            self.counts["skipped_intervals"] += n - len(starts)
+        else:
+            starts = list(range(self._horizon, until, self._i))
+        out = [self._record(s, self._open.pop(s, [0.0, 0, 0.0])) for s in starts]
+        self._horizon = until
+        return out
+
+    def _record(self, start: int, slot: list[Any]) -> MeterInterval:
+        amount_native, covered, lump = slot
+        m = self.meter
+        return self._pricing.interval(
+            m.id, m.carrier, start, start + self._i, amount_native, amount_native * self._to_canonical,
+            min(int(covered), self._i), lump * self._to_canonical,
+        )
+
+    # --- persistence ------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "meter": self.meter.id,
+            "kind": self.meter.kind,
+            "interval_ns": self._i,
+            "last_ts_ns": self._last_ts,
+            "last_value": self._last_value,
+            "candidate": None if self._candidate is None else list(self._candidate),
+            "horizon_ns": self._horizon,
+            "open": [[start, *slot] for start, slot in sorted(self._open.items())],
+            "clock_ns": self._clock,
+            "counts": dict(self.counts),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"meter snapshot version {snapshot.get('version')!r} is not {SNAPSHOT_VERSION}")
+        if snapshot["meter"] != self.meter.id or snapshot["kind"] != self.meter.kind:
+            raise ValueError(f"snapshot of meter {snapshot['meter']!r} ({snapshot['kind']}) does not fit "
+                             f"meter {self.meter.id!r} ({self.meter.kind})")
+        if snapshot["interval_ns"] != self._i:
+            raise ValueError("the snapshot was taken with another interval length; it cannot be resumed")
+        self._last_ts = snapshot["last_ts_ns"]
+        self._last_value = snapshot["last_value"]
+        cand = snapshot["candidate"]
+        self._candidate = None if cand is None else (float(cand[0]), int(cand[1]))
+        self._horizon = snapshot["horizon_ns"]
+        self._open = {int(s): [float(a), int(c), float(lump)] for s, a, c, lump in snapshot["open"]}
+        self._clock = snapshot["clock_ns"]
+        self.counts.update(snapshot["counts"])
+
+
+class VirtualMeter:
+    """A sum or difference of meters, per interval: Σ add − Σ subtract in the canonical unit.
+
+    An interval is emitted when every part delivered it, or ``max_wait_s`` after its end with the
+    parts that came (a missing part counts as 0 and uncovered). Coverage is the least coverage of
+    the parts. A negative result (a sub-meter reading more than the main meter) is not a
+    measurement: amount 0, coverage 0, ``clamped``; rounding noise below 1e-9 of the parts is just 0.
+    """
+
+    def __init__(
+        self,
+        config: VirtualMeterConfig,
+        *,
+        interval_s: int = 900,
+        coefficients: CoefficientsConfig | None = None,
+        timezone: str = "Asia/Shanghai",
+    ) -> None:
+        self.config = config
+        self._i = interval_s * NS
+        self._wait = round(config.max_wait_s * NS)
+        self._sign = {m: 1.0 for m in config.add} | {m: -1.0 for m in config.subtract}
+        self._pricing = _Pricing(coefficients, timezone)
+        self._pending: dict[int, dict[str, MeterInterval]] = {}
+        self._emitted_until: int | None = None  # starts before this were emitted
+        self.counts: dict[str, int] = {"late_parts": 0, "clamped": 0, "missing_parts": 0}
+
+    def add(self, interval: MeterInterval) -> list[MeterInterval]:
+        """A part's interval (others are ignored); returns combined intervals now complete."""
+        if interval.meter not in self._sign:
+            return []
+        if self._emitted_until is not None and interval.start_ns < self._emitted_until:
+            self.counts["late_parts"] += 1
+            return []
+        parts = self._pending.setdefault(interval.start_ns, {})
+        parts.setdefault(interval.meter, interval)  # a redelivered interval counts once
+        return self._emit(lambda start, parts: len(parts) == len(self._sign))
+
+    def advance(self, now_ns: int) -> list[MeterInterval]:
+        return self._emit(lambda start, parts: start + self._i + self._wait <= now_ns)
+
+    def _emit(self, ready: Any) -> list[MeterInterval]:
+        out = []
+        # in order: a later interval waits for an earlier one, so intervals leave in sequence
+        for start in sorted(self._pending):
+            if not ready(start, self._pending[start]):
+                break
+            out.append(self._combine(start, self._pending.pop(start)))
+            self._emitted_until = start + self._i
+        return out
+
+    def _combine(self, start: int, parts: dict[str, MeterInterval]) -> MeterInterval:
+        amount = sum(self._sign[m] * iv.amount for m, iv in parts.items())
+        lump = sum(self._sign[m] * iv.lump for m, iv in parts.items())
+        covered = min((parts[m].covered_ns if m in parts else 0) for m in self._sign)
+        if len(parts) < len(self._sign):
+            self.counts["missing_parts"] += 1
+        clamped = False
+        if amount < 0:
+            scale = sum(abs(iv.amount) for iv in parts.values())
+            if amount < -1e-9 * scale:
+                self.counts["clamped"] += 1
+                clamped, covered = True, 0
+            amount, lump = 0.0, 0.0
+        c = self.config
+        return self._pricing.interval(c.id, c.carrier, start, start + self._i, amount, amount, covered,
+                                      max(lump, 0.0), clamped)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "virtual_meter": self.config.id,
+            "emitted_until_ns": self._emitted_until,
+            "pending": [asdict(iv) for parts in self._pending.values() for iv in parts.values()],
+            "counts": dict(self.counts),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        if snapshot.get("version") != SNAPSHOT_VERSION or snapshot["virtual_meter"] != self.config.id:
+            raise ValueError(f"not a snapshot of virtual meter {self.config.id!r} (version {SNAPSHOT_VERSION})")
+        self._emitted_until = snapshot["emitted_until_ns"]
+        self._pending = {}
+        for d in snapshot["pending"]:
+            iv = MeterInterval(**d)
+            self._pending.setdefault(iv.start_ns, {})[iv.meter] = iv
+        self.counts.update(snapshot["counts"])

@@ -1,0 +1,221 @@
+"""The plant model at run time: raw points in, derived points out — states, intervals, daily rollups.
+
+It joins the pure parts (``fmc.plant.states``, ``fmc.plant.meters``, ``fmc.plant.rollups``) for one
+enterprise: one ``EquipmentTracker`` per inventory item (connected or not: equipment that never
+sends data is offline all day and still counts in the denominators), one ``MeterAccumulator`` per
+``[[meter]]``, the ``[[virtual_meter]]``s, and the daily ``enterprise_daily`` and
+``consumption_daily`` points. It does no I/O and reads no clock: the ingest writer thread feeds it
+the points it commits (``observe``) and the time (``advance``), and commits what it returns in
+the same transaction. ``snapshot``/``restore`` let a restart mid-day resume the day's
+accumulated seconds from the spool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from datetime import date
+from typing import Any
+
+from fmc.core.points import Point
+from fmc.plant.config import EquipmentClassConfig, PlantSections
+from fmc.plant.meters import MeterAccumulator, MeterInterval, VirtualMeter
+from fmc.plant.rollups import (
+    NS,
+    InventoryItem,
+    Site,
+    consumption_daily,
+    counted_meters,
+    enterprise_daily,
+    local_date,
+    local_day_bounds,
+)
+from fmc.plant.states import EquipmentDay, EquipmentTracker, StateChange
+from fmc.plant.tce import coefficients_for
+
+SNAPSHOT_VERSION = 1
+
+
+class PlantModel:
+    def __init__(
+        self,
+        site: Site,
+        sections: PlantSections,
+        inventory: Sequence[InventoryItem],
+        *,
+        start_ns: int,
+    ) -> None:
+        self.site = site
+        self.sections = sections
+        self.inventory = list(inventory)
+        plant = sections.plant
+        classes = {c.name: c for c in sections.equipment_class}
+        self.trackers: dict[str, EquipmentTracker] = {}
+        for item in self.inventory:
+            # equipment of a kind with no class still has an online/offline life: good data = idle
+            cls = classes.get(item.kind) or EquipmentClassConfig(name="unclassified")
+            self.trackers[item.id] = EquipmentTracker(
+                item.id, cls, start_ns=start_ns, site=site, inventory=item, plant=plant
+            )
+        self.meters: dict[str, MeterAccumulator] = {}
+        for m in sections.meter:
+            self.meters[m.reads] = MeterAccumulator.from_plant(m, plant, sections.coefficients, site.timezone)
+        self.virtual = [
+            VirtualMeter(v, interval_s=plant.interval_minutes * 60, coefficients=sections.coefficients,
+                         timezone=site.timezone)
+            for v in sections.virtual_meter
+        ]
+        self.counted = counted_meters(sections)
+        # a day's consumption is final once every meter's last interval of the day is: max_gap_s
+        # (or a virtual meter's max_wait_s) after midnight, plus one interval
+        waits = [m.max_gap_s for m in sections.meter] + [v.max_wait_s for v in sections.virtual_meter]
+        self._consumption_wait_ns = round((max(waits, default=0) + plant.interval_minutes * 60) * NS)
+        self._equipment_days: dict[date, list[EquipmentDay]] = defaultdict(list)
+        self._intervals: dict[date, list[MeterInterval]] = defaultdict(list)
+        self._clock = start_ns
+        self.counts: dict[str, int] = {"unknown_equipment": 0, "unknown_meter": 0}
+        self._last_quality: dict[str, int] = {}
+
+    # --- input ------------------------------------------------------------------------------------
+
+    def observe(self, points: Iterable[Point], received_ns: int) -> list[Point]:
+        """Raw points the ingest is committing; returns the derived points to commit with them."""
+        out: list[Point] = []
+        for p in points:
+            if p.measurement == "signal":
+                tracker = self.trackers.get(p.tags.get("equipment", ""))
+                if tracker is None:
+                    self.counts["unknown_equipment"] += 1
+                    continue
+                value = p.fields.get("value", p.fields.get("text"))
+                quality = int(p.fields.get("quality", 0))
+                self._last_quality[tracker.equipment] = quality
+                self._events(tracker.observe(p.tags["signal"], value, quality, p.ts_ns, received_ns), out)
+            elif p.measurement == "meter_reading":
+                meter = self.meters.get(p.tags.get("meter", ""))
+                if meter is None:
+                    self.counts["unknown_meter"] += 1
+                    continue
+                value = p.fields.get("value")
+                quality = int(p.fields.get("quality", 0))
+                if isinstance(value, float | int) and not isinstance(value, bool):
+                    self._intervals_out(meter.observe(float(value), quality, p.ts_ns, received_ns), out)
+        return out
+
+    def confirm_alive(self, equipment: Iterable[str], now_ns: int) -> list[Point]:
+        """Equipment whose values come from a live OPC UA subscription: unchanged values are still
+        good data (see EquipmentTracker.confirm_alive), as long as the last sample was good."""
+        out: list[Point] = []
+        for eq in equipment:
+            tracker = self.trackers.get(eq)
+            if tracker is not None and self._last_quality.get(eq) == 0:
+                self._events(tracker.confirm_alive(now_ns), out)
+        return out
+
+    def advance(self, now_ns: int) -> list[Point]:
+        """Time passes: offline detection, intervals and days that became final."""
+        out: list[Point] = []
+        self._clock = max(self._clock, now_ns)
+        for tracker in self.trackers.values():
+            self._events(tracker.advance(now_ns), out)
+        for meter in self.meters.values():
+            self._intervals_out(meter.advance(now_ns), out)
+        for v in self.virtual:
+            self._virtual_out(v.advance(now_ns), out)
+        tz = self.site.tz
+        # every tracker has advanced to now: a day that ended by now is complete
+        for day in sorted(d for d in self._equipment_days if local_day_bounds(d, tz)[1] <= now_ns):
+            out.append(enterprise_daily(
+                day, self.site, self.inventory, self._equipment_days.pop(day),
+                networked_min_online_minutes=self.sections.plant.networked_min_online_minutes,
+            ))
+        for day in sorted(d for d in self._intervals if local_day_bounds(d, tz)[1] + self._consumption_wait_ns
+                          <= now_ns):
+            year = day.year
+            out.extend(consumption_daily(day, self.site, self._intervals.pop(day), self.counted,
+                                         coefficients=coefficients_for(self.sections.coefficients, year)))
+        return out
+
+    def event_counts(self) -> dict[tuple[str, str], int]:
+        """What the trackers and accumulators counted, summed per (part, kind), for /metrics."""
+        out: dict[tuple[str, str], int] = {("plant", k): v for k, v in self.counts.items()}
+        for part, counters in (("equipment", [t.counts for t in self.trackers.values()]),
+                               ("meter", [m.counts for m in self.meters.values()]),
+                               ("virtual_meter", [v.counts for v in self.virtual])):
+            for counts in counters:
+                for kind, n in list(counts.items()):
+                    out[(part, kind)] = out.get((part, kind), 0) + n
+        return out
+
+    # --- events -----------------------------------------------------------------------------------
+
+    def _events(self, events: Iterable[StateChange | EquipmentDay], out: list[Point]) -> None:
+        for e in events:
+            out.append(e.to_point(self.site))
+            if isinstance(e, EquipmentDay):
+                self._equipment_days[e.day].append(e)
+
+    def _intervals_out(self, intervals: Iterable[MeterInterval], out: list[Point]) -> None:
+        for iv in intervals:
+            out.append(iv.to_point(self.site))
+            self._intervals[local_date(iv.start_ns, self.site.tz)].append(iv)
+            for v in self.virtual:
+                self._virtual_out(v.add(iv), out)
+
+    def _virtual_out(self, intervals: Iterable[MeterInterval], out: list[Point]) -> None:
+        for iv in intervals:
+            out.append(iv.to_point(self.site))
+            self._intervals[local_date(iv.start_ns, self.site.tz)].append(iv)
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "version": SNAPSHOT_VERSION,
+            "clock": self._clock,
+            "trackers": {k: t.snapshot() for k, t in self.trackers.items()},
+            "meters": {k: m.snapshot() for k, m in self.meters.items()},
+            "virtual": {v.config.id: v.snapshot() for v in self.virtual},
+            "equipment_days": [_dump(e) for days in self._equipment_days.values() for e in days],
+            "intervals": [_dump(i) for ivs in self._intervals.values() for i in ivs],
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Resume from a snapshot. Equipment or meters added to the config since start fresh;
+        removed ones are dropped."""
+        if snapshot.get("version") != SNAPSHOT_VERSION:
+            raise ValueError(f"plant snapshot version {snapshot.get('version')} is not {SNAPSHOT_VERSION}")
+        for key, state in snapshot["trackers"].items():
+            if key in self.trackers:
+                self.trackers[key].restore(state)
+        for key, state in snapshot["meters"].items():
+            if key in self.meters:
+                self.meters[key].restore(state)
+        virtual = {v.config.id: v for v in self.virtual}
+        for key, state in snapshot["virtual"].items():
+            if key in virtual:
+                virtual[key].restore(state)
+        for d in snapshot["equipment_days"]:
+            e = _load(EquipmentDay, d)
+            if e.equipment in self.trackers:
+                self._equipment_days[e.day].append(e)
+        for d in snapshot["intervals"]:
+            iv = _load(MeterInterval, d)
+            self._intervals[local_date(iv.start_ns, self.site.tz)].append(iv)
+        self._clock = max(self._clock, int(snapshot["clock"]))
+
+
+def _dump(obj: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(obj)
+    for k, v in d.items():
+        if isinstance(v, date):
+            d[k] = v.isoformat()
+    return d
+
+
+def _load(cls: type, d: dict[str, Any]) -> Any:
+    d = dict(d)
+    if "day" in d:
+        d["day"] = date.fromisoformat(d["day"])
+    return cls(**d)

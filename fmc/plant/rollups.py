@@ -1,0 +1,258 @@
+"""Daily enterprise rollups (`enterprise_daily`, `consumption_daily`) and local-day arithmetic. Pure.
+
+The central indicator engine needs nothing else from an agent (DESIGN §4): the NC rate and the
+networking rate are pooled from ``enterprise_daily`` (equipment-days), energy and water from
+``consumption_daily``. Both are written once per local day, stamped at that day's local
+midnight (in UTC nanoseconds), with priority ROLLUP (never dropped from a full spool).
+
+Also here, because the tracker, the meters and the rollups share them: ``Site`` (the tags of
+the enterprise), ``InventoryItem`` (the minimal equipment ledger entry the rollups need) and the
+local-day helpers (days are cut at local midnight in the enterprise's time zone).
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from functools import lru_cache
+from typing import TYPE_CHECKING, Protocol
+from zoneinfo import ZoneInfo
+
+from fmc.core.points import Point, Priority
+from fmc.plant.tce import DEFAULT_COEFFICIENTS, Coefficients, is_water
+from fmc.plant.tce import tce as tce_of
+
+if TYPE_CHECKING:
+    from fmc.agent.config import EnterpriseConfig
+    from fmc.plant.config import PlantSections
+
+NS = 1_000_000_000
+
+
+# --- site and inventory -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """The enterprise a point belongs to: its tags and its time zone."""
+
+    enterprise: str
+    region: str
+    industry: str
+    timezone: str = "Asia/Shanghai"
+
+    @classmethod
+    def from_enterprise(cls, enterprise: EnterpriseConfig) -> Site:
+        return cls(enterprise.id, enterprise.region, enterprise.industry, enterprise.timezone)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return zone(self.timezone)
+
+    def tags(self, **extra: str) -> dict[str, str]:
+        return {"enterprise": self.enterprise, "region": self.region, "industry": self.industry, **extra}
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryItem:
+    """One line of the equipment ledger (设备台账), as the rollups need it.
+
+    The inventory loader converts its richer records to this. Equipment that is never
+    connected is still an item: it counts in the denominators.
+    """
+
+    id: str
+    nc: bool
+    asset_value: float | None = None  # original value 原值, yuan
+    commissioned: date | None = None
+    decommissioned: date | None = None
+    in_scope: bool = True  # production equipment the indicators count
+    kind: str = "production"
+
+    def in_scope_on(self, day: date) -> bool:
+        """In scope on the commissioning day (a whole day) up to the day before decommissioning."""
+        if not self.in_scope:
+            return False
+        if self.commissioned is not None and day < self.commissioned:
+            return False
+        return not (self.decommissioned is not None and day >= self.decommissioned)
+
+
+# --- local days -----------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=32)
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def local_date(ts_ns: int, tz: ZoneInfo) -> date:
+    """The local calendar date of a UTC timestamp (local midnights fall on whole seconds)."""
+    return datetime.fromtimestamp(ts_ns // NS, tz).date()
+
+
+def local_day_start_ns(day: date, tz: ZoneInfo) -> int:
+    """UTC nanoseconds of the local midnight that starts ``day``.
+
+    Where a DST change skips midnight, the day starts at the instant of the change.
+    """
+    local_midnight = datetime.combine(day, time(0), tzinfo=tz)
+    return calendar.timegm(local_midnight.utctimetuple()) * NS
+
+
+def local_day_bounds(day: date, tz: ZoneInfo) -> tuple[int, int]:
+    """[start, end) of a local day in UTC nanoseconds (23 or 25 hours on DST change days)."""
+    return local_day_start_ns(day, tz), local_day_start_ns(date.fromordinal(day.toordinal() + 1), tz)
+
+
+# --- inputs the rollups read (EquipmentDay and MeterInterval fit these) ---------------------------------
+
+
+class EquipmentDayLike(Protocol):
+    @property
+    def equipment(self) -> str: ...
+    @property
+    def day(self) -> date: ...
+    @property
+    def good_samples(self) -> int: ...
+    @property
+    def online_s(self) -> float: ...
+
+
+class IntervalLike(Protocol):
+    @property
+    def meter(self) -> str: ...
+    @property
+    def carrier(self) -> str: ...
+    @property
+    def start_ns(self) -> int: ...
+    @property
+    def end_ns(self) -> int: ...
+    @property
+    def amount(self) -> float: ...  # canonical unit
+    @property
+    def covered_ns(self) -> int: ...
+
+
+# --- enterprise_daily -------------------------------------------------------------------------------------
+
+
+def is_networked(good_samples: int, online_s: float, min_online_minutes: float) -> bool:
+    """Networked on a day: it delivered good data that day, for at least the minimum online time.
+
+    Both are required: online time runs on for up to offline_after_s after a sample, so a sample
+    at 23:59 would otherwise make the next day "networked" without any data on it.
+    """
+    return good_samples >= 1 and online_s >= min_online_minutes * 60.0
+
+
+def enterprise_daily(
+    day: date,
+    site: Site,
+    inventory: Iterable[InventoryItem],
+    equipment_days: Iterable[EquipmentDayLike],
+    *,
+    networked_min_online_minutes: float = 1.0,
+) -> Point:
+    """The `enterprise_daily` point of one local day.
+
+    The population is the inventory: items in scope that day (``InventoryItem.in_scope_on``),
+    connected or not. Days of equipment not in the inventory are ignored (they are in no
+    denominator). Several records of one equipment for the day are added up (disjoint parts of
+    the day from successive agent runs). An unknown asset value counts as 0 in the sums.
+    """
+    online: dict[str, float] = defaultdict(float)
+    samples: dict[str, int] = defaultdict(int)
+    for rec in equipment_days:
+        if rec.day == day:
+            online[rec.equipment] += rec.online_s
+            samples[rec.equipment] += rec.good_samples
+    total = nc = networked = nc_networked = 0
+    value_total = value_nc = 0.0
+    seen: set[str] = set()
+    for item in inventory:
+        if item.id in seen or not item.in_scope_on(day):
+            continue  # a ledger listing an id twice must not count it twice
+        seen.add(item.id)
+        value = item.asset_value or 0.0
+        on = is_networked(samples.get(item.id, 0), online.get(item.id, 0.0), networked_min_online_minutes)
+        total += 1
+        value_total += value
+        networked += int(on)
+        if item.nc:
+            nc += 1
+            value_nc += value
+            nc_networked += int(on)
+    return Point(
+        "enterprise_daily",
+        site.tags(),
+        {
+            "equipment_total": total,
+            "equipment_nc": nc,
+            "asset_value_total": float(value_total),
+            "asset_value_nc": float(value_nc),
+            "equipment_networked": networked,
+            "nc_equipment_networked": nc_networked,
+        },
+        local_day_start_ns(day, site.tz),
+        Priority.ROLLUP,
+    )
+
+
+# --- consumption_daily ------------------------------------------------------------------------------------
+
+
+def counted_meters(sections: PlantSections) -> dict[str, str]:
+    """meter id -> carrier of the meters and virtual meters that make up the enterprise's consumption."""
+    out = {m.id: m.carrier for m in sections.meter if m.enterprise_total}
+    out.update({v.id: v.carrier for v in sections.virtual_meter if v.enterprise_total})
+    return out
+
+
+def consumption_daily(
+    day: date,
+    site: Site,
+    intervals: Iterable[IntervalLike],
+    meters: Mapping[str, str],
+    *,
+    coefficients: Coefficients = DEFAULT_COEFFICIENTS,
+) -> list[Point]:
+    """`consumption_daily` points of one local day, one per carrier of ``meters``.
+
+    ``meters``: the meters counted in the enterprise's consumption (meter id -> carrier; see
+    ``counted_meters``); intervals of other meters are ignored. An interval belongs to the day
+    its start falls in. amount is in the carrier's canonical unit; tce is written for carriers
+    with a coefficient, m3 for water carriers. coverage = covered time of the counted meters'
+    intervals ÷ (number of meters × length of the day): the share of expected intervals that were
+    complete, when each interval is complete or empty; a missing interval counts as empty.
+    """
+    start, end = local_day_bounds(day, site.tz)
+    best: dict[tuple[str, int], IntervalLike] = {}
+    for iv in intervals:
+        if iv.meter in meters and start <= iv.start_ns < end:
+            key = (iv.meter, iv.start_ns)
+            if key not in best or iv.covered_ns > best[key].covered_ns:
+                best[key] = iv  # an interval delivered twice counts once
+    amount: dict[str, float] = defaultdict(float)
+    covered: dict[str, int] = defaultdict(int)
+    for iv in best.values():
+        carrier = meters[iv.meter]
+        amount[carrier] += iv.amount
+        covered[carrier] += min(iv.covered_ns, iv.end_ns - iv.start_ns)
+    n_meters: dict[str, int] = defaultdict(int)
+    for carrier in meters.values():
+        n_meters[carrier] += 1
+    points = []
+    for carrier in sorted(n_meters):
+        fields: dict[str, float] = {"amount": amount[carrier]}
+        t = tce_of(carrier, amount[carrier], coefficients)
+        if t is not None:
+            fields["tce"] = t
+        if is_water(carrier):
+            fields["m3"] = amount[carrier]
+        fields["coverage"] = covered[carrier] / (n_meters[carrier] * (end - start))
+        points.append(Point("consumption_daily", site.tags(carrier=carrier), dict(fields), start, Priority.ROLLUP))
+    return points

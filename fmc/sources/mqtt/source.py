@@ -1,0 +1,532 @@
+"""MQTT source: subscribe, map each message, hand it to the ingest; acknowledge only once spooled.
+
+paho-mqtt 2.x runs the network loop in its own thread (``loop_start``). With ``manual_ack=True``
+a QoS 1 message is acknowledged (PUBACK) only when the ingest has committed its points to the
+spool, so an agent that is killed gets its unacknowledged messages again from the broker after
+the restart (a persistent session: fixed client id, clean session off). Delivery is
+at-least-once: a message can arrive twice, never zero times.
+
+User documentation: ``fmc/sources/mqtt/README.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import random
+import secrets
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fmc.agent import config
+from fmc.agent.metrics import AgentMetrics
+from fmc.agent.sink import CheckResult
+from fmc.core.backoff import backoff_delay
+from fmc.sources.mqtt.mapping import Mapper, MapResult, Rejection
+
+# MQTT 5: how many unacknowledged QoS 1 messages the broker may send us at once. Acks wait for a
+# group commit (tens of ms), so a window of 20 (mosquitto's default) would cap a source at
+# roughly 20 messages per commit; see "Throughput" in mqtt.md for the broker side (3.1.1).
+RECEIVE_MAXIMUM = 1000
+# MQTT 5: how long the broker keeps our session (and queues QoS 1 messages) while we are away
+SESSION_EXPIRY_S = 7 * 24 * 3600
+# stop(): how long to wait for acks of messages already handed to the ingest
+ACK_GRACE_MAX_S = 1.0
+_INVALID_TOPIC = "<topic is not valid UTF-8>"
+
+
+class Ingest(Protocol):
+    """Implemented by ``fmc.agent.ingest.Ingest``: commits points durably, then calls ``ack``."""
+
+    def submit(
+        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None
+    ) -> None: ...
+
+
+# --- client construction (shared with check_mqtt) ------------------------------------------------
+
+
+_PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
+
+
+class _Ack:
+    """One QoS 1 message waiting for its commit. The ingest acks a committed group in one go
+    through ``owner.ack_many``; calling the object acks just this message."""
+
+    __slots__ = ("done", "generation", "mid", "owner", "qos")
+
+    def __init__(self, owner: MqttSource, mid: int, qos: int, generation: int) -> None:
+        self.owner = owner
+        self.mid = mid
+        self.qos = qos
+        self.generation = generation
+        self.done = False
+
+    def __call__(self) -> None:
+        self.owner.ack_many((self,))
+
+
+def _is_v5(cfg: config.MqttSource) -> bool:
+    return cfg.protocol == "5"
+
+
+def _tls_context(tls: config.TLSConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def build_client(
+    cfg: config.MqttSource, client_id: str, *, persistent: bool, manual_ack: bool, reconnect: bool = True
+) -> mqtt.Client:
+    """A paho client with the source's protocol, credentials and TLS (not yet connected)."""
+    kwargs: dict[str, Any] = {
+        "callback_api_version": CallbackAPIVersion.VERSION2,
+        "client_id": client_id,
+        "protocol": MQTTProtocolVersion.MQTTv5 if _is_v5(cfg) else MQTTProtocolVersion.MQTTv311,
+        "manual_ack": manual_ack,
+        "reconnect_on_failure": reconnect,
+    }
+    if not _is_v5(cfg):  # MQTT 5 says clean_start at connect time instead (paho refuses both)
+        kwargs["clean_session"] = not persistent
+    client = mqtt.Client(**kwargs)
+    if cfg.username is not None:
+        password = cfg.password.get_secret_value() if cfg.password is not None else None
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls is not None:
+        client.tls_set_context(_tls_context(cfg.tls))
+        if cfg.tls.insecure_skip_verify:
+            client.tls_insecure_set(True)
+    return client
+
+
+def _connect_options(cfg: config.MqttSource, *, persistent: bool) -> dict[str, Any]:
+    """Keyword arguments for connect()/connect_async(): MQTT 5 session and flow-control properties."""
+    if not _is_v5(cfg):
+        return {}
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = SESSION_EXPIRY_S if persistent else 0
+    props.ReceiveMaximum = RECEIVE_MAXIMUM
+    return {"clean_start": not persistent, "properties": props}
+
+
+def subscription_filters(subscriptions: Sequence[config.Subscription]) -> list[tuple[str, int]]:
+    """Distinct MQTT filters with the highest QoS asked for each (a filter subscribed twice would
+    make the broker deliver every message twice)."""
+    qos_by_filter: dict[str, int] = {}
+    for sub in subscriptions:
+        f = sub.mqtt_filter()
+        qos_by_filter[f] = max(qos_by_filter.get(f, 0), sub.qos)
+    return list(qos_by_filter.items())
+
+
+def describe_connect_error(error: BaseException | None, host: str, port: int) -> str:
+    """One sentence a person can act on, for an error raised while opening the connection."""
+    where = f"{host}:{port}"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve the host name {host!r} ({error.strerror}): check `host`"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return (f"TLS: the broker's certificate at {where} is not trusted ({error.verify_message}); "
+                "set tls.ca_file to the CA that signed it")
+    if isinstance(error, ssl.SSLError):
+        return (f"TLS handshake with {where} failed ({error.reason or error}): is that port a TLS listener, "
+                "and do tls.cert_file and tls.key_file belong together?")
+    if isinstance(error, ConnectionRefusedError):
+        return f"connection refused by {where}: no broker listens there (is it running? right port?)"
+    if isinstance(error, TimeoutError):
+        return f"no answer from {where} (timed out): wrong host, or a firewall in between"
+    if isinstance(error, ConnectionResetError):
+        return (f"{where} closed the connection at once: a TLS port spoken to without [mqtt.tls], "
+                "or a plain port with it?")
+    if isinstance(error, OSError):
+        return f"cannot connect to {where}: {error.strerror or error}"
+    if error is not None:
+        return f"cannot connect to {where}: {type(error).__name__}: {error}"
+    return f"cannot connect to {where}"
+
+
+def describe_refusal(reason: ReasonCode) -> str:
+    """A refused CONNACK, with a hint. MQTT 3.1.1 codes arrive here converted to MQTT 5 names."""
+    hints = {
+        0x84: "the broker does not accept this MQTT version: try the other `protocol`",
+        0x85: "the broker refused the client_id: use letters, digits and '-' only",
+        0x86: "bad username or password: check `username` and `password`",
+        0x87: "not authorised: check `username` and `password`, and the broker's ACL for this client",
+        0x8A: "this client is banned by the broker",
+        0x88: "the broker is unavailable",
+        0x89: "the broker is busy",
+    }
+    hint = hints.get(reason.value)
+    refused = f"the broker refused the connection ({reason})"
+    return f"{refused}: {hint}" if hint else refused
+
+
+# --- the source ----------------------------------------------------------------------------------------
+
+
+class MqttSource:
+    """One broker connection: subscriptions, mapping, manual acks after the spool commit."""
+
+    def __init__(
+        self,
+        cfg: config.MqttSource,
+        mapper: Mapper,
+        ingest: Ingest,
+        metrics: AgentMetrics,
+        logger: logging.Logger,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._mapper = mapper
+        self._ingest = ingest
+        self._log = logger
+        self._received = metrics.received.labels(cfg.name)
+        self._connected_gauge = metrics.connected.labels(cfg.name)
+        self._persistent = not cfg.clean_session
+        # a persistent session needs the fixed client_id (the config insists); a clean one may be random
+        self._client_id = cfg.client_id or f"fmc-{cfg.name}-{secrets.token_hex(4)}"
+        self._filters = subscription_filters(cfg.subscribe)
+        self._rng = random.Random()
+        self._attempt = 0  # reconnect attempts since the last successful connection
+
+        # _lock guards the ack gate: _generation counts successful connections, _link_up is true
+        # from a successful CONNACK until paho reports the disconnect; _unacked counts messages
+        # handed to the ingest whose ack has not run yet.
+        self._lock = threading.Lock()
+        self._acks_done = threading.Condition(self._lock)
+        self._generation = 0
+        self._link_up = False
+        self._unacked = 0
+        self._stopping = False
+        self._started = False
+        self._connected = False
+        self._subscribed = False
+        self._pending_subscribes: dict[int, list[str]] = {}  # SUBSCRIBE mid -> filters (network thread only)
+
+        self._client = build_client(cfg, self._client_id, persistent=self._persistent, manual_ack=True)
+        self._paho_log = logger.getChild("paho")
+        self._client.on_log = self._on_log
+        self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def subscribed(self) -> bool:
+        """True once the broker answered this connection's SUBSCRIBE (messages flow from then on)."""
+        return self._subscribed
+
+    @property
+    def client_id(self) -> str:
+        return self._client_id
+
+    def start(self) -> None:
+        """Connect in the background (paho's thread) and return at once; reconnects forever."""
+        if self._started:
+            raise RuntimeError(f"mqtt source {self.name!r} was already started")
+        self._started = True
+        self._connected_gauge.set(0)
+        self._client.reconnect_delay_set(self.cfg.reconnect_min_s, self.cfg.reconnect_min_s)  # type: ignore[arg-type]
+        options = _connect_options(self.cfg, persistent=self._persistent)
+        self._client.connect_async(self.cfg.host, self.cfg.port, self.cfg.keepalive_s, **options)
+        self._client.loop_start()
+        self._log.info(
+            "connecting to %s:%d as %r (MQTT %s%s, %s session)", self.cfg.host, self.cfg.port, self._client_id,
+            self.cfg.protocol, ", TLS" if self.cfg.tls else "", "persistent" if self._persistent else "clean",
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking messages, let pending acks go out, disconnect cleanly, end paho's thread."""
+        if not self._started:
+            return
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._stopping:
+                return
+            self._stopping = True  # from now on messages are neither submitted nor acked
+            # The ingest commits what it already has within its commit interval; waiting for those
+            # acks spares the broker resending (and us storing twice) messages already on disk.
+            self._acks_done.wait_for(lambda: self._unacked == 0, timeout=min(ACK_GRACE_MAX_S, timeout / 2))
+            self._link_up = False  # nothing may be queued behind the DISCONNECT
+        self._client.disconnect()
+        # loop_stop() joins paho's thread without a time limit; that thread may be blocked in
+        # ingest.submit() (full queue), which must not hang the agent's shutdown.
+        stopper = threading.Thread(target=self._client.loop_stop, name=f"fmc-mqtt-stop-{self.name}", daemon=True)
+        stopper.start()
+        stopper.join(max(0.1, deadline - time.monotonic()))
+        if stopper.is_alive():
+            self._log.warning("the MQTT network thread did not end within %.1fs; leaving it behind", timeout)
+        self._connected = False
+        self._subscribed = False
+        self._connected_gauge.set(0)
+        self._log.info("stopped (%d message(s) handed over but not acknowledged: the broker resends them)",
+                       self._unacked)
+
+    # --- acks -------------------------------------------------------------------------------
+
+    def _new_ack(self, mid: int, qos: int, generation: int) -> _Ack:
+        """The ack the ingest runs (in its writer thread) after the commit; see ``ack_many``."""
+        return _Ack(self, mid, qos, generation)
+
+    def ack_many(self, acks: Sequence[_Ack]) -> None:
+        """Acknowledge a committed group of messages with one write to the broker.
+
+        Why acks from another thread are safe (paho 2.2 source): ``ack`` -> ``_send_puback`` ->
+        ``_packet_queue`` only appends to ``_out_packet`` (a ``collections.deque``, whose append is
+        atomic) and writes one byte to the socket pair that wakes paho's ``select``; the network
+        thread does the socket write. That is the path ``publish()`` takes from any thread.
+
+        Two things are not safe, and the gate under ``_lock`` prevents them: an ack for a message
+        from an earlier connection (after a reconnect the broker may reuse that packet id for a
+        different message, which we would acknowledge unseen; the old one is resent anyway), and
+        an ack queued after the connection dropped, which could reach the next connection before
+        its CONNECT. paho calls on_disconnect (which closes the gate under the same lock) before
+        it reconnects, so an ack is either queued while the link is up or dropped.
+
+        Speed: one PUBACK per message, each its own queue entry, wake-up and ``send`` system call,
+        costs the network thread as much as receiving the message. A group's PUBACKs (4 bytes
+        each; MQTT 5 allows the same short form for reason Success) go as one queue entry. MQTT
+        wants PUBACKs in the order the PUBLISHes came, which a group keeps.
+        """
+        fresh = [a for a in acks if not a.done]
+        for a in fresh:
+            a.done = True  # only the ingest's writer thread acks, so this needs no lock
+        if not fresh:
+            return
+        # Build the packets before taking the lock: on_message waits on the same lock, and a
+        # group can hold thousands of acks.
+        generation = fresh[-1].generation
+        mids = [a.mid for a in fresh if a.generation == generation and a.qos == 1]
+        queue_packet = getattr(self._client, "_packet_queue", None)
+        packets = b"".join(_PUBACK.pack(0x40, 2, mid) for mid in mids) if queue_packet and len(mids) > 1 else b""
+        with self._lock:
+            self._unacked -= len(fresh)
+            if self._unacked == 0:
+                self._acks_done.notify_all()
+            if not mids or not self._link_up or generation != self._generation:
+                return
+            if packets:
+                queue_packet(mqtt.PUBACK, packets, 0, 0)
+            else:  # one message, or a paho without that internal: one by one
+                for mid in mids:
+                    self._client.ack(mid, 1)
+
+    # --- paho callbacks (network thread) ---------------------------------------------------------
+
+    def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
+        # paho's own lines (never the password). Our callbacks report connects, refusals and
+        # losses with reasons, so paho's lines are debug detail, except its errors while running;
+        # a clean stop() makes paho log "Client is not connected" as an error, which is noise.
+        if level == mqtt.MQTT_LOG_ERR and not self._stopping:
+            self._paho_log.warning("%s", text)
+        else:
+            self._paho_log.debug("%s", text)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        received_ns = time.time_ns()
+        self._received.inc()
+        with self._lock:
+            if self._stopping:
+                return  # not acked: the broker sends it again to the next start
+            generation = self._generation
+            if msg.qos > 0:
+                self._unacked += 1
+        ack = self._new_ack(msg.mid, msg.qos, generation) if msg.qos > 0 else None
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers check UTF-8, but no message may stop this thread
+            topic = _INVALID_TOPIC
+            result = MapResult([], [Rejection("topic_not_utf8", "the topic is not valid UTF-8")])
+        else:
+            result = self._map(topic, msg.payload, received_ns)
+        try:
+            self._ingest.submit(self.name, topic, msg.payload, result, ack)
+        except Exception:
+            # paho would end its thread on an exception from a callback; leave the message
+            # unacknowledged instead (the broker resends it after a reconnect)
+            self._log.exception("the ingest did not take a message on %r; it stays unacknowledged", topic)
+            if ack is not None:
+                with self._lock:
+                    self._unacked -= 1
+
+    def _map(self, topic: str, payload: bytes, received_ns: int) -> MapResult:
+        try:
+            return self._mapper.map(topic, payload, received_ns)
+        except Exception as e:  # a mapping bug: record it, keep the connection
+            self._log.exception("mapping failed for a message on %r", topic)
+            return MapResult([], [Rejection("internal_error", f"{type(e).__name__}: {e}"[:200])])
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            # the broker closes the connection next; on_disconnect schedules the retry
+            self._log.warning("%s:%d: %s", self.cfg.host, self.cfg.port, describe_refusal(reason))
+            return
+        with self._lock:
+            self._generation += 1
+            self._link_up = True
+        self._attempt = 0
+        self._connected = True
+        self._connected_gauge.set(1)
+        self._log.info(
+            "connected to %s:%d (%s session)", self.cfg.host, self.cfg.port,
+            "resumed" if flags.session_present else "new",
+        )
+        # Always subscribe again: a broker restarted without persistence has forgotten the
+        # session even though it may say otherwise later; with a resumed session it is harmless.
+        rc, mid = client.subscribe(self._filters)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            self._log.warning("could not send SUBSCRIBE (%s); it is sent again on the next connection", rc)
+        else:
+            self._pending_subscribes[mid] = [f for f, _ in self._filters]
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Properties | None
+    ) -> None:
+        filters = self._pending_subscribes.pop(mid, [])
+        for topic_filter, reason in zip(filters, reasons, strict=False):
+            if reason.is_failure:
+                self._log.error(
+                    "the broker refused the subscription to %r (%s): no messages arrive for it; check the "
+                    "broker's ACL for this user", topic_filter, reason,
+                )
+            else:
+                self._log.debug("subscribed to %r with QoS %d", topic_filter, reason.value)
+        self._subscribed = True
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._lock:
+            self._link_up = False
+            stopping = self._stopping
+        was_connected = self._connected
+        self._connected = False
+        self._subscribed = False
+        self._connected_gauge.set(0)
+        if stopping:
+            self._log.info("disconnected from %s:%d", self.cfg.host, self.cfg.port)
+            return
+        delay = self._schedule_retry()
+        self._log.warning(
+            "%s %s:%d (%s); reconnecting in %.1fs", "lost the connection to" if was_connected else "no session with",
+            self.cfg.host, self.cfg.port, reason, delay,
+        )
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this from inside its `except OSError:` around reconnect(), so the exception
+        # being handled is the reason (refused, DNS, TLS); paho's callback does not pass it.
+        error = sys.exc_info()[1]
+        delay = self._schedule_retry()
+        self._log.warning("%s; retrying in %.1fs", describe_connect_error(error, self.cfg.host, self.cfg.port), delay)
+
+    def _schedule_retry(self) -> float:
+        # paho doubles its delay without jitter; thousands of gateways that lost the same broker
+        # would all come back in the same second. Set paho's next wait to our jittered backoff.
+        delay = backoff_delay(self._attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self._rng)
+        self._attempt += 1
+        self._client.reconnect_delay_set(delay, delay)  # type: ignore[arg-type]
+        return delay
+
+
+# --- fmc check -----------------------------------------------------------------------------------------
+
+
+async def check_mqtt(cfg: config.MqttSource, timeout: float = 5.0) -> CheckResult:
+    """Connect, wait for CONNACK, subscribe every filter, report what failed, disconnect.
+
+    Uses a client id of its own and a clean session: connecting with the agent's client id
+    would take over (and with a clean session, delete) the running agent's session.
+    """
+    return await asyncio.to_thread(_check_blocking, cfg, timeout)
+
+
+def _check_blocking(cfg: config.MqttSource, timeout: float) -> CheckResult:
+    name = f"mqtt:{cfg.name}"
+    where = f"{cfg.host}:{cfg.port}"
+    deadline = time.monotonic() + timeout
+    try:
+        client = build_client(
+            cfg, f"fmc-check-{secrets.token_hex(6)}", persistent=False, manual_ack=False, reconnect=False
+        )
+    except (OSError, ValueError) as e:  # unreadable CA/cert/key file
+        return CheckResult(name, False, f"TLS settings: {e}")
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    client.on_connect = lambda c, u, flags, reason, props: events.put(("connack", reason))
+    client.on_disconnect = lambda c, u, flags, reason, props: events.put(("disconnect", reason))
+    client.on_subscribe = lambda c, u, mid, reasons, props: events.put(("suback", reasons))
+    client.connect_timeout = timeout
+
+    def next_event() -> tuple[str, Any] | None:
+        try:
+            return events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+
+    try:
+        client.connect(cfg.host, cfg.port, cfg.keepalive_s, **_connect_options(cfg, persistent=False))
+    except (OSError, ValueError) as e:
+        return CheckResult(name, False, describe_connect_error(e, cfg.host, cfg.port))
+    client.loop_start()
+    try:
+        event = next_event()
+        if event is None:
+            return CheckResult(name, False, f"connected to {where}, but no CONNACK within {timeout:.0f}s: "
+                                            "is it an MQTT port? (a TLS port needs [mqtt.tls])")
+        kind, reason = event
+        if kind == "disconnect":
+            return CheckResult(name, False, f"{where} closed the connection before answering ({reason}): "
+                                            "is it an MQTT port? (a TLS port needs [mqtt.tls])")
+        if reason.is_failure:
+            return CheckResult(name, False, describe_refusal(reason))
+        filters = subscription_filters(cfg.subscribe)
+        rc, _ = client.subscribe(filters)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return CheckResult(name, False, f"connected, but could not send SUBSCRIBE ({rc})")
+        event = next_event()
+        while event is not None and event[0] != "suback":
+            if event[0] == "disconnect":
+                return CheckResult(name, False, f"the broker closed the connection after SUBSCRIBE ({event[1]})")
+            event = next_event()
+        if event is None:
+            return CheckResult(name, False, f"connected, but no SUBACK within {timeout:.0f}s")
+        refused = [f"{f!r} ({r})" for (f, _), r in zip(filters, event[1], strict=False) if r.is_failure]
+        if refused:
+            return CheckResult(
+                name, False,
+                f"connected, but the broker refused {len(refused)} subscription(s): {', '.join(refused)}; "
+                "check the broker's ACL for this user",
+            )
+        return CheckResult(
+            name, True,
+            f"connected to {where} (MQTT {cfg.protocol}{', TLS' if cfg.tls else ''}), "
+            f"{len(filters)} subscription(s) accepted",
+        )
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -1,0 +1,836 @@
+"""The embedded store: one SQLite file that keeps points with InfluxDB's write semantics.
+
+It serves ``fmc demo`` and a single plant without a server. It takes the same line-protocol
+lines the InfluxDB sink sends, so the agent, the spool and the drain loop do not care which
+store is behind the sink, and it answers a small typed query API (``series``, ``points``,
+``count``) that the indicator engine reads through. See ``fmc/stores/embedded/README.md``.
+
+InfluxDB semantics kept here:
+- a point is identified by (measurement, tag set, timestamp); writing it again merges the
+  given fields into the stored ones, so re-sending a batch (after a crash between the store's
+  commit and the spool's delete) changes nothing;
+- a field keeps the type it was first written with, per (measurement, field key); a line with
+  another type for it is refused for good ("field type conflict: …") and the others are written.
+
+Schema (why not one ``points`` table keyed by the tags' JSON): the tag set of a series is
+stored once in ``series`` and the points refer to it by an integer id, so a point row costs a
+few bytes of key instead of the whole tag JSON, and ``series_tags`` (one row per tag) gives
+an index for "every series with equipment = loom-01" without parsing JSON in SQL.
+
+    series(id, measurement, tags)             tags = canonical JSON (sorted keys) of the tag set
+    series_tags(series_id, key, value)        one row per tag, indexed by (key, value)
+    points(series_id, ts, fields)             PRIMARY KEY (series_id, ts); fields = JSON object
+    field_types(measurement, field, type)     float | integer | string | boolean
+    meta(key, value)                          schema_version
+
+Every SQL statement is a constant text with ``?`` parameters: nothing a caller passes (tag
+keys and values, measurement names, field names) is ever put into SQL text.
+
+``EmbeddedQueryStore`` (at the end) is the central service's ``fmc.central.store.IndicatorStore``
+over such a file: the same answers as ``fmc.stores.influxdb.query.InfluxQueryStore``, computed in
+SQL (``tests/test_store_contract.py`` runs one contract on both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fmc.agent.config import EmbeddedSink as EmbeddedSinkConfig
+from fmc.agent.sink import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.central.store import (
+    ALL_SUMS,
+    REPORT_FIELDS,
+    CarrierSums,
+    DailySums,
+    EnterpriseInfo,
+    PeriodSums,
+    Scope,
+    StoredReport,
+    StoreQueryError,
+    SumsWanted,
+    encode_points,
+)
+from fmc.core.lineprotocol import LineProtocolError, field_type, parse
+from fmc.core.points import FieldValue, Point
+from fmc.plant.rollups import local_date, local_day_start_ns
+
+SCHEMA_VERSION = 1
+# PRAGMA application_id marks the file as an fmc store, so pointing the store at another
+# SQLite file (the spool, say) is refused instead of adding tables to it.
+APPLICATION_ID = 0x666D6353  # "fmcS"
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+BUSY_TIMEOUT_S = 5.0
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (
+    id          INTEGER PRIMARY KEY,
+    measurement TEXT NOT NULL,
+    tags        TEXT NOT NULL,
+    UNIQUE (measurement, tags)
+);
+CREATE TABLE IF NOT EXISTS series_tags (
+    series_id INTEGER NOT NULL REFERENCES series(id),
+    key       TEXT NOT NULL,
+    value     TEXT NOT NULL,
+    PRIMARY KEY (series_id, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS series_tags_by_value ON series_tags (key, value, series_id);
+CREATE TABLE IF NOT EXISTS points (
+    series_id INTEGER NOT NULL REFERENCES series(id),
+    ts        INTEGER NOT NULL,
+    fields    TEXT NOT NULL,
+    PRIMARY KEY (series_id, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS field_types (
+    measurement TEXT NOT NULL,
+    field       TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    PRIMARY KEY (measurement, field)
+) WITHOUT ROWID;
+"""
+
+# One EXISTS per tag condition; the text is constant, only the number of copies depends on
+# how many conditions the caller gave, and every key and value is a bound parameter.
+_TAG_CONDITION = " AND EXISTS (SELECT 1 FROM series_tags t WHERE t.series_id = s.id AND t.key = ? AND t.value = ?)"
+
+_UPSERT_POINT = (
+    "INSERT INTO points (series_id, ts, fields) VALUES (?, ?, ?) "
+    # field-wise merge, as InfluxDB does for a second write of the same series and time
+    "ON CONFLICT (series_id, ts) DO UPDATE SET fields = json_patch(points.fields, excluded.fields)"
+)
+
+
+class StoreError(Exception):
+    """The file cannot serve as an fmc store (another program's database, a newer schema)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoint:
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, FieldValue]
+    ts_ns: int
+
+
+def _canonical_tags(tags: Mapping[str, str]) -> str:
+    return json.dumps(dict(sorted(tags.items())), ensure_ascii=False, separators=(",", ":"))
+
+
+def _invalid(point: Point) -> str | None:
+    """Why InfluxDB would refuse this parsed point, or None."""
+    if not point.measurement:
+        return "missing measurement"
+    for key, value in point.tags.items():
+        if not key or not value:
+            return "missing tag key or value"
+    if not point.fields:
+        return "missing fields"
+    for key, value in point.fields.items():
+        if not key:
+            return "missing field key"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"invalid number: field {key!r} is {value}"
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+            return f"value out of range: field {key!r}"
+    if not INT64_MIN <= point.ts_ns <= INT64_MAX:
+        return "time outside range"
+    return None
+
+
+class EmbeddedStore:
+    """A SQLite store of points (WAL). Thread-safe: one connection, calls serialised by a lock.
+
+    ``readonly=True`` opens an existing store for queries only (several readers and one writer
+    may use the same file at once: WAL lets readers see the last committed state).
+    Raises ``sqlite3.Error`` when the file cannot be opened and ``StoreError`` when it is not
+    an fmc store.
+    """
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        # Caches of committed state; additions made inside a transaction go here only after COMMIT.
+        self._series_ids: dict[tuple[str, str], int] = {}
+        self._field_types: dict[tuple[str, str], str] = {}
+        if readonly:
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            self._conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+            )
+        else:
+            self._conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
+            )
+        try:
+            self._prepare()
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _prepare(self) -> None:
+        conn = self._conn
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+        if app_id != APPLICATION_ID and (app_id != 0 or has_tables):
+            raise StoreError(f"{self.path} is another program's SQLite database, not an fmc store")
+        if self.readonly:
+            if not has_tables:
+                raise StoreError(f"{self.path} holds no fmc store yet")
+        else:
+            # WAL: readers (dashboards, the summary) never block the writer nor see half a batch.
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: cannot use WAL (got {mode!r}); a network or read-only file system?")
+            # FULL, not NORMAL: once this commit returns the spool deletes the points, so a
+            # power cut must not take back a committed batch.
+            conn.execute("PRAGMA synchronous=FULL")
+            self._create_schema()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else None
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has store schema version {version}; this fmc reads version {SCHEMA_VERSION}"
+            )
+        self._field_types = {
+            (m, f): t for m, f, t in conn.execute("SELECT measurement, field, type FROM field_types")
+        }
+
+    def _create_schema(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")  # a constant of this module
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def write_lines(self, lines: Sequence[str], *, all_or_nothing: bool = False) -> WriteOutcome:
+        """Parse and upsert every line in one transaction; unparsable or conflicting lines are
+        refused (with the store's reason) and the others written. sqlite3 errors propagate and
+        nothing of the call is kept. ``all_or_nothing``: one refused line rolls the whole call
+        back (``written`` is then 0 and ``refused`` says why)."""
+        refused: list[RefusedLine] = []
+        written = 0
+        with self._lock:
+            conn = self._conn
+            new_series: dict[tuple[str, str], int] = {}
+            new_types: dict[tuple[str, str], str] = {}
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for index, line in enumerate(lines):
+                    reason = self._write_one(conn, line, new_series, new_types)
+                    if reason is None:
+                        written += 1
+                    else:
+                        refused.append(RefusedLine(index=index, reason=reason))
+                if all_or_nothing and refused:
+                    conn.execute("ROLLBACK")
+                    return WriteOutcome(written=0, refused=refused)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self._series_ids.update(new_series)
+            self._field_types.update(new_types)
+        return WriteOutcome(written=written, refused=refused)
+
+    def _write_one(
+        self,
+        conn: sqlite3.Connection,
+        line: str,
+        new_series: dict[tuple[str, str], int],
+        new_types: dict[tuple[str, str], str],
+    ) -> str | None:
+        """Write one line inside the open transaction; return why it was refused, or None."""
+        try:
+            point = parse(line)
+        except LineProtocolError as e:
+            return f"unable to parse: {e.detail}"
+        invalid = _invalid(point)
+        if invalid is not None:
+            return f"unable to parse: {invalid}"
+        m = point.measurement
+        types = {key: field_type(value) for key, value in point.fields.items()}
+        for key, kind in types.items():
+            known = self._known_type(conn, m, key, new_types)
+            if known is not None and known != kind:
+                return (
+                    f"field type conflict: input field {key!r} on measurement {m!r} is type {kind}, "
+                    f"already exists as type {known}"
+                )
+        for key, kind in types.items():
+            if self._known_type(conn, m, key, new_types) is None:
+                conn.execute("INSERT INTO field_types (measurement, field, type) VALUES (?, ?, ?)", (m, key, kind))
+                new_types[(m, key)] = kind
+        series_id = self._series_id(conn, m, point.tags, new_series)
+        fields_json = json.dumps(point.fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        conn.execute(_UPSERT_POINT, (series_id, point.ts_ns, fields_json))
+        return None
+
+    def _known_type(
+        self, conn: sqlite3.Connection, measurement: str, key: str, new_types: dict[tuple[str, str], str]
+    ) -> str | None:
+        known = self._field_types.get((measurement, key)) or new_types.get((measurement, key))
+        if known is None:
+            # Another writer on the same file may have fixed the type since this store opened;
+            # inside BEGIN IMMEDIATE the table is current.
+            row = conn.execute(
+                "SELECT type FROM field_types WHERE measurement = ? AND field = ?", (measurement, key)
+            ).fetchone()
+            if row is not None:
+                known = new_types[(measurement, key)] = str(row[0])
+        return known
+
+    def _series_id(
+        self,
+        conn: sqlite3.Connection,
+        measurement: str,
+        tags: Mapping[str, str],
+        new_series: dict[tuple[str, str], int],
+    ) -> int:
+        key = (measurement, _canonical_tags(tags))
+        cached = self._series_ids.get(key) or new_series.get(key)
+        if cached is not None:
+            return cached
+        row = conn.execute("SELECT id FROM series WHERE measurement = ? AND tags = ?", key).fetchone()
+        if row is not None:
+            new_series[key] = row[0]
+            return int(row[0])
+        cur = conn.execute("INSERT INTO series (measurement, tags) VALUES (?, ?)", key)
+        series_id = int(cur.lastrowid or 0)
+        conn.executemany(
+            "INSERT INTO series_tags (series_id, key, value) VALUES (?, ?, ?)",
+            [(series_id, k, v) for k, v in tags.items()],
+        )
+        new_series[key] = series_id
+        return series_id
+
+    def check_writable(self) -> None:
+        """Raise sqlite3.Error unless this store can take the write lock now."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("ROLLBACK")
+
+    # --- queries -------------------------------------------------------------------------------
+
+    def series(self, measurement: str, where_tags: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+        """Tag sets of the measurement's series that carry every tag in ``where_tags``."""
+        sql, params = self._series_filter("SELECT s.tags FROM series s", measurement, where_tags)
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY s.tags", params).fetchall()
+        return [json.loads(tags) for (tags,) in rows]
+
+    def points(
+        self,
+        measurement: str,
+        where_tags: Mapping[str, str] | None = None,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[StoredPoint]:
+        """Points with ``start_ns <= ts < end_ns`` (InfluxQL's usual range), ts ascending.
+
+        ``fields`` keeps only those fields; a point holding none of them is left out (as
+        ``SELECT a, b`` in InfluxQL returns no row where every selected field is null).
+        """
+        lower = INT64_MIN if start_ns is None else start_ns
+        upper = INT64_MAX if end_ns is None else end_ns - 1
+        sql, params = self._series_filter(
+            "SELECT s.tags, p.ts, p.fields FROM points p JOIN series s ON s.id = p.series_id",
+            measurement,
+            where_tags,
+        )
+        sql += " AND p.ts >= ? AND p.ts <= ? ORDER BY p.ts, s.tags"
+        with self._lock:
+            # one snapshot for both reads, so the types match the points even while a writer runs
+            self._conn.execute("BEGIN")
+            try:
+                rows = self._conn.execute(sql, [*params, lower, upper]).fetchall()
+                types = dict(
+                    self._conn.execute("SELECT field, type FROM field_types WHERE measurement = ?", (measurement,))
+                )
+            finally:
+                self._conn.execute("COMMIT")
+        wanted = None if fields is None else set(fields)
+        out: list[StoredPoint] = []
+        for tags_json, ts, fields_json in rows:
+            values = self._decode_fields(json.loads(fields_json), types, wanted)
+            if values:
+                out.append(StoredPoint(measurement, json.loads(tags_json), values, int(ts)))
+        return out
+
+    def count(self, measurement: str, where_tags: Mapping[str, str] | None = None) -> int:
+        """Number of points (distinct series and timestamp) of the measurement."""
+        sql, params = self._series_filter(
+            "SELECT count(*) FROM points p JOIN series s ON s.id = p.series_id", measurement, where_tags
+        )
+        with self._lock:
+            return int(self._conn.execute(sql, params).fetchone()[0])
+
+    @staticmethod
+    def _series_filter(
+        select: str, measurement: str, where_tags: Mapping[str, str] | None
+    ) -> tuple[str, list[str]]:
+        # ``select`` is always one of this class's constant strings, never caller input.
+        sql = select + " WHERE s.measurement = ?"
+        params = [measurement]
+        for key, value in sorted((where_tags or {}).items()):
+            sql += _TAG_CONDITION
+            params += [key, value]
+        return sql, params
+
+    @staticmethod
+    def _decode_fields(
+        raw: dict[str, object],
+        types: Mapping[str, str],
+        wanted: set[str] | None,
+    ) -> dict[str, FieldValue]:
+        # JSON keeps 1.0 and 1 apart already; the recorded type makes that independent of how
+        # a JSON library prints numbers.
+        out: dict[str, FieldValue] = {}
+        for key, value in raw.items():
+            if wanted is not None and key not in wanted:
+                continue
+            kind = types.get(key)
+            if kind == "float" and isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = float(value)
+            elif kind == "integer" and isinstance(value, int | float) and not isinstance(value, bool):
+                out[key] = int(value)
+            elif isinstance(value, bool | int | float | str):
+                out[key] = value
+        return out
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> EmbeddedStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class EmbeddedSink:
+    """The Sink protocol over an EmbeddedStore: SQLite work runs in a worker thread.
+
+    The store is opened on first use, so a missing folder or a locked file at start is a
+    retryable ``SinkUnavailable`` for the drain loop rather than a crash of the agent.
+    """
+
+    def __init__(self, cfg: EmbeddedSinkConfig, name: str = "embedded") -> None:
+        self.name = name
+        self.path = cfg.path
+        self._store: EmbeddedStore | None = None
+        self._open_lock = threading.Lock()
+
+    def _opened(self) -> EmbeddedStore:
+        with self._open_lock:
+            if self._store is None:
+                self._store = EmbeddedStore(self.path)
+            return self._store
+
+    def _forget_store(self) -> None:
+        # After an error that may have left the connection unusable (corrupt file), the next
+        # attempt opens the file again.
+        with self._open_lock:
+            store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(sqlite3.Error):
+                store.close()
+
+    def _write(self, lines: list[str]) -> WriteOutcome:
+        return self._opened().write_lines(lines)
+
+    async def write(self, lines: list[str]) -> WriteOutcome:
+        try:
+            return await asyncio.to_thread(self._write, lines)
+        except sqlite3.OperationalError as e:  # locked, disk full, I/O error, cannot open
+            raise SinkUnavailable(f"embedded store {self.path}: {e}") from e
+        except (sqlite3.DatabaseError, StoreError, OSError) as e:
+            await asyncio.to_thread(self._forget_store)
+            raise SinkUnavailable(f"embedded store {self.path}: {e}") from e
+
+    def _check(self) -> str:
+        folder = self.path.parent if str(self.path.parent) else Path(".")
+        if not folder.is_dir():
+            raise StoreError(f"folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise StoreError(f"folder {folder} is not writable (SQLite needs it for the WAL files)")
+        self._opened().check_writable()
+        return f"{self.path}: writable, schema v{SCHEMA_VERSION}"
+
+    async def check(self) -> CheckResult:
+        try:
+            detail = await asyncio.to_thread(self._check)
+        except (sqlite3.Error, StoreError, OSError) as e:
+            return CheckResult(self.name, False, f"embedded store {self.path}: {e}")
+        return CheckResult(self.name, True, detail)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self._forget_store)
+
+
+# --- the central store query interface (fmc.central.store.IndicatorStore) over this file -------------------
+
+_DAILY_FIELDS = (
+    "equipment_total",
+    "equipment_nc",
+    "asset_value_total",
+    "asset_value_nc",
+    "equipment_networked",
+    "nc_equipment_networked",
+)
+_LAST_FIELDS = _DAILY_FIELDS[:4]
+_CARRIER_FIELDS = ("amount", "tce", "m3", "coverage")
+_ROLLUP_MEASUREMENTS = ("enterprise_daily", "consumption_daily", "enterprise_report")
+# The fingerprint per measurement: the number of points (points carrying the first field) and the sum
+# of each field; for reports, whose fields are each optional, a count and a sum per field. The same in
+# both stores (fmc.stores.influxdb.query), where each count or sum is one pass over the points.
+_FINGERPRINT_FIELDS = {
+    "enterprise_daily": _DAILY_FIELDS,
+    "consumption_daily": _CARRIER_FIELDS,
+    "enterprise_report": REPORT_FIELDS,
+}
+REPORT_MARGIN_NS = 2 * 86_400 * 1_000_000_000  # reports stamped in another time zone still fall inside
+
+
+def _json_field(name: str) -> str:
+    # ``name`` is always one of this module's constant field names, never caller input
+    return f"json_extract(p.fields, '$.{name}')"
+
+
+# The series of one measurement with their tags as columns; the scope as one constant condition whose
+# values are bound parameters (:region, :industries, :enterprises as JSON arrays).
+_SCOPED_SERIES = """
+WITH sel AS (
+    SELECT id,
+           json_extract(tags, '$.enterprise') AS enterprise,
+           json_extract(tags, '$.region') AS region,
+           json_extract(tags, '$.industry') AS industry,
+           json_extract(tags, '$.carrier') AS carrier,
+           json_extract(tags, '$.period') AS period
+    FROM series
+    WHERE measurement = :measurement
+)
+"""
+_IN_SCOPE = (
+    "sel.enterprise IS NOT NULL"
+    " AND (:region IS NULL OR substr(sel.region, 1, length(:region)) = :region)"
+    " AND (:industry_count = 0 OR EXISTS (SELECT 1 FROM json_each(:industries) j"
+    " WHERE substr(sel.industry, 1, length(j.value)) = j.value))"
+    " AND (:enterprise_count = 0 OR sel.enterprise IN (SELECT value FROM json_each(:enterprises)))"
+)
+_IN_PERIOD = "p.ts >= :start AND p.ts < :end"
+
+# One row per enterprise: the count and sums, and (SQLite's documented rule for a lone max()) the
+# fields of the row with the latest timestamp as bare columns.
+_DAILY_SUMS_SQL = (
+    _SCOPED_SERIES
+    + "SELECT sel.enterprise, count("
+    + _json_field("equipment_total")
+    + "), "
+    + ", ".join(f"total({_json_field(f)})" for f in _DAILY_FIELDS)
+    + ", max(p.ts), "
+    + ", ".join(_json_field(f) for f in _LAST_FIELDS)
+    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE} GROUP BY sel.enterprise"
+)
+_CARRIER_SUMS_SQL = (
+    _SCOPED_SERIES
+    + "SELECT sel.enterprise, sel.carrier, "
+    + f"count({_json_field('amount')}), total({_json_field('amount')}), "
+    + f"total({_json_field('tce')}), count({_json_field('tce')}), "
+    + f"total({_json_field('m3')}), count({_json_field('m3')}), total({_json_field('coverage')})"
+    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
+    + " AND sel.carrier IS NOT NULL GROUP BY sel.enterprise, sel.carrier"
+)
+_REPORTS_SQL = (
+    _SCOPED_SERIES
+    + "SELECT sel.enterprise, sel.period, p.ts, p.fields"
+    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
+    + " AND sel.period IS NOT NULL AND (length(sel.period) = 4 OR substr(sel.period, 5, 1) = '-')"
+    + " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
+    + " ORDER BY sel.enterprise, p.ts, sel.id"
+)
+# Every series of the three measurements with the time of its latest point (the primary key makes
+# max(ts) per series an index lookup); per enterprise, the tags of the series with the latest point.
+_ENTERPRISES_SQL = """
+WITH sel AS (
+    SELECT id,
+           json_extract(tags, '$.enterprise') AS enterprise,
+           coalesce(json_extract(tags, '$.region'), '') AS region,
+           coalesce(json_extract(tags, '$.industry'), '') AS industry
+    FROM series
+    WHERE measurement IN ('enterprise_daily', 'consumption_daily', 'enterprise_report')
+),
+latest AS (
+    SELECT sel.enterprise, sel.region, sel.industry, (SELECT max(ts) FROM points WHERE series_id = sel.id) AS ts
+    FROM sel
+    WHERE sel.enterprise IS NOT NULL
+      AND (:enterprise_count = 0 OR sel.enterprise IN (SELECT value FROM json_each(:enterprises)))
+)
+SELECT enterprise, region, industry, max(ts) FROM latest WHERE ts IS NOT NULL GROUP BY enterprise ORDER BY enterprise
+"""
+
+
+def _fingerprint_sql(measurement: str, fields: Sequence[str]) -> str:
+    if measurement == "enterprise_report":
+        columns = ", ".join(f"count({_json_field(f)}), total({_json_field(f)})" for f in fields)
+    else:
+        columns = f"count({_json_field(fields[0])}), " + ", ".join(f"total({_json_field(f)})" for f in fields)
+    return (
+        _SCOPED_SERIES
+        + f"SELECT {columns} FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
+    )
+
+
+_FINGERPRINT_SQL = {m: _fingerprint_sql(m, fields) for m, fields in _FINGERPRINT_FIELDS.items()}
+
+
+def _scope_params(scope: Scope) -> dict[str, object]:
+    return {
+        "region": scope.region_prefix,
+        "industry_count": len(scope.industries),
+        "industries": json.dumps(list(scope.industries)),
+        "enterprise_count": len(scope.enterprises),
+        "enterprises": json.dumps(list(scope.enterprises)),
+    }
+
+
+def _time_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"time zone {name!r} is unknown: use an IANA name such as 'Asia/Shanghai'") from None
+
+
+def _period_bounds_ns(start: date, end: date, tz: ZoneInfo) -> tuple[int, int]:
+    """[local midnight of start, local midnight after end) in UTC ns."""
+    if end < start:
+        raise ValueError(f"period ends ({end}) before it starts ({start})")
+    return local_day_start_ns(start, tz), local_day_start_ns(end + timedelta(days=1), tz)
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _report_figures(fields: Mapping[str, object]) -> dict[str, float]:
+    """The figures present (a missing one stays absent, never 0)."""
+    return {
+        name: float(value)
+        for name in REPORT_FIELDS
+        if isinstance(value := fields.get(name), int | float) and not isinstance(value, bool)
+    }
+
+
+class EmbeddedQueryStore:
+    """``fmc.central.store.IndicatorStore`` in SQL over an embedded store file.
+
+    ``store``: an open ``EmbeddedStore`` (shared: its lock serialises the calls) or the path of a
+    store file, opened on first use (a missing file is an error, not a new empty store). Every
+    call runs in a worker thread; a missing, locked or corrupt file raises ``StoreQueryError``.
+    """
+
+    def __init__(self, store: EmbeddedStore | str | Path, *, timezone: str = "Asia/Shanghai") -> None:
+        self.timezone = timezone
+        self._tz = _time_zone(timezone)
+        self._open_lock = threading.Lock()
+        if isinstance(store, EmbeddedStore):
+            self.path = store.path
+            self._store: EmbeddedStore | None = store
+            self._owned = False
+        else:
+            self.path = Path(store)
+            self._store = None
+            self._owned = True
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _opened(self) -> EmbeddedStore:
+        with self._open_lock:
+            if self._store is None:
+                if not self.path.is_file():
+                    raise StoreQueryError(
+                        f"embedded store {self.path} does not exist: fix [store] path, or let an agent "
+                        "(or fmc demo) create it first"
+                    )
+                self._store = EmbeddedStore(self.path)
+            return self._store
+
+    def _forget(self) -> None:
+        # a corrupt or replaced file: open it again on the next call
+        if not self._owned:
+            return
+        with self._open_lock:
+            store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(sqlite3.Error):
+                store.close()
+
+    def _read(self, statements: Sequence[tuple[str, Mapping[str, object]]]) -> list[list[tuple[Any, ...]]]:
+        """Rows of each statement, all from one snapshot of the file."""
+        store = self._opened()
+        with store._lock:
+            conn = store._conn
+            conn.execute("BEGIN")
+            try:
+                return [conn.execute(sql, params).fetchall() for sql, params in statements]
+            finally:
+                conn.execute("COMMIT")
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        try:
+            return await asyncio.to_thread(fn)
+        except StoreQueryError:
+            raise
+        except sqlite3.OperationalError as e:  # locked, I/O error, cannot open
+            raise StoreQueryError(f"embedded store {self.path}: {e}; check that the file is readable") from e
+        except (sqlite3.DatabaseError, StoreError) as e:
+            self._forget()
+            raise StoreQueryError(
+                f"embedded store {self.path} cannot be read ({e}); fix [store] path or restore the file"
+            ) from e
+        except OSError as e:
+            raise StoreQueryError(f"embedded store {self.path}: {e.strerror or e}") from e
+
+    def _params(self, measurement: str, start_ns: int, end_ns: int, scope: Scope) -> dict[str, object]:
+        return {"measurement": measurement, "start": start_ns, "end": end_ns, **_scope_params(scope)}
+
+    # --- the interface ---------------------------------------------------------------------------
+
+    async def enterprises(self, scope: Scope) -> list[EnterpriseInfo]:
+        params = _scope_params(scope)
+
+        def run() -> list[EnterpriseInfo]:
+            [rows] = self._read([(_ENTERPRISES_SQL, params)])
+            # region and industry are those of the latest series, so they are checked after it is known
+            infos = [EnterpriseInfo(str(e), str(r), str(i)) for e, r, i, _ in rows]
+            return [x for x in infos if scope.admits(x.enterprise, x.region, x.industry)]
+
+        return await self._call(run)
+
+    async def period_sums(
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
+    ) -> dict[str, PeriodSums]:
+        """Every sum, whatever ``wanted`` says: in SQL they come in one pass."""
+        start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
+        daily_params = self._params("enterprise_daily", start_ns, end_ns, scope)
+        carrier_params = self._params("consumption_daily", start_ns, end_ns, scope)
+
+        def run() -> dict[str, PeriodSums]:
+            daily_rows, carrier_rows = self._read(
+                [(_DAILY_SUMS_SQL, daily_params), (_CARRIER_SUMS_SQL, carrier_params)]
+            )
+            daily: dict[str, DailySums] = {}
+            for enterprise, days, *rest in daily_rows:
+                if not days:
+                    continue
+                sums, last_ts, last = rest[:6], rest[6], rest[7:]
+                daily[str(enterprise)] = DailySums(
+                    int(days),
+                    *(_number(v) for v in sums),
+                    local_date(int(last_ts), self._tz),
+                    *(_number(v) for v in last),
+                )
+            carriers: dict[str, dict[str, CarrierSums]] = {}
+            for enterprise, carrier, rows, amount, tce, tce_rows, m3, m3_rows, coverage in carrier_rows:
+                if rows:
+                    carriers.setdefault(str(enterprise), {})[str(carrier)] = CarrierSums(
+                        str(carrier), int(rows), _number(amount), _number(tce), int(tce_rows),
+                        _number(m3), int(m3_rows), _number(coverage),
+                    )
+            return {
+                e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())
+            }
+
+        return await self._call(run)
+
+    async def reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
+        start_ns, end_ns = _period_bounds_ns(date(first_year, 1, 1), date(last_year, 12, 31), self._tz)
+        params = self._params("enterprise_report", start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS, scope)
+        params.update(first_year=first_year, last_year=last_year)
+
+        def run() -> dict[str, list[StoredReport]]:
+            [rows] = self._read([(_REPORTS_SQL, params)])
+            merged: dict[tuple[str, str], dict[str, float]] = {}
+            for enterprise, period, _ts, fields_json in rows:
+                figures = _report_figures(json.loads(fields_json))
+                # the same report under other tags (the enterprise moved): the later row's figures win
+                merged.setdefault((str(enterprise), str(period)), {}).update(figures)
+            out: dict[str, list[StoredReport]] = {}
+            for (enterprise, period), figures in sorted(merged.items()):
+                if figures:
+                    out.setdefault(enterprise, []).append(StoredReport(enterprise, period, figures))
+            return out
+
+        return await self._call(run)
+
+    async def write(self, points: Sequence[Point]) -> None:
+        lines = encode_points(points)
+        if not lines:
+            return
+
+        def run() -> None:
+            outcome = self._opened().write_lines(lines, all_or_nothing=True)
+            if outcome.refused:
+                first = outcome.refused[0]
+                raise StoreQueryError(
+                    f"the store refused {len(outcome.refused)} of {len(lines)} point(s), so nothing was written; "
+                    f"point {first.index} ({points[first.index].measurement}): {first.reason}"
+                )
+
+        await self._call(run)
+
+    async def fingerprint(self, start: date, end: date, scope: Scope) -> tuple[float, ...]:
+        start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
+        statements = [
+            (_FINGERPRINT_SQL[m], self._params(m, start_ns, end_ns, scope)) for m in _ROLLUP_MEASUREMENTS
+        ]
+
+        def run() -> tuple[float, ...]:
+            results = self._read(statements)
+            return tuple(float(v or 0) for rows in results for v in rows[0])
+
+        return await self._call(run)
+
+    async def ping(self) -> None:
+        """The file opens as an fmc store and answers a query."""
+        await self._call(lambda: self._read([("SELECT 1", {})]))
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await asyncio.to_thread(self._forget)

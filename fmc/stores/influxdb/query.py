@@ -1,0 +1,579 @@
+"""The central store query interface (``fmc.central.store.IndicatorStore``) over InfluxDB's InfluxQL ``/query``.
+
+InfluxQL over ``/query`` is the one query language InfluxDB 1.x, 2.x (v1 compatibility API, token
+auth, a DBRP mapping) and 3.x all speak; see ``fmc/stores/influxdb/query.md``.
+
+The aggregation is pushed into the query: ``period_sums`` sends one request of three statements
+(the sums of ``enterprise_daily`` per enterprise, its last row per enterprise, the sums of
+``consumption_daily`` per enterprise and carrier), so one row per enterprise (per carrier) crosses
+the wire whatever the number of days. The scope is pushed into the ``WHERE`` clause.
+
+Nothing from outside reaches a query unescaped: every string goes through ``quote_literal``,
+``quote_ident`` or ``regex_prefixes``, which refuse what InfluxQL cannot carry rather than pass it,
+even for values a ``Scope`` has already validated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, timedelta
+from typing import Any
+from urllib.parse import unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import httpx
+
+from fmc.agent.config import InfluxDBSink as InfluxDBSinkConfig
+from fmc.central.store import (
+    ALL_SUMS,
+    DAILY_SUM_FIELDS,
+    REPORT_FIELDS,
+    CarrierSums,
+    DailySums,
+    EnterpriseInfo,
+    PeriodSums,
+    Scope,
+    StoredReport,
+    StoreQueryError,
+    SumsWanted,
+    encode_points,
+)
+from fmc.core.lineprotocol import field_type
+from fmc.core.points import Point
+from fmc.plant.rollups import NS, local_date, local_day_start_ns
+from fmc.plant.tce import is_water
+from fmc.stores.influxdb.sink import redacted_url, store_error_text, tls_verify
+
+USER_AGENT = "fmc-central"
+MS = 1_000_000  # ns per ms: answers come with epoch=ms
+JSON_IN_THREAD_BYTES = 512 * 1024  # parse big answers off the event loop, so the API keeps serving
+GZIP_LEVEL = 6  # as the sink: line protocol shrinks about tenfold
+GZIP_IN_THREAD_BYTES = 256 * 1024
+REPORT_MARGIN_NS = 2 * 86_400 * NS  # reports stamped in another time zone still fall inside
+
+DAILY = "enterprise_daily"
+CONSUMPTION = "consumption_daily"
+REPORT = "enterprise_report"
+DAILY_FIELDS = DAILY_SUM_FIELDS
+LAST_FIELDS = DAILY_FIELDS[:4]
+CARRIER_FIELDS = ("amount", "tce", "m3", "coverage")
+# The fingerprint per measurement: the number of points (points carrying the first field) and the sum
+# of each field (each count or sum is one pass over the points, so no more of them than that); for
+# reports, whose fields are each optional and few, a count and a sum per field. As the embedded store's.
+FINGERPRINT_FIELDS: Mapping[str, tuple[str, ...]] = {
+    DAILY: DAILY_FIELDS,
+    CONSUMPTION: CARRIER_FIELDS,
+    REPORT: tuple(REPORT_FIELDS),
+}
+
+
+# --- quoting: the only ways a value gets into InfluxQL ----------------------------------------------------
+
+
+def _carriable(kind: str, text: str) -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"{kind} must be text, got {type(text).__name__}")
+    # A NUL ends InfluxQL's scanner input and a carriage return becomes a newline there; neither can
+    # be written inside a quoted string (nor stored by line protocol), so refuse rather than mangle.
+    if "\x00" in text or "\r" in text:
+        raise ValueError(f"{kind} {text!r} contains a NUL or carriage return, which InfluxQL cannot carry")
+    return text
+
+
+def quote_literal(text: str) -> str:
+    """``text`` as an InfluxQL string literal: single quotes, with ``\\``, ``'`` and newlines escaped."""
+    text = _carriable("string", text)
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as an InfluxQL identifier: always double-quoted (a bare word could be a keyword), with
+    ``\\``, ``"`` and newlines escaped."""
+    name = _carriable("identifier", name)
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _regex_text(text: str) -> str:
+    # Inside /…/ InfluxQL only unescapes \/ and passes everything else to Go's RE2. ASCII letters and
+    # digits stand for themselves; every other ASCII character (metacharacters, '/', '\', newline)
+    # becomes \x{..}, which RE2 reads as that exact character and InfluxQL never sees as a delimiter.
+    # Other characters are never regex syntax.
+    return "".join(
+        c if (c.isascii() and c.isalnum()) or not c.isascii() else f"\\x{{{ord(c):02X}}}" for c in text
+    )
+
+
+def regex_prefixes(prefixes: Iterable[str]) -> str:
+    """A regex literal matching a value that starts with one of ``prefixes`` (exactly as written)."""
+    parts = [_regex_text(_carriable("prefix", p)) for p in prefixes]
+    if not parts:
+        raise ValueError("regex_prefixes needs at least one prefix")
+    return "/^(?:" + "|".join(parts) + ")/"
+
+
+def scope_condition(scope: Scope) -> str:
+    """The scope as an InfluxQL condition (``true``-less: empty when there is no restriction)."""
+    parts: list[str] = []
+    if scope.region_prefix is not None:
+        parts.append(f"region =~ {regex_prefixes([scope.region_prefix])}")
+    if scope.industries:
+        parts.append(f"industry =~ {regex_prefixes(scope.industries)}")
+    if scope.enterprises:
+        parts.append(_enterprise_condition(scope.enterprises))
+    return " AND ".join(parts)
+
+
+def _enterprise_condition(enterprises: Iterable[str]) -> str:
+    return "(" + " OR ".join(f"enterprise = {quote_literal(e)}" for e in enterprises) + ")"
+
+
+# --- answers ---------------------------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _count(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _series(result: Mapping[str, Any]) -> list[tuple[dict[str, str], list[str], list[list[Any]]]]:
+    """(tags, columns, rows) of each series of one statement's result."""
+    out = []
+    for s in result.get("series") or ():
+        if isinstance(s, dict):
+            out.append((s.get("tags") or {}, s.get("columns") or [], s.get("values") or []))
+    return out
+
+
+def _time_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"time zone {name!r} is unknown: use an IANA name such as 'Asia/Shanghai'") from None
+
+
+class InfluxQueryStore:
+    """``IndicatorStore`` over InfluxQL ``/query`` (and ``/write`` for ``write``).
+
+    ``cfg``: the same model as the agent's InfluxDB sink (url, dialect, database, retention_policy,
+    username/password or token, timeout_s, TLS settings). With dialect ``v2`` the queries go to
+    ``database`` (else the bucket's name) through the v1 compatibility API, which needs a DBRP
+    mapping. ``client``: an ``httpx.AsyncClient`` to use (not closed by ``aclose``); credentials are
+    sent with every request either way.
+    """
+
+    def __init__(
+        self,
+        cfg: InfluxDBSinkConfig,
+        *,
+        timezone: str = "Asia/Shanghai",
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.timezone = timezone
+        self._tz = _time_zone(timezone)
+        self._base = redacted_url(cfg.url.rstrip("/"))
+        self._headers = {"User-Agent": USER_AGENT}
+        self._auth: httpx.Auth | None = None
+        url = urlsplit(cfg.url)
+        if cfg.dialect == "v2":
+            assert cfg.token is not None  # the config model requires it for v2
+            self._headers["Authorization"] = f"Token {cfg.token.get_secret_value()}"
+        elif cfg.username is not None or cfg.password is not None:
+            # HTTP Basic rather than u=/p= in the URL: URLs end up in access logs and httpx's log
+            password = cfg.password.get_secret_value() if cfg.password is not None else ""
+            self._auth = httpx.BasicAuth(cfg.username or "", password)
+        elif url.username is not None:
+            self._auth = httpx.BasicAuth(unquote(url.username), unquote(url.password or ""))
+        self.database = cfg.database or cfg.bucket or ""
+        self._owns_client = client is None
+        self._client = client or httpx.AsyncClient(
+            timeout=httpx.Timeout(cfg.timeout_s),
+            verify=tls_verify(cfg),
+            follow_redirects=False,  # a redirect would drop the body or the credentials; report it
+        )
+        self._query_params = {"db": self.database, "epoch": "ms"}
+        if cfg.retention_policy:
+            self._query_params["rp"] = cfg.retention_policy  # read by 2.x's compatibility API
+        if cfg.dialect == "v1":
+            self._write_url = f"{self._base}/write"
+            self._write_params = {"db": self.database, "precision": "ns"}
+            if cfg.retention_policy:
+                self._write_params["rp"] = cfg.retention_policy
+        else:
+            self._write_url = f"{self._base}/api/v2/write"
+            self._write_params = {"org": cfg.org or "", "bucket": cfg.bucket or "", "precision": "ns"}
+
+    # --- statements ------------------------------------------------------------------------------
+
+    def _from(self, measurement: str) -> str:
+        if self.cfg.retention_policy:
+            return f"{quote_ident(self.cfg.retention_policy)}.{quote_ident(measurement)}"
+        return quote_ident(measurement)
+
+    def _bounds(self, start: date, end: date) -> tuple[int, int]:
+        if end < start:
+            raise ValueError(f"period ends ({end}) before it starts ({start})")
+        return local_day_start_ns(start, self._tz), local_day_start_ns(end + timedelta(days=1), self._tz)
+
+    @staticmethod
+    def _where(start_ns: int, end_ns: int, scope: Scope, *extra: str) -> str:
+        parts = [f"time >= {int(start_ns)}", f"time < {int(end_ns)}", *extra]
+        condition = scope_condition(scope)
+        if condition:
+            parts.append(condition)
+        return " WHERE " + " AND ".join(parts)
+
+    def period_sums_statements(
+        self, start: date, end: date, scope: Scope, carriers: Sequence[str] | None = None,
+        wanted: SumsWanted = ALL_SUMS,
+    ) -> list[str]:
+        """The statements ``period_sums`` sends, each in its own request, all at once: the daily sums,
+        the last day, and the consumption sums — one statement per carrier when ``carriers`` are
+        given (smaller pieces keep every core busy), else one for all."""
+        bounds = self._bounds(start, end)
+        where = self._where(*bounds, scope)
+        # every aggregate is a pass over every series: only the sums the policy uses
+        sums = "".join(f", sum({f}) AS {f}" for f in DAILY_FIELDS if f in wanted.daily)
+        # last() alone (with plain fields beside it) reports the time of the row it picked; mixed
+        # with sum() it would report the start of the range instead, so it is a statement of its own
+        last = f"last({LAST_FIELDS[0]}) AS {LAST_FIELDS[0]}, " + ", ".join(LAST_FIELDS[1:])
+        rows = "count(amount) AS n_rows, sum(amount) AS amount" if wanted.amount else "count(coverage) AS n_rows"
+        tce = "sum(tce) AS tce, count(tce) AS tce_rows"
+        m3 = "sum(m3) AS m3, count(m3) AS m3_rows"
+        if carriers is None:
+            per_carrier = [f"SELECT {rows}, {tce}, {m3}, sum(coverage) AS coverage FROM {self._from(CONSUMPTION)}"
+                           f"{where} GROUP BY enterprise, carrier"]
+        else:
+            # the engine reads m³ of water carriers and tce of the others: an aggregate of a field a
+            # series lacks still costs a pass over every series, so each carrier asks for its own
+            per_carrier = [
+                f"SELECT {rows}, {m3 if is_water(c) else tce}, sum(coverage) AS coverage "
+                f"FROM {self._from(CONSUMPTION)}{self._where(*bounds, scope, 'carrier = ' + quote_literal(c))} "
+                "GROUP BY enterprise, carrier"
+                for c in carriers
+            ]
+        return [
+            f"SELECT count({DAILY_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
+            f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
+            *per_carrier,
+        ]
+
+    async def carriers(self) -> list[str]:
+        """The carriers ``consumption_daily`` holds (from the index: no data is read)."""
+        [result] = await self._query([f"SHOW TAG VALUES FROM {quote_ident(CONSUMPTION)} WITH KEY = \"carrier\""])
+        return sorted({str(row[columns.index("value")]) for _, columns, rows in _series(result) for row in rows
+                       if "value" in columns})
+
+    # --- the interface -----------------------------------------------------------------------------
+
+    async def period_sums(
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
+    ) -> dict[str, PeriodSums]:
+        # One request per statement, sent at once: InfluxDB runs the statements of one request one
+        # after another on one core, and separate requests in parallel (docs/central.md has figures).
+        statements = self.period_sums_statements(start, end, scope, await self.carriers(), wanted)
+        results = await asyncio.gather(*(self._query([s]) for s in statements))
+        sums_result, last_result = results[0][0], results[1][0]
+        carrier_results = [r[0] for r in results[2:]]
+        daily_sums: dict[str, dict[str, Any]] = {}
+        for tags, columns, rows in _series(sums_result):
+            enterprise = tags.get("enterprise")
+            if rows and enterprise:
+                daily_sums[enterprise] = dict(zip(columns, rows[0], strict=False))
+        daily: dict[str, DailySums] = {}
+        for tags, columns, rows in _series(last_result):
+            enterprise = tags.get("enterprise")
+            sums = daily_sums.get(enterprise) if enterprise else None
+            if not enterprise or not rows or sums is None or not _count(sums.get("days")):
+                continue
+            last = dict(zip(columns, rows[0], strict=False))
+            daily[enterprise] = DailySums(
+                _count(sums["days"]),
+                *(_num(sums.get(f)) if f in wanted.daily else math.nan for f in DAILY_FIELDS),
+                local_date(_count(last.get("time")) * MS, self._tz),
+                *(_num(last.get(f)) for f in LAST_FIELDS),
+            )
+        carriers: dict[str, dict[str, CarrierSums]] = {}
+        for tags, columns, rows in (series for result in carrier_results for series in _series(result)):
+            enterprise, carrier = tags.get("enterprise"), tags.get("carrier")
+            if not rows or not enterprise or not carrier:  # a series without the tag groups under ""
+                continue
+            r = dict(zip(columns, rows[0], strict=False))
+            if _count(r.get("n_rows")):
+                carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
+                    carrier, _count(r["n_rows"]), _num(r.get("amount")) if wanted.amount else math.nan,
+                    _num(r.get("tce")), _count(r.get("tce_rows")),
+                    _num(r.get("m3")), _count(r.get("m3_rows")), _num(r.get("coverage")),
+                )
+        return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}
+
+    async def enterprises(self, scope: Scope) -> list[EnterpriseInfo]:
+        # An enterprise's region and industry are those of its latest point. The scope is pushed down
+        # to find the candidates; then, when it restricts region or industry, the candidates' series
+        # outside it are read too, and a candidate whose latest point lies outside has moved out.
+        latest = await self._latest_tags(scope_condition(scope))
+        outside = [f"region !~ {regex_prefixes([scope.region_prefix])}"] if scope.region_prefix is not None else []
+        if scope.industries:
+            outside.append(f"industry !~ {regex_prefixes(scope.industries)}")
+        if latest and outside:
+            moved = await self._latest_tags(f"{_enterprise_condition(latest)} AND ({' OR '.join(outside)})")
+            for enterprise, (ts, region, industry) in moved.items():
+                if enterprise in latest and ts > latest[enterprise][0]:
+                    latest[enterprise] = (ts, region, industry)
+        infos = [EnterpriseInfo(e, region, industry) for e, (_, region, industry) in sorted(latest.items())]
+        return [i for i in infos if scope.admits(i.enterprise, i.region, i.industry)]
+
+    async def _latest_tags(self, condition: str) -> dict[str, tuple[int, str, str]]:
+        """enterprise -> (time in ms, region, industry) of its latest point matching ``condition``."""
+        where = f" WHERE {condition}" if condition else ""
+        # the latest point of each (enterprise, region, industry); one field is enough where every point
+        # has it, a report may have any of its fields
+        statements = [
+            f"SELECT {columns} FROM {self._from(m)}{where} GROUP BY enterprise, region, industry "
+            "ORDER BY time DESC LIMIT 1"
+            for m, columns in ((DAILY, DAILY_FIELDS[0]), (CONSUMPTION, "amount"), (REPORT, "*"))
+        ]
+        latest: dict[str, tuple[int, str, str]] = {}
+        for result in await self._query(statements):
+            for tags, columns, rows in _series(result):
+                enterprise = tags.get("enterprise")
+                if not rows or not enterprise or "time" not in columns:
+                    continue
+                ts = _count(rows[0][columns.index("time")])
+                known = latest.get(enterprise)
+                if known is None or ts > known[0]:
+                    latest[enterprise] = (ts, tags.get("region") or "", tags.get("industry") or "")
+        return latest
+
+    async def reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
+        start_ns, end_ns = self._bounds(date(first_year, 1, 1), date(last_year, 12, 31))
+        years = "|".join(_regex_text(f"{y:04d}") for y in range(first_year, last_year + 1))
+        period = f"period =~ /^(?:{years})(?:-|$)/"
+        where = self._where(start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS, scope, period)
+        query = f"SELECT {', '.join(REPORT_FIELDS)} FROM {self._from(REPORT)}{where} GROUP BY enterprise, period"
+        [result] = await self._query([query])
+        merged: dict[tuple[str, str], dict[str, float]] = {}
+        for tags, columns, rows in _series(result):
+            enterprise, label = tags.get("enterprise"), tags.get("period")
+            if not enterprise or not label:
+                continue
+            figures = merged.setdefault((enterprise, label), {})
+            for row in rows:  # several rows: the report under other tags too; the later one wins
+                for name, value in zip(columns, row, strict=False):
+                    if name in REPORT_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
+                        figures[name] = float(value)
+        out: dict[str, list[StoredReport]] = {}
+        for (enterprise, label), figures in sorted(merged.items()):
+            if figures:
+                out.setdefault(enterprise, []).append(StoredReport(enterprise, label, figures))
+        return out
+
+    async def fingerprint(self, start: date, end: date, scope: Scope) -> tuple[float, ...]:
+        where = self._where(*self._bounds(start, end), scope)
+        statements: list[str] = []
+        widths: list[int] = []
+        for measurement, fields in FINGERPRINT_FIELDS.items():
+            if measurement == REPORT:
+                columns = [f"count({f}) AS n_{f}, sum({f}) AS s_{f}" for f in fields]
+            else:
+                columns = [f"count({fields[0]}) AS n_{fields[0]}", *(f"sum({f}) AS s_{f}" for f in fields)]
+            statements.append(f"SELECT {', '.join(columns)} FROM {self._from(measurement)}{where}")
+            widths.append(len(fields) * 2 if measurement == REPORT else len(fields) + 1)
+        results = await self._query(statements)
+        out: list[float] = []
+        for result, width in zip(results, widths, strict=True):
+            series = _series(result)
+            values = series[0][2][0][1:] if series and series[0][2] else []  # after the time column
+            out += [_num(v) for v in values] if values else [0.0] * width
+        return tuple(out)
+
+    async def write(self, points: Sequence[Point]) -> None:
+        lines = encode_points(points)
+        if not lines:
+            return
+        await self._check_field_types(points)
+        body = "\n".join(lines).encode("utf-8")
+        headers = {**self._headers, "Content-Type": "text/plain; charset=utf-8"}
+        if self.cfg.gzip:
+            if len(body) > GZIP_IN_THREAD_BYTES:
+                body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL)
+            else:
+                body = gzip.compress(body, GZIP_LEVEL)
+            headers["Content-Encoding"] = "gzip"
+        response = await self._send("POST", self._write_url, params=self._write_params, content=body,
+                                    headers=headers)
+        if not 200 <= response.status_code < 300:
+            text = store_error_text(response)
+            if response.status_code == 413:
+                raise StoreQueryError(
+                    f"InfluxDB refused {len(lines)} point(s) as too large (HTTP 413: {text}); write fewer "
+                    "points per call or raise [http] max-body-size in influxdb.conf"
+                )
+            detail = self._http_problem(response, text)
+            if response.status_code in (400, 422):
+                detail += "; InfluxDB may have stored the other points of the call (a partial write)"
+            raise StoreQueryError(detail)
+
+    async def _check_field_types(self, points: Sequence[Point]) -> None:
+        """Refuse the call before writing when a field's type differs from the stored one or between
+        two points of the call: InfluxDB would store the others and refuse only those (partial write)."""
+        wanted: dict[str, dict[str, tuple[str, int]]] = {}
+        for index, point in enumerate(points):
+            fields = wanted.setdefault(point.measurement, {})
+            for key, value in point.fields.items():
+                kind = field_type(value)
+                seen = fields.setdefault(key, (kind, index))
+                if seen[0] != kind:
+                    raise StoreQueryError(
+                        f"field type conflict: points {seen[1]} and {index} of the call give field {key!r} on "
+                        f"measurement {point.measurement!r} the types {seen[0]} and {kind}; nothing was written"
+                    )
+        measurements = sorted(wanted)
+        statements = [f"SHOW FIELD KEYS FROM {self._from(m)}" for m in measurements]
+        results = await self._query(statements)
+        for measurement, result in zip(measurements, results, strict=True):
+            stored: dict[str, set[str]] = {}
+            for _, columns, rows in _series(result):
+                if "fieldKey" in columns and "fieldType" in columns:
+                    k, t = columns.index("fieldKey"), columns.index("fieldType")
+                    for row in rows:
+                        stored.setdefault(str(row[k]), set()).add(str(row[t]))
+            for key, (kind, index) in wanted[measurement].items():
+                known = stored.get(key, set()) - {kind}
+                if known:
+                    raise StoreQueryError(
+                        f"field type conflict: input field {key!r} on measurement {measurement!r} (point {index}) "
+                        f"is type {kind}, already exists as type {sorted(known)[0]}; nothing was written"
+                    )
+
+    async def ping(self) -> None:
+        """A query that reads no data: the server answers, the credentials and the database are right."""
+        await self._query(["SHOW MEASUREMENTS LIMIT 1"])
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    # --- HTTP ---------------------------------------------------------------------------------------
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("headers", self._headers)
+        try:
+            return await self._client.request(method, url, auth=self._auth or httpx.USE_CLIENT_DEFAULT, **kwargs)
+        except httpx.TimeoutException as e:
+            raise StoreQueryError(
+                f"InfluxDB at {self._base} gave no answer within {self.cfg.timeout_s:g}s ({type(e).__name__}); "
+                "check that it is running and not overloaded, or raise [store] timeout_s"
+            ) from None
+        except httpx.ConnectError as e:
+            raise StoreQueryError(
+                f"cannot connect to InfluxDB at {self._base} ({e or type(e).__name__}); "
+                "check [store] url and that InfluxDB is running"
+            ) from None
+        except httpx.HTTPError as e:
+            raise StoreQueryError(
+                f"InfluxDB at {self._base}: the connection failed ({type(e).__name__}: {e}); check [store] url"
+            ) from None
+
+    def _credentials(self) -> str:
+        return "[store] token" if self.cfg.dialect == "v2" else "[store] username and password"
+
+    def _http_problem(self, response: httpx.Response, text: str) -> str:
+        status = response.status_code
+        if status == 401:
+            return f"InfluxDB at {self._base}: authentication failed (HTTP 401: {text}); check {self._credentials()}"
+        if status == 403:
+            return (f"InfluxDB at {self._base}: not authorized (HTTP 403: {text}); check {self._credentials()} and "
+                    f"that the user may read and write database '{self.database}'")
+        if status == 404:
+            hint = "; dialect 'v2' needs InfluxDB 2.x or 3.x" if self.cfg.dialect == "v2" else ""
+            if "database not found" in text.lower() or "bucket" in text.lower():
+                return self._missing_database(text)
+            return (f"{response.request.url.copy_with(query=None)} not found (HTTP 404: {text}); "
+                    f"check [store] url (and any path prefix) and dialect{hint}")
+        if 300 <= status < 400:
+            return (f"InfluxDB at {self._base} redirects (HTTP {status}) to "
+                    f"{redacted_url(response.headers.get('Location', '?'))}; set [store] url to the final address")
+        if status >= 500:
+            return f"InfluxDB at {self._base} failed (HTTP {status}: {text}); try again, or check its log"
+        return f"InfluxDB at {self._base} refused the request (HTTP {status}: {text})"
+
+    def _missing_database(self, text: str) -> str:
+        if self.cfg.dialect == "v2":
+            return (f"database '{self.database}' not found ({text}): InfluxDB 2.x/3.x answer InfluxQL only for a "
+                    "database with a DBRP mapping to the bucket (influx v1 dbrp create); create one or fix "
+                    "[store] database")
+        return (f"database '{self.database}' not found ({text}): create it (CREATE DATABASE "
+                f"{quote_ident(self.database)}) or fix [store] database")
+
+    async def _query(self, statements: Sequence[str]) -> list[dict[str, Any]]:
+        """The results of the statements, sent in one ``/query`` request, each checked for errors."""
+        query = "; ".join(statements)
+        response = await self._send("POST", f"{self._base}/query", params=self._query_params, data={"q": query})
+        if response.status_code != 200:
+            text = store_error_text(response)
+            if response.status_code == 400:
+                raise StoreQueryError(
+                    f"InfluxDB at {self._base} refused the query (HTTP 400: {text}); is it InfluxDB with the "
+                    "v1 /query API (1.x, or 2.x/3.x with [store] dialect = \"v2\")?"
+                )
+            raise StoreQueryError(self._http_problem(response, text))
+        content = response.content
+        try:
+            body = (
+                await asyncio.to_thread(json.loads, content) if len(content) > JSON_IN_THREAD_BYTES
+                else json.loads(content)
+            )
+        except ValueError:
+            raise StoreQueryError(
+                f"InfluxDB at {self._base} answered the query with something that is not JSON "
+                f"({content[:200]!r}); check [store] url points at InfluxDB"
+            ) from None
+        if not isinstance(body, dict):
+            raise StoreQueryError(f"InfluxDB at {self._base} answered the query with unexpected JSON")
+        if isinstance(body.get("error"), str):
+            raise StoreQueryError(f"InfluxDB at {self._base} could not run the query: {body['error']}")
+        results = body.get("results")
+        if not isinstance(results, list):
+            results = []
+        for result in results:
+            if not isinstance(result, dict):
+                raise StoreQueryError(f"InfluxDB at {self._base} answered the query with unexpected JSON")
+            error = result.get("error")
+            if error == "not executed" and len(statements) > 1:
+                # InfluxDB 1.x drops the reason when it refuses a request of several statements (a
+                # missing database, say): the first statement alone says why
+                await self._query(statements[:1])
+            if isinstance(error, str):
+                if error.startswith("database not found"):
+                    raise StoreQueryError(self._missing_database(error))
+                if "retention policy not found" in error:
+                    raise StoreQueryError(
+                        f"{error}: create it on database '{self.database}' or fix [store] retention_policy"
+                    )
+                raise StoreQueryError(f"InfluxDB at {self._base} could not run the query: {error}")
+            if result.get("partial"):
+                raise StoreQueryError(
+                    f"InfluxDB at {self._base} cut the answer short (max-row-limit); set [http] max-row-limit = 0 "
+                    "in influxdb.conf"
+                )
+            for s in result.get("series") or ():
+                if isinstance(s, dict) and s.get("partial"):
+                    raise StoreQueryError(
+                        f"InfluxDB at {self._base} cut the answer short (max-row-limit); set [http] "
+                        "max-row-limit = 0 in influxdb.conf"
+                    )
+        if len(results) != len(statements):
+            raise StoreQueryError(
+                f"InfluxDB at {self._base} answered {len(results)} result(s) for {len(statements)} statement(s); "
+                "check [store] url points at InfluxDB"
+            )
+        return results
+
