@@ -176,11 +176,11 @@ async def bare(port: int, variables: int, hz: float, seconds: float, warmup: flo
 
 def agent(port: int, variables: int, hz: float, seconds: float, warmup: float, directory: Path,
           gc_freeze: bool) -> dict[str, Any]:
-    from fmc.agent.config import EnterpriseConfig
     from fmc.agent.ingest import Ingest
     from fmc.agent.metrics import AgentMetrics
     from fmc.agent.spool import Spool
     from fmc.core import lineprotocol
+    from fmc.core.config import EnterpriseConfig
     from fmc.sources.opcua import config as schema
     from fmc.sources.opcua.source import OpcUaSource
 

@@ -36,11 +36,13 @@ from fmc.central.keys import KeyStore
 from fmc.central.registry import RegistryEntry
 from fmc.central.reports import report_points
 from fmc.central.service import IndicatorService
+from fmc.cli import api as api_cli
 from fmc.core.lineprotocol import encode
+from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
 from fmc.indicators.plan import INDICATORS
 from fmc.indicators.reports import EnterpriseReport
-from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 
 PLAN = load_plan()
@@ -602,8 +604,7 @@ def free_port() -> int:
 RUN_API = textwrap.dedent(
     """
     import argparse, sys
-    from fmc.central import keys
-    from fmc.central.api import app as api
+    from fmc.cli import api, keys
     parser = argparse.ArgumentParser(prog="fmc")
     sub = parser.add_subparsers(dest="command")
     api.add_parser(sub)
@@ -697,7 +698,7 @@ def test_module_import_stays_light() -> None:
 def test_parser_registration() -> None:
     parser = argparse.ArgumentParser(prog="fmc")
     sub = parser.add_subparsers(dest="command")
-    api_module.add_parser(sub)
+    api_cli.add_parser(sub)
     args = parser.parse_args(["api", "-c", "central.toml", "--port", "9000"])
-    assert args.handler is api_module.api_main and args.port == 9000 and args.host is None
+    assert args.handler is api_cli.api_main and args.port == 9000 and args.host is None
 

@@ -16,10 +16,10 @@ from fmc.central.store import Scope
 from fmc.cli import main as cli
 from fmc.core.config import ConfigError
 from fmc.core.lineprotocol import encode
+from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point, Priority
 from fmc.indicators.engine import ConsumptionDay, EnterpriseData, EnterpriseDay, Period, compute_all
 from fmc.indicators.reports import EnterpriseReport
-from fmc.plant.rollups import local_day_start_ns, zone
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 
 PLAN = load_plan()

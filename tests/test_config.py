@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from fmc.agent.config import ConfigError, load_config, parse_size
+from fmc.agent.config import parse_size
 from fmc.cli.main import main
+from fmc.cli.plugins import load_config
+from fmc.core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "examples" / "agent.toml"

@@ -27,20 +27,22 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from fmc.agent.selfmetrics import REJECTION_REASONS, AgentCounters, agent_point
+from fmc.agent.selfmetrics import AgentCounters, agent_point
 from fmc.agent.spool import SpoolStats
 from fmc.central.grafana import dashboards as gd
 from fmc.central.materialize import indicator_points, period_tag
-from fmc.central.store import EnterpriseInfo
-from fmc.core.config import CARRIERS
+from fmc.core.carriers import CARRIERS
 from fmc.core.lineprotocol import encode
+from fmc.core.localtime import NS, local_day_bounds
 from fmc.core.points import Point
+from fmc.core.rejections import REJECTION_REASONS
 from fmc.indicators.engine import ConsumptionDay, EnterpriseData, EnterpriseDay, Period, Report, Status
 from fmc.indicators.plan import INDICATORS, Targets, load_targets
 from fmc.indicators.pooling import EnterpriseFigures, GroupRow, enterprise_figures, group_rows
+from fmc.indicators.sums import EnterpriseInfo
 from fmc.plant.config import MeterConfig
 from fmc.plant.meters import MeterAccumulator, MeterInterval
-from fmc.plant.rollups import NS, InventoryItem, Site, consumption_daily, enterprise_daily, local_day_bounds
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
 from fmc.plant.states import STATES, EquipmentDay, StateChange
 from tests.servers.influxdb import InfluxDBError, InfluxDBServer
 

@@ -239,7 +239,7 @@ def test_upgrade_keeps_state_config_and_secrets(installed: Installed, tmp_path: 
 def test_central_role_installs_the_api_unit_and_a_usable_central_config(
     installed: Installed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fmc.central.config import load_central_config
+    from fmc.cli.plugins import load_central_config
 
     etc = installed.prefix / "etc"
     agent_files = {name: (etc / name).read_bytes() for name in ("agent.toml", "agent.env", "inventory.csv")}
@@ -439,7 +439,7 @@ def test_influxdb_init_script_maps_the_database_and_runs_in_the_image() -> None:
 
 
 def test_compose_central_config_is_valid_and_fits_the_container(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fmc.central.config import load_central_config
+    from fmc.cli.plugins import load_central_config
 
     service = _compose()["services"]["fmc-api"]
     for name in service["environment"]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from fmc.agent.config import AgentConfig
 from fmc.agent.runtime import Agent
 from fmc.agent.spool import Spool
+from fmc.cli.plugins import AgentConfig
 from fmc.core.points import Priority
 from fmc.stores.embedded.store import EmbeddedSink, EmbeddedStore
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 import fmc.stores.embedded.store as embedded
-from fmc.agent.config import EmbeddedSink as EmbeddedSinkConfig
-from fmc.agent.sink import SinkUnavailable
+from fmc.agent.plugin import SinkUnavailable
 from fmc.core.lineprotocol import encode
 from fmc.core.points import Point
+from fmc.stores.embedded.config import EmbeddedSink as EmbeddedSinkConfig
 from fmc.stores.embedded.store import EmbeddedSink, EmbeddedStore, StoredPoint, StoreError
 
 T0 = 1_764_000_000_000_000_000  # 2025-11-24T16:00:00Z, in ns

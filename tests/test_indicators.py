@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fmc.central.store import PeriodSums
 from fmc.core.config import ConfigError
 from fmc.indicators.engine import (
     ConsumptionDay,
@@ -24,6 +23,7 @@ from fmc.indicators.engine import (
     status_of,
 )
 from fmc.indicators.plan import INDICATORS, Targets, load_targets
+from fmc.indicators.sums import PeriodSums
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAN = load_targets(ROOT / "fmc" / "indicators" / "plans" / "zhejiang-2017-2020.toml")

@@ -12,11 +12,12 @@ from datetime import date
 import httpx
 import pytest
 
-from fmc.agent.config import InfluxDBSink
 from fmc.central.store import Scope, StoreQueryError
 from fmc.core.lineprotocol import encode
+from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
-from fmc.plant.rollups import Site, local_day_start_ns, zone
+from fmc.plant.rollups import Site
+from fmc.stores.influxdb.config import InfluxDBSink
 from fmc.stores.influxdb.query import InfluxQueryStore, quote_ident, quote_literal, regex_prefixes
 from tests.faultproxy import Close, FaultProxy, Respond, Stall
 from tests.servers.influxdb import InfluxDBServer, free_port
@@ -427,7 +428,7 @@ async def test_period_sums_asks_only_for_the_wanted_sums(
 ) -> None:
     import math
 
-    from fmc.central.store import SumsWanted
+    from fmc.indicators.sums import SumsWanted
 
     server, db = influx_db
     site = Site("E-1", "330602", "17")

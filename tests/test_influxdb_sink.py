@@ -17,10 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
-from fmc.agent.config import InfluxDBSink as InfluxDBSinkConfig
-from fmc.agent.sink import SinkUnavailable
+from fmc.agent.plugin import SinkUnavailable
 from fmc.core.lineprotocol import encode
 from fmc.core.points import Point
+from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 from fmc.stores.influxdb.sink import InfluxDBSink, parse_retry_after
 from tests.faultproxy import Close, FaultProxy, Respond, Stall, TooLarge
 from tests.servers.influxdb import InfluxDBServer, free_port

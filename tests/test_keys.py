@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from fmc.central import keys as keys_module
 from fmc.central.keys import (
     AccessDenied,
     BadCombination,
@@ -25,6 +24,7 @@ from fmc.central.keys import (
     split_key,
 )
 from fmc.central.store import Scope
+from fmc.cli import keys as keys_cli
 
 LEVELS = ("enterprise", "county", "city", "province", "industry")
 DIGITS = {"province": 2, "city": 4, "county": 6}
@@ -285,10 +285,10 @@ def test_keyscope_refuses_inconsistent_forms() -> None:
 
 def run(argv: list[str]) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser(prog="fmc")
-    keys_module.add_parser(parser.add_subparsers(dest="command"))
+    keys_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     out, err = io.StringIO(), io.StringIO()
-    code = keys_module.keys_main(args, out, err)
+    code = keys_cli.keys_main(args, out, err)
     return code, out.getvalue(), err.getvalue()
 
 

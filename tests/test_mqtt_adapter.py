@@ -25,14 +25,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from fmc.agent import config
 from fmc.agent.metrics import AgentMetrics
+from fmc.agent.plugin import MapResult
 from fmc.core import lineprotocol
-from fmc.sources.mqtt.mapping import Mapper, MapResult
+from fmc.core.config import EnterpriseConfig
+from fmc.sources.mqtt import config
+from fmc.sources.mqtt.mapping import Mapper
 from fmc.sources.mqtt.source import RECEIVE_MAXIMUM, SESSION_EXPIRY_S, MqttSource, _connect_options, check_mqtt
 from tests.servers.mosquitto import MosquittoServer
 
-ENTERPRISE = config.EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
+ENTERPRISE = EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
 WAIT_S = 10.0
 PROTOCOLS = ["3.1.1", "5"]
 
@@ -284,7 +286,8 @@ import json, logging, sys, time
 from fmc.sources.mqtt.source import MqttSource
 from fmc.sources.mqtt.mapping import Mapper
 from fmc.agent.metrics import AgentMetrics
-from fmc.agent.config import EnterpriseConfig, MqttSource as SourceConfig
+from fmc.sources.mqtt.config import MqttSource as SourceConfig
+from fmc.core.config import EnterpriseConfig
 
 cfg = SourceConfig.model_validate_json(sys.argv[1])
 enterprise = EnterpriseConfig.model_validate_json(sys.argv[2])

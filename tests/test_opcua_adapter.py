@@ -19,13 +19,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fmc.agent.config import ConfigError, EnterpriseConfig, _Model, problems_from
 from fmc.agent.ingest import Ingest
 from fmc.agent.metrics import AgentMetrics
+from fmc.agent.plugin import Rejection
 from fmc.agent.spool import Spool
 from fmc.core import lineprotocol
+from fmc.core.config import ConfigError, EnterpriseConfig, _Model, problems_from
 from fmc.core.points import Point
-from fmc.sources.mqtt.mapping import Rejection
 from fmc.sources.opcua import config as schema
 from fmc.sources.opcua.source import (
     QUALITY_MASK,

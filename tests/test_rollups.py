@@ -6,18 +6,11 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from fmc.core.localtime import local_day_bounds, zone
 from fmc.core.points import Priority
 from fmc.plant.config import EquipmentClassConfig, MeterConfig, PlantSections, check_interval_alignment
 from fmc.plant.meters import MeterAccumulator
-from fmc.plant.rollups import (
-    InventoryItem,
-    Site,
-    consumption_daily,
-    counted_meters,
-    enterprise_daily,
-    local_day_bounds,
-    zone,
-)
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, counted_meters, enterprise_daily
 from fmc.plant.states import EquipmentDay, EquipmentTracker
 
 S = 10**9

@@ -12,21 +12,14 @@ from pathlib import Path
 import pytest
 
 from fmc.agent import selfmetrics
-from fmc.agent.config import AgentConfig
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.runtime import Agent
-from fmc.agent.selfmetrics import (
-    FIELDS,
-    REJECTION_REASONS,
-    AgentCounters,
-    agent_point,
-    counters_from,
-    host_tag,
-    rejected_fields,
-)
+from fmc.agent.selfmetrics import FIELDS, AgentCounters, agent_point, counters_from, host_tag, rejected_fields
 from fmc.agent.spool import SpoolStats
+from fmc.cli.plugins import AgentConfig
 from fmc.core.lineprotocol import encode, parse
 from fmc.core.points import Priority
+from fmc.core.rejections import REJECTION_REASONS
 from fmc.stores.embedded.store import EmbeddedStore
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,24 +20,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fmc.agent.config import InfluxDBSink
 from fmc.central.reports import report_points
-from fmc.central.store import (
-    CarrierSums,
-    DailySums,
-    EnterpriseInfo,
-    IndicatorStore,
-    PeriodSums,
-    Scope,
-    StoredReport,
-    StoreQueryError,
-)
+from fmc.central.store import IndicatorStore, Scope, StoreQueryError
 from fmc.core.lineprotocol import encode
+from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point, Priority
 from fmc.indicators.engine import ConsumptionDay, EnterpriseDay, Period, summarize
 from fmc.indicators.reports import EnterpriseReport
-from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, local_day_start_ns, zone
+from fmc.indicators.sums import CarrierSums, DailySums, EnterpriseInfo, PeriodSums, StoredReport
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
+from fmc.stores.influxdb.config import InfluxDBSink
 
 TZ = "Asia/Shanghai"
 BACKENDS = ["embedded", "influxdb"]

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmc.agent.metrics import AgentMetrics
+from fmc.agent.plugin import MapResult, Rejection
 from fmc.agent.spool import RejectionRecord, Spool
 from fmc.core.lineprotocol import LineProtocolError, encode, encode_series
 from fmc.core.points import Point, Priority
 from fmc.plant.model import PlantModel
-from fmc.sources.mqtt.mapping import MapResult, Rejection
 
 MAX_GROUP_POINTS = 5000
 PLANT_STATE_KEY = "plant"

@@ -12,43 +12,26 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from fmc.agent.config import AgentConfig
-from fmc.agent.config import EmbeddedSink as EmbeddedSinkConfig
-from fmc.agent.config import InfluxDBSink as InfluxDBSinkConfig
+from fmc.agent.config import AgentSettings
 from fmc.agent.ingest import PLANT_STATE_KEY, Ingest
 from fmc.agent.metrics import AgentMetrics
+from fmc.agent.plugin import Sink, SinkUnavailable, Source, SourceContext
 from fmc.agent.selfmetrics import INTERVAL_S as SELF_METRICS_INTERVAL_S
 from fmc.agent.selfmetrics import SOURCE as SELF_METRICS_SOURCE
 from fmc.agent.selfmetrics import agent_point, counters_from, own_points
-from fmc.agent.sink import Sink, SinkUnavailable
 from fmc.agent.spool import Spool
 from fmc.core.backoff import backoff_delay
 from fmc.plant.equipment import EquipmentItem
 from fmc.plant.model import PlantModel
 from fmc.plant.rollups import InventoryItem, Site
-from fmc.sources.mqtt.mapping import Mapper
-from fmc.sources.mqtt.source import MqttSource
-from fmc.stores.embedded.store import EmbeddedSink
-from fmc.stores.influxdb.sink import InfluxDBSink
 
 GAUGE_INTERVAL_S = 1.0
 IDLE_POLL_S = 0.05
 
 
-def make_sink(cfg: AgentConfig) -> Sink:
-    if isinstance(cfg.sink, InfluxDBSinkConfig):
-        return InfluxDBSink(cfg.sink)
-    if isinstance(cfg.sink, EmbeddedSinkConfig):
-        return EmbeddedSink(cfg.sink)
-    raise TypeError(f"unknown sink {cfg.sink!r}")
-
-
-def sink_batching(cfg: AgentConfig) -> tuple[int, float, float, float]:
-    """(batch size, max age s, retry min s, retry max s) for the configured sink."""
-    if isinstance(cfg.sink, InfluxDBSinkConfig):
-        s = cfg.sink
-        return s.batch_size, s.batch_max_age_s, s.retry_min_s, s.retry_max_s
-    return 5000, 0.5, 0.5, 30.0
+def make_sink(cfg: AgentSettings) -> Sink:
+    """The sink the ``[sink]`` section names (its plugin opens it)."""
+    return cfg.sink_settings().open_sink()
 
 
 class Agent:
@@ -56,7 +39,7 @@ class Agent:
 
     def __init__(
         self,
-        cfg: AgentConfig,
+        cfg: AgentSettings,
         *,
         logger: logging.Logger | None = None,
         metrics: AgentMetrics | None = None,
@@ -72,7 +55,7 @@ class Agent:
         self.metrics = metrics or AgentMetrics()
         self.shutdown_flush_s = shutdown_flush_s
         self.spool: Spool | None = None
-        self.sources: list[Any] = []  # MqttSource, OpcUaSource: start() and stop(timeout)
+        self.sources: list[Source] = []
         self._metrics_server: Any = None
         self._last_sink_error_log = 0.0
         self._started = time.monotonic()
@@ -101,7 +84,7 @@ class Agent:
         stats = spool.stats()
         self.log.info(
             "agent starting: enterprise=%s sources=%d sink=%s spool=%s (%d points waiting)",
-            cfg.enterprise.id, len(cfg.mqtt) + len(cfg.opcua), cfg.sink.type, cfg.spool.path, stats.depth,
+            cfg.enterprise.id, len(cfg.sources()), cfg.sink_settings().type, cfg.spool.path, stats.depth,
         )
         ingest.start()
         draining = asyncio.Event()  # set when the drain loop should stop at the next chance
@@ -110,19 +93,11 @@ class Agent:
         self._started = time.monotonic()
         reporting = asyncio.create_task(self._report_self(ingest, spool), name="fmc-selfmetrics")
         try:
-            for m in cfg.mqtt:
-                mapper = Mapper(cfg.enterprise, m.subscribe, max_payload_bytes=m.max_payload_bytes)
-                source = MqttSource(m, mapper, ingest, self.metrics, self.log.getChild(f"mqtt.{m.name}"))
+            for settings in cfg.sources():
+                log = self.log.getChild(f"{settings.section}.{settings.name}")
+                source = settings.open_source(SourceContext(cfg.enterprise, ingest, self.metrics, log))
                 self.sources.append(source)
                 source.start()
-            if cfg.opcua:
-                # imported only when used: asyncua and its crypto add ~25 MB to a gateway's agent
-                from fmc.sources.opcua.source import OpcUaSource
-            for o in cfg.opcua:
-                log = self.log.getChild(f"opcua.{o.name}")
-                opcua_source = OpcUaSource(o, cfg.enterprise, ingest, self.metrics, log)
-                self.sources.append(opcua_source)
-                opcua_source.start()
             # Everything made so far (modules, config, sources) lives as long as the process: keep
             # it out of the collector's scans, which otherwise cost a share of every message
             # (measured with make bench).
@@ -145,7 +120,7 @@ class Agent:
                 await asyncio.sleep(IDLE_POLL_S)
             draining.set()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(drain, timeout=max(5.0, sink_batching(cfg)[0] / 1000))
+                await asyncio.wait_for(drain, timeout=max(5.0, cfg.sink_settings().batching().batch_size / 1000))
             gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await gauges
@@ -175,12 +150,10 @@ class Agent:
             self.log.warning("could not record the agent's self-metrics: %s", e)
 
     def _subscribed_equipment(self) -> set[str]:
-        """Equipment read through a live OPC UA subscription (subscriptions report changes only)."""
+        """Equipment read through a live subscription (subscriptions report changes only)."""
         out: set[str] = set()
         for source in self.sources:
-            cfg = getattr(source, "cfg", None)
-            if source.connected and cfg is not None and hasattr(cfg, "endpoint"):
-                out.update(n.equipment for n in cfg.node if n.mode == "subscribe")
+            out.update(source.live_equipment())
         return out
 
     def _plant_model(self, spool: Spool) -> PlantModel | None:
@@ -205,7 +178,8 @@ class Agent:
         return plant
 
     async def _drain(self, spool: Spool, sink: Sink, draining: asyncio.Event) -> None:
-        batch_size, max_age_s, retry_min, retry_max = sink_batching(self.cfg)
+        b = self.cfg.sink_settings().batching()
+        batch_size, max_age_s, retry_min, retry_max = b.batch_size, b.max_age_s, b.retry_min_s, b.retry_max_s
         attempt = 0
         while not draining.is_set():
             batch = await asyncio.to_thread(spool.read_batch, batch_size)

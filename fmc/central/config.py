@@ -8,20 +8,19 @@ file's folder, every problem a ``ConfigError`` naming file, setting and fix.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator
 
-from fmc.agent.config import EmbeddedSink, InfluxDBSink, LogConfig
+from fmc.central.store import QueryStoreSettings
 from fmc.core.config import ConfigError, _Model, problems_from, read_toml
+from fmc.core.logs import LogConfig
 from fmc.indicators.plan import PLANS_DIR, Targets, load_targets
 
 DEFAULT_PLAN = "zhejiang-2017-2020"
 EXAMPLE = "deploy/examples/central.toml"
-
-StoreConfig = Annotated[InfluxDBSink | EmbeddedSink, Field(discriminator="type")]
-
 
 class ApiConfig(_Model):
     host: str = Field(default="127.0.0.1", min_length=1, description="address `fmc api` listens on")
@@ -48,11 +47,13 @@ class MaterializeConfig(_Model):
     months: bool = Field(default=True, description="monthly figures too (the dashboards' trend panels)")
 
 
-class CentralConfig(_Model):
+class CentralSettings(_Model):
+    """``central.toml`` without its store: ``central_config_model`` adds ``[store]``, tagged by
+    ``type`` over the store plugins a composition root names (``fmc.cli.plugins.CentralConfig``)."""
+
     targets: str = Field(
         default=DEFAULT_PLAN, description="a built-in plan id (zhejiang-2017-2020) or the path of a plan file"
     )
-    store: StoreConfig
     api: ApiConfig = Field(default_factory=ApiConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     materialize: MaterializeConfig = Field(default_factory=MaterializeConfig)
@@ -64,6 +65,26 @@ class CentralConfig(_Model):
         if not v.strip():
             raise ValueError("empty; name a plan (zhejiang-2017-2020) or a plan file")
         return v
+
+
+    def store_settings(self) -> QueryStoreSettings:
+        store: QueryStoreSettings = getattr(self, "store")  # noqa: B009 - a field of the assembled model
+        return store
+
+
+C = TypeVar("C", bound=CentralSettings)
+
+
+def central_config_model(stores: Mapping[str, type[QueryStoreSettings]]) -> type[CentralSettings]:
+    """The central file's model with these store plugins as ``[store]``."""
+    if not stores:
+        raise ValueError("the central service needs at least one store plugin")
+    store_types = tuple(stores.values())
+    store_type: Any = store_types[0] if len(store_types) == 1 else Union[store_types]  # noqa: UP007
+    model = create_model("CentralConfig", __base__=CentralSettings, __module__=__name__,
+                         store=(Annotated[store_type, Field(discriminator="type")], ...))
+    model.__doc__ = CentralSettings.__doc__
+    return model
 
 
 def builtin_plans() -> list[str]:
@@ -82,12 +103,13 @@ def load_plan(name_or_path: str = DEFAULT_PLAN, base: Path | None = None) -> Tar
     return load_targets(plan_path(name_or_path, base))
 
 
-def load_central_config(path: str | os.PathLike[str]) -> CentralConfig:
-    """Read, substitute ``${ENV}``, validate; relative paths are taken from the file's folder."""
+def load_central_config(path: str | os.PathLike[str], model: type[C]) -> C:
+    """Read, substitute ``${ENV}``, validate with ``model`` (a ``central_config_model``); relative
+    paths are taken from the file's folder."""
     path = Path(path)
     data = read_toml(path, missing_fix=f"pass the right path with -c (example: {EXAMPLE})")
     try:
-        cfg = CentralConfig.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as e:
         problems = [(s, w, f.replace("deploy/examples/agent.toml", EXAMPLE)) for s, w, f in problems_from(e)]
         raise ConfigError(path, problems) from None
@@ -96,9 +118,7 @@ def load_central_config(path: str | os.PathLike[str]) -> CentralConfig:
     def rel(p: Path) -> Path:
         return p if p.is_absolute() else base / p
 
-    store = cfg.store
-    if isinstance(store, EmbeddedSink):
-        store = store.model_copy(update={"path": rel(store.path)})
+    store = cfg.store_settings().relative_to(base)
     api = cfg.api.model_copy(update={"keys_file": rel(cfg.api.keys_file)})
     registry = cfg.registry
     if registry.csv is not None:
@@ -117,6 +137,6 @@ def load_central_config(path: str | os.PathLike[str]) -> CentralConfig:
     return cfg.model_copy(update={"store": store, "api": api, "registry": registry, "targets": targets})
 
 
-def load_config_plan(cfg: CentralConfig) -> Targets:
+def load_config_plan(cfg: CentralSettings) -> Targets:
     """The plan a loaded config names (its ``targets`` is already absolute or a built-in id)."""
     return load_plan(cfg.targets)

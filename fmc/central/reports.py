@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from fmc.core.config import InventoryProblem
 from fmc.core.points import Point, Priority
 from fmc.indicators.reports import (
     INDUSTRY_PATTERN,
@@ -32,7 +33,6 @@ from fmc.indicators.reports import (
     ReportsError,
     period_bounds,
 )
-from fmc.plant.equipment import InventoryProblem
 from fmc.plant.ledger import (
     AMOUNT_UNITS,
     TOTAL_ROW_MARKERS,

@@ -27,15 +27,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from fmc.agent.config import EmbeddedSink
-from fmc.central.config import CentralConfig, MaterializeConfig, load_config_plan
+from fmc.central.config import CentralSettings, MaterializeConfig, load_config_plan
 from fmc.central.materialize import indicator_points
 from fmc.central.registry import RegistryEntry
-from fmc.central.store import EnterpriseInfo, IndicatorStore, PeriodSums, Scope, StoredReport
+from fmc.central.store import IndicatorStore, Scope
 from fmc.indicators.engine import EnterpriseData, Period, Report, sums_wanted
 from fmc.indicators.plan import INDICATORS, Targets
 from fmc.indicators.pooling import LEVELS, EnterpriseFigures, GroupRow, Level, enterprise_figures, group_rows
 from fmc.indicators.reports import MONEY_FIELDS, EnterpriseReport
+from fmc.indicators.sums import EnterpriseInfo, PeriodSums, StoredReport
 
 log = logging.getLogger("fmc.central")
 
@@ -181,7 +181,7 @@ class IndicatorService:
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_config(cls, cfg: CentralConfig) -> IndicatorService:
+    def from_config(cls, cfg: CentralSettings) -> IndicatorService:
         from fmc.central.registry import read_registry
 
         targets = load_config_plan(cfg)
@@ -459,12 +459,6 @@ def stale_periods(periods: Sequence[Period], this_year: int, reported: set[int],
     return [p for p in periods if p.year in years]
 
 
-def make_store(cfg: CentralConfig, timezone: str) -> IndicatorStore:
-    """The store a central config names."""
-    if isinstance(cfg.store, EmbeddedSink):
-        from fmc.stores.embedded.store import EmbeddedQueryStore
-
-        return EmbeddedQueryStore(cfg.store.path, timezone=timezone)
-    from fmc.stores.influxdb.query import InfluxQueryStore
-
-    return InfluxQueryStore(cfg.store, timezone=timezone)
+def make_store(cfg: CentralSettings, timezone: str) -> IndicatorStore:
+    """The store a central config names (its plugin opens it)."""
+    return cfg.store_settings().open_query_store(timezone)

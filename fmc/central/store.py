@@ -16,15 +16,17 @@ bounds ``[local midnight of start, local midnight after end)`` with its time zon
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, Self
 
 from fmc.core.config import ID_PATTERN
 from fmc.core.lineprotocol import LineProtocolError, encode
 from fmc.core.points import Point
 from fmc.indicators.reports import REPORT_FIELDS
+from fmc.indicators.sums import ALL_SUMS, EnterpriseInfo, PeriodSums, StoredReport, SumsWanted
 
 __all__ = ["REPORT_FIELDS"]  # the figures of `enterprise_report`, for the stores
 
@@ -69,94 +71,6 @@ class Scope:
         if self.industries and not any(industry.startswith(p) for p in self.industries):
             return False
         return not self.enterprises or enterprise in self.enterprises
-
-
-@dataclass(frozen=True, slots=True)
-class EnterpriseInfo:
-    """An enterprise as the store knows it (the tags of its rollups)."""
-
-    enterprise: str
-    region: str
-    industry: str
-
-
-@dataclass(frozen=True, slots=True)
-class DailySums:
-    """``enterprise_daily`` of one enterprise over one period: Σ of each field over the days
-    present, the number of days present, and the fields of the period's last day present."""
-
-    days: int
-    equipment_total: float
-    equipment_nc: float
-    asset_value_total: float
-    asset_value_nc: float
-    equipment_networked: float
-    nc_equipment_networked: float
-    last_day: date
-    last_equipment_total: float
-    last_equipment_nc: float
-    last_asset_value_total: float
-    last_asset_value_nc: float
-
-
-@dataclass(frozen=True, slots=True)
-class CarrierSums:
-    """``consumption_daily`` of one enterprise and carrier over one period.
-
-    ``rows``: day rows present; ``tce_rows`` / ``m3_rows``: rows that carry that field (a sum is
-    only whole when it equals ``rows``); ``coverage``: Σ of the daily coverage fields."""
-
-    carrier: str
-    rows: int
-    amount: float
-    tce: float
-    tce_rows: int
-    m3: float
-    m3_rows: int
-    coverage: float
-
-
-DAILY_SUM_FIELDS = (
-    "equipment_total",
-    "equipment_nc",
-    "asset_value_total",
-    "asset_value_nc",
-    "equipment_networked",
-    "nc_equipment_networked",
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SumsWanted:
-    """Which sums ``period_sums`` must compute: the ``enterprise_daily`` fields to sum, and whether
-    Σ amount of consumption is needed. A store may compute more; a sum it was not asked for and did
-    not compute is NaN (never 0). The day count, the last day and the consumption's tce, m3 and
-    coverage are always computed. On InfluxDB each sum costs a pass over every series, so asking for
-    what the policy uses only roughly halves a province's query (``indicators.sums_wanted``)."""
-
-    daily: frozenset[str] = frozenset(DAILY_SUM_FIELDS)
-    amount: bool = True
-
-
-ALL_SUMS = SumsWanted()
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodSums:
-    """What the engine needs of one enterprise for one period."""
-
-    daily: DailySums | None = None
-    carriers: Mapping[str, CarrierSums] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReport:
-    """One ``enterprise_report`` as stored: the period label (``2019`` or ``2019-03``) and the
-    figures present, money in yuan."""
-
-    enterprise: str
-    period: str
-    figures: Mapping[str, float]
 
 
 def encode_points(points: Sequence[Point]) -> list[str]:
@@ -208,3 +122,13 @@ class IndicatorStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+class QueryStoreSettings(Protocol):
+    """A store plugin's configuration model as the central service's ``[store]``."""
+
+    type: str
+
+    def open_query_store(self, timezone: str) -> IndicatorStore: ...
+
+    def relative_to(self, base: Path) -> Self: ...

@@ -6,16 +6,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-if TYPE_CHECKING:
-    from fmc.indicators.engine import IndicatorResult
-    from fmc.indicators.plan import Targets
-    from fmc.indicators.pooling import GroupRow
+from fmc.central.tables import level_table, result_table
+from fmc.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+if TYPE_CHECKING:
+    pass
+
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -48,77 +47,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 # --- rendering -------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None) -> str:
-    """Two decimals, four below 1 (intensities such as 0.2134 tce/10⁴ yuan)."""
-    if value is None:
-        return "—"
-    return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.2f}"
-
-
-def _change(indicator: str, value: float | None) -> str:
-    from fmc.indicators.plan import POINT_INDICATORS
-
-    if value is None:
-        return "—"
-    if indicator in POINT_INDICATORS:
-        return f"{value:+.2f} pt"
-    return f"{100 * value:+.2f} %"
-
-
-def result_table(results: Mapping[str, IndicatorResult], targets: Targets, lang: str) -> list[str]:
-    from fmc.core.tables import render_table
-    from fmc.indicators.engine import PooledResult
-    from fmc.indicators.labels import INDICATOR_LABELS, STATUS_LABELS
-
-    zh = lang == "zh"
-    pooled = any(isinstance(r, PooledResult) for r in results.values())
-    headers = (["指标", "单位", "数值", "基期", "目标", "同比", "年均", "覆盖率", "状态"] if zh else
-               ["indicator", "unit", "value", "baseline", "target", "yoy", "avg/yr", "coverage", "status"])
-    if pooled:
-        headers.append("达标企业" if zh else "met")
-    rows = []
-    for name, r in results.items():
-        label_zh, label_en, unit = INDICATOR_LABELS[name]
-        row = [label_zh if zh else label_en, unit, _fmt(r.value), _fmt(r.baseline), _fmt(r.target),
-               _change(name, r.yoy), _change(name, r.avg_annual), f"{100 * r.coverage:.0f} %",
-               STATUS_LABELS[r.status][0 if zh else 1]]
-        if pooled:
-            p = r if isinstance(r, PooledResult) else None
-            row.append(f"{p.met_count}/{p.assessed}" if p is not None and p.assessed else "—")
-        rows.append(row)
-    align = "<<>>>>>><" + (">" if pooled else "")
-    return render_table(headers, rows, align)
-
-
-_MARK = {"met": "✓", "missed": "✗", "insufficient_data": "?", "no_target": ""}
-
-
-def level_table(rows: Sequence[GroupRow], names: Mapping[str, str | None], lang: str) -> list[str]:
-    from fmc.core.tables import render_table
-    from fmc.indicators.labels import INDICATOR_LABELS, industry_label
-    from fmc.indicators.plan import INDICATORS
-
-    zh = lang == "zh"
-    headers = ["", *(INDICATOR_LABELS[i][0 if zh else 1] + f" ({INDICATOR_LABELS[i][2]})" for i in INDICATORS)]
-    body = []
-    for row in rows:
-        label = row.key
-        if row.level == "enterprise" and names.get(row.key):
-            label = f"{row.key} {names[row.key]}"
-        elif row.level == "industry" and row.industry:
-            label = f"{row.key} {industry_label(row.industry, lang)}"
-        cells = [f"{_fmt(row.results[i].value)} {_MARK[row.results[i].status]}".rstrip() for i in INDICATORS]
-        body.append([label, *cells])
-    return render_table(headers, body, "<" + ">" * len(INDICATORS))
 
 
 # --- fmc indicators --------------------------------------------------------------------------------------
 
 
 def indicators_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    from fmc.central.config import load_central_config
     from fmc.central.service import IndicatorService
     from fmc.central.store import Scope, StoreQueryError
+    from fmc.cli.plugins import load_central_config
 
     out = out or sys.stdout
     cfg = load_central_config(args.config)
@@ -225,7 +162,7 @@ def reports_import_handler(args: argparse.Namespace, out: TextIO | None = None) 
     status = reports_import_main(args.file, out)
     if status != EXIT_OK or args.config is None:
         return status
-    from fmc.central.config import load_central_config
+    from fmc.cli.plugins import load_central_config
 
     cfg = load_central_config(args.config)
     return asyncio.run(_write_reports(cfg, args.file, args.dry_run, out))

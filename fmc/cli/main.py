@@ -12,15 +12,15 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-from fmc.agent.config import AgentConfig, ConfigError, load_config
-from fmc.central import keys
-from fmc.central.api import app as api
+from fmc.agent.config import AgentSettings
 from fmc.central.grafana import push as grafana
+from fmc.cli import api, keys
 from fmc.cli import central as central_cli
+from fmc.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from fmc.cli.plugins import load_config
+from fmc.core.config import ConfigError
 from fmc.plant.equipment import EquipmentItem
 from fmc.plant.ledger import inventory_check_main, load_inventory
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def _run(cfg: AgentConfig, inventory: list[EquipmentItem]) -> int:
+def _run(cfg: AgentSettings, inventory: list[EquipmentItem]) -> int:
     from fmc.agent.runtime import Agent
     from fmc.core.logs import setup_logging
 
@@ -138,11 +138,9 @@ def _run(cfg: AgentConfig, inventory: list[EquipmentItem]) -> int:
     return EXIT_OK
 
 
-def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> int:
+def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -> int:
+    from fmc.agent.plugin import CheckResult
     from fmc.agent.runtime import make_sink
-    from fmc.agent.sink import CheckResult
-    from fmc.sources.mqtt.source import check_mqtt
-    from fmc.sources.opcua.source import check_opcua
 
     async def checks() -> list[CheckResult]:
         async def bounded(kind: str, name: str, check: Awaitable[CheckResult]) -> CheckResult:
@@ -153,14 +151,13 @@ def _check(cfg: AgentConfig, inventory: list[EquipmentItem], timeout: float) -> 
             return CheckResult(_prefixed(kind, r.name), r.ok, r.detail)
 
         results = [_check_spool(cfg)]
-        results += [await bounded("mqtt", m.name, check_mqtt(m, timeout=timeout)) for m in cfg.mqtt]
-        results += [await bounded("opcua", o.name, check_opcua(o, timeout=timeout)) for o in cfg.opcua]
+        results += [await bounded(s.section, s.name, s.check(cfg.enterprise, timeout)) for s in cfg.sources()]
         sink = make_sink(cfg)
         try:
             r = await asyncio.wait_for(sink.check(), timeout + 2)
             results.append(CheckResult(_prefixed("sink", r.name), r.ok, r.detail))
         except TimeoutError:
-            results.append(CheckResult(f"sink:{cfg.sink.type}", False, f"no answer within {timeout:.0f}s"))
+            results.append(CheckResult(f"sink:{cfg.sink_settings().type}", False, f"no answer within {timeout:.0f}s"))
         finally:
             await sink.aclose()
         return results
@@ -210,8 +207,8 @@ def _prefixed(kind: str, name: str) -> str:
     return name if name.startswith(f"{kind}:") else f"{kind}:{name}"
 
 
-def _check_spool(cfg: AgentConfig):  # -> CheckResult
-    from fmc.agent.sink import CheckResult
+def _check_spool(cfg: AgentSettings):  # -> CheckResult
+    from fmc.agent.plugin import CheckResult
 
     path = cfg.spool.path
     folder = path.parent
@@ -246,7 +243,7 @@ def _demo(duration: float, workdir: Path | None) -> int:
     return asyncio.run(run_demo(duration_s=duration, workdir=workdir))
 
 
-def _spool(cfg: AgentConfig, args: argparse.Namespace) -> int:
+def _spool(cfg: AgentSettings, args: argparse.Namespace) -> int:
     from fmc.agent.spool import Spool, SpoolError
 
     if not cfg.spool.path.exists():

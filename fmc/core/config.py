@@ -9,30 +9,18 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # Names that become tag values in the store: bounded, printable, no line-protocol specials
 # beyond what the encoder escapes. Topic segments are checked again at run time.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f\\]{1,128}$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-CARRIERS = (
-    "electricity",
-    "natural_gas",
-    "coal",
-    "diesel",
-    "gasoline",
-    "lpg",
-    "steam",
-    "heat",
-    "water_intake",
-    "water_reused",
-    "wastewater",
-)
 
 
 class ConfigError(Exception):
@@ -54,8 +42,6 @@ class ConfigError(Exception):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 
 
 def known_timezone(v: str) -> str:
@@ -188,3 +174,33 @@ def read_toml(path: Path, *, missing_fix: str = "pass the right path with -c", e
              for loc, name in missing],
         )
     return data
+
+
+class EnterpriseConfig(_Model):
+    id: str = Field(pattern=ID_PATTERN, description="stable enterprise id, e.g. a unified social credit code")
+    name: str = Field(min_length=1, max_length=200)
+    region: str = Field(pattern=r"^[0-9]{6}$", description="6-digit administrative division code (GB/T 2260)")
+    industry: str = Field(pattern=r"^[0-9]{2}([0-9]{1,2})?$", description="GB/T 4754-2017 division, e.g. '17'")
+    timezone: str = "Asia/Shanghai"
+
+    _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))
+
+
+@dataclass(frozen=True)
+class InventoryProblem:
+    """One thing wrong in an inventory source, located as the user sees it."""
+
+    message: str
+    line: int | None = None  # spreadsheet row, header = the header's row (usually 1); None: whole file
+    column: str | None = None  # the header as written in the file
+
+    @property
+    def where(self) -> str:
+        """'line 7, 原值', 'line 1' or '' (the whole file)."""
+        parts = [f"line {self.line}"] if self.line is not None else []
+        if self.column:
+            parts.append(self.column)
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message

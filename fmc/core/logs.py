@@ -6,8 +6,9 @@ import json
 import logging
 import sys
 import time
+from typing import Literal
 
-from fmc.agent.config import LogConfig
+from fmc.core.config import _Model
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,3 +51,8 @@ def setup_logging(cfg: LogConfig, stream=sys.stderr) -> logging.Logger:
     # asyncua's own warnings repeat what the OPC UA source reports with its cause; keep its errors
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     return logger
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"

@@ -18,10 +18,11 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from fmc.central.reports import report_points
+from fmc.core.carriers import is_water
+from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point, Priority
 from fmc.indicators.reports import EnterpriseReport
-from fmc.plant.rollups import local_day_start_ns, zone
-from fmc.plant.tce import DEFAULT_COEFFICIENTS, is_water
+from fmc.plant.tce import DEFAULT_COEFFICIENTS
 from fmc.plant.tce import tce as tce_of
 
 HISTORY_YEARS = range(2016, 2021)
@@ -112,7 +113,7 @@ async def indicator_table(store_path: Path) -> tuple[str, list[str]]:
     from fmc.central.config import load_plan
     from fmc.central.service import IndicatorService
     from fmc.central.store import Scope
-    from fmc.cli.central import result_table
+    from fmc.central.tables import result_table
     from fmc.indicators.engine import Period
     from fmc.stores.embedded.store import EmbeddedQueryStore
 

@@ -37,7 +37,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from fmc.agent.config import AgentConfig
+from fmc.cli.plugins import AgentConfig
 from fmc.core.tables import pad, render_table, text_width
 from fmc.demo.history import HISTORY_YEARS, SHOWN_YEAR, DemoApi, indicator_table, write_history
 from fmc.demo.plant import (

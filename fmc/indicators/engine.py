@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
-from fmc.central.store import CarrierSums, DailySums, PeriodSums, SumsWanted
+from fmc.core.carriers import ENERGY_CARRIERS
 from fmc.indicators.plan import INDICATORS, POINT_INDICATORS, Policy, Targets
+from fmc.indicators.sums import CarrierSums, DailySums, PeriodSums, SumsWanted
 
 Status = Literal["met", "missed", "insufficient_data", "no_target"]
-ENERGY_CARRIERS = ("electricity", "natural_gas", "coal", "diesel", "gasoline", "lpg", "steam", "heat")
 _EPS = 1e-9  # relative tolerance of comparisons with a target (0.96**4 is not exact in binary)
 
 

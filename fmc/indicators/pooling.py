@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fmc.central.store import EnterpriseInfo
 from fmc.indicators.engine import (
     EnterpriseData,
     IndicatorResult,
@@ -24,6 +23,7 @@ from fmc.indicators.engine import (
     pool,
 )
 from fmc.indicators.plan import INDICATORS, Targets
+from fmc.indicators.sums import EnterpriseInfo
 
 Level = Literal["enterprise", "county", "city", "province", "industry"]
 LEVELS: tuple[Level, ...] = ("enterprise", "county", "city", "province", "industry")

@@ -20,8 +20,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from fmc.core.config import ID_PATTERN, ConfigError, _Model
-from fmc.plant.equipment import InventoryProblem
+from fmc.core.config import ID_PATTERN, ConfigError, InventoryProblem, _Model
 
 # The canonical form stored in the ``period`` tag: a year, or a year and a two-digit month.
 PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]))?$"

@@ -19,25 +19,11 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from fmc.core.config import CARRIERS, ID_PATTERN, NAME_PATTERN, _Model, equal_values_by_year
+from fmc.core.carriers import CANONICAL_UNIT, CARRIERS
+from fmc.core.config import ID_PATTERN, NAME_PATTERN, _Model, equal_values_by_year
 
 # --- carriers and units --------------------------------------------------------------------------
 
-# The unit every amount of a carrier is converted to; coefficients are per this unit.
-CANONICAL_UNIT: dict[str, str] = {
-    "electricity": "kWh",
-    "natural_gas": "m3",
-    "coal": "kg",
-    "diesel": "kg",
-    "gasoline": "kg",
-    "lpg": "kg",
-    "steam": "kg",
-    "heat": "GJ",
-    "water_intake": "m3",
-    "water_reused": "m3",
-    "wastewater": "m3",
-}
-WATER_CARRIERS = frozenset({"water_intake", "water_reused", "wastewater"})
 LIQUID_FUELS = frozenset({"diesel", "gasoline", "lpg"})
 
 # carrier -> unit a meter may read -> factor to the canonical unit

@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from fmc.core.config import ID_PATTERN, NAME_PATTERN, ConfigError, _Model
+from fmc.core.config import ID_PATTERN, NAME_PATTERN, ConfigError, InventoryProblem, _Model
 
 # A state-tracker class name: one "word" of Unicode letters/digits, '_' or '-', so a category
 # written in Chinese (织机) gives a usable class name without transliteration. Checked with Python's
@@ -96,26 +95,6 @@ class InventoryConfig(_Model):
     """``[inventory]`` in the agent config: where the CSV ledger is (relative to the config file)."""
 
     csv: Path | None = None
-
-
-@dataclass(frozen=True)
-class InventoryProblem:
-    """One thing wrong in an inventory source, located as the user sees it."""
-
-    message: str
-    line: int | None = None  # spreadsheet row, header = the header's row (usually 1); None: whole file
-    column: str | None = None  # the header as written in the file
-
-    @property
-    def where(self) -> str:
-        """'line 7, 原值', 'line 1' or '' (the whole file)."""
-        parts = [f"line {self.line}"] if self.line is not None else []
-        if self.column:
-            parts.append(self.column)
-        return ", ".join(parts)
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}" if self.where else self.message
 
 
 class InventoryError(ConfigError):

@@ -25,8 +25,8 @@ from typing import Any, TextIO, TypedDict
 
 from pydantic import ValidationError
 
-from fmc.core.config import ConfigError
-from fmc.plant.equipment import EquipmentItem, InventoryConfig, InventoryError, InventoryProblem
+from fmc.core.config import ConfigError, InventoryProblem
+from fmc.plant.equipment import EquipmentItem, InventoryConfig, InventoryError
 
 REQUIRED_FIELDS = ("id", "nc")
 REQUIRED_LABELS = {"id": "equipment id (设备编号)", "nc": "NC yes/no (是否数控)"}

@@ -32,6 +32,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fmc.core.carriers import is_water
+from fmc.core.localtime import NS, local_date, zone
 from fmc.core.points import Point, Priority
 from fmc.plant.config import (
     POWER_UNITS_KW,
@@ -41,8 +43,8 @@ from fmc.plant.config import (
     VirtualMeterConfig,
     native_to_canonical,
 )
-from fmc.plant.rollups import NS, Site, local_date, zone
-from fmc.plant.tce import Coefficients, coefficients_for, is_water, tce
+from fmc.plant.rollups import Site
+from fmc.plant.tce import Coefficients, coefficients_for, tce
 
 NS_PER_HOUR = 3600 * NS
 SNAPSHOT_VERSION = 1

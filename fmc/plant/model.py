@@ -18,19 +18,11 @@ from collections.abc import Iterable, Sequence
 from datetime import date
 from typing import Any
 
+from fmc.core.localtime import NS, local_date, local_day_bounds
 from fmc.core.points import Point
 from fmc.plant.config import EquipmentClassConfig, PlantSections
 from fmc.plant.meters import MeterAccumulator, MeterInterval, VirtualMeter
-from fmc.plant.rollups import (
-    NS,
-    InventoryItem,
-    Site,
-    consumption_daily,
-    counted_meters,
-    enterprise_daily,
-    local_date,
-    local_day_bounds,
-)
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, counted_meters, enterprise_daily
 from fmc.plant.states import EquipmentDay, EquipmentTracker, StateChange
 from fmc.plant.tce import coefficients_for
 

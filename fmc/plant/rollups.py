@@ -12,24 +12,22 @@ local-day helpers (days are cut at local midnight in the enterprise's time zone)
 
 from __future__ import annotations
 
-import calendar
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
-from functools import lru_cache
+from datetime import date
 from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo
 
+from fmc.core.carriers import is_water
+from fmc.core.localtime import local_day_bounds, local_day_start_ns, zone
 from fmc.core.points import Point, Priority
-from fmc.plant.tce import DEFAULT_COEFFICIENTS, Coefficients, is_water
+from fmc.plant.tce import DEFAULT_COEFFICIENTS, Coefficients
 from fmc.plant.tce import tce as tce_of
 
 if TYPE_CHECKING:
-    from fmc.agent.config import EnterpriseConfig
+    from fmc.core.config import EnterpriseConfig
     from fmc.plant.config import PlantSections
-
-NS = 1_000_000_000
 
 
 # --- site and inventory -----------------------------------------------------------------------------
@@ -82,30 +80,6 @@ class InventoryItem:
 
 
 # --- local days -----------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=32)
-def zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
-def local_date(ts_ns: int, tz: ZoneInfo) -> date:
-    """The local calendar date of a UTC timestamp (local midnights fall on whole seconds)."""
-    return datetime.fromtimestamp(ts_ns // NS, tz).date()
-
-
-def local_day_start_ns(day: date, tz: ZoneInfo) -> int:
-    """UTC nanoseconds of the local midnight that starts ``day``.
-
-    Where a DST change skips midnight, the day starts at the instant of the change.
-    """
-    local_midnight = datetime.combine(day, time(0), tzinfo=tz)
-    return calendar.timegm(local_midnight.utctimetuple()) * NS
-
-
-def local_day_bounds(day: date, tz: ZoneInfo) -> tuple[int, int]:
-    """[start, end) of a local day in UTC nanoseconds (23 or 25 hours on DST change days)."""
-    return local_day_start_ns(day, tz), local_day_start_ns(date.fromordinal(day.toordinal() + 1), tz)
 
 
 # --- inputs the rollups read (EquipmentDay and MeterInterval fit these) ---------------------------------

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
+from fmc.core.localtime import NS, local_date, local_day_bounds, zone
 from fmc.core.points import Point, Priority
 from fmc.plant.config import EquipmentClassConfig, MapRule, PlantConfig, ThresholdRule, normalize_key
-from fmc.plant.rollups import NS, Site, local_date, local_day_bounds, zone
+from fmc.plant.rollups import Site
 
 if TYPE_CHECKING:
     from fmc.plant.rollups import InventoryItem

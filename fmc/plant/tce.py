@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from fmc.plant.config import CANONICAL_UNIT, WATER_CARRIERS, CoefficientsConfig
+from fmc.core.carriers import CANONICAL_UNIT
+from fmc.plant.config import CoefficientsConfig
 
 # 1 kgce = 7000 kcal = 29.3076 MJ, so 1 MJ = 0.03412 kgce and 1 GJ = 34.12 kgce.
 KGCE_PER_MJ = 0.03412
@@ -88,6 +89,3 @@ def tce(carrier: str, amount: float, coefficients: Coefficients = DEFAULT_COEFFI
     return amount * kgce / 1000.0
 
 
-def is_water(carrier: str) -> bool:
-    """Water carriers are reported in m³ (the `m3` field), whatever their tce policy."""
-    return carrier in WATER_CARRIERS

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from fmc.agent.selfmetrics import REJECTION_REASONS
-from fmc.core.config import CARRIERS
+from fmc.core.carriers import CARRIERS
+from fmc.core.rejections import REJECTION_REASONS
 from fmc.indicators.labels import INDICATOR_LABELS as LABELS
 from fmc.indicators.plan import INDICATORS
 

@@ -15,11 +15,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fmc.agent.config import CARRIERS, TEMPLATE_FIELD, EnterpriseConfig, Subscription
+from fmc.agent.plugin import MIN_TIMESTAMP_NS, MapResult, Rejection
+from fmc.core.carriers import CARRIERS
+from fmc.core.config import TEMPLATE_FIELD, EnterpriseConfig
 from fmc.core.lineprotocol import MAX_STRING_FIELD_BYTES, LineProtocolError, check_name, encode_series
 from fmc.core.points import FieldValue, Point, Priority
+from fmc.sources.mqtt.config import Subscription
 
-MIN_TIMESTAMP_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z: anything older is a device clock fault
 MAX_QUALITY = 2**32 - 1  # OPC UA StatusCode is a UInt32
 # Topics are bounded by the plant's equipment (each becomes a series anyway); the cap only stops
 # a misbehaving publisher with random topics from growing this cache without limit.
@@ -38,18 +40,6 @@ class _Missing:
 
 
 _MISSING = _Missing()
-
-
-@dataclass(slots=True, frozen=True)
-class Rejection:
-    reason: str  # short, stable: a metric label such as "value_not_finite"
-    detail: str  # for people: what and where
-
-
-@dataclass(slots=True)
-class MapResult:
-    points: list[Point]
-    rejections: list[Rejection]
 
 
 def _short(value: object) -> str:

@@ -22,8 +22,8 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -31,11 +31,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fmc.agent import config
 from fmc.agent.metrics import AgentMetrics
-from fmc.agent.sink import CheckResult
+from fmc.agent.plugin import CheckResult, IngestPort, MapResult, Rejection
 from fmc.core.backoff import backoff_delay
-from fmc.sources.mqtt.mapping import Mapper, MapResult, Rejection
+from fmc.sources.mqtt import config
+from fmc.sources.mqtt.mapping import Mapper
 
 # MQTT 5: how many unacknowledged QoS 1 messages the broker may send us at once. Acks wait for a
 # group commit (tens of ms), so a window of 20 (mosquitto's default) would cap a source at
@@ -47,13 +47,6 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 ACK_GRACE_MAX_S = 1.0
 _INVALID_TOPIC = "<topic is not valid UTF-8>"
 
-
-class Ingest(Protocol):
-    """Implemented by ``fmc.agent.ingest.Ingest``: commits points durably, then calls ``ack``."""
-
-    def submit(
-        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None
-    ) -> None: ...
 
 
 # --- client construction (shared with check_mqtt) ------------------------------------------------
@@ -188,7 +181,7 @@ class MqttSource:
         self,
         cfg: config.MqttSource,
         mapper: Mapper,
-        ingest: Ingest,
+        ingest: IngestPort,
         metrics: AgentMetrics,
         logger: logging.Logger,
     ) -> None:
@@ -232,6 +225,10 @@ class MqttSource:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    def live_equipment(self) -> set[str]:
+        """None: every MQTT message is a value of its own (no change-only subscription)."""
+        return set()
 
     @property
     def subscribed(self) -> bool:

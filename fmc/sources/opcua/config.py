@@ -18,11 +18,15 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Self
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from fmc.core.config import ID_PATTERN, NAME_PATTERN, _Model
+from fmc.core.config import ID_PATTERN, NAME_PATTERN, EnterpriseConfig, _Model
+
+if TYPE_CHECKING:
+    from fmc.agent.plugin import CheckResult, SourceContext
+    from fmc.sources.opcua.source import OpcUaSource as RunningOpcUaSource
 
 # The OPC UA namespace (index 0 on every server) has a fixed alias; other namespaces are named
 # in [opcua.namespaces] because their index may change when a server restarts.
@@ -278,7 +282,11 @@ class OpcUaConnection(_Model):
 
 
 class OpcUaSource(OpcUaConnection):
-    """One ``[[opcua]]`` table: a server, how to reach it, and the nodes to read."""
+    """One ``[[opcua]]`` table: a server, how to reach it, and the nodes to read. The plugin's entry
+    (``fmc.agent.plugin.SourceSettings``): asyncua and its crypto (~25 MB on a gateway) are imported
+    only when a source is opened or checked."""
+
+    section: ClassVar[str] = "opcua"
 
     name: str = Field(pattern=ID_PATTERN)
     timestamp: Literal["source", "server"] = "source"
@@ -335,3 +343,13 @@ class OpcUaSource(OpcUaConnection):
     def namespace_uris(self) -> dict[str, str]:
         """Every alias the nodes may use, including the fixed ``ua`` alias for namespace 0."""
         return {UA_ALIAS: UA_NAMESPACE_URI, **self.namespaces}
+
+    def open_source(self, ctx: SourceContext) -> RunningOpcUaSource:
+        from fmc.sources.opcua.source import OpcUaSource as RunningOpcUaSource
+
+        return RunningOpcUaSource(self, ctx.enterprise, ctx.ingest, ctx.metrics, ctx.log)
+
+    async def check(self, enterprise: EnterpriseConfig, timeout: float) -> CheckResult:
+        from fmc.sources.opcua.source import check_opcua
+
+        return await check_opcua(self, timeout=timeout)

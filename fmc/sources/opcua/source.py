@@ -42,10 +42,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from asyncua import Client, ua
@@ -54,13 +54,12 @@ from asyncua.crypto import security_policies
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from fmc.agent.config import EnterpriseConfig
 from fmc.agent.metrics import AgentMetrics
-from fmc.agent.sink import CheckResult
+from fmc.agent.plugin import MIN_TIMESTAMP_NS, CheckResult, IngestPort, MapResult, Rejection
 from fmc.core.backoff import backoff_delay
+from fmc.core.config import EnterpriseConfig
 from fmc.core.lineprotocol import MAX_STRING_FIELD_BYTES, LineProtocolError, encode_series
 from fmc.core.points import FieldValue, Point, Priority
-from fmc.sources.mqtt.mapping import MIN_TIMESTAMP_NS, MapResult, Rejection
 from fmc.sources.opcua import config as schema
 
 MAX_FUTURE_NS = 300 * 10**9  # a timestamp further ahead than this is a clock fault
@@ -125,13 +124,6 @@ _SESSION_GONE = frozenset({
     _S.BadNoSubscription, _S.BadSubscriptionIdInvalid, _S.BadTimeout,
 })
 
-
-class Ingest(Protocol):
-    """Implemented by ``fmc.agent.ingest.Ingest``: commits points durably."""
-
-    def submit(
-        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None
-    ) -> None: ...
 
 
 class OpcUaError(Exception):
@@ -1246,7 +1238,7 @@ class OpcUaSource:
         self,
         cfg: schema.OpcUaSource,
         enterprise: EnterpriseConfig,
-        ingest: Ingest,
+        ingest: IngestPort,
         metrics: AgentMetrics,
         logger: logging.Logger,
     ) -> None:
@@ -1278,6 +1270,13 @@ class OpcUaSource:
     def connected(self) -> bool:
         """True while a session is set up (subscriptions created, polling started)."""
         return self._connected
+
+    def live_equipment(self) -> set[str]:
+        """Equipment read through a live subscription: it reports changes only, so an unchanged
+        value is still good data while the session stands."""
+        if not self._connected:
+            return set()
+        return {n.equipment for n in self.cfg.node if n.mode == "subscribe"}
 
     @property
     def namespace_indexes(self) -> dict[str, int]:

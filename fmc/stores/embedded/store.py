@@ -48,24 +48,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fmc.agent.config import EmbeddedSink as EmbeddedSinkConfig
-from fmc.agent.sink import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
-from fmc.central.store import (
-    ALL_SUMS,
-    REPORT_FIELDS,
-    CarrierSums,
-    DailySums,
-    EnterpriseInfo,
-    PeriodSums,
-    Scope,
-    StoredReport,
-    StoreQueryError,
-    SumsWanted,
-    encode_points,
-)
+from fmc.agent.plugin import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
 from fmc.core.lineprotocol import LineProtocolError, field_type, parse
+from fmc.core.localtime import local_date, local_day_start_ns
 from fmc.core.points import FieldValue, Point
-from fmc.plant.rollups import local_date, local_day_start_ns
+from fmc.indicators.sums import ALL_SUMS, CarrierSums, DailySums, EnterpriseInfo, PeriodSums, StoredReport, SumsWanted
+from fmc.stores.embedded.config import EmbeddedSink as EmbeddedSinkConfig
 
 SCHEMA_VERSION = 1
 # PRAGMA application_id marks the file as an fmc store, so pointing the store at another

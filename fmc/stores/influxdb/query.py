@@ -27,25 +27,22 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
-from fmc.agent.config import InfluxDBSink as InfluxDBSinkConfig
-from fmc.central.store import (
+from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
+from fmc.core.carriers import is_water
+from fmc.core.lineprotocol import field_type
+from fmc.core.localtime import NS, local_date, local_day_start_ns
+from fmc.core.points import Point
+from fmc.indicators.sums import (
     ALL_SUMS,
     DAILY_SUM_FIELDS,
-    REPORT_FIELDS,
     CarrierSums,
     DailySums,
     EnterpriseInfo,
     PeriodSums,
-    Scope,
     StoredReport,
-    StoreQueryError,
     SumsWanted,
-    encode_points,
 )
-from fmc.core.lineprotocol import field_type
-from fmc.core.points import Point
-from fmc.plant.rollups import NS, local_date, local_day_start_ns
-from fmc.plant.tce import is_water
+from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 from fmc.stores.influxdb.sink import redacted_url, store_error_text, tls_verify
 
 USER_AGENT = "fmc-central"

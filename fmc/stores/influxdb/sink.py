@@ -40,8 +40,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from fmc.agent.config import InfluxDBSink as InfluxDBSinkConfig
-from fmc.agent.sink import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.agent.plugin import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 
 log = logging.getLogger("fmc.sink.influxdb")
 

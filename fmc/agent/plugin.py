@@ -1,0 +1,163 @@
+"""What a source or a store plugin implements, and what the agent hands it (DESIGN §3).
+
+A plugin is a folder under ``fmc/sources/<protocol>/`` or ``fmc/stores/<store>/``, like a Telegraf
+plugin: its code, its ``README.md`` and its ``sample.toml``. Its configuration model is the plugin's
+entry: a ``[[mqtt]]`` section validates into ``fmc.sources.mqtt.config.MqttSource``, which knows how
+to open its source (``open_source``) and check its connection (``check``); a ``[sink]`` with
+``type = "influxdb"`` validates into the InfluxDB store's model, which opens its sink. The agent
+never names a concrete plugin: the composition roots (``fmc.cli.plugins``) list them by name.
+
+The drain loop (``fmc.agent.runtime``) owns retries and backoff, so every sink behaves alike: a
+sink either takes the lines (reporting any line the store refused for good), or raises
+``SinkUnavailable`` and nothing is deleted from the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Protocol, Self
+
+from fmc.core.config import EnterpriseConfig
+from fmc.core.points import Point
+
+if TYPE_CHECKING:
+    from fmc.agent.metrics import AgentMetrics
+
+
+class SinkUnavailable(Exception):
+    """The store cannot take data now (down, 5xx, 429, auth or missing database). Retry later."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class RefusedLine:
+    index: int  # position in the list given to ``write``
+    reason: str  # the store's own words
+    status: int | None = None
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    written: int
+    refused: list[RefusedLine] = field(default_factory=list)
+    requests: int = 1
+
+
+@dataclass(slots=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+class Sink(Protocol):
+    name: str
+
+    async def write(self, lines: list[str]) -> WriteOutcome:
+        """Write line-protocol lines (ns precision). Lines the store refuses for good (4xx for that
+        line) are reported in ``refused``; anything retryable raises ``SinkUnavailable``."""
+        ...
+
+    async def check(self) -> CheckResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+MIN_TIMESTAMP_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z: anything older is a device clock fault
+
+
+@dataclass(slots=True, frozen=True)
+class Rejection:
+    reason: str  # short, stable: a metric label such as "value_not_finite"
+    detail: str  # for people: what and where
+
+
+@dataclass(slots=True)
+class MapResult:
+    points: list[Point]
+    rejections: list[Rejection]
+
+
+class IngestPort(Protocol):
+    """What a source hands its values to (``fmc.agent.ingest.Ingest``): it commits the points
+    durably, then calls ``ack`` (when given) so the source can acknowledge upstream."""
+
+    def submit(
+        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What the agent hands a source it opens."""
+
+    enterprise: EnterpriseConfig
+    ingest: IngestPort
+    metrics: AgentMetrics
+    log: logging.Logger
+
+
+class Source(Protocol):
+    """A running source: started and stopped by the agent, read-only otherwise."""
+
+    name: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def live_equipment(self) -> set[str]:
+        """Equipment whose unchanged values still arrive as confirmations (a live OPC UA
+        subscription reports changes only); empty for sources that deliver every value."""
+        ...
+
+
+class SourceSettings(Protocol):
+    """A source's configuration model (one entry of ``[[<section>]]``)."""
+
+    section: ClassVar[str]  # the TOML section: "mqtt" for [[mqtt]]
+    name: str
+
+    def open_source(self, ctx: SourceContext) -> Source: ...
+
+    async def check(self, enterprise: EnterpriseConfig, timeout: float) -> CheckResult:
+        """Try the connection once (``fmc check``)."""
+        ...
+
+    def relative_to(self, base: Path) -> Self:
+        """The same settings with relative file paths taken from ``base`` (the config's folder)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How the drain loop feeds a sink: batch size, how long a partial batch may wait, and the
+    retry backoff bounds."""
+
+    batch_size: int
+    max_age_s: float
+    retry_min_s: float
+    retry_max_s: float
+
+
+class SinkSettings(Protocol):
+    """A store's configuration model as the agent's ``[sink]``."""
+
+    type: str
+
+    def open_sink(self) -> Sink: ...
+
+    def batching(self) -> Batching: ...
+
+    def relative_to(self, base: Path) -> Self: ...

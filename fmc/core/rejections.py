@@ -1,0 +1,41 @@
+"""Every reason code the agent rejects a message or a value with.
+
+A fixed set keeps the `agent` measurement's field set fixed (``rejected_<reason>``, DESIGN §4);
+tests/test_selfmetrics.py fails when the code gains a reason that is not listed here."""
+
+from __future__ import annotations
+
+# Every reason code the agent rejects a message or value with (fmc.sources.mqtt.mapping, fmc.core.lineprotocol,
+# fmc.sources.mqtt.source, fmc.sources.opcua.source, the ingest's series limit). A fixed set keeps the field set fixed;
+# tests/test_selfmetrics.py fails when the code gains a reason that is not listed here.
+REJECTION_REASONS: tuple[str, ...] = (
+    "internal_error",
+    "name_backslash",
+    "name_comment",
+    "name_control_char",
+    "name_empty",
+    "name_not_utf8",
+    "name_too_long",
+    "name_type",
+    "no_fields",
+    "parse",
+    "payload_not_json",
+    "payload_not_number",
+    "payload_not_utf8",
+    "payload_too_large",
+    "quality_invalid",
+    "series_limit",
+    "timestamp_invalid",
+    "timestamp_out_of_range",
+    "timestamp_type",
+    "topic_not_utf8",
+    "topic_unmatched",
+    "unknown_carrier",
+    "value_control_char",
+    "value_not_finite",
+    "value_not_utf8",
+    "value_path_missing",
+    "value_too_long",
+    "value_type",
+    "value_wrong_type",
+)
