@@ -154,7 +154,6 @@ async def test_hostile_ids_and_tags_round_trip_through_the_store(
         only = await store.period_sums(*YEAR, bypass(enterprises=(h,)))
         assert set(only) == {h}, h
         assert [i.enterprise for i in await store.enterprises(bypass(enterprises=(h,)))] == [h]
-        assert await store.fingerprint(*YEAR, bypass(enterprises=(h,))) != await store.fingerprint(*YEAR, Scope())
     assert await store.period_sums(*YEAR, bypass(enterprises=("no such' OR 'a'='a",))) == {}
     assert await store.period_sums(*YEAR, bypass(region_prefix=".*")) == {}
     assert set(await store.period_sums(*YEAR, bypass(region_prefix="33'06"))) == {"E-odd-tags"}
@@ -290,7 +289,7 @@ async def test_nothing_listening_fails_fast_with_a_clear_message() -> None:
     store = make_store(f"http://127.0.0.1:{free_port()}", "fmc")
     started = time.monotonic()
     for call in (store.period_sums(*YEAR, Scope()), store.enterprises(Scope()), store.reports(2019, 2019, Scope()),
-                 store.fingerprint(*YEAR, Scope()), store.write([daily(Site("E-1", "330602", "1711"), YEAR[0])]),
+                 store.write([daily(Site("E-1", "330602", "1711"), YEAR[0])]),
                  store.ping()):
         with pytest.raises(StoreQueryError, match=r"cannot connect to InfluxDB at http://127\.0\.0\.1:\d+.*"
                                                   r"\[store\] url"):

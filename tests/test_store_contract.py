@@ -448,7 +448,8 @@ async def test_write_stores_every_point(seeded: Backend) -> None:
 
 async def test_write_is_all_or_nothing_on_a_type_conflict(seeded: Backend) -> None:
     store = seeded.store
-    before = await store.fingerprint(day("2022-01-01"), day("2022-12-31"), Scope())
+    year = (day("2022-01-01"), day("2022-12-31"))
+    before = (await store.period_sums(*year, Scope()), await store.reports(2022, 2022, Scope()))
     good = report_point("E-A", "2022", "2022-01-01", value_added=1.0)
     # equipment_total is stored as an integer: a string (or a float) for it conflicts
     conflicting = daily_point(A, ed("2022-01-02", 1, 1, 0.0, 0.0, 1, 1))
@@ -461,7 +462,7 @@ async def test_write_is_all_or_nothing_on_a_type_conflict(seeded: Backend) -> No
         await store.write([good, as_float])
     assert await store.reports(2022, 2022, Scope()) == {}
     assert await store.period_sums(day("2022-01-01"), day("2022-12-31"), Scope()) == {}
-    assert await store.fingerprint(day("2022-01-01"), day("2022-12-31"), Scope()) == before
+    assert (await store.period_sums(*year, Scope()), await store.reports(2022, 2022, Scope())) == before
 
 
 async def test_write_is_all_or_nothing_within_the_call(seeded: Backend) -> None:
@@ -488,40 +489,6 @@ async def test_write_refuses_a_point_line_protocol_cannot_carry(seeded: Backend)
     with pytest.raises(StoreQueryError):
         await store.write([good, nan])
     assert await store.reports(2022, 2023, Scope()) == {}
-
-
-# --- fingerprint ----------------------------------------------------------------------------------------
-
-
-async def test_fingerprint_changes_on_add_and_on_overwrite_only(seeded: Backend) -> None:
-    store = seeded.store
-    year = (day("2019-01-01"), day("2019-12-31"))
-    first = await store.fingerprint(*year, Scope())
-    assert all(isinstance(v, float | int) for v in first)
-    assert await store.fingerprint(*year, Scope()) == first  # stable
-
-    # the same values written again: same data, same fingerprint
-    seeded.ingest([daily_point(A, A_ROWS[1])])
-    assert await store.fingerprint(*year, Scope()) == first
-    # outside the period, or outside the scope: unchanged
-    seeded.ingest([daily_point(A, ed("2021-03-03", 1, 1, 0.0, 0.0, 1, 1))])
-    assert await store.fingerprint(*year, Scope()) == first
-    scoped = await store.fingerprint(*year, Scope(region_prefix="3307"))
-    seeded.ingest([daily_point(A, ed("2019-03-03", 1, 1, 0.0, 0.0, 1, 1))])  # a day added, in 3306
-    assert await store.fingerprint(*year, Scope(region_prefix="3307")) == scoped
-    added = await store.fingerprint(*year, Scope())
-    assert added != first
-
-    # overwritten with other values (same series and time)
-    seeded.ingest([daily_point(A, dataclasses.replace(A_ROWS[2], asset_value_nc=700.5))])
-    overwritten = await store.fingerprint(*year, Scope())
-    assert overwritten != added
-    # a consumption day and a report overwritten
-    seeded.ingest([consumption_point(D, dataclasses.replace(D_CONSUMPTION[0], coverage=0.5))])
-    after_consumption = await store.fingerprint(*year, Scope())
-    assert after_consumption != overwritten
-    seeded.ingest([report_point("E-A", "2019-03", "2019-03-01", value_added=400_001.0)])
-    assert await store.fingerprint(*year, Scope()) != after_consumption
 
 
 # --- the same answers as indicators.summarize --------------------------------------------------------

@@ -90,3 +90,17 @@ def test_config_rejects_contradictions_with_a_fix() -> None:
         CoefficientsConfig(kgce_per_unit={"steam": 0.12}, steam_enthalpy_mj_per_kg=2.8)
     with pytest.raises(ValueError, match="is not a carrier"):
         CoefficientsConfig(kgce_per_unit={"wood": 0.5})
+
+
+def test_one_carrier_list_and_one_equal_value_rule() -> None:
+    """The carriers every part reads, and the equal value the plant and the plan both look up."""
+    from fmc.core.carriers import CANONICAL_UNIT, CARRIERS, ENERGY_CARRIERS, WATER_CARRIERS, equal_value_for
+    from fmc.indicators.plan import Policy
+
+    assert set(CANONICAL_UNIT) == set(CARRIERS)
+    assert set(ENERGY_CARRIERS) | WATER_CARRIERS == set(CARRIERS) and not set(ENERGY_CARRIERS) & WATER_CARRIERS
+    assert ENERGY_CARRIERS == ("electricity", "natural_gas", "coal", "diesel", "gasoline", "lpg", "steam", "heat")
+    values = {2017: 0.30, 2019: 0.29}
+    assert [equal_value_for(values, y) for y in (2016, 2017, 2018, 2019, 2025)] == [None, 0.30, 0.30, 0.29, 0.29]
+    policy = Policy(electricity_basis="equal", electricity_equal_value=values)
+    assert [policy.electricity_kgce(y) for y in (2016, 2018, 2020)] == [None, 0.30, 0.29]

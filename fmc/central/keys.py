@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Literal
 
 from fmc.core.config import ID_PATTERN
+from fmc.core.regions import REGION_PREFIX
 
 KEY_PREFIX = "fmc"
 KEY_ID_HEX = 12
 _KEY_RE = re.compile(r"fmc_([0-9a-f]{12})_([A-Za-z0-9_\-]{20,128})")
-_REGION_PREFIX_RE = re.compile(r"[0-9]{2}(?:[0-9]{2}){0,2}")  # ASCII: \d also takes ３ and ٣
+_REGION_PREFIX_RE = REGION_PREFIX  # fullmatch: 2, 4 or 6 ASCII digits
 _ID_RE = re.compile(ID_PATTERN)
 # Digits of a region code at each group level (GB/T 2260): province 33, city 3306, county 330602.
 LEVEL_DIGITS = {"province": 2, "city": 4, "county": 6}

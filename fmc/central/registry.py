@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmc.core.config import ID_PATTERN, ConfigError
+from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS
 from fmc.indicators.plan import INDICATORS
 from fmc.plant.ledger import decode_ledger
 
-REGION_PATTERN = r"^[0-9]{6}$"
-INDUSTRY_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"
+REGION_PATTERN = REGION_CODE_PATTERN
+INDUSTRY_PATTERN = INDUSTRY_CODE_PATTERN
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,14 +25,13 @@ from typing import Protocol, Self
 from fmc.core.config import ID_PATTERN
 from fmc.core.lineprotocol import LineProtocolError, encode
 from fmc.core.points import Point
+from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_PREFIX_PATTERN
 from fmc.indicators.reports import REPORT_FIELDS
 from fmc.indicators.sums import ALL_SUMS, EnterpriseInfo, PeriodSums, StoredReport, SumsWanted
 
 __all__ = ["REPORT_FIELDS"]  # the figures of `enterprise_report`, for the stores
 
-# [0-9], not \d: Python's \d also matches other scripts' digits (３, ٣), which are not codes
-REGION_PREFIX_PATTERN = r"^[0-9]{2}([0-9]{2}){0,2}$"  # 33 province, 3306 city, 330602 county
-INDUSTRY_PREFIX_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"  # GB/T 4754: 17 division, 171 group, 1711 class
+INDUSTRY_PREFIX_PATTERN = INDUSTRY_CODE_PATTERN  # an industry code is its own prefix form
 
 
 class StoreQueryError(Exception):
@@ -112,10 +111,6 @@ class IndicatorStore(Protocol):
         is (reports import, indicator points)."""
         ...
 
-    async def fingerprint(self, start: date, end: date, scope: Scope) -> tuple[float, ...]:
-        """A cheap summary of the rollups and reports in the period that changes whenever data
-        for it is added or overwritten with other values (cache validation)."""
-        ...
 
     async def ping(self) -> None:
         """Raise StoreQueryError unless the store answers a query that reads no data (health checks)."""

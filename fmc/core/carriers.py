@@ -5,6 +5,8 @@ and the dashboards all read it from here (extensible by config where a section s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 CARRIERS = (
     "electricity",
     "natural_gas",
@@ -44,4 +46,14 @@ def is_water(carrier: str) -> bool:
     return carrier in WATER_CARRIERS
 
 
-ENERGY_CARRIERS = ("electricity", "natural_gas", "coal", "diesel", "gasoline", "lpg", "steam", "heat")
+# energy is every carrier that is not water (fresh water and other media are not energy by default)
+ENERGY_CARRIERS = tuple(c for c in CARRIERS if c not in WATER_CARRIERS)
+
+
+def equal_value_for(values: Mapping[int, float], year: int) -> float | None:
+    """The electricity equal value 等价值 (kgce per kWh) that holds in ``year``: the value of that
+    year or of the latest earlier year given (values are published late; the last one stands until
+    the next), None when every value given is for a later year. The plant's tce and the plan's
+    policy both read it here."""
+    known = [y for y in values if y <= year]
+    return values[max(known)] if known else None

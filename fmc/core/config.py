@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
+
 # Names that become tag values in the store: bounded, printable, no line-protocol specials
 # beyond what the encoder escapes. Topic segments are checked again at run time.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f\\]{1,128}$"
@@ -179,8 +181,8 @@ def read_toml(path: Path, *, missing_fix: str = "pass the right path with -c", e
 class EnterpriseConfig(_Model):
     id: str = Field(pattern=ID_PATTERN, description="stable enterprise id, e.g. a unified social credit code")
     name: str = Field(min_length=1, max_length=200)
-    region: str = Field(pattern=r"^[0-9]{6}$", description="6-digit administrative division code (GB/T 2260)")
-    industry: str = Field(pattern=r"^[0-9]{2}([0-9]{1,2})?$", description="GB/T 4754-2017 division, e.g. '17'")
+    region: str = Field(pattern=REGION_CODE_PATTERN, description="6-digit administrative division code (GB/T 2260)")
+    industry: str = Field(pattern=INDUSTRY_CODE_PATTERN, description="GB/T 4754-2017 division, e.g. '17'")
     timezone: str = "Asia/Shanghai"
 
     _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))

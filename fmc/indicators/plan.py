@@ -22,6 +22,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from fmc.core.carriers import equal_value_for
 from fmc.core.config import (
     ID_PATTERN,
     ConfigError,
@@ -125,8 +126,7 @@ class Policy(_Model):
         """kgce per kWh of electricity for ``year`` under the equal-value basis (latest year ≤ ``year``)."""
         if self.electricity_basis != "equal":
             return None
-        known = [y for y in self.electricity_equal_value if y <= year]
-        return self.electricity_equal_value[max(known)] if known else None
+        return equal_value_for(self.electricity_equal_value, year)
 
 
 class Targets(_Model):

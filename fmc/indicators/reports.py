@@ -21,13 +21,14 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from fmc.core.config import ID_PATTERN, ConfigError, InventoryProblem, _Model
+from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 
 # The canonical form stored in the ``period`` tag: a year, or a year and a two-digit month.
 PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]))?$"
 MIN_YEAR, MAX_YEAR = 1949, 2100
 # Same forms as the agent config's [enterprise] region / industry (fmc.agent.config).
-REGION_PATTERN = r"^[0-9]{6}$"
-INDUSTRY_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"
+REGION_PATTERN = REGION_CODE_PATTERN
+INDUSTRY_PATTERN = INDUSTRY_CODE_PATTERN
 
 # The reported figures, in the order of DESIGN §4; every one a field of ``enterprise_report``.
 REPORT_FIELDS = (

@@ -61,6 +61,10 @@ DAILY_SUM_FIELDS = (
     "equipment_networked",
     "nc_equipment_networked",
 )
+# the stocks of the period's last day (equipment and asset value at period end, 年末数)
+LAST_DAY_FIELDS = DAILY_SUM_FIELDS[:4]
+# the fields of ``consumption_daily`` a period sums
+CARRIER_SUM_FIELDS = ("amount", "tce", "m3", "coverage")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from fmc.core.carriers import CANONICAL_UNIT
+from fmc.core.carriers import CANONICAL_UNIT, equal_value_for
 from fmc.plant.config import CoefficientsConfig
 
 # 1 kgce = 7000 kcal = 29.3076 MJ, so 1 MJ = 0.03412 kgce and 1 GJ = 34.12 kgce.
@@ -65,14 +65,14 @@ def coefficients_for(config: CoefficientsConfig | None = None, year: int | None 
     if config.electricity_basis == "equal":
         if year is None:
             raise ValueError("electricity_basis = \"equal\" depends on the year: pass the year of the amounts")
-        known = [y for y in config.electricity_equal_value if y <= year]
-        if not known:
+        value = equal_value_for(config.electricity_equal_value, year)
+        if value is None:
             first = min(config.electricity_equal_value)
             raise ValueError(
                 f"no electricity equal value for {year} or earlier (the first is {first}); add "
                 f"[coefficients.electricity_equal_value] {year} = <kgce per kWh>"
             )
-        table["electricity"] = config.electricity_equal_value[max(known)]
+        table["electricity"] = value
     return Coefficients(MappingProxyType(table))
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from fmc.core.config import ID_PATTERN
+from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_PREFIX_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS, STATUS_LABELS
 from fmc.indicators.plan import Indicator, Targets
 from fmc.indicators.reports import MAX_YEAR, MIN_YEAR
@@ -23,8 +24,8 @@ PERIOD_QUERY_PATTERN = (
     r"^[0-9]{4}(-(Q[1-4]|0[1-9]|1[0-2]|YTD(-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]))?))?$"
 )
 REPORT_PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]))?$"  # as stored: a year or a month
-REGION_QUERY_PATTERN = r"^[0-9]{2}([0-9]{2}){0,2}$"  # 33 province, 3306 city, 330602 county
-INDUSTRY_QUERY_PATTERN = r"^[0-9]{2}([0-9]{1,2})?$"  # GB/T 4754: 17 division, 171 group, 1711 class
+REGION_QUERY_PATTERN = REGION_PREFIX_PATTERN
+INDUSTRY_QUERY_PATTERN = INDUSTRY_CODE_PATTERN
 ENTERPRISE_ID_PATTERN = ID_PATTERN
 PAGE_MAX = 1_000_000_000
 YEAR_MIN, YEAR_MAX = MIN_YEAR, MAX_YEAR

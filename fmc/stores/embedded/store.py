@@ -53,7 +53,18 @@ from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_poin
 from fmc.core.lineprotocol import LineProtocolError, field_type, parse
 from fmc.core.localtime import local_date, local_day_start_ns
 from fmc.core.points import FieldValue, Point
-from fmc.indicators.sums import ALL_SUMS, CarrierSums, DailySums, EnterpriseInfo, PeriodSums, StoredReport, SumsWanted
+from fmc.indicators.sums import (
+    ALL_SUMS,
+    CARRIER_SUM_FIELDS,
+    DAILY_SUM_FIELDS,
+    LAST_DAY_FIELDS,
+    CarrierSums,
+    DailySums,
+    EnterpriseInfo,
+    PeriodSums,
+    StoredReport,
+    SumsWanted,
+)
 from fmc.stores.embedded.config import EmbeddedSink as EmbeddedSinkConfig
 
 SCHEMA_VERSION = 1
@@ -495,25 +506,10 @@ class EmbeddedSink:
 
 # --- the central store query interface (fmc.central.store.IndicatorStore) over this file -------------------
 
-_DAILY_FIELDS = (
-    "equipment_total",
-    "equipment_nc",
-    "asset_value_total",
-    "asset_value_nc",
-    "equipment_networked",
-    "nc_equipment_networked",
-)
-_LAST_FIELDS = _DAILY_FIELDS[:4]
-_CARRIER_FIELDS = ("amount", "tce", "m3", "coverage")
+_DAILY_FIELDS = DAILY_SUM_FIELDS
+_LAST_FIELDS = LAST_DAY_FIELDS
+_CARRIER_FIELDS = CARRIER_SUM_FIELDS
 _ROLLUP_MEASUREMENTS = ("enterprise_daily", "consumption_daily", "enterprise_report")
-# The fingerprint per measurement: the number of points (points carrying the first field) and the sum
-# of each field; for reports, whose fields are each optional, a count and a sum per field. The same in
-# both stores (fmc.stores.influxdb.query), where each count or sum is one pass over the points.
-_FINGERPRINT_FIELDS = {
-    "enterprise_daily": _DAILY_FIELDS,
-    "consumption_daily": _CARRIER_FIELDS,
-    "enterprise_report": REPORT_FIELDS,
-}
 REPORT_MARGIN_NS = 2 * 86_400 * 1_000_000_000  # reports stamped in another time zone still fall inside
 
 
@@ -593,20 +589,6 @@ latest AS (
 )
 SELECT enterprise, region, industry, max(ts) FROM latest WHERE ts IS NOT NULL GROUP BY enterprise ORDER BY enterprise
 """
-
-
-def _fingerprint_sql(measurement: str, fields: Sequence[str]) -> str:
-    if measurement == "enterprise_report":
-        columns = ", ".join(f"count({_json_field(f)}), total({_json_field(f)})" for f in fields)
-    else:
-        columns = f"count({_json_field(fields[0])}), " + ", ".join(f"total({_json_field(f)})" for f in fields)
-    return (
-        _SCOPED_SERIES
-        + f"SELECT {columns} FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
-    )
-
-
-_FINGERPRINT_SQL = {m: _fingerprint_sql(m, fields) for m, fields in _FINGERPRINT_FIELDS.items()}
 
 
 def _scope_params(scope: Scope) -> dict[str, object]:
@@ -803,18 +785,6 @@ class EmbeddedQueryStore:
                 )
 
         await self._call(run)
-
-    async def fingerprint(self, start: date, end: date, scope: Scope) -> tuple[float, ...]:
-        start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
-        statements = [
-            (_FINGERPRINT_SQL[m], self._params(m, start_ns, end_ns, scope)) for m in _ROLLUP_MEASUREMENTS
-        ]
-
-        def run() -> tuple[float, ...]:
-            results = self._read(statements)
-            return tuple(float(v or 0) for rows in results for v in rows[0])
-
-        return await self._call(run)
 
     async def ping(self) -> None:
         """The file opens as an fmc store and answers a query."""

@@ -34,7 +34,9 @@ from fmc.core.localtime import NS, local_date, local_day_start_ns
 from fmc.core.points import Point
 from fmc.indicators.sums import (
     ALL_SUMS,
+    CARRIER_SUM_FIELDS,
     DAILY_SUM_FIELDS,
+    LAST_DAY_FIELDS,
     CarrierSums,
     DailySums,
     EnterpriseInfo,
@@ -56,16 +58,8 @@ DAILY = "enterprise_daily"
 CONSUMPTION = "consumption_daily"
 REPORT = "enterprise_report"
 DAILY_FIELDS = DAILY_SUM_FIELDS
-LAST_FIELDS = DAILY_FIELDS[:4]
-CARRIER_FIELDS = ("amount", "tce", "m3", "coverage")
-# The fingerprint per measurement: the number of points (points carrying the first field) and the sum
-# of each field (each count or sum is one pass over the points, so no more of them than that); for
-# reports, whose fields are each optional and few, a count and a sum per field. As the embedded store's.
-FINGERPRINT_FIELDS: Mapping[str, tuple[str, ...]] = {
-    DAILY: DAILY_FIELDS,
-    CONSUMPTION: CARRIER_FIELDS,
-    REPORT: tuple(REPORT_FIELDS),
-}
+LAST_FIELDS = LAST_DAY_FIELDS
+CARRIER_FIELDS = CARRIER_SUM_FIELDS
 
 
 # --- quoting: the only ways a value gets into InfluxQL ----------------------------------------------------
@@ -371,25 +365,6 @@ class InfluxQueryStore:
             if figures:
                 out.setdefault(enterprise, []).append(StoredReport(enterprise, label, figures))
         return out
-
-    async def fingerprint(self, start: date, end: date, scope: Scope) -> tuple[float, ...]:
-        where = self._where(*self._bounds(start, end), scope)
-        statements: list[str] = []
-        widths: list[int] = []
-        for measurement, fields in FINGERPRINT_FIELDS.items():
-            if measurement == REPORT:
-                columns = [f"count({f}) AS n_{f}, sum({f}) AS s_{f}" for f in fields]
-            else:
-                columns = [f"count({fields[0]}) AS n_{fields[0]}", *(f"sum({f}) AS s_{f}" for f in fields)]
-            statements.append(f"SELECT {', '.join(columns)} FROM {self._from(measurement)}{where}")
-            widths.append(len(fields) * 2 if measurement == REPORT else len(fields) + 1)
-        results = await self._query(statements)
-        out: list[float] = []
-        for result, width in zip(results, widths, strict=True):
-            series = _series(result)
-            values = series[0][2][0][1:] if series and series[0][2] else []  # after the time column
-            out += [_num(v) for v in values] if values else [0.0] * width
-        return tuple(out)
 
     async def write(self, points: Sequence[Point]) -> None:
         lines = encode_points(points)
