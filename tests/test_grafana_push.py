@@ -699,12 +699,12 @@ def test_module_import_stays_light() -> None:
     assert out.strip() == "[]"
 
 
-# --- the real dashboards (fmc/central/grafana/dashboards.py) ----------------------------------------------------
+# --- the real dashboards (fmc/central/grafana/dashboards/) ----------------------------------------------------
 
 
 def _real_dashboards() -> Any:
     return pytest.importorskip("fmc.central.grafana.dashboards",
-                               reason="fmc/central/grafana/dashboards.py not there yet")
+                               reason="fmc/central/grafana/dashboards/ not there yet")
 
 
 @pytest.mark.parametrize("lang", ["zh", "en", "both"])
