@@ -13,6 +13,7 @@ from typing import Any
 
 from fmc.agent.ingest import PLANT_STATE_KEY
 from fmc.agent.spool import Spool
+from fmc.core.tables import render_table, text_width
 from fmc.demo.plant import (
     BAD_SCHEDULE,
     DEMO_LEDGER_ONLY,
@@ -26,7 +27,7 @@ from fmc.demo.plant import (
     meter_configs,
     write_ledger_csv,
 )
-from fmc.demo.run import LEDGER_FILE, SPOOL_FILE, STORE_FILE, SUMMARY_FILE, render_table, run_demo, text_width
+from fmc.demo.run import LEDGER_FILE, SPOOL_FILE, STORE_FILE, SUMMARY_FILE, run_demo
 from fmc.plant.config import MeterConfig
 from fmc.plant.ledger import load_inventory_csv
 from fmc.plant.meters import MeterAccumulator
