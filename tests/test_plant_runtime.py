@@ -230,3 +230,70 @@ def test_a_live_subscription_keeps_a_machine_that_stands_still_online():
     assert days["m2"]["online_s"] == 600.0  # its good value at T0 held for offline_after_s, then offline
     states = [(p.tags["equipment"], p.fields["state"]) for p in out if p.measurement == "equipment_state"]
     assert ("m1", "offline") not in states and ("m2", "offline") in states
+
+
+# --- issue 10, defect 7: a machine that stands still under a live subscription is networked ---------------
+
+STILL_INVENTORY = [
+    InventoryItem("still", True, kind="cnc"),  # read once, then unchanged: the subscription vouches
+    InventoryItem("bad", True, kind="cnc"),  # its last sample was Bad: nobody vouches for it
+    InventoryItem("cut", True, kind="cnc"),  # its OPC UA session dropped: no longer vouched for
+    InventoryItem("late", True, kind="cnc"),  # MQTT: one sample at 23:59, nothing after
+]
+
+
+def stand_still(start: int, hours: int, *, cut_at: int | None = None) -> list[Point]:
+    """The plant model over ``hours`` from ``start``: one speed-0 sample of each machine, then only
+    what the ingest does each minute (advance, confirm_alive for the live subscriptions)."""
+    plant = PlantModel(SITE, SECTIONS, STILL_INVENTORY, start_ns=start)
+    bad = signal("bad", 0.0, start + S)
+    bad.fields["quality"] = 0x80000000  # Bad: the PLC behind the OPC UA server went away
+    out = plant.observe([signal("still", 0.0, start), signal("bad", 0.0, start), bad,
+                         signal("cut", 0.0, start)], start + S)
+    midnight = int(datetime.fromtimestamp(start / S, CST).replace(hour=0, minute=0).timestamp()) * S + 24 * 3600 * S
+    out += plant.observe([signal("late", 0.0, midnight - 60 * S)], midnight - 60 * S)  # 23:59 on day 1
+    for minute in range(1, hours * 60 + 1):
+        now = start + minute * 60 * S
+        out += plant.advance(now)
+        alive = {"still", "bad"} | ({"cut"} if cut_at is None or now < cut_at else set())
+        out += plant.confirm_alive(alive, now)
+    out += plant.advance(start + hours * 3600 * S + 5 * S)
+    return out
+
+
+def daily(out: list[Point], measurement: str = "enterprise_daily") -> dict[date, Point]:
+    return {datetime.fromtimestamp(p.ts_ns / S, CST).date(): p for p in out if p.measurement == measurement}
+
+
+def test_a_machine_standing_still_for_26_hours_is_networked_on_day_2():
+    """Read once at 22:00 and unchanged for 26 h: online all of day 2 under a live subscription, so
+    networked on day 2. Not: the machine whose last sample was Bad, the one whose session dropped
+    (at 23:00 on day 1), the one whose only sample was at 23:59 on day 1 (its online hold runs 9 min
+    into day 2, with no data of day 2)."""
+    start = int(datetime(2026, 3, 1, 22, 0, tzinfo=CST).timestamp()) * S
+    out = stand_still(start, 26, cut_at=start + 3600 * S)
+    day2 = date(2026, 3, 2)
+    equipment = {p.tags["equipment"]: p.fields for p in out if p.measurement == "equipment_daily"
+                 and datetime.fromtimestamp(p.ts_ns / S, CST).date() == day2}
+    assert equipment["still"]["online_s"] == 86_400.0 and equipment["still"]["idle_s"] == 86_400.0
+    assert equipment["bad"]["online_s"] == 0.0 and equipment["cut"]["online_s"] == 0.0
+    assert equipment["late"]["online_s"] == 540.0 and equipment["late"]["good_samples"] == 0
+    fields = daily(out)[day2].fields
+    assert fields["equipment_total"] == 4
+    assert (fields["equipment_networked"], fields["nc_equipment_networked"]) == (1, 1)  # "still" only
+    # day 1 (from 22:00): all four delivered good data that day
+    assert daily(out)[date(2026, 3, 1)].fields["nc_equipment_networked"] == 4
+
+
+def test_a_spring_festival_week_of_standing_still_keeps_the_networking_rate():
+    """春节: machines stand still from the last shift (Feb 14, 18:00) for a week. The one under a live
+    subscription is networked every day; the one whose session dropped on Feb 18 at 12:00 is
+    networked up to that day and not after."""
+    start = int(datetime(2026, 2, 14, 18, 0, tzinfo=CST).timestamp()) * S
+    cut_at = int(datetime(2026, 2, 18, 12, 0, tzinfo=CST).timestamp()) * S
+    out = stand_still(start, 7 * 24 + 6, cut_at=cut_at)  # to Feb 22, 00:00
+    days = daily(out)
+    week = [date(2026, 2, d) for d in range(15, 22)]
+    assert [days[d].fields["nc_equipment_networked"] for d in week] == [2, 2, 2, 2, 1, 1, 1]
+    equipment = [p for p in out if p.measurement == "equipment_daily" and p.tags["equipment"] == "still"]
+    assert all(p.fields["online_s"] == 86_400.0 for p in equipment[1:])

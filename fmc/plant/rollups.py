@@ -86,6 +86,8 @@ class InventoryItem:
 
 
 class EquipmentDayLike(Protocol):
+    """May also carry ``alive_confirmations`` (``EquipmentDay`` does): good data of the day without a sample."""
+
     @property
     def equipment(self) -> str: ...
     @property
@@ -118,7 +120,9 @@ def is_networked(good_samples: int, online_s: float, min_online_minutes: float) 
     """Networked on a day: it delivered good data that day, for at least the minimum online time.
 
     Both are required: online time runs on for up to offline_after_s after a sample, so a sample
-    at 23:59 would otherwise make the next day "networked" without any data on it.
+    at 23:59 would otherwise make the next day "networked" without any data on it. Good data of a
+    day (``good_samples``) is its good samples plus the times a live subscription confirmed that
+    day that the last good values still hold (``EquipmentDay.alive_confirmations``).
     """
     return good_samples >= 1 and online_s >= min_online_minutes * 60.0
 
@@ -143,7 +147,8 @@ def enterprise_daily(
     for rec in equipment_days:
         if rec.day == day:
             online[rec.equipment] += rec.online_s
-            samples[rec.equipment] += rec.good_samples
+            # a live subscription confirming unchanged good values is good data of that day
+            samples[rec.equipment] += rec.good_samples + getattr(rec, "alive_confirmations", 0)
     total = nc = networked = nc_networked = 0
     value_total = value_nc = 0.0
     seen: set[str] = set()

@@ -128,6 +128,9 @@ class EquipmentDay:
     in_inventory_s: float  # the whole day when the equipment is in the inventory's scope that day
     nc: str  # tag: "true", "false", "unknown" (not in the inventory)
     kind: str
+    # times a live subscription confirmed that day that the last good values still hold
+    # (``confirm_alive``): good data of the day, though no sample; not written to the store
+    alive_confirmations: int = 0
 
     @property
     def covered_ns(self) -> int:
@@ -340,12 +343,16 @@ class EquipmentTracker:
     def confirm_alive(self, now_ns: int) -> list[Event]:
         """The source vouches that the last values still hold: an OPC UA subscription reports only
         changes, so a machine standing still (speed 0, power 0) sends nothing while its session is
-        alive and its last value was good. The equipment stays online in its state; no sample is
-        counted. The caller only vouches while the last sample was good (a Bad status ends it)."""
+        alive and its last value was good. The equipment stays online in its state, and the
+        confirmation is good data of the day it falls in (``alive_confirmations``: it makes the day
+        networked like a sample would; it is not counted as a sample). Equipment already offline is
+        not brought back: only a new good sample does that. The caller only vouches while the last
+        sample was good (a Bad status ends it) and the session is up."""
         events: list[Event] = []
         self._advance_to(now_ns, events)
         if self._state != "offline" and self._last_good is not None and self._t > self._last_good:
             self._last_good = self._t
+            self._confirmed += 1
         return events
 
     def open_day_totals(self) -> EquipmentDay:
@@ -360,6 +367,7 @@ class EquipmentTracker:
         self._covered_from = covered_from
         self._acc = dict.fromkeys(STATES, 0)
         self._good = 0
+        self._confirmed = 0
 
     def _offline_at(self) -> int | None:
         if self._state == "offline" or self._last_good is None:
@@ -439,6 +447,7 @@ class EquipmentTracker:
             in_inventory_s=(self._day_end - self._day_start) / NS if in_inventory else 0.0,
             nc="unknown" if inv is None else ("true" if inv.nc else "false"),
             kind="unlisted" if inv is None else inv.kind,
+            alive_confirmations=self._confirmed,
         )
 
     # --- persistence ----------------------------------------------------------------------------------
@@ -455,6 +464,7 @@ class EquipmentTracker:
             "covered_from_ns": self._covered_from,
             "state_ns": dict(self._acc),
             "good_samples": self._good,
+            "alive_confirmations": self._confirmed,
             "rules": [r.dump() for r in self._rules],
             "counts": dict(self.counts),
         }
@@ -475,6 +485,7 @@ class EquipmentTracker:
         self._last_good = snapshot["last_good_ns"]
         self._acc = {s: int(snapshot["state_ns"][s]) for s in STATES}
         self._good = int(snapshot["good_samples"])
+        self._confirmed = int(snapshot.get("alive_confirmations", 0))  # absent in snapshots of older agents
         self.counts.update(snapshot["counts"])
         rules = snapshot["rules"]
         if [r["signal"] for r in rules] == [r.signal for r in self._rules]:
