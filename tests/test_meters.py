@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from fmc.core.points import Priority
+from fmc.core.points import Point, Priority
 from fmc.plant.config import MeterConfig, PlantSections, VirtualMeterConfig
 from fmc.plant.meters import MeterAccumulator, MeterInterval, VirtualMeter
+from fmc.plant.model import PlantModel
 from fmc.plant.rollups import Site
 
 S = 10**9
@@ -84,7 +85,7 @@ def test_rollover_counts_the_wrap() -> None:
 
 def test_reset_counts_from_zero_when_plausible() -> None:
     acc = MeterAccumulator(meter(max_rate_per_h=100))
-    out = feed(acc, [(5000.0, 0), (3.0, 15)])
+    out = feed(acc, [(5000.0, 0), (3.0, 15), (3.0, 16)])  # a drop is believed when the next reading confirms it
     # 15 min at most 100 kWh/h allows 25 kWh: reading 3 after a reset to 0 is 3 kWh
     [iv] = out
     assert iv.amount == pytest.approx(3.0) and iv.complete
@@ -101,7 +102,7 @@ def test_reset_to_an_implausible_value_counts_nothing_and_leaves_the_span_uncove
 
 def test_reset_without_max_rate_is_not_counted() -> None:
     acc = MeterAccumulator(meter())
-    [iv] = feed(acc, [(5000.0, 0), (3.0, 15)])
+    [iv] = feed(acc, [(5000.0, 0), (3.0, 15), (3.0, 16)])  # the next reading confirms the drop
     assert iv.amount == 0.0 and iv.coverage == 0.0
     assert acc.counts["reset_uncounted"] == 1
 
@@ -477,3 +478,121 @@ def test_property_virtual_difference_never_negative(parts) -> None:
             assert iv.amount == pytest.approx(main - tenant) and iv.covered_ns == covered_s * S
         elif iv.clamped:
             assert iv.covered_ns == 0
+
+
+# --- issue 10, defect 8: one bad reading below the register is a glitch, not a reset ------------------
+
+
+def test_a_single_zero_reading_is_a_glitch_not_a_reset() -> None:
+    """No max_rate_per_h: 123456, 123457, 0, 123459 is 3 kWh (it was 123 460: the 0 re-based the counter
+    and the return booked the whole register)."""
+    acc = MeterAccumulator(meter())
+    out = feed(acc, [(123_456.0, 0), (123_457.0, 5), (0.0, 10), (123_459.0, 15)], advance_to=D0 + 2 * H)
+    check_intervals(out)
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(3.0)
+    assert by_start(out)[0].complete  # 00:00-00:15 measured throughout: the glitch takes no time away
+    assert acc.counts["glitch"] == 1
+    assert acc.counts["reset_uncounted"] == acc.counts["reset_counted"] == acc.counts["rollover"] == 0
+
+
+@pytest.mark.parametrize("cfg", [{}, {"max_rate_per_h": 100.0}, {"rollover": 1_000_000}, {"max_jitter": 0.5}])
+def test_any_single_low_reading_followed_by_a_return_is_a_glitch(cfg) -> None:
+    acc = MeterAccumulator(meter(**cfg))
+    # near the top of a rolling register a drop to 0 looks like a wrap: the return shows it was not
+    out = feed(acc, [(950_000.0, 0), (950_001.0, 5), (17.0, 10), (950_003.0, 15), (950_004.0, 20)],
+               advance_to=D0 + 2 * H)
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(4.0)
+    assert acc.counts["glitch"] == 1 and acc.counts["rollover"] == 0
+
+
+@pytest.mark.parametrize(("cfg", "readings", "expected", "event"), [
+    # meter replaced: the new register reads 3 and counts on; with a rate the 3 are counted too
+    ({"max_rate_per_h": 100.0}, [(5000.0, 0), (3.0, 15), (8.0, 30)], 8.0, "reset_counted"),
+    ({}, [(5000.0, 0), (3.0, 15), (8.0, 30)], 5.0, "reset_uncounted"),  # no rate: the 3 are not invented
+    # a configured rollover wraps: 1 000 000 - 999 990 + 10 = 20, then 20 more
+    ({"rollover": 1_000_000}, [(999_990.0, 0), (10.0, 5), (30.0, 10)], 40.0, "rollover"),
+    ({"rollover": 1_000_000, "max_rate_per_h": 1000.0}, [(999_990.0, 0), (10.0, 5), (30.0, 10)], 40.0, "rollover"),
+    # a reset with nothing after it within max_gap_s is taken as real when the clock says so
+    ({"max_rate_per_h": 100.0}, [(5000.0, 0), (3.0, 15)], 3.0, "reset_counted"),
+])
+def test_genuine_resets_and_rollovers_still_count(cfg, readings, expected, event) -> None:
+    acc = MeterAccumulator(meter(**cfg))
+    out = feed(acc, readings, advance_to=D0 + 3 * H)
+    check_intervals(out)
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(expected)
+    assert acc.counts[event] == 1 and acc.counts["glitch"] == 0
+
+
+@pytest.mark.parametrize("cfg", [{}, {"max_rate_per_h": 1000.0}])
+def test_a_zero_reading_before_a_long_silence_is_still_found_out_by_the_return(cfg) -> None:
+    """A 0, then 3 h without readings (the gateway failed). Without a rate the drop waits for the next
+    reading; with one it is taken as a reset after max_gap_s (booking at most the rate: here 0). Either
+    way the return after the silence shows it was a glitch, and the register is not booked."""
+    acc = MeterAccumulator(meter(**cfg))
+    out = feed(acc, [(123_456.0, 0), (0.0, 5)], advance_to=D0 + 2 * H)
+    out += feed(acc, [(123_466.0, 180), (123_467.0, 185)], advance_to=D0 + 6 * H)
+    check_intervals(out)
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(11.0)
+    assert acc.counts["glitch"] == 1
+    assert acc.counts["reset_counted"] == (1 if cfg else 0)  # with the rate it was a reset until the return
+
+
+def test_a_glitch_is_an_event_the_plant_model_exports() -> None:
+    sections = PlantSections.model_validate({"meter": [{"id": "main", "carrier": "electricity"}]})
+    plant = PlantModel(SITE, sections, [], start_ns=D0)
+    tags = {"enterprise": "e1", "meter": "main", "carrier": "electricity"}
+    out = []
+    for value, minutes in [(123_456.0, 0), (123_457.0, 5), (0.0, 10), (123_459.0, 15)]:
+        ts = D0 + minutes * MIN
+        out += plant.observe([Point("meter_reading", tags, {"value": value, "quality": 0}, ts)], ts)
+    out += plant.advance(D0 + 26 * H)
+    assert plant.event_counts()[("meter", "glitch")] == 1  # fmc_plant_events{part="meter",kind="glitch"}
+    [day] = [p for p in out if p.measurement == "consumption_daily"]
+    assert day.fields["amount"] == pytest.approx(3.0)
+
+
+@st.composite
+def readings_with_zero_glitches(draw, low: bool = False):
+    """Monotone readings (a register that only counts up) with single-reading glitches between them:
+    a 0 (or, with ``low``, any value below the register) in place of one reading."""
+    value = draw(st.floats(0, 900_000))
+    t = D0 + draw(st.integers(0, 10**6)) * S
+    true = [(value, t)]
+    out = [(value, t)]
+    for _ in range(draw(st.integers(1, 30))):
+        dt = draw(st.one_of(st.integers(2, 1800), st.integers(1800, 20_000)))
+        if draw(st.integers(0, 3)) == 0 and value > 0:  # a glitch between this reading and the next
+            bad = draw(st.floats(0, value, exclude_max=True)) if low else 0.0
+            out.append((bad, t + dt // 2 * S))
+        value = min(value + draw(st.floats(0, dt / 3.6)), 999_999.0)  # up to 1 kWh/s... / 1000
+        t += dt * S
+        true.append((value, t))
+        out.append((value, t))
+    if draw(st.booleans()) and value > 0:
+        out.append((0.0, t + 60 * S))  # the very last reading is a glitch: it is never believed
+    return out, true[-1][0] - true[0][0]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(readings_with_zero_glitches(), st.sampled_from([{}, {"rollover": 1_000_000}, {"max_jitter": 0.01}]))
+def test_property_single_zero_glitches_never_change_the_total(story, cfg) -> None:
+    readings, truth = story
+    acc = MeterAccumulator(meter(**cfg))
+    out = []
+    for value, ts in readings:
+        out += acc.observe(value, 0, ts)
+    out += acc.advance(max(ts for _, ts in readings) + 6 * H)
+    check_intervals(out)
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(truth, rel=1e-9, abs=1e-6)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(readings_with_zero_glitches(low=True), st.sampled_from([{}, {"rollover": 1_000_000}]))
+def test_property_single_low_glitches_never_change_the_total(story, cfg) -> None:
+    readings, truth = story
+    acc = MeterAccumulator(meter(**cfg))
+    out = []
+    for value, ts in readings:
+        out += acc.observe(value, 0, ts)
+    out += acc.advance(max(ts for _, ts in readings) + 6 * H)
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(truth, rel=1e-9, abs=1e-6)

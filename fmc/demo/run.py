@@ -44,6 +44,7 @@ from fmc.demo.history import HISTORY_YEARS, SHOWN_YEAR, DemoApi, indicator_table
 from fmc.demo.plant import (
     DEMO_MACHINES,
     DEMO_METERS,
+    METER_PERIOD_S,
     NAMESPACES,
     MachineSpec,
     MeterSpec,
@@ -393,7 +394,9 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
     from fmc.agent.spool import Spool
 
     problems: list[str] = []
-    sim = PlantSimulator(seed, reset_at_tick=ticks // 2)
+    # the register is reset mid-run, early enough for a reading after the drop to confirm it (a lone
+    # low reading may be a glitch: docs/plant-semantics.md §2)
+    sim = PlantSimulator(seed, reset_at_tick=max(0, ticks // 2 - METER_PERIOD_S))
     with _quiet_loggers(("amqtt", "transitions", "asyncua"), logging.ERROR), _agent_logger() as agent_log:
         server, broker = OpcUaPlantServer(), DemoBroker()
         try:

@@ -4,9 +4,13 @@ One ``MeterAccumulator`` per physical meter, one ``VirtualMeter`` per sum/differ
 Kinds of meter:
 
 - ``counter``: a cumulative register. Consumption is the increase between readings. A decrease is
-  noise (within ``max_jitter``: ignored), a rollover (``rollover`` set, the old reading in the top
-  tenth: ``rollover - old + new``) or a reset/replacement (the new reading counts from 0 when it is
+  noise (within ``max_jitter``: ignored); any other decrease is believed only when the next reading
+  confirms it: a return to the old level is a glitch (one bad reading, ignored, counted
+  ``glitch``); otherwise it is a rollover (``rollover`` set, the old reading in the top tenth:
+  ``rollover - old + new``) or a reset/replacement (the new reading counts from 0 when it is
   plausible under ``max_rate_per_h``; otherwise nothing is counted and the span stays uncovered).
+  With ``max_rate_per_h`` and no reading within ``max_gap_s``, the decrease is taken as real (the
+  next reading may still show it was a glitch); without it, only the next reading can tell.
   An increase beyond ``max_rate_per_h`` × elapsed is rejected, the baseline kept; if the next
   reading confirms the new level, the meter is re-based there without counting the jump.
 - ``interval``: each reading is the consumption since the previous reading.
@@ -150,13 +154,18 @@ class MeterAccumulator:
         self._last_ts: int | None = None
         self._last_value: float | None = None  # counter: baseline in `unit`; power: last kW
         self._candidate: tuple[float, int] | None = None  # counter: a rejected jump that may be a new level
+        # counter: a decrease waiting for the next reading to say whether it is real (value, ts)
+        self._drop: tuple[float, int] | None = None
+        # counter: a decrease taken as real for lack of a next reading: (level before it, amount booked
+        # for it); the next reading may still show it was a glitch
+        self._before_drop: tuple[float, float] | None = None
         self._horizon: int | None = None  # start of the first interval not yet emitted
         self._open: dict[int, list[Any]] = {}  # start -> [amount_native, covered_ns, lump]
         self._clock: int | None = None
         self.counts: dict[str, int] = dict.fromkeys(
             ("bad_quality", "not_finite", "negative", "out_of_order", "future_timestamp", "implausible",
-             "jitter", "rollover", "reset_counted", "reset_uncounted", "rebaseline", "gap", "late_data",
-             "skipped_intervals"),
+             "jitter", "glitch", "rollover", "reset_counted", "reset_uncounted", "rebaseline", "gap",
+             "late_data", "skipped_intervals"),
             0,
         )
 
@@ -181,7 +190,7 @@ class MeterAccumulator:
             self.counts["not_finite"] += 1
         elif value < 0:
             self.counts["negative"] += 1  # no register or power reading of consumption is negative
-        elif self._last_ts is not None and t <= self._last_ts:
+        elif self._last_ts is not None and t <= (self._last_ts if self._drop is None else self._drop[1]):
             self.counts["out_of_order"] += 1
         else:
             if self._horizon is None:
@@ -198,6 +207,14 @@ class MeterAccumulator:
         """The caller's clock: intervals max_gap_s past their end are final even without readings."""
         if self._clock is None or now_ns > self._clock:
             self._clock = now_ns
+        if self._drop is not None and self._clock - self._drop[1] >= self._gap and self.meter.max_rate_per_h:
+            # no reading within max_gap_s to say otherwise: with a rate to bound what it books, the
+            # decrease is taken as real (the next reading may still show it was a glitch); without one
+            # it waits for the next reading, however late: nothing else can tell a glitch from a reset
+            level = self._last_value
+            assert level is not None
+            self._before_drop = (level, self._book_drop(*self._drop))
+            self._drop = None
         return self._emit()
 
     # --- the three kinds ----------------------------------------------------------------------------
@@ -210,6 +227,25 @@ class MeterAccumulator:
         if self._last_value is None or self._last_ts is None:
             self._last_value, self._last_ts = x, t  # the first reading is only a baseline
             return
+        if self._drop is not None:
+            # this reading decides the decrease before it: a glitch, or a real reset or rollover
+            d, td = self._drop
+            self._drop = None
+            if self._returned(x, t, self._last_value, d, td):
+                self.counts["glitch"] += 1  # one bad reading: measured on from the level before it
+            else:
+                self._book_drop(d, td)
+        elif self._before_drop is not None:
+            level, booked = self._before_drop
+            self._before_drop = None
+            d, td = self._last_value, self._last_ts
+            if self._returned(x, t, level, d, td):
+                # the decrease taken as real was a glitch after all: count from the level before it,
+                # less what was booked for the decrease (nothing for a reset without max_rate_per_h)
+                self.counts["glitch"] += 1
+                self._spread(td, t, max(x - level - booked, 0.0))
+                self._last_value, self._last_ts, self._candidate = x, t, None
+                return
         prev, t1 = self._last_value, self._last_ts
         limit = self._limit(t1, t)
         delta = x - prev
@@ -229,24 +265,49 @@ class MeterAccumulator:
             self._last_value, self._last_ts, self._candidate = x, t, None
             return
         self._candidate = None
-        rollover = self.meter.rollover
         if -delta <= self.meter.max_jitter:
             # noise: no consumption, and the baseline stays at the higher value so nothing counts twice
             self.counts["jitter"] += 1
             self._spread(t1, t, 0.0)
             self._last_ts = t
             return
+        # one reading below the register proves nothing yet (a 0 from a failing gateway looks like a
+        # reset, and near the top of the range like a wrap): the next reading decides
+        self._drop = (x, t)
+
+    def _returned(self, x: float, t: int, level: float, d: float, td: int) -> bool:
+        """After a decrease from ``level`` to ``d`` (at ``td``), does ``x`` show it was a glitch?
+
+        It does when ``x`` is back at the old level or above (within ``max_jitter``): a reset register
+        would have had to count more than the old register's whole reading since ``td`` — and, with
+        ``max_rate_per_h``, more than the rate allows (below it the decrease stays a reset: a nearly
+        new register can climb past a small old reading)."""
+        if x < level - self.meter.max_jitter:
+            return False
+        limit = self._limit(td, t)
+        return limit is None or x - d > limit
+
+    def _book_drop(self, x: float, t: int) -> float:
+        """A real decrease to ``x`` at ``t`` (confirmed): rollover or reset; returns the amount booked."""
+        prev, t1 = self._last_value, self._last_ts
+        assert prev is not None and t1 is not None
+        limit = self._limit(t1, t)
+        rollover = self.meter.rollover
+        booked = 0.0
         wrap = None if rollover is None else rollover - prev + x
         if wrap is not None and 0 <= wrap < rollover * ROLLOVER_WINDOW and (limit is None or wrap <= limit):
             self.counts["rollover"] += 1
+            booked = wrap
             self._spread(t1, t, wrap)
         elif limit is not None and x <= limit:
             self.counts["reset_counted"] += 1  # reset to 0 and counted up to x since
+            booked = x
             self._spread(t1, t, x)
         else:
             # replaced by a meter with another reading, or no max_rate_per_h to judge: count nothing
             self.counts["reset_uncounted"] += 1
         self._last_value, self._last_ts = x, t
+        return booked
 
     def _interval_reading(self, x: float, t: int) -> None:
         t1 = self._last_ts
@@ -368,6 +429,8 @@ class MeterAccumulator:
             "last_ts_ns": self._last_ts,
             "last_value": self._last_value,
             "candidate": None if self._candidate is None else list(self._candidate),
+            "drop": None if self._drop is None else list(self._drop),
+            "before_drop": None if self._before_drop is None else list(self._before_drop),
             "horizon_ns": self._horizon,
             "open": [[start, *slot] for start, slot in sorted(self._open.items())],
             "clock_ns": self._clock,
@@ -386,6 +449,9 @@ class MeterAccumulator:
         self._last_value = snapshot["last_value"]
         cand = snapshot["candidate"]
         self._candidate = None if cand is None else (float(cand[0]), int(cand[1]))
+        drop, before = snapshot.get("drop"), snapshot.get("before_drop")  # absent in older snapshots
+        self._drop = None if drop is None else (float(drop[0]), int(drop[1]))
+        self._before_drop = None if before is None else (float(before[0]), float(before[1]))
         self._horizon = snapshot["horizon_ns"]
         self._open = {int(s): [float(a), int(c), float(lump)] for s, a, c, lump in snapshot["open"]}
         self._clock = snapshot["clock_ns"]
