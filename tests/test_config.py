@@ -181,3 +181,45 @@ def test_bad_inventory_csv_fails_at_start_with_exit_code_2(tmp_path, capsys):
     assert main(["check", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     assert "line 2" in err and "12万" in err and "line 3" in err and "Traceback" not in err
+
+
+# issue 10, defect 9: a virtual meter's wait is checked against its parts' max_gap_s at start
+SLOW_PART = GOOD + """
+[[meter]]
+id = "main"
+carrier = "electricity"
+max_gap_s = 10800       # read every 2 h
+enterprise_total = false
+
+[[meter]]
+id = "tenant"
+carrier = "electricity"
+enterprise_total = false
+
+[[virtual_meter]]
+id = "own"
+carrier = "electricity"
+add = ["main"]
+subtract = ["tenant"]
+"""
+
+
+def test_a_virtual_meter_waiting_less_than_its_slowest_part_is_a_config_error(tmp_path, capsys):
+    path = write(tmp_path, SLOW_PART + "max_wait_s = 3600\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = info.value.render()
+    assert str(path) in text and "`virtual_meter[0].max_wait_s`" in text, text
+    assert "10800" in text and "'main'" in text and "remove max_wait_s" in text, text
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "`virtual_meter[0].max_wait_s`" in err and "Traceback" not in err
+
+
+def test_a_virtual_meter_waits_for_its_slowest_part_by_default(tmp_path):
+    cfg = load_config(write(tmp_path, SLOW_PART))
+    assert cfg.virtual_meter[0].max_wait_s == 10800.0  # derived from the parts: main's max_gap_s
+    cfg = load_config(write(tmp_path, SLOW_PART.replace("max_gap_s = 10800", "max_gap_s = 600")))
+    assert cfg.virtual_meter[0].max_wait_s == 3600.0  # never less than the default
+    cfg = load_config(write(tmp_path, SLOW_PART + "max_wait_s = 14400\n"))
+    assert cfg.virtual_meter[0].max_wait_s == 14400.0  # a longer wait is fine

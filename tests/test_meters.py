@@ -596,3 +596,69 @@ def test_property_single_low_glitches_never_change_the_total(story, cfg) -> None
         out += acc.observe(value, 0, ts)
     out += acc.advance(max(ts for _, ts in readings) + 6 * H)
     assert math.fsum(iv.amount for iv in out) == pytest.approx(truth, rel=1e-9, abs=1e-6)
+
+
+# --- issue 10, defect 9: a virtual meter never drops a slow part's consumption ----------------------------
+
+
+def test_a_part_read_every_2_hours_reaches_the_virtual_meter() -> None:
+    """own = main − tenant over 12 h. main is read every 2 h (max_gap_s 10800): 100 kWh/h; the tenant's
+    sub-meter every 15 min: 10 kWh/h. own must be 12 × 90 = 1 080 kWh (it was 675: with the old default
+    max_wait_s of 3600 the virtual meter gave up on main's intervals before they came, and dropped them)."""
+    sections = PlantSections.model_validate({
+        "meter": [{"id": "main", "carrier": "electricity", "max_gap_s": 10800, "enterprise_total": False},
+                  {"id": "tenant", "carrier": "electricity", "enterprise_total": False}],
+        "virtual_meter": [{"id": "own", "carrier": "electricity", "add": ["main"], "subtract": ["tenant"]}],
+    })
+    plant = PlantModel(SITE, sections, [], start_ns=D0)
+    out = []
+    for minute in range(0, 12 * 60 + 1):  # the ingest lets time pass each minute (here: each second)
+        now = D0 + minute * MIN
+        readings = []
+        if minute % 120 == 0:
+            readings.append(("main", 50_000 + 100 * minute / 60))
+        if minute % 15 == 0:
+            readings.append(("tenant", 700 + 10 * minute / 60))
+        points = [Point("meter_reading", {"enterprise": "e1", "meter": m, "carrier": "electricity"},
+                        {"value": v, "quality": 0}, now) for m, v in readings]
+        out += plant.observe(points, now)
+        out += plant.advance(now)
+    out += plant.advance(D0 + 30 * H)
+
+    def total(meter_id: str) -> float:
+        return math.fsum(p.fields["amount"] for p in out if p.measurement == "meter_interval"
+                         and p.tags["meter"] == meter_id)
+
+    assert (total("main"), total("tenant")) == (pytest.approx(1200.0), pytest.approx(120.0))
+    assert total("own") == pytest.approx(1080.0)
+    [day] = [p for p in out if p.measurement == "consumption_daily"]
+    assert day.fields["amount"] == pytest.approx(1080.0) and day.fields["coverage"] == pytest.approx(0.5)
+    assert plant.event_counts()[("virtual_meter", "late_parts")] == 0
+
+
+def test_a_late_part_is_counted_and_its_consumption_still_arrives() -> None:
+    """When a part's interval comes after the virtual interval was emitted without it, it is counted
+    (late_parts) and its consumption goes, uncovered, into the next interval emitted: never dropped."""
+    vm = VirtualMeter(VirtualMeterConfig(id="own", carrier="electricity", add=["main", "hall"], subtract=["tenant"],
+                                         max_wait_s=3600))
+    out = vm.add(part("main", 0, 100.0)) + vm.add(part("tenant", 0, 30.0))
+    out += vm.advance(D0 + 15 * MIN + H)  # emitted without hall: 70, incomplete
+    out += vm.add(part("hall", 0, 50.0))  # too late for [00:00, 00:15)
+    assert vm.counts["late_parts"] == 1
+    out += vm.add(part("main", 15, 100.0)) + vm.add(part("tenant", 15, 30.0)) + vm.add(part("hall", 15, 50.0))
+    first, second = out
+    assert (first.amount, first.coverage) == (70.0, 0.0)
+    assert second.amount == pytest.approx(120.0 + 50.0) and second.lump == pytest.approx(50.0)
+    assert second.complete  # its own parts all came; the late 50 kWh are the lump
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(2 * (100.0 + 50.0 - 30.0))
+    # a late subtracted part lowers what comes next (never below 0), so nothing is counted twice
+    vm = VirtualMeter(VirtualMeterConfig(id="own", carrier="electricity", add=["main"], subtract=["tenant"]))
+    out = vm.add(part("main", 0, 100.0)) + vm.advance(D0 + 15 * MIN + H)
+    out += vm.add(part("tenant", 0, 30.0))
+    for n in (1, 2):
+        out += vm.add(part("main", 15 * n, 20.0)) + vm.add(part("tenant", 15 * n, 0.0))
+    assert [iv.amount for iv in out] == [100.0, 0.0, 10.0]
+    assert math.fsum(iv.amount for iv in out) == pytest.approx(140.0 - 30.0)
+    vm2 = VirtualMeter(vm.config)
+    vm2.restore(json.loads(json.dumps(vm.snapshot())))
+    assert vm2.snapshot() == vm.snapshot()

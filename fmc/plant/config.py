@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fmc.core.carriers import CANONICAL_UNIT, CARRIERS
 from fmc.core.config import ID_PATTERN, NAME_PATTERN, _Model, equal_values_by_year
@@ -246,6 +247,9 @@ class MeterConfig(_PlantModel):
         return self.source or self.id
 
 
+DEFAULT_MAX_WAIT_S = 3600.0  # a virtual meter's wait when no part needs longer
+
+
 class VirtualMeterConfig(_PlantModel):
     """`[[virtual_meter]]`: a sum or difference of meters, e.g. main minus a tenant's sub-meter."""
 
@@ -254,7 +258,11 @@ class VirtualMeterConfig(_PlantModel):
     add: list[str] = Field(min_length=1)
     subtract: list[str] = Field(default_factory=list)
     enterprise_total: bool = True
-    max_wait_s: float = Field(default=3600.0, gt=0, description="how long to wait for all parts of an interval")
+    # unset: DEFAULT_MAX_WAIT_S, or the longest max_gap_s of its parts when that is longer (PlantSections
+    # sets it); set: at least that longest max_gap_s, else a part's intervals would come too late
+    max_wait_s: float = Field(
+        default=DEFAULT_MAX_WAIT_S, gt=0, description="how long after an interval's end to wait for all its parts"
+    )
 
     _carrier = field_validator("carrier")(lambda cls, v: known_carrier(v))
 
@@ -380,6 +388,39 @@ def _check_meters(meter: list[MeterConfig]) -> None:
         )
 
 
+def _setting_error(loc: tuple[str | int, ...], message: str, value: object) -> ValidationError:
+    """An error at a setting inside a list entry (``virtual_meter[0].max_wait_s``), raised by a section's
+    validator: pydantic prefixes the section, so the ConfigError names the setting itself."""
+    return ValidationError.from_exception_data("PlantSections", [InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=loc, input=value)])
+
+
+def _virtual_waits(virtual_meter: list[VirtualMeterConfig], meter: list[MeterConfig]) -> list[VirtualMeterConfig]:
+    """Each virtual meter waits at least as long as its slowest part may take to deliver an interval.
+
+    A part's interval is final at the latest ``max_gap_s`` after its end (a meter read every 2 h needs
+    ``max_gap_s`` ≥ 7200, and delivers an interval up to 2 h after it ends); a virtual meter that
+    stops waiting earlier emits the interval without that part. An unset ``max_wait_s`` becomes the
+    longest ``max_gap_s`` of the parts (at least DEFAULT_MAX_WAIT_S); a shorter one set is an error.
+    """
+    gaps = {m.id: m.max_gap_s for m in meter}
+    out = []
+    for i, vm in enumerate(virtual_meter):
+        slowest = max(vm.add + vm.subtract, key=lambda m: gaps.get(m, 0.0))
+        need = gaps.get(slowest, 0.0)
+        if "max_wait_s" in vm.model_fields_set:
+            if vm.max_wait_s < need:
+                raise _setting_error((i, "max_wait_s"), (
+                    f"is {vm.max_wait_s:g} s, shorter than max_gap_s = {need:g} s of its part {slowest!r}: an "
+                    f"interval of {slowest!r} can be final up to {need:g} s after it ends, and {vm.id!r} would "
+                    f"be emitted without it; remove max_wait_s (it then waits for the slowest part) or set it to "
+                    f"at least {need:g}"), vm.max_wait_s)
+        elif need > vm.max_wait_s:
+            vm = vm.model_copy(update={"max_wait_s": need})
+        out.append(vm)
+    return out
+
+
 def _check_virtual(virtual_meter: list[VirtualMeterConfig], meter: list[MeterConfig]) -> None:
     by_id = {m.id: m for m in meter}
     dup = _repeated([v.id for v in virtual_meter] + list(by_id))
@@ -408,10 +449,12 @@ def check_plant_sections(
     meter: list[MeterConfig],
     virtual_meter: list[VirtualMeterConfig],
 ) -> None:
-    """The checks that span entries and sections; raises ValueError naming the setting and the fix."""
+    """The checks that span entries and sections; raises ValueError naming the setting and the fix
+    (a virtual meter's ``max_wait_s`` shorter than a part's ``max_gap_s``: ValidationError)."""
     _check_classes(equipment_class)
     _check_meters(meter)
     _check_virtual(virtual_meter, meter)
+    _virtual_waits(virtual_meter, meter)
 
 
 class PlantSections(_PlantModel):
@@ -443,4 +486,5 @@ class PlantSections(_PlantModel):
     def _virtual(cls, v: list[VirtualMeterConfig], info: ValidationInfo) -> list[VirtualMeterConfig]:
         if "meter" in info.data:  # when [[meter]] itself is wrong, that error is the one to fix first
             _check_virtual(v, info.data["meter"])
+            v = _virtual_waits(v, info.data["meter"])
         return v

@@ -462,9 +462,13 @@ class VirtualMeter:
     """A sum or difference of meters, per interval: Σ add − Σ subtract in the canonical unit.
 
     An interval is emitted when every part delivered it, or ``max_wait_s`` after its end with the
-    parts that came (a missing part counts as 0 and uncovered). Coverage is the least coverage of
-    the parts. A negative result (a sub-meter reading more than the main meter) is not a
-    measurement: amount 0, coverage 0, ``clamped``; rounding noise below 1e-9 of the parts is just 0.
+    parts that came (a missing part counts as 0 and uncovered). A part's interval that comes after
+    that is counted (``late_parts``) and its consumption (subtracted ones: negative) goes, uncovered
+    (``lump``), into the next interval emitted — like a meter's late data, never dropped; a late
+    subtracted part lowers the following intervals down to 0 at most, and the rest waits for later
+    ones. Coverage is the least coverage of the parts. A negative result (a sub-meter reading more
+    than the main meter) is not a measurement: amount 0, coverage 0, ``clamped``; rounding noise
+    below 1e-9 of the parts is just 0.
     """
 
     def __init__(
@@ -482,6 +486,7 @@ class VirtualMeter:
         self._pricing = _Pricing(coefficients, timezone)
         self._pending: dict[int, dict[str, MeterInterval]] = {}
         self._emitted_until: int | None = None  # starts before this were emitted
+        self._late = 0.0  # consumption of late parts (canonical, signed), for the next intervals emitted
         self.counts: dict[str, int] = {"late_parts": 0, "clamped": 0, "missing_parts": 0}
 
     def add(self, interval: MeterInterval) -> list[MeterInterval]:
@@ -489,7 +494,9 @@ class VirtualMeter:
         if interval.meter not in self._sign:
             return []
         if self._emitted_until is not None and interval.start_ns < self._emitted_until:
+            # its interval was emitted without it: the consumption goes into the next one, uncovered
             self.counts["late_parts"] += 1
+            self._late += self._sign[interval.meter] * interval.amount
             return []
         parts = self._pending.setdefault(interval.start_ns, {})
         parts.setdefault(interval.meter, interval)  # a redelivered interval counts once
@@ -521,6 +528,13 @@ class VirtualMeter:
                 self.counts["clamped"] += 1
                 clamped, covered = True, 0
             amount, lump = 0.0, 0.0
+        if self._late:
+            # late parts' consumption, uncovered; a late subtracted part lowers this one down to 0 at
+            # most, the rest waits for the next ones
+            late = max(self._late, -amount)
+            self._late -= late
+            amount += late
+            lump += late
         c = self.config
         return self._pricing.interval(c.id, c.carrier, start, start + self._i, amount, amount, covered,
                                       max(lump, 0.0), clamped)
@@ -530,6 +544,7 @@ class VirtualMeter:
             "version": SNAPSHOT_VERSION,
             "virtual_meter": self.config.id,
             "emitted_until_ns": self._emitted_until,
+            "late": self._late,
             "pending": [asdict(iv) for parts in self._pending.values() for iv in parts.values()],
             "counts": dict(self.counts),
         }
@@ -538,6 +553,7 @@ class VirtualMeter:
         if snapshot.get("version") != SNAPSHOT_VERSION or snapshot["virtual_meter"] != self.config.id:
             raise ValueError(f"not a snapshot of virtual meter {self.config.id!r} (version {SNAPSHOT_VERSION})")
         self._emitted_until = snapshot["emitted_until_ns"]
+        self._late = float(snapshot.get("late", 0.0))  # absent in snapshots of older agents
         self._pending = {}
         for d in snapshot["pending"]:
             iv = MeterInterval(**d)
