@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from fmc.indicators.engine import (
     pool,
     status_of,
 )
-from fmc.indicators.plan import INDICATORS, Targets, load_targets
+from fmc.indicators.plan import INDICATORS, Policy, Targets, load_targets
 from fmc.indicators.sums import PeriodSums
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,51 @@ def test_load_targets_reports_setting_and_fix(tmp_path: Path) -> None:
     (tmp_path / "syntax.toml").write_text("base_year = \n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_targets(tmp_path / "syntax.toml")
+
+
+def test_the_networked_minimum_is_set_in_one_place_the_agent(tmp_path: Path) -> None:
+    """issue 10, defect 10: `networked_min_online_minutes` in the plan's policy was read by nothing; the
+    agent's `[plant] networked_min_online_minutes` is what computes enterprise_daily. The plan has no such
+    field, and a plan file that still sets it is told where the setting is."""
+    assert "networked_min_online_minutes" not in Policy.model_fields
+    builtin = tomllib.loads((ROOT / "fmc" / "indicators" / "plans" / "zhejiang-2017-2020.toml").read_text("utf-8"))
+    assert "networked_min_online_minutes" not in builtin["policy"]
+    old = tmp_path / "plan.toml"
+    old.write_text(
+        'base_year = 2016\nfirst_year = 2017\nlast_year = 2020\n[plan]\nid = "p"\nname = "p"\n'
+        '[policy]\nnetworked_min_online_minutes = 5.0\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as e:
+        load_targets(old)
+    [(setting, wrong, fix)] = e.value.problems
+    assert setting == "policy.networked_min_online_minutes"
+    assert "agent" in wrong and "enterprise_daily" in wrong
+    assert "[plant] networked_min_online_minutes" in fix and "agent.toml" in fix
+    assert str(old) in e.value.render()
+
+
+def test_the_agents_networked_minimum_decides_enterprise_daily() -> None:
+    """A machine online 10 minutes on a day: networked under the default 1 minute, not under 15."""
+    from fmc.core.points import Point
+    from fmc.plant.config import PlantSections
+    from fmc.plant.model import PlantModel
+    from fmc.plant.rollups import InventoryItem, Site
+
+    site = Site("e1", "330602", "17")
+    start = 1_714_492_800 * 10**9  # 2024-05-01 00:00 +08:00
+    networked = []
+    for minimum in (1, 15):
+        sections = PlantSections.model_validate({"plant": {"networked_min_online_minutes": minimum,
+                                                            "offline_after_s": 600}})
+        plant = PlantModel(site, sections, [InventoryItem("m1", True)], start_ns=start)
+        tags = {"enterprise": "e1", "equipment": "m1", "signal": "speed"}
+        out = plant.observe([Point("signal", tags, {"value": 1.0, "quality": 0}, start + 3600 * 10**9)],
+                            start + 3600 * 10**9)
+        out += plant.advance(start + 86_400 * 10**9)
+        [daily] = [p for p in out if p.measurement == "enterprise_daily"]
+        networked.append(daily.fields["nc_equipment_networked"])
+    assert networked == [1, 0]
 
 
 def test_years_must_follow_the_base_year(tmp_path: Path) -> None:

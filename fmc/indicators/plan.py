@@ -90,7 +90,8 @@ class Policy(_Model):
     nc_rate_basis: Literal["period_end", "equipment_days"] = "period_end"
     nc_rate_weight: Literal["count", "asset_value"] = "count"
     networking_denominator: Literal["nc_equipment_days", "all_equipment_days"] = "nc_equipment_days"
-    networked_min_online_minutes: float = Field(default=1.0, ge=0, le=1440)
+    # (when a day counts as networked is the agent's `[plant] networked_min_online_minutes`: the agent
+    # applies it when it builds enterprise_daily; the engine reads the networked counts)
     electricity_basis: Literal["equivalent", "equal"] = "equivalent"
     electricity_equal_value: dict[int, float] = Field(
         default_factory=dict, description="year -> kgce per kWh (等价值), as published for that year"
@@ -168,6 +169,17 @@ class Targets(_Model):
         return baseline * (1.0 + t.step) ** n
 
 
+# Settings a plan file once had that live elsewhere now: setting -> (what is wrong, the fix).
+MOVED_SETTINGS: dict[str, tuple[str, str]] = {
+    "policy.networked_min_online_minutes": (
+        "is not a plan setting: whether a day counts as networked is decided by the agent when it builds "
+        "enterprise_daily, and the engine only reads the networked counts",
+        "remove it from the plan file and set `[plant] networked_min_online_minutes` in each agent's agent.toml "
+        "(default 1 minute)",
+    ),
+}
+
+
 def load_targets(path: str | os.PathLike[str]) -> Targets:
     """Read and validate a plan policy file; every problem is a ConfigError naming setting and fix."""
     path = Path(path)
@@ -176,7 +188,7 @@ def load_targets(path: str | os.PathLike[str]) -> Targets:
         return Targets.model_validate(data)
     except ValidationError as e:
         problems = [
-            (
+            (setting, *MOVED_SETTINGS[setting]) if setting in MOVED_SETTINGS else (
                 setting,
                 wrong,
                 fix.replace("deploy/examples/agent.toml", "fmc/indicators/plans/zhejiang-2017-2020.toml")
