@@ -239,7 +239,7 @@ async def test_demo_run_matches_the_store_and_the_simulator(tmp_path: Path) -> N
     assert abs(counted - sim["meter_increments"]["intake-1"]) < 1e-6
     assert meter["counts"]["reset_counted"] == 1
     row = _line(text, "intake-1").split()
-    assert float(row[-4]) == round(counted, 3)  # the consumption column
+    assert float(row[-3]) == round(counted, 3)  # the consumption column (then unit, tce)
 
     # rejections: one per deliberately bad message, each for its own reason; nothing left in the spool
     assert _total(text, "rejected, by reason") == sum(sim["bad_messages"].values()) == len(BAD_SCHEDULE)
