@@ -27,14 +27,10 @@ from fmc.core import lineprotocol
 from fmc.core.config import ConfigError, EnterpriseConfig, _Model, problems_from
 from fmc.core.points import Point
 from fmc.sources.opcua import config as schema
-from fmc.sources.opcua.source import (
-    QUALITY_MASK,
-    OpcUaSource,
-    _NodePlan,
-    check_opcua,
-    data_value_to_point,
-    describe_failure,
-)
+from fmc.sources.opcua.check import check_opcua
+from fmc.sources.opcua.connection import describe_failure
+from fmc.sources.opcua.convert import QUALITY_MASK, _NodePlan, data_value_to_point
+from fmc.sources.opcua.source import OpcUaSource
 from fmc.sources.opcua.tools import make_client_certificate
 from tests.servers.opcua import (
     MACHINE_TOOL_URI,

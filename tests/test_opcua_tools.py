@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fmc.sources.opcua import config as schema
-from fmc.sources.opcua.source import certificate_uris, check_opcua
+from fmc.sources.opcua.check import check_opcua
+from fmc.sources.opcua.connection import certificate_uris
 from fmc.sources.opcua.tools import alias_namespaces, browse_machines, equipment_id, make_client_certificate
 from tests.servers.opcua import MACHINE_TOOL_URI, PLANT_URI, OpcUaTestServer
 from tests.test_opcua_adapter import Harness, wait_until

@@ -6,7 +6,7 @@ tests/test_selfmetrics.py fails when the code gains a reason that is not listed 
 from __future__ import annotations
 
 # Every reason code the agent rejects a message or value with (fmc.sources.mqtt.mapping, fmc.core.lineprotocol,
-# fmc.sources.mqtt.source, fmc.sources.opcua.source, the ingest's series limit). A fixed set keeps the field set fixed;
+# fmc.sources.mqtt.source, fmc.sources.opcua.convert, the ingest's series limit). A fixed set keeps the field set fixed;
 # tests/test_selfmetrics.py fails when the code gains a reason that is not listed here.
 REJECTION_REASONS: tuple[str, ...] = (
     "internal_error",

@@ -350,6 +350,6 @@ class OpcUaSource(OpcUaConnection):
         return RunningOpcUaSource(self, ctx.enterprise, ctx.ingest, ctx.metrics, ctx.log)
 
     async def check(self, enterprise: EnterpriseConfig, timeout: float) -> CheckResult:
-        from fmc.sources.opcua.source import check_opcua
+        from fmc.sources.opcua.check import check_opcua
 
         return await check_opcua(self, timeout=timeout)

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fmc.sources.opcua import config as schema
-from fmc.sources.opcua.source import close_client, open_client
+from fmc.sources.opcua.connection import close_client, open_client
 
 KEY_BITS = 2048
 
