@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import shutil
 import threading
 import time
@@ -544,6 +545,71 @@ def test_config_defaults_and_relative_paths(tmp_path: Path) -> None:
     moved = cfg.relative_to(tmp_path)
     assert moved.certificate == tmp_path / "pki/client.der" and isinstance(moved, schema.OpcUaSource)
     assert "never-logged" not in repr(cfg)
+
+
+# --- sample.toml: what a user copies into agent.toml ------------------------------------------------------
+
+SAMPLE = Path(schema.__file__).with_name("sample.toml")
+README = Path(schema.__file__).with_name("README.md")
+MINIMAL_AGENT = """
+[enterprise]
+id = "91330602MA2BXXXX1X"
+name = "示范机加工"
+region = "330602"
+industry = "34"
+
+[sink]
+type = "embedded"
+"""
+_ALTERNATIVE = re.compile(r"^(\s*)# ([a-z_]+ = .*)$")
+_SETTING = re.compile(r"^\s*[a-z_]+ = ")
+
+
+def sample_variants(text: str) -> dict[str, str]:
+    """The sample as written, and with each ``# setting = value`` line in place of the setting above it."""
+    lines = text.splitlines()
+    variants = {"as written": text}
+    for i, line in enumerate(lines):
+        m = _ALTERNATIVE.match(line)
+        if m is None:
+            continue
+        assert i > 0 and _SETTING.match(lines[i - 1]), f"line {i + 1}: {line.strip()!r} has no setting above it"
+        variant = [*lines[: i - 1], m.group(1) + m.group(2), *lines[i + 1 :]]
+        variants[m.group(2)] = "\n".join(variant) + "\n"
+    return variants
+
+
+def readme_config_block() -> str:
+    section = README.read_text(encoding="utf-8").split("## Configuration", 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_sample_toml_validates_in_an_agent_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sample.toml (and every alternative it shows) is a valid [[opcua]] section of agent.toml, as is the
+    README's example, so neither can drift from the settings the code accepts."""
+    from fmc.cli.plugins import load_config
+
+    monkeypatch.setenv("OPCUA_PASSWORD", "s3cret-opcua")
+    variants = sample_variants(SAMPLE.read_text(encoding="utf-8"))
+    assert len(variants) == 3  # as written, trusted_server_certificates, a percent deadband
+    variants["README.md"] = readme_config_block()
+    for what, text in variants.items():
+        path = tmp_path / "agent.toml"
+        path.write_text(MINIMAL_AGENT + "\n" + text, encoding="utf-8")
+        try:
+            cfg = load_config(path)
+        except ConfigError as e:
+            raise AssertionError(f"sample.toml ({what}) does not validate:\n{e.render()}") from None
+        [source] = cfg.opcua
+        assert source.name == "machining-hall" and source.secure, what
+        assert len(source.node) >= 4 and source.password is not None, what
+        assert source.password.get_secret_value() == "s3cret-opcua", what
+    as_written = tmp_path / "sample-agent.toml"
+    as_written.write_text(MINIMAL_AGENT + "\n" + SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    [source] = load_config(as_written).opcua
+    assert {n.value_type for n in source.node} == {"number", "text", "state"}
+    assert {n.mode for n in source.node} == {"subscribe", "poll"}
+    assert any(n.browse_path for n in source.node) and any(n.deadband for n in source.node)
 
 
 # --- DataValue -> point, without a server --------------------------------------------------------------
