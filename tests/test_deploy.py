@@ -476,6 +476,12 @@ def test_dockerfile_builds_from_the_package_sources_only() -> None:
     assert not re.search(r"(?i)^(ENV|ARG)\s.*(TOKEN|PASSWORD|SECRET)", text, re.M)
 
 
+def test_dockerfile_installs_fmc_with_the_central_extra() -> None:
+    text = (COMPOSE_DIR / "Dockerfile").read_text(encoding="utf-8")
+    installs = re.findall(r"^RUN pip install (\S+)", text, re.M)
+    assert installs == ['"/tmp/fmc-src[central]"'], installs  # fmc api needs the API server of the extra
+
+
 def test_mosquitto_config_is_accepted_by_mosquitto_2(tmp_path: Path) -> None:
     from tests.servers.mosquitto import MosquittoServer
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fmc.agent.config import AgentSettings
 from fmc.central.grafana import push as grafana
-from fmc.cli import api, keys
+from fmc.cli import api, extras, keys
 from fmc.cli import central as central_cli
 from fmc.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from fmc.cli.plugins import load_config
@@ -87,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command is None:
         parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    prog = " ".join(filter(None, ("fmc", args.command, getattr(args, f"{args.command}_command", None))))
+    refused = extras.refusal(args.command, prog)
+    if refused:  # a gateway install (pip install fmc) without the extra this command needs
+        print(refused, file=sys.stderr)
         return EXIT_USAGE
     try:
         handler = getattr(args, "handler", None)
