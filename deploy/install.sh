@@ -7,7 +7,8 @@
 #
 #   --from PATH    what to install: a source tree of fmc (default: the tree this script is in) or a wheel
 #   --prefix DIR   where the venv goes: DIR/venv (default /opt/fmc)
-#   --role ROLE    agent (a factory gateway, default) or central (fmc api)
+#   --role ROLE    agent (a factory gateway, default): fmc without extras, the agent only;
+#                  central: fmc[central], the API (fmc api) and Grafana push
 #   --python PY    the Python 3.11+ interpreter the venv is made from (default python3)
 #   --no-systemd   no user, no unit: config and state go under DIR/etc and DIR/var
 set -euo pipefail
@@ -19,7 +20,7 @@ role="agent"
 python="python3"
 systemd=1
 
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "install.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -34,9 +35,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# the agent role installs no extra: a gateway gets no web server, no API framework, no Grafana client
 case "$role" in
-  agent) unit="fmc-agent.service"; config_name="agent.toml"; env_name="agent.env" ;;
-  central) unit="fmc-api.service"; config_name="central.toml"; env_name="central.env" ;;
+  agent) unit="fmc-agent.service"; config_name="agent.toml"; env_name="agent.env"; extra="" ;;
+  central) unit="fmc-api.service"; config_name="central.toml"; env_name="central.env"; extra="central" ;;
   *) die "--role must be agent or central (got '$role')" ;;
 esac
 
@@ -100,9 +102,9 @@ if [ -d "$from" ]; then
       --exclude='*.db' --exclude='*.db-wal' --exclude='*.db-shm' -cf - . | tar -C "$build" -xf -
   target="$build"
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade "$target"
+"$venv/bin/python" -m pip install --quiet --upgrade "$target${extra:+[$extra]}"
 version="$("$venv/bin/fmc" --version)"
-echo "  installed $version"
+echo "  installed $version${extra:+ with the $extra extra}"
 
 # 4. configuration and state: created when missing, never overwritten
 mkdir -p "$config_dir" "$state_dir"
@@ -179,10 +181,16 @@ if [ "$role" = agent ]; then
     echo "  4. run it: $venv/bin/fmc run -c $config_dir/agent.toml (spool under $state_dir)"
   fi
 else
-  echo "  1. edit $config_dir/central.toml (store, api: keys_file under $state_dir) and $config_dir/$env_name"
+  echo "  1. edit $config_dir/central.toml (store, registry, api: keys_file under $state_dir) and $config_dir/enterprises.csv"
+  echo "  2. put the secrets it names (\${INFLUX_TOKEN}, …) into $config_dir/$env_name"
   if [ "$systemd" = 1 ]; then
-    echo "  2. start it at boot: systemctl enable --now $unit; follow it: journalctl -u $unit -f"
+    echo "  3. give each bureau its API key (shown once), as the service will run:"
+    echo "     systemd-run --pipe --wait -p User=fmc -p EnvironmentFile=$config_dir/$env_name -p StateDirectory=fmc \\"
+    echo "       $venv/bin/fmc keys create -c $config_dir/central.toml --scope region:3306 --name …"
+    echo "  4. start it at boot: systemctl enable --now $unit; follow it: journalctl -u $unit -f"
   else
-    echo "  2. run it: $venv/bin/fmc api -c $config_dir/central.toml"
+    echo "  3. give each bureau its API key (shown once): set -a; . $config_dir/$env_name; set +a; $venv/bin/fmc keys create -c $config_dir/central.toml --scope region:3306 --name …"
+    echo "  4. run it: $venv/bin/fmc api -c $config_dir/central.toml"
   fi
+  echo "  then the dashboards into Grafana: $venv/bin/fmc grafana push --url … (docs/deploy.md)"
 fi

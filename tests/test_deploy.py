@@ -5,7 +5,9 @@ installing fmc from a copy of the source tree, the example configuration, the re
 again, as an upgrade, which must keep the state directory, the configuration and the secrets.
 For speed the test (not the script) sets ``PIP_NO_DEPS=1`` and puts this interpreter's
 site-packages on ``PYTHONPATH`` for fmc's dependencies, the way ``--system-site-packages`` would;
-``FMC_TEST_FULL_INSTALL=1`` makes it install every dependency too (about 30 s instead of 5).
+``FMC_TEST_FULL_INSTALL=1`` makes it install every dependency too (about 30 s instead of 5), and then
+checks that the central role brought the central extra. The gateway install (the agent role from
+the wheel, with its real dependencies and without extras) is tests/test_gateway_install.py.
 """
 
 from __future__ import annotations
@@ -187,6 +189,9 @@ def test_install_makes_a_working_venv_and_says_what_to_do_next(installed: Instal
     for step in ("next steps:", f"{installed.prefix}/etc/agent.toml", f"{installed.prefix}/etc/agent.env",
                  "fmc check -c", "fmc run -c"):
         assert step in out
+    assert "extra" not in out.split("installed fmc", 1)[1].splitlines()[0]  # the agent role installs no extra
+    for central in ("central.toml", "fmc api", "fmc keys", "grafana"):  # the next steps are the agent's
+        assert central not in out, central
     etc = installed.prefix / "etc"
     assert (etc / "inventory.csv").read_bytes() == (DEPLOY / "examples" / "inventory.csv").read_bytes()
     assert stat.S_IMODE((etc / "agent.env").stat().st_mode) == 0o600
@@ -248,6 +253,14 @@ def test_central_role_installs_the_api_unit_and_a_usable_central_config(
     assert result.returncode == 0, result.stdout + result.stderr
     assert {name: (etc / name).read_bytes() for name in agent_files} == agent_files  # the other role's files
     assert "fmc api -c" in result.stdout
+    assert re.search(r"^  installed fmc \S+ with the central extra$", result.stdout, re.M), result.stdout
+    steps = result.stdout[result.stdout.index("next steps:"):]
+    assert f"{etc}/central.toml" in steps and "fmc keys create -c" in steps and "fmc grafana push" in steps
+    assert "fmc run" not in steps and "fmc check" not in steps and "inventory.csv" not in steps
+    if os.environ.get("FMC_TEST_FULL_INSTALL") == "1":  # with its dependencies: the central extra's are there
+        site = next((installed.venv / "lib").glob("python3*/site-packages"))
+        have = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+        assert {"fastapi", "uvicorn", "httptools", "grafana_client"} <= have, sorted(have)
     unit = parse_unit((installed.prefix / "share/systemd/fmc-api.service").read_text(encoding="utf-8"))
     assert one(unit, "Service", "ExecStart") == f"{installed.venv}/bin/fmc api -c /etc/fmc/central.toml"
     assert stat.S_IMODE((etc / "central.env").stat().st_mode) == 0o600
