@@ -131,3 +131,24 @@ def test_a_sample_names_every_setting_of_its_plugin(kind: str, name: str) -> Non
         if not re.search(rf"(^|[\s{{,#]){re.escape(s)}\s*=|\.{re.escape(s)}\]", sample, re.M)
     )
     assert not missing, f"fmc/{kind}/{name}/sample.toml does not mention: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize(("kind", "name"), PLUGINS, ids=[f"{k}/{n}" for k, n in PLUGINS])
+def test_every_toml_example_of_a_plugin_readme_is_accepted_too(
+    kind: str, name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (ROOT / "fmc" / kind / name / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```toml\n(.*?)^```", readme, re.S | re.M)
+    assert blocks, f"fmc/{kind}/{name}/README.md shows its configuration in a ```toml block"
+    for n, block in enumerate(blocks):
+        _with_env_set(monkeypatch, block)
+        sections = set(tomllib.loads(block))
+        path = tmp_path / f"example-{n}.toml"
+        if sections == {"store"}:  # central.toml
+            path.write_text(block, encoding="utf-8")
+            assert isinstance(plugins.load_central_config(path).store_settings(), plugins.STORES[name])
+            continue
+        assert sections == ({name} if kind == "sources" else {"sink"}), f"block {n}: {sorted(sections)}"
+        extra = MINIMAL_SINK if kind == "sources" else ""
+        path.write_text(f"{MINIMAL_ENTERPRISE}\n{extra}\n{block}", encoding="utf-8")
+        plugins.load_config(path)

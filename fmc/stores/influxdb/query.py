@@ -1,7 +1,7 @@
 """The central store query interface (``fmc.central.store.IndicatorStore``) over InfluxDB's InfluxQL ``/query``.
 
 InfluxQL over ``/query`` is the one query language InfluxDB 1.x, 2.x (v1 compatibility API, token
-auth, a DBRP mapping) and 3.x all speak; see ``fmc/stores/influxdb/query.md``.
+auth, a DBRP mapping) and 3.x all speak; see ``fmc/stores/influxdb/README.md`` (reads).
 
 The aggregation is pushed into the query: ``period_sums`` sends one request of three statements
 (the sums of ``enterprise_daily`` per enterprise, its last row per enterprise, the sums of
