@@ -277,3 +277,16 @@ class Ingest:
             detail=detail[:500],
             payload_excerpt=bytes(sub.payload[:PAYLOAD_EXCERPT_BYTES]),
         )
+
+
+def resume_plant(spool: Spool, plant: PlantModel, log: logging.Logger | None = None) -> None:
+    """Resume ``plant`` from the state the last process saved in ``spool`` (a fresh model stays as
+    it is when nothing was saved or the saved state cannot be read)."""
+    log = log or logging.getLogger("fmc.ingest")
+    saved = spool.state_get(PLANT_STATE_KEY)
+    if saved:
+        try:
+            plant.restore(json.loads(saved))
+            log.info("resumed the plant state saved in the spool (today's seconds are kept)")
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("could not resume the saved plant state (%s); starting afresh", e)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import logging
 import socket
 import time
@@ -13,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fmc.agent.config import AgentSettings
-from fmc.agent.ingest import PLANT_STATE_KEY, Ingest
+from fmc.agent.ingest import Ingest, resume_plant
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.plugin import Sink, SinkUnavailable, Source, SourceContext
 from fmc.agent.selfmetrics import INTERVAL_S as SELF_METRICS_INTERVAL_S
@@ -166,13 +165,7 @@ class Agent:
             for e in self.inventory
         ]
         plant = PlantModel(Site.from_enterprise(cfg.enterprise), cfg, items, start_ns=time.time_ns())
-        saved = spool.state_get(PLANT_STATE_KEY)
-        if saved:
-            try:
-                plant.restore(json.loads(saved))
-                self.log.info("resumed the plant state saved in the spool (today's seconds are kept)")
-            except (ValueError, KeyError, TypeError) as e:
-                self.log.warning("could not resume the saved plant state (%s); starting afresh", e)
+        resume_plant(spool, plant, self.log)
         self.log.info("plant model: %d equipment in the inventory, %d meter(s), %d virtual",
                       len(items), len(cfg.meter), len(cfg.virtual_meter))
         return plant
