@@ -235,6 +235,41 @@ def test_state_kv_persists(tmp_path: Path) -> None:
         assert spool.state_get("other") == "x"
 
 
+def test_journal_entries_commit_with_the_points_and_end_with_the_next_state(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        spool.state_set("plant", "s0")
+        spool.append([(line_of("a", 20), RAW)], journal=[("plant", "e1"), ("other", "x1")])
+        spool.append([], journal=[("plant", "e2")])  # a journal entry alone is a commit too
+        assert spool.journal("plant") == ["e1", "e2"]
+    with Spool(path) as spool:  # committed means on disk
+        assert spool.journal("plant") == ["e1", "e2"]
+        assert spool.stats().depth == 1
+        spool.state_set("plant", "s1")  # the state holds what the journal had
+        assert spool.journal("plant") == []
+        assert spool.journal("other") == ["x1"]
+        spool.append([(line_of("b", 20), RAW)], journal=[("plant", "e3")])
+        assert (spool.state_get("plant"), spool.journal("plant")) == ("s1", ["e3"])
+
+
+def test_a_schema_1_spool_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        spool.append([(line_of("old", 30), ROLLUP)])
+        spool.state_set("plant", "s0")
+    with sqlite3.connect(path) as db:  # what schema 1 had: no journal
+        db.execute("DROP TABLE journal")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    with Spool(path) as spool:
+        assert spool.stats().depth == 1 and spool.state_get("plant") == "s0"
+        spool.append([], journal=[("plant", "e1")])
+        assert spool.journal("plant") == ["e1"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
 # --- drop policy -------------------------------------------------------------------------------
 
 

@@ -63,8 +63,12 @@ class Ingest:
         self._clock = clock  # wall clock in ns for the plant model; tests move it across midnight
         self._spool = spool
         # The plant model sees every raw point this thread commits and the passing time; what it
-        # derives (states, intervals, daily rollups) is committed with the points that caused it.
+        # derives (states, intervals, daily rollups) is committed with the points that caused it,
+        # and so is a journal entry of the call (its inputs): the last snapshot plus the journal is
+        # the model as of the last commit (resume_plant). Calls with nothing to commit (most
+        # advance() ticks) wait in _journal for the next commit, ahead of what comes after them.
         self._plant = plant
+        self._journal: list[dict[str, Any]] = []
         self._snapshot_every_ns = int(snapshot_every_s * 1e9)
         self._last_tick_ns = 0
         self._last_snapshot_ns = time.monotonic_ns()
@@ -170,16 +174,25 @@ class Ingest:
             return
         self._last_tick_ns = now_ns
         derived = self._plant.advance(now_ns)
+        if self._journal and "advance" in self._journal[-1]:
+            # advance(t1) then advance(t2) is advance(t2) when t1 committed nothing: keep one
+            self._journal[-1] = {"advance": now_ns}
+        else:
+            self._journal.append({"advance": now_ns})
         if self._alive_equipment is not None and now_ns - self._last_alive_ns >= self._alive_every_ns:
             self._last_alive_ns = now_ns
-            derived += self._plant.confirm_alive(self._alive_equipment(), now_ns)
+            alive = sorted(self._alive_equipment())
+            derived += self._plant.confirm_alive(alive, now_ns)
+            self._journal.append({"confirm_alive": alive, "now_ns": now_ns})
         if derived:
             self._commit([_Submission("plant", "", b"", derived, (), None)], observe=False)
         if final or time.monotonic_ns() - self._last_snapshot_ns >= self._snapshot_every_ns:
             self._last_snapshot_ns = time.monotonic_ns()
             try:
+                # deletes the journal in the same transaction: the snapshot holds all of it
                 self._spool.state_set(PLANT_STATE_KEY, json.dumps(self._plant.snapshot(), separators=(",", ":")))
-            except Exception as e:  # the points are safe; only resume accuracy suffers
+                self._journal.clear()
+            except Exception as e:  # the journal in the spool still has every committed input
                 self._log.error("could not save the plant state: %s", e)
 
     def _commit(self, group: list[_Submission], observe: bool = True) -> None:
@@ -215,12 +228,18 @@ class Ingest:
                 accepted.append(point)
                 accepted_by_source[sub.source] = accepted_by_source.get(sub.source, 0) + 1
         if observe and self._plant is not None:
-            for point in self._plant.observe(accepted, self._clock()):
+            received_ns = self._clock()
+            inputs = self._plant.inputs(accepted)
+            if inputs:
+                self._journal.append({"observe": inputs, "received_ns": received_ns})
+            for point in self._plant.observe(accepted, received_ns):
                 try:
                     items.append((encode(point), point.priority))
                 except LineProtocolError as e:  # names come from config and inventory: a bug if so
                     self._log.error("derived point not encodable: %s", e)
-        drops = self._append_until_committed(items, records)
+        journal = [(PLANT_STATE_KEY, json.dumps(e, separators=(",", ":"))) for e in self._journal]
+        drops = self._append_until_committed(items, records, journal)
+        self._journal.clear()
         self.commits += 1
         for source, n in accepted_by_source.items():
             self._metrics.accepted.labels(source).inc(n)
@@ -254,14 +273,14 @@ class Ingest:
                 self._log.debug("acks failed for %d message(s)", len(acks), exc_info=True)
 
     def _append_until_committed(
-        self, items: list[tuple[str, Priority]], records: list[RejectionRecord]
+        self, items: list[tuple[str, Priority]], records: list[RejectionRecord], journal: list[tuple[str, str]]
     ) -> dict[str, int]:
         # Nothing is acknowledged before it is on disk: when the spool cannot commit (disk full,
         # I/O error), keep the group and try again; the queue fills and sources slow down.
         delay = 0.1
         while True:
             try:
-                return self._spool.append(items, records)
+                return self._spool.append(items, records, journal=journal)
             except Exception as e:
                 self._log.error("spool commit failed, retrying in %.1fs: %s", delay, e)
                 time.sleep(delay)
@@ -280,13 +299,29 @@ class Ingest:
 
 
 def resume_plant(spool: Spool, plant: PlantModel, log: logging.Logger | None = None) -> None:
-    """Resume ``plant`` from the state the last process saved in ``spool`` (a fresh model stays as
-    it is when nothing was saved or the saved state cannot be read)."""
+    """Bring a new ``plant`` model to where the last process's last commit left it: its saved
+    snapshot, then every call journaled after that snapshot (each committed in the transaction of
+    the points it derived, so their points are already in the spool or the store). Then save the
+    result as the new snapshot, which also empties the journal. A fresh model stays as it is when
+    nothing was saved; when the snapshot cannot be read it starts afresh, journal dropped."""
     log = log or logging.getLogger("fmc.ingest")
     saved = spool.state_get(PLANT_STATE_KEY)
+    entries = spool.journal(PLANT_STATE_KEY)
     if saved:
         try:
             plant.restore(json.loads(saved))
-            log.info("resumed the plant state saved in the spool (today's seconds are kept)")
         except (ValueError, KeyError, TypeError) as e:
             log.warning("could not resume the saved plant state (%s); starting afresh", e)
+            entries = []
+    replayed = 0
+    for entry in entries:
+        try:
+            plant.replay(json.loads(entry))
+            replayed += 1
+        except (ValueError, KeyError, TypeError) as e:  # a bug if ever: skip the entry, keep the rest
+            log.error("could not replay a plant journal entry (%s): %.200s", e, entry)
+    if saved or entries:
+        log.info("resumed the plant state saved in the spool and %d call(s) committed after it "
+                 "(today's seconds are kept)", replayed)
+    # from here on the journal holds only what this process commits
+    spool.state_set(PLANT_STATE_KEY, json.dumps(plant.snapshot(), separators=(",", ":")))

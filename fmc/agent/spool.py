@@ -29,7 +29,7 @@ from fmc.core.points import Priority
 # Written into the SQLite header so a spool is never confused with another database (and
 # another database never gets spool tables added to it). "fmcS" in ASCII.
 APPLICATION_ID = 0x666D6353
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the journal table
 
 PAYLOAD_EXCERPT_MAX = 512  # bytes of a rejected message kept for inspection
 DETAIL_MAX = 1024  # characters of a rejection's detail: the ring is bounded in rows, so bound rows too
@@ -94,6 +94,18 @@ _SCHEMA = (
     "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 )
+# Tables added after schema 1, created when a spool of an older schema is opened.
+_SCHEMA_SINCE_1 = (
+    # Inputs of a part of the agent (the plant model, under its state key) committed since that
+    # part last saved its state: the state plus these, in id order, is the part as it was at the
+    # last commit. Saving the state (state_set) deletes them in the same transaction.
+    """
+    CREATE TABLE IF NOT EXISTS journal (
+        id    INTEGER PRIMARY KEY,
+        key   TEXT NOT NULL,
+        entry TEXT NOT NULL
+    )""",
+)
 
 _COUNTER_NAMES = (QUEUED_POINTS, QUEUED_BYTES, LAST_ID, REJECTED_TOTAL, *map(_dropped_key, DROPPABLE))
 
@@ -105,6 +117,7 @@ _INSERT_REJECTION = (
     "INSERT INTO rejected (at_ms, source, topic, reason, detail, payload_excerpt) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _TRIM_REJECTIONS = "DELETE FROM rejected WHERE id <= (SELECT max(id) FROM rejected) - ?"
+_INSERT_JOURNAL = "INSERT INTO journal (key, entry) VALUES (?, ?)"
 # Chunked: "the oldest n rows of this priority not in the batch being sent", via spool_by_priority.
 _DROP_OLDEST = (
     "DELETE FROM spool WHERE id IN "
@@ -253,7 +266,7 @@ class Spool:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetchone()[0]
             if app_id == 0 and tables == 0:
-                for statement in _SCHEMA:
+                for statement in (*_SCHEMA, *_SCHEMA_SINCE_1):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -264,6 +277,10 @@ class Spool:
                     f"spool {self.path}: written by a newer fmc (schema {version}, this one reads {SCHEMA_VERSION})",
                     self.path,
                 )
+            elif version < SCHEMA_VERSION:
+                for statement in _SCHEMA_SINCE_1:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.executemany(
                 "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(n,) for n in _COUNTER_NAMES]
             )
@@ -316,11 +333,13 @@ class Spool:
         items: Sequence[tuple[str, Priority]],
         rejections: Sequence[RejectionRecord] = (),
         *,
+        journal: Sequence[tuple[str, str]] = (),
         now_ms: int | None = None,
     ) -> dict[str, int]:
-        """Commit ``items`` (encoded line, priority) and ``rejections`` in one transaction, then keep
-        the spool within max_bytes. Returns the points dropped now, by priority name."""
-        if not items and not rejections:
+        """Commit ``items`` (encoded line, priority), ``rejections`` and ``journal`` entries (state
+        key, entry: the inputs that made those items, see ``state_set``) in one transaction, then
+        keep the spool within max_bytes. Returns the points dropped now, by priority name."""
+        if not items and not rejections and not journal:
             return {}
         enqueued = _now_ms() if now_ms is None else now_ms
         conn = self._writer
@@ -346,6 +365,8 @@ class Spool:
                     drops = self._drop_points(conn, queued_bytes, queued_points)
             if rejections:
                 self._insert_rejections(conn, rejections)
+            if journal:
+                conn.executemany(_INSERT_JOURNAL, journal)
         return drops
 
     def _drop_points(self, conn: sqlite3.Connection, queued_bytes: int, queued_points: int) -> dict[str, int]:
@@ -415,12 +436,15 @@ class Spool:
         return len(moved)
 
     def state_set(self, key: str, value: str) -> None:
+        """Save the state under ``key``; it holds every input journaled under ``key`` so far, so
+        those journal entries are deleted in the same transaction."""
         conn = self._writer
         with self._writer_lock, self._sqlite_errors("state_set"), self._transaction(conn):
             conn.execute(
                 "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+            conn.execute("DELETE FROM journal WHERE key = ?", (key,))
 
     def recount(self) -> SpoolStats:
         """Recompute the queue totals from the rows (a full scan). Only needed after the spool
@@ -536,6 +560,12 @@ class Spool:
         with self._reader_lock, self._sqlite_errors("state_get"):
             row = self._reader.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
+
+    def journal(self, key: str) -> list[str]:
+        """The entries journaled under ``key`` since its state was last saved, oldest first."""
+        with self._reader_lock, self._sqlite_errors("read journal"):
+            rows = self._reader.execute("SELECT entry FROM journal WHERE key = ? ORDER BY id", (key,)).fetchall()
+        return [str(r[0]) for r in rows]
 
     # --- closing ---------------------------------------------------------------------------
 

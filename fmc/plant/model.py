@@ -7,7 +7,10 @@ sends data is offline all day and still counts in the denominators), one ``Meter
 ``consumption_daily`` points. It does no I/O and reads no clock: the ingest writer thread feeds it
 the points it commits (``observe``) and the time (``advance``), and commits what it returns in
 the same transaction. ``snapshot``/``restore`` let a restart mid-day resume the day's
-accumulated seconds from the spool.
+accumulated seconds from the spool; ``inputs`` and ``replay`` let it resume exactly where the
+last commit left it: the ingest journals every call (``observe``, ``advance``, ``confirm_alive``)
+with the points it derived, and a restart replays the calls journaled after the snapshot. That
+works because the model is deterministic: the same calls in the same order give the same state.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from datetime import date
 from typing import Any
 
 from fmc.core.localtime import NS, local_date, local_day_bounds
-from fmc.core.points import Point
+from fmc.core.points import Point, Priority
 from fmc.plant.config import EquipmentClassConfig, PlantSections
 from fmc.plant.meters import MeterAccumulator, MeterInterval, VirtualMeter
 from fmc.plant.rollups import InventoryItem, Site, consumption_daily, counted_meters, enterprise_daily
@@ -94,6 +97,40 @@ class PlantModel:
                 if isinstance(value, float | int) and not isinstance(value, bool):
                     self._intervals_out(meter.observe(float(value), quality, p.ts_ns, received_ns), out)
         return out
+
+    def inputs(self, points: Iterable[Point]) -> list[list[Any]]:
+        """What ``observe`` reads of ``points``, as JSON-able rows for the ingest's journal: the
+        samples of known equipment and the readings of known meters, in order (``replay`` feeds
+        them to ``observe`` again; other points change nothing but the unknown counts)."""
+        rows: list[list[Any]] = []
+        for p in points:
+            if p.measurement == "signal":
+                equipment = p.tags.get("equipment", "")
+                if equipment in self.trackers:
+                    rows.append(["s", equipment, p.tags.get("signal", ""), _observed_fields(p), p.ts_ns])
+            elif p.measurement == "meter_reading":
+                meter = p.tags.get("meter", "")
+                if meter in self.meters:
+                    rows.append(["m", meter, "", _observed_fields(p), p.ts_ns])
+        return rows
+
+    def replay(self, entry: dict[str, Any]) -> None:
+        """Make one journaled call again, dropping what it returns (committed with it back then):
+        ``{"observe": inputs(points), "received_ns": …}``, ``{"advance": now_ns}`` or
+        ``{"confirm_alive": [equipment…], "now_ns": …}``."""
+        if "observe" in entry:
+            points = [
+                Point("signal", {"equipment": key, "signal": signal}, fields, ts, Priority.RAW) if kind == "s"
+                else Point("meter_reading", {"meter": key}, fields, ts, Priority.RAW)
+                for kind, key, signal, fields, ts in entry["observe"]
+            ]
+            self.observe(points, int(entry["received_ns"]))
+        elif "advance" in entry:
+            self.advance(int(entry["advance"]))
+        elif "confirm_alive" in entry:
+            self.confirm_alive(entry["confirm_alive"], int(entry["now_ns"]))
+        else:
+            raise ValueError(f"not a plant journal entry: {sorted(entry)}")
 
     def confirm_alive(self, equipment: Iterable[str], now_ns: int) -> list[Point]:
         """Equipment whose values come from a live OPC UA subscription: unchanged values are still
@@ -171,6 +208,7 @@ class PlantModel:
             "virtual": {v.config.id: v.snapshot() for v in self.virtual},
             "equipment_days": [_dump(e) for days in self._equipment_days.values() for e in days],
             "intervals": [_dump(i) for ivs in self._intervals.values() for i in ivs],
+            "last_quality": dict(self._last_quality),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -196,6 +234,12 @@ class PlantModel:
             iv = _load(MeterInterval, d)
             self._intervals[local_date(iv.start_ns, self.site.tz)].append(iv)
         self._clock = max(self._clock, int(snapshot["clock"]))
+        self._last_quality.update(
+            {k: int(q) for k, q in snapshot.get("last_quality", {}).items() if k in self.trackers})
+
+
+def _observed_fields(p: Point) -> dict[str, Any]:
+    return {k: p.fields[k] for k in ("value", "text", "quality") if k in p.fields}
 
 
 def _dump(obj: Any) -> dict[str, Any]:
