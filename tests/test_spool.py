@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from fmc.agent.spool import (
     PAYLOAD_EXCERPT_MAX,
+    RECENT_MESSAGES_KEEP,
     RejectionRecord,
     Spool,
     SpoolBatch,
@@ -252,19 +253,50 @@ def test_journal_entries_commit_with_the_points_and_end_with_the_next_state(tmp_
         assert (spool.state_get("plant"), spool.journal("plant")) == ("s1", ["e3"])
 
 
+def test_committed_messages_are_remembered_per_source_for_a_bounded_window(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    a, b = b"a" * 16, b"b" * 16
+    with Spool(path) as spool:
+        assert not spool.committed_message("plant", 7, a)
+        spool.append([(line_of("x", 20), RAW)], messages=[("plant", 7, a), ("hall", 7, b)])
+        assert spool.committed_message("plant", 7, a)
+        assert not spool.committed_message("plant", 7, b)  # same packet id, another message
+        assert not spool.committed_message("hall", 7, a)  # another source
+        spool.append([], messages=[("hall", 7, a)])  # the packet id's newest message wins
+        assert spool.committed_message("hall", 7, a) and not spool.committed_message("hall", 7, b)
+    with Spool(path) as spool:  # on disk
+        assert spool.committed_message("plant", 7, a)
+        # RECENT_MESSAGES_KEEP newer messages later, packet id 7's is out of the window (after a
+        # wrap of packet ids, an equal payload on packet id 7 is not taken for that old message)
+        newer = [("plant", 100 + i % 60_000, b"c" * 16) for i in range(RECENT_MESSAGES_KEEP - 1)]
+        spool.append([], messages=newer)
+        assert spool.committed_message("plant", 7, a)
+        spool.append([], messages=[("plant", 99, b)])
+        assert not spool.committed_message("plant", 7, a)
+        assert spool.committed_message("hall", 7, a)
+        # the rows past the window are deleted every RECENT_MESSAGES_KEEP / 2 messages of a source
+        more = [("plant", 20_000 + i, b"c" * 16) for i in range(RECENT_MESSAGES_KEEP // 2 - 1)]
+        spool.append([], messages=more)
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT count(*), min(n), max(n) FROM recent_messages WHERE source = 'plant'").fetchone()
+    db.close()
+    assert rows == (RECENT_MESSAGES_KEEP, RECENT_MESSAGES_KEEP // 2 + 1, RECENT_MESSAGES_KEEP * 3 // 2)
+
+
 def test_a_schema_1_spool_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with Spool(path) as spool:
         spool.append([(line_of("old", 30), ROLLUP)])
         spool.state_set("plant", "s0")
-    with sqlite3.connect(path) as db:  # what schema 1 had: no journal
+    with sqlite3.connect(path) as db:  # what schema 1 had: no journal, no recent_messages
         db.execute("DROP TABLE journal")
+        db.execute("DROP TABLE recent_messages")
         db.execute("PRAGMA user_version = 1")
     db.close()
     with Spool(path) as spool:
         assert spool.stats().depth == 1 and spool.state_get("plant") == "s0"
-        spool.append([], journal=[("plant", "e1")])
-        assert spool.journal("plant") == ["e1"]
+        spool.append([], journal=[("plant", "e1")], messages=[("plant", 1, b"d" * 16)])
+        assert spool.journal("plant") == ["e1"] and spool.committed_message("plant", 1, b"d" * 16)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     db.close()

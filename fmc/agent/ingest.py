@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fmc.agent.metrics import AgentMetrics
-from fmc.agent.plugin import MapResult, Rejection
+from fmc.agent.plugin import Delivery, MapResult, Rejection
 from fmc.agent.spool import RejectionRecord, Spool
 from fmc.core.lineprotocol import LineProtocolError, encode, encode_series
 from fmc.core.points import Point, Priority
@@ -37,6 +37,7 @@ class _Submission:
     points: Sequence[Point]
     rejections: Sequence[Rejection]
     ack: Callable[[], None] | None
+    delivery: Delivery | None = None
 
 
 class Ingest:
@@ -102,8 +103,10 @@ class Ingest:
         result: MapResult,
         ack: Callable[[], None] | None,
     ) -> None:
-        """Queue a mapped message; ``ack`` runs after its points are committed."""
-        self._put(_Submission(source, topic, payload, result.points, result.rejections, ack))
+        """Queue a mapped message; ``ack`` runs after its points are committed. A message recognised
+        as a redelivery of a committed one (``result.delivery``) is acknowledged with its group and
+        nothing of it is stored again."""
+        self._put(_Submission(source, topic, payload, result.points, result.rejections, ack, result.delivery))
 
     def submit_points(self, source: str, points: Sequence[Point]) -> None:
         """Points made inside the agent (state changes, rollups): committed like any message."""
@@ -195,6 +198,27 @@ class Ingest:
             except Exception as e:  # the journal in the spool still has every committed input
                 self._log.error("could not save the plant state: %s", e)
 
+    def _is_redelivery(self, sub: _Submission, recorded: dict[tuple[str, int], bytes]) -> bool:
+        """A message the broker flagged DUP whose packet id and digest are those of a recently
+        committed message of the same source (in this group, or in the spool's record). A message
+        without the flag is never one: two equal payloads on a topic are two readings."""
+        d = sub.delivery
+        if d is None:
+            return False
+        key = (sub.source, d.packet_id)
+        if d.dup:
+            if key in recorded:
+                if recorded[key] == d.digest:
+                    return True
+            else:
+                try:
+                    if self._spool.committed_message(sub.source, d.packet_id, d.digest):
+                        return True
+                except Exception as e:  # cannot tell: store it (at least once), as without the record
+                    self._log.warning("could not look up a redelivered message on %s: %s", sub.topic, e)
+        recorded[key] = d.digest  # committed with this group: the newest message with this packet id
+        return False
+
     def _commit(self, group: list[_Submission], observe: bool = True) -> None:
         now_ms = time.time_ns() // 1_000_000
         items: list[tuple[str, Priority]] = []
@@ -202,7 +226,13 @@ class Ingest:
         accepted_by_source: dict[str, int] = {}
         accepted: list[Point] = []
         rejected: list[tuple[str, str]] = []
+        recorded: dict[tuple[str, int], bytes] = {}
+        redelivered: dict[str, int] = {}
         for sub in group:
+            if self._is_redelivery(sub, recorded):
+                # committed before, its PUBACK lost: acknowledged with the group, stored no second time
+                redelivered[sub.source] = redelivered.get(sub.source, 0) + 1
+                continue
             for rej in sub.rejections:
                 rejected.append((sub.source, rej.reason))
                 records.append(self._record(now_ms, sub, rej.reason, rej.detail))
@@ -238,11 +268,14 @@ class Ingest:
                 except LineProtocolError as e:  # names come from config and inventory: a bug if so
                     self._log.error("derived point not encodable: %s", e)
         journal = [(PLANT_STATE_KEY, json.dumps(e, separators=(",", ":"))) for e in self._journal]
-        drops = self._append_until_committed(items, records, journal)
+        messages = [(source, packet_id, digest) for (source, packet_id), digest in recorded.items()]
+        drops = self._append_until_committed(items, records, journal, messages)
         self._journal.clear()
         self.commits += 1
         for source, n in accepted_by_source.items():
             self._metrics.accepted.labels(source).inc(n)
+        for source, n in redelivered.items():
+            self._metrics.redeliveries.labels(source).inc(n)
         self._metrics.spooled.inc(len(items))
         for source, reason in rejected:
             self._metrics.rejected.labels(source, reason).inc()
@@ -273,14 +306,18 @@ class Ingest:
                 self._log.debug("acks failed for %d message(s)", len(acks), exc_info=True)
 
     def _append_until_committed(
-        self, items: list[tuple[str, Priority]], records: list[RejectionRecord], journal: list[tuple[str, str]]
+        self,
+        items: list[tuple[str, Priority]],
+        records: list[RejectionRecord],
+        journal: list[tuple[str, str]],
+        messages: list[tuple[str, int, bytes]],
     ) -> dict[str, int]:
         # Nothing is acknowledged before it is on disk: when the spool cannot commit (disk full,
         # I/O error), keep the group and try again; the queue fills and sources slow down.
         delay = 0.1
         while True:
             try:
-                return self._spool.append(items, records, journal=journal)
+                return self._spool.append(items, records, journal=journal, messages=messages)
             except Exception as e:
                 self._log.error("spool commit failed, retrying in %.1fs: %s", delay, e)
                 time.sleep(delay)

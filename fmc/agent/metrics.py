@@ -15,6 +15,11 @@ class AgentMetrics:
             "fmc_rejected", "Messages or values rejected, by reason", ["source", "reason"], registry=r
         )
         self.spooled = Counter("fmc_points_spooled", "Points committed to the spool", registry=r)
+        self.redeliveries = Counter(
+            "fmc_redeliveries",
+            "Messages a broker delivered again (DUP) after they were committed: recognised, acknowledged, "
+            "not stored again", ["source"], registry=r,
+        )
         self.written = Counter(
             "fmc_points_written", "Data points the store confirmed (the agent's own `agent` points excluded)", ["sink"],
             registry=r,

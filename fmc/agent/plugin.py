@@ -80,10 +80,23 @@ class Rejection:
     detail: str  # for people: what and where
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How a source's protocol identifies a message it may deliver again (an MQTT QoS 1 PUBLISH):
+    the packet id the broker gave it, a digest of its topic and payload, and whether the broker
+    marked it as sent before (MQTT's DUP flag). The ingest records the committed ones and commits
+    a DUP message matching a recent record only once (docs/spool.md, "Redeliveries")."""
+
+    packet_id: int
+    digest: bytes
+    dup: bool
+
+
 @dataclass(slots=True)
 class MapResult:
     points: list[Point]
     rejections: list[Rejection]
+    delivery: Delivery | None = None  # set by sources whose messages can come again (MQTT QoS 1)
 
 
 class IngestPort(Protocol):

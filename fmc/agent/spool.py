@@ -29,7 +29,7 @@ from fmc.core.points import Priority
 # Written into the SQLite header so a spool is never confused with another database (and
 # another database never gets spool tables added to it). "fmcS" in ASCII.
 APPLICATION_ID = 0x666D6353
-SCHEMA_VERSION = 2  # 2: the journal table
+SCHEMA_VERSION = 2  # 2: the journal and recent_messages tables
 
 PAYLOAD_EXCERPT_MAX = 512  # bytes of a rejected message kept for inspection
 DETAIL_MAX = 1024  # characters of a rejection's detail: the ring is bounded in rows, so bound rows too
@@ -37,6 +37,10 @@ DROP_TARGET = 0.9  # drop down to this share of max_bytes, so a full spool does 
 DROP_CHUNK_MAX = 50_000  # rows deleted per statement when making room
 BUSY_TIMEOUT_S = 60.0  # a write transaction waits this long for the other side's before failing
 WAL_SIZE_LIMIT = 64 << 20  # truncate the WAL file back to this after a checkpoint
+# Committed messages remembered per source to recognise a broker's redelivery (recent_messages):
+# the newest this many. A redelivery is of a message committed at most a broker's in-flight window
+# (MQTT 5: Receive Maximum, 1000 here; mosquitto: max_inflight_messages) before it.
+RECENT_MESSAGES_KEEP = 10_000
 
 # Priorities a full spool may drop, lowest (dropped first) to highest. Rollups are never dropped.
 DROPPABLE = tuple(p for p in sorted(Priority) if p is not Priority.ROLLUP)
@@ -105,6 +109,17 @@ _SCHEMA_SINCE_1 = (
         key   TEXT NOT NULL,
         entry TEXT NOT NULL
     )""",
+    # The newest committed message of each (source, packet id), for recognising redeliveries; n
+    # numbers a source's recorded messages (1, 2, ...): only the newest RECENT_MESSAGES_KEEP count.
+    """
+    CREATE TABLE IF NOT EXISTS recent_messages (
+        source    TEXT    NOT NULL,
+        packet_id INTEGER NOT NULL,
+        digest    BLOB    NOT NULL,
+        n         INTEGER NOT NULL,
+        at_ms     INTEGER NOT NULL,
+        PRIMARY KEY (source, packet_id)
+    ) WITHOUT ROWID""",
 )
 
 _COUNTER_NAMES = (QUEUED_POINTS, QUEUED_BYTES, LAST_ID, REJECTED_TOTAL, *map(_dropped_key, DROPPABLE))
@@ -118,6 +133,11 @@ _INSERT_REJECTION = (
 )
 _TRIM_REJECTIONS = "DELETE FROM rejected WHERE id <= (SELECT max(id) FROM rejected) - ?"
 _INSERT_JOURNAL = "INSERT INTO journal (key, entry) VALUES (?, ?)"
+_RECORD_MESSAGE = (
+    "INSERT INTO recent_messages (source, packet_id, digest, n, at_ms) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (source, packet_id) DO UPDATE SET digest = excluded.digest, n = excluded.n, at_ms = excluded.at_ms"
+)
+_TRIM_MESSAGES = "DELETE FROM recent_messages WHERE source = ? AND n <= ?"
 # Chunked: "the oldest n rows of this priority not in the batch being sent", via spool_by_priority.
 _DROP_OLDEST = (
     "DELETE FROM spool WHERE id IN "
@@ -222,6 +242,7 @@ class Spool:
         # which the writer holds from choosing rows to drop until the drop is committed.
         self._inflight_lock = threading.Lock()
         self._inflight_max_id = 0
+        self._recent_n: dict[str, int] | None = None  # source -> its newest n in recent_messages (writer side)
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,12 +355,14 @@ class Spool:
         rejections: Sequence[RejectionRecord] = (),
         *,
         journal: Sequence[tuple[str, str]] = (),
+        messages: Sequence[tuple[str, int, bytes]] = (),
         now_ms: int | None = None,
     ) -> dict[str, int]:
-        """Commit ``items`` (encoded line, priority), ``rejections`` and ``journal`` entries (state
-        key, entry: the inputs that made those items, see ``state_set``) in one transaction, then
+        """Commit ``items`` (encoded line, priority), ``rejections``, ``journal`` entries (state
+        key, entry: the inputs that made those items, see ``state_set``) and the ``messages`` they
+        came from (source, packet id, digest: see ``committed_message``) in one transaction, then
         keep the spool within max_bytes. Returns the points dropped now, by priority name."""
-        if not items and not rejections and not journal:
+        if not items and not rejections and not journal and not messages:
             return {}
         enqueued = _now_ms() if now_ms is None else now_ms
         conn = self._writer
@@ -350,6 +373,7 @@ class Spool:
             self._transaction(conn),
         ):
             drops: dict[str, int] = {}
+            numbers = None
             if items:
                 n = len(items)
                 first_id = self._add_counter(conn, LAST_ID, n) - n + 1
@@ -367,7 +391,42 @@ class Spool:
                 self._insert_rejections(conn, rejections)
             if journal:
                 conn.executemany(_INSERT_JOURNAL, journal)
+            if messages:
+                numbers = self._record_messages(conn, messages, enqueued)
+        if numbers is not None:  # committed
+            self._recent_n = numbers
         return drops
+
+    def _recent_numbers(self, conn: sqlite3.Connection) -> dict[str, int]:
+        if self._recent_n is None:  # once per process: one pass over at most KEEP rows per source
+            self._recent_n = dict(conn.execute("SELECT source, max(n) FROM recent_messages GROUP BY source"))
+        return self._recent_n
+
+    def _record_messages(self, conn: sqlite3.Connection, messages: Sequence[tuple[str, int, bytes]],
+                         at_ms: int) -> dict[str, int]:
+        numbers = dict(self._recent_numbers(conn))  # the caller keeps them once the transaction commits
+        rows = []
+        for source, packet_id, digest in messages:
+            n = numbers.get(source, 0) + 1
+            numbers[source] = n
+            rows.append((source, packet_id, digest, n, at_ms))
+            if n % (RECENT_MESSAGES_KEEP // 2) == 0:  # now and then: forget what is past the window
+                conn.execute(_TRIM_MESSAGES, (source, n - RECENT_MESSAGES_KEEP))
+        conn.executemany(_RECORD_MESSAGE, rows)
+        return numbers
+
+    def committed_message(self, source: str, packet_id: int, digest: bytes) -> bool:
+        """Whether the newest committed message of ``source`` with ``packet_id`` had ``digest`` and
+        is among the source's newest RECENT_MESSAGES_KEEP: then a message the broker marks as a
+        redelivery (DUP) with that packet id and digest is that one again."""
+        conn = self._writer
+        with self._writer_lock, self._sqlite_errors("read recent messages"):
+            row = conn.execute(
+                "SELECT digest, n FROM recent_messages WHERE source = ? AND packet_id = ?", (source, packet_id)
+            ).fetchone()
+            if row is None or bytes(row[0]) != digest:
+                return False
+            return int(row[1]) > self._recent_numbers(conn).get(source, 0) - RECENT_MESSAGES_KEEP
 
     def _drop_points(self, conn: sqlite3.Connection, queued_bytes: int, queued_points: int) -> dict[str, int]:
         """Inside a write transaction, holding _inflight_lock until it commits: drop the oldest

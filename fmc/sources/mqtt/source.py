@@ -4,7 +4,9 @@ paho-mqtt 2.x runs the network loop in its own thread (``loop_start``). With ``m
 a QoS 1 message is acknowledged (PUBACK) only when the ingest has committed its points to the
 spool, so an agent that is killed gets its unacknowledged messages again from the broker after
 the restart (a persistent session: fixed client id, clean session off). Delivery is
-at-least-once: a message can arrive twice, never zero times.
+at-least-once: a message can arrive twice, never zero times; a message the broker sends again
+after it was committed (DUP flag, same packet id) is recognised by the ingest and stored once
+(``MapResult.delivery``; docs/spool.md, "Redeliveries").
 
 User documentation: ``fmc/sources/mqtt/README.md``.
 """
@@ -12,6 +14,7 @@ User documentation: ``fmc/sources/mqtt/README.md``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import queue
 import random
@@ -32,7 +35,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fmc.agent.metrics import AgentMetrics
-from fmc.agent.plugin import CheckResult, IngestPort, MapResult, Rejection
+from fmc.agent.plugin import CheckResult, Delivery, IngestPort, MapResult, Rejection
 from fmc.core.backoff import backoff_delay
 from fmc.sources.mqtt import config
 from fmc.sources.mqtt.mapping import Mapper
@@ -47,6 +50,10 @@ SESSION_EXPIRY_S = 7 * 24 * 3600
 ACK_GRACE_MAX_S = 1.0
 _INVALID_TOPIC = "<topic is not valid UTF-8>"
 
+
+def message_digest(topic: str, payload: bytes) -> bytes:
+    """16 bytes that tell a message from another one: BLAKE2b of its topic and payload."""
+    return hashlib.blake2b(topic.encode() + b"\0" + payload, digest_size=16).digest()
 
 
 # --- client construction (shared with check_mqtt) ------------------------------------------------
@@ -358,6 +365,10 @@ class MqttSource:
             result = MapResult([], [Rejection("topic_not_utf8", "the topic is not valid UTF-8")])
         else:
             result = self._map(topic, msg.payload, received_ns)
+        if msg.qos > 0:
+            # lets the ingest commit a message the broker delivers again only once: the broker
+            # resends with the same packet id and the DUP flag (docs/spool.md, "Redeliveries")
+            result.delivery = Delivery(msg.mid, message_digest(topic, msg.payload), bool(msg.dup))
         try:
             self._ingest.submit(self.name, topic, msg.payload, result, ack)
         except Exception:
