@@ -185,8 +185,9 @@ class Ingest:
         if self._alive_equipment is not None and now_ns - self._last_alive_ns >= self._alive_every_ns:
             self._last_alive_ns = now_ns
             alive = sorted(self._alive_equipment())
-            derived += self._plant.confirm_alive(alive, now_ns)
-            self._journal.append({"confirm_alive": alive, "now_ns": now_ns})
+            if alive:
+                derived += self._plant.confirm_alive(alive, now_ns)
+                self._journal.append({"confirm_alive": alive, "now_ns": now_ns})
         if derived:
             self._commit([_Submission("plant", "", b"", derived, (), None)], observe=False)
         if final or time.monotonic_ns() - self._last_snapshot_ns >= self._snapshot_every_ns:
