@@ -1,6 +1,6 @@
 """Kill soak: the plant model's rollups when the agent is SIGKILLed at random moments.
 
-    .venv/bin/python -m bench.kill_soak [--runs 10] [--kills 8] [--seed 1] [--snapshot-every-s 0.25]
+    .venv/bin/python -m bench.kill_soak [--runs 10] [--kills 10] [--seed 1] [--snapshot-every-s 0.25]
 
 Each run simulates one plant day (``tests/plant_child.py``: real ingest, spool and plant model,
 drained into a real embedded store while it runs) twice with the run's seed: once without
@@ -26,11 +26,11 @@ from tests.plant_child import compare, rollups, run
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--kills", type=int, default=8, help="SIGKILLs per run")
+    parser.add_argument("--kills", type=int, default=10, help="SIGKILLs per run")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first run (data and kill moments)")
     parser.add_argument("--snapshot-every-s", type=float, default=0.25,
                         help="how often the plant state is saved (real time; a run takes a few seconds)")
-    parser.add_argument("--max-delay-s", type=float, default=1.5, help="a kill comes 0..this after a start")
+    parser.add_argument("--max-delay-s", type=float, default=0.8, help="a kill comes 0..this after a start")
     args = parser.parse_args()
 
     total_kills = total_points = total_missing = total_extra = total_unequal = 0
