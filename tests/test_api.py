@@ -29,8 +29,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from fmc.central.api import app as api_module
-from fmc.central.api.app import create_app, csv_cell, etag_matches, link_header, wants_csv
+from fmc.central.api import responses as api_responses
+from fmc.central.api.app import create_app
+from fmc.central.api.responses import csv_cell, etag_matches, link_header, wants_csv
 from fmc.central.config import ApiConfig, load_plan
 from fmc.central.keys import KeyStore
 from fmc.central.registry import RegistryEntry
@@ -484,7 +485,7 @@ def test_large_pages_built_off_the_loop_are_the_same(api: Api, monkeypatch: pyte
     urls = ["/v1/indicators?level=enterprise&period=2019", "/v1/indicators?level=county&period=2019&format=csv",
             "/v1/enterprises?format=csv", "/v1/enterprises/91330602A1/reports"]
     inline = [api.get(u).content for u in urls]
-    monkeypatch.setattr(api_module, "OFF_LOOP_ROWS", 0)  # every page through the worker thread
+    monkeypatch.setattr(api_responses, "OFF_LOOP_ROWS", 0)  # every page through the worker thread
     assert [api.get(u).content for u in urls] == inline
 
 

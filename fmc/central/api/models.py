@@ -1,5 +1,5 @@
 """The REST API's models (``fmc api``, docs/api.md): query-parameter patterns, responses, the
-report body. Pure data; ``fmc.central.api.app`` builds the app on them.
+report body. Pure data; the routers (``fmc.central.api.routers``) answer with them.
 
 Patterns use ``[0-9]``, not ``\\d``: the validator's ``\\d`` also matches other scripts' digits
 (Arabic-Indic, full-width), which are no region or industry code.
