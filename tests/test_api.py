@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import io
 import os
 import shutil
@@ -20,14 +21,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from starlette.routing import BaseRoute
 
 from fmc.central.api import responses as api_responses
 from fmc.central.api.app import create_app
@@ -591,6 +595,64 @@ def test_openapi_and_docs_are_served(api: Api) -> None:
     params = {p["name"]: p for p in spec["paths"]["/v1/indicators"]["get"]["parameters"]}
     assert params["page_size"]["schema"]["maximum"] == PAGE_SIZE_MAX
     assert api.client.get("/docs").status_code == 200
+
+
+def test_dependencies_and_endpoints_run_on_the_event_loop(api: Api) -> None:
+    """FastAPI runs a plain ``def`` dependency or endpoint in a worker thread: a hop per request
+    that costs more than a warm answer. Every one is ``async``."""
+
+    def calls(dependant: Dependant) -> Iterator[Callable[..., object]]:
+        if dependant.call is not None:
+            yield dependant.call
+        for sub in dependant.dependencies:
+            yield from calls(sub)
+
+    def api_routes(routes: list[BaseRoute]) -> Iterator[APIRoute]:
+        for route in routes:
+            if isinstance(route, APIRoute):
+                yield route
+            included = getattr(route, "original_router", None)  # FastAPI keeps an included router whole
+            if included is not None:
+                yield from api_routes(included.routes)
+
+    routes = list(api_routes(api.client.app.routes))  # type: ignore[attr-defined]
+    assert len(routes) == 8
+    for route in routes:
+        for call in calls(route.dependant):
+            on_loop = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)
+            assert on_loop, (route.path, call)
+
+
+def test_two_apps_in_one_process_share_nothing(tmp_path: Path, seeded_template: Path) -> None:
+    """Each app has its own service, keys, configuration and rendered bodies."""
+    made = []
+    for name, page_size_max in (("a", 500), ("b", 70)):
+        (tmp_path / name).mkdir()
+        shutil.copy(seeded_template, tmp_path / name / "store.db")
+        keys = KeyStore(tmp_path / name / "keys.db")
+        key = keys.create("province", name)[1]
+        service = IndicatorService(EmbeddedQueryStore(tmp_path / name / "store.db"), PLAN, registry=registry(),
+                                   revalidate_s=3600)
+        cfg = ApiConfig(keys_file=tmp_path / name / "keys.db", page_size_default=page_size_max // 10,
+                        page_size_max=page_size_max)
+        made.append((create_app(service, keys, cfg), keys, {"Authorization": f"Bearer {key}"}))
+    (app_a, keys_a, auth_a), (app_b, keys_b, auth_b) = made
+    try:
+        for app, page_size_max in ((app_a, 500), (app_b, 70)):
+            params = {p["name"]: p for p in app.openapi()["paths"]["/v1/indicators"]["get"]["parameters"]}
+            assert params["page_size"]["schema"]["maximum"] == page_size_max
+            assert params["page_size"]["schema"]["default"] == page_size_max // 10
+        with TestClient(app_a) as a, TestClient(app_b) as b:
+            url = "/v1/indicators?level=county&period=2019"
+            assert a.get(url, headers=auth_a).status_code == 200
+            assert a.get(url, headers=auth_a).status_code == 200  # warm: from a's rendered bodies
+            assert len(app_a.state.api.bodies) == 1 and len(app_b.state.api.bodies) == 0
+            assert a.get(url, headers=auth_b).status_code == 401 and b.get(url, headers=auth_a).status_code == 401
+            assert b.get(url + "&page_size=71", headers=auth_b).status_code == 422
+            assert a.get(url + "&page_size=71", headers=auth_a).status_code == 200
+    finally:
+        keys_a.close()
+        keys_b.close()
 
 
 # --- serve() for real -------------------------------------------------------------------------------------------
