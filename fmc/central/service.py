@@ -135,7 +135,8 @@ def _digest(members: Iterable[EnterpriseFigures]) -> str:
         h.update(f.info.enterprise.encode())
         for name in INDICATORS:
             r = f.results[name]
-            h.update(repr((r.value, r.target, r.baseline, r.previous, r.coverage, r.status)).encode())
+            h.update(repr((r.value, r.target, r.baseline, r.previous, r.coverage, r.status, r.baseline_source,
+                           r.inputs)).encode())
     return h.hexdigest()[:32]
 
 

@@ -22,6 +22,7 @@ Coverage:
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from fmc.indicators.plan import INDICATORS, POINT_INDICATORS, Policy, Targets
 from fmc.indicators.sums import CarrierSums, DailySums, PeriodSums, SumsWanted
 
 Status = Literal["met", "missed", "insufficient_data", "no_target"]
+BaselineSource = Literal["measured", "survey"]
 _EPS = 1e-9  # relative tolerance of comparisons with a target (0.96**4 is not exact in binary)
 
 
@@ -174,6 +176,8 @@ class Measure:
     denominator: float | None
     coverage: float
     scale: float = 1.0
+    inputs: tuple[tuple[str, float], ...] = ()  # coverage of each input (a carrier, a report field, …)
+    den_coverage: float | None = None  # coverage of the denominator alone (None: ``coverage``)
 
     def value(self, min_coverage: float) -> float | None:
         if self.numerator is None or self.denominator is None or self.coverage + _EPS < min_coverage:
@@ -198,6 +202,60 @@ class IndicatorResult:
     denominator: float | None = None
     scale: float = 1.0
     previous: float | None = None
+    # provenance, and what pooling the enterprise into a group needs (``pool``)
+    enterprise: str | None = None
+    baseline_source: BaselineSource | None = None  # "measured" (base-year data) or "survey" (registry)
+    inputs: tuple[tuple[str, float], ...] = ()  # coverage of each input
+    base_numerator: float | None = None  # the baseline's share of a pooled baseline (see ``baseline_of``)
+    base_denominator: float | None = None
+    prev_numerator: float | None = None  # the previous year's figure, as numerator and denominator
+    prev_denominator: float | None = None
+    size: float | None = None  # the enterprise's weight in a group's coverage (see ``member_size``)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSums:
+    """What a group adds up over its members (``pool``): a sum, so pooling is order-free and a group of
+    groups is the group of their members. Floats are summed with ``math.fsum`` over the members."""
+
+    members: int = 0
+    included: int = 0  # members with a figure (in num, den)
+    num: float = 0.0
+    den: float = 0.0
+    base_num: float = 0.0  # baselines of the included members
+    base_den: float = 0.0
+    base_missing: int = 0  # included members without a baseline
+    prev_num: float = 0.0  # the previous year of the included members
+    prev_den: float = 0.0
+    prev_missing: int = 0
+    size_all: float = 0.0  # Σ sizes of the members whose size is known
+    size_included: float = 0.0  # … of those of them with a figure
+    assessed: int = 0
+    met: int = 0
+    measured: int = 0  # included members whose baseline is measured / from the survey
+    survey: int = 0
+    pooled: tuple[str, ...] = ()  # ids of the included members
+    excluded: tuple[tuple[str, str], ...] = ()  # (id, why) of the members without a figure
+    without_baseline: tuple[str, ...] = ()
+
+    @staticmethod
+    def total(parts: Sequence[PoolSums]) -> PoolSums:
+        f = math.fsum
+        return PoolSums(
+            members=sum(p.members for p in parts),
+            included=sum(p.included for p in parts),
+            num=f(p.num for p in parts), den=f(p.den for p in parts),
+            base_num=f(p.base_num for p in parts), base_den=f(p.base_den for p in parts),
+            base_missing=sum(p.base_missing for p in parts),
+            prev_num=f(p.prev_num for p in parts), prev_den=f(p.prev_den for p in parts),
+            prev_missing=sum(p.prev_missing for p in parts),
+            size_all=f(p.size_all for p in parts), size_included=f(p.size_included for p in parts),
+            assessed=sum(p.assessed for p in parts), met=sum(p.met for p in parts),
+            measured=sum(p.measured for p in parts), survey=sum(p.survey for p in parts),
+            pooled=tuple(sorted(e for p in parts for e in p.pooled)),
+            excluded=tuple(sorted(x for p in parts for x in p.excluded)),
+            without_baseline=tuple(sorted(e for p in parts for e in p.without_baseline)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +265,12 @@ class PooledResult(IndicatorResult):
     assessed: int = 0  # members with a status met or missed
     met_count: int = 0
     met_share: float | None = None  # met_count ÷ assessed
+    population: str = "all"  # whom the group holds for this indicator (``Policy.populations``)
+    pooled: tuple[str, ...] = ()  # the members in the value, baseline, previous year and target
+    excluded: tuple[tuple[str, str], ...] = ()  # members without a figure, and why
+    without_baseline: tuple[str, ...] = ()  # included members without a baseline (no target then)
+    baseline_sources: tuple[tuple[str, int], ...] = ()  # ("measured", n), ("survey", m)
+    sums: PoolSums | None = None  # what pooling this group into a wider one needs
 
 
 # --- measures --------------------------------------------------------------------------------------------
@@ -482,26 +546,96 @@ def _assemble(
         denominator=m.denominator if value is not None else None,
         scale=m.scale,
         previous=previous,
+        inputs=m.inputs,
+    )
+
+
+# --- baselines: one rule for enterprises and groups -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """An enterprise's baseline for an indicator and period: its value, where it came from, and its
+    share of a group's pooled baseline (``numerator`` ÷ ``denominator``)."""
+
+    value: float | None
+    source: BaselineSource | None = None
+    numerator: float | None = None
+    denominator: float | None = None
+
+
+def baseline_of(
+    indicator: str, period: Period, current: Measure, base: Measure, data: EnterpriseData, targets: Targets
+) -> Baseline:
+    """The one place the baseline is decided (docs/indicators.md, "Baselines").
+
+    - **measured**: the same period of the base year computed from the data (sufficient coverage);
+      in a group it weighs with its own base-year numerator and denominator.
+    - else **survey**: the figure reported for the base year (``data.baseline_values``, the
+      registry), for a whole calendar year only (a survey gives annual figures). A survey gives a
+      rate, not its parts: in a group it weighs with the enterprise's base-year denominator where the
+      data has it (value added or employees reported for the base year), else with its denominator
+      in the period itself.
+    - else none: no target on a path from it.
+    """
+    min_cov = targets.policy.min_coverage
+    measured = base.value(min_cov)
+    if measured is not None:
+        return Baseline(measured, "measured", base.numerator, base.denominator)
+    survey = data.baseline_values.get(indicator)
+    if survey is None or not _whole_year(period) or indicator == "energy":
+        return Baseline(None)
+    weight = None
+    den_cov = base.coverage if base.den_coverage is None else base.den_coverage
+    if base.denominator is not None and base.denominator > 0 and den_cov + _EPS >= min_cov:
+        weight = base.denominator
+    elif current.denominator is not None and current.denominator > 0:
+        weight = current.denominator
+    if weight is None:
+        return Baseline(survey, "survey")
+    return Baseline(survey, "survey", survey * weight / current.scale, weight)
+
+
+def _whole_year(period: Period) -> bool:
+    return period.start == date(period.year, 1, 1) and period.end == date(period.year, 12, 31)
+
+
+def member_size(indicator: str, previous: Measure, base: Measure, min_coverage: float) -> float | None:
+    """An enterprise's weight in a group's coverage: what it added to the group's denominator (its
+    energy, for ``energy``) in the same period a year before, else in the base year; None when neither
+    is known. Known sizes let a silent large member lower a group's coverage more than a small one."""
+    for m in (previous, base):
+        if m.value(min_coverage) is not None:
+            return m.numerator if indicator == "energy" else m.denominator
+    return None
+
+
+def _enterprise_result(
+    indicator: str, period: Period, m: Measure, mp: Measure, mb: Measure, data: EnterpriseData, targets: Targets
+) -> IndicatorResult:
+    min_cov = targets.policy.min_coverage
+    previous = mp.value(min_cov)
+    b = baseline_of(indicator, period, m, mb, data, targets)
+    r = _assemble(indicator, period, m, targets, previous, b.value)
+    return dataclasses.replace(
+        r,
+        enterprise=data.enterprise,
+        baseline_source=b.source,
+        base_numerator=b.numerator,
+        base_denominator=b.denominator,
+        prev_numerator=mp.numerator if previous is not None else None,
+        prev_denominator=mp.denominator if previous is not None else None,
+        size=member_size(indicator, mp, mb, min_cov),
     )
 
 
 def compute(indicator: str, period: Period, data: EnterpriseData, targets: Targets) -> IndicatorResult:
-    """One indicator of one enterprise for one period, against the plan.
-
-    The baseline is the same period of the base year computed from the data; failing that, the
-    reported base-year figure (``data.baseline_values``) — for labour productivity only for a
-    whole year, since it is not comparable across period lengths.
-    """
-    min_cov = targets.policy.min_coverage
+    """One indicator of one enterprise for one period, against the plan (baseline: ``baseline_of``)."""
     m = measure(indicator, period, data, targets)
-    previous = measure(indicator, period.in_year(period.year - 1), data, targets).value(min_cov)
-    if period.year == targets.base_year:
-        baseline = m.value(min_cov)
-    else:
-        baseline = measure(indicator, period.in_year(targets.base_year), data, targets).value(min_cov)
-    if baseline is None and (indicator != "labour_productivity" or period.kind == "year"):
-        baseline = data.baseline_values.get(indicator)
-    return _assemble(indicator, period, m, targets, previous, baseline)
+    mp = measure(indicator, period.in_year(period.year - 1), data, targets)
+    mb = m if period.year == targets.base_year else measure(indicator, period.in_year(targets.base_year), data,
+                                                                targets)
+    return _enterprise_result(indicator, period, m, mp, mb, data, targets)
 
 
 def compute_all(period: Period, data: EnterpriseData, targets: Targets) -> dict[str, IndicatorResult]:
@@ -511,19 +645,83 @@ def compute_all(period: Period, data: EnterpriseData, targets: Targets) -> dict[
 # --- pooling ---------------------------------------------------------------------------------------------
 
 
-def pooled_measure(results: Sequence[IndicatorResult]) -> tuple[Measure, int]:
-    """Σ numerators ÷ Σ denominators of the members with a figure; coverage = their share of members."""
-    ok = [r for r in results if r.value is not None and r.numerator is not None and r.denominator is not None]
-    if not results:
-        return Measure(None, None, 0.0), 0
-    scale = results[0].scale
-    if not ok:
-        return Measure(None, None, 0.0, scale), 0
-    num = sum(r.numerator for r in ok)  # type: ignore[misc]
-    den = sum(r.denominator for r in ok)  # type: ignore[misc]
-    if results[0].indicator == "energy":
-        den = 1.0  # energy is a total: Σ tce
-    return Measure(num, den, len(ok) / len(results), scale), len(ok)
+def member_sums(r: IndicatorResult) -> PoolSums:
+    """One member's part of a group's sums (a pooled result: its own sums)."""
+    if isinstance(r, PooledResult) and r.sums is not None:
+        return r.sums
+    who = r.enterprise or ""
+    size = r.size if r.size is not None and r.size > 0 else None
+    if r.value is None or r.numerator is None or r.denominator is None:
+        return PoolSums(members=1, size_all=size or 0.0, excluded=((who, "insufficient_data"),))
+    has_base = r.base_numerator is not None and r.base_denominator is not None
+    has_prev = r.prev_numerator is not None and r.prev_denominator is not None
+    return PoolSums(
+        members=1,
+        included=1,
+        num=r.numerator,
+        den=r.denominator,
+        base_num=r.base_numerator if has_base else 0.0,  # type: ignore[arg-type]
+        base_den=r.base_denominator if has_base else 0.0,  # type: ignore[arg-type]
+        base_missing=0 if has_base else 1,
+        prev_num=r.prev_numerator if has_prev else 0.0,  # type: ignore[arg-type]
+        prev_den=r.prev_denominator if has_prev else 0.0,  # type: ignore[arg-type]
+        prev_missing=0 if has_prev else 1,
+        size_all=size or 0.0,
+        size_included=size or 0.0,
+        assessed=int(r.status in ("met", "missed")),
+        met=int(r.status == "met"),
+        measured=int(r.baseline_source == "measured" and has_base),
+        survey=int(r.baseline_source == "survey" and has_base),
+        pooled=(who,),
+        without_baseline=() if has_base else (who,),
+    )
+
+
+def _ratio(num: float, den: float, scale: float, total: bool) -> float | None:
+    if total:
+        return num
+    return num / den * scale if den > 0 else None
+
+
+def pooled_result(
+    indicator: str, period: Period, s: PoolSums, targets: Targets, *, scale: float, population: str = "all"
+) -> PooledResult:
+    """A group's result from its sums (docs/indicators.md, "Pooling").
+
+    The value is Σ numerators ÷ Σ denominators of the members with a figure (energy: Σ tce), when
+    they are at least ``min_coverage`` of the members (``coverage``). The baseline and the previous
+    year are pooled over exactly those members; one of them without a baseline (previous year) leaves
+    the group without a baseline (previous year), hence without a target (change): never a
+    comparison between different sets of enterprises."""
+    total = indicator == "energy"
+    coverage = s.included / s.members if s.members else 0.0
+    m = Measure(s.num if s.included else None, (1.0 if total else s.den) if s.included else None, coverage, scale,
+                inputs=(("members", coverage),))
+    value = m.value(targets.policy.min_coverage)
+    baseline = previous = None
+    if value is not None:
+        if period.year == targets.base_year:
+            baseline = value
+        elif s.base_missing == 0:
+            baseline = _ratio(s.base_num, s.base_den, scale, total)
+        if s.prev_missing == 0:
+            previous = _ratio(s.prev_num, s.prev_den, scale, total)
+    base = _assemble(indicator, period, m, targets, previous, baseline)
+    sources = tuple((k, n) for k, n in (("measured", s.measured), ("survey", s.survey)) if n)
+    return PooledResult(
+        **{f: getattr(base, f) for f in IndicatorResult.__dataclass_fields__},
+        members=s.members,
+        included=s.included,
+        assessed=s.assessed,
+        met_count=s.met,
+        met_share=s.met / s.assessed if s.assessed else None,
+        population=population,
+        pooled=s.pooled,
+        excluded=s.excluded,
+        without_baseline=s.without_baseline,
+        baseline_sources=sources,
+        sums=s,
+    )
 
 
 def pool(
@@ -532,13 +730,15 @@ def pool(
     *,
     baseline_results: Sequence[IndicatorResult] | None = None,
     previous_results: Sequence[IndicatorResult] | None = None,
+    population: str = "all",
 ) -> PooledResult:
     """A group of enterprises (a county, a city, an industry) for one indicator and period.
 
-    ``results``: the members' results; ``baseline_results`` / ``previous_results``: the members'
-    results for the same period of the base year / the year before (pooled the same way). The
-    pooled value needs ``policy.min_coverage`` of the members to have a figure. met_share is the
-    share of the members with a status met or missed that met their own target.
+    ``results``: the members' results (or groups' pooled results: a group of groups is the group of
+    their members). Each member brings its own baseline and previous year (``compute``);
+    ``baseline_results`` / ``previous_results``, when given, are each member's results for the same
+    period of the base year / the year before, in the order of ``results``, and replace them.
+    met_share is the share of the members with a status met or missed that met their own target.
     """
     if not results:
         raise ValueError("pool() needs at least one member result")
@@ -546,20 +746,18 @@ def pool(
     for r in results:
         if r.indicator != indicator or r.period != period:
             raise ValueError("pool() takes results of one indicator and one period")
-    min_cov = targets.policy.min_coverage
-    m, included = pooled_measure(results)
-    baseline = pooled_measure(baseline_results)[0].value(min_cov) if baseline_results else None
-    if period.year == targets.base_year:
-        baseline = m.value(min_cov)
-    previous = pooled_measure(previous_results)[0].value(min_cov) if previous_results else None
-    base = _assemble(indicator, period, m, targets, previous, baseline)
-    assessed = [r for r in results if r.status in ("met", "missed")]
-    met = sum(1 for r in assessed if r.status == "met")
-    return PooledResult(
-        **{f: getattr(base, f) for f in IndicatorResult.__dataclass_fields__},
-        members=len(results),
-        included=included,
-        assessed=len(assessed),
-        met_count=met,
-        met_share=met / len(assessed) if assessed else None,
-    )
+    members = list(results)
+    for given, num, den in ((baseline_results, "base_numerator", "base_denominator"),
+                            (previous_results, "prev_numerator", "prev_denominator")):
+        if given is None:
+            continue
+        if len(given) != len(members):
+            raise ValueError("baseline_results and previous_results pair with results, one each")
+        members = [
+            dataclasses.replace(r, **{num: g.numerator if g.value is not None else None,
+                                      den: g.denominator if g.value is not None else None},
+                                **({"baseline_source": "measured"} if num == "base_numerator" else {}))
+            for r, g in zip(members, given, strict=True)
+        ]
+    s = PoolSums.total([member_sums(r) for r in members])
+    return pooled_result(indicator, period, s, targets, scale=results[0].scale, population=population)

@@ -13,15 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fmc.indicators.engine import (
-    EnterpriseData,
-    IndicatorResult,
-    Measure,
-    Period,
-    _assemble,
-    measure,
-    pool,
-)
+from fmc.indicators.engine import EnterpriseData, IndicatorResult, Period, compute_all, pool
 from fmc.indicators.plan import INDICATORS, Targets
 from fmc.indicators.sums import EnterpriseInfo
 
@@ -32,13 +24,11 @@ REGION_DIGITS: Mapping[str, int] = {"province": 2, "city": 4, "county": 6}
 
 @dataclass(frozen=True, slots=True)
 class EnterpriseFigures:
-    """One enterprise's results for a period, and its results for the same period of the year
-    before and of the base year (what pooling its group needs)."""
+    """One enterprise's results for a period; each carries what pooling its group needs (its
+    baseline and previous year as numerator and denominator, ``engine.compute``)."""
 
     info: EnterpriseInfo
     results: Mapping[str, IndicatorResult]
-    previous: Mapping[str, IndicatorResult]
-    baseline: Mapping[str, IndicatorResult]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,32 +55,11 @@ class GroupRow:
         return self.region
 
 
-def _light(indicator: str, period: Period, m: Measure, targets: Targets) -> IndicatorResult:
-    """A result that carries only what pooling reads (value, numerator, denominator)."""
-    return _assemble(indicator, period, m, targets, None, None)
-
-
 def enterprise_figures(
     info: EnterpriseInfo, period: Period, data: EnterpriseData, targets: Targets
 ) -> EnterpriseFigures:
-    """All indicators of one enterprise for ``period``, measuring each of the three periods once."""
-    min_cov = targets.policy.min_coverage
-    prev_period = period.in_year(period.year - 1)
-    base_period = period.in_year(targets.base_year)
-    results: dict[str, IndicatorResult] = {}
-    previous: dict[str, IndicatorResult] = {}
-    baseline_r: dict[str, IndicatorResult] = {}
-    for name in INDICATORS:
-        m = measure(name, period, data, targets)
-        mp = measure(name, prev_period, data, targets)
-        mb = m if period.year == targets.base_year else measure(name, base_period, data, targets)
-        baseline = mb.value(min_cov)
-        if baseline is None and (name != "labour_productivity" or period.kind == "year"):
-            baseline = data.baseline_values.get(name)
-        results[name] = _assemble(name, period, m, targets, mp.value(min_cov), baseline)
-        previous[name] = _light(name, prev_period, mp, targets)
-        baseline_r[name] = _light(name, base_period, mb, targets)
-    return EnterpriseFigures(info, results, previous, baseline_r)
+    """All indicators of one enterprise for ``period``."""
+    return EnterpriseFigures(info, compute_all(period, data, targets))
 
 
 def group_key(level: Level, info: EnterpriseInfo, region_scope: str | None = None) -> tuple[str, str | None]:
@@ -120,15 +89,7 @@ def group_rows(
             groups.setdefault(group_key(level, f.info, region_scope), []).append(f)
         rows = []
         for (region, industry), fs in groups.items():
-            pooled = {
-                name: pool(
-                    [f.results[name] for f in fs],
-                    targets,
-                    baseline_results=[f.baseline[name] for f in fs],
-                    previous_results=[f.previous[name] for f in fs],
-                )
-                for name in INDICATORS
-            }
+            pooled = {name: pool([f.results[name] for f in fs], targets) for name in INDICATORS}
             rows.append(GroupRow(level, region, industry, None, pooled))
     rows.sort(key=lambda r: r.key)
     return rank(rows, targets)

@@ -1,0 +1,133 @@
+"""Issue 10, "figures a bureau can publish": every defect with its exact input, on both stores.
+
+Each test seeds a real store (the embedded SQLite store and a real InfluxDB 1.6, the ``backend``
+fixture of ``tests/test_store_contract.py``) with points in the writers' format, runs the central
+service on it, and checks the figure a bureau would publish. Expected values are worked out in the
+comments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import date, timedelta
+
+import pytest
+
+from fmc.central.config import load_plan
+from fmc.central.registry import RegistryEntry
+from fmc.central.reports import report_points
+from fmc.central.service import IndicatorService
+from fmc.central.store import Scope
+from fmc.core.points import Point
+from fmc.indicators.engine import ConsumptionDay, EnterpriseDay, Period
+from fmc.indicators.reports import EnterpriseReport
+from fmc.plant.rollups import Site
+from tests.test_store_contract import Backend, backend, consumption_point, daily_point  # noqa: F401
+
+PLAN = load_plan()
+
+
+def days_between(first: date, last: date) -> list[date]:
+    return [first + timedelta(n) for n in range((last - first).days + 1)]
+
+
+def days_of(*years: int) -> list[date]:
+    return [d for y in years for d in days_between(date(y, 1, 1), date(y, 12, 31))]
+
+
+def equipment(site: Site, days: Iterable[date], total: int, nc: int, networked: int | None = None) -> list[Point]:
+    net = nc if networked is None else networked
+    return [daily_point(site, EnterpriseDay(d, total, nc, 0.0, 0.0, net, net)) for d in days]
+
+
+def carrier(site: Site, name: str, days: Iterable[date], tce_per_day: float, coverage: float = 1.0) -> list[Point]:
+    """Daily rows of an energy carrier: ``tce_per_day`` a day (amount in the carrier's unit, made up)."""
+    return [consumption_point(site, ConsumptionDay(d, name, tce_per_day * 1000.0, tce=tce_per_day,
+                                                   coverage=coverage)) for d in days]
+
+
+def reports(site: Site, *items: EnterpriseReport) -> list[Point]:
+    return report_points(items, {site.enterprise: site.region}, {site.enterprise: site.industry})
+
+
+def annual(enterprise: str, year: int, **figures: float) -> EnterpriseReport:
+    return EnterpriseReport(enterprise=enterprise, period=str(year), **figures)
+
+
+def service_on(backend: Backend, registry: dict[str, RegistryEntry] | None = None) -> IndicatorService:
+    return IndicatorService(backend.store, PLAN, registry=registry or {}, revalidate_s=3600)
+
+
+async def county_row(service: IndicatorService, period: Period, county: str):
+    rows = (await service.indicators("county", period, Scope(region_prefix=county))).rows
+    [row] = [r for r in rows if r.key == county]
+    return row
+
+
+# --- 1. group rows use the survey baselines -----------------------------------------------------------------
+
+
+async def test_county_row_uses_the_survey_baselines(backend: Backend) -> None:
+    """Two enterprises with 2019-20 data, no 2016 sensor data, survey NC rates 30 % and 10 %.
+
+    A: 20 machines, 8 NC all of 2019-20 (40 %); its survey baseline 30 % -> 2020 target 30 + 2·4 = 38: met.
+    B: 10 machines, 2 NC (20 %); survey 10 % -> target 18: met.
+    County 2020 value (8 + 2) / (20 + 10) = 33.33 %. Its baseline is the members' baselines pooled with
+    the weight of their denominators (the survey gives a rate, not its parts, so each member's
+    current denominator): (30·20 + 10·10) / 30 = 23.33 % -> target 31.33 %: met, 2 of 2 members met.
+    Before: the county's baseline came from measured 2016 data only -> target None, insufficient_data.
+    """
+    a, b = Site("E-A", "330602", "1711"), Site("E-B", "330602", "1711")
+    backend.ingest(equipment(a, days_of(2019, 2020), 20, 8) + equipment(b, days_of(2019, 2020), 10, 2))
+    registry = {
+        "E-A": RegistryEntry("E-A", "甲", "330602", "1711", {"nc_rate": 30.0}),
+        "E-B": RegistryEntry("E-B", "乙", "330602", "1711", {"nc_rate": 10.0}),
+    }
+    service = service_on(backend, registry)
+    members = (await service.indicators("enterprise", Period.of_year(2020), Scope(region_prefix="330602"))).rows
+    assert [(r.results["nc_rate"].baseline, r.results["nc_rate"].status) for r in members] == [
+        (30.0, "met"), (10.0, "met")]
+    nc = (await county_row(service, Period.of_year(2020), "330602")).results["nc_rate"]
+    assert nc.value == pytest.approx(100 * 10 / 30)
+    assert nc.baseline == pytest.approx((30 * 20 + 10 * 10) / 30)
+    assert nc.target == pytest.approx((30 * 20 + 10 * 10) / 30 + 8)
+    assert nc.status == "met"
+    assert (nc.members, nc.included, nc.assessed, nc.met_count) == (2, 2, 2, 2)
+
+
+# --- 2. the pooled baseline comes from the members of the pooled value -----------------------------------
+
+
+async def test_county_baseline_is_pooled_over_the_members_of_the_value(backend: Backend) -> None:
+    """20 members with equal value added (100 10⁴ yuan a year, comparable prices); 19 use 0.1 tce a day
+    in 2016 and in 2020 (both leap years: 36.6 tce, intensity 0.366, flat); H uses 10 tce a day in 2016
+    (intensity 36.6) and its 2020 meter failed on 1 November (the agent writes rows with coverage 0).
+
+    H's 2020 energy is insufficient (305 of 366 days), so the county value is the 19 flat members:
+    19·36.6 / 1900 = 0.366. Before: the baseline pooled all 20 members' 2016 figures,
+    (19·36.6 + 3660) / 2000 = 2.178 -> 0.366 is −36 %/yr against it, "met" while no member improved.
+    After: the baseline over the same 19 members, 19·36.6 / 1900 = 0.366 -> 0 %/yr: missed.
+    """
+    sites = [Site(f"E-{i:02d}", "330602", "1711") for i in range(19)]
+    heavy = Site("E-H", "330602", "1711")
+    points: list[Point] = []
+    for s in sites:
+        points += carrier(s, "electricity", days_of(2016, 2020), 0.1)
+        points += reports(s, annual(s.enterprise, 2016, value_added=1e6, value_added_comparable=1e6),
+                          annual(s.enterprise, 2020, value_added=1e6, value_added_comparable=1e6))
+    points += carrier(heavy, "electricity", days_of(2016), 10.0)
+    points += carrier(heavy, "electricity", days_between(date(2020, 1, 1), date(2020, 10, 31)), 10.0)
+    points += carrier(heavy, "electricity", days_between(date(2020, 11, 1), date(2020, 12, 31)), 0.0, coverage=0.0)
+    points += reports(heavy, annual("E-H", 2016, value_added=1e6, value_added_comparable=1e6),
+                      annual("E-H", 2020, value_added=1e6, value_added_comparable=1e6))
+    backend.ingest(points)
+    service = service_on(backend)
+    ei = (await county_row(service, Period.of_year(2020), "330602")).results["energy_intensity"]
+    assert (ei.members, ei.included) == (20, 19)
+    assert ei.value == pytest.approx(19 * 36.6 / 1900)
+    assert ei.baseline == pytest.approx(19 * 36.6 / 1900)
+    assert ei.avg_annual == pytest.approx(0.0, abs=1e-12)
+    assert ei.status == "missed"
+    # the row says which members it holds, and which it left out and why
+    assert ei.pooled == tuple(s.enterprise for s in sites)
+    assert ei.excluded == (("E-H", "insufficient_data"),)
