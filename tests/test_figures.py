@@ -131,3 +131,40 @@ async def test_county_baseline_is_pooled_over_the_members_of_the_value(backend: 
     # the row says which members it holds, and which it left out and why
     assert ei.pooled == tuple(s.enterprise for s in sites)
     assert ei.excluded == (("E-H", "insufficient_data"),)
+
+
+# --- 3. coverage per energy carrier ---------------------------------------------------------------------------
+
+
+async def enterprise_result(service: IndicatorService, period: Period, enterprise: str, indicator: str):
+    rows = (await service.indicators("enterprise", period, Scope(enterprises=(enterprise,)))).rows
+    return rows[0].results[indicator]
+
+
+async def test_a_carrier_missing_a_month_makes_the_year_insufficient(backend: Backend) -> None:
+    """Electricity 0.7 tce and natural gas 0.3 tce a day in 2016 and 2017, water every day; value added
+    365 (10⁴ yuan, comparable) both years. February 2017's electricity is missing (no rows).
+
+    Before: coverage averaged over the carriers, (337 + 365) / 730 = 0.9616 ≥ 0.95, so energy was
+    337·0.7 + 365·0.3 = 345.4 tce, 5.4 % below the real 365, and the intensity 0.946 "met" its
+    2017 target 0.96 (flat use really misses it). After: each carrier's coverage, electricity
+    337/365 = 0.923, gas 1.0; the figure's coverage is the smallest -> insufficient_data.
+    """
+    e = Site("E-F", "330602", "1711")
+    days = [d for d in days_of(2016, 2017) if not (d.year == 2017 and d.month == 2)]
+    backend.ingest(carrier(e, "electricity", days, 0.7) + carrier(e, "natural_gas", days_of(2016, 2017), 0.3)
+                   + [consumption_point(e, ConsumptionDay(d, "water_intake", 10.0, m3=10.0)) for d in days_of(2016, 2017)]
+                   + reports(e, annual("E-F", 2016, value_added=3.65e6, value_added_comparable=3.65e6),
+                             annual("E-F", 2017, value_added=3.65e6, value_added_comparable=3.65e6)))
+    service = service_on(backend)
+    for name in ("energy", "energy_intensity"):
+        r = await enterprise_result(service, Period.of_year(2017), "E-F", name)
+        assert (r.value, r.status) == (None, "insufficient_data"), name
+        assert r.coverage == pytest.approx(337 / 365)
+        assert dict(r.inputs)["electricity"] == pytest.approx(337 / 365)
+        assert dict(r.inputs)["natural_gas"] == 1.0
+    # the months without a gap are whole; the water intensity has its one carrier complete
+    march = await enterprise_result(service, Period.of_month(2017, 3), "E-F", "energy")
+    assert march.value == pytest.approx(31.0) and march.coverage == 1.0
+    water = await enterprise_result(service, Period.of_year(2017), "E-F", "water_intensity")
+    assert water.value == pytest.approx(3650 / 365)

@@ -348,57 +348,65 @@ def period_sums(period: Period, data: EnterpriseData) -> PeriodSums:
 def _rate_measure(indicator: str, period: Period, sums: DailySums | None, targets: Targets) -> Measure:
     policy = targets.policy
     if sums is None or sums.days <= 0:
-        return Measure(None, None, 0.0, 100.0)
+        return Measure(None, None, 0.0, 100.0, inputs=(("enterprise_daily", 0.0),))
     coverage = min(sums.days / period.days, 1.0)
+
+    def rate(num: float, den: float) -> Measure:
+        return Measure(num, den, coverage, 100.0, inputs=(("enterprise_daily", coverage),))
+
     if indicator == "nc_rate":
         asset = policy.nc_rate_weight == "asset_value"
         if policy.nc_rate_basis == "period_end":
             if asset:
-                return Measure(sums.last_asset_value_nc, sums.last_asset_value_total, coverage, 100.0)
-            return Measure(sums.last_equipment_nc, sums.last_equipment_total, coverage, 100.0)
+                return rate(sums.last_asset_value_nc, sums.last_asset_value_total)
+            return rate(sums.last_equipment_nc, sums.last_equipment_total)
         if asset:
-            return Measure(sums.asset_value_nc, sums.asset_value_total, coverage, 100.0)
-        return Measure(sums.equipment_nc, sums.equipment_total, coverage, 100.0)
+            return rate(sums.asset_value_nc, sums.asset_value_total)
+        return rate(sums.equipment_nc, sums.equipment_total)
     if policy.networking_denominator == "all_equipment_days":
-        return Measure(sums.equipment_networked, sums.equipment_total, coverage, 100.0)
-    return Measure(sums.nc_equipment_networked, sums.equipment_nc, coverage, 100.0)
+        return rate(sums.equipment_networked, sums.equipment_total)
+    return rate(sums.nc_equipment_networked, sums.equipment_nc)
 
 
 def _carrier_sum(
-    period: Period, sums: Mapping[str, CarrierSums], carriers: frozenset[str], targets: Targets, field_: str
-) -> tuple[float | None, float]:
-    """(Σ tce or m³ of the carriers over the period, coverage)."""
-    if not carriers:
-        return None, 0.0
+    period: Period, sums: Mapping[str, CarrierSums], expected: Mapping[str, int], targets: Targets, field_: str
+) -> tuple[float | None, float, tuple[tuple[str, float], ...]]:
+    """(Σ tce or m³ of the expected carriers over the period, coverage, coverage per carrier).
+
+    ``expected``: carrier -> the days of the period it is expected on. Each carrier's coverage is Σ
+    of its daily coverage ÷ its expected days (a missing day counts 0); the figure's is the smallest:
+    a carrier that misses a month leaves the sum short by that month whatever the others did."""
+    if not expected:
+        return None, 0.0, ()
     total = 0.0
-    covered = 0.0
-    present = False
-    for carrier in sorted(carriers):
+    per_carrier: list[tuple[str, float]] = []
+    for carrier in sorted(expected):
+        days = expected[carrier]
         c = sums.get(carrier)
         if c is None or c.rows <= 0:
+            per_carrier.append((carrier, 0.0))
             continue
-        present = True
-        covered += min(max(c.coverage, 0.0), float(c.rows))
+        per_carrier.append((carrier, min(min(max(c.coverage, 0.0), float(c.rows)) / days, 1.0) if days > 0 else 1.0))
         if field_ == "tce":
             kgce = targets.policy.electricity_kgce(period.year) if carrier == "electricity" else None
             if carrier == "electricity" and targets.policy.electricity_basis == "equal" and kgce is None:
-                return None, 0.0  # no equal value for that year yet: not the equivalent value silently
+                return None, 0.0, tuple(per_carrier)  # no equal value for that year yet: not the equivalent value
             if kgce is not None:
                 total += c.amount * kgce / 1000.0
             elif c.tce_rows == c.rows:
                 total += c.tce
             else:
-                return None, 0.0  # an energy carrier without tce: not zero energy
+                return None, 0.0, tuple(per_carrier)  # an energy carrier without tce: not zero energy
         elif c.m3_rows == c.rows:
             total += c.m3
         elif c.m3_rows == 0 and not math.isnan(c.amount):
             total += c.amount  # water carriers are metered in m³
-        elif c.m3_rows == 0:
-            return None, 0.0  # no m³ field and Σ amount not read: never a number from silence
         else:
-            return None, 0.0  # some days in m³ and some not: no sum to trust
-    coverage = min(covered / (period.days * len(carriers)), 1.0)
-    return (total if present else None), coverage
+            # no m³ field and Σ amount not read, or some days in m³ and some not: never a number from silence
+            return None, 0.0, tuple(per_carrier)
+    coverage = min(cov for _, cov in per_carrier)
+    present = any(c in sums and sums[c].rows > 0 for c in expected)
+    return (total if present else None), coverage, tuple(per_carrier)
 
 
 def _energy_carriers(data: EnterpriseData, sums: PeriodSums) -> frozenset[str]:
@@ -455,23 +463,24 @@ def measure(indicator: str, period: Period, data: EnterpriseData, targets: Targe
         )
         n, cn = _report_sum(period, data.reports, num_name, targets)
         d, cd = _report_sum(period, data.reports, den_name, targets)
-        return Measure(n, d, min(cn, cd), 100.0)
+        return Measure(n, d, min(cn, cd), 100.0, inputs=((num_name, cn), (den_name, cd)), den_coverage=cd)
     if indicator == "labour_productivity":
         n, cn = _report_sum(period, data.reports, "value_added", targets)
         d, cd = _report_sum(period, data.reports, "employees_avg", targets)
-        return Measure(n, d, min(cn, cd))
+        return Measure(n, d, min(cn, cd), inputs=(("value_added", cn), ("employees_avg", cd)), den_coverage=cd)
     if indicator in ("energy", "energy_intensity"):
-        n, cn = _carrier_sum(period, sums.carriers, _energy_carriers(data, sums), targets, "tce")
+        expected = {c: period.days for c in _energy_carriers(data, sums)}
+        n, cn, inputs = _carrier_sum(period, sums.carriers, expected, targets, "tce")
     elif indicator == "water_intensity":
-        n, cn = _carrier_sum(period, sums.carriers, frozenset({"water_intake"}), targets, "m3")
+        n, cn, inputs = _carrier_sum(period, sums.carriers, {"water_intake": period.days}, targets, "m3")
     elif indicator == "wastewater_intensity":
-        n, cn = _carrier_sum(period, sums.carriers, frozenset({"wastewater"}), targets, "m3")
+        n, cn, inputs = _carrier_sum(period, sums.carriers, {"wastewater": period.days}, targets, "m3")
     else:
         raise ValueError(f"unknown indicator {indicator!r}")
     if indicator == "energy":
-        return Measure(n, 1.0, cn)
+        return Measure(n, 1.0, cn, inputs=inputs)
     d, cd = _report_sum(period, data.reports, "value_added", targets)
-    return Measure(n, d, min(cn, cd))
+    return Measure(n, d, min(cn, cd), inputs=(*inputs, ("value_added", cd)), den_coverage=cd)
 
 
 # --- changes, targets, status ----------------------------------------------------------------------------
