@@ -22,7 +22,7 @@ from fmc.core.points import Point
 from fmc.indicators.engine import ConsumptionDay, EnterpriseDay, Period
 from fmc.indicators.reports import EnterpriseReport
 from fmc.plant.rollups import Site
-from tests.test_store_contract import Backend, backend, consumption_point, daily_point  # noqa: F401
+from tests.store_backends import Backend, consumption_point, daily_point
 
 PLAN = load_plan()
 
@@ -152,8 +152,8 @@ async def test_a_carrier_missing_a_month_makes_the_year_insufficient(backend: Ba
     """
     e = Site("E-F", "330602", "1711")
     days = [d for d in days_of(2016, 2017) if not (d.year == 2017 and d.month == 2)]
-    backend.ingest(carrier(e, "electricity", days, 0.7) + carrier(e, "natural_gas", days_of(2016, 2017), 0.3)
-                   + [consumption_point(e, ConsumptionDay(d, "water_intake", 10.0, m3=10.0)) for d in days_of(2016, 2017)]
+    water = [consumption_point(e, ConsumptionDay(d, "water_intake", 10.0, m3=10.0)) for d in days_of(2016, 2017)]
+    backend.ingest(carrier(e, "electricity", days, 0.7) + carrier(e, "natural_gas", days_of(2016, 2017), 0.3) + water
                    + reports(e, annual("E-F", 2016, value_added=3.65e6, value_added_comparable=3.65e6),
                              annual("E-F", 2017, value_added=3.65e6, value_added_comparable=3.65e6)))
     service = service_on(backend)
@@ -168,3 +168,65 @@ async def test_a_carrier_missing_a_month_makes_the_year_insufficient(backend: Ba
     assert march.value == pytest.approx(31.0) and march.coverage == 1.0
     water = await enterprise_result(service, Period.of_year(2017), "E-F", "water_intensity")
     assert water.value == pytest.approx(3650 / 365)
+
+
+# --- 4. fuel switching (煤改气) ----------------------------------------------------------------------------------
+
+
+async def test_fuel_switching_expects_each_carrier_only_where_it_exists(backend: Backend) -> None:
+    """Electricity 0.5 tce a day throughout; coal 1.0 tce a day in 2016; the coal meter removed and natural
+    gas 0.6 tce a day from 2019 (煤改气). Value added 500 (10⁴ yuan, comparable) in 2016 and 2020.
+
+    Before: every carrier ever seen was expected, so 2020 had (366 + 0 + 366) / (3·366) = 0.667 -> energy
+    insufficient for good. After: a carrier is expected from its first to its last day present, where
+    the enterprise's other carriers went on without it: coal until 2016-12-31, gas from 2019-01-01.
+    2020: 366·(0.5 + 0.6) = 402.6 tce, coverage 1; 2016: 366·1.5 = 549 tce, coverage 1;
+    intensity 0.8052 against the baseline 1.098 and its target 1.098·0.96⁴ = 0.9326: met.
+
+    A second enterprise, G, whose whole gateway went silent on 1 November 2020 (every carrier's rows
+    stop): its carriers did not end, its data did -> 2020 coverage 305/366, insufficient.
+    """
+    e, g = Site("E-S", "330602", "1711"), Site("E-G", "330602", "1711")
+    backend.ingest(
+        carrier(e, "electricity", days_of(2016, 2019, 2020), 0.5) + carrier(e, "coal", days_of(2016), 1.0)
+        + carrier(e, "natural_gas", days_of(2019, 2020), 0.6)
+        + reports(e, annual("E-S", 2016, value_added=5e6, value_added_comparable=5e6),
+                  annual("E-S", 2020, value_added=5e6, value_added_comparable=5e6))
+        + carrier(g, "electricity", days_of(2019) + days_between(date(2020, 1, 1), date(2020, 10, 31)), 0.5)
+        + carrier(g, "natural_gas", days_of(2019) + days_between(date(2020, 1, 1), date(2020, 10, 31)), 0.5)
+    )
+    service = service_on(backend)
+    energy = await enterprise_result(service, Period.of_year(2020), "E-S", "energy")
+    assert energy.value == pytest.approx(366 * 1.1) and energy.coverage == 1.0
+    assert dict(energy.inputs) == {"electricity": 1.0, "natural_gas": 1.0}
+    base = await enterprise_result(service, Period.of_year(2016), "E-S", "energy")
+    assert base.value == pytest.approx(366 * 1.5) and dict(base.inputs) == {"coal": 1.0, "electricity": 1.0}
+    ei = await enterprise_result(service, Period.of_year(2020), "E-S", "energy_intensity")
+    assert ei.value == pytest.approx(366 * 1.1 / 500) and ei.baseline == pytest.approx(366 * 1.5 / 500)
+    assert (ei.status, ei.baseline_source) == ("met", "measured")
+    silent = await enterprise_result(service, Period.of_year(2020), "E-G", "energy")
+    assert (silent.value, silent.status) == (None, "insufficient_data")
+    assert silent.coverage == pytest.approx(305 / 366)
+
+
+def test_expected_carrier_windows() -> None:
+    """The rule on plain spans: a carrier added or removed while another went on, versus the whole
+    enterprise starting or stopping (its silence then counts as missing data)."""
+    from fmc.indicators.engine import expected_days, expected_windows
+
+    d = date.fromisoformat
+    switch = expected_windows({"electricity": (d("2016-01-01"), d("2020-12-31")),
+                               "coal": (d("2016-01-01"), d("2016-12-31")),
+                               "natural_gas": (d("2019-01-01"), d("2020-12-31"))})
+    assert switch == {"electricity": (None, None), "coal": (None, d("2016-12-31")),
+                      "natural_gas": (d("2019-01-01"), None)}
+    assert expected_days(Period.of_year(2020), switch["coal"]) == 0
+    assert expected_days(Period.of_year(2019), switch["natural_gas"]) == 365
+    assert expected_days(Period.of_year(2016), switch["natural_gas"]) == 0
+    # a gateway installed in March 2019: every carrier starts together -> all of 2019 is expected
+    together = expected_windows({"electricity": (d("2019-03-01"), d("2020-12-31")),
+                                 "natural_gas": (d("2019-03-01"), d("2020-12-31"))})
+    assert together == {"electricity": (None, None), "natural_gas": (None, None)}
+    assert expected_days(Period.of_year(2019), together["electricity"]) == 365
+    # a lone carrier is never trimmed
+    assert expected_windows({"coal": (d("2019-06-01"), d("2019-06-30"))}) == {"coal": (None, None)}

@@ -203,10 +203,12 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
         assert request.query == {"db": db, "epoch": "ms"}
         [statement] = dict(httpx.QueryParams(request.body.decode()))["q"].split("; ")  # one per request
         sent.append(statement)
-    # the carriers from the index first, then at once: sums, last, one statement per carrier
+    # the carriers from the index first, then at once: sums, last, each carrier's first and last day, one
+    # statement per carrier
     assert sent[0] == 'SHOW TAG VALUES FROM "consumption_daily" WITH KEY = "carrier"'
-    statements = sorted(sent[1:], key=lambda q: ["AS days" in q, "last(" in q, "consumption_daily" in q].index(True))
-    assert len(statements) == 4
+    statements = sorted(sent[1:], key=lambda q: ["AS days" in q, "last(equipment" in q, "first(coverage)" in q,
+                                                 "last(coverage)" in q, "consumption_daily" in q].index(True))
+    assert len(statements) == 6
     start = local_day_start_ns(date(2019, 1, 1), zone(TZ))
     end = local_day_start_ns(date(2020, 1, 1), zone(TZ))
     assert start == 1_546_272_000 * 10**9  # 2018-12-31T16:00Z
@@ -216,9 +218,12 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
         assert "(enterprise = 'E-1' OR enterprise = 'E-2')" in statement
     assert "sum(" in statements[0] and statements[0].endswith("GROUP BY enterprise")
     assert statements[1].startswith('SELECT last(equipment_total)') and "sum(" not in statements[1]
-    assert statements[2].endswith("GROUP BY enterprise, carrier")
-    assert {q.split("carrier = ")[1].split(" ")[0] for q in statements[2:]} == {"'electricity'", "'water_intake'"}
-    for q in statements[2:]:  # each carrier asks only for what the engine reads of it
+    for q in statements[2:4]:  # first() and last() alone, so that they report the time of their row
+        assert q.startswith(("SELECT first(coverage) AS coverage FROM", "SELECT last(coverage) AS coverage FROM"))
+        assert q.endswith("GROUP BY enterprise, carrier")
+    assert statements[4].endswith("GROUP BY enterprise, carrier")
+    assert {q.split("carrier = ")[1].split(" ")[0] for q in statements[4:]} == {"'electricity'", "'water_intake'"}
+    for q in statements[4:]:  # each carrier asks only for what the engine reads of it
         water = "'water_intake'" in q
         assert ("sum(m3)" in q, "sum(tce)" in q) == (water, not water), q
 

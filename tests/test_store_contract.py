@@ -12,16 +12,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fmc.central.reports import report_points
-from fmc.central.store import IndicatorStore, Scope, StoreQueryError
+from fmc.central.store import Scope, StoreQueryError
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point, Priority
@@ -30,53 +28,15 @@ from fmc.indicators.reports import EnterpriseReport
 from fmc.indicators.sums import CarrierSums, DailySums, EnterpriseInfo, PeriodSums, StoredReport
 from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
-from fmc.stores.influxdb.config import InfluxDBSink
-
-TZ = "Asia/Shanghai"
-BACKENDS = ["embedded", "influxdb"]
-
-
-# --- points in the writers' format ------------------------------------------------------------------
-
-
-def daily_point(site: Site, row: EnterpriseDay) -> Point:
-    """An ``enterprise_daily`` point exactly as ``fmc.plant.rollups.enterprise_daily`` makes it
-    (``test_helpers_match_the_rollup_writers`` checks that)."""
-    return Point(
-        "enterprise_daily",
-        site.tags(),
-        {
-            "equipment_total": row.equipment_total,
-            "equipment_nc": row.equipment_nc,
-            "asset_value_total": float(row.asset_value_total),
-            "asset_value_nc": float(row.asset_value_nc),
-            "equipment_networked": row.equipment_networked,
-            "nc_equipment_networked": row.nc_equipment_networked,
-        },
-        local_day_start_ns(row.day, zone(site.timezone)),
-        Priority.ROLLUP,
-    )
-
-
-def consumption_point(site: Site, row: ConsumptionDay) -> Point:
-    """A ``consumption_daily`` point as ``fmc.plant.rollups.consumption_daily`` makes it."""
-    fields: dict[str, float] = {"amount": float(row.amount)}
-    if row.tce is not None:
-        fields["tce"] = float(row.tce)
-    if row.m3 is not None:
-        fields["m3"] = float(row.m3)
-    fields["coverage"] = float(row.coverage)
-    return Point(
-        "consumption_daily",
-        site.tags(carrier=row.carrier),
-        fields,
-        local_day_start_ns(row.day, zone(site.timezone)),
-        Priority.ROLLUP,
-    )
+from tests.store_backends import TZ, Backend, consumption_point, daily_point
 
 
 def day(text: str) -> date:
     return date.fromisoformat(text)
+
+
+def days(first: str, last: str) -> tuple[date, date]:
+    return day(first), day(last)
 
 
 def ed(d: str, total: int, nc: int, value_total: float, value_nc: float, networked: int, nc_networked: int):
@@ -146,70 +106,6 @@ def seed_points() -> list[Point]:
     )
     points += report_points(REPORTS_NEW_TAGS, {"E-N": N_NEW.region}, {"E-N": N_NEW.industry}, tz=TZ)
     return points
-
-
-# --- the two stores ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Backend:
-    """A store under test and the agents' way of writing into it (line protocol, in order)."""
-
-    name: str
-    store: IndicatorStore
-    ingest: Callable[[Sequence[Point]], None]
-
-
-def batches_in_order(points: Sequence[Point]) -> list[list[Point]]:
-    """The points in order, cut where a (series, time) repeats: a later write must overwrite an
-    earlier one, and within one batch the server may apply equal keys in any order."""
-    out: list[list[Point]] = [[]]
-    seen: set[tuple[object, int]] = set()
-    for p in points:
-        key = (p.series_key(), p.ts_ns)
-        if key in seen:
-            out.append([])
-            seen.clear()
-        seen.add(key)
-        out[-1].append(p)
-    return [b for b in out if b]
-
-
-def _influx_ingest(url: str, db: str) -> Callable[[Sequence[Point]], None]:
-    def ingest(points: Sequence[Point]) -> None:
-        with httpx.Client(timeout=10.0) as client:
-            for batch in batches_in_order(points):
-                body = "\n".join(encode(p) for p in batch).encode()
-                response = client.post(f"{url}/write", params={"db": db, "precision": "ns"}, content=body)
-                assert response.status_code == 204, response.text
-
-    return ingest
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "embedded":
-        raw = EmbeddedStore(tmp_path / "store.db")
-
-        def ingest(points: Sequence[Point]) -> None:
-            outcome = raw.write_lines([encode(p) for p in points])
-            assert outcome.refused == []
-
-        store: IndicatorStore = EmbeddedQueryStore(tmp_path / "store.db", timezone=TZ)
-        try:
-            yield Backend("embedded", store, ingest)
-        finally:
-            await store.aclose()
-            raw.close()
-    else:
-        from fmc.stores.influxdb.query import InfluxQueryStore
-
-        server, db = request.getfixturevalue("influx_db")
-        store = InfluxQueryStore(InfluxDBSink(type="influxdb", url=server.url, database=db), timezone=TZ)
-        try:
-            yield Backend("influxdb", store, _influx_ingest(server.url, db))
-        finally:
-            await store.aclose()
 
 
 @pytest.fixture
@@ -295,8 +191,8 @@ async def test_year_sums_days_and_last_row(seeded: Backend) -> None:
                                                        5.0, 1.0, 50.0, 10.0)))
     # consumption without any enterprise_daily: the carriers only; steam lacks tce on one day
     assert_sums_equal(got["E-D"], PeriodSums(None, {
-        "natural_gas": CarrierSums("natural_gas", 2, 150.0, 0.375, 2, 0.0, 0, 1.75),
-        "steam": CarrierSums("steam", 2, 5.0, 0.5, 1, 0.0, 0, 2.0),
+        "natural_gas": CarrierSums("natural_gas", 2, 150.0, 0.375, 2, 0.0, 0, 1.75, *days("2019-03-10", "2019-03-11")),
+        "steam": CarrierSums("steam", 2, 5.0, 0.5, 1, 0.0, 0, 2.0, *days("2019-03-10", "2019-03-11")),
     }))
     assert set(got) == {"E-A", "E-C", "E-D", "E-N"}  # B starts in 2020, M in 2021
 
@@ -323,14 +219,15 @@ async def test_leap_day_and_february(seeded: Backend) -> None:
     leap = await store.period_sums(day("2020-02-29"), day("2020-02-29"), Scope())
     assert_sums_equal(leap["E-B"], PeriodSums(
         DailySums(1, 20.0, 11.0, 0.0, 0.0, 13.0, 9.0, day("2020-02-29"), 20.0, 11.0, 0.0, 0.0),
-        {"electricity": CarrierSums("electricity", 1, 500.0, 0.0625, 1, 0.0, 0, 0.5),
-         "water_intake": CarrierSums("water_intake", 1, 30.0, 0.0, 0, 30.0, 1, 1.0)},
+        {"electricity": CarrierSums("electricity", 1, 500.0, 0.0625, 1, 0.0, 0, 0.5, *days("2020-02-29", "2020-02-29")),
+         "water_intake": CarrierSums("water_intake", 1, 30.0, 0.0, 0, 30.0, 1, 1.0, *days("2020-02-29", "2020-02-29"))},
     ))
     feb = await store.period_sums(day("2020-02-01"), day("2020-02-29"), Scope())
     assert_sums_equal(feb["E-B"], PeriodSums(
         DailySums(2, 40.0, 21.0, 0.0, 0.0, 25.0, 17.0, day("2020-02-29"), 20.0, 11.0, 0.0, 0.0),
-        {"electricity": CarrierSums("electricity", 2, 1500.0, 0.1875, 2, 0.0, 0, 1.5),
-         "water_intake": CarrierSums("water_intake", 1, 30.0, 0.0, 0, 30.0, 1, 1.0)},
+        {"electricity": CarrierSums("electricity", 2, 1500.0, 0.1875, 2, 0.0, 0, 1.5,
+                                    *days("2020-02-28", "2020-02-29")),
+         "water_intake": CarrierSums("water_intake", 1, 30.0, 0.0, 0, 30.0, 1, 1.0, *days("2020-02-29", "2020-02-29"))},
     ))
     assert set(feb) == {"E-B"}
 
@@ -531,7 +428,7 @@ async def test_sums_equal_summarize_of_the_same_rows(backend: Backend) -> None:
                    + [consumption_point(sites[e], r) for e, rows in consumption.items() for r in rows])
     periods = [
         Period.of_year(2020), Period.of_month(2020, 2), Period.of_month(2019, 12), Period.of_quarter(2020, 1),
-        Period.year_to_date(day("2020-02-29")), Period("month", day("2020-02-29"), day("2020-02-29")),
+        Period.year_to_date(day("2020-02-29")), Period("month", *days("2020-02-29", "2020-02-29")),
         Period.of_year(2019),
     ]
     for period in periods:

@@ -318,6 +318,8 @@ def summarize(period: Period, daily: Iterable[EnterpriseDay], consumption: Itera
             m3=math.fsum(c.m3 for c in cs if c.m3 is not None),
             m3_rows=sum(1 for c in cs if c.m3 is not None),
             coverage=math.fsum(min(max(c.coverage, 0.0), 1.0) for c in cs),
+            first_day=cs[0].day,
+            last_day=cs[-1].day,
         )
         for carrier, cs in by_carrier.items()
     }
@@ -409,13 +411,53 @@ def _carrier_sum(
     return (total if present else None), coverage, tuple(per_carrier)
 
 
-def _energy_carriers(data: EnterpriseData, sums: PeriodSums) -> frozenset[str]:
+def carrier_spans(data: EnterpriseData) -> dict[str, tuple[date, date]]:
+    """carrier -> (first day, last day) with a row, over all the rows and period sums ``data`` holds
+    (the service gives the sums of the period, the year before and the base year)."""
+    spans: dict[str, tuple[date, date]] = {}
+
+    def see(carrier: str, first: date, last: date) -> None:
+        known = spans.get(carrier)
+        spans[carrier] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
+
+    for r in data.consumption:
+        see(r.carrier, r.day, r.day)
+    for (start, end), ps in data.sums.items():
+        for carrier, c in ps.carriers.items():
+            if c.rows > 0:
+                see(carrier, c.first_day or start, c.last_day or end)
+    return spans
+
+
+def expected_windows(spans: Mapping[str, tuple[date, date]]) -> dict[str, tuple[date | None, date | None]]:
+    """carrier -> (expected from, expected to), None meaning open (docs/indicators.md, "Expected carriers").
+
+    A carrier is expected from its first day with a row when another of the carriers had rows before
+    it (a carrier added: gas from 2019), and to its last day when another had rows after it (a carrier
+    removed: the coal meter). When the carriers start or stop together, the enterprise's data did,
+    not its carriers: they stay expected, and the silence counts as missing."""
+    out: dict[str, tuple[date | None, date | None]] = {}
+    for c, (first, last) in spans.items():
+        others = [span for other, span in spans.items() if other != c]
+        started = any(f < first for f, _ in others)
+        ended = any(la > last for _, la in others)
+        out[c] = (first if started else None, last if ended else None)
+    return out
+
+
+def expected_days(period: Period, window: tuple[date | None, date | None]) -> int:
+    lo = max(period.start, window[0] or period.start)
+    hi = min(period.end, window[1] or period.end)
+    return max((hi - lo).days + 1, 0)
+
+
+def _energy_carriers(period: Period, data: EnterpriseData) -> dict[str, int]:
+    """The energy carriers expected in the period, with the days each is expected on."""
     if data.energy_carriers is not None:
-        return data.energy_carriers
-    seen = {r.carrier for r in data.consumption} | set(sums.carriers)
-    for s in data.sums.values():
-        seen.update(s.carriers)
-    return frozenset(c for c in seen if c in ENERGY_CARRIERS)
+        return {c: period.days for c in data.energy_carriers}
+    spans = {c: span for c, span in carrier_spans(data).items() if c in ENERGY_CARRIERS}
+    expected = {c: expected_days(period, w) for c, w in expected_windows(spans).items()}
+    return {c: n for c, n in expected.items() if n > 0}
 
 
 def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: Targets) -> tuple[float | None, float]:
@@ -469,8 +511,7 @@ def measure(indicator: str, period: Period, data: EnterpriseData, targets: Targe
         d, cd = _report_sum(period, data.reports, "employees_avg", targets)
         return Measure(n, d, min(cn, cd), inputs=(("value_added", cn), ("employees_avg", cd)), den_coverage=cd)
     if indicator in ("energy", "energy_intensity"):
-        expected = {c: period.days for c in _energy_carriers(data, sums)}
-        n, cn, inputs = _carrier_sum(period, sums.carriers, expected, targets, "tce")
+        n, cn, inputs = _carrier_sum(period, sums.carriers, _energy_carriers(period, data), targets, "tce")
     elif indicator == "water_intensity":
         n, cn, inputs = _carrier_sum(period, sums.carriers, {"water_intake": period.days}, targets, "m3")
     elif indicator == "wastewater_intensity":

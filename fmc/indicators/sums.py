@@ -41,7 +41,9 @@ class CarrierSums:
     """``consumption_daily`` of one enterprise and carrier over one period.
 
     ``rows``: day rows present; ``tce_rows`` / ``m3_rows``: rows that carry that field (a sum is
-    only whole when it equals ``rows``); ``coverage``: Σ of the daily coverage fields."""
+    only whole when it equals ``rows``); ``coverage``: Σ of the daily coverage fields;
+    ``first_day`` / ``last_day``: the first and last local day with a row (None: not known, the
+    period's bounds are assumed) — which carriers an enterprise has when is read from these."""
 
     carrier: str
     rows: int
@@ -51,6 +53,8 @@ class CarrierSums:
     m3: float
     m3_rows: int
     coverage: float
+    first_day: date | None = None
+    last_day: date | None = None
 
 
 DAILY_SUM_FIELDS = (

@@ -558,7 +558,8 @@ _CARRIER_SUMS_SQL = (
     + "SELECT sel.enterprise, sel.carrier, "
     + f"count({_json_field('amount')}), total({_json_field('amount')}), "
     + f"total({_json_field('tce')}), count({_json_field('tce')}), "
-    + f"total({_json_field('m3')}), count({_json_field('m3')}), total({_json_field('coverage')})"
+    + f"total({_json_field('m3')}), count({_json_field('m3')}), total({_json_field('coverage')}), "
+    + "min(p.ts), max(p.ts)"
     + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
     + " AND sel.carrier IS NOT NULL GROUP BY sel.enterprise, sel.carrier"
 )
@@ -738,11 +739,12 @@ class EmbeddedQueryStore:
                     *(_number(v) for v in last),
                 )
             carriers: dict[str, dict[str, CarrierSums]] = {}
-            for enterprise, carrier, rows, amount, tce, tce_rows, m3, m3_rows, coverage in carrier_rows:
+            for enterprise, carrier, rows, amount, tce, tce_rows, m3, m3_rows, coverage, first, last in carrier_rows:
                 if rows:
                     carriers.setdefault(str(enterprise), {})[str(carrier)] = CarrierSums(
                         str(carrier), int(rows), _number(amount), _number(tce), int(tce_rows),
                         _number(m3), int(m3_rows), _number(coverage),
+                        local_date(int(first), self._tz), local_date(int(last), self._tz),
                     )
             return {
                 e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())

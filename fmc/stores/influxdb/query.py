@@ -226,8 +226,8 @@ class InfluxQueryStore:
         wanted: SumsWanted = ALL_SUMS,
     ) -> list[str]:
         """The statements ``period_sums`` sends, each in its own request, all at once: the daily sums,
-        the last day, and the consumption sums — one statement per carrier when ``carriers`` are
-        given (smaller pieces keep every core busy), else one for all."""
+        the last day, each carrier's first and last day, and the consumption sums — one statement per
+        carrier when ``carriers`` are given (smaller pieces keep every core busy), else one for all."""
         bounds = self._bounds(start, end)
         where = self._where(*bounds, scope)
         # every aggregate is a pass over every series: only the sums the policy uses
@@ -250,9 +250,14 @@ class InfluxQueryStore:
                 "GROUP BY enterprise, carrier"
                 for c in carriers
             ]
+        # first() and last() alone report the time of the row they picked: each carrier's first and
+        # last day in the period (which carriers an enterprise had when)
+        spans = [f"SELECT {f}(coverage) AS coverage FROM {self._from(CONSUMPTION)}{where} GROUP BY enterprise, carrier"
+                 for f in ("first", "last")]
         return [
             f"SELECT count({DAILY_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
             f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
+            *spans,
             *per_carrier,
         ]
 
@@ -272,7 +277,13 @@ class InfluxQueryStore:
         statements = self.period_sums_statements(start, end, scope, await self.carriers(), wanted)
         results = await asyncio.gather(*(self._query([s]) for s in statements))
         sums_result, last_result = results[0][0], results[1][0]
-        carrier_results = [r[0] for r in results[2:]]
+        days: dict[tuple[str, str], list[date]] = {}
+        for result in (results[2][0], results[3][0]):
+            for tags, columns, rows in _series(result):
+                if rows and "time" in columns and tags.get("enterprise") and tags.get("carrier"):
+                    t = _count(rows[0][columns.index("time")])
+                    days.setdefault((tags["enterprise"], tags["carrier"]), []).append(local_date(t * MS, self._tz))
+        carrier_results = [r[0] for r in results[4:]]
         daily_sums: dict[str, dict[str, Any]] = {}
         for tags, columns, rows in _series(sums_result):
             enterprise = tags.get("enterprise")
@@ -298,10 +309,12 @@ class InfluxQueryStore:
                 continue
             r = dict(zip(columns, rows[0], strict=False))
             if _count(r.get("n_rows")):
+                span = days.get((enterprise, carrier))
                 carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
                     carrier, _count(r["n_rows"]), _num(r.get("amount")) if wanted.amount else math.nan,
                     _num(r.get("tce")), _count(r.get("tce_rows")),
                     _num(r.get("m3")), _count(r.get("m3_rows")), _num(r.get("coverage")),
+                    min(span) if span else None, max(span) if span else None,
                 )
         return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}
 
