@@ -230,3 +230,25 @@ def test_expected_carrier_windows() -> None:
     assert expected_days(Period.of_year(2019), together["electricity"]) == 365
     # a lone carrier is never trimmed
     assert expected_windows({"coal": (d("2019-06-01"), d("2019-06-30"))}) == {"coal": (None, None)}
+
+
+# --- 5. the report rule is per field ---------------------------------------------------------------------------
+
+
+async def test_a_field_the_annual_report_leaves_empty_comes_from_the_months(backend: Backend) -> None:
+    """2020: the annual report gives value added only (12,000,000 yuan, comparable); twelve monthly reports
+    give employees only (100, 102, …, 122: mean 111). Labour productivity = 1200 (10⁴ yuan) ÷ 111 persons
+    = 10.81. Before: the annual report hid the months of every field -> insufficient_data."""
+    e = Site("E-R", "330602", "1711")
+    months = [EnterpriseReport(enterprise="E-R", period=f"2020-{m:02d}", employees_avg=98.0 + 2 * m)
+              for m in range(1, 13)]
+    backend.ingest(reports(e, annual("E-R", 2020, value_added=12e6, value_added_comparable=12e6), *months))
+    service = service_on(backend)
+    lp = await enterprise_result(service, Period.of_year(2020), "E-R", "labour_productivity")
+    assert lp.value == pytest.approx(1200 / 111)
+    assert dict(lp.inputs) == {"value_added": 1.0, "employees_avg": 1.0}
+    # the annual figure wins where both are given: an annual employees figure replaces the months'
+    backend.ingest(reports(e, annual("E-R", 2020, employees_avg=120.0)))
+    service = service_on(backend)
+    lp = await enterprise_result(service, Period.of_year(2020), "E-R", "labour_productivity")
+    assert lp.value == pytest.approx(1200 / 120)

@@ -461,7 +461,8 @@ def _energy_carriers(period: Period, data: EnterpriseData) -> dict[str, int]:
 
 
 def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: Targets) -> tuple[float | None, float]:
-    """(a report figure for the period, coverage): a report for exactly the period, else its months."""
+    """(a report figure for the period, coverage): the figure of a report for exactly the period, else
+    (the report has no such figure, or there is none) the months'. Per field."""
 
     def figure(r: Report) -> float | None:
         if name == "value_added":
@@ -477,7 +478,8 @@ def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: T
     for r in reports:
         if r.period.start == period.start and r.period.end == period.end:
             v = figure(r)
-            return v, (1.0 if v is not None else 0.0)
+            if v is not None:  # per field: a figure the report leaves empty comes from the months
+                return v, 1.0
     wanted = period.months()
     monthly: dict[tuple[int, int], float] = {}
     for r in reports:
