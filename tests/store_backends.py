@@ -74,6 +74,7 @@ class Backend:
     name: str
     store: IndicatorStore
     ingest: Callable[[Sequence[Point]], None]
+    open_store: Callable[[], IndicatorStore]  # another store on the same data (e.g. for an app's own loop)
 
 
 def batches_in_order(points: Sequence[Point]) -> list[list[Point]]:
@@ -111,9 +112,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             outcome = raw.write_lines([encode(p) for p in points])
             assert outcome.refused == []
 
-        store: IndicatorStore = EmbeddedQueryStore(tmp_path / "store.db", timezone=TZ)
+        def open_embedded() -> IndicatorStore:
+            return EmbeddedQueryStore(tmp_path / "store.db", timezone=TZ)
+
+        store = open_embedded()
         try:
-            yield Backend("embedded", store, ingest)
+            yield Backend("embedded", store, ingest, open_embedded)
         finally:
             await store.aclose()
             raw.close()
@@ -121,8 +125,12 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         from fmc.stores.influxdb.query import InfluxQueryStore
 
         server, db = request.getfixturevalue("influx_db")
-        store = InfluxQueryStore(InfluxDBSink(type="influxdb", url=server.url, database=db), timezone=TZ)
+
+        def open_influx() -> IndicatorStore:
+            return InfluxQueryStore(InfluxDBSink(type="influxdb", url=server.url, database=db), timezone=TZ)
+
+        store = open_influx()
         try:
-            yield Backend("influxdb", store, _influx_ingest(server.url, db))
+            yield Backend("influxdb", store, _influx_ingest(server.url, db), open_influx)
         finally:
             await store.aclose()

@@ -252,3 +252,95 @@ async def test_a_field_the_annual_report_leaves_empty_comes_from_the_months(back
     service = service_on(backend)
     lp = await enterprise_result(service, Period.of_year(2020), "E-R", "labour_productivity")
     assert lp.value == pytest.approx(1200 / 120)
+
+
+# --- 6. an enterprise that moves belongs to the region of the period's end --------------------------------------
+
+
+MOVER_KEYS = ("province", "region:3306", "region:3307", "enterprise:E-M")
+
+
+def mover_points() -> list[Point]:
+    """S stays in 330602 (Shaoxing), T in 330781 (Jinhua); M is in 330602 until 30 June 2020 and in 330781
+    from 1 July 2020 (its rows and its 2020 report carry the new tags). 10 machines each; NC: S 4,
+    T 2, M 4 before the move and 6 after."""
+    s, t = Site("E-S", "330602", "1711"), Site("E-T", "330781", "1711")
+    m_old, m_new = Site("E-M", "330602", "1711"), Site("E-M", "330781", "1711")
+    before, after = days_between(date(2019, 1, 1), date(2020, 6, 30)), days_between(date(2020, 7, 1),
+                                                                                   date(2020, 12, 31))
+    return (equipment(s, days_of(2019, 2020), 10, 4) + equipment(t, days_of(2019, 2020), 10, 2)
+            + equipment(m_old, before, 10, 4) + equipment(m_new, after, 10, 6)
+            + reports(m_old, annual("E-M", 2019, value_added=1e6, value_added_comparable=1e6, employees_avg=10))
+            + reports(m_new, annual("E-M", 2020, value_added=1e6, value_added_comparable=1e6, employees_avg=10)))
+
+
+def mover_answers(backend: Backend, tmp_path, order: tuple[str, ...], urls: list[str]) -> dict:
+    from fastapi.testclient import TestClient
+
+    from fmc.central.api.app import create_app
+    from fmc.central.config import ApiConfig
+    from fmc.central.keys import KeyStore
+
+    keys = KeyStore(tmp_path / f"keys-{'-'.join(order).replace(':', '')}.db")
+    key = {scope: keys.create(scope, scope)[1] for scope in MOVER_KEYS}
+    service = IndicatorService(backend.open_store(), PLAN, revalidate_s=3600)
+    answers: dict = {}
+    with TestClient(create_app(service, keys, ApiConfig(keys_file=tmp_path / "k.db"))) as client:
+        for scope in order:
+            for url in urls:
+                r = client.get(url, headers={"Authorization": f"Bearer {key[scope]}"})
+                body = r.json()
+                if isinstance(body, dict):
+                    body.pop("computed_at", None)
+                answers[(scope, url)] = (r.status_code, body)
+    keys.close()
+    return answers
+
+
+async def test_a_mover_gets_the_same_answer_whoever_asked_first(backend: Backend, tmp_path) -> None:
+    """The same URL with the same key gives the same answer in any order of keys: M belongs to 330602 in
+    2019 and to 330781 in 2020 (the region of the period's end), with all of its rows and reports.
+
+    Before: the stores filtered rows by the region they were recorded under, the service by the latest
+    region: asked by a 3307 key first, M's 2020 was its second half-year only (coverage 0.50,
+    insufficient); asked after a province key, the whole year from the province's cached figures."""
+    import asyncio
+
+    backend.ingest(mover_points())
+    urls = [f"/v1/indicators?level={lv}&period={year}" for year in (2019, 2020) for lv in ("enterprise", "county")]
+    urls += [f"/v1/enterprises/E-M/indicators?period={year}" for year in (2019, 2020)]
+    forward = await asyncio.to_thread(mover_answers, backend, tmp_path, MOVER_KEYS, urls)
+    backward = await asyncio.to_thread(mover_answers, backend, tmp_path, tuple(reversed(MOVER_KEYS)), urls)
+    for k in forward:
+        assert forward[k] == backward[k], k
+
+    def items(scope: str, url: str) -> dict[str, dict]:
+        status, body = forward[(scope, url)]
+        assert status == 200, (scope, url, body)
+        return {row["key"]: row for row in body["items"]}
+
+    e2020, e2019 = "/v1/indicators?level=enterprise&period=2020", "/v1/indicators?level=enterprise&period=2019"
+    assert sorted(items("region:3307", e2020)) == ["E-M", "E-T"]
+    assert sorted(items("region:3306", e2020)) == ["E-S"]
+    assert sorted(items("region:3306", e2019)) == ["E-M", "E-S"]
+    assert sorted(items("region:3307", e2019)) == ["E-T"]
+    m2020 = items("region:3307", e2020)["E-M"]
+    assert m2020["region"] == "330781"
+    assert m2020["indicators"]["nc_rate"]["coverage"] == 1.0 and m2020["indicators"]["nc_rate"]["value"] == 60.0
+    assert items("province", e2020)["E-M"] == m2020 | {"indicators": {
+        k: v | {"rank": items("province", e2020)["E-M"]["indicators"][k]["rank"]}
+        for k, v in m2020["indicators"].items()}}
+    assert items("region:3306", e2019)["E-M"]["region"] == "330602"
+    # the county rows: M in 330781 in 2020 (its whole year), in 330602 in 2019
+    c2020 = items("province", "/v1/indicators?level=county&period=2020")
+    assert (c2020["330781"]["indicators"]["nc_rate"]["members"], c2020["330602"]["indicators"]["nc_rate"]["members"]) \
+        == (2, 1)
+    c2019 = items("province", "/v1/indicators?level=county&period=2019")
+    assert (c2019["330781"]["indicators"]["nc_rate"]["members"], c2019["330602"]["indicators"]["nc_rate"]["members"]) \
+        == (1, 2)
+    # one enterprise's page follows the same rule: a key sees the periods M spent in its region
+    one = "/v1/enterprises/E-M/indicators?period="
+    assert [forward[(k, one + "2020")][0] for k in MOVER_KEYS] == [200, 403, 200, 200]
+    assert [forward[(k, one + "2019")][0] for k in MOVER_KEYS] == [200, 200, 403, 200]
+    by_key = {forward[(k, one + "2020")][1]["indicators"]["nc_rate"]["coverage"] for k in ("province", "region:3307")}
+    assert by_key == {1.0}

@@ -197,11 +197,15 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
     finally:
         await store.aclose()
     assert list(got) == ["E-1"] and set(got["E-1"].carriers) == {"electricity", "water_intake"}
-    sent = []
+    sent, tags = [], []
     for request in proxy.requests:
         assert (request.method, request.path) == ("POST", "/query")
         assert request.query == {"db": db, "epoch": "ms"}
-        [statement] = dict(httpx.QueryParams(request.body.decode()))["q"].split("; ")  # one per request
+        statements = dict(httpx.QueryParams(request.body.decode()))["q"].split("; ")
+        if all("GROUP BY enterprise, region, industry" in q for q in statements):
+            tags += statements  # who is in scope at the period's end: the tags of each enterprise's latest point
+            continue
+        [statement] = statements  # the sums: one per request
         sent.append(statement)
     # the carriers from the index first, then at once: sums, last, each carrier's first and last day, one
     # statement per carrier
@@ -211,6 +215,10 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
     assert len(statements) == 6
     start = local_day_start_ns(date(2019, 1, 1), zone(TZ))
     end = local_day_start_ns(date(2020, 1, 1), zone(TZ))
+    # the tags at the period's end: the scope's series first, then the candidates' series outside it
+    assert len(tags) == 6 and all(f"time < {end}" in q and "ORDER BY time DESC LIMIT 1" in q for q in tags)
+    assert all("region =~ /^(?:3306)/ AND industry =~ /^(?:17|18)/" in q for q in tags[:3])
+    assert all("(enterprise = 'E-1') AND (region !~ /^(?:3306)/ OR industry !~ /^(?:17|18)/)" in q for q in tags[3:])
     assert start == 1_546_272_000 * 10**9  # 2018-12-31T16:00Z
     for statement in statements:
         assert f"time >= {start} AND time < {end}" in statement

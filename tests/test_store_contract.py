@@ -250,7 +250,8 @@ async def test_an_empty_period(seeded: Backend) -> None:
         (Scope(), {"E-A", "E-B", "E-C", "E-D", "E-N"}),
         (Scope(region_prefix="33"), {"E-A", "E-B", "E-C", "E-D", "E-N"}),
         (Scope(region_prefix="3306"), {"E-A", "E-B", "E-D", "E-N"}),
-        (Scope(region_prefix="330602"), {"E-A", "E-D", "E-N"}),
+        # E-N's 2019 rollup was recorded in 330602, but at the period's end (its 2020 report) it is in 330604
+        (Scope(region_prefix="330602"), {"E-A", "E-D"}),
         (Scope(region_prefix="3307"), {"E-C"}),
         (Scope(region_prefix="34"), set()),
         (Scope(industries=("17",)), {"E-A", "E-D", "E-N"}),
@@ -291,6 +292,34 @@ async def test_enterprises_sorted_with_the_latest_tags(seeded: Backend) -> None:
     assert [e.enterprise for e in await store.enterprises(Scope(region_prefix="3307"))] == ["E-C", "E-M"]
     assert [e.enterprise for e in await store.enterprises(Scope(enterprises=("E-M", "E-B")))] == ["E-B", "E-M"]
     assert await store.enterprises(Scope(region_prefix="3306", industries=("26",))) == []
+
+
+async def test_an_enterprise_is_where_its_latest_point_by_the_period_end_says(seeded: Backend) -> None:
+    """E-M: a 2020 report and a 2021-01-05 rollup in 330602/1711, a 2021-06-01 rollup in 330781/1712.
+    E-N: a 2019-05-01 rollup in 330602/1711, its 2020 report in 330604/1713."""
+    store = seeded.store
+    tags = {e.enterprise: (e.region, e.industry) for e in await store.enterprises(Scope(), as_of=day("2021-03-31"))}
+    assert tags["E-M"] == ("330602", "1711") and tags["E-N"] == ("330604", "1713")
+    at_2019 = {e.enterprise: (e.region, e.industry) for e in await store.enterprises(Scope(), as_of=day("2019-12-31"))}
+    assert at_2019["E-N"] == ("330602", "1711")
+    assert at_2019["E-M"] == ("330602", "1711")  # no point by then: its earliest point's tags (the 2020 report)
+    assert at_2019["E-B"] == ("330603", "1810")  # B starts in 2020
+    assert [e.enterprise for e in await store.enterprises(Scope(region_prefix="330602"), as_of=day("2019-12-31"))] \
+        == ["E-A", "E-D", "E-M", "E-N"]
+    # 2021: M's year-end region is 330781, with both of its rows, the one recorded in 330602 too
+    year = (day("2021-01-01"), day("2021-12-31"))
+    moved = await store.period_sums(*year, Scope(region_prefix="3307"))
+    assert moved["E-M"].daily is not None and moved["E-M"].daily.days == 2
+    assert "E-M" not in await store.period_sums(*year, Scope(region_prefix="330602"))
+    # the first quarter of 2021 ends before the move; with as_of the year's end it is read for the year's members
+    q1 = (day("2021-01-01"), day("2021-03-31"))
+    assert set(await store.period_sums(*q1, Scope(region_prefix="330602"))) == {"E-M"}
+    assert await store.period_sums(*q1, Scope(region_prefix="330602"), as_of=day("2021-12-31")) == {}
+    assert set(await store.period_sums(*q1, Scope(region_prefix="3307"), as_of=day("2021-12-31"))) == {"E-M"}
+    # reports: as of the end of their last year, or of the day given
+    assert list(await store.reports(2020, 2020, Scope(region_prefix="330602"))) == ["E-A", "E-M"]
+    assert list(await store.reports(2020, 2020, Scope(region_prefix="330602"), as_of=day("2021-12-31"))) == ["E-A"]
+    assert list(await store.reports(2020, 2020, Scope(region_prefix="3307"), as_of=day("2021-12-31"))) == ["E-M"]
 
 
 async def test_reports_by_years_annual_and_monthly(seeded: Backend) -> None:

@@ -174,7 +174,8 @@ class IndicatorService:
         self._figures: dict[tuple[Period, Scope], _Figures] = {}
         self._rows: dict[tuple[Level, Period, Scope], tuple[str, Computed]] = {}
         self._locks: dict[tuple[Period, Scope], asyncio.Lock] = {}
-        self._enterprises: tuple[float, list[Enterprise], dict[str, Enterprise]] | None = None
+        # per as-of day (None: latest): (when read, enterprises, by id)
+        self._enterprises: dict[date | None, tuple[float, list[Enterprise], dict[str, Enterprise]]] = {}
         self._enterprises_lock = asyncio.Lock()
         self._materialize = materialize
         self._wanted = sums_wanted(targets.policy)  # only the sums this plan's policy reads
@@ -221,22 +222,25 @@ class IndicatorService:
     def parse_period(self, text: str) -> Period:
         return parse_period(text, self.today())
 
-    async def enterprises(self, scope: Scope) -> list[Enterprise]:
-        """Enterprises in scope: those the store knows (its tags) and those of the registry."""
-        everyone, by_id = await self._all_enterprises()
+    async def enterprises(self, scope: Scope, as_of: date | None = None) -> list[Enterprise]:
+        """Enterprises in scope: those the store knows (its tags) and those of the registry. ``as_of``: by
+        their region and industry at the end of that day (docs/indicators.md, "Enterprises that move");
+        None: their latest."""
+        everyone, by_id = await self._all_enterprises(as_of)
         if scope.enterprises and scope.region_prefix is None and not scope.industries:
             return [by_id[e] for e in sorted(set(scope.enterprises)) if e in by_id]
         return [e for e in everyone if scope.admits(e.enterprise, e.region, e.industry)]
 
-    async def enterprise(self, enterprise_id: str) -> Enterprise | None:
-        return (await self._all_enterprises())[1].get(enterprise_id)
+    async def enterprise(self, enterprise_id: str, as_of: date | None = None) -> Enterprise | None:
+        """One enterprise, with its region and industry at the end of ``as_of`` (None: its latest)."""
+        return (await self._all_enterprises(as_of))[1].get(enterprise_id)
 
-    async def _all_enterprises(self) -> tuple[list[Enterprise], dict[str, Enterprise]]:
+    async def _all_enterprises(self, as_of: date | None = None) -> tuple[list[Enterprise], dict[str, Enterprise]]:
         async with self._enterprises_lock:
-            cached = self._enterprises
+            cached = self._enterprises.get(as_of)
             if cached is not None and time.monotonic() - cached[0] < self._revalidate_s:
                 return cached[1], cached[2]
-            stored = await self.store.enterprises(Scope())
+            stored = await self.store.enterprises(Scope(), as_of=as_of)
             merged: dict[str, Enterprise] = {}
             for info in stored:
                 entry = self._registry.get(info.enterprise)
@@ -245,7 +249,7 @@ class IndicatorService:
             for entry in self._registry.values():
                 if entry.enterprise not in merged:
                     merged[entry.enterprise] = Enterprise(entry.enterprise, entry.name, entry.region, entry.industry)
-                elif (merged[entry.enterprise].region, merged[entry.enterprise].industry) != (
+                elif as_of is None and (merged[entry.enterprise].region, merged[entry.enterprise].industry) != (
                     entry.region, entry.industry
                 ):
                     # the data's tags decide where its figures are pooled; say when the registry disagrees
@@ -253,7 +257,9 @@ class IndicatorService:
                                 entry.enterprise, entry.region, entry.industry,
                                 merged[entry.enterprise].region, merged[entry.enterprise].industry)
             result = sorted(merged.values(), key=lambda e: e.enterprise)
-            self._enterprises = (time.monotonic(), result, merged)
+            if len(self._enterprises) >= 4 * self._max_entries:
+                self._enterprises.clear()
+            self._enterprises[as_of] = (time.monotonic(), result, merged)
             return result, merged
 
     async def indicators(self, level: Level, period: Period, scope: Scope) -> Computed:
@@ -336,10 +342,13 @@ class IndicatorService:
         started = time.perf_counter()
         periods = list(dict.fromkeys([period, period.in_year(period.year - 1), period.in_year(self.targets.base_year)]))
         first_year = min(p.year for p in periods)
+        # an enterprise belongs to the region of the period's end, with all of its data (the stores and
+        # the enterprise list apply the same rule): every period's sums and the reports are read as of then
         sums_list, reports, infos = await asyncio.gather(
-            asyncio.gather(*(self.store.period_sums(p.start, p.end, scope, self._wanted) for p in periods)),
-            self.store.reports(first_year, period.year, scope),
-            self.enterprises(scope),
+            asyncio.gather(*(self.store.period_sums(p.start, p.end, scope, self._wanted, as_of=period.end)
+                             for p in periods)),
+            self.store.reports(first_year, period.year, scope, as_of=period.end),
+            self.enterprises(scope, as_of=period.end),
         )
         members = await asyncio.to_thread(self._members, period, periods, list(sums_list), reports, infos)
         digest = await asyncio.to_thread(_digest, members)
@@ -380,7 +389,7 @@ class IndicatorService:
 
     async def revalidate(self) -> None:
         """Recompute every cached entry; drop those unused for ten revalidation periods."""
-        self._enterprises = None
+        self._enterprises = {}
         idle_limit = max(10 * self._revalidate_s, 900.0)
         for key, entry in list(self._figures.items()):
             if time.monotonic() - entry.last_used > idle_limit:

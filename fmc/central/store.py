@@ -91,26 +91,32 @@ class IndicatorStore(Protocol):
 
     timezone: str
 
-    async def enterprises(self, scope: Scope) -> list[EnterpriseInfo]:
-        """Every enterprise in scope with a rollup or a report, sorted by id (the latest tags win
-        when an enterprise's region or industry changed)."""
+    async def enterprises(self, scope: Scope, as_of: date | None = None) -> list[EnterpriseInfo]:
+        """Every enterprise with a rollup or a report whose tags admit the scope, sorted by id, with its
+        tags at the end of the local day ``as_of``: those of its latest point by then (an enterprise
+        without a point by then: of its earliest point). ``as_of`` None: its latest point."""
         ...
 
     async def period_sums(
-        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS, as_of: date | None = None
     ) -> dict[str, PeriodSums]:
-        """Per enterprise in scope with data in ``[start, end]``: its sums for that period."""
+        """Per enterprise with data in ``[start, end]`` whose tags at the end of ``as_of`` (default:
+        ``end``; ``enterprises(scope, as_of)``) admit the scope: its sums over **all** its rows in the
+        period, whatever tags they were recorded under (an enterprise belongs to the region of the
+        period's end; the same period of an earlier year is read for the members of the later one)."""
         ...
 
-    async def reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
-        """Per enterprise in scope: its reports (annual and monthly) for periods in those years."""
+    async def reports(
+        self, first_year: int, last_year: int, scope: Scope, as_of: date | None = None
+    ) -> dict[str, list[StoredReport]]:
+        """Per enterprise whose tags at the end of ``as_of`` (default: 31 December of ``last_year``) admit
+        the scope: all its reports (annual, quarterly, year-to-date and monthly) in those years."""
         ...
 
     async def write(self, points: Sequence[Point]) -> None:
         """Write points all together: either every point is stored or the call raises and none
         is (reports import, indicator points)."""
         ...
-
 
     async def ping(self) -> None:
         """Raise StoreQueryError unless the store answers a query that reads no data (health checks)."""

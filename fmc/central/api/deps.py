@@ -10,6 +10,7 @@ itself (a key look-up is microseconds of SQLite).
 """
 
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Path, Query, Request
@@ -81,15 +82,16 @@ def forbidden(e: Exception) -> HTTPException:
     return HTTPException(403, str(e))
 
 
-async def one_enterprise(ctx: ApiContext, key: KeyScope, enterprise_id: str) -> Enterprise:
+async def one_enterprise(ctx: ApiContext, key: KeyScope, enterprise_id: str, as_of: date | None = None) -> Enterprise:
     """The enterprise if the key may use it; 403 alike for out-of-scope ids that exist and
-    that do not; 404 only where the key could see the enterprise if it existed.
+    that do not; 404 only where the key could see the enterprise if it existed. ``as_of``: by its
+    region at the end of that day (a period's figures: the region of the period's end).
 
     A helper the endpoints call, not a dependency: a dependency would answer 403/404 before the
     endpoint's own parameters are validated, where the API answers 422 first."""
     if key.kind == "enterprise" and enterprise_id != key.enterprise:  # decided without a lookup
         raise HTTPException(403, "this enterprise is outside the key's scope")
-    known = await ctx.service.enterprise(enterprise_id)
+    known = await ctx.service.enterprise(enterprise_id, as_of)
     decision = key.enterprise_access(enterprise_id, known.region if known else None)
     if decision == "forbidden":
         raise HTTPException(403, "this enterprise is outside the key's scope")

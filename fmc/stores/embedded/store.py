@@ -571,9 +571,11 @@ _REPORTS_SQL = (
     + " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
     + " ORDER BY sel.enterprise, p.ts, sel.id"
 )
-# Every series of the three measurements with the time of its latest point (the primary key makes
-# max(ts) per series an index lookup); per enterprise, the tags of the series with the latest point.
-_ENTERPRISES_SQL = """
+# An enterprise's tags at a time (the region of the period's end, docs/indicators.md "Enterprises that
+# move"): those of its latest point before :as_of (over the three measurements; the primary key makes
+# max(ts) per series an index lookup), else of its earliest point from then on. One row per enterprise
+# (SQLite's documented rule: a lone max() or min() picks the bare columns of its row).
+_AS_OF_SQL = """
 WITH sel AS (
     SELECT id,
            json_extract(tags, '$.enterprise') AS enterprise,
@@ -582,13 +584,24 @@ WITH sel AS (
     FROM series
     WHERE measurement IN ('enterprise_daily', 'consumption_daily', 'enterprise_report')
 ),
-latest AS (
-    SELECT sel.enterprise, sel.region, sel.industry, (SELECT max(ts) FROM points WHERE series_id = sel.id) AS ts
+spans AS (
+    SELECT sel.enterprise, sel.region, sel.industry,
+           (SELECT max(ts) FROM points WHERE series_id = sel.id AND ts < :as_of) AS before,
+           (SELECT min(ts) FROM points WHERE series_id = sel.id AND ts >= :as_of) AS after
     FROM sel
     WHERE sel.enterprise IS NOT NULL
       AND (:enterprise_count = 0 OR sel.enterprise IN (SELECT value FROM json_each(:enterprises)))
+),
+latest AS (
+    SELECT enterprise, region, industry, max(before) FROM spans WHERE before IS NOT NULL GROUP BY enterprise
+),
+earliest AS (
+    SELECT enterprise, region, industry, min(after) FROM spans
+    WHERE after IS NOT NULL AND enterprise NOT IN (SELECT enterprise FROM latest) GROUP BY enterprise
 )
-SELECT enterprise, region, industry, max(ts) FROM latest WHERE ts IS NOT NULL GROUP BY enterprise ORDER BY enterprise
+SELECT enterprise, region, industry FROM latest
+UNION ALL SELECT enterprise, region, industry FROM earliest
+ORDER BY 1
 """
 
 
@@ -631,6 +644,9 @@ def _report_figures(fields: Mapping[str, object]) -> dict[str, float]:
 
 class EmbeddedQueryStore:
     """``fmc.central.store.IndicatorStore`` in SQL over an embedded store file.
+
+    An enterprise is in a scope by its tags at the end of the period asked for (``_AS_OF_SQL``), and then
+    with all of its rows and reports, whatever tags they were recorded under.
 
     ``store``: an open ``EmbeddedStore`` (shared: its lock serialises the calls) or the path of a
     store file, opened on first use (a missing file is an error, not a new empty store). Every
@@ -675,14 +691,34 @@ class EmbeddedQueryStore:
 
     def _read(self, statements: Sequence[tuple[str, Mapping[str, object]]]) -> list[list[tuple[Any, ...]]]:
         """Rows of each statement, all from one snapshot of the file."""
+        return self._snapshot(lambda conn: [conn.execute(sql, params).fetchall() for sql, params in statements])
+
+    def _snapshot(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """``work`` on the connection, inside one read transaction (one snapshot of the file)."""
         store = self._opened()
         with store._lock:
             conn = store._conn
             conn.execute("BEGIN")
             try:
-                return [conn.execute(sql, params).fetchall() for sql, params in statements]
+                return work(conn)
             finally:
                 conn.execute("COMMIT")
+
+    def _as_of(self, conn: sqlite3.Connection, as_of_ns: int, scope: Scope) -> list[EnterpriseInfo]:
+        """The enterprises whose tags at ``as_of_ns`` admit the scope, with those tags."""
+        params = {"as_of": as_of_ns, **_scope_params(scope)}
+        infos = [EnterpriseInfo(str(e), str(r), str(i)) for e, r, i in conn.execute(_AS_OF_SQL, params)]
+        return [x for x in infos if scope.admits(x.enterprise, x.region, x.industry)]
+
+    def _member_params(self, conn: sqlite3.Connection, as_of_ns: int, scope: Scope) -> dict[str, object] | None:
+        """Scope parameters that select the scope's members at ``as_of_ns`` by id (None: nobody)."""
+        if scope.region_prefix is None and not scope.industries:
+            return _scope_params(scope)  # ids only: an enterprise's id does not move
+        members = [x.enterprise for x in self._as_of(conn, as_of_ns, scope)]
+        if not members:
+            return None
+        return {"region": None, "industry_count": 0, "industries": "[]", "enterprise_count": len(members),
+                "enterprises": json.dumps(members)}
 
     async def _call(self, fn: Callable[[], _T]) -> _T:
         try:
@@ -699,34 +735,33 @@ class EmbeddedQueryStore:
         except OSError as e:
             raise StoreQueryError(f"embedded store {self.path}: {e.strerror or e}") from e
 
-    def _params(self, measurement: str, start_ns: int, end_ns: int, scope: Scope) -> dict[str, object]:
-        return {"measurement": measurement, "start": start_ns, "end": end_ns, **_scope_params(scope)}
+    def _params(self, measurement: str, start_ns: int, end_ns: int, scope: Mapping[str, object]) -> dict[str, object]:
+        return {"measurement": measurement, "start": start_ns, "end": end_ns, **scope}
 
     # --- the interface ---------------------------------------------------------------------------
 
-    async def enterprises(self, scope: Scope) -> list[EnterpriseInfo]:
-        params = _scope_params(scope)
-
-        def run() -> list[EnterpriseInfo]:
-            [rows] = self._read([(_ENTERPRISES_SQL, params)])
-            # region and industry are those of the latest series, so they are checked after it is known
-            infos = [EnterpriseInfo(str(e), str(r), str(i)) for e, r, i, _ in rows]
-            return [x for x in infos if scope.admits(x.enterprise, x.region, x.industry)]
-
-        return await self._call(run)
+    async def enterprises(self, scope: Scope, as_of: date | None = None) -> list[EnterpriseInfo]:
+        as_of_ns = INT64_MAX if as_of is None else local_day_start_ns(as_of + timedelta(days=1), self._tz)
+        return await self._call(lambda: self._snapshot(lambda conn: self._as_of(conn, as_of_ns, scope)))
 
     async def period_sums(
-        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS, as_of: date | None = None
     ) -> dict[str, PeriodSums]:
         """Every sum, whatever ``wanted`` says: in SQL they come in one pass."""
         start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
-        daily_params = self._params("enterprise_daily", start_ns, end_ns, scope)
-        carrier_params = self._params("consumption_daily", start_ns, end_ns, scope)
+        as_of_ns = end_ns if as_of is None else local_day_start_ns(as_of + timedelta(days=1), self._tz)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            members = self._member_params(conn, as_of_ns, scope)
+            if members is None:
+                return [], []
+            daily = conn.execute(_DAILY_SUMS_SQL, self._params("enterprise_daily", start_ns, end_ns, members))
+            daily_rows = daily.fetchall()
+            carrier = conn.execute(_CARRIER_SUMS_SQL, self._params("consumption_daily", start_ns, end_ns, members))
+            return daily_rows, carrier.fetchall()
 
         def run() -> dict[str, PeriodSums]:
-            daily_rows, carrier_rows = self._read(
-                [(_DAILY_SUMS_SQL, daily_params), (_CARRIER_SUMS_SQL, carrier_params)]
-            )
+            daily_rows, carrier_rows = self._snapshot(work)
             daily: dict[str, DailySums] = {}
             for enterprise, days, *rest in daily_rows:
                 if not days:
@@ -752,13 +787,23 @@ class EmbeddedQueryStore:
 
         return await self._call(run)
 
-    async def reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
+    async def reports(
+        self, first_year: int, last_year: int, scope: Scope, as_of: date | None = None
+    ) -> dict[str, list[StoredReport]]:
         start_ns, end_ns = _period_bounds_ns(date(first_year, 1, 1), date(last_year, 12, 31), self._tz)
-        params = self._params("enterprise_report", start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS, scope)
-        params.update(first_year=first_year, last_year=last_year)
+        as_of_ns = end_ns if as_of is None else local_day_start_ns(as_of + timedelta(days=1), self._tz)
+
+        def work(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            members = self._member_params(conn, as_of_ns, scope)
+            if members is None:
+                return []
+            params = self._params("enterprise_report", start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS,
+                                  members)
+            params.update(first_year=first_year, last_year=last_year)
+            return conn.execute(_REPORTS_SQL, params).fetchall()
 
         def run() -> dict[str, list[StoredReport]]:
-            [rows] = self._read([(_REPORTS_SQL, params)])
+            rows = self._snapshot(work)
             merged: dict[tuple[str, str], dict[str, float]] = {}
             for enterprise, period, _ts, fields_json in rows:
                 figures = _report_figures(json.loads(fields_json))

@@ -119,7 +119,19 @@ def scope_condition(scope: Scope) -> str:
 
 
 def _enterprise_condition(enterprises: Iterable[str]) -> str:
-    return "(" + " OR ".join(f"enterprise = {quote_literal(e)}" for e in enterprises) + ")"
+    return "(" + " OR ".join(f"enterprise = {quote_literal(e)}" for e in sorted(enterprises)) + ")"
+
+
+def _outside(scope: Scope) -> list[str]:
+    """Conditions of which one holds for tags outside the scope's region or industries."""
+    outside = [f"region !~ {regex_prefixes([scope.region_prefix])}"] if scope.region_prefix is not None else []
+    if scope.industries:
+        outside.append(f"industry !~ {regex_prefixes(scope.industries)}")
+    return outside
+
+
+def _all_of(*conditions: str) -> str:
+    return " AND ".join(c for c in conditions if c)
 
 
 # --- answers ---------------------------------------------------------------------------------------------
@@ -269,9 +281,10 @@ class InfluxQueryStore:
 
     # --- the interface -----------------------------------------------------------------------------
 
-    async def period_sums(
+    async def _period_sums(
         self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
     ) -> dict[str, PeriodSums]:
+        """The sums of the rows recorded under tags in scope. One request per statement"""
         # One request per statement, sent at once: InfluxDB runs the statements of one request one
         # after another on one core, and separate requests in parallel (docs/central.md has figures).
         statements = self.period_sums_statements(start, end, scope, await self.carriers(), wanted)
@@ -318,45 +331,113 @@ class InfluxQueryStore:
                 )
         return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}
 
-    async def enterprises(self, scope: Scope) -> list[EnterpriseInfo]:
-        # An enterprise's region and industry are those of its latest point. The scope is pushed down
-        # to find the candidates; then, when it restricts region or industry, the candidates' series
-        # outside it are read too, and a candidate whose latest point lies outside has moved out.
-        latest = await self._latest_tags(scope_condition(scope))
-        outside = [f"region !~ {regex_prefixes([scope.region_prefix])}"] if scope.region_prefix is not None else []
-        if scope.industries:
-            outside.append(f"industry !~ {regex_prefixes(scope.industries)}")
-        if latest and outside:
-            moved = await self._latest_tags(f"{_enterprise_condition(latest)} AND ({' OR '.join(outside)})")
-            for enterprise, (ts, region, industry) in moved.items():
-                if enterprise in latest and ts > latest[enterprise][0]:
-                    latest[enterprise] = (ts, region, industry)
-        infos = [EnterpriseInfo(e, region, industry) for e, (_, region, industry) in sorted(latest.items())]
-        return [i for i in infos if scope.admits(i.enterprise, i.region, i.industry)]
+    # --- the region of the period's end -------------------------------------------------------------
+    #
+    # An enterprise is in a scope by its tags at the end of the period asked for (those of its latest point
+    # by then), and then with all of its rows and reports, whatever tags they were recorded under. The
+    # scope is still pushed into each query: the rows recorded under tags in scope, plus, for the few
+    # members that also have rows under other tags in the period (movers), their rows by id.
 
-    async def _latest_tags(self, condition: str) -> dict[str, tuple[int, str, str]]:
-        """enterprise -> (time in ms, region, industry) of its latest point matching ``condition``."""
+    async def _combos(self, condition: str, *, earliest: bool = False) -> list[tuple[str, int, str, str]]:
+        """(enterprise, time in ms, region, industry) of the latest (``earliest``: first) point of each
+        tag combination matching ``condition``, in each of the three measurements."""
         where = f" WHERE {condition}" if condition else ""
-        # the latest point of each (enterprise, region, industry); one field is enough where every point
-        # has it, a report may have any of its fields
+        order = "ASC" if earliest else "DESC"
+        # one field is enough where every point has it, a report may have any of its fields
         statements = [
             f"SELECT {columns} FROM {self._from(m)}{where} GROUP BY enterprise, region, industry "
-            "ORDER BY time DESC LIMIT 1"
+            f"ORDER BY time {order} LIMIT 1"
             for m, columns in ((DAILY, DAILY_FIELDS[0]), (CONSUMPTION, "amount"), (REPORT, "*"))
         ]
-        latest: dict[str, tuple[int, str, str]] = {}
+        out: list[tuple[str, int, str, str]] = []
         for result in await self._query(statements):
             for tags, columns, rows in _series(result):
                 enterprise = tags.get("enterprise")
-                if not rows or not enterprise or "time" not in columns:
-                    continue
-                ts = _count(rows[0][columns.index("time")])
-                known = latest.get(enterprise)
-                if known is None or ts > known[0]:
-                    latest[enterprise] = (ts, tags.get("region") or "", tags.get("industry") or "")
-        return latest
+                if rows and enterprise and "time" in columns:
+                    out.append((enterprise, _count(rows[0][columns.index("time")]), tags.get("region") or "",
+                                tags.get("industry") or ""))
+        return out
 
-    async def reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
+    async def _tags_before(self, before_ns: int | None, scope: Scope) -> dict[str, list[tuple[int, str, str]]]:
+        """enterprise -> (time in ms of its latest point before ``before_ns``, region, industry) of each of
+        its tag combinations, for every enterprise with a point under tags in scope before then."""
+        time = [f"time < {int(before_ns)}"] if before_ns is not None else []
+        found: dict[str, list[tuple[int, str, str]]] = {}
+        for e, ts, region, industry in await self._combos(_all_of(scope_condition(scope), *time)):
+            found.setdefault(e, []).append((ts, region, industry))
+        outside = _outside(scope)
+        if found and outside:
+            condition = _all_of(_enterprise_condition(found), "(" + " OR ".join(outside) + ")", *time)
+            for e, ts, region, industry in await self._combos(condition):
+                found[e].append((ts, region, industry))
+        return found
+
+    @staticmethod
+    def _members(found: Mapping[str, list[tuple[int, str, str]]], scope: Scope, since_ns: int
+                 ) -> tuple[set[str], set[str]]:
+        """(the enterprises whose latest tags admit the scope, those of them with a point under other
+        tags at or after ``since_ns``: their rows are read by id)."""
+        members: set[str] = set()
+        movers: set[str] = set()
+        for e, combos in found.items():
+            _, region, industry = max(combos)
+            if not scope.admits(e, region, industry):
+                continue
+            members.add(e)
+            if any(ts * MS >= since_ns and not scope.admits(e, r, i) for ts, r, i in combos):
+                movers.add(e)
+        return members, movers
+
+    async def enterprises(self, scope: Scope, as_of: date | None = None) -> list[EnterpriseInfo]:
+        before = None if as_of is None else local_day_start_ns(as_of + timedelta(days=1), self._tz)
+        found = await self._tags_before(before, scope)
+        tags = {e: max(combos)[1:] for e, combos in found.items()}
+        if before is not None:
+            # in scope only with points after as_of: the tags of the earliest point from then on
+            later = {e for e, *_ in await self._combos(_all_of(scope_condition(scope), f"time >= {before}"),
+                                                       earliest=True) if e not in tags}
+            if later:
+                first: dict[str, tuple[int, str, str]] = {}
+                condition = _all_of(_enterprise_condition(later), f"time >= {before}")
+                for e, ts, region, industry in await self._combos(condition, earliest=True):
+                    if e not in first or ts < first[e][0]:
+                        first[e] = (ts, region, industry)
+                tags.update({e: v[1:] for e, v in first.items()})
+        infos = [EnterpriseInfo(e, region, industry) for e, (region, industry) in sorted(tags.items())]
+        return [i for i in infos if scope.admits(i.enterprise, i.region, i.industry)]
+
+    async def period_sums(
+        self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS, as_of: date | None = None
+    ) -> dict[str, PeriodSums]:
+        if scope.region_prefix is None and not scope.industries:
+            return await self._period_sums(start, end, scope, wanted)  # ids only: an id does not move
+        start_ns, end_ns = self._bounds(start, end)
+        if as_of is not None:
+            end_ns = local_day_start_ns(as_of + timedelta(days=1), self._tz)
+        found, inside = await asyncio.gather(self._tags_before(end_ns, scope),
+                                             self._period_sums(start, end, scope, wanted))
+        members, movers = self._members(found, scope, start_ns)
+        out = {e: v for e, v in inside.items() if e in members and e not in movers}
+        if movers:
+            out.update(await self._period_sums(start, end, Scope(enterprises=tuple(sorted(movers))), wanted))
+        return dict(sorted(out.items()))
+
+    async def reports(
+        self, first_year: int, last_year: int, scope: Scope, as_of: date | None = None
+    ) -> dict[str, list[StoredReport]]:
+        if scope.region_prefix is None and not scope.industries:
+            return await self._reports(first_year, last_year, scope)
+        start_ns, end_ns = self._bounds(date(first_year, 1, 1), date(last_year, 12, 31))
+        before = end_ns if as_of is None else local_day_start_ns(as_of + timedelta(days=1), self._tz)
+        found, inside = await asyncio.gather(self._tags_before(before, scope),
+                                             self._reports(first_year, last_year, scope))
+        members, movers = self._members(found, scope, start_ns - REPORT_MARGIN_NS)
+        out = {e: v for e, v in inside.items() if e in members and e not in movers}
+        if movers:
+            out.update(await self._reports(first_year, last_year, Scope(enterprises=tuple(sorted(movers)))))
+        return dict(sorted(out.items()))
+
+    async def _reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
         start_ns, end_ns = self._bounds(date(first_year, 1, 1), date(last_year, 12, 31))
         years = "|".join(_regex_text(f"{y:04d}") for y in range(first_year, last_year + 1))
         period = f"period =~ /^(?:{years})(?:-|$)/"

@@ -123,8 +123,8 @@ async def enterprise_indicators(
     """Every indicator of one enterprise for a period: value, unit, baseline, target, changes,
     coverage and status (no rank: see /v1/indicators?level=enterprise)."""
     ctx = context(request)
-    e = await one_enterprise(ctx, key, enterprise_id)
     p = parse_period(ctx, period)
+    e = await one_enterprise(ctx, key, enterprise_id, p.end)  # where it was at the period's end
     computed = await ctx.service.indicators("enterprise", p, Scope(enterprises=(e.enterprise,)))
     wanted = [indicator] if indicator else list(INDICATORS)
     as_csv = wants_csv(format, request.headers.get("accept"))
