@@ -238,7 +238,7 @@ async def test_put_report_invalidates_at_once(service: IndicatorService) -> None
     before = (await service.indicators("enterprise", Period.of_year(2020), Scope(enterprises=("C",)))).rows[0]
     assert before.results["labour_productivity"].status == "insufficient_data"
     await service.put_report(EnterpriseReport(enterprise="C", period="2020", value_added=3_000_000.0,
-                                              employees_avg=100.0))
+                                              value_added_comparable=3_000_000.0, employees_avg=100.0))
     after = (await service.indicators("enterprise", Period.of_year(2020), Scope(enterprises=("C",)))).rows[0]
     # 300 10⁴ yuan ÷ 100 persons
     assert after.results["labour_productivity"].value == pytest.approx(3.0)

@@ -344,3 +344,108 @@ async def test_a_mover_gets_the_same_answer_whoever_asked_first(backend: Backend
     assert [forward[(k, one + "2019")][0] for k in MOVER_KEYS] == [200, 200, 403, 200]
     by_key = {forward[(k, one + "2020")][1]["indicators"]["nc_rate"]["coverage"] for k in ("province", "region:3307")}
     assert by_key == {1.0}
+
+
+# --- traps: decided, documented (docs/indicators.md), each with a test ----------------------------------------
+
+
+def rows_of(first: date, last: date, total: int, nc: int, networked: int | None = None) -> list[EnterpriseDay]:
+    net = nc if networked is None else networked
+    return [EnterpriseDay(d, total, nc, 0.0, 0.0, net, net) for d in days_between(first, last)]
+
+
+def coal(first: date, last: date, tce_per_day: float) -> list[ConsumptionDay]:
+    return [ConsumptionDay(d, "coal", tce_per_day / 0.7143 * 1000, tce_per_day) for d in days_between(first, last)]
+
+
+def test_trap_survey_baselines_serve_whole_years_only() -> None:
+    """A survey gives annual (year-end) figures: the baseline of a month, a quarter or a year to date is
+    the same period of the base year measured, never the annual survey figure."""
+    from fmc.indicators.engine import EnterpriseData, Report, compute
+
+    data = EnterpriseData("E", daily=rows_of(date(2019, 1, 1), date(2019, 12, 31), 10, 4),
+                          reports=[Report(Period.of_year(2019), value_added_comparable=100.0, employees_avg=10.0)],
+                          baseline_values={"nc_rate": 30.0, "labour_productivity": 8.0})
+    year = compute("nc_rate", Period.of_year(2019), data, PLAN)
+    assert (year.baseline, year.baseline_source, year.target, year.status) == (30.0, "survey", 36.0, "met")
+    whole = compute("nc_rate", Period.year_to_date(date(2019, 12, 31)), data, PLAN)
+    assert whole.baseline == 30.0  # 1 January to 31 December is the whole year
+    for period in (Period.of_month(2019, 12), Period.of_quarter(2019, 4), Period.year_to_date(date(2019, 6, 30))):
+        r = compute("nc_rate", period, data, PLAN)
+        assert (r.value, r.baseline, r.target, r.status) == (40.0, None, None, "insufficient_data"), period
+    assert compute("labour_productivity", Period.of_year(2019), data, PLAN).baseline == 8.0
+
+
+def test_trap_comparable_prices_never_fall_back_to_current_prices() -> None:
+    """value_added_prices = "comparable": the reported comparable value added, else current ÷ the year's
+    deflator; in the base year current prices are the comparable ones. A year with neither is
+    insufficient_data (it used to take current prices silently: 5 % inflation then passes for +5 %)."""
+    from fmc.indicators.engine import EnterpriseData, Report, compute
+
+    reports = [Report(Period.of_year(2016), value_added=1000.0, employees_avg=100.0),
+               Report(Period.of_year(2018), value_added=1102.5, employees_avg=100.0)]
+    data = EnterpriseData("E", reports=reports)
+    base = compute("labour_productivity", Period.of_year(2016), data, PLAN)
+    assert base.value == pytest.approx(10.0)  # base year: current prices are the base year's prices
+    r = compute("labour_productivity", Period.of_year(2018), data, PLAN)
+    assert (r.value, r.status) == (None, "insufficient_data") and dict(r.inputs)["value_added"] == 0.0
+    deflated = PLAN.model_copy(update={"policy": PLAN.policy.model_copy(update={"deflator": {2018: 1.1025}})})
+    r = compute("labour_productivity", Period.of_year(2018), data, deflated)
+    assert r.value == pytest.approx(10.0) and r.status == "missed"  # real productivity flat: +0 %, not +5 %/yr
+    current = PLAN.model_copy(update={"policy": PLAN.policy.model_copy(update={"value_added_prices": "current"})})
+    assert compute("labour_productivity", Period.of_year(2018), data, current).value == pytest.approx(11.025)
+
+
+def test_trap_rd_and_new_product_floors_are_for_2020() -> None:
+    """提高到1.5%以上，新产品产值率达到35%: levels the plan sets for its end (2020), not floors for every year."""
+    from fmc.indicators.engine import EnterpriseData, Report, compute
+
+    reports = [Report(Period.of_year(y), revenue=1000.0, rd_expense=12.0, gross_output=100.0,
+                      new_product_output=30.0) for y in (2018, 2020)]
+    data = EnterpriseData("E", reports=reports)
+    for name in ("rd_intensity", "new_product_ratio"):
+        early = compute(name, Period.of_year(2018), data, PLAN)
+        assert (early.target, early.status) == (None, "no_target"), name
+        late = compute(name, Period.of_year(2020), data, PLAN)
+        assert (late.target, late.status) == ({"rd_intensity": 1.5, "new_product_ratio": 35.0}[name], "missed")
+    assert PLAN.indicators["rd_intensity"].years == [2020]
+
+
+def test_trap_group_coverage_weighs_members_by_size() -> None:
+    """A county of 19 small members (value added 10 each) and one large one (1000) whose 2020 meter data is
+    missing: 19 of 20 members have a figure (0.95 ≥ min_coverage), but they hold 190 of the 1190 of
+    value added the county had in 2019 (0.16). Coverage is the smaller share: insufficient_data."""
+    from fmc.indicators.engine import EnterpriseData, Report, compute, pool
+
+    def member(name: str, va: float, meter_2020: bool) -> EnterpriseData:
+        cons = coal(date(2019, 1, 1), date(2019, 12, 31), va / 365)
+        if meter_2020:
+            cons += coal(date(2020, 1, 1), date(2020, 12, 31), va / 366)
+        reports = [Report(Period.of_year(y), value_added_comparable=va) for y in (2019, 2020)]
+        return EnterpriseData(name, consumption=cons, reports=reports)
+
+    members = [member(f"S{i}", 10.0, True) for i in range(19)] + [member("BIG", 1000.0, False)]
+    results = [compute("energy_intensity", Period.of_year(2020), m, PLAN) for m in members]
+    county = pool(results, PLAN)
+    assert county.included == 19 and dict(county.inputs) == pytest.approx({"members": 0.95, "size": 190 / 1190})
+    assert (county.coverage, county.value, county.status) == (pytest.approx(190 / 1190), None, "insufficient_data")
+    one_small = compute("energy_intensity", Period.of_year(2020), member("S19", 10.0, False), PLAN)
+    small = pool([*results[:19], one_small], PLAN)
+    assert small.coverage == pytest.approx(0.95) and small.value is not None  # a small member missing: 0.95
+
+
+def test_trap_the_period_end_figure_is_that_of_the_periods_last_days() -> None:
+    """nc_rate_basis = "period_end" takes the period's last day, or the latest day within
+    period_end_within_days (7) before it; data that stopped on 15 December gives no year-end figure
+    (it used to take whatever day came last: 350/365 days = 0.96 coverage, the 15 December figure)."""
+    from fmc.indicators.engine import EnterpriseData, compute
+
+    late = EnterpriseData("E", daily=rows_of(date(2019, 1, 1), date(2019, 12, 26), 10, 4))
+    r = compute("nc_rate", Period.of_year(2019), late, PLAN)
+    assert r.value == 40.0  # 26 December: 5 days before the end
+    stopped = EnterpriseData("E", daily=rows_of(date(2019, 1, 1), date(2019, 12, 15), 10, 4))
+    r = compute("nc_rate", Period.of_year(2019), stopped, PLAN)
+    assert (r.value, r.status, r.coverage) == (None, "insufficient_data", 0.0)
+    assert dict(r.inputs) == {"enterprise_daily": pytest.approx(349 / 365), "period_end": 0.0}
+    days = PLAN.model_copy(update={"policy": PLAN.policy.model_copy(update={"nc_rate_basis": "equipment_days"})})
+    assert compute("nc_rate", Period.of_year(2019), stopped, days).value == 40.0  # equipment-days: 349/365

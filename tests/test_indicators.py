@@ -76,7 +76,8 @@ def test_default_plan_has_the_plans_numbers() -> None:
 def test_points_path_is_capped_at_100() -> None:
     assert PLAN.target_for("nc_rate", 2020, 95.0) == 100.0  # 95 + 2·4 = 103 -> 100
     assert PLAN.target_for("nc_rate", 2021, 95.0) is None  # outside the plan
-    assert PLAN.target_for("rd_intensity", 2018, None) == 1.5  # a floor needs no baseline
+    assert PLAN.target_for("rd_intensity", 2020, None) == 1.5  # a floor needs no baseline
+    assert PLAN.target_for("rd_intensity", 2018, None) is None  # the plan sets it for 2020
 
 
 def test_load_targets_reports_setting_and_fix(tmp_path: Path) -> None:
@@ -300,8 +301,8 @@ def test_a_month_of_missing_meter_data_is_insufficient_not_a_number() -> None:
     data = EnterpriseData(
         "e1",
         consumption=rows,
-        reports=[year_report(2019, value_added=1000.0)]
-        + [Report(Period.of_month(2019, m), value_added=80.0) for m in range(1, 13)],
+        reports=[year_report(2019, value_added=1000.0, value_added_comparable=1000.0)]
+        + [Report(Period.of_month(2019, m), value_added=80.0, value_added_comparable=80.0) for m in range(1, 13)],
     )
     for month in (3, 4):
         p = Period.of_month(2019, month)
@@ -335,7 +336,7 @@ def test_water_and_wastewater_intensity() -> None:
     data = EnterpriseData(
         "e1",
         consumption=rows,
-        reports=[year_report(2017, value_added=365.0)],
+        reports=[year_report(2017, value_added=365.0, value_added_comparable=365.0)],
         baseline_values={"water_intensity": 11.0, "wastewater_intensity": 4.0},
     )
     w = compute("water_intensity", Period.of_year(2017), data, PLAN)
@@ -391,6 +392,7 @@ def test_report_indicators_from_monthly_reports() -> None:
             2017,
             m,
             value_added=11.0,
+            value_added_comparable=11.0,
             employees_avg=100.0,
             revenue=100.0,
             rd_expense=2.0,
@@ -409,10 +411,13 @@ def test_report_indicators_from_monthly_reports() -> None:
         assert (r.value, r.status) == (None, "insufficient_data") and r.coverage == pytest.approx(11 / 12)
     # the first quarter of 2017 is whole: R&D 6/300 = 2 % ≥ 1.5 met; new products 51/150 = 34 % < 35 missed
     q1 = Period.of_quarter(2017, 1)
-    rd = compute("rd_intensity", q1, data, PLAN)
+    # (the plan sets the floors for 2020: here they apply in every plan year)
+    floors = PLAN.model_copy(update={"indicators": {k: v.model_copy(update={"years": None})
+                                                    for k, v in PLAN.indicators.items()}})
+    rd = compute("rd_intensity", q1, data, floors)
     assert (rd.value, rd.target, rd.status) == (pytest.approx(2.0), 1.5, "met")
     assert rd.yoy == pytest.approx(1.0)  # 2 % − 1 % = 1 point
-    npr = compute("new_product_ratio", q1, data, PLAN)
+    npr = compute("new_product_ratio", q1, data, floors)
     assert (npr.value, npr.status) == (pytest.approx(34.0), "missed")
     # productivity Q1: 33/100 vs Q1 2016 30/102 (baseline of the same quarter); target × 1.07
     lp = compute("labour_productivity", q1, data, PLAN)
@@ -438,7 +443,7 @@ def test_status_direction() -> None:
     assert status_of("nc_rate", PLAN, 2018, 43.0, 44.0, None) == "missed"
     assert status_of("labour_productivity", PLAN, 2018, 1.2, 1.1449, None) == "met"
     assert status_of("labour_productivity", PLAN, 2018, 1.1, 1.1449, None) == "missed"
-    assert status_of("rd_intensity", PLAN, 2018, 1.4, 1.5, None) == "missed"
+    assert status_of("rd_intensity", PLAN, 2020, 1.4, 1.5, None) == "missed"
     # no value: insufficient; outside the plan or no target (energy): no_target
     assert status_of("nc_rate", PLAN, 2018, None, 44.0, None) == "insufficient_data"
     assert status_of("nc_rate", PLAN, 2021, 50.0, None, None) == "no_target"
@@ -480,7 +485,7 @@ def test_pooled_county_from_three_enterprises() -> None:
             k,
             daily=ent_days(date(2020, 12, 1), date(2020, 12, 31), total, nc),
             consumption=coal_year(2016, e16) + coal_year(2020, e20),
-            reports=[year_report(2016, value_added=va), year_report(2020, value_added=va)],
+            reports=[year_report(2016, value_added=va), year_report(2020, value_added=va, value_added_comparable=va)],
         )
         for k, (e16, e20, va, nc, total) in figures.items()
     }

@@ -356,6 +356,10 @@ def _rate_measure(indicator: str, period: Period, sums: DailySums | None, target
     def rate(num: float, den: float) -> Measure:
         return Measure(num, den, coverage, 100.0, inputs=(("enterprise_daily", coverage),))
 
+    period_end = indicator == "nc_rate" and policy.nc_rate_basis == "period_end"
+    if period_end and (period.end - sums.last_day).days > policy.period_end_within_days:
+        # no day near the period's end: no period-end figure, whatever day came last
+        return Measure(None, None, 0.0, 100.0, inputs=(("enterprise_daily", coverage), ("period_end", 0.0)))
     if indicator == "nc_rate":
         asset = policy.nc_rate_weight == "asset_value"
         if policy.nc_rate_basis == "period_end":
@@ -465,14 +469,15 @@ def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: T
     (the report has no such figure, or there is none) the months'. Per field."""
 
     def figure(r: Report) -> float | None:
-        if name == "value_added":
-            if targets.policy.value_added_prices == "comparable":
-                if r.value_added_comparable is not None:
-                    return r.value_added_comparable
-                index = targets.policy.deflator.get(r.period.year)
-                if index is not None and r.value_added is not None:
-                    return r.value_added / index
-            return r.value_added
+        if name == "value_added" and targets.policy.value_added_prices == "comparable":
+            # the reported comparable figure, else current ÷ the year's deflator (the base year's prices are
+            # the comparable ones); never current prices silently
+            if r.value_added_comparable is not None:
+                return r.value_added_comparable
+            index = 1.0 if r.period.year == targets.base_year else targets.policy.deflator.get(r.period.year)
+            if index is not None and r.value_added is not None:
+                return r.value_added / index
+            return None
         return getattr(r, name)
 
     for r in reports:
@@ -555,7 +560,7 @@ def status_of(
     t = targets.indicators.get(indicator)  # type: ignore[call-overload]
     if value is None:
         return "insufficient_data"
-    if t is None or year not in targets.years:
+    if t is None or not targets.applies(indicator, year):
         return "no_target"
     if t.status_basis == "year_on_year":
         if previous is None:
@@ -746,9 +751,11 @@ def pooled_result(
     the group without a baseline (previous year), hence without a target (change): never a
     comparison between different sets of enterprises."""
     total = indicator == "energy"
-    coverage = s.included / s.members if s.members else 0.0
+    by_count = s.included / s.members if s.members else 0.0
+    by_size = s.size_included / s.size_all if s.size_all > 0 else 1.0  # no size known: by count only
+    coverage = min(by_count, by_size)
     m = Measure(s.num if s.included else None, (1.0 if total else s.den) if s.included else None, coverage, scale,
-                inputs=(("members", coverage),))
+                inputs=(("members", by_count), ("size", by_size)))
     value = m.value(targets.policy.min_coverage)
     baseline = previous = None
     if value is not None:

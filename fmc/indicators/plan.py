@@ -67,6 +67,9 @@ class IndicatorTarget(_Model):
     )
     cap: float | None = Field(default=None, description="upper limit of a points path, e.g. 100 (%)")
     status_basis: Literal["path", "year_on_year"] = "path"
+    years: list[int] | None = Field(
+        default=None, description="the plan years the target applies in (default: every plan year), e.g. [2020] "
+        "for a level the plan sets for its end")
 
     @model_validator(mode="after")
     def _check(self) -> IndicatorTarget:
@@ -103,6 +106,9 @@ class Policy(_Model):
         "comparable value added = current value added ÷ index, unless a comparable figure is reported",
     )
     min_coverage: float = Field(default=0.95, gt=0, le=1)
+    period_end_within_days: int = Field(
+        default=7, ge=0, le=31, description="a period-end figure is that of the period's last day, or of the latest "
+        "day with data at most this many days before it; older data gives no period-end figure")
 
     _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))
     _equal = field_validator("electricity_equal_value")(lambda cls, v: equal_values_by_year(v))
@@ -147,16 +153,26 @@ class Targets(_Model):
                 f"years: base_year ({self.base_year}) < first_year ({self.first_year}) <= last_year "
                 f"({self.last_year}) is required"
             )
+        for name, t in self.indicators.items():
+            outside = [y for y in t.years or () if y not in self.years]
+            if outside:
+                raise ValueError(f"indicators.{name}.years: {outside} lie outside the plan's years "
+                                 f"{self.first_year}-{self.last_year}")
         return self
 
     @property
     def years(self) -> range:
         return range(self.first_year, self.last_year + 1)
 
+    def applies(self, indicator: str, year: int) -> bool:
+        """Whether the indicator has a target in ``year`` (a plan year, and one of the target's ``years``)."""
+        t = self.indicators.get(indicator)  # type: ignore[call-overload]
+        return t is not None and year in self.years and (t.years is None or year in t.years)
+
     def target_for(self, indicator: str, year: int, baseline: float | None) -> float | None:
         """The target for ``year`` on the path from the baseline; None outside the plan or without a baseline."""
         t = self.indicators.get(indicator)  # type: ignore[call-overload]
-        if t is None or year not in self.years:
+        if t is None or not self.applies(indicator, year):
             return None
         if t.kind == "floor":
             return t.step
