@@ -449,3 +449,49 @@ def test_trap_the_period_end_figure_is_that_of_the_periods_last_days() -> None:
     assert dict(r.inputs) == {"enterprise_daily": pytest.approx(349 / 365), "period_end": 0.0}
     days = PLAN.model_copy(update={"policy": PLAN.policy.model_copy(update={"nc_rate_basis": "equipment_days"})})
     assert compute("nc_rate", Period.of_year(2019), stopped, days).value == 40.0  # equipment-days: 349/365
+
+
+def test_trap_networking_basis_and_the_year_end_survey_figure() -> None:
+    """The survey's 基期机器联网率 is a year-end figure (年末数). 10 NC machines in 2019; 5 networked to 30
+    June (181 days), 9 from 1 July (184 days): over equipment-days (905 + 1656) / 3650 = 70.16 %, at the
+    year's end 90 %. Default (equipment_days): the survey's 60 % is not comparable, so no baseline and no
+    target (it used to be compared: 70.16 against 60 + 6 = 66 "met", a different quantity). With
+    networking_basis = "period_end": 90 % against 66: met."""
+    from fmc.indicators.engine import EnterpriseData, compute
+
+    rows = rows_of(date(2019, 1, 1), date(2019, 6, 30), 10, 10, 5) + rows_of(date(2019, 7, 1), date(2019, 12, 31),
+                                                                             10, 10, 9)
+    data = EnterpriseData("E", daily=rows, baseline_values={"networking_rate": 60.0, "nc_rate": 100.0})
+    r = compute("networking_rate", Period.of_year(2019), data, PLAN)
+    assert r.value == pytest.approx(100 * (5 * 181 + 9 * 184) / 3650)
+    assert (r.baseline, r.target, r.status) == (None, None, "insufficient_data")
+    assert "year-end" in (r.note or "")
+    year_end = PLAN.model_copy(update={"policy": PLAN.policy.model_copy(update={"networking_basis": "period_end"})})
+    r = compute("networking_rate", Period.of_year(2019), data, year_end)
+    assert (r.value, r.baseline, r.baseline_source, r.target, r.status) == (90.0, 60.0, "survey", 66.0, "met")
+    # an NC rate over equipment-days is not compared with the year-end survey figure either
+    days = PLAN.model_copy(update={"policy": PLAN.policy.model_copy(update={"nc_rate_basis": "equipment_days"})})
+    assert compute("nc_rate", Period.of_year(2019), data, days).baseline is None
+    assert compute("nc_rate", Period.of_year(2019), data, PLAN).baseline == 100.0
+
+
+def test_trap_a_blank_original_value_is_not_weighed_as_zero() -> None:
+    """nc_rate_weight = "asset_value": a machine without 原值 counts 0 in the rollup's sums, so the rate's
+    coverage is the share of in-scope equipment with one (``equipment_valued`` on the last day); a rollup
+    that does not carry it weighs nothing. 10 machines, 4 NC worth 2 each, 6 others worth 1 -> 8/14."""
+    from fmc.indicators.engine import EnterpriseData, compute
+
+    asset = PLAN.model_copy(update={"policy": PLAN.policy.model_copy(update={"nc_rate_weight": "asset_value"})})
+    span = days_between(date(2019, 1, 1), date(2019, 12, 31))
+
+    def year(valued: int | None, value_total: float) -> EnterpriseData:
+        return EnterpriseData("E", daily=[EnterpriseDay(d, 10, 4, value_total, 8.0, 4, 4, equipment_valued=valued)
+                                          for d in span])
+
+    r = compute("nc_rate", Period.of_year(2019), year(10, 14.0), asset)
+    assert r.value == pytest.approx(100 * 8 / 14) and dict(r.inputs)["asset_value"] == 1.0
+    # one non-NC machine's 原值 is blank: 8/13 would overstate the rate; 9 of 10 valued < 0.95
+    r = compute("nc_rate", Period.of_year(2019), year(9, 13.0), asset)
+    assert (r.value, r.status, r.coverage) == (None, "insufficient_data", 0.9)
+    r = compute("nc_rate", Period.of_year(2019), year(None, 14.0), asset)
+    assert (r.value, dict(r.inputs)["asset_value"]) == (None, 0.0)

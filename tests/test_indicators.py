@@ -239,7 +239,8 @@ def test_leap_year_equipment_days() -> None:
     assert compute("nc_rate", p, data, PLAN).value == pytest.approx(60.0)
     # by original value: NC machines worth 2, others 1 (10⁴ yuan) -> at the year end 6·2/(6·2 + 4·1) = 75 %
     by_value = [
-        EnterpriseDay(d.day, 10, d.equipment_nc, 2.0 * d.equipment_nc + (10 - d.equipment_nc), 2.0 * d.equipment_nc)
+        EnterpriseDay(d.day, 10, d.equipment_nc, 2.0 * d.equipment_nc + (10 - d.equipment_nc), 2.0 * d.equipment_nc,
+                      equipment_valued=10)  # every machine has its 原值
         for d in rows
     ]
     r = compute("nc_rate", p, EnterpriseData("e1", daily=by_value), with_policy(nc_rate_weight="asset_value"))

@@ -123,6 +123,7 @@ class EnterpriseDay:
     asset_value_nc: float = 0.0
     equipment_networked: int = 0
     nc_equipment_networked: int = 0
+    equipment_valued: int | None = None  # equipment with an original value (原值); None: not carried
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,7 @@ class IndicatorResult:
     prev_numerator: float | None = None  # the previous year's figure, as numerator and denominator
     prev_denominator: float | None = None
     size: float | None = None  # the enterprise's weight in a group's coverage (see ``member_size``)
+    note: str | None = None  # a reason worth telling (e.g. why a survey baseline was not used)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +302,9 @@ def summarize(period: Period, daily: Iterable[EnterpriseDay], consumption: Itera
             last_equipment_nc=float(last.equipment_nc),
             last_asset_value_total=last.asset_value_total,
             last_asset_value_nc=last.asset_value_nc,
+            last_equipment_networked=float(last.equipment_networked),
+            last_nc_equipment_networked=float(last.nc_equipment_networked),
+            last_equipment_valued=math.nan if last.equipment_valued is None else float(last.equipment_valued),
         )
     best: dict[tuple[date, str], ConsumptionDay] = {}
     for c in consumption:
@@ -332,11 +337,14 @@ def sums_wanted(policy: Policy) -> SumsWanted:
     if policy.nc_rate_basis == "equipment_days":
         daily |= {"asset_value_nc", "asset_value_total"} if policy.nc_rate_weight == "asset_value" else {
             "equipment_nc", "equipment_total"}
-    if policy.networking_denominator == "all_equipment_days":
-        daily |= {"equipment_networked", "equipment_total"}
-    else:
-        daily |= {"nc_equipment_networked", "equipment_nc"}
-    return SumsWanted(frozenset(daily), amount=policy.electricity_basis == "equal")
+    if policy.networking_basis == "equipment_days":
+        if policy.networking_denominator == "all_equipment_days":
+            daily |= {"equipment_networked", "equipment_total"}
+        else:
+            daily |= {"nc_equipment_networked", "equipment_nc"}
+    return SumsWanted(frozenset(daily), amount=policy.electricity_basis == "equal",
+                      last_networked=policy.networking_basis == "period_end",
+                      valued=policy.nc_rate_weight == "asset_value")
 
 
 def period_sums(period: Period, data: EnterpriseData) -> PeriodSums:
@@ -352,25 +360,35 @@ def _rate_measure(indicator: str, period: Period, sums: DailySums | None, target
     if sums is None or sums.days <= 0:
         return Measure(None, None, 0.0, 100.0, inputs=(("enterprise_daily", 0.0),))
     coverage = min(sums.days / period.days, 1.0)
-
-    def rate(num: float, den: float) -> Measure:
-        return Measure(num, den, coverage, 100.0, inputs=(("enterprise_daily", coverage),))
-
-    period_end = indicator == "nc_rate" and policy.nc_rate_basis == "period_end"
+    inputs: tuple[tuple[str, float], ...] = (("enterprise_daily", coverage),)
+    period_end = policy.nc_rate_basis == "period_end" if indicator == "nc_rate" else (
+        policy.networking_basis == "period_end")
     if period_end and (period.end - sums.last_day).days > policy.period_end_within_days:
         # no day near the period's end: no period-end figure, whatever day came last
-        return Measure(None, None, 0.0, 100.0, inputs=(("enterprise_daily", coverage), ("period_end", 0.0)))
+        return Measure(None, None, 0.0, 100.0, inputs=(*inputs, ("period_end", 0.0)))
+
+    def rate(num: float, den: float, cov: float = coverage, extra: tuple[tuple[str, float], ...] = ()) -> Measure:
+        return Measure(num, den, cov, 100.0, inputs=(*inputs, *extra))
+
     if indicator == "nc_rate":
-        asset = policy.nc_rate_weight == "asset_value"
-        if policy.nc_rate_basis == "period_end":
-            if asset:
-                return rate(sums.last_asset_value_nc, sums.last_asset_value_total)
+        if policy.nc_rate_weight == "asset_value":
+            # a blank 原值 is 0 in the rollup's sums: the share of the equipment with one (in the ledger on the
+            # last day with data) is the weighting's coverage; a rollup that does not say weighs nothing
+            valued = 0.0 if math.isnan(sums.last_equipment_valued) else sums.last_equipment_valued
+            share = min(valued / sums.last_equipment_total, 1.0) if sums.last_equipment_total > 0 else 1.0
+            extra = (("asset_value", share),)
+            if period_end:
+                return rate(sums.last_asset_value_nc, sums.last_asset_value_total, min(coverage, share), extra)
+            return rate(sums.asset_value_nc, sums.asset_value_total, min(coverage, share), extra)
+        if period_end:
             return rate(sums.last_equipment_nc, sums.last_equipment_total)
-        if asset:
-            return rate(sums.asset_value_nc, sums.asset_value_total)
         return rate(sums.equipment_nc, sums.equipment_total)
     if policy.networking_denominator == "all_equipment_days":
+        if period_end:
+            return rate(sums.last_equipment_networked, sums.last_equipment_total)
         return rate(sums.equipment_networked, sums.equipment_total)
+    if period_end:
+        return rate(sums.last_nc_equipment_networked, sums.last_equipment_nc)
     return rate(sums.nc_equipment_networked, sums.equipment_nc)
 
 
@@ -619,6 +637,7 @@ class Baseline:
     source: BaselineSource | None = None
     numerator: float | None = None
     denominator: float | None = None
+    note: str | None = None  # why there is none, when that needs saying
 
 
 def baseline_of(
@@ -642,6 +661,12 @@ def baseline_of(
     survey = data.baseline_values.get(indicator)
     if survey is None or not _whole_year(period) or indicator == "energy":
         return Baseline(None)
+    policy = targets.policy
+    basis = {"nc_rate": policy.nc_rate_basis, "networking_rate": policy.networking_basis}.get(indicator)
+    if basis == "equipment_days":
+        # the survey's rate is a year-end figure (年末数): not comparable with one over equipment-days
+        return Baseline(None, note=f"the survey's {indicator} is a year-end figure; the value is over "
+                        "equipment-days (policy: period_end to compare them)")
     weight = None
     den_cov = base.coverage if base.den_coverage is None else base.den_coverage
     if base.denominator is not None and base.denominator > 0 and den_cov + _EPS >= min_cov:
@@ -683,6 +708,7 @@ def _enterprise_result(
         prev_numerator=mp.numerator if previous is not None else None,
         prev_denominator=mp.denominator if previous is not None else None,
         size=member_size(indicator, mp, mb, min_cov),
+        note=b.note,
     )
 
 

@@ -93,6 +93,9 @@ class Policy(_Model):
     nc_rate_basis: Literal["period_end", "equipment_days"] = "period_end"
     nc_rate_weight: Literal["count", "asset_value"] = "count"
     networking_denominator: Literal["nc_equipment_days", "all_equipment_days"] = "nc_equipment_days"
+    networking_basis: Literal["equipment_days", "period_end"] = Field(
+        default="equipment_days", description="networked NC-equipment-days ÷ NC-equipment-days over the period, "
+        "or the networked count on the period's last day (年末数, as surveys report it)")
     # (when a day counts as networked is the agent's `[plant] networked_min_online_minutes`: the agent
     # applies it when it builds enterprise_daily; the engine reads the networked counts)
     electricity_basis: Literal["equivalent", "equal"] = "equivalent"

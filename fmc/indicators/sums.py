@@ -3,6 +3,7 @@ rollups and the reports (the store interface, ``fmc.central.store``, returns the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -20,7 +21,8 @@ class EnterpriseInfo:
 @dataclass(frozen=True, slots=True)
 class DailySums:
     """``enterprise_daily`` of one enterprise over one period: Σ of each field over the days
-    present, the number of days present, and the fields of the period's last day present."""
+    present, the number of days present, and the fields of the period's last day present. A field a
+    store was not asked for (``SumsWanted``) is NaN, never 0."""
 
     days: int
     equipment_total: float
@@ -34,6 +36,12 @@ class DailySums:
     last_equipment_nc: float
     last_asset_value_total: float
     last_asset_value_nc: float
+    # the last day's networked counts (a networking rate at the period's end)
+    last_equipment_networked: float = math.nan
+    last_nc_equipment_networked: float = math.nan
+    # the last day's in-scope equipment with an original value (原值) in the ledger (NaN: the rollup does
+    # not carry it): how much of an asset-value NC rate is weighed, not taken as 0
+    last_equipment_valued: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,8 @@ class SumsWanted:
 
     daily: frozenset[str] = frozenset(DAILY_SUM_FIELDS)
     amount: bool = True
+    last_networked: bool = True  # the last day's networked counts
+    valued: bool = True  # the last day's equipment with an original value (equipment_valued)
 
 
 ALL_SUMS = SumsWanted()

@@ -550,7 +550,8 @@ _DAILY_SUMS_SQL = (
     + "), "
     + ", ".join(f"total({_json_field(f)})" for f in _DAILY_FIELDS)
     + ", max(p.ts), "
-    + ", ".join(_json_field(f) for f in _LAST_FIELDS)
+    + ", ".join(_json_field(f) for f in (*_LAST_FIELDS, "equipment_networked", "nc_equipment_networked",
+                                         "equipment_valued"))
     + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE} GROUP BY sel.enterprise"
 )
 _CARRIER_SUMS_SQL = (
@@ -766,12 +767,16 @@ class EmbeddedQueryStore:
             for enterprise, days, *rest in daily_rows:
                 if not days:
                     continue
-                sums, last_ts, last = rest[:6], rest[6], rest[7:]
+                sums, last_ts, last = rest[:6], rest[6], rest[7:11]
+                last_net, last_nc_net, last_valued = rest[11:]
                 daily[str(enterprise)] = DailySums(
                     int(days),
                     *(_number(v) for v in sums),
                     local_date(int(last_ts), self._tz),
                     *(_number(v) for v in last),
+                    last_equipment_networked=_number(last_net),
+                    last_nc_equipment_networked=_number(last_nc_net),
+                    last_equipment_valued=math.nan if last_valued is None else _number(last_valued),
                 )
             carriers: dict[str, dict[str, CarrierSums]] = {}
             for enterprise, carrier, rows, amount, tce, tce_rows, m3, m3_rows, coverage, first, last in carrier_rows:

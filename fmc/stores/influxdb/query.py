@@ -246,7 +246,9 @@ class InfluxQueryStore:
         sums = "".join(f", sum({f}) AS {f}" for f in DAILY_FIELDS if f in wanted.daily)
         # last() alone (with plain fields beside it) reports the time of the row it picked; mixed
         # with sum() it would report the start of the range instead, so it is a statement of its own
-        last = f"last({LAST_FIELDS[0]}) AS {LAST_FIELDS[0]}, " + ", ".join(LAST_FIELDS[1:])
+        last_fields = [*LAST_FIELDS[1:], *(("equipment_networked", "nc_equipment_networked") if wanted.last_networked
+                                          else ()), *(("equipment_valued",) if wanted.valued else ())]
+        last = f"last({LAST_FIELDS[0]}) AS {LAST_FIELDS[0]}, " + ", ".join(last_fields)
         rows = "count(amount) AS n_rows, sum(amount) AS amount" if wanted.amount else "count(coverage) AS n_rows"
         tce = "sum(tce) AS tce, count(tce) AS tce_rows"
         m3 = "sum(m3) AS m3, count(m3) AS m3_rows"
@@ -314,6 +316,11 @@ class InfluxQueryStore:
                 *(_num(sums.get(f)) if f in wanted.daily else math.nan for f in DAILY_FIELDS),
                 local_date(_count(last.get("time")) * MS, self._tz),
                 *(_num(last.get(f)) for f in LAST_FIELDS),
+                last_equipment_networked=_num(last.get("equipment_networked")) if wanted.last_networked else math.nan,
+                last_nc_equipment_networked=(_num(last.get("nc_equipment_networked")) if wanted.last_networked
+                                             else math.nan),
+                last_equipment_valued=_num(last["equipment_valued"]) if isinstance(
+                    last.get("equipment_valued"), int | float) else math.nan,
             )
         carriers: dict[str, dict[str, CarrierSums]] = {}
         for tags, columns, rows in (series for result in carrier_results for series in _series(result)):
