@@ -495,3 +495,51 @@ def test_trap_a_blank_original_value_is_not_weighed_as_zero() -> None:
     assert (r.value, r.status, r.coverage) == (None, "insufficient_data", 0.9)
     r = compute("nc_rate", Period.of_year(2019), year(None, 14.0), asset)
     assert (r.value, dict(r.inputs)["asset_value"]) == (None, 0.0)
+
+
+# --- (a) the population each target is about ---------------------------------------------------------------
+
+
+async def test_groups_pool_the_population_each_target_is_about(backend: Backend, tmp_path) -> None:
+    """一(二): NC and networking rates +2 points a year for 骨干企业 (backbone enterprises); the intensities,
+    productivity, R&D and new products for 规模以上 enterprises. County 330602: B1 backbone and above
+    designated size (10 machines, 6 NC), B2 above designated size only (10, 2), B3 neither (10, 0).
+    The county's NC rate pools the backbone enterprises, B1: 60 %; its energy intensity pools B1 and B2."""
+    from fmc.central.registry import read_registry
+
+    sites = {e: Site(e, "330602", "1711") for e in ("B1", "B2", "B3")}
+    points: list[Point] = []
+    for e, nc in (("B1", 6), ("B2", 2), ("B3", 0)):
+        points += equipment(sites[e], days_of(2020), 10, nc) + carrier(sites[e], "electricity", days_of(2020), 1.0)
+        points += reports(sites[e], annual(e, 2020, value_added=1e6, value_added_comparable=1e6))
+    backend.ingest(points)
+    csv = tmp_path / "enterprises.csv"
+    csv.write_text("企业编号,企业名称,行政区划代码,行业代码,骨干企业,规上企业\n"
+                   "B1,甲,330602,1711,是,是\nB2,乙,330602,1711,否,是\nB3,丙,330602,1711,,\n", encoding="utf-8")
+    registry = read_registry(csv)
+    assert (registry["B1"].backbone, registry["B2"].backbone, registry["B3"].above_designated_size) == (
+        True, False, False)
+    service = service_on(backend, registry)
+    row = await county_row(service, Period.of_year(2020), "330602")
+    nc = row.results["nc_rate"]
+    assert (nc.population, nc.members, nc.pooled, nc.value) == ("backbone", 1, ("B1",), 60.0)
+    ei = row.results["energy_intensity"]
+    assert (ei.population, ei.members, ei.pooled) == ("above_designated_size", 2, ("B1", "B2"))
+    assert ei.value == pytest.approx(366 * 2 / 200)
+    # without flags (no registry, or no such column) every member counts, and the row says so
+    plain = await county_row(service_on(backend), Period.of_year(2020), "330602")
+    assert (plain.results["nc_rate"].population, plain.results["nc_rate"].members) == ("all", 3)
+
+
+def test_registry_population_flags_are_yes_or_no(tmp_path) -> None:
+    from fmc.central.registry import read_registry
+    from fmc.core.config import ConfigError
+
+    csv = tmp_path / "enterprises.csv"
+    csv.write_text("enterprise,region,industry,backbone,above_designated_size\nA,330602,17,Y,1\nB,330602,17,maybe,\n",
+                   encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 3, column backbone"):
+        read_registry(csv)
+    csv.write_text("enterprise,region,industry,backbone\nA,330602,17,Y\nB,330602,17,\n", encoding="utf-8")
+    got = read_registry(csv)
+    assert (got["A"].backbone, got["B"].backbone, got["A"].above_designated_size) == (True, False, None)

@@ -11,7 +11,12 @@ name               name, 企业名称                               no
 region             region, 行政区划代码, 区划代码               yes
 industry           industry, 行业代码                           yes
 baseline figures   baseline_<indicator>, 基期<indicator label>  no
+backbone           backbone, 骨干企业                           no
+above designated   above_designated_size, 规上企业, 规模以上企业  no
 =================  ==========================================  =========
+
+The two flags name the plan's populations (一(二): the NC and networking targets are for 骨干企业, the
+others for 规模以上工业企业): 是/否, Y/N, 1/0; an empty cell is 否.
 
 The whole file is checked before any of it is used: every bad row is named by line and column.
 """
@@ -31,6 +36,8 @@ from fmc.indicators.labels import INDICATOR_LABELS
 from fmc.indicators.plan import INDICATORS
 from fmc.plant.ledger import decode_ledger
 
+FLAG_YES = frozenset({"是", "y", "yes", "1", "true", "√", "✓"})
+FLAG_NO = frozenset({"否", "n", "no", "0", "false", ""})
 REGION_PATTERN = REGION_CODE_PATTERN
 INDUSTRY_PATTERN = INDUSTRY_CODE_PATTERN
 
@@ -42,6 +49,9 @@ class RegistryEntry:
     region: str
     industry: str
     baseline_values: dict[str, float] = field(default_factory=dict)
+    # the plan's populations (一(二)): 骨干企业 and 规模以上工业企业; None: the file has no such column
+    backbone: bool | None = None
+    above_designated_size: bool | None = None
 
 
 def _header_key(header: str) -> str | None:
@@ -52,6 +62,9 @@ def _header_key(header: str) -> str | None:
         "name": ("name", "企业名称"),
         "region": ("region", "行政区划代码", "区划代码"),
         "industry": ("industry", "行业代码"),
+        "backbone": ("backbone", "骨干企业", "是否骨干企业"),
+        "above_designated_size": (
+            "above_designated_size", "规上企业", "规模以上企业", "规模以上工业企业", "是否规上企业"),
     }
     for key, names in synonyms.items():
         if low in names or h in names:
@@ -78,7 +91,8 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
     for column, (header, key) in enumerate(zip(rows[0], keys, strict=True), start=1):
         if key is None and header.strip():
             problems.append((f"line 1, column {column}", f"unknown header {header!r}",
-                             "use enterprise, name, region, industry or baseline_<indicator> (docs/central.md)"))
+                             "use enterprise, name, region, industry, backbone, above_designated_size or "
+                             "baseline_<indicator> (docs/central.md)"))
     for required in ("enterprise", "region", "industry"):
         if required not in keys:
             problems.append(("line 1", f"no {required} column", f"add a {required} column"))
@@ -115,7 +129,20 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
                     bad(key.removeprefix("baseline:"), f"{cell!r} is not a number ≥ 0", "write a plain number")
                 else:
                     baselines[key.removeprefix("baseline:")] = number
-        entries[enterprise] = RegistryEntry(enterprise, values.get("name") or None, region, industry, baselines)
+        flags: dict[str, bool | None] = {}
+        for flag in ("backbone", "above_designated_size"):
+            if flag not in keys:
+                continue
+            cell = values.get(flag, "").strip().lower()
+            if cell in FLAG_YES:
+                flags[flag] = True
+            elif cell in FLAG_NO:
+                flags[flag] = False  # an empty cell is "no": the column names those who are
+            else:
+                bad(flag, f"{values.get(flag)!r} is neither yes nor no",
+                    "write 是 or 否 (or 1/0, Y/N), or leave it empty")
+        entries[enterprise] = RegistryEntry(enterprise, values.get("name") or None, region, industry, baselines,
+                                            **flags)
     if problems:
         raise ConfigError(path, problems)
     return entries

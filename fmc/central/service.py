@@ -179,6 +179,11 @@ class IndicatorService:
         self._enterprises_lock = asyncio.Lock()
         self._materialize = materialize
         self._wanted = sums_wanted(targets.policy)  # only the sums this plan's policy reads
+        # whom each indicator's groups pool: the plan's population where the registry has its flag column
+        flags = {p for p in ("backbone", "above_designated_size")
+                 if any(getattr(e, p) is not None for e in self._registry.values())}
+        self.populations = {name: (p if p in flags else "all") for name in INDICATORS
+                            for p in [targets.policy.populations.get(name, "all")]}
         self._reported_years: set[int] = set()  # years a report changed since the last materialization
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -273,9 +278,11 @@ class IndicatorService:
             return cached[1]
         members = figures.select(scope)
         if len(members) > 64:  # pooling thousands of members: keep the event loop serving meanwhile
-            rows = await asyncio.to_thread(group_rows, level, members, self.targets, region_scope=scope.region_prefix)
+            rows = await asyncio.to_thread(group_rows, level, members, self.targets, region_scope=scope.region_prefix,
+                                           populations=self.populations)
         else:
-            rows = group_rows(level, members, self.targets, region_scope=scope.region_prefix)
+            rows = group_rows(level, members, self.targets, region_scope=scope.region_prefix,
+                              populations=self.populations)
         computed = Computed(level, period, rows, _rows_etag(level, period, scope, figures.digest, rows),
                             figures.computed_at)
         self._rows[key] = (figures.digest, computed)
@@ -375,8 +382,12 @@ class IndicatorService:
                 baseline_values=entry.baseline_values if entry else {},
                 sums=sums,
             )
-            members.append(enterprise_figures(EnterpriseInfo(info.enterprise, info.region, info.industry), period,
-                                              data, self.targets))
+            populations = None if entry is None else frozenset(
+                p for p in ("backbone", "above_designated_size") if getattr(entry, p) is not False)
+            if entry is None and any(p != "all" for p in self.populations.values()):
+                populations = frozenset()  # flags are kept in the registry: an enterprise missing there has none
+            members.append(enterprise_figures(EnterpriseInfo(info.enterprise, info.region, info.industry, populations),
+                                              period, data, self.targets))
         return members
 
     async def _revalidate_loop(self) -> None:
@@ -437,7 +448,8 @@ class IndicatorService:
                 rows += (await self.indicators(level, period, Scope())).rows
             for region in sorted({f.info.region[:n] for f in figures.members for n in (4, 6)}):
                 members = [f for f in figures.members if f.info.region.startswith(region)]
-                rows += group_rows("industry", members, self.targets, region_scope=region)
+                rows += group_rows("industry", members, self.targets, region_scope=region,
+                                   populations=self.populations)
             points = indicator_points(rows, self.timezone)
             for i in range(0, len(points), chunk):
                 await self.store.write(points[i : i + chunk])

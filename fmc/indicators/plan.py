@@ -47,6 +47,8 @@ Indicator = Literal[
     "new_product_ratio",
 ]
 INDICATORS: tuple[str, ...] = get_args(Indicator)  # in this order everywhere (tables, CSV, dashboards)
+Population = Literal["all", "backbone", "above_designated_size"]
+POPULATIONS: tuple[str, ...] = get_args(Population)
 # Indicators in percent whose changes are differences in percentage points, not ratios.
 POINT_INDICATORS = frozenset({"nc_rate", "networking_rate", "rd_intensity", "new_product_ratio"})
 
@@ -109,6 +111,9 @@ class Policy(_Model):
         "comparable value added = current value added ÷ index, unless a comparable figure is reported",
     )
     min_coverage: float = Field(default=0.95, gt=0, le=1)
+    populations: dict[Indicator, Population] = Field(
+        default_factory=dict, description="whom each indicator's target is about, and so whom a group pools for it "
+        "(default all): backbone (骨干企业) or above_designated_size (规模以上工业企业), flags of the registry")
     period_end_within_days: int = Field(
         default=7, ge=0, le=31, description="a period-end figure is that of the period's last day, or of the latest "
         "day with data at most this many days before it; older data gives no period-end figure")

@@ -13,8 +13,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fmc.indicators.engine import EnterpriseData, IndicatorResult, Period, compute_all, pool
-from fmc.indicators.plan import INDICATORS, Targets
+from fmc.indicators.engine import (
+    EnterpriseData,
+    IndicatorResult,
+    Period,
+    PoolSums,
+    compute_all,
+    member_sums,
+    pooled_result,
+)
+from fmc.indicators.plan import INDICATORS, POINT_INDICATORS, Targets
 from fmc.indicators.sums import EnterpriseInfo
 
 Level = Literal["enterprise", "county", "city", "province", "industry"]
@@ -71,13 +79,26 @@ def group_key(level: Level, info: EnterpriseInfo, region_scope: str | None = Non
     return info.region, info.industry
 
 
+def in_population(info: EnterpriseInfo, population: str) -> bool:
+    """Whether the enterprise counts in a plan population (unknown flags: it does)."""
+    return population == "all" or info.populations is None or population in info.populations
+
+
 def group_rows(
-    level: Level, members: Sequence[EnterpriseFigures], targets: Targets, *, region_scope: str | None = None
+    level: Level,
+    members: Sequence[EnterpriseFigures],
+    targets: Targets,
+    *,
+    region_scope: str | None = None,
+    populations: Mapping[str, str] | None = None,
 ) -> list[GroupRow]:
     """The rows of ``level`` from the enterprises in scope, ranked, in key order.
 
     ``region_scope``: the region prefix the caller may see; industry rows are pooled within it
-    (the province's 2 digits when None)."""
+    (the province's 2 digits when None). A group pools, for each indicator, the members of the
+    population its target is about (``populations``: indicator -> population; default the plan's
+    ``policy.populations``); a group without any such member has an empty, insufficient row."""
+    wanted = targets.policy.populations if populations is None else populations
     if level == "enterprise":
         rows = [
             GroupRow("enterprise", f.info.region, f.info.industry, f.info.enterprise, dict(f.results))
@@ -89,7 +110,12 @@ def group_rows(
             groups.setdefault(group_key(level, f.info, region_scope), []).append(f)
         rows = []
         for (region, industry), fs in groups.items():
-            pooled = {name: pool([f.results[name] for f in fs], targets) for name in INDICATORS}
+            pooled: dict[str, IndicatorResult] = {}
+            for name in INDICATORS:
+                population = wanted.get(name, "all")
+                sums = PoolSums.total([member_sums(f.results[name]) for f in fs if in_population(f.info, population)])
+                pooled[name] = pooled_result(name, fs[0].results[name].period, sums, targets,
+                                             scale=100.0 if name in POINT_INDICATORS else 1.0, population=population)
             rows.append(GroupRow(level, region, industry, None, pooled))
     rows.sort(key=lambda r: r.key)
     return rank(rows, targets)

@@ -16,6 +16,9 @@ class EnterpriseInfo:
     enterprise: str
     region: str
     industry: str
+    # the plan populations it belongs to ("backbone", "above_designated_size"; from the registry);
+    # None: not known, so it counts in every population
+    populations: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
