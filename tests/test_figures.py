@@ -543,3 +543,77 @@ def test_registry_population_flags_are_yes_or_no(tmp_path) -> None:
     csv.write_text("enterprise,region,industry,backbone\nA,330602,17,Y\nB,330602,17,\n", encoding="utf-8")
     got = read_registry(csv)
     assert (got["A"].backbone, got["B"].backbone, got["A"].above_designated_size) == (True, False, None)
+
+
+# --- (b) provenance on every figure ---------------------------------------------------------------------------
+
+
+def provenance_answers(backend: Backend, tmp_path, registry: dict[str, RegistryEntry]) -> dict:
+    from fastapi.testclient import TestClient
+
+    from fmc.central.api.app import create_app
+    from fmc.central.config import ApiConfig
+    from fmc.central.keys import KeyStore
+
+    keys = KeyStore(tmp_path / "keys.db")
+    _, key = keys.create("province", "province")
+    service = IndicatorService(backend.open_store(), PLAN, registry=registry, revalidate_s=3600)
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(service, keys, ApiConfig(keys_file=tmp_path / "keys.db"))) as client:
+        out = {
+            "county": client.get("/v1/indicators?level=county&period=2020&indicator=nc_rate", headers=headers).json(),
+            "enterprise": client.get("/v1/enterprises/E-A/indicators?period=2020", headers=headers).json(),
+            "csv": client.get("/v1/indicators?level=county&period=2020&format=csv&lang=en", headers=headers).text,
+        }
+    keys.close()
+    return out
+
+
+async def test_every_figure_says_where_it_comes_from(backend: Backend, tmp_path) -> None:
+    """The seed of defect 1 plus C, without data: JSON, CSV and the ``indicator`` points name the policy
+    file and version, the coverage of each input, the baselines' source, whom a group pooled and left out."""
+    import asyncio
+    import csv
+    import io
+
+    from fmc.central.materialize import indicator_points
+    from fmc.central.provenance import members_digest, policy_text
+
+    a, b = Site("E-A", "330602", "1711"), Site("E-B", "330602", "1711")
+    backend.ingest(equipment(a, days_of(2019, 2020), 20, 8) + equipment(b, days_of(2019, 2020), 10, 2))
+    registry = {
+        "E-A": RegistryEntry("E-A", "甲", "330602", "1711", {"nc_rate": 30.0}),
+        "E-B": RegistryEntry("E-B", "乙", "330602", "1711", {"nc_rate": 10.0}),
+        "E-C": RegistryEntry("E-C", "丙", "330602", "1711"),
+    }
+    got = await asyncio.to_thread(provenance_answers, backend, tmp_path, registry)
+    [county] = got["county"]["items"]
+    p = county["indicators"]["nc_rate"]["provenance"]
+    policy = {"file": "zhejiang-2017-2020.toml", "plan": "zhejiang-2017-2020", "version": "2", "digest": PLAN.digest}
+    assert p == {"policy": policy, "inputs": {"members": pytest.approx(2 / 3), "size": 1.0},
+                 "baseline_source": None, "population": "all", "pooled": ["E-A", "E-B"],
+                 "pooled_digest": members_digest(["E-A", "E-B"]),
+                 "excluded": [{"enterprise": "E-C", "reason": "insufficient_data"}], "without_baseline": [],
+                 "baseline_sources": {"survey": 2}, "note": None}
+    e = got["enterprise"]["indicators"]
+    assert e["nc_rate"]["provenance"]["baseline_source"] == "survey"
+    assert e["nc_rate"]["provenance"]["inputs"] == {"enterprise_daily": 1.0}
+    assert e["energy"]["provenance"]["inputs"] == {} and e["energy"]["provenance"]["policy"] == policy
+    rows = list(csv.DictReader(io.StringIO(got["csv"].lstrip("\ufeff"), newline="")))
+    nc = next(r for r in rows if r["indicator"] == "nc_rate")
+    assert (nc["population"], nc["baseline source"], nc["members left out"]) == ("all", "survey=2",
+                                                                                   "E-C:insufficient_data")
+    assert nc["coverage per input"] == f"members={2 / 3!r};size=1.0"
+    assert nc["pooled members digest"] == members_digest(["E-A", "E-B"]) and nc["policy file"] == policy_text(PLAN)
+    # the indicator points carry the same
+    service = service_on(backend, registry)
+    rows_ = (await service.indicators("county", Period.of_year(2020), Scope())).rows
+    rows_ += (await service.indicators("enterprise", Period.of_year(2020), Scope())).rows
+    points = indicator_points(rows_, "Asia/Shanghai", policy_text(PLAN))
+    county_nc = next(x for x in points if x.tags["level"] == "county" and x.tags["indicator"] == "nc_rate")
+    assert {k: county_nc.fields[k] for k in ("policy", "population", "included", "excluded", "baseline_survey",
+                                              "baseline_measured", "pooled_digest", "coverage_members")} == {
+        "policy": policy_text(PLAN), "population": "all", "included": 2, "excluded": 1, "baseline_survey": 2,
+        "baseline_measured": 0, "pooled_digest": members_digest(["E-A", "E-B"]), "coverage_members": 2 / 3}
+    a_nc = next(x for x in points if x.tags.get("enterprise") == "E-A" and x.tags["indicator"] == "nc_rate")
+    assert (a_nc.fields["baseline_source"], a_nc.fields["coverage_enterprise_daily"]) == ("survey", 1.0)

@@ -12,6 +12,10 @@ One point per row, indicator and period:
   missed, insufficient_data, no_target), ``met`` (integer 1/0, only when the status is met or
   missed), ``rank`` (integer, when ranked); on group rows also ``members``, ``assessed``,
   ``met_count`` (integers) and ``met_share`` (float, when any member was assessed);
+- provenance fields (``fmc.central.provenance.provenance_fields``): ``policy`` (string), ``coverage_<input>``
+  (float per input); enterprise rows ``baseline_source`` (measured / survey); group rows ``population``,
+  ``included``, ``excluded``, ``without_baseline``, ``baseline_measured``, ``baseline_survey`` (integers) and
+  ``pooled_digest`` (string);
 - time: local midnight of the period's first day.
 
 A point is written again with the same series and time when a figure changes, so the store keeps
@@ -24,6 +28,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from fmc.central.provenance import provenance_fields
 from fmc.core.points import FieldValue, Point, Priority
 from fmc.indicators.engine import IndicatorResult, Period, PooledResult
 from fmc.indicators.pooling import GroupRow
@@ -63,8 +68,9 @@ def result_fields(result: IndicatorResult, rank: int | None) -> dict[str, FieldV
     return fields
 
 
-def indicator_points(rows: Iterable[GroupRow], tz: str) -> list[Point]:
-    """``indicator`` points of the rows (one period's rows; any levels)."""
+def indicator_points(rows: Iterable[GroupRow], tz: str, policy: str | None = None) -> list[Point]:
+    """``indicator`` points of the rows (one period's rows; any levels); ``policy``: the policy file's
+    ``provenance.policy_text``, written on every point."""
     points: list[Point] = []
     for row in rows:
         base_tags = {"level": row.level, "region": row.region}
@@ -78,7 +84,7 @@ def indicator_points(rows: Iterable[GroupRow], tz: str) -> list[Point]:
                 Point(
                     MEASUREMENT,
                     tags,
-                    result_fields(result, row.ranks.get(name)),
+                    {**result_fields(result, row.ranks.get(name)), **provenance_fields(result, policy)},
                     period_start_ns(result.period, tz),
                     Priority.ROLLUP,
                 )

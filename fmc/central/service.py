@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 from fmc.central.config import CentralSettings, MaterializeConfig, load_config_plan
 from fmc.central.materialize import indicator_points
+from fmc.central.provenance import policy_text
 from fmc.central.registry import RegistryEntry
 from fmc.central.store import IndicatorStore, Scope
 from fmc.indicators.engine import EnterpriseData, Period, Report, sums_wanted
@@ -450,7 +451,7 @@ class IndicatorService:
                 members = [f for f in figures.members if f.info.region.startswith(region)]
                 rows += group_rows("industry", members, self.targets, region_scope=region,
                                    populations=self.populations)
-            points = indicator_points(rows, self.timezone)
+            points = indicator_points(rows, self.timezone, policy_text(self.targets))
             for i in range(0, len(points), chunk):
                 await self.store.write(points[i : i + chunk])
             written += len(points)

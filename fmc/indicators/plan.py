@@ -16,11 +16,12 @@ Target kinds:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fmc.core.carriers import equal_value_for
 from fmc.core.config import (
@@ -57,6 +58,8 @@ class PlanInfo(_Model):
     id: str = Field(pattern=ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)
     source: str = Field(default="", max_length=500, description="the document and section the numbers come from")
+    version: str = Field(default="1", pattern=r"^[0-9A-Za-z._-]{1,32}$",
+                         description="the plan file's version: raise it when a setting changes (every figure says it)")
 
 
 class IndicatorTarget(_Model):
@@ -153,6 +156,20 @@ class Targets(_Model):
     last_year: int = Field(ge=1990, le=2100)
     policy: Policy = Field(default_factory=Policy)
     indicators: dict[Indicator, IndicatorTarget] = Field(default_factory=dict)
+    _source_file: str | None = PrivateAttr(default=None)
+    _digest: tuple[int, str] | None = PrivateAttr(default=None)  # (id of the instance it is of, digest)
+
+    @property
+    def source_file(self) -> str | None:
+        """The name of the file it was loaded from (None: built in code)."""
+        return self._source_file
+
+    @property
+    def digest(self) -> str:
+        """12 hex digits of SHA-256 over the plan as loaded: a figure says under which exact policy it was made."""
+        if self._digest is None or self._digest[0] != id(self):  # a copy (model_copy) has its own
+            self._digest = (id(self), hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12])
+        return self._digest[1]
 
     @model_validator(mode="after")
     def _years(self) -> Targets:
@@ -209,7 +226,9 @@ def load_targets(path: str | os.PathLike[str]) -> Targets:
     path = Path(path)
     data = read_toml(path, missing_fix="name a built-in plan (zhejiang-2017-2020) or a plan file", env=False)
     try:
-        return Targets.model_validate(data)
+        targets = Targets.model_validate(data)
+        targets._source_file = path.name
+        return targets
     except ValidationError as e:
         problems = [
             (setting, *MOVED_SETTINGS[setting]) if setting in MOVED_SETTINGS else (

@@ -12,6 +12,7 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fmc.central.provenance import PROVENANCE_CSV_COLUMNS
 from fmc.core.config import ID_PATTERN
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_PREFIX_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS, STATUS_LABELS
@@ -117,6 +118,38 @@ class EnterpriseOut(_Out):
     industry: str = Field(description="GB/T 4754 industry code")
 
 
+class PolicyRef(_Out):
+    """The policy file a figure was computed under."""
+
+    file: str | None = Field(default=None, description="the plan file's name")
+    plan: str
+    version: str
+    digest: str = Field(description="12 hex digits of SHA-256 over the policy as loaded")
+
+
+class Excluded(_Out):
+    enterprise: str
+    reason: str = Field(description="insufficient_data: the member has no figure for the period")
+
+
+class Provenance(_Out):
+    """Where the figure comes from (docs/indicators.md). Enterprise rows: ``baseline_source``; group rows:
+    ``population``, ``pooled`` (the members in the value, baseline, previous year and target),
+    ``pooled_digest``, ``excluded``, ``without_baseline``, ``baseline_sources``."""
+
+    policy: PolicyRef
+    inputs: dict[str, float] = Field(description="coverage of each input: a carrier, a report field, "
+                                     "enterprise_daily; for groups the share of members and of size")
+    baseline_source: Literal["measured", "survey"] | None = None
+    population: str | None = None
+    pooled: list[str] | None = None
+    pooled_digest: str | None = None
+    excluded: list[Excluded] | None = None
+    without_baseline: list[str] | None = None
+    baseline_sources: dict[str, int] | None = None
+    note: str | None = None
+
+
 class IndicatorValue(_Out):
     """One indicator of one row. Changes: ``yoy`` e_t/e_{t-1} - 1 (percentage points for the
     indicators in %), ``avg_annual`` the average annual change since the base year. Group rows
@@ -139,6 +172,7 @@ class IndicatorValue(_Out):
     assessed: int | None = None
     met_count: int | None = None
     met_share: float | None = None
+    provenance: Provenance | None = None
 
 
 class Row(_Out):
@@ -231,6 +265,7 @@ INDICATOR_CSV_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("assessed", "参评企业数", "assessed"),
     ("met_count", "达标企业数", "met count"),
     ("met_share", "达标企业占比", "met share"),
+    *PROVENANCE_CSV_COLUMNS,
 )
 ENTERPRISE_CSV_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("enterprise", "企业编号", "enterprise"),

@@ -54,6 +54,7 @@ from fmc.central.api.responses import (
 from fmc.central.api.routers.enterprises import enterprise_out
 from fmc.central.config import ApiConfig
 from fmc.central.keys import AccessDenied, BadCombination
+from fmc.central.provenance import PROVENANCE_CSV_COLUMNS, provenance, provenance_cells
 from fmc.central.store import Scope
 from fmc.indicators.engine import IndicatorResult, Period, PooledResult
 from fmc.indicators.labels import INDICATOR_LABELS, STATUS_LABELS, industry_label
@@ -63,7 +64,9 @@ from fmc.indicators.pooling import GroupRow
 log = logging.getLogger("fmc.api")
 
 
-def indicator_value(result: IndicatorResult, rank: int | None, *, unit: str, with_rank: bool = True) -> IndicatorValue:
+def indicator_value(
+    result: IndicatorResult, rank: int | None, *, unit: str, with_rank: bool = True, targets: Targets | None = None
+) -> IndicatorValue:
     pooled = isinstance(result, PooledResult)
     return IndicatorValue(
         indicator=result.indicator,  # type: ignore[arg-type]
@@ -82,13 +85,14 @@ def indicator_value(result: IndicatorResult, rank: int | None, *, unit: str, wit
         assessed=result.assessed if pooled else None,
         met_count=result.met_count if pooled else None,
         met_share=finite(result.met_share) if pooled else None,
+        provenance=provenance(result, targets) if targets is not None else None,
     )
 
 
-def values_of(row: GroupRow, wanted: Sequence[str], *, with_rank: bool) -> dict[str, IndicatorValue]:
+def values_of(row: GroupRow, wanted: Sequence[str], *, with_rank: bool, targets: Targets) -> dict[str, IndicatorValue]:
     return {
         name: indicator_value(row.results[name], row.ranks.get(name), unit=INDICATOR_LABELS[name][2],
-                              with_rank=with_rank)
+                              with_rank=with_rank, targets=targets)
         for name in wanted
         if name in row.results
     }
@@ -102,6 +106,8 @@ def indicator_cells(identity: Sequence[object], value: IndicatorValue, lang: str
         value.baseline, value.target, value.yoy, value.avg_annual, value.coverage, value.status,
         status[0] if lang == "zh" else status[1], value.rank, value.members, value.included, value.assessed,
         value.met_count, value.met_share,
+        *(provenance_cells(value.provenance.model_dump()) if value.provenance is not None
+          else [None] * len(PROVENANCE_CSV_COLUMNS)),
     ]
 
 
@@ -134,11 +140,11 @@ async def enterprise_indicators(
         return cached
     row = next((r for r in computed.rows if r.enterprise == e.enterprise), None)
     if row is not None:
-        values = values_of(row, wanted, with_rank=False)
+        values = values_of(row, wanted, with_rank=False, targets=ctx.service.targets)
     else:  # known (registry) but without any data for the period: say so, never invent a 0
         values = {
             name: indicator_value(empty_result(name, p, ctx.service.targets), None,
-                                  unit=INDICATOR_LABELS[name][2], with_rank=False)
+                                  unit=INDICATOR_LABELS[name][2], with_rank=False, targets=ctx.service.targets)
             for name in wanted
         }
     body = EnterpriseIndicators(enterprise=enterprise_out(e), period=p.label, computed_at=computed.computed_at,
@@ -227,7 +233,7 @@ def build(config: ApiConfig) -> APIRouter:
                     name = industry_label(r.industry, lang)
                 else:
                     name = None
-                values = values_of(r, wanted, with_rank=True)
+                values = values_of(r, wanted, with_rank=True, targets=ctx.service.targets)
                 if as_csv:
                     identity = [r.level, r.region, row_industry, r.enterprise, name]
                     csv_rows.extend(indicator_cells(identity, v, lang) for v in values.values())
