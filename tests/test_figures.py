@@ -617,3 +617,99 @@ async def test_every_figure_says_where_it_comes_from(backend: Backend, tmp_path)
         "baseline_measured": 0, "pooled_digest": members_digest(["E-A", "E-B"]), "coverage_members": 2 / 3}
     a_nc = next(x for x in points if x.tags.get("enterprise") == "E-A" and x.tags["indicator"] == "nc_rate")
     assert (a_nc.fields["baseline_source"], a_nc.fields["coverage_enterprise_daily"]) == ("survey", 1.0)
+
+
+# --- (c) quarterly and year-to-date reports -------------------------------------------------------------------
+
+
+REPORTS_CSV = """企业编号,报告期,可比价工业增加值（万元）,从业人员平均人数（人）
+E-Q,2020年,1200,
+E-Q,2020年第一季度,,100
+E-Q,2020年第二季度,,110
+E-Q,2020Q3,,120
+E-Q,2020-Q4,,130
+E-Y,2020年1-3月,250,100
+E-Y,2020年1-6月累计,600,104
+"""
+
+
+async def test_quarterly_and_year_to_date_reports(backend: Backend, tmp_path) -> None:
+    """E-Q: the annual report gives value added only, the quarters the employees (mean 115): productivity
+    2020 = 1200 ÷ 115, per field. E-Y: 1–3月 and 1–6月累计 (cumulative): the second quarter is their
+    difference, value added 600 − 250 = 350, employees (6·104 − 3·100) ÷ 3 = 108 -> 350 ÷ 108; 1–6月 is
+    its own report: 600 ÷ 104."""
+    from fmc.central.reports import read_reports_file
+
+    f = tmp_path / "reports.csv"
+    f.write_text(REPORTS_CSV, encoding="utf-8")
+    imported = read_reports_file(f)
+    assert sorted((r.enterprise, r.period) for r in imported.reports) == [
+        ("E-Q", "2020"), ("E-Q", "2020-Q1"), ("E-Q", "2020-Q2"), ("E-Q", "2020-Q3"), ("E-Q", "2020-Q4"),
+        ("E-Y", "2020-Q1"), ("E-Y", "2020-YTD-06")]  # 1–3月 is the first quarter
+    backend.ingest(report_points(imported.reports, {"E-Q": "330602", "E-Y": "330602"},
+                                 {"E-Q": "1711", "E-Y": "1711"}))
+    service = service_on(backend)
+    lp = await enterprise_result(service, Period.of_year(2020), "E-Q", "labour_productivity")
+    assert lp.value == pytest.approx(1200 / 115)
+    q2 = await enterprise_result(service, Period.of_quarter(2020, 2), "E-Y", "labour_productivity")
+    assert q2.value == pytest.approx(350 / 108)
+    h1 = await enterprise_result(service, Period.year_to_date(date(2020, 6, 30)), "E-Y", "labour_productivity")
+    assert h1.value == pytest.approx(600 / 104)
+    # a month cannot be had from these reports; neither can a year to date through the middle of a month
+    assert (await enterprise_result(service, Period.of_month(2020, 5), "E-Y", "labour_productivity")).value is None
+    assert (await enterprise_result(service, Period.year_to_date(date(2020, 6, 15)), "E-Y",
+                                    "labour_productivity")).value is None
+
+
+def test_report_periods_compose_from_the_fewest_reports() -> None:
+    from fmc.indicators.engine import EnterpriseData, Report, compute
+
+    def va(period: Period, v: float) -> Report:
+        return Report(period, value_added_comparable=v, employees_avg=10.0)
+
+    ytd = Period.year_to_date
+    data = EnterpriseData("E", reports=[va(Period.of_year(2020), 1000.0), va(ytd(date(2020, 9, 30)), 700.0),
+                                        *(va(Period.of_month(2020, m), 80.0) for m in range(1, 13))])
+    # Q4 = the year − 1–9月 (2 reports) rather than three months (3 reports): 300, not 240
+    assert compute("labour_productivity", Period.of_quarter(2020, 4), data, PLAN).value == pytest.approx(30.0)
+    assert compute("labour_productivity", Period.of_year(2020), data, PLAN).value == pytest.approx(100.0)
+    # contradicting reports (1–9月 larger than the year) give no figure, never a negative one
+    bad = EnterpriseData("E", reports=[va(Period.of_year(2020), 600.0), va(ytd(date(2020, 9, 30)), 700.0)])
+    assert compute("labour_productivity", Period.of_quarter(2020, 4), bad, PLAN).value is None
+
+
+def test_fmc_reports_import_and_the_api_take_quarters_and_years_to_date(tmp_path, capsys) -> None:
+    from fastapi.testclient import TestClient
+
+    from fmc.central.api.app import create_app
+    from fmc.central.config import ApiConfig
+    from fmc.central.keys import KeyStore
+    from fmc.cli import main as cli
+    from fmc.core.lineprotocol import encode
+    from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
+
+    store = tmp_path / "store.db"
+    raw = EmbeddedStore(store)
+    raw.write_lines([encode(p) for p in equipment(Site("E-Q", "330602", "1711"), days_of(2020)[:3], 1, 1)
+                     + equipment(Site("E-Y", "330602", "1711"), days_of(2020)[:3], 1, 1)])
+    raw.close()
+    cfg = tmp_path / "central.toml"
+    cfg.write_text('[store]\ntype = "embedded"\npath = "store.db"\n', encoding="utf-8")
+    f = tmp_path / "reports.csv"
+    f.write_text(REPORTS_CSV, encoding="utf-8")
+    assert cli.main(["reports", "import", str(f), "-c", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "quarterly: 5 (2020-Q1, 2020-Q2, 2020-Q3, 2020-Q4)" in out and "year to date (1–N月累计): 1" in out
+    assert "wrote 7 report(s)" in out
+    keys = KeyStore(tmp_path / "keys.db")
+    _, key = keys.create("province", "p")
+    service = IndicatorService(EmbeddedQueryStore(store), PLAN)
+    with TestClient(create_app(service, keys, ApiConfig(keys_file=tmp_path / "keys.db"))) as client:
+        h = {"Authorization": f"Bearer {key}"}
+        for period in ("2020-Q3", "2020-YTD-09"):
+            r = client.put(f"/v1/enterprises/E-Y/reports/{period}", json={"value_added_comparable": 9e6}, headers=h)
+            assert (r.status_code, r.json()["period"]) == (200, period)
+        assert client.put("/v1/enterprises/E-Y/reports/2020-Q5", json={"value_added": 1}, headers=h).status_code == 422
+        periods = [x["period"] for x in client.get("/v1/enterprises/E-Y/reports?year=2020", headers=h).json()["items"]]
+        assert periods == ["2020-Q1", "2020-Q3", "2020-YTD-06", "2020-YTD-09"]
+    keys.close()

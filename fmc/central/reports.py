@@ -358,21 +358,24 @@ def reports_import_main(path: Path, out: TextIO) -> int:
         print(e.render(), file=out)
         return 2
     reports = imported.reports
-    annual = [r for r in reports if r.annual]
-    monthly = [r for r in reports if not r.annual]
     w = out.write
     w(f"{imported.path}: {len(reports)} report(s) — {imported.encoding}, {imported.delimiter}-separated, "
       f"header on line {imported.header_line}\n")
     for warning in imported.warnings:
         w(f"warning: {warning}\n")
     w(f"  enterprises: {len({r.enterprise for r in reports})}\n")
-    w(f"  annual: {len(annual)}" + (f" ({', '.join(sorted({r.period for r in annual}))})" if annual else "") + "\n")
-    months = sorted({r.period for r in monthly})
-    w(f"  monthly: {len(monthly)}" + (f" ({months[0]} … {months[-1]})" if months else "") + "\n")
-    years_with_both = sorted({r.period for r in annual} & {r.period[:4] for r in monthly})
-    if years_with_both:
-        w(f"  both annual and monthly reports for {', '.join(years_with_both)}: the annual report gives the "
-          "annual figures, the months the monthly, quarterly and year-to-date ones\n")
+    for kind, label in (("year", "annual"), ("quarter", "quarterly"), ("ytd", "year to date (1–N月累计)"),
+                        ("month", "monthly")):
+        periods = sorted({r.period for r in reports if r.kind == kind})
+        shown = ", ".join(periods) if len(periods) <= 4 else f"{periods[0]} … {periods[-1]}"
+        if periods or kind in ("year", "month"):
+            w(f"  {label}: {sum(1 for r in reports if r.kind == kind)}" + (f" ({shown})" if periods else "") + "\n")
+    years_with_several = sorted(y for y in {r.period[:4] for r in reports}
+                                if len({r.kind for r in reports if r.period[:4] == y}) > 1)
+    if years_with_several:
+        w(f"  several kinds of report for {', '.join(years_with_several)}: the annual report gives the annual figures "
+          "it has; each other figure of a period comes from the report for exactly that period if it gives it, else "
+          "from the fewest reports that make the period up (docs/reports.md)\n")
     for name in REPORT_FIELDS:
         given = [getattr(r, name) for r in reports if getattr(r, name) is not None]
         if given:

@@ -16,6 +16,7 @@ recomputation keeps the ETag (and clients' 304s).
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import gc
 import hashlib
@@ -35,7 +36,7 @@ from fmc.central.store import IndicatorStore, Scope
 from fmc.indicators.engine import EnterpriseData, Period, Report, sums_wanted
 from fmc.indicators.plan import INDICATORS, Targets
 from fmc.indicators.pooling import LEVELS, EnterpriseFigures, GroupRow, Level, enterprise_figures, group_rows
-from fmc.indicators.reports import MONEY_FIELDS, EnterpriseReport
+from fmc.indicators.reports import MONEY_FIELDS, EnterpriseReport, period_months
 from fmc.indicators.sums import EnterpriseInfo, PeriodSums, StoredReport
 
 log = logging.getLogger("fmc.central")
@@ -120,10 +121,20 @@ def parse_period(text: str, today: date) -> Period:
 # --- the service -----------------------------------------------------------------------------------------
 
 
+def report_period(label: str) -> Period:
+    """The engine's period of a stored report's period tag (2019, 2019-03, 2019-Q2, 2019-YTD-06)."""
+    year, first, last = period_months(label)
+    if first == 1 and last == 12:
+        return Period.of_year(year)
+    if first == last:
+        return Period.of_month(year, first)
+    if first == 1 and "YTD" in label:
+        return Period.year_to_date(date(year, last, calendar.monthrange(year, last)[1]))
+    return Period.of_quarter(year, last // 3)
+
+
 def _report_of(stored: StoredReport) -> Report:
-    period = Period.of_year(int(stored.period)) if len(stored.period) == 4 else Period.of_month(
-        int(stored.period[:4]), int(stored.period[5:7])
-    )
+    period = report_period(stored.period)
     figures = {
         name: (value / _YUAN_PER_WAN if name in MONEY_FIELDS else value) for name, value in stored.figures.items()
     }

@@ -483,8 +483,17 @@ def _energy_carriers(period: Period, data: EnterpriseData) -> dict[str, int]:
 
 
 def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: Targets) -> tuple[float | None, float]:
-    """(a report figure for the period, coverage): the figure of a report for exactly the period, else
-    (the report has no such figure, or there is none) the months'. Per field."""
+    """(a report figure for the period, coverage), per field (docs/indicators.md, "Reports"):
+
+    1. the figure of a report for exactly the period;
+    2. else composed from the **fewest** reports of the period's year that make it up exactly, as flows
+       over months — adding reports that follow each other (the months of a quarter, Q1 + Q2) and
+       taking one from another that contains it (1–6月累计 − 1–3月累计 = Q2; the year − Q1–Q3 = Q4).
+       Employees: the average over the months (person-months ÷ months);
+    3. else None (a sum with a month missing would be understated), coverage the share of the
+       period's months that reports inside it give.
+    A period that does not end on a month's last day has report figures only from a report for exactly it.
+    """
 
     def figure(r: Report) -> float | None:
         if name == "value_added" and targets.policy.value_added_prices == "comparable":
@@ -501,22 +510,55 @@ def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: T
     for r in reports:
         if r.period.start == period.start and r.period.end == period.end:
             v = figure(r)
-            if v is not None:  # per field: a figure the report leaves empty comes from the months
+            if v is not None:  # per field: a figure the report leaves empty comes from the others
                 return v, 1.0
-    wanted = period.months()
-    monthly: dict[tuple[int, int], float] = {}
+    first, last = period.start.month, period.end.month
+    month_end = calendar.monthrange(period.end.year, last)[1]
+    # edges between month boundaries (k = after month k) of the period's year: (from, to, flow)
+    edges: list[tuple[int, int, float]] = []
+    covered: set[int] = set()
     for r in reports:
-        if r.period.kind == "month" and (r.period.year, r.period.start.month) in wanted:
-            v = figure(r)
-            if v is not None:
-                monthly[(r.period.year, r.period.start.month)] = v
-    coverage = len(monthly) / len(wanted)
-    if len(monthly) < len(wanted):
-        return None, coverage  # a sum with a month missing would be understated
-    values = [monthly[m] for m in wanted]
-    if name == "employees_avg":
-        return sum(values) / len(values), coverage
-    return sum(values), coverage
+        rp = r.period
+        if rp.year != period.year or rp.start.day != 1 or rp.end.day != calendar.monthrange(rp.year,
+                                                                                             rp.end.month)[1]:
+            continue
+        v = figure(r)
+        if v is None:
+            continue
+        a, b = rp.start.month - 1, rp.end.month
+        flow = v * (b - a) if name == "employees_avg" else v  # employees: person-months
+        edges.append((a, b, flow))
+        if first - 1 <= a and b <= last:
+            covered.update(range(a + 1, b + 1))
+    coverage = len(covered) / (last - first + 1)
+    if period.end.day != month_end or period.start.day != 1:
+        return None, coverage
+    total = _compose(first - 1, last, edges)
+    if total is None:
+        return None, coverage
+    if total < 0:
+        return None, coverage  # reports that contradict each other (a revision): no figure from them
+    months = last - first + 1
+    return (total / months if name == "employees_avg" else total), 1.0
+
+
+def _compose(start: int, end: int, edges: Sequence[tuple[int, int, float]]) -> float | None:
+    """Σ of the flow from month boundary ``start`` to ``end`` along the fewest edges (an edge walked
+    backwards counts negative); ties go to the longer reports first; None when no path exists."""
+    ordered = sorted(edges, key=lambda e: (-(e[1] - e[0]), e[0]))
+    best: dict[int, float] = {start: 0.0}
+    frontier = [start]
+    while frontier and end not in best:
+        reached: list[int] = []
+        for node in frontier:
+            for a, b, flow in ordered:
+                for here, there, sign in ((a, b, 1.0), (b, a, -1.0)):
+                    if here == node and there not in best:
+                        best[there] = best[node] + sign * flow
+                        reached.append(there)
+        frontier = reached
+    total = best.get(end)
+    return None if total is None else (0.0 if abs(total) < 1e-9 else total)
 
 
 def measure(indicator: str, period: Period, data: EnterpriseData, targets: Targets) -> Measure:

@@ -5,9 +5,10 @@ output and new-product output (DESIGN §2), stored as the ``enterprise_report`` 
 (DESIGN §4). Amounts are in **yuan** here and in the store; an import may say 万元 in a header
 and is scaled on the way in (``fmc.central.reports``).
 
-A period is a calendar year (``"2019"``) or a calendar month (``"2019-03"``), local time. A month
-and the year it belongs to may both be reported: for annual figures the annual report wins; the
-months serve monthly, quarterly and year-to-date figures (docs/reports.md).
+A period is a calendar year (``"2019"``), a month (``"2019-03"``), a quarter (``"2019-Q2"``) or a year
+to date (``"2019-YTD-06"``, 1–6月累计), local time. Reports of several kinds may cover the same months:
+a figure for a period comes from a report for exactly that period, else is composed from the fewest
+reports that make it up, per field (``fmc.indicators.engine``, docs/reports.md).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pydantic import Field, field_validator, model_validator
 from fmc.core.config import ID_PATTERN, ConfigError, InventoryProblem, _Model
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 
-# The canonical form stored in the ``period`` tag: a year, or a year and a two-digit month.
-PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]))?$"
+# The canonical form stored in the ``period`` tag: a year, a month, a quarter, or a year to date
+# (1–N月累计: January to the end of month N).
+PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|Q[1-4]|YTD-(0[1-9]|1[0-2])))?$"
 MIN_YEAR, MAX_YEAR = 1949, 2100
 # Same forms as the agent config's [enterprise] region / industry (fmc.agent.config).
 REGION_PATTERN = REGION_CODE_PATTERN
@@ -42,23 +44,35 @@ REPORT_FIELDS = (
 )
 MONEY_FIELDS = tuple(f for f in REPORT_FIELDS if f != "employees_avg")
 
-PERIOD_HINT = "write a year (2019) or a month (2019-03; also 2019/3, 2019年3月)"
+PERIOD_HINT = ("write a year (2019), a month (2019-03; also 2019/3, 2019年3月), a quarter (2019-Q2, 2019年第二季度) "
+               "or a year to date (2019-YTD-06, 2019年1-6月)")
 _YEAR = re.compile(r"(\d{4})\s*(?:年度?)?")
 _MONTH = re.compile(r"(\d{4})\s*(?:(-|/)\s*(\d{1,2})|年\s*(\d{1,2})\s*月份?)")
 _COMPACT_MONTH = re.compile(r"(\d{4})(\d{2})")  # 201903, what statistical systems export
+_QUARTER_NUMBERS = {"1": 1, "2": 2, "3": 3, "4": 4, "一": 1, "二": 2, "三": 3, "四": 4}
+_QUARTER = re.compile(r"(\d{4})\s*(?:-?\s*[Qq]\s*([1-4])|年\s*(?:第\s*)?([1-4一二三四])\s*季度?|年\s*[Qq]\s*([1-4]))")
+_YEAR_TO_DATE = re.compile(r"(\d{4})\s*(?:-\s*YTD\s*-\s*(\d{1,2})|年\s*1\s*[-–—~～至到]\s*(\d{1,2})\s*月(?:份)?"
+                           r"\s*(?:累计)?)", re.IGNORECASE)
 
 
 def parse_period(text: str) -> str:
     """'2019', '2019年', '2019年度' -> '2019'; '2019-03', '2019-3', '2019/3', '2019年3月', '201903'
-    -> '2019-03'. Raises ``ValueError`` naming the accepted forms."""
+    -> '2019-03'; '2019-Q2', '2019Q2', '2019年第二季度', '2019年2季度' -> '2019-Q2'; '2019-YTD-06',
+    '2019年1-6月', '2019年1-6月累计' -> '2019-YTD-06' (1–12月 is the year, 1–3月 the first quarter, 1–1月
+    January: one period has one form). Raises
+    ``ValueError`` naming the accepted forms."""
     folded = unicodedata.normalize("NFKC", text).strip()
-    year = month = None
+    year = month = quarter = through = None
     if m := _YEAR.fullmatch(folded):
         year = int(m.group(1))
     elif m := _MONTH.fullmatch(folded):
         year, month = int(m.group(1)), int(m.group(3) or m.group(4))
     elif m := _COMPACT_MONTH.fullmatch(folded):
         year, month = int(m.group(1)), int(m.group(2))
+    elif m := _QUARTER.fullmatch(folded):
+        year, quarter = int(m.group(1)), _QUARTER_NUMBERS[m.group(2) or m.group(3) or m.group(4)]
+    elif m := _YEAR_TO_DATE.fullmatch(folded):
+        year, through = int(m.group(1)), int(m.group(2) or m.group(3))
     elif re.fullmatch(r"\d{4}\s*[-/.年]\s*\d{1,2}\s*[-/.月]\s*\d{1,2}\s*日?(?:\s+\d{1,2}:\d{2}(?::\d{2})?)?", folded):
         raise ValueError(f"{text!r} is a day, not a period; {PERIOD_HINT} (Excel may have turned 2019-03 into a date:"
                          " format the column as text)")
@@ -66,6 +80,18 @@ def parse_period(text: str) -> str:
         raise ValueError(f"{text!r} is not a period; {PERIOD_HINT}")
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise ValueError(f"{text!r}: year {year} is out of range {MIN_YEAR}-{MAX_YEAR}")
+    if quarter is not None:
+        return f"{year:04d}-Q{quarter}"
+    if through is not None:
+        if not 1 <= through <= 12:
+            raise ValueError(f"{text!r}: there is no month {through}; {PERIOD_HINT}")
+        if through == 12:
+            return f"{year:04d}"  # January to December: the year
+        if through == 1:
+            return f"{year:04d}-01"
+        if through == 3:
+            return f"{year:04d}-Q1"  # the same months: one period, whatever form it was written in
+        return f"{year:04d}-YTD-{through:02d}"
     if month is None:
         return f"{year:04d}"
     if not 1 <= month <= 12:
@@ -73,13 +99,24 @@ def parse_period(text: str) -> str:
     return f"{year:04d}-{month:02d}"
 
 
-def period_bounds(period: str) -> tuple[date, date]:
-    """[first day, first day of the next period) of a canonical period."""
+def period_months(period: str) -> tuple[int, int, int]:
+    """(year, first month, last month) of a canonical period."""
     year = int(period[:4])
     if len(period) == 4:
-        return date(year, 1, 1), date(year + 1, 1, 1)
-    month = int(period[5:7])
-    return date(year, month, 1), date(year + month // 12, month % 12 + 1, 1)
+        return year, 1, 12
+    rest = period[5:]
+    if rest.startswith("Q"):
+        q = int(rest[1])
+        return year, 3 * q - 2, 3 * q
+    if rest.startswith("YTD-"):
+        return year, 1, int(rest[4:])
+    return year, int(rest), int(rest)
+
+
+def period_bounds(period: str) -> tuple[date, date]:
+    """[first day, first day of the next period) of a canonical period."""
+    year, first, last = period_months(period)
+    return date(year, first, 1), date(year + last // 12, last % 12 + 1, 1)
 
 
 # A reported figure: finite and non-negative.
@@ -90,7 +127,8 @@ class EnterpriseReport(_Model):
     """One enterprise's figures for one period; amounts in yuan, at least one figure given."""
 
     enterprise: str = Field(pattern=ID_PATTERN, description="enterprise id (e.g. the 统一社会信用代码)")
-    period: str = Field(pattern=PERIOD_PATTERN, description="'2019' (a year) or '2019-03' (a month), local time")
+    period: str = Field(pattern=PERIOD_PATTERN, description="'2019' (a year), '2019-03' (a month), '2019-Q2' (a "
+                        "quarter) or '2019-YTD-06' (January to June, 1–6月累计), local time")
     value_added: Figure | None = Field(default=None, description="工业增加值 at current prices, yuan")
     value_added_comparable: Figure | None = Field(default=None, description="可比价工业增加值, yuan")
     employees_avg: Figure | None = Field(default=None, description="年平均从业人员 / 从业人员平均人数, persons")
@@ -115,6 +153,13 @@ class EnterpriseReport(_Model):
     @property
     def annual(self) -> bool:
         return len(self.period) == 4
+
+    @property
+    def kind(self) -> str:
+        """year, quarter, ytd or month."""
+        if len(self.period) == 4:
+            return "year"
+        return "quarter" if "Q" in self.period else "ytd" if "YTD" in self.period else "month"
 
     def figures(self) -> dict[str, float]:
         """The figures given, by field name (the ``enterprise_report`` fields)."""

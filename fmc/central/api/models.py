@@ -17,14 +17,14 @@ from fmc.core.config import ID_PATTERN
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_PREFIX_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS, STATUS_LABELS
 from fmc.indicators.plan import Indicator, Targets
-from fmc.indicators.reports import MAX_YEAR, MIN_YEAR
+from fmc.indicators.reports import MAX_YEAR, MIN_YEAR, PERIOD_PATTERN
 
 # --- query and path parameters ------------------------------------------------------------------------------
 
 PERIOD_QUERY_PATTERN = (
     r"^[0-9]{4}(-(Q[1-4]|0[1-9]|1[0-2]|YTD(-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]))?))?$"
 )
-REPORT_PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]))?$"  # as stored: a year or a month
+REPORT_PERIOD_PATTERN = PERIOD_PATTERN  # as stored: a year, a month, a quarter or a year to date
 REGION_QUERY_PATTERN = REGION_PREFIX_PATTERN
 INDUSTRY_QUERY_PATTERN = INDUSTRY_CODE_PATTERN
 ENTERPRISE_ID_PATTERN = ID_PATTERN
@@ -51,7 +51,7 @@ PARAMETER_HINTS: dict[str, str] = {
     "format": "json or csv",
     "lang": "zh or en",
     "year": f"a calendar year from {YEAR_MIN} to {YEAR_MAX}",
-    "report_period": "a year (2019) or a month (2019-03)",
+    "report_period": "a year (2019), a month (2019-03), a quarter (2019-Q2) or a year to date (2019-YTD-06)",
 }
 
 

@@ -51,7 +51,7 @@ async def enterprise_reports(
     format: Fmt = None,
     lang: LangQ = "zh",
 ) -> Response:
-    """The enterprise's reports (annual and monthly), money in yuan."""
+    """The enterprise's reports (annual, quarterly, year-to-date and monthly), money in yuan."""
     ctx = context(request)
     e = await one_enterprise(ctx, key, enterprise_id)
     base = ctx.service.targets.base_year
@@ -73,12 +73,13 @@ async def put_report(
     request: Request,
     key: Key,
     enterprise_id: EnterpriseId,
-    period: Annotated[str, Path(pattern=REPORT_PERIOD_PATTERN, max_length=7,
-                                description="a year (2019) or a month (2019-03)")],
+    period: Annotated[str, Path(pattern=REPORT_PERIOD_PATTERN, max_length=11,
+                                description="a year (2019), a month (2019-03), a quarter (2019-Q2) or a year "
+                                "to date (2019-YTD-06)")],
     figures: ReportFigures,
 ) -> JSONResponse:
-    """Store the enterprise's figures for a year or a month (money in yuan, employees in
-    persons); figures not given keep their stored value. Returns the report as stored."""
+    """Store the enterprise's figures for a year, a month, a quarter or a year to date (money in
+    yuan, employees in persons); figures not given keep their stored value. Returns the report as stored."""
     ctx = context(request)
     e = await one_enterprise(ctx, key, enterprise_id)
     try:
