@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -713,3 +714,63 @@ def test_fmc_reports_import_and_the_api_take_quarters_and_years_to_date(tmp_path
         periods = [x["period"] for x in client.get("/v1/enterprises/E-Y/reports?year=2020", headers=h).json()["items"]]
         assert periods == ["2020-Q1", "2020-Q3", "2020-YTD-06", "2020-YTD-09"]
     keys.close()
+
+
+# --- the examples: `fmc indicators --by county` on deploy/examples -----------------------------------------------
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "deploy" / "examples"
+# What the agents of the example enterprises write for 2020 (the plan's last year): machines and NC
+# machines in the ledger, tce of electricity and natural gas a day, m³ of water a day.
+EXAMPLE_PLANTS = {
+    "91330602MA2BXXXX1X": ("330602", "17", 120, 60, 367.5, 18375.0),
+    "91330602MA2BX1234K": ("330602", "17", 80, 38, 243.2, 12160.0),
+    "91330602MA2C5678QX": ("330602", "17", 20, 2, 30.0, 900.0),
+    "SXJN-002": ("330603", "17", 60, 24, 696.0, 45600.0),
+    "91330603MA2D9012RX": ("330603", "28", 50, 20, 1122.0, 20400.0),
+}
+
+
+def example_rollups() -> list[Point]:
+    points: list[Point] = []
+    for enterprise, (region, industry, total, nc, tce_2020, water_2020) in EXAMPLE_PLANTS.items():
+        site = Site(enterprise, region, industry)
+        points += equipment(site, days_of(2020), total, nc, networked=nc * 3 // 4)
+        points += carrier(site, "electricity", days_of(2020), 0.7 * tce_2020 / 366)
+        points += carrier(site, "natural_gas", days_of(2020), 0.3 * tce_2020 / 366)
+        points += [consumption_point(site, ConsumptionDay(d, "water_intake", water_2020 / 366, m3=water_2020 / 366))
+                   for d in days_of(2020)]
+    return points
+
+
+def test_fmc_indicators_by_county_on_the_examples(influx_db, tmp_path, capsys) -> None:
+    """``fmc reports import reports.csv -c central.toml`` then ``fmc indicators -c central.toml --year 2020 --by
+    county`` with deploy/examples (central.toml pointed at the test's InfluxDB), after the agents' 2020 rollups.
+
+    NC rate of the backbone enterprises, 330602: (60 + 38) / 200 = 49 %, the survey baselines weighed by
+    machines (38.5·120 + 41·80) / 200 = 39.5 -> target 47.5: met. Energy intensity of the enterprises above
+    designated size, 330603: (696 + 1122) / (2400 + 3400) = 0.3134, the survey intensities weighed by 2016
+    value added (0.35·1900 + 0.42·3000) / 4900 = 0.3929 -> target 0.3929·0.96⁴ = 0.3337: met."""
+    from fmc.cli import main as cli
+    from tests.store_backends import _influx_ingest
+
+    server, db = influx_db
+    for name in ("central.toml", "enterprises.csv", "reports.csv"):
+        (tmp_path / name).write_bytes((EXAMPLES / name).read_bytes())
+    toml = (tmp_path / "central.toml").read_text(encoding="utf-8")
+    assert 'url = "http://127.0.0.1:8086"' in toml and 'database = "fmc"' in toml
+    toml = toml.replace('url = "http://127.0.0.1:8086"', f'url = "{server.url}"').replace(
+        'database = "fmc"', f'database = "{db}"')
+    (tmp_path / "central.toml").write_text(toml, encoding="utf-8")
+    _influx_ingest(server.url, db)(example_rollups())
+    cfg = str(tmp_path / "central.toml")
+    assert cli.main(["reports", "import", str(tmp_path / "reports.csv"), "-c", cfg]) == 0
+    capsys.readouterr()
+    assert cli.main(["indicators", "-c", cfg, "--year", "2020", "--by", "county"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip().startswith(("330602", "330603"))}
+    assert set(lines) == {"330602", "330603"}
+    assert "49.00 (47.50) ✓" in lines["330602"]
+    assert "0.3134 (0.3337) ✓" in lines["330603"]
+    for line in lines.values():  # targets and statuses on every county row
+        assert line.count("(") >= 5 and ("✓" in line or "✗" in line)

@@ -88,7 +88,7 @@ def test_gb18030_tab_separated(tmp_path: Path) -> None:
 
 
 def test_example_file_reads() -> None:
-    assert len(read_reports_csv(EXAMPLE)) == 4
+    assert len(read_reports_csv(EXAMPLE)) == 12
 
 
 @pytest.mark.parametrize(

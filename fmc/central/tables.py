@@ -53,6 +53,12 @@ def result_table(results: Mapping[str, IndicatorResult], targets: Targets, lang:
     return render_table(headers, rows, align)
 
 
+def _cell(r: IndicatorResult) -> str:
+    """``value (target) mark``: 45.00 (43.00) ✓; the target only where there is one."""
+    target = f" ({_fmt(r.target)})" if r.target is not None else ""
+    return f"{_fmt(r.value)}{target} {_MARK[r.status]}".rstrip()
+
+
 def level_table(rows: Sequence[GroupRow], names: Mapping[str, str | None], lang: str) -> list[str]:
     from fmc.core.tables import render_table
     from fmc.indicators.labels import INDICATOR_LABELS, industry_label
@@ -67,6 +73,6 @@ def level_table(rows: Sequence[GroupRow], names: Mapping[str, str | None], lang:
             label = f"{row.key} {names[row.key]}"
         elif row.level == "industry" and row.industry:
             label = f"{row.key} {industry_label(row.industry, lang)}"
-        cells = [f"{_fmt(row.results[i].value)} {_MARK[row.results[i].status]}".rstrip() for i in INDICATORS]
+        cells = [_cell(row.results[i]) for i in INDICATORS]
         body.append([label, *cells])
     return render_table(headers, body, "<" + ">" * len(INDICATORS))

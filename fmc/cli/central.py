@@ -131,7 +131,8 @@ async def _print_indicators(service, period, scope, args, out: TextIO) -> int:  
     if args.by:
         rows = (await service.indicators(args.by, period, scope)).rows
         out.write("\n" + "\n".join(level_table(rows, names, args.lang)) + "\n")
-        out.write("✓ met  ✗ missed  ? insufficient data\n" if not zh else "✓ 达标  ✗ 未达标  ? 数据不足\n")
+        out.write("value (target) ✓ met  ✗ missed  ? insufficient data\n" if not zh else
+                  "数值 (目标值) ✓ 达标  ✗ 未达标  ? 数据不足\n")
     return EXIT_OK
 
 
