@@ -9,14 +9,19 @@ Never a number computed from silence: when the share of expected data present (`
 below ``policy.min_coverage``, or a needed figure is missing, the value is None and the status
 ``insufficient_data``.
 
-Coverage:
+Coverage (docs/indicators.md states every rule):
 
-- NC and networking rates: days with an ``enterprise_daily`` row ÷ days in the period;
-- energy, water, wastewater: Σ daily ``coverage`` of the carriers ÷ (days × carriers), a missing
-  day counting 0 (the carriers are those the caller names, else those seen in its data);
-- reports: share of the period's months reported (a report for exactly the period counts as all);
-  a sum over months needs every month;
-- intensities and productivity: the smaller of the two.
+- NC and networking rates: days with an ``enterprise_daily`` row ÷ days in the period; a period-end
+  figure needs a day within ``period_end_within_days`` of the period's end; an asset-value rate, the
+  share of equipment with an original value;
+- energy, water, wastewater: per carrier, Σ daily ``coverage`` ÷ the days it is expected on (a missing
+  day counting 0; a carrier is expected where it exists, ``expected_windows``); the figure's is the
+  smallest carrier's;
+- reports: 1 when the period's figure is given or composed exactly (``_report_sum``), else the share
+  of its months that reports give; intensities and productivity: the smaller of the two.
+
+Baselines (``baseline_of``) and pooling (``pool``, ``PoolSums``) are one rule each, for enterprises and
+groups alike.
 """
 
 from __future__ import annotations
