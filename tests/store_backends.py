@@ -41,6 +41,8 @@ def daily_point(site: Site, row: EnterpriseDay) -> Point:
             "asset_value_nc": float(row.asset_value_nc),
             "equipment_networked": row.equipment_networked,
             "nc_equipment_networked": row.nc_equipment_networked,
+            # the writers carry it; hand-built rows of older data may not
+            **({"equipment_valued": row.equipment_valued} if row.equipment_valued is not None else {}),
         },
         local_day_start_ns(row.day, zone(site.timezone)),
         Priority.ROLLUP,

@@ -76,6 +76,7 @@ def test_enterprise_daily_golden_day(equipment_days) -> None:
         "asset_value_nc": 800_000.0 + 600_000.0 + 700_000.0,
         "equipment_networked": 3,
         "nc_equipment_networked": 1,
+        "equipment_valued": 4,  # loom-1's 原值 is blank: the asset-value sums cover 4 of the 5
     }
 
 
@@ -99,6 +100,7 @@ def test_population_the_day_before_commissioning() -> None:
         "asset_value_nc": 800_000.0 + 600_000.0 + 700_000.0 + 50_000.0,
         "equipment_networked": 0,
         "nc_equipment_networked": 0,
+        "equipment_valued": 4,  # loom-1 has no 原值
     }
     assert p.ts_ns == D0 - DAY
 

@@ -166,7 +166,7 @@ def test_helpers_match_the_rollup_writers() -> None:
         InventoryItem("m3", nc=True),
     ]
     written = enterprise_daily(d, A, inventory, [_EquipmentDay("m1", d, 10, 3600.0)])
-    mine = daily_point(A, ed("2019-12-31", 3, 2, 1200.5, 700.25, 1, 1))
+    mine = daily_point(A, dataclasses.replace(ed("2019-12-31", 3, 2, 1200.5, 700.25, 1, 1), equipment_valued=2))
     assert written == mine
     assert {k: type(v) for k, v in written.fields.items()} == {k: type(v) for k, v in mine.fields.items()}
 

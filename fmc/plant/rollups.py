@@ -140,7 +140,9 @@ def enterprise_daily(
     The population is the inventory: items in scope that day (``InventoryItem.in_scope_on``),
     connected or not. Days of equipment not in the inventory are ignored (they are in no
     denominator). Several records of one equipment for the day are added up (disjoint parts of
-    the day from successive agent runs). An unknown asset value counts as 0 in the sums.
+    the day from successive agent runs). An unknown asset value counts as 0 in the sums, and
+    ``equipment_valued`` counts the items that have one, so the asset-value NC rate can say how much
+    of the ledger its sums cover (docs/indicators.md).
     """
     online: dict[str, float] = defaultdict(float)
     samples: dict[str, int] = defaultdict(int)
@@ -149,7 +151,7 @@ def enterprise_daily(
             online[rec.equipment] += rec.online_s
             # a live subscription confirming unchanged good values is good data of that day
             samples[rec.equipment] += rec.good_samples + getattr(rec, "alive_confirmations", 0)
-    total = nc = networked = nc_networked = 0
+    total = nc = networked = nc_networked = valued = 0
     value_total = value_nc = 0.0
     seen: set[str] = set()
     for item in inventory:
@@ -157,6 +159,7 @@ def enterprise_daily(
             continue  # a ledger listing an id twice must not count it twice
         seen.add(item.id)
         value = item.asset_value or 0.0
+        valued += int(item.asset_value is not None)
         on = is_networked(samples.get(item.id, 0), online.get(item.id, 0.0), networked_min_online_minutes)
         total += 1
         value_total += value
@@ -175,6 +178,7 @@ def enterprise_daily(
             "asset_value_nc": float(value_nc),
             "equipment_networked": networked,
             "nc_equipment_networked": nc_networked,
+            "equipment_valued": valued,
         },
         local_day_start_ns(day, site.tz),
         Priority.ROLLUP,
