@@ -226,10 +226,11 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
         assert "(enterprise = 'E-1' OR enterprise = 'E-2')" in statement
     assert "sum(" in statements[0] and statements[0].endswith("GROUP BY enterprise")
     assert statements[1].startswith('SELECT last(equipment_total)') and "sum(" not in statements[1]
+    assert statements[1].endswith("GROUP BY enterprise, gateway")  # each gateway's last day
     for q in statements[2:4]:  # first() and last() alone, so that they report the time of their row
         assert q.startswith(("SELECT first(coverage) AS coverage FROM", "SELECT last(coverage) AS coverage FROM"))
         assert q.endswith("GROUP BY enterprise, carrier")
-    assert statements[4].endswith("GROUP BY enterprise, carrier")
+    assert statements[4].endswith("GROUP BY enterprise, carrier, gateway")
     assert {q.split("carrier = ")[1].split(" ")[0] for q in statements[4:]} == {"'electricity'", "'water_intake'"}
     for q in statements[4:]:  # each carrier asks only for what the engine reads of it
         water = "'water_intake'" in q

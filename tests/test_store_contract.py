@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -487,6 +488,108 @@ async def test_sums_equal_summarize_of_the_same_rows(backend: Backend) -> None:
                 assert e not in got
                 continue
             assert_sums_equal(got[e], want, rel=1e-12)
+
+
+# --- several gateways of one enterprise ------------------------------------------------------------------
+# Each gateway has its own machines and meters and writes its own rollups (tag ``gateway``); the store sums
+# them per enterprise and day (docs/design.md §4, docs/scale.md).
+
+G_A = Site("E-G", "330602", "1711", TZ, "hall-a")
+G_B = Site("E-G", "330602", "1711", TZ, "hall-b")
+G_A_INVENTORY = [InventoryItem("a1", nc=True, asset_value=100.0), InventoryItem("a2", nc=True, asset_value=200.0),
+                 InventoryItem("a3", nc=False, asset_value=50.0)]
+G_B_INVENTORY = [InventoryItem("b1", nc=True, asset_value=300.0), InventoryItem("b2", nc=False, asset_value=80.0),
+                 InventoryItem("b3", nc=False, asset_value=20.0)]  # b3: never connected
+PLAN_FILE = Path(__file__).resolve().parents[1] / "fmc" / "indicators" / "plans" / "zhejiang-2017-2020.toml"
+
+
+def gateway_day(site: Site, inventory: list[InventoryItem], online: Sequence[str], meter: str, kwh_per_quarter: float,
+                d: date) -> list[Point]:
+    """One gateway's ``enterprise_daily`` and ``consumption_daily`` of day ``d``, made by the real writers."""
+    start = local_day_start_ns(d, zone(TZ))
+    quarter = 900 * 10**9
+    days = [_EquipmentDay(e, d, 100, 8 * 3600.0) for e in online]
+    intervals = [_Interval(meter, "electricity", start + i * quarter, start + (i + 1) * quarter, kwh_per_quarter,
+                           quarter) for i in range(96)]
+    return [enterprise_daily(d, site, inventory, days), *consumption_daily(d, site, intervals, {meter: "electricity"})]
+
+
+async def test_two_gateways_of_one_enterprise_add_up(backend: Backend) -> None:
+    from fmc.indicators.engine import EnterpriseData, measure
+    from fmc.indicators.plan import load_targets
+
+    d = day("2019-12-31")
+    # hall-a: a1 (NC) online, a2 (NC) offline, a3; meter ea 10 kWh a quarter hour = 960 kWh
+    # hall-b: b1 (NC) online, b2, b3; meter eb 5 kWh a quarter hour = 480 kWh; same day, same enterprise
+    backend.ingest(gateway_day(G_A, G_A_INVENTORY, ["a1", "a3"], "ea", 10.0, d)
+                   + gateway_day(G_B, G_B_INVENTORY, ["b1"], "eb", 5.0, d))
+    period = Period("month", d, d)
+    got = await backend.store.period_sums(d, d, Scope())
+    # by hand: 6 equipment, 3 NC (a1, a2, b1), 2 NC networked (a1, b1), 3 networked (a1, a3, b1)
+    assert_sums_equal(PeriodSums(got["E-G"].daily), PeriodSums(DailySums(
+        days=1, equipment_total=6.0, equipment_nc=3.0, asset_value_total=750.0, asset_value_nc=600.0,
+        equipment_networked=3.0, nc_equipment_networked=2.0, last_day=d,
+        last_equipment_total=6.0, last_equipment_nc=3.0, last_asset_value_total=750.0, last_asset_value_nc=600.0,
+        last_equipment_networked=3.0, last_nc_equipment_networked=2.0,  # Σ over gateways; no 原值 count: NaN
+    )))
+    electricity = got["E-G"].carriers["electricity"]
+    assert (electricity.rows, electricity.amount, electricity.coverage) == (2, 1440.0, 1.0)
+    data = EnterpriseData("E-G", sums={(d, d): got["E-G"]})
+    plan = load_targets(PLAN_FILE)
+    nc = measure("nc_rate", period, data, plan)
+    networking = measure("networking_rate", period, data, plan)
+    energy = measure("energy", period, data, plan)
+    assert nc.value(1.0) == pytest.approx(50.0)  # 3 / 6
+    assert networking.value(1.0) == pytest.approx(200.0 / 3)  # 2 NC networked / 3 NC
+    assert energy.value(1.0) == pytest.approx(1440.0 * 0.1229 / 1000)  # 0.176976 tce
+    assert (nc.coverage, networking.coverage, energy.coverage) == (1.0, 1.0, 1.0)
+
+
+async def test_a_gateway_that_stopped_keeps_its_last_stocks(backend: Backend) -> None:
+    """The stocks at period end are Σ over gateways of each gateway's last day in the period: hall-b
+    stopped after 12-30, its equipment still counts at the year's end; days are local days, not rows."""
+    backend.ingest(gateway_day(G_A, G_A_INVENTORY, ["a1"], "ea", 10.0, day("2019-12-30"))
+                   + gateway_day(G_B, G_B_INVENTORY, ["b1"], "eb", 5.0, day("2019-12-30"))
+                   + gateway_day(G_A, G_A_INVENTORY[:2], ["a1"], "ea", 10.0, day("2019-12-31")))  # a3 retired
+    got = (await backend.store.period_sums(day("2019-01-01"), day("2019-12-31"), Scope()))["E-G"]
+    assert got.daily is not None
+    assert (got.daily.days, got.daily.last_day) == (2, day("2019-12-31"))
+    # hall-a's 12-31 (a1, a2: 2 NC, 300 yuan) + hall-b's 12-30 (b1 NC, b2, b3: 400 yuan)
+    assert (got.daily.last_equipment_total, got.daily.last_equipment_nc) == (5.0, 3.0)
+    assert (got.daily.last_asset_value_total, got.daily.last_asset_value_nc) == (700.0, 600.0)
+    # networked on each gateway's last day: a1 (NC) on 12-31, b1 (NC) on 12-30
+    assert (got.daily.last_equipment_networked, got.daily.last_nc_equipment_networked) == (2.0, 2.0)
+    assert (got.daily.equipment_total, got.daily.equipment_nc) == (3 + 3 + 2, 2 + 1 + 2)
+    # electricity: 960 + 480 + 960 kWh; hall-b measured one of the two days: coverage 1 + 0.5
+    electricity = got.carriers["electricity"]
+    assert (electricity.rows, electricity.amount, electricity.coverage) == (3, 2400.0, 1.5)
+    assert (electricity.first_day, electricity.last_day) == (day("2019-12-30"), day("2019-12-31"))
+
+
+async def test_a_carriers_first_and_last_day_span_its_gateways(backend: Backend) -> None:
+    """A carrier's first day is the earliest over the gateways that measure it, its last the latest."""
+    backend.ingest(gateway_day(G_A, G_A_INVENTORY, ["a1"], "ea", 10.0, day("2019-12-29"))
+                   + gateway_day(G_A, G_A_INVENTORY, ["a1"], "ea", 10.0, day("2019-12-30"))
+                   + gateway_day(G_B, G_B_INVENTORY, ["b1"], "eb", 5.0, day("2019-12-30"))
+                   + gateway_day(G_B, G_B_INVENTORY, ["b1"], "eb", 5.0, day("2019-12-31")))
+    got = (await backend.store.period_sums(day("2019-12-01"), day("2019-12-31"), Scope()))["E-G"]
+    electricity = got.carriers["electricity"]
+    assert (electricity.first_day, electricity.last_day) == (day("2019-12-29"), day("2019-12-31"))
+    assert (electricity.rows, electricity.coverage) == (4, 2.0)
+    assert got.daily is not None and (got.daily.days, got.daily.last_day) == (3, day("2019-12-31"))
+
+
+async def test_rows_without_a_gateway_tag_are_gateway_main(backend: Backend) -> None:
+    """Rows an fmc before gateway ids wrote (no tag) and the same agent's later rows (``main``) are one
+    gateway: its last day is the later one, its stocks are not counted twice."""
+    legacy, main = Site("E-G", "330602", "1711", TZ), Site("E-G", "330602", "1711", TZ, "main")
+    backend.ingest(gateway_day(legacy, G_A_INVENTORY, ["a1"], "ea", 10.0, day("2019-12-30"))
+                   + gateway_day(main, G_A_INVENTORY, ["a1"], "ea", 10.0, day("2019-12-31")))
+    got = (await backend.store.period_sums(day("2019-12-01"), day("2019-12-31"), Scope()))["E-G"]
+    assert got.daily is not None
+    assert (got.daily.days, got.daily.last_day, got.daily.last_equipment_total) == (2, day("2019-12-31"), 3.0)
+    assert got.daily.equipment_total == 6.0
+    assert got.carriers["electricity"].coverage == 2.0  # two whole days of one gateway
 
 
 # --- errors -----------------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 # beyond what the encoder escapes. Topic segments are checked again at run time.
 NAME_PATTERN = r"^[^\x00-\x1f\x7f\\]{1,128}$"
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+# The gateway id of an agent without `[enterprise] gateway`, and the gateway that rollups written
+# without a `gateway` tag (by an fmc before gateway ids) are read as (docs/design.md §4).
+DEFAULT_GATEWAY = "main"
 TEMPLATE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -184,6 +187,11 @@ class EnterpriseConfig(_Model):
     region: str = Field(pattern=REGION_CODE_PATTERN, description="6-digit administrative division code (GB/T 2260)")
     industry: str = Field(pattern=INDUSTRY_CODE_PATTERN, description="GB/T 4754-2017 division, e.g. '17'")
     timezone: str = "Asia/Shanghai"
+    gateway: str = Field(
+        default=DEFAULT_GATEWAY, pattern=ID_PATTERN,
+        description="this gateway's id within the enterprise (tag `gateway` on the rollups); unique per "
+        "enterprise when several gateways serve one enterprise",
+    )
 
     _tz = field_validator("timezone")(lambda cls, v: known_timezone(v))
 

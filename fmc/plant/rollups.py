@@ -41,17 +41,22 @@ class Site:
     region: str
     industry: str
     timezone: str = "Asia/Shanghai"
+    # the `gateway` tag of the rollups (None: no tag, as an fmc before gateway ids wrote them)
+    gateway: str | None = None
 
     @classmethod
     def from_enterprise(cls, enterprise: EnterpriseConfig) -> Site:
-        return cls(enterprise.id, enterprise.region, enterprise.industry, enterprise.timezone)
+        return cls(enterprise.id, enterprise.region, enterprise.industry, enterprise.timezone, enterprise.gateway)
 
     @property
     def tz(self) -> ZoneInfo:
         return zone(self.timezone)
 
     def tags(self, **extra: str) -> dict[str, str]:
-        return {"enterprise": self.enterprise, "region": self.region, "industry": self.industry, **extra}
+        tags = {"enterprise": self.enterprise, "region": self.region, "industry": self.industry, **extra}
+        if self.gateway is not None:
+            tags["gateway"] = self.gateway
+        return tags
 
 
 @dataclass(frozen=True, slots=True)

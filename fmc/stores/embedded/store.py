@@ -50,6 +50,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fmc.agent.plugin import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
 from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
+from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.lineprotocol import LineProtocolError, field_type, parse
 from fmc.core.localtime import local_date, local_day_start_ns
 from fmc.core.points import FieldValue, Point
@@ -541,28 +542,36 @@ _IN_SCOPE = (
 )
 _IN_PERIOD = "p.ts >= :start AND p.ts < :end"
 
-# One row per enterprise: the count and sums, and (SQLite's documented rule for a lone max()) the
-# fields of the row with the latest timestamp as bare columns.
+# One row per enterprise: the local days present (rows stamped at local midnight; the day buckets'
+# edges lie at local noon, :day_shift), and the sums over every row (Σ days Σ gateways).
 _DAILY_SUMS_SQL = (
     _SCOPED_SERIES
-    + "SELECT sel.enterprise, count("
+    + "SELECT sel.enterprise, count(DISTINCT CASE WHEN "
     + _json_field("equipment_total")
-    + "), "
+    + " IS NOT NULL THEN (p.ts - :day_shift) / 86400000000000 END), "
     + ", ".join(f"total({_json_field(f)})" for f in _DAILY_FIELDS)
-    + ", max(p.ts), "
+    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE} GROUP BY sel.enterprise"
+)
+# One row per enterprise and gateway (a series without the tag is gateway "main"'s): (SQLite's
+# documented rule for a lone max()) the fields of the row with the latest timestamp as bare columns.
+_LAST_DAYS_SQL = (
+    _SCOPED_SERIES
+    + f"SELECT sel.enterprise, coalesce(json_extract(s2.tags, '$.gateway'), '{DEFAULT_GATEWAY}') AS gw, max(p.ts), "
     + ", ".join(_json_field(f) for f in (*_LAST_FIELDS, "equipment_networked", "nc_equipment_networked",
                                          "equipment_valued"))
-    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE} GROUP BY sel.enterprise"
+    + f" FROM sel JOIN series s2 ON s2.id = sel.id JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD}"
+    + f" AND {_IN_SCOPE} AND {_json_field('equipment_total')} IS NOT NULL GROUP BY sel.enterprise, gw"
 )
 _CARRIER_SUMS_SQL = (
     _SCOPED_SERIES
     + "SELECT sel.enterprise, sel.carrier, "
+    + f"coalesce(json_extract(s2.tags, '$.gateway'), '{DEFAULT_GATEWAY}') AS gw, "
     + f"count({_json_field('amount')}), total({_json_field('amount')}), "
     + f"total({_json_field('tce')}), count({_json_field('tce')}), "
     + f"total({_json_field('m3')}), count({_json_field('m3')}), total({_json_field('coverage')}), "
     + "min(p.ts), max(p.ts)"
-    + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
-    + " AND sel.carrier IS NOT NULL GROUP BY sel.enterprise, sel.carrier"
+    + f" FROM sel JOIN series s2 ON s2.id = sel.id JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD}"
+    + f" AND {_IN_SCOPE} AND sel.carrier IS NOT NULL GROUP BY sel.enterprise, sel.carrier, gw"
 )
 _REPORTS_SQL = (
     _SCOPED_SERIES
@@ -752,40 +761,59 @@ class EmbeddedQueryStore:
         start_ns, end_ns = _period_bounds_ns(start, end, self._tz)
         as_of_ns = end_ns if as_of is None else local_day_start_ns(as_of + timedelta(days=1), self._tz)
 
-        def work(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        def work(conn: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], ...]:
             members = self._member_params(conn, as_of_ns, scope)
             if members is None:
-                return [], []
-            daily = conn.execute(_DAILY_SUMS_SQL, self._params("enterprise_daily", start_ns, end_ns, members))
-            daily_rows = daily.fetchall()
+                return [], [], []
+            daily_params = self._params("enterprise_daily", start_ns, end_ns, members)
+            # the day buckets' edges at local noon of the first day, as on InfluxDB
+            daily_params["day_shift"] = start_ns - 12 * 3600 * 1_000_000_000
+            daily_rows = conn.execute(_DAILY_SUMS_SQL, daily_params).fetchall()
+            last_rows = conn.execute(_LAST_DAYS_SQL, daily_params).fetchall()
             carrier = conn.execute(_CARRIER_SUMS_SQL, self._params("consumption_daily", start_ns, end_ns, members))
-            return daily_rows, carrier.fetchall()
+            return daily_rows, last_rows, carrier.fetchall()
 
         def run() -> dict[str, PeriodSums]:
-            daily_rows, carrier_rows = self._snapshot(work)
+            daily_rows, last_rows, carrier_rows = self._snapshot(work)
+            lasts: dict[str, list[tuple[Any, ...]]] = {}
+            for enterprise, _gateway, last_ts, *last in last_rows:
+                lasts.setdefault(str(enterprise), []).append((int(last_ts), *last))
             daily: dict[str, DailySums] = {}
-            for enterprise, days, *rest in daily_rows:
-                if not days:
+            for enterprise, days, *sums in daily_rows:
+                gateways = lasts.get(str(enterprise))
+                if not days or not gateways:
                     continue
-                sums, last_ts, last = rest[:6], rest[6], rest[7:11]
-                last_net, last_nc_net, last_valued = rest[11:]
+                # the stocks at period end: Σ over gateways of each gateway's last day in the period
+                # (the asset value: over the gateways whose last day has it; none has it: unknown)
+                n = len(_LAST_FIELDS)
+                valued = [g[n + 3] for g in gateways if g[n + 3] is not None]
                 daily[str(enterprise)] = DailySums(
                     int(days),
                     *(_number(v) for v in sums),
-                    local_date(int(last_ts), self._tz),
-                    *(_number(v) for v in last),
-                    last_equipment_networked=_number(last_net),
-                    last_nc_equipment_networked=_number(last_nc_net),
-                    last_equipment_valued=math.nan if last_valued is None else _number(last_valued),
+                    local_date(max(g[0] for g in gateways), self._tz),
+                    *(math.fsum(_number(g[1 + i]) for g in gateways) for i in range(n)),
+                    last_equipment_networked=math.fsum(_number(g[n + 1]) for g in gateways),
+                    last_nc_equipment_networked=math.fsum(_number(g[n + 2]) for g in gateways),
+                    last_equipment_valued=math.fsum(_number(v) for v in valued) if valued else math.nan,
                 )
-            carriers: dict[str, dict[str, CarrierSums]] = {}
-            for enterprise, carrier, rows, amount, tce, tce_rows, m3, m3_rows, coverage, first, last in carrier_rows:
-                if rows:
-                    carriers.setdefault(str(enterprise), {})[str(carrier)] = CarrierSums(
-                        str(carrier), int(rows), _number(amount), _number(tce), int(tce_rows),
-                        _number(m3), int(m3_rows), _number(coverage),
-                        local_date(int(first), self._tz), local_date(int(last), self._tz),
+            parts: dict[tuple[str, str], list[list[float | int]]] = {}
+            for enterprise, carrier, _gateway, *figures in carrier_rows:
+                if figures[0]:
+                    parts.setdefault((str(enterprise), str(carrier)), []).append(
+                        [*(_number(v) for v in figures[:7]), *(int(t) for t in figures[7:])]
                     )
+            carriers: dict[str, dict[str, CarrierSums]] = {}
+            for (enterprise, carrier), gateways in parts.items():
+                rows, amount, tce, tce_rows, m3, m3_rows, coverage = (
+                    math.fsum(g[i] for g in gateways) for i in range(7)
+                )
+                # coverage: Σ daily coverage ÷ the gateways measuring the carrier (as on InfluxDB); the
+                # carrier's first and last day: the earliest and the latest over its gateways
+                first, last = min(g[7] for g in gateways), max(g[8] for g in gateways)
+                carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
+                    carrier, int(rows), amount, tce, int(tce_rows), m3, int(m3_rows), coverage / len(gateways),
+                    local_date(int(first), self._tz), local_date(int(last), self._tz),
+                )
             return {
                 e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())
             }

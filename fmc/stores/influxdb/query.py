@@ -29,6 +29,7 @@ import httpx
 
 from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
 from fmc.core.carriers import is_water
+from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.lineprotocol import field_type
 from fmc.core.localtime import NS, local_date, local_day_start_ns
 from fmc.core.points import Point
@@ -60,6 +61,7 @@ REPORT = "enterprise_report"
 DAILY_FIELDS = DAILY_SUM_FIELDS
 LAST_FIELDS = LAST_DAY_FIELDS
 CARRIER_FIELDS = CARRIER_SUM_FIELDS
+DAYS_PER_STATEMENT = 100  # enterprises per statement counting local days (those with several gateways)
 
 
 # --- quoting: the only ways a value gets into InfluxQL ----------------------------------------------------
@@ -254,26 +256,51 @@ class InfluxQueryStore:
         m3 = "sum(m3) AS m3, count(m3) AS m3_rows"
         if carriers is None:
             per_carrier = [f"SELECT {rows}, {tce}, {m3}, sum(coverage) AS coverage FROM {self._from(CONSUMPTION)}"
-                           f"{where} GROUP BY enterprise, carrier"]
+                           f"{where} GROUP BY enterprise, carrier, gateway"]
         else:
             # the engine reads m³ of water carriers and tce of the others: an aggregate of a field a
             # series lacks still costs a pass over every series, so each carrier asks for its own
             per_carrier = [
                 f"SELECT {rows}, {m3 if is_water(c) else tce}, sum(coverage) AS coverage "
                 f"FROM {self._from(CONSUMPTION)}{self._where(*bounds, scope, 'carrier = ' + quote_literal(c))} "
-                "GROUP BY enterprise, carrier"
+                "GROUP BY enterprise, carrier, gateway"
                 for c in carriers
             ]
         # first() and last() alone report the time of the row they picked: each carrier's first and
-        # last day in the period (which carriers an enterprise had when)
+        # last day in the period (which carriers an enterprise had when; across its gateways, the
+        # earliest first and the latest last day)
         spans = [f"SELECT {f}(coverage) AS coverage FROM {self._from(CONSUMPTION)}{where} GROUP BY enterprise, carrier"
                  for f in ("first", "last")]
+        # Several gateways of one enterprise write one row each per day (tag ``gateway``): the sums run
+        # over every row (Σ days Σ gateways); ``days`` is the row count, which ``period_sums`` replaces
+        # by the count of local days (``days_statements``) for an enterprise with several gateways
         return [
             f"SELECT count({DAILY_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
-            f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
+            # each gateway's last row in the period (rows without the tag group as one more gateway)
+            f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise, gateway",
             *spans,
             *per_carrier,
         ]
+
+    def days_statements(self, start: date, end: date, scope: Scope, enterprises: Sequence[str]) -> list[str]:
+        """Statements that give one row per local day with an ``enterprise_daily`` row of any gateway,
+        per enterprise (``enterprises`` in pieces): buckets of a day whose edges lie at local noon, so a
+        row stamped at local midnight lies well inside its day's bucket whatever the DST shift.
+        Asked only for the enterprises with several gateways: a row per day crosses the wire."""
+        bounds = self._bounds(start, end)
+        group = f"GROUP BY time(1d, {self._day_offset_s(bounds[0])}s), enterprise fill(none)"
+        names = sorted(enterprises)
+        return [
+            f"SELECT count({DAILY_FIELDS[0]}) AS n FROM {self._from(DAILY)}"
+            f"{self._where(*bounds, scope, _enterprise_condition(names[i:i + DAYS_PER_STATEMENT]))} {group}"
+            for i in range(0, len(names), DAYS_PER_STATEMENT)
+        ]
+
+    @staticmethod
+    def _day_offset_s(start_ns: int) -> int:
+        """The ``GROUP BY time(1d, offset)`` offset that puts the day buckets' edges at local noon of
+        the period's first day (its local midnight is ``start_ns``)."""
+        return ((start_ns // NS) - 12 * 3600) % 86_400
 
     async def carriers(self) -> list[str]:
         """The carriers ``consumption_daily`` holds (from the index: no data is read)."""
@@ -304,38 +331,79 @@ class InfluxQueryStore:
             enterprise = tags.get("enterprise")
             if rows and enterprise:
                 daily_sums[enterprise] = dict(zip(columns, rows[0], strict=False))
-        daily: dict[str, DailySums] = {}
+        # each gateway's last row (a row without the tag is gateway "main"'s: the later one wins)
+        lasts: dict[str, dict[str, dict[str, Any]]] = {}
+        groups: dict[str, int] = {}  # gateway groups per enterprise as stored ("" and "main" are two)
         for tags, columns, rows in _series(last_result):
             enterprise = tags.get("enterprise")
-            sums = daily_sums.get(enterprise) if enterprise else None
-            if not enterprise or not rows or sums is None or not _count(sums.get("days")):
+            if not enterprise or not rows:
                 continue
+            groups[enterprise] = groups.get(enterprise, 0) + 1
             last = dict(zip(columns, rows[0], strict=False))
+            gateways = lasts.setdefault(enterprise, {})
+            gateway = tags.get("gateway") or DEFAULT_GATEWAY
+            known = gateways.get(gateway)
+            if known is None or _count(last.get("time")) > _count(known.get("time")):
+                gateways[gateway] = last
+        # several gateways (or tagged and untagged rows): count the local days, not the rows
+        several = [e for e, n in groups.items() if n > 1 and e in daily_sums]
+        if several:
+            day_results = await asyncio.gather(
+                *(self._query([s]) for s in self.days_statements(start, end, scope, several))
+            )
+            local_days: dict[str, int] = {}
+            for tags, columns, rows in (series for [r] in day_results for series in _series(r)):
+                enterprise = tags.get("enterprise")
+                if enterprise and "n" in columns:
+                    n = columns.index("n")
+                    local_days[enterprise] = local_days.get(enterprise, 0) + sum(1 for row in rows if _count(row[n]))
+            for enterprise in several:
+                daily_sums[enterprise]["days"] = local_days.get(enterprise, 0)
+        daily: dict[str, DailySums] = {}
+        for enterprise, gateways in lasts.items():
+            sums = daily_sums.get(enterprise)
+            if sums is None or not _count(sums.get("days")):
+                continue
+            # a gateway's last day without the asset value adds nothing; none with it: unknown
+            valued = [g["equipment_valued"] for g in gateways.values()
+                      if isinstance(g.get("equipment_valued"), int | float)] if wanted.valued else []
+            # the stocks at period end: Σ over gateways of each gateway's last day in the period
             daily[enterprise] = DailySums(
                 _count(sums["days"]),
                 *(_num(sums.get(f)) if f in wanted.daily else math.nan for f in DAILY_FIELDS),
-                local_date(_count(last.get("time")) * MS, self._tz),
-                *(_num(last.get(f)) for f in LAST_FIELDS),
-                last_equipment_networked=_num(last.get("equipment_networked")) if wanted.last_networked else math.nan,
-                last_nc_equipment_networked=(_num(last.get("nc_equipment_networked")) if wanted.last_networked
-                                             else math.nan),
-                last_equipment_valued=_num(last["equipment_valued"]) if isinstance(
-                    last.get("equipment_valued"), int | float) else math.nan,
+                local_date(max(_count(g.get("time")) for g in gateways.values()) * MS, self._tz),
+                *(math.fsum(_num(g.get(f)) for g in gateways.values()) for f in LAST_FIELDS),
+                last_equipment_networked=(math.fsum(_num(g.get("equipment_networked")) for g in gateways.values())
+                                          if wanted.last_networked else math.nan),
+                last_nc_equipment_networked=(math.fsum(_num(g.get("nc_equipment_networked")) for g in gateways.values())
+                                             if wanted.last_networked else math.nan),
+                last_equipment_valued=math.fsum(valued) if valued else math.nan,
             )
-        carriers: dict[str, dict[str, CarrierSums]] = {}
+        parts: dict[tuple[str, str], dict[str, list[float]]] = {}
         for tags, columns, rows in (series for result in carrier_results for series in _series(result)):
             enterprise, carrier = tags.get("enterprise"), tags.get("carrier")
             if not rows or not enterprise or not carrier:  # a series without the tag groups under ""
                 continue
             r = dict(zip(columns, rows[0], strict=False))
             if _count(r.get("n_rows")):
-                span = days.get((enterprise, carrier))
-                carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
-                    carrier, _count(r["n_rows"]), _num(r.get("amount")) if wanted.amount else math.nan,
-                    _num(r.get("tce")), _count(r.get("tce_rows")),
-                    _num(r.get("m3")), _count(r.get("m3_rows")), _num(r.get("coverage")),
-                    min(span) if span else None, max(span) if span else None,
-                )
+                gateway = tags.get("gateway") or DEFAULT_GATEWAY
+                got = parts.setdefault((enterprise, carrier), {}).setdefault(gateway, [0.0] * 7)
+                for i, name in enumerate(("n_rows", "amount", "tce", "tce_rows", "m3", "m3_rows", "coverage")):
+                    got[i] += _num(r.get(name))
+        carriers: dict[str, dict[str, CarrierSums]] = {}
+        for (enterprise, carrier), gateways in parts.items():
+            n_rows, amount, tce, tce_rows, m3, m3_rows, coverage = (
+                math.fsum(g[i] for g in gateways.values()) for i in range(7)
+            )
+            span = days.get((enterprise, carrier))
+            # Σ amounts over gateways; coverage: Σ of the daily coverages ÷ the gateways that measure
+            # the carrier (a day one of two gateways missed is half covered, never 1 + 0 = "whole");
+            # the carrier's first and last day: the earliest and the latest over its gateways
+            carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
+                carrier, int(n_rows), amount if wanted.amount else math.nan, tce, int(tce_rows),
+                m3, int(m3_rows), coverage / len(gateways),
+                min(span) if span else None, max(span) if span else None,
+            )
         return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}
 
     # --- the region of the period's end -------------------------------------------------------------
