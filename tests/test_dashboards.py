@@ -673,6 +673,40 @@ def test_each_panel_query_returns_what_the_seed_implies(store, seed, ref_id):
     CHECKS[ref_id](store, seed)
 
 
+def test_enterprise_panels_add_up_the_gateways_of_one_enterprise(influxdb):
+    """Two gateways of one enterprise (tag ``gateway``), each with its own meters, write the same day:
+    the daily panels show the enterprise's total, not two points a day (nor one gateway's)."""
+    db = f"fmc_dash_gw_{uuid.uuid4().hex[:10]}"
+    influxdb.create_database(db)
+    try:
+        points: list[Point] = []
+        for gateway, meter, rate, hours in (("hall-a", "ea", 10.0, [(0, 24)]), ("hall-b", "eb", 5.0, [(0, 12)])):
+            site = Site(SITE_A.enterprise, SITE_A.region, SITE_A.industry, TZ, gateway)
+            electricity = meter_intervals(meter, "electricity", rate, 5, hours)
+            water = meter_intervals(f"w-{meter}", "water_intake", 0.5, 15, [(0, 24)])
+            counted = {meter: "electricity", f"w-{meter}": "water_intake"}
+            points += consumption_daily(D1, site, electricity + water, counted)
+        write_points(influxdb, db, points)
+        store = (influxdb, db)
+        # hall-a 24 h × 12 readings × 10 kWh = 2880 kWh, hall-b 12 h × 12 × 5 = 720 kWh: 3600 kWh
+        for ref_id in ("energy_daily", "energy_mix"):
+            rows = run(store, ENT, ref_id, ENT_VALUES, **DAYS)
+            assert [r["carrier"] for r in rows] == ["electricity"], ref_id
+            assert close(rows[0]["tce" if ref_id == "energy_daily" else "sum"], 3600 * 0.1229 / 1000), ref_id
+        rows = run(store, ENT, "energy_daily", ENT_VALUES, **DAYS)
+        assert [r["time"] for r in rows] == [local_ms(D1)]
+        rows = run(store, ENT, "water_daily", ENT_VALUES, **DAYS)
+        assert [(r["carrier"], r["time"], r["m3"]) for r in rows] == [("water_intake", local_ms(D1), 96.0)]
+        # electricity: hall-a whole day, hall-b half of it: 0.75 (the mean over the gateways)
+        rows = run(store, ENT, "carrier_coverage", ENT_VALUES, **DAYS)
+        got = {r["carrier"]: (r["time"], r["coverage"]) for r in rows}
+        assert len(rows) == 2 and got["water_intake"] == (local_ms(D1), 1.0)
+        assert got["electricity"][0] == local_ms(D1) and close(got["electricity"][1], 0.75)
+    finally:
+        if influxdb.running:
+            influxdb.query(f'DROP DATABASE "{db}"')
+
+
 def test_a_period_without_data_shows_no_number(store, seed):
     """2020 has no data: the figure is absent and the status says so (no 0 from silence)."""
     rows = run(store, ENT, "kpi_nc_rate", {**ENT_VALUES, "year": "2020-YTD"})

@@ -23,6 +23,10 @@ from fmc.central.grafana.dashboards.panels import (
 )
 
 # The indicators the enterprise dashboard shows one by one (DESIGN §1: the enterprise manager's view).
+# consumption_daily has a row per gateway and day, stamped at local midnight (on a quarter hour in
+# every time zone): 15-minute buckets put each day's rows of all gateways together at its own stamp
+DAY_STAMPS = "15m"
+
 ENTERPRISE_KPIS = (
     "nc_rate",
     "networking_rate",
@@ -166,7 +170,8 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "title": b.t("energy_daily"),
         "targets": [b.target(
             "energy_daily",
-            f'SELECT "tce" FROM "consumption_daily" WHERE {ent} AND $timeFilter GROUP BY "carrier"',
+            f'SELECT sum("tce") AS "tce" FROM "consumption_daily" WHERE {ent} AND $timeFilter '
+            f'GROUP BY time({DAY_STAMPS}), "carrier" fill(none)',
             alias="$tag_carrier",
         )],
         "fieldConfig": {"defaults": {"unit": "suffix: tce", "decimals": 3, "custom": timeseries_custom(True, True)},
@@ -192,7 +197,8 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "title": b.t("water_daily"),
         "targets": [b.target(
             "water_daily",
-            f'SELECT "m3" FROM "consumption_daily" WHERE {ent} AND $timeFilter GROUP BY "carrier"',
+            f'SELECT sum("m3") AS "m3" FROM "consumption_daily" WHERE {ent} AND $timeFilter '
+            f'GROUP BY time({DAY_STAMPS}), "carrier" fill(none)',
             alias="$tag_carrier",
         )],
         "fieldConfig": {"defaults": {"unit": "suffix: m³", "decimals": 1, "custom": timeseries_custom(True)},
@@ -204,7 +210,8 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "title": b.t("carrier_coverage"),
         "targets": [b.target(
             "carrier_coverage",
-            f'SELECT "coverage" FROM "consumption_daily" WHERE {ent} AND $timeFilter GROUP BY "carrier"',
+            f'SELECT mean("coverage") AS "coverage" FROM "consumption_daily" WHERE {ent} AND $timeFilter '
+            f'GROUP BY time({DAY_STAMPS}), "carrier" fill(none)',
             alias="$tag_carrier",
         )],
         "fieldConfig": {"defaults": {"unit": "percentunit", "min": 0, "max": 1, "custom": timeseries_custom()},
