@@ -56,6 +56,8 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    # the check could not decide (``ok`` is then False too): ``fmc check`` shows "cannot tell", not a failure
+    undecided: bool = False
 
 
 class Sink(Protocol):
@@ -69,6 +71,26 @@ class Sink(Protocol):
     async def check(self) -> CheckResult: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EquipmentClaim:
+    """A gateway wrote ``equipment_daily`` for an equipment id of the enterprise."""
+
+    equipment: str
+    gateway: str  # "" when the rows carry no gateway tag (an fmc before gateway ids)
+    last_ns: int  # the time of its latest such row
+
+
+class ClaimsSink(Protocol):
+    """Optional beside ``Sink``: a store that can say which gateways already wrote data for equipment
+    (``fmc check`` refuses two agents that claim the same equipment). A sink without the method, or
+    one that raises, makes the check "cannot tell", never ok."""
+
+    async def equipment_claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
+        """Every (equipment, gateway) of ``equipment_daily`` rows of ``enterprise`` for these ids, at any
+        time. Raises ``SinkUnavailable`` when the store cannot answer (down, not allowed to read)."""
+        ...
 
 
 MIN_TIMESTAMP_NS = 946_684_800 * 10**9  # 2000-01-01T00:00:00Z: anything older is a device clock fault

@@ -144,6 +144,7 @@ def _run(cfg: AgentSettings, inventory: list[EquipmentItem]) -> int:
 
 
 def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -> int:
+    from fmc.agent.claims import check_claims
     from fmc.agent.plugin import CheckResult
     from fmc.agent.runtime import make_sink
 
@@ -163,6 +164,13 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
             results.append(CheckResult(_prefixed("sink", r.name), r.ok, r.detail))
         except TimeoutError:
             results.append(CheckResult(f"sink:{cfg.sink_settings().type}", False, f"no answer within {timeout:.0f}s"))
+        try:
+            # another gateway of the enterprise already writing this agent's equipment?
+            c = await asyncio.wait_for(check_claims(sink, cfg.enterprise, [e.id for e in inventory]), timeout + 2)
+            results.append(CheckResult(_prefixed("sink", c.name), c.ok, c.detail, c.undecided))
+        except TimeoutError:
+            results.append(CheckResult("sink:claims", False, f"cannot tell: no answer within {timeout:.0f}s",
+                                       undecided=True))
         finally:
             await sink.aclose()
         return results
@@ -170,14 +178,16 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
     results = asyncio.run(checks())
     width = max(len(r.name) for r in results)
     print(f"config ok: enterprise {cfg.enterprise.id} ({cfg.enterprise.name}), region {cfg.enterprise.region}, "
-          f"industry {cfg.enterprise.industry}")
+          f"industry {cfg.enterprise.industry}, gateway {cfg.enterprise.gateway}")
     if inventory:
         nc = sum(1 for e in inventory if e.nc)
         print(f"inventory: {len(inventory)} equipment ({nc} NC), {len(cfg.meter)} meter(s)")
     for r in results:
-        print(f"  {r.name.ljust(width)}  {'ok  ' if r.ok else 'FAIL'}  {r.detail}")
-    failed = sum(not r.ok for r in results)
-    print("all checks passed" if not failed else f"{failed} check(s) failed")
+        print(f"  {r.name.ljust(width)}  {'ok  ' if r.ok else '??  ' if r.undecided else 'FAIL'}  {r.detail}")
+    failed = sum(not r.ok and not r.undecided for r in results)
+    undecided = sum(r.undecided for r in results)
+    told = f"; {undecided} could not tell" if undecided else ""
+    print(f"all checks passed{told}" if not failed else f"{failed} check(s) failed{told}")
     return EXIT_OK if not failed else EXIT_FAILURE
 
 

@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fmc.agent.plugin import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.agent.plugin import CheckResult, EquipmentClaim, RefusedLine, SinkUnavailable, WriteOutcome
 from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
 from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.lineprotocol import LineProtocolError, field_type, parse
@@ -445,6 +445,15 @@ class EmbeddedStore:
         self.close()
 
 
+# (equipment, gateway or "", time of the latest row) of one enterprise's equipment_daily for some ids
+_CLAIMS_SQL = (
+    "SELECT json_extract(s.tags, '$.equipment') AS e, coalesce(json_extract(s.tags, '$.gateway'), '') AS g, "
+    "max(p.ts) FROM series s JOIN points p ON p.series_id = s.id "
+    "WHERE s.measurement = 'equipment_daily' AND json_extract(s.tags, '$.enterprise') = ? "
+    "AND json_extract(s.tags, '$.equipment') IN (SELECT value FROM json_each(?)) GROUP BY e, g ORDER BY e, g"
+)
+
+
 class EmbeddedSink:
     """The Sink protocol over an EmbeddedStore: SQLite work runs in a worker thread.
 
@@ -500,6 +509,19 @@ class EmbeddedSink:
         except (sqlite3.Error, StoreError, OSError) as e:
             return CheckResult(self.name, False, f"embedded store {self.path}: {e}")
         return CheckResult(self.name, True, detail)
+
+    def _claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
+        store = self._opened()
+        with store._lock:
+            rows = store._conn.execute(_CLAIMS_SQL, (enterprise, json.dumps(sorted(set(equipment))))).fetchall()
+        return [EquipmentClaim(str(e), str(g), int(ts)) for e, g, ts in rows]
+
+    async def equipment_claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
+        """The gateways that wrote ``equipment_daily`` for these equipment ids of ``enterprise``."""
+        try:
+            return await asyncio.to_thread(self._claims, enterprise, equipment)
+        except (sqlite3.Error, StoreError, OSError) as e:
+            raise SinkUnavailable(f"embedded store {self.path}: {e}") from e
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self._forget_store)

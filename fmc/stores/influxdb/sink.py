@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from fmc.agent.plugin import CheckResult, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.agent.plugin import CheckResult, EquipmentClaim, RefusedLine, SinkUnavailable, WriteOutcome
 from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 
 log = logging.getLogger("fmc.sink.influxdb")
@@ -63,6 +63,9 @@ def redacted_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+CLAIMS_PER_QUERY = 200  # equipment ids per claims query: the statement stays well under any URL or body limit
 
 
 def influxql_identifier(name: str) -> str:
@@ -295,6 +298,53 @@ class InfluxDBSink:
         if problem:
             return CheckResult(self.name, False, f"{server} at {self._base}: {problem}")
         return CheckResult(self.name, True, f"{server} at {self._base}: {self._target} {note or 'ready'}")
+
+    # --- claims (fmc check) --------------------------------------------------------------------
+
+    async def equipment_claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
+        """The gateways that wrote ``equipment_daily`` for these equipment ids of ``enterprise`` (InfluxQL
+        over the v1 ``/query`` API: 1.x, and 2.x/3.x with a DBRP mapping). The agent's user must be
+        allowed to read the database; otherwise the store cannot answer and this raises."""
+        # lazy: the query module builds on this one (quoting that refuses what InfluxQL cannot carry)
+        from fmc.stores.influxdb.query import quote_ident, quote_literal
+
+        measurement = quote_ident("equipment_daily")
+        if self.cfg.retention_policy:
+            measurement = f"{quote_ident(self.cfg.retention_policy)}.{measurement}"
+        params = {"db": self.cfg.database or self.cfg.bucket or "", "epoch": "ns"}
+        if self.cfg.retention_policy:
+            params["rp"] = self.cfg.retention_policy
+        ids = sorted(set(equipment))
+        claims: list[EquipmentClaim] = []
+        for first in range(0, len(ids), CLAIMS_PER_QUERY):
+            chunk = " OR ".join(f"equipment = {quote_literal(e)}" for e in ids[first:first + CLAIMS_PER_QUERY])
+            query = (f"SELECT last(online_s) FROM {measurement} WHERE enterprise = {quote_literal(enterprise)} "
+                     f"AND ({chunk}) GROUP BY equipment, gateway")
+            try:
+                response = await self._client.post(f"{self._base}/query", params=params, data={"q": query})
+            except httpx.HTTPError as e:
+                raise self._transport_failure(e) from None
+            if response.status_code in (401, 403):
+                raise SinkUnavailable(f"{self._target} may not be read with {self._credentials_name()} (HTTP "
+                                      f"{response.status_code}: {store_error_text(response)}); the check needs "
+                                      "read access", status=response.status_code)
+            if response.status_code != 200:
+                raise SinkUnavailable(f"{self._base}/query answered HTTP {response.status_code}: "
+                                      f"{store_error_text(response)}", status=response.status_code)
+            try:
+                body = response.json()
+            except ValueError:
+                raise SinkUnavailable(f"{self._base}/query answered something that is not JSON") from None
+            error = _query_error(body)
+            if error:
+                raise SinkUnavailable(f"{self._base}/query: {error}")
+            for result in body.get("results") or []:
+                for series in (result.get("series") or []) if isinstance(result, dict) else []:
+                    tags = series.get("tags") or {}
+                    rows = series.get("values") or []
+                    if tags.get("equipment") and rows and isinstance(rows[0][0], int):
+                        claims.append(EquipmentClaim(tags["equipment"], tags.get("gateway") or "", rows[0][0]))
+        return claims
 
     def _credentials_name(self) -> str:
         return "the token" if self.cfg.dialect == "v2" else "username/password"
