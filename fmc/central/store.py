@@ -7,7 +7,10 @@ Two implementations sit behind it: ``fmc.stores.influxdb.query.InfluxQueryStore`
 What the indicator engine needs is small: per enterprise and period, the sums of
 ``enterprise_daily`` and ``consumption_daily`` and the period's last ``enterprise_daily`` row,
 and the enterprise's reports. The store computes the sums; only one row per enterprise (per
-carrier) crosses the wire, whatever the number of days.
+carrier) crosses the wire, whatever the number of days. An enterprise with several gateways (tag
+``gateway``) is the sum of its gateways: Σ of every row, ``days`` the distinct local days, the
+last day's stocks Σ over gateways of each one's last day, coverage ÷ the gateways; rows without
+the tag are gateway ``main`` (docs/design.md §4).
 
 Periods are local calendar days ``start`` to ``end`` inclusive: the store turns them into UTC
 bounds ``[local midnight of start, local midnight after end)`` with its time zone (the policy's).

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from fmc.central.reports import report_points
 from fmc.core.carriers import is_water
+from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point, Priority
 from fmc.indicators.reports import EnterpriseReport
@@ -48,7 +49,7 @@ def history_points(enterprise: str, region: str, industry: str, *, equipment_tot
     """
     rng = random.Random(seed)
     zone_ = zone(tz)
-    tags = {"enterprise": enterprise, "region": region, "industry": industry}
+    tags = {"enterprise": enterprise, "region": region, "industry": industry, "gateway": DEFAULT_GATEWAY}
     points: list[Point] = []
     reports: list[EnterpriseReport] = []
     for k, year in enumerate(HISTORY_YEARS):
