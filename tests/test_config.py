@@ -57,6 +57,19 @@ def test_example_config_loads(monkeypatch):
     assert cfg.spool.max_bytes == 2**30
 
 
+def test_the_gateway_id_defaults_to_main_and_tags_the_rollups(tmp_path):
+    from datetime import date
+
+    from fmc.plant.rollups import InventoryItem, Site, enterprise_daily
+
+    cfg = load_config(write(tmp_path, GOOD))
+    assert cfg.enterprise.gateway == "main"
+    point = enterprise_daily(date(2019, 12, 31), Site.from_enterprise(cfg.enterprise), [InventoryItem("m1", True)], [])
+    assert point.tags == {"enterprise": "e1", "region": "330602", "industry": "17", "gateway": "main"}
+    cfg = load_config(write(tmp_path, GOOD.replace('industry = "17"', 'industry = "17"\ngateway = "hall-b"')))
+    assert Site.from_enterprise(cfg.enterprise).tags(carrier="electricity")["gateway"] == "hall-b"
+
+
 def test_relative_paths_are_taken_from_the_config_folder(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
     assert cfg.spool.path == tmp_path / "spool" / "spool.db"
@@ -79,6 +92,8 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path):
         (('path = "spool/spool.db"', 'path = "spool/spool.db"\nmax_bytes = "lots"'), "spool.max_bytes", "512MiB"),
         (('[spool]', '[spool]\nsize = 3'), "spool.size", "remove it"),
         (('name = "测试企业"', 'name = "测试企业"\ntimezone = "Mars/Base"'), "enterprise.timezone", "IANA"),
+        (('name = "测试企业"', 'name = "测试企业"\ngateway = "hall a/1"'), "enterprise.gateway", "hall-a"),
+        (('name = "测试企业"', 'name = "测试企业"\ngateway = "' + "g" * 65 + '"'), "enterprise.gateway", "64"),
     ],
 )
 def test_each_mistake_names_file_setting_and_fix(tmp_path, capsys, change, setting, words):

@@ -127,6 +127,8 @@ _FORM_BY_SETTING = {
     "industry": "a GB/T 4754-2017 industry division code such as \"17\" (textiles) or \"2611\"",
     "id": "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters",
     "name": "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters",
+    "gateway": "a stable id of this gateway within the enterprise such as \"hall-a\": letters, digits, '.', '_' "
+    "or '-', starting with a letter or digit, at most 64 characters",
     "url": "a URL such as \"http://127.0.0.1:8086\"",
     "listen": "host:port such as \"127.0.0.1:9273\" or \"[::1]:9273\"",
 }
