@@ -530,7 +530,8 @@ async def test_two_gateways_of_one_enterprise_add_up(backend: Backend) -> None:
         days=1, equipment_total=6.0, equipment_nc=3.0, asset_value_total=750.0, asset_value_nc=600.0,
         equipment_networked=3.0, nc_equipment_networked=2.0, last_day=d,
         last_equipment_total=6.0, last_equipment_nc=3.0, last_asset_value_total=750.0, last_asset_value_nc=600.0,
-        last_equipment_networked=3.0, last_nc_equipment_networked=2.0,  # Σ over gateways; no 原值 count: NaN
+        last_equipment_networked=3.0, last_nc_equipment_networked=2.0,
+        last_equipment_valued=6.0,  # Σ over gateways: every machine of both halls has a 原值
     )))
     electricity = got["E-G"].carriers["electricity"]
     assert (electricity.rows, electricity.amount, electricity.coverage) == (2, 1440.0, 1.0)
