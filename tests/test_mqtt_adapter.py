@@ -706,3 +706,38 @@ def test_an_ingest_error_leaves_the_message_unacknowledged_and_the_source_runnin
         assert again.wait_for(1)[0].topic == f"{prefix}/a/b"
     ingest.close()
     again.close()
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_each_failed_reconnect_logs_one_warning_and_every_line_is_well_formed(
+    mosquitto_private: MosquittoServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the broker is away, each failed attempt is one warning that says why and when the next
+    one is; paho's own words for the same event stay at debug level."""
+    cfg = source_config(mosquitto_private, "rl", reconnect_min_s=0.2, reconnect_max_s=0.2)
+    ingest = RecordingIngest()
+    source = make_source(cfg, ingest)
+    with caplog.at_level(logging.DEBUG, logger="test.mqtt"), running(source):
+        mosquitto_private.stop()
+        wait_until(lambda: not source.connected, "the source to notice the broker is gone")
+        time.sleep(1.5)  # several failed attempts
+        mosquitto_private.start()
+        wait_until(lambda: source.subscribed, "reconnect and resubscribe")
+    ingest.close()
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name.startswith("test.mqtt") and r.levelno >= logging.WARNING]
+    failed = [m for m in warnings if "connection refused" in m and "retrying in" in m]
+    lost = [m for m in warnings if m.startswith("lost the connection")]
+    assert len(failed) >= 3, warnings
+    assert len(lost) == 1, warnings
+    assert len(warnings) == len(failed) + len(lost), "\n".join(warnings)
+    unbalanced = [m for m in warnings if not _balanced(m)]
+    assert not unbalanced, unbalanced

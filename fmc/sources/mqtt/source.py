@@ -342,8 +342,9 @@ class MqttSource:
     def _on_log(self, client: mqtt.Client, userdata: Any, level: int, text: str) -> None:
         # paho's own lines (never the password). Our callbacks report connects, refusals and
         # losses with reasons, so paho's lines are debug detail, except its errors while running;
-        # a clean stop() makes paho log "Client is not connected" as an error, which is noise.
-        if level == mqtt.MQTT_LOG_ERR and not self._stopping:
+        # "Client is not connected" is paho's loop finding no socket, after every failed
+        # (re)connect and after a clean stop(): on_connect_fail and on_disconnect say it better.
+        if level == mqtt.MQTT_LOG_ERR and not self._stopping and not text.startswith("Client is not connected"):
             self._paho_log.warning("%s", text)
         else:
             self._paho_log.debug("%s", text)
