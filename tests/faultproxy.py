@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import gzip
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -86,6 +87,7 @@ class RecordedRequest:
     body_size: int  # bytes on the wire (compressed when the client compressed)
     body: bytes  # decompressed
     action: str  # what the proxy did: forward, respond 503, too large 413, close, stall
+    at: float = 0.0  # time.monotonic() when the request was read
 
     @property
     def lines(self) -> list[str]:
@@ -267,6 +269,7 @@ class FaultProxy:
             body_size=len(request.body),
             body=request.decoded_body(),
             action=action,
+            at=time.monotonic(),
         ))
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from fmc.agent.runtime import Agent
 from fmc.agent.spool import Spool
 from fmc.cli.plugins import AgentConfig
 from fmc.core.points import Priority
 from fmc.stores.embedded.store import EmbeddedSink, EmbeddedStore
+from tests.faultproxy import Close, FaultProxy, Forward
 
 
 def make_config(tmp_path) -> AgentConfig:
@@ -58,3 +61,57 @@ async def test_a_small_batch_waits_for_its_age_then_goes(tmp_path):
     await drain_for(agent, spool, 0.8)
     assert spool.stats().depth == 0
     spool.close()
+
+
+# --- a store that comes back -------------------------------------------------------------------------
+
+
+async def test_after_an_outage_the_first_write_follows_the_store_s_return_within_a_second(
+    tmp_path, influx_db, fault_proxy_for_drain
+) -> None:
+    """20 s without a store (no answer to anything: writes, /ping), then the store is back: with
+    the default backoff (0.5 s doubling to 60 s) the next write attempt could be tens of seconds
+    away; probing the store while backing off starts the drain within a second of its return."""
+    server, db = influx_db
+    proxy = fault_proxy_for_drain
+    cfg = AgentConfig.model_validate({
+        "enterprise": {"id": "e1", "name": "n", "region": "330602", "industry": "17"},
+        "sink": {"type": "influxdb", "url": proxy.url, "database": db, "batch_max_age_s": 0.0, "timeout_s": 2.0},
+        "spool": {"path": str(tmp_path / "spool.db")},
+        "metrics": {"enabled": False},
+    })
+    agent = Agent(cfg)
+    spool = Spool(cfg.spool.path)
+    spool.append([(f"signal,equipment=m1 value={i} {1_764_000_000_000_000_000 + i}", Priority.RAW)
+                  for i in range(100)])
+    proxy.default = Close()  # down: the connection closes without an answer
+    sink = cfg.sink_settings().open_sink()
+    draining = asyncio.Event()
+    task = asyncio.create_task(agent._drain(spool, sink, draining))
+    try:
+        await asyncio.sleep(20.0)
+        assert spool.stats().depth == 100
+        recovered = time.monotonic()
+        proxy.default = Forward()
+        deadline = time.monotonic() + 70
+        while spool.stats().depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert spool.stats().depth == 0
+    finally:
+        draining.set()
+        await asyncio.wait_for(task, 10)
+        await sink.aclose()
+        spool.close()
+    writes = [r for r in proxy.requests if r.path == "/write"]
+    first = min(r.at for r in writes if r.action == "forward")
+    print(f"first write {first - recovered:.2f}s after the store came back; "
+          f"{len(writes)} write attempt(s), {sum(r.path == '/ping' for r in proxy.requests)} ping(s)")
+    assert first - recovered <= 1.5
+    assert server.select(db, 'SELECT count("value") FROM "signal"')[0]["count"] == 100
+
+
+@pytest.fixture
+def fault_proxy_for_drain(influxdb):
+    proxy = FaultProxy(influxdb.url).start()
+    yield proxy
+    proxy.stop()

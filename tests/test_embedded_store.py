@@ -266,6 +266,16 @@ async def test_sink_unavailable_when_folder_is_missing_then_recovers(tmp_path: P
     await sink.aclose()
 
 
+async def test_sink_ping_answers_once_the_file_can_be_written(tmp_path: Path) -> None:
+    folder = tmp_path / "later"
+    sink = sink_at(folder / "store.db")
+    with pytest.raises(SinkUnavailable, match="does not exist"):
+        await sink.ping()
+    folder.mkdir()
+    await sink.ping()
+    await sink.aclose()
+
+
 async def test_sink_unavailable_while_another_writer_holds_the_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

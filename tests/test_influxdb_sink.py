@@ -509,6 +509,27 @@ async def test_store_restart_writes_resume_and_data_survives(
     assert values_by_time(server, "fmc", "r") == {BASE_TS + i: i + 0.5 for i in range(6)}
 
 
+async def test_ping_answers_only_when_the_store_does(
+    influx_db: tuple[InfluxDBServer, str], fault_proxy: FaultProxy, make_sink: MakeSink
+) -> None:
+    """The drain loop's probe while it backs off: GET /ping, nothing else."""
+    server, db = influx_db
+    await make_sink(url=server.url, database=db).ping()
+    fault_proxy.then(Respond(503), Close())
+    sink = make_sink(url=fault_proxy.url, database=db)
+    with pytest.raises(SinkUnavailable) as answered:
+        await sink.ping()
+    assert answered.value.status == 503 and "/ping answered HTTP 503" in answered.value.reason
+    with pytest.raises(SinkUnavailable) as closed:
+        await sink.ping()
+    assert closed.value.status is None
+    await sink.ping()
+    assert [(r.method, r.path) for r in fault_proxy.requests] == [("GET", "/ping")] * 3
+    down = make_sink(url=f"http://127.0.0.1:{free_port()}", database=db)
+    with pytest.raises(SinkUnavailable, match="cannot connect"):
+        await down.ping()
+
+
 async def test_other_4xx_refuses_the_whole_batch(
     influx_db: tuple[InfluxDBServer, str], fault_proxy: FaultProxy, make_sink: MakeSink
 ) -> None:

@@ -70,6 +70,12 @@ class Sink(Protocol):
 
     async def check(self) -> CheckResult: ...
 
+    async def ping(self) -> None:
+        """Return when the store answers a request that costs it next to nothing (InfluxDB's
+        ``/ping``); raise ``SinkUnavailable`` otherwise. The drain loop asks while it backs off
+        after the store was unreachable, so the first write follows the store's return."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -26,6 +26,10 @@ from fmc.plant.rollups import InventoryItem, Site
 
 GAUGE_INTERVAL_S = 1.0
 IDLE_POLL_S = 0.05
+# While backing off after the store was unreachable, ask it this often whether it is back (the
+# first write then follows its return within about this long, not after the rest of the backoff).
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 2.0
 
 
 def make_sink(cfg: AgentSettings) -> Sink:
@@ -194,7 +198,8 @@ class Agent:
                 delay = max(e.retry_after or 0.0, backoff_delay(attempt, retry_min, retry_max))
                 attempt += 1
                 self._log_sink_error(e, delay)
-                await _sleep_unless(draining, delay)
+                # probe only a store that may come back any moment, not one that said when (Retry-After)
+                await self._wait_for_store(sink, delay, draining, probe=e.retry_after is None)
                 continue
             attempt = 0
             refused = [(r.index, r.reason, r.status) for r in outcome.refused]
@@ -208,6 +213,37 @@ class Agent:
                     "store refused %d point(s) for good; kept in the dead-letter table "
                     "(fmc spool show -c … --dead-letters): %s", len(refused), refused[0][1],
                 )
+
+    async def _wait_for_store(self, sink: Sink, delay: float, draining: asyncio.Event, *, probe: bool) -> None:
+        """Wait out the backoff ``delay``; with ``probe``, ask the store every PROBE_INTERVAL_S
+        whether it answers (``Sink.ping``), and end the wait as soon as it answers after it did not.
+
+        A store that answers the first probe although the write failed (it answers /ping but not
+        writes: overloaded, starting, bad credentials, a write that timed out) is not probed further:
+        it waits out the whole backoff, so it is not sent a write every probe interval."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        if not probe:
+            await _sleep_unless(draining, delay)
+            return
+        was_down = False
+        while not draining.is_set():
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            await _sleep_unless(draining, min(PROBE_INTERVAL_S, left))
+            if draining.is_set() or loop.time() >= deadline:
+                return
+            try:
+                await asyncio.wait_for(sink.ping(), PROBE_TIMEOUT_S)
+            except Exception:  # unreachable, an HTTP error, no answer in time
+                was_down = True
+                continue
+            if was_down:
+                self.log.info("the store answers again; sending")
+                return
+            await _sleep_unless(draining, deadline - loop.time())
+            return
 
     def _log_sink_error(self, e: SinkUnavailable, delay: float) -> None:
         now = time.monotonic()

@@ -523,6 +523,13 @@ class EmbeddedSink:
         except (sqlite3.Error, StoreError, OSError) as e:
             raise SinkUnavailable(f"embedded store {self.path}: {e}") from e
 
+    async def ping(self) -> None:
+        """The file can be opened and its write lock taken now (no data read or written)."""
+        try:
+            await asyncio.to_thread(self._check)
+        except (sqlite3.Error, StoreError, OSError) as e:
+            raise SinkUnavailable(f"embedded store {self.path}: {e}") from e
+
     async def aclose(self) -> None:
         await asyncio.to_thread(self._forget_store)
 

@@ -49,6 +49,7 @@ MAX_REASON_CHARS = 500  # 1.x echoes whole offending lines in its errors; keep m
 GZIP_LEVEL = 6  # the usual default: line protocol compresses ~10x, and gateways often sit on slow links
 GZIP_IN_THREAD_BYTES = 256 * 1024  # compress big bodies off the event loop so ingest is not stalled
 USER_AGENT = "fmc-agent"
+PING_TIMEOUT_S = 2.0  # the drain's probe while the store is away: short, it is asked again soon
 
 _PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -345,6 +346,16 @@ class InfluxDBSink:
                     if tags.get("equipment") and rows and isinstance(rows[0][0], int):
                         claims.append(EquipmentClaim(tags["equipment"], tags.get("gateway") or "", rows[0][0]))
         return claims
+
+    async def ping(self) -> None:
+        """``GET /ping``: InfluxDB answers it from memory, without touching data (1.x, 2.x, 3.x)."""
+        try:
+            response = await self._client.get(f"{self._base}/ping", timeout=PING_TIMEOUT_S)
+        except httpx.HTTPError as e:
+            raise self._transport_failure(e) from e
+        if not 200 <= response.status_code < 300:
+            raise SinkUnavailable(f"InfluxDB at {self._base}: /ping answered HTTP {response.status_code}",
+                                  status=response.status_code)
 
     def _credentials_name(self) -> str:
         return "the token" if self.cfg.dialect == "v2" else "username/password"
