@@ -11,6 +11,7 @@ and keeps answering while the test's loop is busy awaiting the client under test
     proxy.then(Respond(503), Respond(503))        # the next two requests
     proxy.on_path("/api/v2/write", Respond(204))  # every request to that path
     proxy.default = TooLarge(4096)                # everything else
+    proxy.then(Delay(3.0))                        # a slow store: held 3 s, then forwarded
     ...
     proxy.stop()
 """
@@ -75,7 +76,14 @@ class Stall:
     """Read the request and never answer (until the client gives up or the proxy stops)."""
 
 
-Action = Forward | Respond | TooLarge | Close | Stall
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """Hold the request for ``seconds``, then forward it (a slow store)."""
+
+    seconds: float
+
+
+Action = Forward | Respond | TooLarge | Close | Stall | Delay
 
 
 @dataclass(slots=True)
@@ -86,8 +94,8 @@ class RecordedRequest:
     headers: dict[str, str]  # lower-case names
     body_size: int  # bytes on the wire (compressed when the client compressed)
     body: bytes  # decompressed
-    action: str  # what the proxy did: forward, respond 503, too large 413, close, stall
-    at: float = 0.0  # time.monotonic() when the request was read
+    action: str  # what the proxy did: forward, respond 503, too large 413, close, stall, delay
+    at: float = 0.0  # time.monotonic() when the request was read (before any delay)
 
     @property
     def lines(self) -> list[str]:
@@ -243,6 +251,10 @@ class FaultProxy:
             self._record(request, split.query, "stall")
             await asyncio.sleep(STALL_LIMIT_S)
             return False
+        if isinstance(action, Delay):
+            self._record(request, split.query, "delay")
+            await asyncio.sleep(action.seconds)
+            return await self._forward(request, upstream_path, split.query, writer)
         self._record(request, split.query, "forward")
         return await self._forward(request, upstream_path, split.query, writer)
 

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import shlex
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fmc.agent.config import AgentSettings
@@ -48,8 +50,11 @@ class Agent:
         metrics: AgentMetrics | None = None,
         shutdown_flush_s: float = 10.0,
         inventory: Sequence[EquipmentItem] | None = None,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        # the file given to `fmc run -c`: log lines name commands to run with it
+        self.config_path = config_path
         # the equipment ledger: [[equipment]] plus the [inventory] csv (loaded by the caller, which
         # reports a bad file as a configuration error)
         self.inventory = list(inventory) if inventory is not None else list(cfg.equipment)
@@ -209,9 +214,11 @@ class Agent:
             self.metrics.written.labels(sink.name).inc(len(batch.ids) - len(refused) - own)
             if refused:
                 self.metrics.dead_lettered.labels(sink.name).inc(len(refused))
+                config = shlex.quote(str(self.config_path)) if self.config_path else "<agent.toml>"
                 self.log.warning(
-                    "store refused %d point(s) for good; kept in the dead-letter table "
-                    "(fmc spool show -c … --dead-letters): %s", len(refused), refused[0][1],
+                    "store refused %d point(s) for good; kept in the dead-letter table (list them: "
+                    "`fmc spool show -c %s`; once the cause is fixed, send them again: `fmc spool requeue -c %s`): %s",
+                    len(refused), config, config, refused[0][1],
                 )
 
     async def _wait_for_store(self, sink: Sink, delay: float, draining: asyncio.Event, *, probe: bool) -> None:

@@ -474,24 +474,22 @@ class Spool:
         conn.execute(_TRIM_REJECTIONS, (self.rejected_keep,))
 
     def requeue_dead_letters(self) -> int:
-        """Move every dead letter back to the queue (the operator fixed the cause). They keep their
-        ids, so they are sent first, and count against max_bytes like any point. Returns how many."""
+        """Move every dead letter back to the queue (the operator fixed the cause), in one
+        transaction. They keep their ids, so they are sent first. Returns how many.
+
+        Safe while the agent runs in another process (``fmc spool requeue``): this drops nothing,
+        even when the queue goes over max_bytes. Only the process that drains the spool knows
+        which rows it is sending at that moment, and a drop from here could take rows that are
+        being delivered (then counted both as delivered and as dropped). The agent's next append
+        makes room, sparing what it is sending."""
         conn = self._writer
-        with (
-            self._writer_lock,
-            self._sqlite_errors("requeue dead letters"),
-            contextlib.ExitStack() as held_until_commit,
-            self._transaction(conn),
-        ):
+        with self._writer_lock, self._sqlite_errors("requeue dead letters"), self._transaction(conn):
             moved = conn.execute(_REQUEUE).fetchall()
             conn.execute("DELETE FROM dead_letter")
             if not moved:
                 return 0
-            queued_points = self._add_counter(conn, QUEUED_POINTS, len(moved))
-            queued_bytes = self._add_counter(conn, QUEUED_BYTES, sum(r[0] for r in moved))
-            if queued_bytes > self.max_bytes:
-                held_until_commit.enter_context(self._inflight_lock)
-                self._drop_points(conn, queued_bytes, queued_points)
+            self._add_counter(conn, QUEUED_POINTS, len(moved))
+            self._add_counter(conn, QUEUED_BYTES, sum(r[0] for r in moved))
         return len(moved)
 
     def state_set(self, key: str, value: str) -> None:

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(handler(args))
         if args.command == "run":
             cfg = load_config(args.config)
-            return _run(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory))
+            return _run(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), Path(args.config))
         if args.command == "check":
             cfg = load_config(args.config)
             return _check(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), args.timeout)
@@ -120,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_USAGE
 
 
-def _run(cfg: AgentSettings, inventory: list[EquipmentItem]) -> int:
+def _run(cfg: AgentSettings, inventory: list[EquipmentItem], config_path: Path) -> int:
     from fmc.agent.runtime import Agent
     from fmc.core.logs import setup_logging
 
     log = setup_logging(cfg.log)
-    agent = Agent(cfg, logger=log, inventory=inventory)
+    agent = Agent(cfg, logger=log, inventory=inventory, config_path=config_path.absolute())
 
     async def main() -> None:
         stop = asyncio.Event()
