@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -90,18 +94,35 @@ level = "debug"
 
 
 class AgentProcess:
-    def __init__(self, config: Path, metrics_port: int | None = None) -> None:
+    def __init__(
+        self, config: Path, metrics_port: int | None = None, *, faults: dict[str, Any] | None = None,
+        file_size_limit: int | None = None,
+    ) -> None:
+        """``faults``: run it through ``tests.agent_child`` with these faults put in.
+        ``file_size_limit``: no file the agent writes may grow past this many bytes (RLIMIT_FSIZE):
+        a disk that is full, for the spool's WAL as for anything else."""
         self.config = config
         self.metrics_port = metrics_port
+        self.faults = faults
+        self.file_size_limit = file_size_limit
         self.log_path = config.parent / "agent.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child process
+        command = [sys.executable, "-m", "fmc.cli.main"]
+        if self.faults is not None:
+            command = [sys.executable, "-m", "tests.agent_child", json.dumps(self.faults)]
+        limit = self.file_size_limit
+
+        def limit_file_size() -> None:  # in the child, before exec (Python ignores SIGXFSZ: writes fail with EFBIG)
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fmc.cli.main", "run", "-c", str(self.config)],
+            [*command, "run", "-c", str(self.config)],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=limit_file_size if limit else None,
         )
         log.close()
         if self.metrics_port:
@@ -129,6 +150,15 @@ class AgentProcess:
             for sample in family.samples:
                 out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
         return out
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """GET /health: the HTTP status and the JSON body."""
+        url = f"http://127.0.0.1:{self.metrics_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def metric(self, name: str, **labels: str) -> float:
         return self.metrics().get((name, tuple(sorted(labels.items()))), 0.0)

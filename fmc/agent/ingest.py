@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fmc.agent import health as parts
+from fmc.agent.health import Health, describe
 from fmc.agent.metrics import AgentMetrics
-from fmc.agent.plugin import Delivery, MapResult, Rejection
-from fmc.agent.spool import RejectionRecord, Spool
+from fmc.agent.plugin import Delivery, IngestStopped, MapResult, Rejection
+from fmc.agent.spool import RejectionRecord, Spool, SpoolError
 from fmc.core.lineprotocol import LineProtocolError, encode, encode_series
 from fmc.core.points import Point, Priority
 from fmc.plant.model import PlantModel
@@ -55,6 +57,7 @@ class Ingest:
         clock: Callable[[], int] = time.time_ns,
         alive_equipment: Callable[[], Iterable[str]] | None = None,
         alive_every_s: float = 60.0,
+        health: Health | None = None,
     ) -> None:
         # equipment behind a live OPC UA subscription (which reports changes only); vouched for
         # to the plant model every alive_every_s, well within its offline_after_s
@@ -88,9 +91,13 @@ class Ingest:
         self._stop_requested = False
         self._series: set[str] = set()  # encoded series keys seen, for limits.max_series
         self._log = logger or logging.getLogger("fmc.ingest")
-        self._thread = threading.Thread(target=self._run, name="fmc-ingest", daemon=True)
+        self._health = health or Health()
+        self._thread = threading.Thread(target=self._guarded_run, name="fmc-ingest", daemon=True)
         self._stopped = threading.Event()
         self.commits = 0
+        # Why the writer thread ended, when it ended on an error (read by the agent, which exits
+        # then: nothing would commit the queue any more, or acknowledge a message).
+        self.failure: BaseException | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -105,7 +112,8 @@ class Ingest:
     ) -> None:
         """Queue a mapped message; ``ack`` runs after its points are committed. A message recognised
         as a redelivery of a committed one (``result.delivery``) is acknowledged with its group and
-        nothing of it is stored again."""
+        nothing of it is stored again. Raises IngestStopped once the writer thread has ended on an
+        error."""
         self._put(_Submission(source, topic, payload, result.points, result.rejections, ack, result.delivery))
 
     def submit_points(self, source: str, points: Sequence[Point]) -> None:
@@ -117,9 +125,17 @@ class Ingest:
             with self._room:
                 while len(self._pending) >= self._queue_max and self._thread.is_alive():
                     self._room.wait(0.05)
+        self._check_running()
         self._pending.append(sub)
         if self._writer_waiting:  # set() only when the writer sleeps: an Event costs a lock
             self._has_work.set()
+
+    def _check_running(self) -> None:
+        # without a writer thread nothing is committed any more: refuse rather than queue (the
+        # message stays with its upstream) and let memory grow
+        if self.failure is not None or (self._thread.ident is not None and not self._thread.is_alive()
+                                        and not self._stop_requested):
+            raise IngestStopped(f"the ingest writer thread has stopped: {describe(self.failure)}")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Commit everything queued, then end the writer thread."""
@@ -130,6 +146,18 @@ class Ingest:
         self._stopped.set()
 
     # --- writer thread ---------------------------------------------------------------------
+
+    def _guarded_run(self) -> None:
+        try:
+            self._run()
+        except BaseException as e:
+            # What is queued is not acknowledged, so it is still upstream (the broker resends it,
+            # OPC UA values are read again); what was acknowledged is on disk.
+            self.failure = e
+            self._health.down(parts.INGEST, f"the writer thread stopped: {describe(e)}")
+            self._log.critical("the ingest writer thread stopped: %s", describe(e), exc_info=True)
+            with self._room:
+                self._room.notify_all()  # submitters waiting for room raise IngestStopped now
 
     def _wait_for_work(self) -> None:
         self._writer_waiting = True
@@ -313,16 +341,31 @@ class Ingest:
         journal: list[tuple[str, str]],
         messages: list[tuple[str, int, bytes]],
     ) -> dict[str, int]:
-        # Nothing is acknowledged before it is on disk: when the spool cannot commit (disk full,
-        # I/O error), keep the group and try again; the queue fills and sources slow down.
+        # Nothing is acknowledged before it is on disk. When the spool is locked by another
+        # process, keep the group and try again (the queue fills and sources slow down). Any other
+        # failure (disk full, read-only or damaged file, a bug) ends this thread: the agent exits
+        # with the reason and the service manager restarts it.
         delay = 0.1
+        failing = False
         while True:
             try:
-                return self._spool.append(items, records, journal=journal, messages=messages)
-            except Exception as e:
-                self._log.error("spool commit failed, retrying in %.1fs: %s", delay, e)
+                drops = self._spool.append(items, records, journal=journal, messages=messages)
+            except SpoolError as e:
+                if not e.transient:
+                    self._health.down(parts.SPOOL, str(e))
+                    raise
+                failing = True
+                self._health.down(parts.SPOOL, str(e))
+                self._health.down(parts.INGEST, f"waiting for the spool ({len(self._pending)} queued): {e}")
+                self._log.warning("spool commit failed, retrying in %.1fs: %s", delay, e)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+                continue
+            if failing:
+                self._health.ok(parts.SPOOL)
+                self._health.ok(parts.INGEST)
+                self._log.info("spool commits again")
+            return drops
 
     @staticmethod
     def _record(now_ms: int, sub: _Submission, reason: str, detail: str) -> RejectionRecord:

@@ -127,9 +127,15 @@ class MapResult:
     delivery: Delivery | None = None  # set by sources whose messages can come again (MQTT QoS 1)
 
 
+class IngestStopped(Exception):
+    """The agent's ingest takes nothing any more (its writer thread failed; the agent is exiting).
+    The message stays with its upstream: unacknowledged, it is sent again after the restart."""
+
+
 class IngestPort(Protocol):
     """What a source hands its values to (``fmc.agent.ingest.Ingest``): it commits the points
-    durably, then calls ``ack`` (when given) so the source can acknowledge upstream."""
+    durably, then calls ``ack`` (when given) so the source can acknowledge upstream. Raises
+    ``IngestStopped`` when the ingest has failed."""
 
     def submit(
         self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None

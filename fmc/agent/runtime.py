@@ -13,14 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fmc.agent import health as parts
 from fmc.agent.config import AgentSettings
+from fmc.agent.health import Health, describe
 from fmc.agent.ingest import Ingest, resume_plant
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.plugin import Sink, SinkUnavailable, Source, SourceContext
 from fmc.agent.selfmetrics import INTERVAL_S as SELF_METRICS_INTERVAL_S
 from fmc.agent.selfmetrics import SOURCE as SELF_METRICS_SOURCE
 from fmc.agent.selfmetrics import agent_point, counters_from, own_points
-from fmc.agent.spool import Spool
+from fmc.agent.spool import Spool, SpoolError
 from fmc.core.backoff import backoff_delay
 from fmc.plant.equipment import EquipmentItem
 from fmc.plant.model import PlantModel
@@ -28,10 +30,18 @@ from fmc.plant.rollups import InventoryItem, Site
 
 GAUGE_INTERVAL_S = 1.0
 IDLE_POLL_S = 0.05
+SUPERVISE_S = 0.2  # how often the agent looks whether a part has failed for good
 # While backing off after the store was unreachable, ask it this often whether it is back (the
 # first write then follows its return within about this long, not after the rest of the backoff).
 PROBE_INTERVAL_S = 0.5
 PROBE_TIMEOUT_S = 2.0
+SPOOL_RETRY_MIN_S, SPOOL_RETRY_MAX_S = 0.2, 5.0  # the drain's retries while the spool is locked
+
+
+class AgentFailed(Exception):
+    """A part of the agent failed and cannot come back by itself (the spool's disk is full or
+    read-only, the ingest writer died): the agent stopped, and ``fmc run`` exits with code 1 so
+    that the service manager starts it again."""
 
 
 def make_sink(cfg: AgentSettings) -> Sink:
@@ -66,7 +76,10 @@ class Agent:
         self.sources: list[Source] = []
         self._metrics_server: Any = None
         self._last_sink_error_log = 0.0
+        self._last_spool_error_log = 0.0
         self._started = time.monotonic()
+        # each part's state, served on /health (fmc.agent.health)
+        self.health = Health()
 
     async def run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
@@ -86,6 +99,7 @@ class Agent:
             plant=plant,
             alive_equipment=self._subscribed_equipment,
             alive_every_s=min(60.0, cfg.plant.offline_after_s / 3),
+            health=self.health,
         )
         sink = make_sink(cfg)
         self._start_metrics_server()
@@ -100,43 +114,86 @@ class Agent:
         gauges = asyncio.create_task(self._update_gauges(spool), name="fmc-gauges")
         self._started = time.monotonic()
         reporting = asyncio.create_task(self._report_self(ingest, spool), name="fmc-selfmetrics")
+        failure: str | None = None
         try:
             for settings in cfg.sources():
                 log = self.log.getChild(f"{settings.section}.{settings.name}")
                 source = settings.open_source(SourceContext(cfg.enterprise, ingest, self.metrics, log))
                 self.sources.append(source)
+                self.health.watch(f"{settings.section}:{settings.name}", _source_probe(source))
                 source.start()
             # Everything made so far (modules, config, sources) lives as long as the process: keep
             # it out of the collector's scans, which otherwise cost a share of every message
             # (measured with make bench).
             gc.freeze()
-            await stop.wait()
-            self.log.info("agent stopping: flushing")
+            failure = await self._supervise(stop, ingest, drain)
+            if failure is None:
+                self.log.info("agent stopping: flushing")
+            else:
+                self.log.critical("agent stopping: %s; exiting with code 1 so that the service manager "
+                                  "restarts it", failure)
         finally:
             for source in self.sources:
                 await asyncio.to_thread(source.stop)
             reporting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporting
-            await self._submit_self_point(ingest, spool, up=False)  # the store sees a clean stop
+            if ingest.failure is None:
+                await self._submit_self_point(ingest, spool, up=False)  # the store sees a clean stop
             await asyncio.to_thread(ingest.stop)
             # give the drain loop a bounded time to empty the spool; what is left stays on disk
             deadline = time.monotonic() + self.shutdown_flush_s
             while time.monotonic() < deadline and not drain.done():
-                if (await asyncio.to_thread(spool.stats)).depth == 0:
+                try:
+                    if (await asyncio.to_thread(spool.stats)).depth == 0:
+                        break
+                except SpoolError:
                     break
                 await asyncio.sleep(IDLE_POLL_S)
             draining.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(drain, timeout=max(5.0, cfg.sink_settings().batching().batch_size / 1000))
+            await self._end_drain(drain, max(5.0, cfg.sink_settings().batching().batch_size / 1000))
             gauges.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await gauges
             await sink.aclose()
-            left = spool.stats().depth
+            try:
+                left: int | str = spool.stats().depth
+            except SpoolError as e:
+                left = f"? ({e})"
             spool.close()
             self._stop_metrics_server()
-            self.log.info("agent stopped: %d points left in the spool for the next start", left)
+            self.log.info("agent stopped: %s points left in the spool for the next start", left)
+        if failure is not None:
+            raise AgentFailed(failure)
+
+    async def _supervise(self, stop: asyncio.Event, ingest: Ingest, drain: asyncio.Task[None]) -> str | None:
+        """Until ``stop``: None. Earlier, the reason when a part has failed for good (the ingest
+        writer thread ended, the drain loop met a spool error that is not a lock)."""
+        while not stop.is_set():
+            if ingest.failure is not None:
+                return f"the ingest writer failed: {describe(ingest.failure)}"
+            if drain.done():
+                error = None if drain.cancelled() else drain.exception()
+                reason = f"the drain loop failed: {describe(error)}" if error else "the drain loop ended"
+                self.health.down(parts.DRAIN, reason)
+                return reason
+            await _sleep_unless(stop, SUPERVISE_S)
+        return None
+
+    async def _end_drain(self, drain: asyncio.Task[None], timeout: float) -> None:
+        if drain.done():
+            if not drain.cancelled() and drain.exception() is not None:
+                self.log.debug("drain loop error", exc_info=drain.exception())
+            return
+        try:
+            await asyncio.wait_for(drain, timeout=timeout)
+        except asyncio.CancelledError:
+            pass
+        except TimeoutError:  # a write hanging at shutdown: its points stay in the spool
+            self.log.warning("the drain loop did not end within %.0fs; what it was sending is sent again "
+                             "at the next start", timeout)
+        except Exception as e:
+            self.log.error("the drain loop failed while stopping: %s", describe(e))
 
     async def _report_self(self, ingest: Ingest, spool: Spool) -> None:
         """An ``agent`` point (fmc.agent.selfmetrics) at start and every minute."""
@@ -180,11 +237,21 @@ class Agent:
         return plant
 
     async def _drain(self, spool: Spool, sink: Sink, draining: asyncio.Event) -> None:
+        """Send the spool to the sink, oldest first, until ``draining`` is set. A store that cannot
+        take data and a locked spool are waited out; any other spool error ends this task with it
+        (the agent then exits: ``_supervise``)."""
         b = self.cfg.sink_settings().batching()
         batch_size, max_age_s, retry_min, retry_max = b.batch_size, b.max_age_s, b.retry_min_s, b.retry_max_s
         attempt = 0
         while not draining.is_set():
-            batch = await asyncio.to_thread(spool.read_batch, batch_size)
+            try:
+                batch = await asyncio.to_thread(spool.read_batch, batch_size)
+            except SpoolError as e:
+                if not e.transient:
+                    self.health.down(parts.SPOOL, str(e))
+                    raise
+                await self._spool_locked(e, 0, draining)
+                continue
             if not batch.ids:
                 await _sleep_unless(draining, IDLE_POLL_S)
                 continue
@@ -198,17 +265,25 @@ class Agent:
                     continue
             try:
                 outcome = await sink.write(batch.lines)
-            except SinkUnavailable as e:
-                self.metrics.sink_errors.labels(sink.name, _error_label(e)).inc()
+            except Exception as error:  # the store's plugin failed: the points stay, retried like an outage
+                if isinstance(error, SinkUnavailable):
+                    e, label = error, _error_label(error)
+                else:
+                    e, label = _unexpected(sink, error, self.log), "error"
+                self.metrics.sink_errors.labels(sink.name, label).inc()
                 delay = max(e.retry_after or 0.0, backoff_delay(attempt, retry_min, retry_max))
                 attempt += 1
                 self._log_sink_error(e, delay)
-                # probe only a store that may come back any moment, not one that said when (Retry-After)
-                await self._wait_for_store(sink, delay, draining, probe=e.retry_after is None)
+                self.health.down(parts.DRAIN, f"store unavailable (points stay in the spool): {e.reason}")
+                # probe only a store that may come back any moment: not one that said when (Retry-After),
+                # nor a plugin that failed in itself
+                await self._wait_for_store(sink, delay, draining, probe=label != "error" and e.retry_after is None)
                 continue
             attempt = 0
             refused = [(r.index, r.reason, r.status) for r in outcome.refused]
-            await asyncio.to_thread(spool.complete, batch, refused)
+            if not await self._complete(spool, batch, refused, draining):
+                break  # stopping while the spool is locked: the batch is sent again at the next start
+            self.health.ok(parts.DRAIN)
             # the agent's own `agent` points are not data delivered: written counts the data only
             own = own_points(batch.lines, {r[0] for r in refused})
             self.metrics.written.labels(sink.name).inc(len(batch.ids) - len(refused) - own)
@@ -220,6 +295,39 @@ class Agent:
                     "`fmc spool show -c %s`; once the cause is fixed, send them again: `fmc spool requeue -c %s`): %s",
                     len(refused), config, config, refused[0][1],
                 )
+
+    async def _complete(
+        self, spool: Spool, batch: Any, refused: list[tuple[int, str, int | None]], draining: asyncio.Event
+    ) -> bool:
+        """Delete the delivered batch from the spool, waiting out a lock held by another process;
+        False when asked to stop first (the batch stays and is sent again: the store overwrites)."""
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(spool.complete, batch, refused)
+            except SpoolError as e:
+                if not e.transient:
+                    self.health.down(parts.SPOOL, str(e))
+                    raise
+                await self._spool_locked(e, attempt, draining)
+                attempt += 1
+                if draining.is_set():
+                    return False
+                continue
+            if attempt:
+                self.health.ok(parts.SPOOL)
+                self.log.info("the spool is writable again; draining resumes")
+            return True
+
+    async def _spool_locked(self, e: SpoolError, attempt: int, draining: asyncio.Event) -> None:
+        delay = backoff_delay(attempt, SPOOL_RETRY_MIN_S, SPOOL_RETRY_MAX_S)
+        self.health.down(parts.SPOOL, str(e))
+        self.health.down(parts.DRAIN, f"waiting for the spool, retrying in {delay:.1f}s: {e}")
+        now = time.monotonic()
+        if now - self._last_spool_error_log >= 30.0:
+            self._last_spool_error_log = now
+            self.log.warning("%s; another process holds the spool's lock; the drain retries in %.1fs", e, delay)
+        await _sleep_unless(draining, delay)
 
     async def _wait_for_store(self, sink: Sink, delay: float, draining: asyncio.Event, *, probe: bool) -> None:
         """Wait out the backoff ``delay``; with ``probe``, ask the store every PROBE_INTERVAL_S
@@ -260,7 +368,12 @@ class Agent:
 
     async def _update_gauges(self, spool: Spool) -> None:
         while True:
-            stats = await asyncio.to_thread(spool.stats)
+            try:
+                stats = await asyncio.to_thread(spool.stats)
+            except SpoolError as e:  # the parts that write report it; the gauges wait for the next second
+                self.log.debug("spool stats: %s", e)
+                await asyncio.sleep(GAUGE_INTERVAL_S)
+                continue
             self.metrics.spool_depth.set(stats.depth)
             self.metrics.spool_bytes.set(stats.bytes)
             oldest = stats.oldest_enqueued_ms
@@ -274,11 +387,10 @@ class Agent:
     def _start_metrics_server(self) -> None:
         if not self.cfg.metrics.enabled:
             return
-        from prometheus_client import start_http_server
-
         host, port = self.cfg.metrics.host_port()
-        self._metrics_server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
-        self.log.info("metrics on http://%s/metrics", self.cfg.metrics.listen)
+        self._metrics_server = parts.serve(host, port, self.metrics.registry, self.health)
+        self.log.info("metrics on http://%s/metrics, health on http://%s/health", self.cfg.metrics.listen,
+                      self.cfg.metrics.listen)
 
     def _stop_metrics_server(self) -> None:
         if self._metrics_server is not None:
@@ -289,6 +401,22 @@ class Agent:
 
 def _error_label(e: SinkUnavailable) -> str:
     return f"http_{e.status}" if e.status else "unreachable"
+
+
+def _unexpected(sink: Sink, error: Exception, log: logging.Logger) -> SinkUnavailable:
+    """A sink raised something else than SinkUnavailable (a bug in its plugin): the points stay in
+    the spool and the write is retried like after an outage; the trace goes to the debug log."""
+    log.debug("the %s sink failed", sink.name, exc_info=error)
+    return SinkUnavailable(f"the {sink.name} sink failed: {type(error).__name__}: {error}")
+
+
+def _source_probe(source: Source) -> Any:
+    def probe() -> tuple[bool, str]:
+        if source.connected:
+            return True, ""
+        return False, getattr(source, "problem", None) or "not connected"
+
+    return probe
 
 
 async def _sleep_unless(event: asyncio.Event, seconds: float) -> None:

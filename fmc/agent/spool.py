@@ -158,12 +158,23 @@ _REQUEUE = (
 )
 
 
-class SpoolError(Exception):
-    """The spool file cannot be opened or used; the message names the file."""
+# SQLite's primary result codes that mean "another connection holds the lock": it goes away by
+# itself (``fmc spool requeue`` or a ``sqlite3`` shell in another process), so the caller retries.
+_TRANSIENT_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
-    def __init__(self, message: str, path: Path | None = None) -> None:
+
+class SpoolError(Exception):
+    """The spool file cannot be opened or used; the message names the file.
+
+    ``transient`` is true when the cause goes away by itself (another process holds the
+    database's lock longer than ``BUSY_TIMEOUT_S``): try again later. Anything else (disk full,
+    read-only file, I/O error, a damaged file) needs someone to act on it.
+    """
+
+    def __init__(self, message: str, path: Path | None = None, *, transient: bool = False) -> None:
         super().__init__(message)
         self.path = path
+        self.transient = transient
 
 
 @dataclass(slots=True)
@@ -209,6 +220,11 @@ class DeadLetter:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _is_transient(error: sqlite3.Error) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _TRANSIENT_CODES
 
 
 class Spool:
@@ -320,9 +336,13 @@ class Spool:
             hint = ""
             if "not a database" in str(e) or "malformed" in str(e):
                 hint = " (the file is damaged; move it aside to start an empty spool)"
-            raise SpoolError(f"spool {self.path}: {operation} failed: {e}{hint}", self.path) from e
+            raise SpoolError(
+                f"spool {self.path}: {operation} failed: {e}{hint}", self.path, transient=_is_transient(e)
+            ) from e
         except sqlite3.Error as e:
-            raise SpoolError(f"spool {self.path}: {operation} failed: {e}", self.path) from e
+            raise SpoolError(
+                f"spool {self.path}: {operation} failed: {e}", self.path, transient=_is_transient(e)
+            ) from e
 
     @contextlib.contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: AgentSettings, inventory: list[EquipmentItem], config_path: Path) -> int:
-    from fmc.agent.runtime import Agent
+    from fmc.agent.runtime import Agent, AgentFailed
     from fmc.core.logs import setup_logging
 
     log = setup_logging(cfg.log)
@@ -136,6 +136,9 @@ def _run(cfg: AgentSettings, inventory: list[EquipmentItem], config_path: Path) 
 
     try:
         asyncio.run(main())
+    except AgentFailed as e:  # a part failed for good: the reason is the message (the log has it too)
+        print(f"fmc run: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as e:  # a runtime failure: one clear line, the detail in the debug log
         log.debug("agent failed", exc_info=True)
         print(f"fmc run: {type(e).__name__}: {e}", file=sys.stderr)
