@@ -10,6 +10,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -25,11 +26,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from fmc.agent.ingest import Ingest
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.plugin import MapResult
+from fmc.agent.spool import Spool
 from fmc.core import lineprotocol
 from fmc.core.config import EnterpriseConfig
 from fmc.sources.mqtt import config
+from fmc.sources.mqtt import source as source_module
 from fmc.sources.mqtt.mapping import Mapper
 from fmc.sources.mqtt.source import RECEIVE_MAXIMUM, SESSION_EXPIRY_S, MqttSource, _connect_options, check_mqtt
 from tests.servers.mosquitto import MosquittoServer
@@ -71,8 +75,9 @@ class RecordingIngest:
         self._thread.start()
 
     def submit(
-        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None
-    ) -> None:
+        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None,
+        *, wait: bool = True,
+    ) -> bool:
         with self._cond:
             if self.fail_first > 0:
                 self.fail_first -= 1
@@ -82,6 +87,7 @@ class RecordingIngest:
             self._cond.notify_all()
         if ack is not None and self.ack:
             self._acks.put((time.monotonic() + self.ack_delay_s, sub, ack))
+        return True
 
     def _run_acks(self) -> None:
         while (item := self._acks.get()) is not None:
@@ -293,8 +299,9 @@ cfg = SourceConfig.model_validate_json(sys.argv[1])
 enterprise = EnterpriseConfig.model_validate_json(sys.argv[2])
 
 class SpoolThatNeverCommits:
-    def submit(self, source, topic, payload, result, ack):
+    def submit(self, source, topic, payload, result, ack, wait=True):
         print("got", topic, flush=True)
+        return True
 
 source = MqttSource(cfg, Mapper(enterprise, cfg.subscribe), SpoolThatNeverCommits(), AgentMetrics(),
                     logging.getLogger("child"))
@@ -342,9 +349,9 @@ def test_a_late_ack_after_reconnect_is_not_sent_on_the_new_connection(mosquitto_
     acks: list[Callable[[], None]] = []
     real_submit = ingest.submit
 
-    def keep_ack(source_name: str, topic: str, payload: bytes, result: MapResult, ack: Any) -> None:
+    def keep_ack(source_name: str, topic: str, payload: bytes, result: MapResult, ack: Any, **kw: Any) -> bool:
         acks.append(ack)
-        real_submit(source_name, topic, payload, result, ack)
+        return real_submit(source_name, topic, payload, result, ack, **kw)
 
     ingest.submit = keep_ack  # type: ignore[method-assign]
     pubacks = f"Received PUBACK from {cfg.client_id}"
@@ -741,3 +748,128 @@ def test_each_failed_reconnect_logs_one_warning_and_every_line_is_well_formed(
     assert len(warnings) == len(failed) + len(lost), "\n".join(warnings)
     unbalanced = [m for m in warnings if not _balanced(m)]
     assert not unbalanced, unbalanced
+
+
+# --- backpressure: a spool that cannot keep up ----------------------------------------------------------
+
+
+@dataclass
+class Sampled:
+    """What a test saw every 0.1 s while the spool was stalled."""
+
+    connected: list[float] = field(default_factory=list)
+    queued: list[int] = field(default_factory=list)
+    unacked: list[int] = field(default_factory=list)
+
+
+def stall_spool_and_publish(
+    server: MosquittoServer, source: MqttSource, ingest: Ingest, metrics: AgentMetrics, spool_path: Path,
+    messages: list[tuple[str, bytes, int]], stall_s: float,
+) -> Sampled:
+    """Hold the spool's write lock from another connection for ``stall_s`` (the ingest's append
+    waits in SQLite's busy handler meanwhile) while ``messages`` are published, sampling the
+    source's state; then let go."""
+    blocker = sqlite3.connect(spool_path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    publisher = threading.Thread(target=publish, args=(server, messages), kwargs={"wait_s": 60.0}, daemon=True)
+    sampled = Sampled()
+    try:
+        publisher.start()
+        deadline = time.monotonic() + stall_s
+        while time.monotonic() < deadline:
+            sampled.connected.append(metrics.value("fmc_source_connected", {"source": "plant"}))
+            sampled.queued.append(len(ingest._pending))
+            sampled.unacked.append(source._unacked)
+            time.sleep(0.1)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    publisher.join(60)
+    assert not publisher.is_alive()
+    return sampled
+
+
+def spooled_lines(path: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in conn.execute("SELECT line FROM spool WHERE line LIKE 'signal,%' ORDER BY id")]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_stalled_spool_keeps_the_session_up_and_loses_or_doubles_nothing(
+    mosquitto_private: MosquittoServer, protocol: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spool cannot commit for 12 s (more than two keepalives of 5 s) while 3000 QoS 1 messages
+    arrive through the real ingest, whose queue holds 200. paho's network thread must keep
+    answering the broker meanwhile: the session stays up, and when the spool commits again every
+    message is in it exactly once. Memory stays bounded by the broker's in-flight window."""
+    spool = Spool(tmp_path / "spool.db")
+    metrics = AgentMetrics()
+    ingest = Ingest(spool, metrics, max_series=10_000, queue_max=200, logger=logging.getLogger("test.ingest"))
+    ingest.start()
+    cfg = source_config(mosquitto_private, "bp", protocol=protocol, keepalive_s=5)
+    source = MqttSource(cfg, Mapper(ENTERPRISE, cfg.subscribe, max_payload_bytes=cfg.max_payload_bytes), ingest,
+                        metrics, logging.getLogger("test.mqtt"))
+    t0 = ts_ms()
+    messages = [(f"bp/m{i % 10}/s", json.dumps({"ts": t0 + i, "value": i}).encode(), 1) for i in range(3000)]
+    try:
+        with caplog.at_level(logging.INFO, logger="test.mqtt"), running(source):
+            sampled = stall_spool_and_publish(mosquitto_private, source, ingest, metrics, tmp_path / "spool.db",
+                                              messages, stall_s=12.0)
+            wait_until(lambda: len(spooled_lines(tmp_path / "spool.db")) >= len(messages), "every message spooled",
+                       timeout=30)
+            wait_until(lambda: source._unacked == 0, "every message acknowledged")
+            time.sleep(0.5)  # anything sent again would be here by now
+            assert source.connected
+    finally:
+        ingest.stop()
+        spool.close()
+    lines = spooled_lines(tmp_path / "spool.db")
+    print(f"MQTT {protocol}: connected min {min(sampled.connected)}, ingest queue max {max(sampled.queued)}, "
+          f"unacknowledged max {max(sampled.unacked)}; {len(lines)} spooled, {len(set(lines))} distinct; "
+          f"broker timeouts: {mosquitto_private.log().count('exceeded timeout')}")
+    assert "lost the connection" not in caplog.text
+    assert "exceeded timeout" not in mosquitto_private.log()
+    assert min(sampled.connected) == 1
+    assert len(lines) == len(messages) and len(set(lines)) == len(messages)  # none lost, none twice
+    assert max(sampled.unacked) <= RECEIVE_MAXIMUM  # the broker's window bounds what is held
+    assert max(sampled.queued) <= RECEIVE_MAXIMUM + 200
+
+
+def test_a_broker_without_an_in_flight_limit_is_read_no_further_than_the_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MQTT 3.1.1 has no Receive Maximum: a broker configured without an in-flight limit sends
+    everything it has. The source stops reading at its own bound (here 300 messages handed over
+    and not committed) while the spool is stalled, and goes on writing (acks, pings)."""
+    monkeypatch.setattr(source_module, "MAX_IN_FLIGHT", 300)
+    server = MosquittoServer(tmp_path / "broker", "max_inflight_messages 0")
+    spool = Spool(tmp_path / "spool.db")
+    metrics = AgentMetrics()
+    ingest = Ingest(spool, metrics, max_series=10_000, queue_max=200, logger=logging.getLogger("test.ingest"))
+    ingest.start()
+    cfg = source_config(server, "nl", keepalive_s=5)
+    source = MqttSource(cfg, Mapper(ENTERPRISE, cfg.subscribe, max_payload_bytes=cfg.max_payload_bytes), ingest,
+                        metrics, logging.getLogger("test.mqtt"))
+    t0 = ts_ms()
+    messages = [(f"nl/m{i % 10}/s", json.dumps({"ts": t0 + i, "value": i}).encode(), 1) for i in range(3000)]
+    try:
+        with caplog.at_level(logging.INFO, logger="test.mqtt"), running(source):
+            sampled = stall_spool_and_publish(server, source, ingest, metrics, tmp_path / "spool.db", messages,
+                                              stall_s=3.0)
+            wait_until(lambda: len(spooled_lines(tmp_path / "spool.db")) >= len(messages), "every message spooled",
+                       timeout=30)
+            wait_until(lambda: source._unacked == 0, "every message acknowledged")
+            assert source.connected
+    finally:
+        ingest.stop()
+        spool.close()
+        server.stop()
+    print(f"no broker limit: unacknowledged max {max(sampled.unacked)}, ingest queue max {max(sampled.queued)}")
+    assert min(sampled.connected) == 1 and "lost the connection" not in caplog.text
+    assert 300 <= max(sampled.unacked) <= 300 + 5  # read up to the bound, then paused
+    lines = spooled_lines(tmp_path / "spool.db")
+    assert len(lines) == len(messages) and len(set(lines)) == len(messages)
+    assert "pausing reads from the broker" in caplog.text

@@ -109,19 +109,30 @@ class Ingest:
         payload: bytes,
         result: MapResult,
         ack: Callable[[], None] | None,
-    ) -> None:
+        *,
+        wait: bool = True,
+    ) -> bool:
         """Queue a mapped message; ``ack`` runs after its points are committed. A message recognised
         as a redelivery of a committed one (``result.delivery``) is acknowledged with its group and
-        nothing of it is stored again. Raises IngestStopped once the writer thread has ended on an
-        error."""
-        self._put(_Submission(source, topic, payload, result.points, result.rejections, ack, result.delivery))
+        nothing of it is stored again.
+
+        When the queue is full this waits for room, unless ``wait=False``: then a message with an
+        ``ack`` is queued at once, past the bound (its upstream holds it until the ack, so the
+        upstream's window bounds how many there can be: MQTT QoS 1), and one without is dropped
+        and False returned. Raises IngestStopped once the writer thread has ended on an error."""
+        sub = _Submission(source, topic, payload, result.points, result.rejections, ack, result.delivery)
+        if not wait and ack is None and len(self._pending) >= self._queue_max:
+            self._check_running()
+            return False
+        self._put(sub, wait)
+        return True
 
     def submit_points(self, source: str, points: Sequence[Point]) -> None:
         """Points made inside the agent (state changes, rollups): committed like any message."""
         self._put(_Submission(source, "", b"", points, (), None))
 
-    def _put(self, sub: _Submission) -> None:
-        if len(self._pending) >= self._queue_max:
+    def _put(self, sub: _Submission, wait: bool = True) -> None:
+        if wait and len(self._pending) >= self._queue_max:
             with self._room:
                 while len(self._pending) >= self._queue_max and self._thread.is_alive():
                     self._room.wait(0.05)

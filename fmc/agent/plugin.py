@@ -134,12 +134,18 @@ class IngestStopped(Exception):
 
 class IngestPort(Protocol):
     """What a source hands its values to (``fmc.agent.ingest.Ingest``): it commits the points
-    durably, then calls ``ack`` (when given) so the source can acknowledge upstream. Raises
-    ``IngestStopped`` when the ingest has failed."""
+    durably, then calls ``ack`` (when given) so the source can acknowledge upstream.
+
+    ``submit`` waits while the ingest's queue is full. A source that must not wait (it runs in a
+    network thread that also answers keepalives) passes ``wait=False``: a message with an ``ack``
+    is then queued at once (its upstream holds it until the ack, which bounds how many can be
+    outstanding), one without an ``ack`` is dropped when the queue is full and False returned.
+    Raises ``IngestStopped`` when the ingest has failed."""
 
     def submit(
-        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None
-    ) -> None: ...
+        self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None,
+        *, wait: bool = True,
+    ) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,16 @@ RECEIVE_MAXIMUM = 1000
 SESSION_EXPIRY_S = 7 * 24 * 3600
 # stop(): how long to wait for acks of messages already handed to the ingest
 ACK_GRACE_MAX_S = 1.0
+# Backpressure. on_message never waits for the spool (paho's network thread must go on sending
+# acks and keepalives, or the broker drops the session): QoS 1 messages are handed to the ingest
+# at once, and the broker's in-flight window bounds how many can wait there for their commit. If
+# this many are waiting anyway (an MQTT 3.1.1 broker whose max_inflight_messages is larger, or 0
+# for no limit), the network thread stops reading from the socket until commits free room; it
+# keeps writing meanwhile. Twice RECEIVE_MAXIMUM: a broker that keeps to the window (MQTT 5 brokers
+# must) never gets there, even with messages of an earlier connection still waiting.
+MAX_IN_FLIGHT = 2 * RECEIVE_MAXIMUM
+READ_PAUSE_POLL_S = 0.05  # while reads are paused, the network thread looks again this often
+LOG_EVERY_S = 30.0  # repeated warnings of one kind (dropped QoS 0 messages, a refusing ingest)
 _INVALID_TOPIC = "<topic is not valid UTF-8>"
 
 
@@ -60,6 +70,25 @@ def message_digest(topic: str, payload: bytes) -> bytes:
 
 
 _PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
+
+
+class _Client(mqtt.Client):
+    """paho's client whose network thread can stop reading for a while (``read_gate`` clear)
+    while it goes on writing (PUBACKs) and on running the keepalive timer (PINGREQ).
+
+    paho's loop reads whenever the socket is readable (``_loop`` -> ``loop_read``); while paused,
+    ``loop_read`` waits a little for the gate instead, then lets the loop do its writes and
+    keepalive check. Nothing is read meanwhile, so the broker's PINGRESP waits too: paho ends the
+    connection after about two keepalives without a byte read. Pauses are meant to be short.
+    """
+
+    read_gate: threading.Event | None = None
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        gate = self.read_gate
+        if gate is not None and not gate.is_set() and not gate.wait(READ_PAUSE_POLL_S):
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super().loop_read(max_packets)
 
 
 class _Ack:
@@ -106,7 +135,7 @@ def build_client(
     }
     if not _is_v5(cfg):  # MQTT 5 says clean_start at connect time instead (paho refuses both)
         kwargs["clean_session"] = not persistent
-    client = mqtt.Client(**kwargs)
+    client = _Client(**kwargs)
     if cfg.username is not None:
         password = cfg.password.get_secret_value() if cfg.password is not None else None
         client.username_pw_set(cfg.username, password)
@@ -219,8 +248,16 @@ class MqttSource:
         self._connected = False
         self._subscribed = False
         self._pending_subscribes: dict[int, list[str]] = {}  # SUBSCRIBE mid -> filters (network thread only)
+        # set: paho's thread may read from the broker; cleared (under _lock) while MAX_IN_FLIGHT
+        # messages wait for their commit
+        self._read_gate = threading.Event()
+        self._read_gate.set()
+        self._dropped = metrics.rejected.labels(cfg.name, "spool_busy")
+        self._last_warning: dict[str, float] = {}  # kind -> monotonic time of the last such warning
+        self._problem = "not connected yet"  # why the source is not connected, for /health
 
         self._client = build_client(cfg, self._client_id, persistent=self._persistent, manual_ack=True)
+        self._client.read_gate = self._read_gate
         self._paho_log = logger.getChild("paho")
         self._client.on_log = self._on_log
         self._client.on_connect = self._on_connect
@@ -232,6 +269,11 @@ class MqttSource:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def problem(self) -> str:
+        """Why the source is not connected (the last failure), for the agent's /health."""
+        return self._problem
 
     def live_equipment(self) -> set[str]:
         """None: every MQTT message is a value of its own (no change-only subscription)."""
@@ -270,6 +312,7 @@ class MqttSource:
             if self._stopping:
                 return
             self._stopping = True  # from now on messages are neither submitted nor acked
+            self._read_gate.set()  # paho's loop must read on, to see the DISCONNECT through
             # The ingest commits what it already has within its commit interval; waiting for those
             # acks spares the broker resending (and us storing twice) messages already on disk.
             self._acks_done.wait_for(lambda: self._unacked == 0, timeout=min(ACK_GRACE_MAX_S, timeout / 2))
@@ -329,6 +372,8 @@ class MqttSource:
             self._unacked -= len(fresh)
             if self._unacked == 0:
                 self._acks_done.notify_all()
+            if self._unacked < MAX_IN_FLIGHT:
+                self._read_gate.set()
             if not mids or not self._link_up or generation != self._generation:
                 return
             if packets:
@@ -352,12 +397,22 @@ class MqttSource:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         received_ns = time.time_ns()
         self._received.inc()
+        paused = False
         with self._lock:
             if self._stopping:
                 return  # not acked: the broker sends it again to the next start
             generation = self._generation
             if msg.qos > 0:
                 self._unacked += 1
+                if self._unacked >= MAX_IN_FLIGHT and self._read_gate.is_set():
+                    self._read_gate.clear()  # until acks free room (ack_many)
+                    paused = True
+        if paused:
+            self._warn_now_and_then(
+                "paused", "%d messages are waiting for the spool: pausing reads from the broker until it catches "
+                "up (the broker sends more unacknowledged messages than the %d it should; with MQTT 3.1.1 set its "
+                "max_inflight_messages to %d or less)", MAX_IN_FLIGHT, RECEIVE_MAXIMUM, RECEIVE_MAXIMUM,
+            )
         ack = self._new_ack(msg.mid, msg.qos, generation) if msg.qos > 0 else None
         try:
             topic = msg.topic
@@ -371,14 +426,35 @@ class MqttSource:
             # resends with the same packet id and the DUP flag (docs/spool.md, "Redeliveries")
             result.delivery = Delivery(msg.mid, message_digest(topic, msg.payload), bool(msg.dup))
         try:
-            self._ingest.submit(self.name, topic, msg.payload, result, ack)
-        except Exception:
+            # never waits (see MAX_IN_FLIGHT): a QoS 1 message is queued at once, a QoS 0 one is
+            # dropped when the ingest's queue is full (it was sent at most once)
+            taken = self._ingest.submit(self.name, topic, msg.payload, result, ack, wait=False)
+        except Exception as e:
             # paho would end its thread on an exception from a callback; leave the message
             # unacknowledged instead (the broker resends it after a reconnect)
-            self._log.exception("the ingest did not take a message on %r; it stays unacknowledged", topic)
+            if self._warn_now_and_then("ingest", "the ingest did not take a message on %r; it stays "
+                                       "unacknowledged: %s: %s", topic, type(e).__name__, e, level=logging.ERROR):
+                self._log.debug("the ingest's error", exc_info=True)
             if ack is not None:
                 with self._lock:
                     self._unacked -= 1
+                    if self._unacked < MAX_IN_FLIGHT:
+                        self._read_gate.set()
+            return
+        if not taken:
+            self._dropped.inc()
+            self._warn_now_and_then("qos0", "QoS 0 messages dropped: the spool cannot keep up and QoS 0 carries no "
+                                    "promise of delivery (fmc_rejected_total{reason=\"spool_busy\"} counts them; "
+                                    "subscribe with qos = 1 to keep them)")
+
+    def _warn_now_and_then(self, kind: str, message: str, *args: Any, level: int = logging.WARNING) -> bool:
+        """Log at most one line of each kind per LOG_EVERY_S; True when this one was logged."""
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -LOG_EVERY_S) < LOG_EVERY_S:
+            return False
+        self._last_warning[kind] = now
+        self._log.log(level, message, *args)
+        return True
 
     def _map(self, topic: str, payload: bytes, received_ns: int) -> MapResult:
         try:
@@ -393,11 +469,13 @@ class MqttSource:
     ) -> None:
         if reason.is_failure:
             # the broker closes the connection next; on_disconnect schedules the retry
-            self._log.warning("%s:%d: %s", self.cfg.host, self.cfg.port, describe_refusal(reason))
+            self._problem = describe_refusal(reason)
+            self._log.warning("%s:%d: %s", self.cfg.host, self.cfg.port, self._problem)
             return
         with self._lock:
             self._generation += 1
             self._link_up = True
+        self._problem = ""
         self._attempt = 0
         self._connected = True
         self._connected_gauge.set(1)
@@ -434,6 +512,7 @@ class MqttSource:
         with self._lock:
             self._link_up = False
             stopping = self._stopping
+            self._read_gate.set()  # the next connection's CONNACK must be read
         was_connected = self._connected
         self._connected = False
         self._subscribed = False
@@ -442,6 +521,8 @@ class MqttSource:
             self._log.info("disconnected from %s:%d", self.cfg.host, self.cfg.port)
             return
         delay = self._schedule_retry()
+        if was_connected or not self._problem:
+            self._problem = f"lost the connection to {self.cfg.host}:{self.cfg.port} ({reason})"
         self._log.warning(
             "%s %s:%d (%s); reconnecting in %.1fs", "lost the connection to" if was_connected else "no session with",
             self.cfg.host, self.cfg.port, reason, delay,
@@ -452,7 +533,8 @@ class MqttSource:
         # being handled is the reason (refused, DNS, TLS); paho's callback does not pass it.
         error = sys.exc_info()[1]
         delay = self._schedule_retry()
-        self._log.warning("%s; retrying in %.1fs", describe_connect_error(error, self.cfg.host, self.cfg.port), delay)
+        self._problem = describe_connect_error(error, self.cfg.host, self.cfg.port)
+        self._log.warning("%s; retrying in %.1fs", self._problem, delay)
 
     def _schedule_retry(self) -> float:
         # paho doubles its delay without jitter; thousands of gateways that lost the same broker
