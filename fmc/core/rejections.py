@@ -25,6 +25,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "payload_too_large",
     "quality_invalid",
     "series_limit",
+    "spool_busy",  # a QoS 0 MQTT message dropped while the ingest's queue was full (counted, not stored)
     "timestamp_invalid",
     "timestamp_out_of_range",
     "timestamp_type",
