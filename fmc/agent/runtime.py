@@ -102,7 +102,6 @@ class Agent:
             health=self.health,
         )
         sink = make_sink(cfg)
-        self._start_metrics_server()
         stats = spool.stats()
         self.log.info(
             "agent starting: enterprise=%s sources=%d sink=%s spool=%s (%d points waiting)",
@@ -122,6 +121,8 @@ class Agent:
                 self.sources.append(source)
                 self.health.watch(f"{settings.section}:{settings.name}", _source_probe(source))
                 source.start()
+            # only now: the first answer of /metrics and /health already has every source
+            self._start_metrics_server()
             # Everything made so far (modules, config, sources) lives as long as the process: keep
             # it out of the collector's scans, which otherwise cost a share of every message
             # (measured with make bench).
