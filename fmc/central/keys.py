@@ -31,7 +31,6 @@ from fmc.core.regions import REGION_PREFIX
 KEY_PREFIX = "fmc"
 KEY_ID_HEX = 12
 _KEY_RE = re.compile(r"fmc_([0-9a-f]{12})_([A-Za-z0-9_\-]{20,128})")
-_REGION_PREFIX_RE = REGION_PREFIX  # fullmatch: 2, 4 or 6 ASCII digits
 _ID_RE = re.compile(ID_PATTERN)
 # Digits of a region code at each group level (GB/T 2260): province 33, city 3306, county 330602.
 LEVEL_DIGITS = {"province": 2, "city": 4, "county": 6}
@@ -69,7 +68,7 @@ class KeyScope:
     def __post_init__(self) -> None:
         if self.kind == "province" and (self.region is not None or self.enterprise is not None):
             raise ScopeError("a province scope takes no code or id")
-        if self.kind == "region" and (self.region is None or not _REGION_PREFIX_RE.fullmatch(self.region)):
+        if self.kind == "region" and (self.region is None or not REGION_PREFIX.fullmatch(self.region)):
             raise ScopeError(f"region scope {self.region!r}: a code prefix of 2, 4 or 6 digits (33, 3306, 330602)")
         if self.kind == "enterprise" and (self.enterprise is None or not _ID_RE.fullmatch(self.enterprise)):
             raise ScopeError(
@@ -185,7 +184,7 @@ def parse_scope(text: str) -> KeyScope:
         return KeyScope("province")
     kind, sep, value = text.partition(":")
     if sep and kind == "region":
-        if not _REGION_PREFIX_RE.fullmatch(value):
+        if not REGION_PREFIX.fullmatch(value):
             raise ScopeError(
                 f"scope {text!r}: the region is a GB/T 2260 code prefix of 2, 4 or 6 digits "
                 "(region:33 the province, region:3306 a city, region:330602 a county)"

@@ -38,8 +38,6 @@ from fmc.plant.ledger import decode_ledger
 
 FLAG_YES = frozenset({"是", "y", "yes", "1", "true", "√", "✓"})
 FLAG_NO = frozenset({"否", "n", "no", "0", "false", ""})
-REGION_PATTERN = REGION_CODE_PATTERN
-INDUSTRY_PATTERN = INDUSTRY_CODE_PATTERN
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +111,10 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
         elif enterprise in entries:
             bad("enterprise", f"{enterprise!r} appears twice", "keep one line per enterprise")
         region = values.get("region", "")
-        if not re.fullmatch(REGION_PATTERN, region):
+        if not re.fullmatch(REGION_CODE_PATTERN, region):
             bad("region", f"{region!r} is not a 6-digit GB/T 2260 code", "write e.g. 330602")
         industry = values.get("industry", "")
-        if not re.fullmatch(INDUSTRY_PATTERN, industry):
+        if not re.fullmatch(INDUSTRY_CODE_PATTERN, industry):
             bad("industry", f"{industry!r} is not a GB/T 4754 code", "write e.g. 17 or 1711")
         baselines: dict[str, float] = {}
         for key, cell in values.items():

@@ -24,10 +24,9 @@ from pydantic import ValidationError
 
 from fmc.core.config import InventoryProblem
 from fmc.core.points import Point, Priority
+from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 from fmc.indicators.reports import (
-    INDUSTRY_PATTERN,
     MONEY_FIELDS,
-    REGION_PATTERN,
     REPORT_FIELDS,
     EnterpriseReport,
     ReportsError,
@@ -316,11 +315,11 @@ def report_points(
                 missing = " and ".join(w for w, v in (("region", reg), ("industry", ind)) if v is None)
                 problems.append(InventoryProblem(f"unknown enterprise {enterprise!r}: no {missing} known for it"))
             else:
-                if not re.fullmatch(REGION_PATTERN, reg):
+                if not re.fullmatch(REGION_CODE_PATTERN, reg):
                     problems.append(
                         InventoryProblem(f"enterprise {enterprise!r}: region {reg!r} is not a 6-digit code")
                     )
-                if not re.fullmatch(INDUSTRY_PATTERN, ind):
+                if not re.fullmatch(INDUSTRY_CODE_PATTERN, ind):
                     problems.append(
                         InventoryProblem(f"enterprise {enterprise!r}: industry {ind!r} is not a GB/T 4754 code")
                     )

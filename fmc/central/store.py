@@ -34,7 +34,6 @@ from fmc.indicators.sums import ALL_SUMS, EnterpriseInfo, PeriodSums, StoredRepo
 
 __all__ = ["REPORT_FIELDS"]  # the figures of `enterprise_report`, for the stores
 
-INDUSTRY_PREFIX_PATTERN = INDUSTRY_CODE_PATTERN  # an industry code is its own prefix form
 
 
 class StoreQueryError(Exception):
@@ -60,7 +59,7 @@ class Scope:
         if self.region_prefix is not None and not re.fullmatch(REGION_PREFIX_PATTERN, self.region_prefix):
             raise ValueError(f"region prefix {self.region_prefix!r}: 2, 4 or 6 digits (33, 3306, 330602)")
         for code in self.industries:
-            if not re.fullmatch(INDUSTRY_PREFIX_PATTERN, code):
+            if not re.fullmatch(INDUSTRY_CODE_PATTERN, code):
                 raise ValueError(f"industry {code!r}: a GB/T 4754 code of 2 to 4 digits such as 17")
         for e in self.enterprises:
             if not re.fullmatch(ID_PATTERN, e):

@@ -22,15 +22,12 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from fmc.core.config import ID_PATTERN, ConfigError, InventoryProblem, _Model
-from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 
 # The canonical form stored in the ``period`` tag: a year, a month, a quarter, or a year to date
 # (1–N月累计: January to the end of month N).
 PERIOD_PATTERN = r"^[0-9]{4}(-(0[1-9]|1[0-2]|Q[1-4]|YTD-(0[1-9]|1[0-2])))?$"
 MIN_YEAR, MAX_YEAR = 1949, 2100
 # Same forms as the agent config's [enterprise] region / industry (fmc.agent.config).
-REGION_PATTERN = REGION_CODE_PATTERN
-INDUSTRY_PATTERN = INDUSTRY_CODE_PATTERN
 
 # The reported figures, in the order of DESIGN §4; every one a field of ``enterprise_report``.
 REPORT_FIELDS = (

@@ -20,10 +20,8 @@ from starlette.exceptions import HTTPException
 
 from fmc.central.api.models import (
     ENTERPRISE_ID_PATTERN,
-    INDUSTRY_QUERY_PATTERN,
     PAGE_MAX,
     PERIOD_QUERY_PATTERN,
-    REGION_QUERY_PATTERN,
     Format,
     Lang,
     whole_number,
@@ -32,6 +30,7 @@ from fmc.central.api.responses import RenderedBodies
 from fmc.central.config import ApiConfig
 from fmc.central.keys import KeyScope, KeyStore
 from fmc.central.service import Enterprise, IndicatorService
+from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_PREFIX_PATTERN
 
 if TYPE_CHECKING:
     from fmc.indicators.engine import Period
@@ -132,9 +131,9 @@ def parse_period(ctx: ApiContext, text: str) -> "Period":
 
 PeriodQ = Annotated[str, Query(pattern=PERIOD_QUERY_PATTERN, max_length=20,
                               description="2019, 2019-Q2, 2019-03, 2019-YTD or 2019-YTD-06-30 (local time)")]
-Region = Annotated[str | None, Query(pattern=REGION_QUERY_PATTERN, max_length=6,
+Region = Annotated[str | None, Query(pattern=REGION_PREFIX_PATTERN, max_length=6,
                                      description="GB/T 2260 code prefix: 33, 3306 or 330602")]
-Industry = Annotated[str | None, Query(pattern=INDUSTRY_QUERY_PATTERN, max_length=4,
+Industry = Annotated[str | None, Query(pattern=INDUSTRY_CODE_PATTERN, max_length=4,
                                        description="GB/T 4754 code of 2 to 4 digits, e.g. 17")]
 EnterpriseId = Annotated[str, Path(pattern=ENTERPRISE_ID_PATTERN, max_length=64, description="enterprise id")]
 # Query before the validator: so the bounds reach the OpenAPI schema as minimum/maximum

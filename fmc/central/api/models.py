@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fmc.central.provenance import PROVENANCE_CSV_COLUMNS
 from fmc.core.config import ID_PATTERN
-from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_PREFIX_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS, STATUS_LABELS
 from fmc.indicators.plan import Indicator, Targets
 from fmc.indicators.reports import MAX_YEAR, MIN_YEAR, PERIOD_PATTERN
@@ -25,8 +24,6 @@ PERIOD_QUERY_PATTERN = (
     r"^[0-9]{4}(-(Q[1-4]|0[1-9]|1[0-2]|YTD(-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01]))?))?$"
 )
 REPORT_PERIOD_PATTERN = PERIOD_PATTERN  # as stored: a year, a month, a quarter or a year to date
-REGION_QUERY_PATTERN = REGION_PREFIX_PATTERN
-INDUSTRY_QUERY_PATTERN = INDUSTRY_CODE_PATTERN
 ENTERPRISE_ID_PATTERN = ID_PATTERN
 PAGE_MAX = 1_000_000_000
 YEAR_MIN, YEAR_MAX = MIN_YEAR, MAX_YEAR

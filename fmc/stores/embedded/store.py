@@ -56,7 +56,6 @@ from fmc.core.localtime import local_date, local_day_start_ns
 from fmc.core.points import FieldValue, Point
 from fmc.indicators.sums import (
     ALL_SUMS,
-    CARRIER_SUM_FIELDS,
     DAILY_SUM_FIELDS,
     LAST_DAY_FIELDS,
     CarrierSums,
@@ -536,9 +535,6 @@ class EmbeddedSink:
 
 # --- the central store query interface (fmc.central.store.IndicatorStore) over this file -------------------
 
-_DAILY_FIELDS = DAILY_SUM_FIELDS
-_LAST_FIELDS = LAST_DAY_FIELDS
-_CARRIER_FIELDS = CARRIER_SUM_FIELDS
 _ROLLUP_MEASUREMENTS = ("enterprise_daily", "consumption_daily", "enterprise_report")
 REPORT_MARGIN_NS = 2 * 86_400 * 1_000_000_000  # reports stamped in another time zone still fall inside
 
@@ -578,7 +574,7 @@ _DAILY_SUMS_SQL = (
     + "SELECT sel.enterprise, count(DISTINCT CASE WHEN "
     + _json_field("equipment_total")
     + " IS NOT NULL THEN (p.ts - :day_shift) / 86400000000000 END), "
-    + ", ".join(f"total({_json_field(f)})" for f in _DAILY_FIELDS)
+    + ", ".join(f"total({_json_field(f)})" for f in DAILY_SUM_FIELDS)
     + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE} GROUP BY sel.enterprise"
 )
 # One row per enterprise and gateway (a series without the tag is gateway "main"'s): (SQLite's
@@ -586,7 +582,7 @@ _DAILY_SUMS_SQL = (
 _LAST_DAYS_SQL = (
     _SCOPED_SERIES
     + f"SELECT sel.enterprise, coalesce(json_extract(s2.tags, '$.gateway'), '{DEFAULT_GATEWAY}') AS gw, max(p.ts), "
-    + ", ".join(_json_field(f) for f in (*_LAST_FIELDS, "equipment_networked", "nc_equipment_networked",
+    + ", ".join(_json_field(f) for f in (*LAST_DAY_FIELDS, "equipment_networked", "nc_equipment_networked",
                                          "equipment_valued"))
     + f" FROM sel JOIN series s2 ON s2.id = sel.id JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD}"
     + f" AND {_IN_SCOPE} AND {_json_field('equipment_total')} IS NOT NULL GROUP BY sel.enterprise, gw"
@@ -814,7 +810,7 @@ class EmbeddedQueryStore:
                     continue
                 # the stocks at period end: Σ over gateways of each gateway's last day in the period
                 # (the asset value: over the gateways whose last day has it; none has it: unknown)
-                n = len(_LAST_FIELDS)
+                n = len(LAST_DAY_FIELDS)
                 valued = [g[n + 3] for g in gateways if g[n + 3] is not None]
                 daily[str(enterprise)] = DailySums(
                     int(days),

@@ -35,7 +35,6 @@ from fmc.core.localtime import NS, local_date, local_day_start_ns
 from fmc.core.points import Point
 from fmc.indicators.sums import (
     ALL_SUMS,
-    CARRIER_SUM_FIELDS,
     DAILY_SUM_FIELDS,
     LAST_DAY_FIELDS,
     CarrierSums,
@@ -58,9 +57,6 @@ REPORT_MARGIN_NS = 2 * 86_400 * NS  # reports stamped in another time zone still
 DAILY = "enterprise_daily"
 CONSUMPTION = "consumption_daily"
 REPORT = "enterprise_report"
-DAILY_FIELDS = DAILY_SUM_FIELDS
-LAST_FIELDS = LAST_DAY_FIELDS
-CARRIER_FIELDS = CARRIER_SUM_FIELDS
 DAYS_PER_STATEMENT = 100  # enterprises per statement counting local days (those with several gateways)
 
 
@@ -245,12 +241,12 @@ class InfluxQueryStore:
         bounds = self._bounds(start, end)
         where = self._where(*bounds, scope)
         # every aggregate is a pass over every series: only the sums the policy uses
-        sums = "".join(f", sum({f}) AS {f}" for f in DAILY_FIELDS if f in wanted.daily)
+        sums = "".join(f", sum({f}) AS {f}" for f in DAILY_SUM_FIELDS if f in wanted.daily)
         # last() alone (with plain fields beside it) reports the time of the row it picked; mixed
         # with sum() it would report the start of the range instead, so it is a statement of its own
-        last_fields = [*LAST_FIELDS[1:], *(("equipment_networked", "nc_equipment_networked") if wanted.last_networked
-                                          else ()), *(("equipment_valued",) if wanted.valued else ())]
-        last = f"last({LAST_FIELDS[0]}) AS {LAST_FIELDS[0]}, " + ", ".join(last_fields)
+        networked = ("equipment_networked", "nc_equipment_networked") if wanted.last_networked else ()
+        last_fields = [*LAST_DAY_FIELDS[1:], *networked, *(("equipment_valued",) if wanted.valued else ())]
+        last = f"last({LAST_DAY_FIELDS[0]}) AS {LAST_DAY_FIELDS[0]}, " + ", ".join(last_fields)
         rows = "count(amount) AS n_rows, sum(amount) AS amount" if wanted.amount else "count(coverage) AS n_rows"
         tce = "sum(tce) AS tce, count(tce) AS tce_rows"
         m3 = "sum(m3) AS m3, count(m3) AS m3_rows"
@@ -275,7 +271,7 @@ class InfluxQueryStore:
         # over every row (Σ days Σ gateways); ``days`` is the row count, which ``period_sums`` replaces
         # by the count of local days (``days_statements``) for an enterprise with several gateways
         return [
-            f"SELECT count({DAILY_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
+            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
             # each gateway's last row in the period (rows without the tag group as one more gateway)
             f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise, gateway",
             *spans,
@@ -291,7 +287,7 @@ class InfluxQueryStore:
         group = f"GROUP BY time(1d, {self._day_offset_s(bounds[0])}s), enterprise fill(none)"
         names = sorted(enterprises)
         return [
-            f"SELECT count({DAILY_FIELDS[0]}) AS n FROM {self._from(DAILY)}"
+            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS n FROM {self._from(DAILY)}"
             f"{self._where(*bounds, scope, _enterprise_condition(names[i:i + DAYS_PER_STATEMENT]))} {group}"
             for i in range(0, len(names), DAYS_PER_STATEMENT)
         ]
@@ -370,9 +366,9 @@ class InfluxQueryStore:
             # the stocks at period end: Σ over gateways of each gateway's last day in the period
             daily[enterprise] = DailySums(
                 _count(sums["days"]),
-                *(_num(sums.get(f)) if f in wanted.daily else math.nan for f in DAILY_FIELDS),
+                *(_num(sums.get(f)) if f in wanted.daily else math.nan for f in DAILY_SUM_FIELDS),
                 local_date(max(_count(g.get("time")) for g in gateways.values()) * MS, self._tz),
-                *(math.fsum(_num(g.get(f)) for g in gateways.values()) for f in LAST_FIELDS),
+                *(math.fsum(_num(g.get(f)) for g in gateways.values()) for f in LAST_DAY_FIELDS),
                 last_equipment_networked=(math.fsum(_num(g.get("equipment_networked")) for g in gateways.values())
                                           if wanted.last_networked else math.nan),
                 last_nc_equipment_networked=(math.fsum(_num(g.get("nc_equipment_networked")) for g in gateways.values())
@@ -422,7 +418,7 @@ class InfluxQueryStore:
         statements = [
             f"SELECT {columns} FROM {self._from(m)}{where} GROUP BY enterprise, region, industry "
             f"ORDER BY time {order} LIMIT 1"
-            for m, columns in ((DAILY, DAILY_FIELDS[0]), (CONSUMPTION, "amount"), (REPORT, "*"))
+            for m, columns in ((DAILY, DAILY_SUM_FIELDS[0]), (CONSUMPTION, "amount"), (REPORT, "*"))
         ]
         out: list[tuple[str, int, str, str]] = []
         for result in await self._query(statements):
