@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fmc.core.points import Priority
+from fmc.core.quality import BAD_NO_COMMUNICATION, BAD_NOT_CONNECTED
 from fmc.plant.config import EquipmentClassConfig, PlantConfig
 from fmc.plant.rollups import InventoryItem, Site
 from fmc.plant.states import STATE_CODES, EquipmentDay, EquipmentTracker, StateChange
@@ -197,6 +198,25 @@ def test_bad_quality_is_not_good_data() -> None:
     assert d.good_samples == 1
     assert d.running_ns == 600 * S
     assert t.counts["bad_samples"] == 38
+
+
+def test_a_lost_contact_takes_it_offline_at_once_and_a_good_sample_brings_it_back() -> None:
+    # a Sparkplug death / a Modbus device past its retries: offline at the lost-contact sample's
+    # time, not offline_after_s (600 s) later; an ordinary Bad status still waits
+    t = tracker()
+    ev = t.observe("spindle", 900, 0, D0)
+    ev += t.observe("program", None, 0x80000000, D0 + 60 * S)  # Bad: not a lost contact
+    assert t.state == "running"
+    ev += t.observe("program", None, BAD_NO_COMMUNICATION, D0 + 120 * S)
+    assert t.state == "offline"
+    ev += t.observe("program", None, BAD_NOT_CONNECTED | 0x1234, D0 + 180 * S)  # already offline: no event
+    ev += t.observe("program", 1, 0, D0 + 300 * S)  # back: the spindle value before is forgotten
+    ev += t.advance(D0 + DAY)
+    assert changes(ev) == [(0, "running"), (120, "offline"), (300, "idle"), (900, "offline")]
+    [d] = days(ev)
+    assert d.running_ns == 120 * S
+    assert t.counts["contact_lost"] == 2
+    assert t.counts["bad_samples"] == 3
 
 
 def test_offline_forgets_stale_values() -> None:

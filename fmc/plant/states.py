@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from fmc.core.localtime import NS, local_date, local_day_bounds, zone
 from fmc.core.points import Point, Priority
+from fmc.core.quality import contact_lost
 from fmc.plant.config import EquipmentClassConfig, MapRule, PlantConfig, ThresholdRule, normalize_key
 from fmc.plant.rollups import Site
 
@@ -289,6 +290,7 @@ class EquipmentTracker:
             self._by_signal.setdefault(rule.signal, []).append(rule)
         self.counts: dict[str, int] = {
             "late_samples": 0, "future_samples": 0, "bad_samples": 0, "unusable_values": 0, "skipped_days": 0,
+            "contact_lost": 0,
         }
         self._t = start_ns
         self._state = "offline"
@@ -313,7 +315,9 @@ class EquipmentTracker:
         ts_ns: int,
         received_ns: int | None = None,
     ) -> list[Event]:
-        """One sample; quality != 0, None or a non-finite number is not good data."""
+        """One sample; quality != 0, None or a non-finite number is not good data. A quality that
+        says the source lost contact (``fmc.core.quality.contact_lost``) takes the equipment
+        offline at ``ts_ns``, without waiting ``offline_after_s``."""
         events: list[Event] = []
         t = ts_ns
         if received_ns is not None and t > received_ns + self._skew_ns:
@@ -325,6 +329,10 @@ class EquipmentTracker:
         self._advance_to(t, events)
         if quality != 0 or value is None or (isinstance(value, float) and not math.isfinite(value)):
             self.counts["bad_samples"] += 1
+            if contact_lost(quality):
+                self.counts["contact_lost"] += 1
+                if self._state != "offline":
+                    self._go_offline(t, events)
             return events
         self._good += 1
         self._last_good = t
