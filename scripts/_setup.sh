@@ -25,11 +25,13 @@ ensure_venv() {
   fi
 }
 
-# Debian's mosquitto and influxdb, which the tests and benchmarks start on free loopback ports.
+# Debian's mosquitto and influxdb, which the tests and benchmarks start on free loopback ports, and
+# socat, whose pseudo-terminal pairs stand in for an RS-485 line in the Modbus RTU and DL/T 645 tests.
 ensure_servers() {
   local missing=()
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || missing+=(influxdb)
+  command -v socat >/dev/null 2>&1 || missing+=(socat)
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing Debian packages: ${missing[*]}"
   local sudo=""

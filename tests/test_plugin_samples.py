@@ -152,3 +152,20 @@ def test_every_toml_example_of_a_plugin_readme_is_accepted_too(
         extra = MINIMAL_SINK if kind == "sources" else ""
         path.write_text(f"{MINIMAL_ENTERPRISE}\n{extra}\n{block}", encoding="utf-8")
         plugins.load_config(path)
+
+
+def test_a_source_says_what_it_feeds_fixed_names_and_templates_apart() -> None:
+    from fmc.agent.plugin import Feeds
+    from fmc.sources.mqtt.config import MqttSource
+
+    mqtt = MqttSource.model_validate({
+        "name": "b", "clean_session": True,
+        "subscribe": [
+            {"topic": "plant/{equipment}/{signal}"},
+            {"topic": "loom/7/speed", "equipment": "loom-7", "signal": "speed"},
+            {"topic": "meters/main/kwh", "kind": "meter", "meter": "main", "carrier": "electricity"},
+        ],
+    })
+    assert mqtt.feeds() == Feeds(frozenset({"loom-7"}), frozenset({"main"}), any_equipment=True, any_meter=False)
+    for name, model in plugins.SOURCES.items():
+        assert callable(getattr(model, "feeds", None)), f"the {name} source does not say what it feeds"

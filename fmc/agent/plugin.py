@@ -176,6 +176,18 @@ class Source(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Feeds:
+    """What a source's configuration says it writes (``fmc check`` compares it with the ledger and
+    the ``[[meter]]`` list): the equipment and meter ids it names, and whether a template (an MQTT
+    topic's ``{meter}`` segment) can name others at run time, which no check can know beforehand."""
+
+    equipment: frozenset[str] = frozenset()
+    meters: frozenset[str] = frozenset()
+    any_equipment: bool = False  # a template names equipment at run time
+    any_meter: bool = False  # a template names meters at run time
+
+
 class SourceSettings(Protocol):
     """A source's configuration model (one entry of ``[[<section>]]``)."""
 
@@ -190,6 +202,10 @@ class SourceSettings(Protocol):
 
     def relative_to(self, base: Path) -> Self:
         """The same settings with relative file paths taken from ``base`` (the config's folder)."""
+        ...
+
+    def feeds(self) -> Feeds:
+        """The equipment and meters this source writes, as far as its configuration tells."""
         ...
 
 

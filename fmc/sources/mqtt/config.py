@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from fmc.agent.plugin import CheckResult, Feeds, SourceContext
 from fmc.core.carriers import CARRIERS
 from fmc.core.config import ID_PATTERN, NAME_PATTERN, TEMPLATE_FIELD, EnterpriseConfig, _Model
 
 if TYPE_CHECKING:
-    from fmc.agent.plugin import CheckResult, SourceContext
     from fmc.sources.mqtt.source import MqttSource as RunningMqttSource
 
 
@@ -175,6 +175,24 @@ class MqttSource(_Model):
         from fmc.sources.mqtt.source import check_mqtt
 
         return await check_mqtt(self, timeout=timeout)
+
+    def feeds(self) -> Feeds:
+        equipment: set[str] = set()
+        meters: set[str] = set()
+        any_equipment = any_meter = False
+        for sub in self.subscribe:
+            name = sub.equipment if sub.kind == "signal" else sub.meter
+            assert name is not None  # filled in by the subscription's validator
+            fixed = not TEMPLATE_FIELD.search(name)
+            if sub.kind == "signal":
+                any_equipment |= not fixed
+                if fixed:
+                    equipment.add(name)
+            else:
+                any_meter |= not fixed
+                if fixed:
+                    meters.add(name)
+        return Feeds(frozenset(equipment), frozenset(meters), any_equipment, any_meter)
 
     def relative_to(self, base: Path) -> Self:
         if self.tls is None:

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from fmc.agent.plugin import CheckResult, Feeds, SourceContext
 from fmc.core.config import ID_PATTERN, NAME_PATTERN, EnterpriseConfig, _Model
 
 if TYPE_CHECKING:
-    from fmc.agent.plugin import CheckResult, SourceContext
     from fmc.sources.opcua.source import OpcUaSource as RunningOpcUaSource
 
 # The OPC UA namespace (index 0 on every server) has a fixed alias; other namespaces are named
@@ -353,3 +353,6 @@ class OpcUaSource(OpcUaConnection):
         from fmc.sources.opcua.check import check_opcua
 
         return await check_opcua(self, timeout=timeout)
+
+    def feeds(self) -> Feeds:
+        return Feeds(equipment=frozenset(node.equipment for node in self.node))
