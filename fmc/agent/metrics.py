@@ -46,6 +46,10 @@ class AgentMetrics:
             ["part", "kind"], registry=r,
         )
         self.connected = Gauge("fmc_source_connected", "1 while a source is connected", ["source"], registry=r)
+        self.source_events = Counter(
+            "fmc_source_events", "What a source saw of its protocol, by kind (Sparkplug: seq gaps, rebirth "
+            "requests, deaths)", ["source", "event"], registry=r,
+        )
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """Current value of a sample (for tests and the demo's summary); 0 when absent."""

@@ -19,11 +19,12 @@ from fmc.central.config import CentralSettings, central_config_model
 from fmc.central.config import load_central_config as _load_central_config
 from fmc.sources.mqtt.config import MqttSource
 from fmc.sources.opcua.config import OpcUaSource
+from fmc.sources.sparkplug.config import SparkplugSource
 from fmc.stores.embedded.config import EmbeddedSink
 from fmc.stores.influxdb.config import InfluxDBSink
 
 # the TOML section of each source (`[[mqtt]]`) -> its settings model
-SOURCES: dict[str, type[Any]] = {"mqtt": MqttSource, "opcua": OpcUaSource}
+SOURCES: dict[str, type[Any]] = {"mqtt": MqttSource, "opcua": OpcUaSource, "sparkplug": SparkplugSource}
 # the `type` of each store (`[sink] type = "influxdb"`, `[store] type = …`) -> its settings model
 STORES: dict[str, type[Any]] = {"influxdb": InfluxDBSink, "embedded": EmbeddedSink}
 

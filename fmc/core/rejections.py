@@ -18,13 +18,19 @@ REJECTION_REASONS: tuple[str, ...] = (
     "name_too_long",
     "name_type",
     "no_fields",
+    "metric_unmatched",  # a Sparkplug metric no [[sparkplug.map]] matches (and no ignore_metrics pattern)
     "parse",
     "payload_not_json",
     "payload_not_number",
+    "payload_not_protobuf",  # a Sparkplug B message whose payload does not decode
     "payload_not_utf8",
     "payload_too_large",
     "quality_invalid",
     "series_limit",
+    "sparkplug_alias_unknown",  # a data metric's alias is in no birth of its node: a rebirth is requested
+    "sparkplug_birth_invalid",  # a birth metric without a name
+    "sparkplug_datatype",  # a DataSet, Template, Bytes, File or array metric: not a number nor text
+    "sparkplug_no_birth",  # data from an edge node or device before its birth: a rebirth is requested
     "spool_busy",  # a QoS 0 MQTT message dropped while the ingest's queue was full (counted, not stored)
     "timestamp_invalid",
     "timestamp_out_of_range",

@@ -1,0 +1,355 @@
+"""The Sparkplug host's rules as plain values: seq, bdSeq, aliases, births and deaths, rebirth requests
+(fmc.sources.sparkplug.session), the payload codec and the path templates — no broker."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fmc.sources.sparkplug import payload as spb
+from fmc.sources.sparkplug.paths import PathTemplate, validate_template
+from fmc.sources.sparkplug.payload import Metric, Payload
+from fmc.sources.sparkplug.session import HostSession, Kind
+
+G, N = "Plant1", "edge-1"
+
+
+def m(name: str | None, alias: int | None = None, value: object = 1.0, datatype: int | None = spb.DOUBLE) -> Metric:
+    field = "double_value" if isinstance(value, float) else "int_value" if isinstance(value, int) else None
+    return Metric(name, alias, None, datatype, value, field)  # type: ignore[arg-type]
+
+
+def nbirth(seq: int = 0, bd_seq: int | None = 0, *metrics: Metric) -> Payload:
+    base = [Metric(spb.BDSEQ, None, None, spb.INT64, bd_seq, "long_value")] if bd_seq is not None else []
+    return Payload(1, seq, (*base, *metrics))
+
+
+def dbirth(seq: int, *metrics: Metric) -> Payload:
+    return Payload(1, seq, metrics)
+
+
+def data(seq: int | None, *metrics: Metric) -> Payload:
+    return Payload(1, seq, metrics)
+
+
+def ndeath(bd_seq: int | None) -> Payload:
+    return Payload(1, None, (Metric(spb.BDSEQ, None, None, spb.INT64, bd_seq, "long_value"),) if bd_seq is not None
+                   else ())
+
+
+def born(session: HostSession, bd_seq: int = 0) -> None:
+    """A node with one node metric (alias 1) and one device 'loom-1' with 'Inputs/Speed' (alias 2)."""
+    assert not session.handle(Kind.NBIRTH, G, N, None, nbirth(0, bd_seq, m("Power", 1)), 0.0).rebirth
+    assert not session.handle(Kind.DBIRTH, G, N, "loom-1", dbirth(1, m("Inputs/Speed", 2)), 0.0).rebirth
+
+
+def test_births_define_aliases_and_data_resolves_them() -> None:
+    s = HostSession()
+    out = s.handle(Kind.NBIRTH, G, N, None, nbirth(0, 3, m("Power", 1, 5.0)), 0.0)
+    assert [r.name for r in out.metrics] == [spb.BDSEQ, "Power"]  # a birth's values are data too
+    s.handle(Kind.DBIRTH, G, N, "loom-1", dbirth(1, m("Inputs/Speed", 2, 0.0)), 0.0)
+    out = s.handle(Kind.DDATA, G, N, "loom-1", data(2, m(None, 2, 412.5, None)), 0.0)
+    assert [(r.name, r.datatype, r.metric.value) for r in out.metrics] == [("Inputs/Speed", spb.DOUBLE, 412.5)]
+    assert not out.rebirth and not out.rejections and not out.events
+    out = s.handle(Kind.NDATA, G, N, None, data(3, m(None, 1, 7.0, None)), 0.0)
+    assert [r.name for r in out.metrics] == ["Power"]
+    assert s.online() == {(G, N): ["loom-1"]}
+
+
+def test_data_before_a_birth_is_refused_and_a_rebirth_requested_once_per_retry_interval() -> None:
+    s = HostSession(rebirth_retry_s=5.0)
+    out = s.handle(Kind.DDATA, G, N, "loom-1", data(7, m(None, 2)), 100.0)
+    assert out.rebirth and [r.reason for r in out.rejections] == ["sparkplug_no_birth"]
+    assert not out.metrics
+    assert s.waiting() == [(G, N)]
+    assert not s.handle(Kind.NDATA, G, N, None, data(8, m(None, 1)), 101.0).rebirth  # asked 1 s ago
+    assert s.handle(Kind.NDATA, G, N, None, data(9, m(None, 1)), 105.0).rebirth  # 5 s later: again
+    born(s)
+    assert s.waiting() == [] and (G, N) in s.online()
+
+
+def test_a_seq_gap_asks_for_a_rebirth_and_keeps_the_values() -> None:
+    s = HostSession()
+    born(s)
+    out = s.handle(Kind.DDATA, G, N, "loom-1", data(5, m(None, 2, 3.0, None)), 10.0)  # 2, 3, 4 were lost
+    assert out.rebirth and "seq_gap" in out.events
+    assert [r.metric.value for r in out.metrics] == [3.0]
+    # the sequence goes on from the message that came
+    assert not s.handle(Kind.DDATA, G, N, "loom-1", data(6, m(None, 2)), 10.1).rebirth
+
+
+def test_seq_wraps_from_255_to_0() -> None:
+    s = HostSession()
+    s.handle(Kind.NBIRTH, G, N, None, nbirth(254, 0, m("Power", 1)), 0.0)
+    assert not s.handle(Kind.NDATA, G, N, None, data(255, m(None, 1)), 0.0).events
+    assert not s.handle(Kind.NDATA, G, N, None, data(0, m(None, 1)), 0.0).events
+    assert s.handle(Kind.NDATA, G, N, None, data(2, m(None, 1)), 0.0).events[0] == "seq_gap"
+
+
+def test_a_missing_or_out_of_range_seq_is_a_gap() -> None:
+    s = HostSession()
+    born(s)
+    assert s.handle(Kind.NDATA, G, N, None, data(None, m(None, 1)), 0.0).rebirth
+    s2 = HostSession()
+    assert s2.handle(Kind.NBIRTH, G, N, None, nbirth(300, 0), 0.0).events == ["seq_invalid", "rebirth_requested"]
+    assert (G, N) not in s2.online()
+
+
+def test_an_unknown_alias_is_refused_and_asks_for_a_rebirth() -> None:
+    s = HostSession()
+    born(s)
+    out = s.handle(Kind.DDATA, G, N, "loom-1", data(2, m(None, 99), m(None, 2, 1.0, None)), 0.0)
+    assert [r.reason for r in out.rejections] == ["sparkplug_alias_unknown"]
+    assert out.rebirth and [r.name for r in out.metrics] == ["Inputs/Speed"]
+
+
+def test_ndeath_with_the_births_bdseq_takes_the_node_and_its_devices_offline() -> None:
+    s = HostSession()
+    born(s, bd_seq=4)
+    out = s.handle(Kind.NDEATH, G, N, None, ndeath(4), 0.0)
+    assert out.offline == {None: (spb.BDSEQ, "Power"), "loom-1": ("Inputs/Speed",)}
+    assert s.online() == {}
+    # after a death, data is data before a birth
+    assert s.handle(Kind.DDATA, G, N, "loom-1", data(3, m(None, 2)), 0.0).rejections[0].reason == "sparkplug_no_birth"
+
+
+def test_a_stale_ndeath_of_an_earlier_connection_is_ignored() -> None:
+    s = HostSession()
+    born(s, bd_seq=5)
+    out = s.handle(Kind.NDEATH, G, N, None, ndeath(4), 0.0)  # the broker published the old will late
+    assert out.offline == {} and out.events == ["stale_death"]
+    assert s.online() == {(G, N): ["loom-1"]}
+    assert not s.handle(Kind.DDATA, G, N, "loom-1", data(2, m(None, 2)), 0.0).events  # seq goes on
+
+
+def test_ddeath_takes_only_its_device_offline_and_is_in_the_sequence() -> None:
+    s = HostSession()
+    born(s)
+    s.handle(Kind.DBIRTH, G, N, "loom-2", dbirth(2, m("Inputs/Speed", 3)), 0.0)
+    out = s.handle(Kind.DDEATH, G, N, "loom-1", data(3), 0.0)
+    assert out.offline == {"loom-1": ("Inputs/Speed",)} and not out.rebirth
+    assert s.online() == {(G, N): ["loom-2"]}
+    assert s.handle(Kind.DDATA, G, N, "loom-1", data(4, m(None, 2)), 0.0).rejections[0].reason == \
+        "sparkplug_no_birth"
+
+
+def test_a_new_nbirth_forgets_the_devices_until_their_dbirth() -> None:
+    s = HostSession()
+    born(s)
+    s.handle(Kind.NBIRTH, G, N, None, nbirth(0, 1, m("Power", 1)), 0.0)
+    assert s.online() == {(G, N): []}
+    assert s.handle(Kind.DDATA, G, N, "loom-1", data(1, m(None, 2)), 0.0).rebirth
+
+
+def test_births_that_are_always_followed_by_a_gap_are_not_asked_for_without_pause() -> None:
+    s = HostSession(rebirth_retry_s=5.0)
+    asked = 0
+    for t in range(20):  # a broken node: every birth sequence has a hole
+        s.handle(Kind.NBIRTH, G, N, None, nbirth(0, 0, m("Power", 1)), float(t) / 10)
+        asked += s.handle(Kind.NDATA, G, N, None, data(5, m(None, 1)), float(t) / 10).rebirth
+    assert asked == 1  # 2 s of births: one request, not twenty
+
+
+def test_commands_and_deaths_of_unknown_nodes_change_nothing() -> None:
+    s = HostSession()
+    assert s.handle(Kind.NCMD, G, N, None, data(None, m(spb.REBIRTH)), 0.0).events == []
+    assert s.handle(Kind.NDEATH, G, N, None, ndeath(0), 0.0).events == ["death_unborn"]
+    assert s.handle(Kind.DDEATH, G, N, "x", data(0), 0.0).rejections == []  # a death is no data to refuse
+    assert s.online() == {}
+
+
+def test_a_birth_metric_without_a_name_is_refused() -> None:
+    s = HostSession()
+    out = s.handle(Kind.NBIRTH, G, N, None, nbirth(0, 0, m(None, 1)), 0.0)
+    assert [r.reason for r in out.rejections] == ["sparkplug_birth_invalid"]
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+messages = st.lists(st.tuples(
+    st.sampled_from([Kind.NBIRTH, Kind.DBIRTH, Kind.NDATA, Kind.DDATA, Kind.DDEATH, Kind.NDEATH]),
+    st.one_of(st.none(), st.integers(0, 300)),  # seq
+    st.integers(0, 3),  # bdSeq
+    st.sampled_from(["d1", "d2"]),
+    st.integers(0, 5),  # alias
+), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages)
+def test_no_message_sequence_breaks_the_rules(msgs: list[tuple[Kind, int | None, int, str, int]]) -> None:
+    """Whatever arrives: nothing raises, data is resolved only from a birth in force, a death is
+    only acted on with its birth's bdSeq, and a rebirth is asked at most once per retry interval."""
+    s = HostSession(rebirth_retry_s=1.0)
+    births: dict[str, dict[int, str]] = {}  # the model: device ("" node) -> alias -> name
+    node_bd: int | None = None
+    alive = False
+    last_ask = -1e9
+    for t, (kind, seq, bd, device, alias) in enumerate(msgs):
+        dev = device if kind in (Kind.DBIRTH, Kind.DDATA, Kind.DDEATH) else None
+        metric = m(f"{dev}/{alias}", alias) if kind in (Kind.NBIRTH, Kind.DBIRTH) else m(None, alias, 1.0, None)
+        if kind == Kind.NBIRTH:
+            payload = nbirth(seq, bd, metric)  # type: ignore[arg-type]
+        elif kind == Kind.NDEATH:
+            payload = ndeath(bd)
+        else:
+            payload = data(seq, metric)
+        out = s.handle(kind, G, N, dev, payload, t * 0.4)
+        if out.rebirth:
+            assert t * 0.4 - last_ask >= 1.0 - 1e-9
+            last_ask = t * 0.4
+        if kind == Kind.NBIRTH:
+            births = {"": {alias: f"None/{alias}"}}
+            node_bd = bd
+            alive = seq is not None and 0 <= seq < 256
+        elif kind == Kind.NDEATH:
+            if alive and bd == node_bd:
+                assert None in out.offline
+                alive, births = False, {}
+            else:
+                assert out.offline == {}
+        elif not alive:
+            assert out.metrics == [] and out.offline == {}
+        elif kind == Kind.DBIRTH:
+            births[device] = {alias: f"{device}/{alias}"}
+        elif kind == Kind.DDEATH:
+            assert (device in out.offline) == (device in births)
+            births.pop(device, None)
+        else:
+            key = "" if kind == Kind.NDATA else device
+            known = births.get(key, {})
+            assert [r.name for r in out.metrics] == ([known[alias]] if alias in known else [])
+        assert (s.online() != {}) == alive
+
+
+# --- payloads ------------------------------------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number: int, wire: int, body: bytes) -> bytes:
+    return _varint(number << 3 | wire) + body
+
+
+def test_decodes_a_payload_written_byte_by_byte_from_the_specifications_field_numbers() -> None:
+    """Not encoded with the same schema: a mistake in a field number would not cancel out."""
+    import struct
+
+    prop_value = _field(1, 0, _varint(3)) + _field(3, 0, _varint(500))
+    props = _field(1, 2, _varint(7) + b"Quality") + _field(2, 2, _varint(len(prop_value)) + prop_value)
+    metric = (_field(1, 2, _varint(12) + b"Inputs/Speed") + _field(2, 0, _varint(7)) + _field(3, 0, _varint(1700))
+              + _field(4, 0, _varint(spb.DOUBLE)) + _field(9, 2, _varint(len(props)) + props)
+              + _field(13, 1, struct.pack("<d", 412.5)))
+    neg = _field(2, 0, _varint(8)) + _field(4, 0, _varint(spb.INT16)) + _field(10, 0, _varint(0xFFFFFFFE))
+    raw = (_field(1, 0, _varint(1_764_000_000_000)) + _field(2, 2, _varint(len(metric)) + metric)
+           + _field(2, 2, _varint(len(neg)) + neg) + _field(3, 0, _varint(42)))
+    decoded = spb.decode(raw)
+    assert isinstance(decoded, Payload)
+    assert (decoded.timestamp_ms, decoded.seq) == (1_764_000_000_000, 42)
+    first, second = decoded.metrics
+    assert (first.name, first.alias, first.timestamp_ms, first.datatype, first.value) == \
+        ("Inputs/Speed", 7, 1700, spb.DOUBLE, 412.5)
+    assert first.quality == 500 and spb.fmc_quality(first.quality) != 0
+    assert spb.value_of(spb.INT16, second) == -2.0  # two's complement, sign-extended to 32 bits
+
+
+@pytest.mark.parametrize(("datatype", "field", "raw", "want"), [
+    (spb.INT8, "int_value", 0xFF, -1.0),  # 8-bit two's complement
+    (spb.INT8, "int_value", 0xFFFFFFFF, -1.0),  # sign-extended to 32 bits
+    (spb.INT32, "int_value", 0x80000000, -2147483648.0),
+    (spb.INT64, "long_value", 2**64 - 5, -5.0),
+    (spb.UINT32, "int_value", 0xFFFFFFFF, 4294967295.0),
+    (spb.UINT64, "long_value", 2**53, 2.0**53),
+    (spb.INT32, "long_value", 7, 7.0),  # some encoders put any integer in long_value
+    (spb.FLOAT, "float_value", 1.5, 1.5),
+    (spb.DOUBLE, "double_value", -0.25, -0.25),
+    (spb.BOOLEAN, "boolean_value", True, 1.0),
+    (spb.STRING, "string_value", "O1234", "O1234"),
+    (spb.DATETIME, "long_value", 1_764_000_000_000, 1_764_000_000_000.0),
+])
+def test_values_by_datatype(datatype: int, field: str, raw: object, want: object) -> None:
+    assert spb.value_of(datatype, Metric("x", None, None, datatype, raw, field)) == want  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("datatype", "field", "raw", "reason"), [
+    (spb.DOUBLE, "double_value", float("nan"), "value_not_finite"),
+    (spb.FLOAT, "float_value", float("inf"), "value_not_finite"),
+    (spb.DOUBLE, "string_value", "12.5", "value_wrong_type"),
+    (spb.BOOLEAN, "int_value", 1, "value_wrong_type"),
+    (spb.STRING, "double_value", 1.0, "value_wrong_type"),
+    (16, None, None, "sparkplug_datatype"),  # DataSet: its field is not even declared
+    (17, "bytes_value", b"\x00", "sparkplug_datatype"),  # Bytes
+    (19, None, None, "sparkplug_datatype"),  # Template
+    (None, "double_value", 1.0, "sparkplug_datatype"),  # no datatype anywhere
+    (spb.DOUBLE, None, None, "value_wrong_type"),  # no value
+])
+def test_values_fmc_cannot_store_are_refused_by_reason(datatype: int | None, field: str | None, raw: object,
+                                                        reason: str) -> None:
+    out = spb.value_of(datatype, Metric("x", None, None, datatype, raw, field))  # type: ignore[arg-type]
+    assert isinstance(out, spb.Rejection) and out.reason == reason
+
+
+def test_a_null_metric_has_no_value() -> None:
+    assert spb.value_of(spb.DOUBLE, Metric("x", None, None, spb.DOUBLE, None, None, is_null=True)) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_decode_or_are_refused_never_raise(data_: bytes) -> None:
+    out = spb.decode(data_)
+    assert isinstance(out, Payload | spb.Rejection)
+    if isinstance(out, Payload):
+        for metric in out.metrics:
+            spb.value_of(metric.datatype, metric)  # never raises either
+
+
+def test_the_rebirth_request_and_state_payloads() -> None:
+    decoded = spb.decode(spb.rebirth_request(1_764_000_000_000))
+    assert isinstance(decoded, Payload)
+    (rebirth,) = decoded.metrics
+    assert (rebirth.name, rebirth.datatype, rebirth.value) == (spb.REBIRTH, spb.BOOLEAN, True)
+    assert spb.state_payload(True, 5) == b'{"online":true,"timestamp":5}'
+    assert spb.parse_state(spb.state_payload(False, 5)) == (False, 5)
+    for bad in (b"ONLINE", b"{}", b'{"online": 1, "timestamp": 5}', b"\xff"):
+        assert spb.parse_state(bad) is None
+
+
+# --- path templates ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("template", "path", "want"), [
+    ("Plant1/+/{equipment}/{signal*}", "Plant1/n/loom-7/Inputs/Spindle Speed",
+     {"equipment": "loom-7", "signal": "Inputs/Spindle Speed"}),
+    ("Plant1/+/{equipment}/{signal*}", "Plant1/n/loom-7/Speed", {"equipment": "loom-7", "signal": "Speed"}),
+    ("Plant1/+/{equipment}/{signal*}", "Plant1/n/loom-7", None),  # {x*} takes at least one level
+    ("{g}/{n}/{d}/Inputs/{s}", "P/N/D/Inputs/Speed", {"g": "P", "n": "N", "d": "D", "s": "Speed"}),
+    ("{g}/{n}/{d}/Inputs/{s}", "P/N/D/Inputs/Axis/X", None),
+    ("P/+/+/#", "P/N/D", {}),
+    ("P/+/+/#", "P/N/D/a/b", {}),
+    ("P/N/{meter}/Energy/Total kWh", "P/N/m1/Energy/Total kWh", {"meter": "m1"}),
+    ("P/N/{meter}/Energy/Total kWh", "P/N/m1/Energy/Total", None),
+])
+def test_path_templates(template: str, path: str, want: dict[str, str] | None) -> None:
+    validate_template(template)
+    assert PathTemplate(template).match(path.split("/")) == want
+
+
+@pytest.mark.parametrize(("template", "says"), [
+    ("P/{s*}/x", "must be the last level"),
+    ("P/#/x", "'#' may only be the last level"),
+    ("P/a{x}", "a capture fills a whole level"),
+    ("P/a+/x", "fill a whole level"),
+    ("P/{x}/{x}", "appears twice"),
+])
+def test_bad_path_templates_say_why(template: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        validate_template(template)
