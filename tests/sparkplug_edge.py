@@ -48,9 +48,11 @@ def put_value(m: object, datatype: int, value: float | int | bool | str | None) 
 
 
 def encode(seq: int | None, metrics: list[tuple[str | None, int | None, int | None, object]],
-           timestamp_ms: int | None = None, quality: dict[int, int] | None = None) -> bytes:
-    """A payload: metrics are (name, alias, datatype, value); ``quality`` maps a metric's index to its
-    Quality property."""
+           timestamp_ms: int | None = None, quality: dict[int, int] | None = None,
+           value_types: dict[int, int] | None = None) -> bytes:
+    """A payload: metrics are (name, alias, datatype, value); a data message sends no datatype, and
+    ``value_types`` (alias -> datatype) says which field carries its value; ``quality`` maps a
+    metric's index to its Quality property."""
     ts = timestamp_ms if timestamp_ms is not None else time.time_ns() // 1_000_000
     msg = spb.ProtoPayload(timestamp=ts)
     if seq is not None:
@@ -63,7 +65,8 @@ def encode(seq: int | None, metrics: list[tuple[str | None, int | None, int | No
             m.alias = alias
         if datatype is not None:
             m.datatype = datatype
-        put_value(m, datatype if datatype is not None else spb.DOUBLE, value)  # type: ignore[arg-type]
+        kind = datatype if datatype is not None else (value_types or {}).get(alias or -1, spb.DOUBLE)
+        put_value(m, kind, value)  # type: ignore[arg-type]
         if quality and i in quality:
             m.properties.keys.append("Quality")
             m.properties.values.add(type=spb.INT32, int_value=quality[i])
@@ -127,12 +130,14 @@ class EdgeNode:
         with self._lock:
             self.seq = (self.seq + skip) % 256
             metrics = [(None, alias, None, value) for alias, value in values.items()]
-            self._publish(self.topic("DDATA", device), encode(self._next(), metrics, timestamp_ms))
+            types = {d.alias: d.datatype for d in self.devices[device] if d.alias is not None}
+            self._publish(self.topic("DDATA", device), encode(self._next(), metrics, timestamp_ms, value_types=types))
 
     def ndata(self, values: dict[int, object], timestamp_ms: int | None = None) -> None:
         with self._lock:
             metrics = [(None, alias, None, value) for alias, value in values.items()]
-            self._publish(self.topic("NDATA"), encode(self._next(), metrics, timestamp_ms))
+            types = {d.alias: d.datatype for d in self.node_metrics if d.alias is not None}
+            self._publish(self.topic("NDATA"), encode(self._next(), metrics, timestamp_ms, value_types=types))
 
     def ddeath(self, device: str) -> None:
         with self._lock:
