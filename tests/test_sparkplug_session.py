@@ -7,10 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fmc.agent.plugin import Feeds
+from fmc.core.quality import BAD, BAD_NO_COMMUNICATION
 from fmc.sources.sparkplug import payload as spb
+from fmc.sources.sparkplug.config import MetricMap, SparkplugSource
+from fmc.sources.sparkplug.mapping import Mapper
 from fmc.sources.sparkplug.paths import PathTemplate, validate_template
 from fmc.sources.sparkplug.payload import Metric, Payload
-from fmc.sources.sparkplug.session import HostSession, Kind
+from fmc.sources.sparkplug.session import HostSession, Kind, Resolved
 
 G, N = "Plant1", "edge-1"
 
@@ -353,3 +357,70 @@ def test_path_templates(template: str, path: str, want: dict[str, str] | None) -
 def test_bad_path_templates_say_why(template: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         validate_template(template)
+
+
+# --- mapping -------------------------------------------------------------------------------------
+
+NOW_NS = 1_764_000_000_000_000_000
+
+
+def mapper(*maps: dict[str, object], ignore: tuple[str, ...] = ()) -> Mapper:
+    return Mapper("e1", [MetricMap.model_validate(x) for x in maps], ignore=ignore)
+
+
+def resolved(name: str, value: object, datatype: int = spb.DOUBLE, quality: int | None = None,
+             ts_ms: int | None = None) -> Resolved:
+    field = {spb.DOUBLE: "double_value", spb.STRING: "string_value", spb.INT32: "int_value"}.get(datatype)
+    return Resolved(name, datatype, Metric(name, None, ts_ms, datatype, value, field, quality=quality))  # type: ignore[arg-type]
+
+
+def test_templates_name_equipment_signals_and_meters_first_match_wins() -> None:
+    mp = mapper({"path": "P/+/{device}/Inputs/Speed", "equipment": "loom-{device}", "signal": "speed"},
+                {"path": "P/+/{equipment}/{signal*}"},
+                {"path": "P/{meter}/Energy/{unit}", "level": "node", "kind": "meter", "carrier": "electricity",
+                 "scale": 0.001})
+    metrics = [resolved("Inputs/Speed", 12.0), resolved("A/B/C", "x", spb.STRING)]
+    points, rejections = mp.points("P", "n1", "7", metrics, NOW_NS // 10**6 - 5, NOW_NS)
+    assert not rejections
+    assert [(p.tags["equipment"], p.tags["signal"], p.fields) for p in points] == [
+        ("loom-7", "speed", {"value": 12.0, "quality": 0}), ("7", "A/B/C", {"text": "x", "quality": 0})]
+    assert points[0].ts_ns == NOW_NS - 5_000_000  # the payload's timestamp when the metric has none
+    (reading,), _ = mp.points("P", "n1", None, [resolved("Energy/Wh", 5000.0, quality=500)], None, NOW_NS)
+    assert reading.measurement == "meter_reading" and reading.ts_ns == NOW_NS
+    assert reading.tags == {"enterprise": "e1", "meter": "n1", "carrier": "electricity"}
+    assert reading.fields == {"value": 5.0, "quality": BAD}  # scaled; Quality 500 (stale) is Bad
+
+
+def test_unmatched_ignored_and_unstorable_metrics() -> None:
+    mp = mapper({"path": "P/{meter}/kWh", "level": "node", "kind": "meter", "carrier": "electricity"},
+                {"path": "P/+/{equipment}/{signal}"}, ignore=("Properties/*",))
+    metrics = [resolved("bdSeq", 0, spb.INT32), resolved("Node Control/Rebirth", None), resolved("Properties/x", 1.0),
+               resolved("Other", 1.0), resolved("kWh", "text", spb.STRING)]
+    points, rejections = mp.points("P", "n1", None, metrics, None, NOW_NS)
+    assert points == []
+    assert [r.reason for r in rejections] == ["metric_unmatched", "value_wrong_type"]  # a meter reads numbers
+    _, rejections = mp.points("P", "n1", "d", [resolved("a", 1.0, ts_ms=1), resolved("b", "l\nx", spb.STRING)],
+                              None, NOW_NS)
+    assert [r.reason for r in rejections] == ["timestamp_out_of_range", "value_control_char"]
+
+
+def test_a_death_emits_one_no_communication_sample_per_equipment_signal() -> None:
+    mp = mapper({"path": "P/+/{equipment}/{signal*}"},
+                {"path": "P/{meter}/kWh", "level": "node", "kind": "meter", "carrier": "electricity"})
+    out = mp.offline_points("P", "n1", {None: ("kWh", "bdSeq"), "loom-1": ("Speed", "Speed", "Temp")}, NOW_NS)
+    assert [(p.tags["equipment"], p.tags["signal"], p.fields, p.ts_ns) for p in out] == [
+        ("loom-1", "Speed", {"quality": BAD_NO_COMMUNICATION}, NOW_NS),
+        ("loom-1", "Temp", {"quality": BAD_NO_COMMUNICATION}, NOW_NS)]  # meters do not go offline
+
+
+def test_a_template_naming_a_capture_the_path_lacks_is_a_config_error_with_the_fix() -> None:
+    with pytest.raises(ValueError, match=r"name a level '\{equipment\}' in the path or write a fixed equipment"):
+        MetricMap.model_validate({"path": "P/+/+/{signal*}"})
+
+
+def test_feeds_fixed_names_and_templates_apart() -> None:
+    cfg = SparkplugSource.model_validate({"name": "e", "group_ids": ["P"], "host_id": "h", "map": [
+        {"path": "P/+/{equipment}/{signal*}"},
+        {"path": "P/n/d/Speed", "equipment": "loom-7", "signal": "speed"},
+        {"path": "P/n/kWh", "level": "node", "kind": "meter", "meter": "main", "carrier": "electricity"}]})
+    assert cfg.feeds() == Feeds(frozenset({"loom-7"}), frozenset({"main"}), any_equipment=True, any_meter=False)
