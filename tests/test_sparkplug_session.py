@@ -393,7 +393,9 @@ def test_templates_name_equipment_signals_and_meters_first_match_wins() -> None:
 
 def test_unmatched_ignored_and_unstorable_metrics() -> None:
     mp = mapper({"path": "P/{meter}/kWh", "level": "node", "kind": "meter", "carrier": "electricity"},
-                {"path": "P/+/{equipment}/{signal}"}, ignore=("Properties/*",))
+                {"path": "P/+/{equipment}/{signal}"}, {"path": "P/{equipment}/Node Control/{signal}", "level": "node"},
+                ignore=("Properties/*",))
+    # the protocol's own metrics are no data even when a map would take them
     metrics = [resolved("bdSeq", 0, spb.INT32), resolved("Node Control/Rebirth", None), resolved("Properties/x", 1.0),
                resolved("Other", 1.0), resolved("kWh", "text", spb.STRING)]
     points, rejections = mp.points("P", "n1", None, metrics, None, NOW_NS)

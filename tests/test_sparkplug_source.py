@@ -209,11 +209,12 @@ def test_births_and_aliased_data_become_samples_and_bad_input_is_counted(mosquit
     assert host.events == {}  # no gap: the garbage was not in the node's sequence
 
 
-def test_a_seq_gap_asks_for_a_rebirth_and_the_edge_node_births_again(mosquitto, ids, cleanup):
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+def test_a_seq_gap_asks_for_a_rebirth_and_the_edge_node_births_again(mosquitto, ids, cleanup, protocol):
     group, host_id = ids
     ingest = RecordingIngest()
     metrics = AgentMetrics()
-    host = start_host(settings(mosquitto.port, group, host_id), ingest, cleanup, metrics)
+    host = start_host(settings(mosquitto.port, group, host_id, protocol=protocol), ingest, cleanup, metrics)
     node = edge(mosquitto.port, group, cleanup)
     wait_until(lambda: ingest.on("DBIRTH"))
     node.ddata("loom-1", {1: 10.0}, skip=3)  # three messages lost
@@ -354,7 +355,7 @@ def free_port() -> int:
 
 @pytest.mark.parametrize(("change", "says"), [
     ({"group_ids": ["Plant/1"]}, "without '+', '/' or '#'"),
-    ({"host_id": "a/b"}, "wrong form"),
+    ({"host_id": "a/b"}, "write the primary host id the edge nodes are set up with"),
     ({"map": [{"path": "G/+/{equipment}/{sig*}"}]}, "the path 'G/+/{equipment}/{sig*}' captures no such level"),
     ({"map": [{"path": "G/{meter}/kWh", "kind": "meter", "carrier": "coal_gas"}]}, "is not one of"),
     ({"map": [{"path": "G/{x*}/y"}]}, "must be the last level"),

@@ -106,7 +106,7 @@ class SparkplugSource(_Model):
     reconnect_max_s: float = Field(default=60.0, gt=0)
     max_payload_bytes: int = Field(default=256 * 1024, ge=16)
     group_ids: list[str] = Field(min_length=1)
-    host_id: str = Field(pattern=SPARKPLUG_ID)
+    host_id: str
     qos: Literal[0, 1] = 1
     rebirth_retry_s: float = Field(default=5.0, ge=0.1, le=3600)
     ignore_metrics: list[str] = Field(default_factory=list)
@@ -121,6 +121,14 @@ class SparkplugSource(_Model):
                                  "or '#': write the group exactly as the edge nodes publish it")
         if len(v) != len(set(v)):
             raise ValueError("a group id is listed twice")
+        return v
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, v: str) -> str:
+        if not re.fullmatch(SPARKPLUG_ID, v):
+            raise ValueError(f"host_id {v!r}: a Sparkplug host id is one topic level, without '+', '/' or '#', "
+                             "at most 128 characters: write the primary host id the edge nodes are set up with")
         return v
 
     @model_validator(mode="after")

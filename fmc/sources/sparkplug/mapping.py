@@ -26,7 +26,7 @@ from fmc.sources.sparkplug.payload import BDSEQ, fmc_quality, value_of
 from fmc.sources.sparkplug.session import Resolved
 
 NAME_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-# the protocol's own metrics: never data, never a rejection when no map names them
+# the protocol's own metrics: never data, never a rejection
 PROTOCOL_METRICS = (BDSEQ, "Node Control/*", "Device Control/*")
 ROUTE_CACHE_MAX = 20_000  # paths are bounded by the plant's metrics; the cap only bounds a misbehaving node
 _DETAIL_MAX = 120
@@ -118,13 +118,13 @@ class Mapper:
         self._enterprise_id = enterprise_id
         self._carriers = frozenset(carriers)
         self._maps = [_Compiled(i, m, self._carriers) for i, m in enumerate(maps)]
-        self._ignore = (*PROTOCOL_METRICS, *ignore)
+        self._ignore = tuple(ignore)
         self._max_future_ns = int(max_future_s * 1e9)
-        self._routes: dict[tuple[str, str, str, str | None, str], _Route | Rejection | None] = {}
+        self._routes: dict[tuple[str, str, str | None, str], _Route | Rejection | None] = {}
 
     def route(self, group: str, node: str, device: str | None, metric: str) -> _Route | Rejection | None:
         """Where a metric goes; None: a metric to ignore (the protocol's own, or ``ignore_metrics``)."""
-        key = (group, node, device or "", device, metric)
+        key = (group, node, device, metric)
         found = self._routes.get(key, False)
         if found is not False:
             return found  # type: ignore[return-value]
@@ -135,6 +135,8 @@ class Mapper:
         return route
 
     def _resolve(self, group: str, node: str, device: str | None, metric: str) -> _Route | Rejection | None:
+        if any(fnmatch.fnmatchcase(metric, pattern) for pattern in PROTOCOL_METRICS):
+            return None  # even under a catch-all map: bdSeq and Node Control/Rebirth are no plant data
         level = "node" if device is None else "device"
         levels = [group, node] + ([] if device is None else [device]) + metric.split("/")
         for m in self._maps:
