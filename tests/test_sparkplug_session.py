@@ -421,7 +421,7 @@ def test_a_template_naming_a_capture_the_path_lacks_is_a_config_error_with_the_f
 
 
 def test_feeds_fixed_names_and_templates_apart() -> None:
-    cfg = SparkplugSource.model_validate({"name": "e", "group_ids": ["P"], "host_id": "h", "map": [
+    cfg = SparkplugSource.model_validate({"name": "e", "group_ids": ["P"], "host_id": "h", "metric": [
         {"path": "P/+/{equipment}/{signal*}"},
         {"path": "P/n/d/Speed", "equipment": "loom-7", "signal": "speed"},
         {"path": "P/n/kWh", "level": "node", "kind": "meter", "meter": "main", "carrier": "electricity"}]})

@@ -99,7 +99,7 @@ def settings(port: int, group: str, host_id: str, **extra: Any) -> SparkplugSour
         "name": "edge", "port": port, "group_ids": [group], "host_id": host_id, "keepalive_s": 5,
         "reconnect_min_s": 0.2, "reconnect_max_s": 0.5, "rebirth_retry_s": 0.5,
         "ignore_metrics": ["Properties/*"],
-        "map": [
+        "metric": [
             {"path": f"{group}/+/{{equipment}}/{{signal*}}"},
             {"path": f"{group}/{{meter}}/Energy/Total kWh", "level": "node", "kind": "meter",
              "carrier": "electricity"},
@@ -356,19 +356,19 @@ def free_port() -> int:
 @pytest.mark.parametrize(("change", "says"), [
     ({"group_ids": ["Plant/1"]}, "without '+', '/' or '#'"),
     ({"host_id": "a/b"}, "write the primary host id the edge nodes are set up with"),
-    ({"map": [{"path": "G/+/{equipment}/{sig*}"}]}, "the path 'G/+/{equipment}/{sig*}' captures no such level"),
-    ({"map": [{"path": "G/{meter}/kWh", "kind": "meter", "carrier": "coal_gas"}]}, "is not one of"),
-    ({"map": [{"path": "G/{x*}/y"}]}, "must be the last level"),
+    ({"metric": [{"path": "G/+/{equipment}/{sig*}"}]}, "the path 'G/+/{equipment}/{sig*}' captures no such level"),
+    ({"metric": [{"path": "G/{meter}/kWh", "kind": "meter", "carrier": "coal_gas"}]}, "is not one of"),
+    ({"metric": [{"path": "G/{x*}/y"}]}, "must be the last level"),
     ({"group_ids": []}, "at least 1"),
 ])
 def test_bad_settings_name_the_file_the_setting_and_the_fix(tmp_path, change, says):
     from fmc.cli.plugins import load_config
 
     section = {"name": "edge", "group_ids": ["G"], "host_id": "fmc-1",
-               "map": [{"path": "G/+/{equipment}/{signal*}"}], **change}
-    lines = [f"{k} = {_toml(v)}" for k, v in section.items() if k != "map"]
-    maps = "".join("\n[[sparkplug.map]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in m.items())
-                   for m in section["map"])
+               "metric": [{"path": "G/+/{equipment}/{signal*}"}], **change}
+    lines = [f"{k} = {_toml(v)}" for k, v in section.items() if k != "metric"]
+    maps = "".join("\n[[sparkplug.metric]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in m.items())
+                   for m in section["metric"])
     path = tmp_path / "agent.toml"
     path.write_text('[enterprise]\nid = "e1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
                     '[sink]\ntype = "embedded"\n[[sparkplug]]\n' + "\n".join(lines) + maps, encoding="utf-8")

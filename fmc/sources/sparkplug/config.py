@@ -110,7 +110,7 @@ class SparkplugSource(_Model):
     qos: Literal[0, 1] = 1
     rebirth_retry_s: float = Field(default=5.0, ge=0.1, le=3600)
     ignore_metrics: list[str] = Field(default_factory=list)
-    map: list[MetricMap] = Field(min_length=1)
+    metric: list[MetricMap] = Field(min_length=1)
 
     @field_validator("group_ids")
     @classmethod
@@ -154,7 +154,7 @@ class SparkplugSource(_Model):
         from fmc.sources.sparkplug.mapping import Mapper
         from fmc.sources.sparkplug.source import SparkplugHost
 
-        mapper = Mapper(ctx.enterprise.id, self.map, ignore=self.ignore_metrics)
+        mapper = Mapper(ctx.enterprise.id, self.metric, ignore=self.ignore_metrics)
         return SparkplugHost(self, mapper, ctx.ingest, ctx.metrics, ctx.log)
 
     async def check(self, enterprise: EnterpriseConfig, timeout: float) -> CheckResult:
@@ -166,7 +166,7 @@ class SparkplugSource(_Model):
         equipment: set[str] = set()
         meters: set[str] = set()
         any_equipment = any_meter = False
-        for m in self.map:
+        for m in self.metric:
             name = m.equipment if m.kind == "signal" else m.meter
             assert name is not None  # filled in by the map's validator
             fixed = not TEMPLATE_FIELD.search(name)

@@ -5,7 +5,7 @@ A metric's **path** is ``group/node/device/metric name`` (``level = "device"``) 
 so ``Inputs/Spindle Speed`` is two. A template matches level by level: literal text, ``+`` (any one
 level), ``{name}`` (one level, captured), and as the last segment ``{name*}`` (one level or more,
 captured with their slashes) or ``#`` (any further levels, none included). The first
-``[[sparkplug.map]]`` whose template matches wins; what it resolves to is cached per path.
+``[[sparkplug.metric]]`` whose template matches wins; what it resolves to is cached per path.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class _Compiled:
     __slots__ = ("carrier", "kind", "level", "measurement", "names", "offset", "pattern", "scale")
 
     def __init__(self, index: int, spec: MetricMap, carriers: Collection[str]) -> None:
-        where = f"map[{index}] ({spec.path})"
+        where = f"metric[{index}] ({spec.path})"
         self.pattern = PathTemplate(spec.path)
         self.level = spec.level
         self.kind = spec.kind
@@ -148,7 +148,7 @@ class Mapper:
         if any(fnmatch.fnmatchcase(metric, pattern) for pattern in self._ignore):
             return None
         path = "/".join(levels)
-        return Rejection("metric_unmatched", f"no map matches the {level} metric {_short(path)}")
+        return Rejection("metric_unmatched", f"no [[sparkplug.metric]] matches the {level} metric {_short(path)}")
 
     def points(self, group: str, node: str, device: str | None, metrics: Sequence[Resolved],
                payload_ts_ms: int | None, received_ns: int) -> tuple[list[Point], list[Rejection]]:
