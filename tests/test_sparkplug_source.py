@@ -353,15 +353,17 @@ def free_port() -> int:
 # --- configuration -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("change", "says"), [
-    ({"group_ids": ["Plant/1"]}, "without '+', '/' or '#'"),
-    ({"host_id": "a/b"}, "write the primary host id the edge nodes are set up with"),
-    ({"metric": [{"path": "G/+/{equipment}/{sig*}"}]}, "the path 'G/+/{equipment}/{sig*}' captures no such level"),
-    ({"metric": [{"path": "G/{meter}/kWh", "kind": "meter", "carrier": "coal_gas"}]}, "is not one of"),
-    ({"metric": [{"path": "G/{x*}/y"}]}, "must be the last level"),
-    ({"group_ids": []}, "at least 1"),
+@pytest.mark.parametrize(("change", "setting", "says"), [
+    ({"group_ids": ["Plant/1"]}, "sparkplug[0].group_ids", "without '+', '/' or '#'"),
+    ({"host_id": "a/b"}, "sparkplug[0].host_id", "write the primary host id the edge nodes are set up with"),
+    ({"metric": [{"path": "G/+/{equipment}/{sig*}"}]}, "sparkplug[0].metric[0]",
+     "the path 'G/+/{equipment}/{sig*}' captures no such level; name a level '{signal}' in the path"),
+    ({"metric": [{"path": "G/{meter}/kWh", "kind": "meter", "carrier": "coal_gas"}]}, "sparkplug[0].metric[0]",
+     "is not one of"),
+    ({"metric": [{"path": "G/{x*}/y"}]}, "sparkplug[0].metric[0].path", "must be the last level"),
+    ({"group_ids": []}, "sparkplug[0].group_ids", "at least 1"),
 ])
-def test_bad_settings_name_the_file_the_setting_and_the_fix(tmp_path, change, says):
+def test_bad_settings_name_the_file_the_setting_and_the_fix(tmp_path, change, setting, says):
     from fmc.cli.plugins import load_config
 
     section = {"name": "edge", "group_ids": ["G"], "host_id": "fmc-1",
@@ -375,7 +377,8 @@ def test_bad_settings_name_the_file_the_setting_and_the_fix(tmp_path, change, sa
     with pytest.raises(ConfigError) as e:
         load_config(path)
     text = e.value.render()
-    assert str(path) in text and "sparkplug[0]" in text and says in text, text
+    assert str(path) in text and f"setting `{setting}`" in text and says in text, text
+    assert "Traceback" not in text
 
 
 def _toml(v: Any) -> str:
