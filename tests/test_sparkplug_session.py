@@ -127,6 +127,12 @@ def test_a_stale_ndeath_of_an_earlier_connection_is_ignored() -> None:
     assert not s.handle(Kind.DDATA, G, N, "loom-1", data(2, m(None, 2)), 0.0).events  # seq goes on
 
 
+def test_a_birth_without_bdseq_takes_any_ndeath() -> None:
+    s = HostSession()
+    s.handle(Kind.NBIRTH, G, N, None, nbirth(0, None, m("Power", 1)), 0.0)
+    assert s.handle(Kind.NDEATH, G, N, None, ndeath(7), 0.0).offline == {None: ("Power",)}
+
+
 def test_ddeath_takes_only_its_device_offline_and_is_in_the_sequence() -> None:
     s = HostSession()
     born(s)

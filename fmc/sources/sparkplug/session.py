@@ -15,7 +15,8 @@ Rules (Sparkplug 3.0, host application):
   is refused (``sparkplug_no_birth``).
 - An **NDEATH** counts only when its ``bdSeq`` is the current birth's: the broker publishes the
   will of an old connection late, after the node already came back with a new birth. A death
-  that counts takes the node and all its devices offline at once; a stale one is ignored.
+  that counts takes the node and all its devices offline at once; a stale one is ignored. (A
+  birth without ``bdSeq`` cannot tell them apart: then every NDEATH counts.)
 - A **DDEATH** takes its device offline at once.
 """
 
@@ -133,7 +134,8 @@ class HostSession:
             if node is None or node.next_seq is None:
                 out.events.append("death_unborn")  # nothing of it is online
                 return out
-            if bd_seq != node.bd_seq:
+            # a birth without bdSeq (an edge node before Sparkplug 2.2) cannot tell deaths apart: any counts
+            if node.bd_seq is not None and bd_seq != node.bd_seq:
                 out.events.append("stale_death")
                 return out
             out.offline[None] = tuple(node.metrics.datatypes)
