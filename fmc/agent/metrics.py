@@ -45,6 +45,11 @@ class AgentMetrics:
             "jumps (rejected), resets and rollovers, unknown equipment or meters, skipped days",
             ["part", "kind"], registry=r,
         )
+        self.source_errors = Counter(
+            "fmc_source_errors",
+            "Failed requests of sources that poll devices (DL/T 645, Modbus), by reason: timeout, checksum, "
+            "error_flag, wrong_address, bad_reply, noise, io_error, …", ["source", "reason"], registry=r,
+        )
         self.connected = Gauge("fmc_source_connected", "1 while a source is connected", ["source"], registry=r)
         self.source_events = Counter(
             "fmc_source_events", "What a source saw of its protocol, by kind (Sparkplug: seq gaps, rebirth "

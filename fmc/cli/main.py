@@ -16,6 +16,7 @@ from fmc.agent.config import AgentSettings
 from fmc.central.grafana import push as grafana
 from fmc.cli import api, extras, keys
 from fmc.cli import central as central_cli
+from fmc.cli import dlt645 as dlt645_cli
 from fmc.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from fmc.cli.plugins import load_config
 from fmc.core.config import ConfigError
@@ -74,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     api.add_parser(sub)
     keys.add_parser(sub)
     grafana.add_parser(sub)
+    dlt645_cli.add_parser(sub)
     return p
 
 

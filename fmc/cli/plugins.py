@@ -17,6 +17,7 @@ from fmc.agent.config import AgentSettings, agent_config_model
 from fmc.agent.config import load_config as _load_agent_config
 from fmc.central.config import CentralSettings, central_config_model
 from fmc.central.config import load_central_config as _load_central_config
+from fmc.sources.dlt645.config import Dlt645Source
 from fmc.sources.mqtt.config import MqttSource
 from fmc.sources.opcua.config import OpcUaSource
 from fmc.sources.sparkplug.config import SparkplugSource
@@ -24,7 +25,9 @@ from fmc.stores.embedded.config import EmbeddedSink
 from fmc.stores.influxdb.config import InfluxDBSink
 
 # the TOML section of each source (`[[mqtt]]`) -> its settings model
-SOURCES: dict[str, type[Any]] = {"mqtt": MqttSource, "opcua": OpcUaSource, "sparkplug": SparkplugSource}
+SOURCES: dict[str, type[Any]] = {
+    "mqtt": MqttSource, "opcua": OpcUaSource, "sparkplug": SparkplugSource, "dlt645": Dlt645Source,
+}
 # the `type` of each store (`[sink] type = "influxdb"`, `[store] type = …`) -> its settings model
 STORES: dict[str, type[Any]] = {"influxdb": InfluxDBSink, "embedded": EmbeddedSink}
 
