@@ -241,6 +241,14 @@ async def test_demo_run_matches_the_store_and_the_simulator(tmp_path: Path) -> N
     row = _line(text, "intake-1").split()
     assert float(row[-3]) == round(counted, 3)  # the consumption column (then unit, tce)
 
+    # the DL/T 645 meter (fmc/demo/dlt645_meter.py): read over TCP, its register wrapped at 999999.99 kWh and the
+    # accumulator counted the wrap (rollover = 1000000): the consumption is what the register moved, tce with it
+    (dlt,) = [m for m in doc["meters"] if m["meter"] == "dyehouse-645"]
+    assert dlt["first"] > 999_999 and dlt["last"] < 1 and dlt["events"].get("rollover") == 1, dlt
+    kwh, tce = dlt["amount_written"] + dlt["amount_open"], dlt["tce_written"] + dlt["tce_open"]
+    assert kwh > 0 and abs(kwh - sim["meter_increments"]["dyehouse-645"]) < 1e-6
+    assert abs(tce - kwh * 0.1229 / 1000) < 1e-12
+
     # rejections: one per deliberately bad message, each for its own reason; nothing left in the spool
     assert _total(text, "rejected, by reason") == sum(sim["bad_messages"].values()) == len(BAD_SCHEDULE)
     for reason in ("payload_not_json", "value_not_finite", "timestamp_out_of_range", "unknown_carrier"):

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from fmc.cli.plugins import AgentConfig
+from fmc.demo.dlt645_meter import DLT645_SOURCE, DemoDlt645Meter
 from fmc.demo.history import HISTORY_YEARS, SHOWN_YEAR, DemoApi, indicator_table, write_history
 from fmc.demo.plant import (
     DEMO_MACHINES,
@@ -173,6 +174,7 @@ def demo_config(
     metrics_port: int | None,
     machines: Sequence[MachineSpec] = DEMO_MACHINES,
     meters: Sequence[MeterSpec] = DEMO_METERS,
+    dlt645: DemoDlt645Meter | None = None,
 ) -> AgentConfig:
     """The agent configuration ``fmc demo`` runs with; the same shape as deploy/examples/agent.toml."""
     return AgentConfig.model_validate(
@@ -211,9 +213,10 @@ def demo_config(
                     ],
                 }
             ],
+            **({"dlt645": [dlt645.source_config()]} if dlt645 else {}),  # the DL/T 645 meter (dlt645_meter.py)
             "plant": DEMO_PLANT,
             "equipment_class": equipment_classes(machines),
-            "meter": meter_configs(meters),
+            "meter": meter_configs(meters) + ([dlt645.meter_config()] if dlt645 else []),
             "sink": {"type": "embedded", "path": str(workdir / STORE_FILE)},
             "spool": {"path": str(workdir / SPOOL_FILE)},
             "metrics": (
@@ -296,6 +299,7 @@ class _Run:
     cfg: AgentConfig
     first_tick_ms: int = 0
     last_tick_ms: int = 0
+    dlt645: DemoDlt645Meter | None = None
 
 
 async def _simulate(run: _Run, ticks: int, say: Callable[[str], None]) -> list[str]:
@@ -305,7 +309,8 @@ async def _simulate(run: _Run, ticks: int, say: Callable[[str], None]) -> list[s
     # start the plant's clock only once the agent listens on both sources, or its first seconds would be lost
     filters = [sub.mqtt_filter() for sub in run.cfg.mqtt[0].subscribe]
     ready = await _wait_until(
-        lambda: task.done() or (run.broker.has_subscriptions(filters) and _connected(agent, OPCUA_SOURCE)), 20.0
+        lambda: task.done() or (run.broker.has_subscriptions(filters) and _connected(agent, OPCUA_SOURCE)
+                                and (run.dlt645 is None or _connected(agent, DLT645_SOURCE))), 20.0
     )
     if task.done():
         return ["the agent stopped before it was connected to the simulated plant"]
@@ -326,6 +331,8 @@ async def _simulate(run: _Run, ticks: int, say: Callable[[str], None]) -> list[s
             run.first_tick_ms = run.first_tick_ms or now_ms
             run.last_tick_ms = now_ms
             tick = sim.tick(now_ms)
+            if run.dlt645 is not None:
+                run.dlt645.tick()
             written += await run.server.write(tick)
             publisher.publish(tick.messages)
             if k and k % 5 == 0:
@@ -335,6 +342,8 @@ async def _simulate(run: _Run, ticks: int, say: Callable[[str], None]) -> list[s
             return ["the broker did not acknowledge every published message"]
     finally:
         await publisher.close()
+    if run.dlt645 is not None:
+        await run.dlt645.settle()  # its last value read, and a wrap just before it confirmed
     problems: list[str] = []
     sent = sim.report.mqtt_total
     if not await _wait_until(lambda: task.done() or _received(agent, MQTT_SOURCE) >= sent, 15.0):
@@ -398,18 +407,20 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
     # low reading may be a glitch: docs/plant-semantics.md §2)
     sim = PlantSimulator(seed, reset_at_tick=max(0, ticks // 2 - METER_PERIOD_S))
     with _quiet_loggers(("amqtt", "transitions", "asyncua"), logging.ERROR), _agent_logger() as agent_log:
-        server, broker = OpcUaPlantServer(), DemoBroker()
+        server, broker, dlt645 = OpcUaPlantServer(), DemoBroker(), DemoDlt645Meter(seed)
         try:
             endpoint = await server.start(sim.initial_values())
             await broker.start()
-        except RuntimeError as e:
+            dlt645.start()
+        except (RuntimeError, OSError) as e:
             await server.stop()
+            dlt645.stop()
             say(f"PROBLEM: {e}")
             return 1
         try:
             metrics_port = free_port()
             try:
-                cfg = demo_config(endpoint, broker.port, workdir, metrics_port)
+                cfg = demo_config(endpoint, broker.port, workdir, metrics_port, dlt645=dlt645)
                 agent = Agent(cfg, logger=agent_log, inventory=inventory)
             except Exception as e:  # the demo's own config is wrong: say so plainly (the finally stops the servers)
                 say(f"PROBLEM: cannot set up the agent: {type(e).__name__}: {e}")
@@ -421,10 +432,12 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
             say(f"demo settings: [plant] interval_minutes = {DEMO_PLANT['interval_minutes']} (default 15) so meter "
                 f"intervals complete in a short run; offline_after_s = {DEMO_PLANT['offline_after_s']:g} "
                 "(default 600) so a lost link shows")
+            say(f"DL/T 645 meter (simulated converter): 127.0.0.1:{dlt645.port}  address {dlt645.meter.address}, "
+                f"{dlt645.spec.meter}; its register wraps at 999999.99 kWh (rollover = 1000000)")
             started_ms = time.time_ns() // 1_000_000
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop), name="fmc-demo-agent")
-            run = _Run(sim, server, broker, agent, task, cfg)
+            run = _Run(sim, server, broker, agent, task, cfg, dlt645=dlt645)
             try:
                 problems += await _simulate(run, ticks, say)
             except Exception as e:  # reported below; the agent and the servers still stop cleanly
@@ -438,6 +451,7 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
         finally:
             await broker.stop()
             await server.stop()
+            dlt645.stop()
 
     store_path = workdir / STORE_FILE
     if getattr(agent, "plant", None) is None or not run.first_tick_ms or not store_path.exists():
@@ -446,8 +460,11 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
         return 1
     with Spool(cfg.spool.path, max_bytes=cfg.spool.max_bytes) as spool:
         spool_depth = spool.stats().depth
+    if (increments := dlt645.increments_kwh) is not None:
+        sim.report.meter_increments[dlt645.spec.meter] = increments
     summary = summarise(agent, sim.report, workdir=workdir, spool_depth=spool_depth, started_ms=started_ms,
-                        first_tick_ms=run.first_tick_ms, last_tick_ms=run.last_tick_ms)
+                        first_tick_ms=run.first_tick_ms, last_tick_ms=run.last_tick_ms,
+                        meters=(*DEMO_METERS, dlt645.spec))
     problems += _checks(summary)
     summary.problems = problems
     (workdir / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")

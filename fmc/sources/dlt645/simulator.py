@@ -15,6 +15,7 @@ import contextlib
 import select
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fmc.sources.dlt645 import frame as f
@@ -31,6 +32,7 @@ class SimulatedMeter:
     corrupt_next: int = 0  # so many replies go out with a wrong checksum
     reply_address: str | None = None  # answer as this address (a misconfigured meter)
     not_bcd: set[int] = field(default_factory=set)  # identifiers whose value goes out as 0xAA bytes
+    on_read: Callable[[int, float], None] | None = None  # told of every value sent (the bus lock held)
     requests: int = 0
 
     def add_energy(self, kwh: float, di: int = 0x00010000) -> None:
@@ -90,6 +92,8 @@ class MeterBus:
             return self._frame(meter, meter.address, f.READ_DATA | f.REPLY_BIT | f.ERROR_BIT, bytes([code]))
         assert ident is not None
         value = bytes([0xAA] * ident.size) if di in meter.not_bcd else f.encode_value(ident, meter.registers[di])
+        if meter.on_read is not None:
+            meter.on_read(di, meter.registers[di])
         return self._frame(meter, meter.reply_address or meter.address, f.READ_DATA | f.REPLY_BIT,
                            f.read_reply_data(di, value))
 
