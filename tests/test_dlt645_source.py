@@ -465,3 +465,79 @@ def test_the_source_thread_stops_within_a_request(rig_factory) -> None:
         assert time.monotonic() - began < 1.5
         assert not rig.source.connected
         assert not [t for t in threading.enumerate() if t.name == "fmc-dlt645-bus1"]
+
+
+# --- the agent as a process ---------------------------------------------------------------------------------
+
+
+def test_fmc_run_counts_errors_on_metrics_and_takes_a_silent_meters_equipment_offline_at_once(tmp_path: Path) -> None:
+    """`fmc run` with a [[dlt645]] source over TCP into the embedded store: readings and signals stored,
+    failed requests on /metrics by reason, and the equipment of a meter that goes silent offline at once
+    (not after offline_after_s, which is an hour here)."""
+    from tests.agent_process import AgentProcess, free_port
+
+    kiln = SimulatedMeter("000000000005", {FORWARD: 500.0, POWER: 12.5}, errors={VOLTAGE_A: 0x02})
+    with TcpMeterServer(MeterBus([kiln])) as server:
+        metrics_port = free_port()
+        config = tmp_path / "agent.toml"
+        config.write_text(textwrap.dedent(f"""
+            [enterprise]
+            id = "e-330602-1"
+            name = "样例"
+            region = "330602"
+            industry = "17"
+            [sink]
+            type = "embedded"
+            path = "store.db"
+            [spool]
+            path = "spool.db"
+            [metrics]
+            listen = "127.0.0.1:{metrics_port}"
+            [plant]
+            offline_after_s = 3600
+            [[equipment]]
+            id = "kiln-1"
+            nc = false
+            kind = "kiln"
+            connected = true
+            [[meter]]
+            id = "kiln-kwh"
+            carrier = "electricity"
+            rollover = 1000000
+            [[dlt645]]
+            name = "bus1"
+            transport = "tcp"
+            host = "127.0.0.1"
+            port = {server.port}
+            poll_interval_s = 0.2
+            timeout_s = 0.2
+            retries = 1
+              [[dlt645.meter]]
+              address = "000000000005"
+              meter = "kiln-kwh"
+              equipment = "kiln-1"
+              signals = {{ power_kw = "02030000", voltage_a = "02010100" }}
+            """), encoding="utf-8")
+        agent = AgentProcess(config, metrics_port).start()
+        try:
+            agent.wait_metric("fmc_source_connected", 1, source="bus1", timeout=20)
+            agent.wait_metric("fmc_source_errors_total", 2, source="bus1", reason="error_flag", timeout=20)
+            agent.wait_metric("fmc_messages_received_total", 6, source="bus1", timeout=20)
+            kiln.answering = False
+            agent.wait_metric("fmc_source_errors_total", 2, source="bus1", reason="timeout", timeout=20)
+            deadline = time.monotonic() + 20
+            while True:
+                with EmbeddedStore(tmp_path / "store.db", readonly=True) as store:
+                    states = [p.fields["state"] for p in store.points("equipment_state", {"equipment": "kiln-1"})]
+                    readings = store.points("meter_reading", {"meter": "kiln-kwh"})
+                    power = store.points("signal", {"equipment": "kiln-1", "signal": "power_kw"})
+                if states[-1:] == ["offline"] and "idle" in states:
+                    break
+                assert time.monotonic() < deadline, f"states {states}\n{agent.log()}"
+                time.sleep(0.1)
+            assert agent.terminate() == 0
+        finally:
+            agent.stop_quietly()
+    assert readings and all(p.fields["value"] == 500.0 for p in readings)
+    assert power[0].fields["value"] == 12.5 and power[-1].fields == {"quality": BAD_NO_COMMUNICATION}
+    assert "does not answer" in agent.log() and "no data requested" in agent.log()
