@@ -60,6 +60,13 @@ def test_an_error_reply_names_its_error_byte() -> None:
     assert "00000000" in f.error_fix(0x02)
 
 
+def test_a_reply_with_following_frames_still_carries_the_identifier_and_the_value() -> None:
+    raw = f.encode_frame("000000000001", 0xB1, f.read_reply_data(0x00010000, f.encode_value(FORWARD, 2.5)), 0)
+    frame = f.decode_frame(raw)
+    assert frame.follows and frame.is_reply and not frame.is_error and frame.function == f.READ_DATA
+    assert f.decode_value(FORWARD, frame.data[4:8]) == 2.5
+
+
 def test_values_in_the_formats_of_the_standard() -> None:
     assert f.decode_value(VOLTAGE_A, h("01 22")) == 220.1  # XXX.X V
     assert f.decode_value(CURRENT_A, h("34 12 00")) == 1.234  # XXX.XXX A

@@ -38,6 +38,8 @@ from tests.servers.dlt645_meter import MeterBus, SerialMeterServer, SerialPair, 
 FORWARD, COMBINED, VOLTAGE_A, CURRENT_A, POWER = 0x00010000, 0x00000000, 0x02010100, 0x02020100, 0x02030000
 ENTERPRISE = {"id": "e-330602-1", "name": "样例 Sample", "region": "330602", "industry": "17"}
 S = 10**9
+MINIMAL = '[enterprise]\nid = "e-330602-1"\nname = "样例"\nregion = "330602"\nindustry = "17"\n' \
+          '[sink]\ntype = "embedded"\npath = "store.db"\n'
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "the condition") -> None:
@@ -185,7 +187,7 @@ def test_several_meters_on_one_serial_bus_with_the_default_settings(tmp_path: Pa
     bus = MeterBus([
         SimulatedMeter("000000000001", {FORWARD: 1234.56}),
         SimulatedMeter("000000000002", {FORWARD: 10.0, VOLTAGE_A: 230.1, CURRENT_A: -1.25, POWER: 0.2875}),
-        SimulatedMeter("201912345678", {COMBINED: 99.99}),
+        SimulatedMeter("201912345678", {COMBINED: 99.99}, follows={COMBINED}),  # C = B1: the first frame has it
     ])
     with SerialPair(tmp_path) as pair, SerialMeterServer(bus, pair.meters):
         # timeout_s: a loaded test machine may be slow to answer; the serial settings are the defaults
@@ -414,7 +416,7 @@ def test_fmc_check_prints_the_bus_and_a_line_per_meter(tmp_path: Path, capsys: p
 
 
 def test_scan_finds_the_one_meter_on_a_bus_and_tries_given_addresses_when_there_are_several(
-        capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     one = MeterBus([SimulatedMeter("201912345678", {FORWARD: 1.0})])
     with TcpMeterServer(one) as server:
         assert cli.main(["dlt645", "scan", "--tcp", f"127.0.0.1:{server.port}", "--timeout", "0.3"]) == 0
@@ -430,7 +432,15 @@ def test_scan_finds_the_one_meter_on_a_bus_and_tries_given_addresses_when_there_
         assert "several meters answer a broadcast at once" in out
         code = cli.main(["dlt645", "scan", "--tcp", f"127.0.0.1:{server.port}", "--timeout", "0.3",
                          "--address", "000000000001", "--address", "000000000002", "--address", "000000000003"])
-    out = capsys.readouterr().out
+        out = capsys.readouterr().out
+        # -c: the bus and the addresses of an agent file's [[dlt645]] section
+        path = tmp_path / "agent.toml"
+        path.write_text(f'{MINIMAL}\n[[dlt645]]\nname = "b"\ntransport = "tcp"\nhost = "127.0.0.1"\n'
+                        f'port = {server.port}\n[[dlt645.meter]]\naddress = "000000000002"\nmeter = "m2"\n',
+                        encoding="utf-8")
+        assert cli.main(["dlt645", "scan", "-c", str(path), "--timeout", "0.3"]) == 0
+        from_config = capsys.readouterr().out
+    assert "000000000002: answered" in from_config and "1 of 1 answered" in from_config
     assert code == 0, out
     assert "000000000001: answered (forward active energy 1 kWh)" in out
     assert "000000000002: answered (forward active energy: error flag" in out  # it has combined only: still there

@@ -71,6 +71,7 @@ class SerialTransport:
             self._port = serial.Serial(
                 str(self.cfg.port), self.cfg.baudrate, bytesize=self.cfg.data_bits, parity=parity,
                 stopbits=self.cfg.stop_bits, timeout=READ_SLICE_S, write_timeout=5.0,
+                exclusive=True,  # a second master on the bus (fmc check while the agent runs) garbles both
             )
         except Exception as e:  # SerialException, OSError, ValueError (a bad setting for this port)
             raise TransportError(f"cannot open {self.where}: {e}") from None
@@ -331,6 +332,6 @@ FIXES: dict[str, str] = {
     WRONG_ADDRESS: "two meters answer: check that each address is configured once and the meters' addresses",
     BAD_REPLY: "the device does not speak DL/T 645-2007 for this identifier (a 1997 meter?): check the protocol",
     BCD_INVALID: "the meter sent a value that is not BCD: check the data identifier and the meter's protocol",
-    IO_ERROR: "check the serial device (ls -l /dev/serial/by-id/, the user in group dialout) or the converter's "
-    "address",
+    IO_ERROR: "check the serial device (ls -l /dev/serial/by-id/, the user in group dialout; another program, "
+    "such as the running agent, may hold the port) or the converter's address (many take one client only)",
 }

@@ -32,6 +32,7 @@ class SimulatedMeter:
     corrupt_next: int = 0  # so many replies go out with a wrong checksum
     reply_address: str | None = None  # answer as this address (a misconfigured meter)
     not_bcd: set[int] = field(default_factory=set)  # identifiers whose value goes out as 0xAA bytes
+    follows: set[int] = field(default_factory=set)  # identifiers answered with C = B1 ("more frames follow")
     on_read: Callable[[int, float], None] | None = None  # told of every value sent (the bus lock held)
     requests: int = 0
 
@@ -94,8 +95,8 @@ class MeterBus:
         value = bytes([0xAA] * ident.size) if di in meter.not_bcd else f.encode_value(ident, meter.registers[di])
         if meter.on_read is not None:
             meter.on_read(di, meter.registers[di])
-        return self._frame(meter, meter.reply_address or meter.address, f.READ_DATA | f.REPLY_BIT,
-                           f.read_reply_data(di, value))
+        control = f.READ_DATA | f.REPLY_BIT | (f.FOLLOWS_BIT if di in meter.follows else 0)
+        return self._frame(meter, meter.reply_address or meter.address, control, f.read_reply_data(di, value))
 
     def _frame(self, meter: SimulatedMeter, address: str, control: int, data: bytes) -> bytes:
         raw = bytearray(f.encode_frame(address, control, data, self.preamble))

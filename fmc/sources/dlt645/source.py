@@ -209,11 +209,11 @@ class Dlt645Source:
             wait = plan.next_due - time.monotonic()
             if wait > 0 and stop.wait(wait):
                 return
-            self._poll(client, plan)
+            self._poll(client, plan, stop)
             # keep the cadence; a poll that overran its interval does not make a burst of catch-up polls
             plan.next_due = max(plan.next_due + plan.interval_s, time.monotonic())
 
-    def _poll(self, client: Client, plan: _MeterPlan) -> None:
+    def _poll(self, client: Client, plan: _MeterPlan, stop: threading.Event) -> None:
         points: list[Point] = []
         rejections: list[Rejection] = []
         address = plan.cfg.address
@@ -222,6 +222,8 @@ class Dlt645Source:
         lost_reason = ""
         replies = 0
         for read in plan.reads:
+            if stop.is_set():
+                break  # what was read so far still goes to the ingest
             r = client.read(address, read.ident, plan.timeout_s, retries)
             for reason in r.failures:
                 self._errors.labels(self.name, reason).inc()
