@@ -204,7 +204,7 @@ class SerialMeterServer:
         buffer = b""
         while not self._stop.is_set():
             try:
-                data = self._port.read(256)
+                data = self._port.read(self._port.in_waiting or 1)  # what came, not a full 256 bytes
             except Exception:  # the pty went away: the test is over
                 return
             if not data:
