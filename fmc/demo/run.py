@@ -9,6 +9,8 @@ Parts, kept apart so each can change alone:
   ``OpcUaPlantServer`` (asyncua on a free 127.0.0.1 port) and the equipment ledger (CSV).
 - ``DemoBroker`` / ``MqttPublisher`` — the meters' transport: amqtt on a free 127.0.0.1 port and a
   paho client publishing with QoS 1.
+- ``fmc.demo.dlt645_meter`` — a DL/T 645 electricity meter on a simulated TCP converter, read by a
+  ``[[dlt645]]`` source; its register wraps at 999999.99 kWh early in the run.
 - the agent — ``fmc.agent.runtime.Agent``, exactly what ``fmc run`` starts, with an ``[[opcua]]``
   source for the machines, an ``[[mqtt]]`` source for the meters, the ledger as its inventory, and
   the embedded store as its sink (``demo_config``).
