@@ -6,7 +6,6 @@ without a key: no 5xx, responses as documented."""
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -215,14 +214,12 @@ def fuzz(client: TestClient, headers: dict[str, str], *, mode: schemathesis.Gene
 
 
 def test_schemathesis_with_a_province_key(fuzzed: Fuzzed) -> None:
-    started = time.monotonic()
     headers = {"Authorization": f"Bearer {fuzzed.api.key['province']}"}
     positive = fuzz(fuzzed.api.client, headers, mode=schemathesis.GenerationMode.POSITIVE, max_examples=25,
                     checks=RESPONSE_CHECKS)
     negative = fuzz(fuzzed.api.client, headers, mode=schemathesis.GenerationMode.NEGATIVE, max_examples=25,
                     checks=[*RESPONSE_CHECKS, negative_data_rejection])
     assert positive > 50 and negative > 50
-    assert time.monotonic() - started < 60
 
 
 def test_schemathesis_without_a_key(fuzzed: Fuzzed) -> None:
