@@ -17,6 +17,7 @@ from fmc.central.grafana import push as grafana
 from fmc.cli import api, extras, keys
 from fmc.cli import central as central_cli
 from fmc.cli import dlt645 as dlt645_cli
+from fmc.cli import modbus as modbus_cli
 from fmc.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from fmc.cli.plugins import load_config
 from fmc.core.config import ConfigError
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser(sub)
     grafana.add_parser(sub)
     dlt645_cli.add_parser(sub)
+    modbus_cli.add_parser(sub)
     return p
 
 

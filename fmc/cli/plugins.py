@@ -18,6 +18,7 @@ from fmc.agent.config import load_config as _load_agent_config
 from fmc.central.config import CentralSettings, central_config_model
 from fmc.central.config import load_central_config as _load_central_config
 from fmc.sources.dlt645.config import Dlt645Source
+from fmc.sources.modbus.config import ModbusSource
 from fmc.sources.mqtt.config import MqttSource
 from fmc.sources.opcua.config import OpcUaSource
 from fmc.sources.sparkplug.config import SparkplugSource
@@ -27,6 +28,7 @@ from fmc.stores.influxdb.config import InfluxDBSink
 # the TOML section of each source (`[[mqtt]]`) -> its settings model
 SOURCES: dict[str, type[Any]] = {
     "mqtt": MqttSource, "opcua": OpcUaSource, "sparkplug": SparkplugSource, "dlt645": Dlt645Source,
+    "modbus": ModbusSource,
 }
 # the `type` of each store (`[sink] type = "influxdb"`, `[store] type = …`) -> its settings model
 STORES: dict[str, type[Any]] = {"influxdb": InfluxDBSink, "embedded": EmbeddedSink}

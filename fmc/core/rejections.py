@@ -41,6 +41,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "value_control_char",
     "value_not_finite",
     "value_not_utf8",
+    "value_out_of_range",  # a Modbus register outside its configured min/max
     "value_path_missing",
     "value_too_long",
     "value_type",
