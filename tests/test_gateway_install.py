@@ -70,7 +70,7 @@ def _extra_distributions(extra: str) -> set[str]:
 def test_the_gateway_dependencies_are_the_agents_and_the_extras_hold_the_rest() -> None:
     base = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert base == {"paho-mqtt", "asyncua", "httpx", "sniffio", "pydantic", "prometheus-client", "protobuf",
-                    "pyserial"}
+                    "pyserial", "pymodbus"}
     central = _extra_distributions("central")
     assert {"fastapi", "uvicorn", "httptools", "uvloop", "grafana-client"} == central
     assert _extra_distributions("demo") == central | {"amqtt"}
@@ -233,7 +233,7 @@ def test_the_gateway_venv_has_the_agent_and_no_central_dependency(gateway: Gatew
     probe = gateway.python(
         "import importlib.util, fmc, sys\n"
         "print(fmc.__file__)\n"
-        "import fmc.agent.runtime, fmc.sources.mqtt.source, fmc.sources.opcua.source\n"
+        "import fmc.agent.runtime, fmc.sources.mqtt.source, fmc.sources.opcua.source, fmc.sources.modbus.source\n"
         "import fmc.stores.influxdb.sink, fmc.stores.embedded.store, fmc.cli.main\n"
         f"print(*[m for m in {CENTRAL_MODULES!r} if importlib.util.find_spec(m) is not None])\n"
         "print(*sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'uvicorn', 'starlette')))"
