@@ -238,6 +238,8 @@ async def test_demo_run_matches_the_store_and_the_simulator(tmp_path: Path) -> N
     assert sim["meter_increments"]["intake-1"] > 0
     assert abs(counted - sim["meter_increments"]["intake-1"]) < 1e-6
     assert meter["counts"]["reset_counted"] == 1
+    # the Modbus water meter was read (its consumption equals its register's increments, or PROBLEM above)
+    assert sim["meter_increments"]["intake-2-modbus"] > 0 and _line(text, "intake-2-modbus")
     row = _line(text, "intake-1").split()
     assert float(row[-3]) == round(counted, 3)  # the consumption column (then unit, tce)
 

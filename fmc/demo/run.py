@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from fmc.cli.plugins import AgentConfig
 from fmc.demo.dlt645_meter import DLT645_SOURCE, DemoDlt645Meter
 from fmc.demo.history import HISTORY_YEARS, SHOWN_YEAR, DemoApi, indicator_table, write_history
+from fmc.demo.modbus_meter import MODBUS_METER, ModbusWaterMeter, modbus_section
 from fmc.demo.plant import (
     DEMO_MACHINES,
     DEMO_METERS,
@@ -177,6 +178,7 @@ def demo_config(
     machines: Sequence[MachineSpec] = DEMO_MACHINES,
     meters: Sequence[MeterSpec] = DEMO_METERS,
     dlt645: DemoDlt645Meter | None = None,
+    modbus_port: int | None = None,  # the Modbus water meter (fmc.demo.modbus_meter), when it runs
 ) -> AgentConfig:
     """The agent configuration ``fmc demo`` runs with; the same shape as deploy/examples/agent.toml."""
     return AgentConfig.model_validate(
@@ -216,9 +218,11 @@ def demo_config(
                 }
             ],
             **({"dlt645": [dlt645.source_config()]} if dlt645 else {}),  # the DL/T 645 meter (dlt645_meter.py)
+            **({"modbus": [modbus_section(modbus_port)]} if modbus_port else {}),  # the water meter (modbus_meter.py)
             "plant": DEMO_PLANT,
             "equipment_class": equipment_classes(machines),
-            "meter": meter_configs(meters) + ([dlt645.meter_config()] if dlt645 else []),
+            "meter": meter_configs(meters) + ([dlt645.meter_config()] if dlt645 else [])
+            + (meter_configs([MODBUS_METER]) if modbus_port else []),
             "sink": {"type": "embedded", "path": str(workdir / STORE_FILE)},
             "spool": {"path": str(workdir / SPOOL_FILE)},
             "metrics": (
@@ -299,6 +303,7 @@ class _Run:
     agent: Agent
     agent_task: asyncio.Task[None]
     cfg: AgentConfig
+    water: ModbusWaterMeter | None = None
     first_tick_ms: int = 0
     last_tick_ms: int = 0
     dlt645: DemoDlt645Meter | None = None
@@ -335,6 +340,8 @@ async def _simulate(run: _Run, ticks: int, say: Callable[[str], None]) -> list[s
             tick = sim.tick(now_ms)
             if run.dlt645 is not None:
                 run.dlt645.tick()
+            if run.water is not None:
+                run.water.tick()
             written += await run.server.write(tick)
             publisher.publish(tick.messages)
             if k and k % 5 == 0:
@@ -410,11 +417,14 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
     sim = PlantSimulator(seed, reset_at_tick=max(0, ticks // 2 - METER_PERIOD_S))
     with _quiet_loggers(("amqtt", "transitions", "asyncua"), logging.ERROR), _agent_logger() as agent_log:
         server, broker, dlt645 = OpcUaPlantServer(), DemoBroker(), DemoDlt645Meter(seed)
+        water = ModbusWaterMeter(seed)
         try:
             endpoint = await server.start(sim.initial_values())
             await broker.start()
             dlt645.start()
+            await water.start()
         except (RuntimeError, OSError) as e:
+            await broker.stop()
             await server.stop()
             dlt645.stop()
             say(f"PROBLEM: {e}")
@@ -422,7 +432,7 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
         try:
             metrics_port = free_port()
             try:
-                cfg = demo_config(endpoint, broker.port, workdir, metrics_port, dlt645=dlt645)
+                cfg = demo_config(endpoint, broker.port, workdir, metrics_port, dlt645=dlt645, modbus_port=water.port)
                 agent = Agent(cfg, logger=agent_log, inventory=inventory)
             except Exception as e:  # the demo's own config is wrong: say so plainly (the finally stops the servers)
                 say(f"PROBLEM: cannot set up the agent: {type(e).__name__}: {e}")
@@ -431,6 +441,7 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
                 "Objects/Machines")
             say(f"MQTT broker (amqtt): 127.0.0.1:{broker.port}  {len(DEMO_METERS)} meters;  "
                 f"agent metrics while it runs: http://127.0.0.1:{metrics_port}/metrics")
+            say(f"Modbus TCP water meter (pymodbus): 127.0.0.1:{water.port} unit 1, input register 0 (uint32 litres)")
             say(f"demo settings: [plant] interval_minutes = {DEMO_PLANT['interval_minutes']} (default 15) so meter "
                 f"intervals complete in a short run; offline_after_s = {DEMO_PLANT['offline_after_s']:g} "
                 "(default 600) so a lost link shows")
@@ -439,7 +450,7 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
             started_ms = time.time_ns() // 1_000_000
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop), name="fmc-demo-agent")
-            run = _Run(sim, server, broker, agent, task, cfg, dlt645=dlt645)
+            run = _Run(sim, server, broker, agent, task, cfg, dlt645=dlt645, water=water)
             try:
                 problems += await _simulate(run, ticks, say)
             except Exception as e:  # reported below; the agent and the servers still stop cleanly
@@ -451,6 +462,7 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
                 except Exception as e:
                     problems.append(f"the agent failed: {type(e).__name__}: {e}")
         finally:
+            await water.stop()
             await broker.stop()
             await server.stop()
             dlt645.stop()
@@ -464,9 +476,11 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
         spool_depth = spool.stats().depth
     if (increments := dlt645.increments_kwh) is not None:
         sim.report.meter_increments[dlt645.spec.meter] = increments
+    if water.increments is not None:
+        sim.report.meter_increments[MODBUS_METER.meter] = water.increments
     summary = summarise(agent, sim.report, workdir=workdir, spool_depth=spool_depth, started_ms=started_ms,
                         first_tick_ms=run.first_tick_ms, last_tick_ms=run.last_tick_ms,
-                        meters=(*DEMO_METERS, dlt645.spec))
+                        meters=(*DEMO_METERS, dlt645.spec, MODBUS_METER))
     problems += _checks(summary)
     summary.problems = problems
     (workdir / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
