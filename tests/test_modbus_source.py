@@ -282,6 +282,16 @@ def test_a_bad_section_names_the_file_the_setting_and_the_fix(tmp_path: Path, se
     assert str(path) in text and f"setting `{setting}`" in text and words in text, text
 
 
+def test_one_serial_line_belongs_to_one_section(tmp_path: Path):
+    line = ('transport = "rtu"\nserial_port = "/dev/ttyUSB0"\n[[modbus.device]]\nunit = {u}\nequipment = "p{u}"\n'
+            '[[modbus.device.register]]\naddress = 0\nsignal = "s"\n')
+    path = tmp_path / "agent.toml"
+    path.write_text(f'{MINIMAL}[[modbus]]\nname = "a"\n{line.format(u=1)}[[modbus]]\nname = "b"\n{line.format(u=2)}',
+                    encoding="utf-8")
+    with pytest.raises(ConfigError, match="put all devices of the line into one section"):
+        plugins.load_config(path)
+
+
 def test_a_section_says_what_it_feeds():
     cfg = ModbusSettings.model_validate({
         "name": "m", "host": "127.0.0.1",
@@ -569,21 +579,24 @@ def test_bad_values_are_counted_rejections_through_the_real_ingest(tmp_path: Pat
 async def test_check_prints_one_line_per_device_with_the_fix(tcp_server: ModbusTestServer):
     tcp_server.units[3].exception = 2
     tcp_server.units[4].delay_s = 1.0
+    tcp_server.units[1].wrong_unit = True
     try:
         cfg = _section([{"unit": u, "name": n, "equipment": n, "timeout_s": 0.2, "retries": 0,
                          "register": [{"address": 0, "signal": "v"}]}
-                        for u, n in ((2, "good"), (3, "refuses"), (4, "slow"))], host="127.0.0.1",
+                        for u, n in ((2, "good"), (3, "refuses"), (4, "slow"), (1, "impostor"))], host="127.0.0.1",
                        port=tcp_server.port)
         result = await check_modbus(cfg, timeout=3)
     finally:
         tcp_server.units[3].exception = None
         tcp_server.units[4].delay_s = 0.0
+        tcp_server.units[1].wrong_unit = False
     assert result.name == "modbus:meters" and not result.ok
     lines = result.detail.split("\n")
-    assert lines[0] == "1 of 3 device(s) answered over tcp"
+    assert lines[0] == "1 of 4 device(s) answered over tcp"
     assert "unit 2 (good)" in lines[1] and "answered: 1 value(s) in 1 request(s)" in lines[1]
     assert "unit 3 (refuses)" in lines[2] and "illegal address" in lines[2] and "40001 is holding 0" in lines[2]
     assert "unit 4 (slow)" in lines[3] and "timeout (1 attempt(s) of 0.2s)" in lines[3] and "unit id" in lines[3]
+    assert "unit 1 (impostor)" in lines[4] and "wrong unit id" in lines[4] and "another unit id answered" in lines[4]
 
 
 def test_fmc_check_runs_the_modbus_check(tmp_path: Path, tcp_server: ModbusTestServer,
@@ -626,6 +639,8 @@ def test_modbus_read_over_tcp_and_serial(tmp_path: Path, tcp_server: ModbusTestS
         done = _read("--serial", ours, "--parity", "N", "--unit", "6", "--address", "0", "--timeout", "0.3",
                      "--retries", "0")
         assert done.returncode == 1 and "timeout" in done.stderr
+    done = _read("--serial", str(tmp_path / "no-such-tty"), "--address", "0", "--timeout", "0.3")
+    assert done.returncode == 1 and "connection failed" in done.stderr and "serial_port" in done.stderr
 
 
 # --- a water counter through the ingest and the plant model into the store ----------------------------------

@@ -9,6 +9,7 @@ Reference: ``fmc/sources/modbus/README.md``; a section to copy: ``fmc/sources/mo
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
@@ -222,6 +223,15 @@ class ModbusSource(_Model):
                                      "give each value its own name")
                 seen[key] = i
         return self
+
+    @classmethod
+    def check_group(cls, sources: Sequence[ModbusSource]) -> None:
+        """Rules over every [[modbus]] entry: a serial port is opened by one section (exclusively)."""
+        ports = [s.serial_port for s in sources if s.transport == "rtu"]
+        twice = sorted({p for p in ports if ports.count(p) > 1 and p is not None})
+        if twice:
+            raise ValueError(f"serial_port {twice[0]!r} is in two [[modbus]] sections: a serial line is opened by "
+                             "one section only; put all devices of the line into one section")
 
     def link_key(self, index: int) -> tuple[object, ...]:
         """Devices with one key share a connection (and wait for each other's answers)."""
