@@ -465,6 +465,7 @@ def test_a_device_that_vanishes_goes_offline_at_once_and_comes_back_by_itself(ru
         assert offline[0].ts_ns - stopped < 2 * 10**9
         assert all(p.fields.get("quality") == 0 for p in recorder.points(meter="cnc-7-kwh"))  # no meter sample
         assert not source.connected
+        assert source.problem is not None and source.problem.startswith("no device answers: unit 1 at 127.0.0.1:")
         time.sleep(0.3)  # a few probes while it is away: still one offline sample
         assert len([p for p in recorder.points(equipment="cnc-7") if p.fields.get("quality")]) == 1
         assert metrics.value("fmc_source_errors_total", {"source": "meters", "reason": "connection_failed"}) >= 1

@@ -106,6 +106,17 @@ class ModbusSource:
         """True while at least one device answers."""
         return any(d.online for d in self.devices)
 
+    @property
+    def problem(self) -> str | None:
+        """Why no device answers, for /health; None while one does."""
+        if self.connected:
+            return None
+        silent = [f"{d.label}: {d.last_error}" for d in self.devices if d.last_error]
+        if not silent:
+            return "no device has answered yet"
+        return "no device answers: " + "; ".join(silent[:3]) + (f"; and {len(silent) - 3} more" if len(silent) > 3
+                                                               else "")
+
     def live_equipment(self) -> set[str]:
         return set()  # every poll delivers every value: nothing to confirm
 
