@@ -11,6 +11,7 @@ import logging
 import math
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -290,6 +291,20 @@ def test_one_serial_line_belongs_to_one_section(tmp_path: Path):
                     encoding="utf-8")
     with pytest.raises(ConfigError, match="put all devices of the line into one section"):
         plugins.load_config(path)
+
+
+def test_the_settings_do_not_load_pymodbus(tmp_path: Path):
+    """`fmc check` of a gateway without Modbus, and validating a [[modbus]] section, never import pymodbus."""
+    path = tmp_path / "agent.toml"
+    path.write_text(f'{MINIMAL}[[modbus]]\nname = "m"\nhost = "10.0.0.5"\n[[modbus.device]]\nunit = 1\n'
+                    '[[modbus.device.register]]\naddress = 0\nmeter = "w"\ncarrier = "water_intake"\n',
+                    encoding="utf-8")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from fmc.cli import main, plugins; "
+         f"cfg = plugins.load_config({str(path)!r}); cfg.modbus[0].feeds(); "
+         "print(sorted(m for m in ('pymodbus', 'serial') if m in sys.modules))"],
+        capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
 
 
 def test_a_section_says_what_it_feeds():
