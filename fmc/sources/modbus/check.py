@@ -22,9 +22,10 @@ async def check_modbus(cfg: schema.ModbusSource, timeout: float = 5.0) -> CheckR
         for i, dev in enumerate(cfg.device):
             key = cfg.link_key(i)
             if key not in links:
+                longest = max(d.timeout_s for j, d in enumerate(cfg.device) if cfg.link_key(j) == key)
                 links[key] = Link(cfg.transport, host=dev.host or cfg.host, port=dev.port or cfg.port,
                                   serial_port=cfg.serial_port, baudrate=cfg.baudrate, parity=cfg.parity,
-                                  stopbits=cfg.stopbits, bytesize=cfg.bytesize, timeout_s=dev.timeout_s)
+                                  stopbits=cfg.stopbits, bytesize=cfg.bytesize, timeout_s=longest)
         results = await asyncio.gather(*(
             asyncio.wait_for(_check_device(cfg, i, links[cfg.link_key(i)]), timeout)
             for i in range(len(cfg.device))
