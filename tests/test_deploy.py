@@ -106,6 +106,18 @@ def test_unit_has_the_hardening_and_the_layout_install_sh_expects(role: str) -> 
     assert 'config_dir="/etc/fmc"' in script and 'state_dir="/var/lib/fmc"' in script
 
 
+def test_the_agent_unit_sees_serial_lines_and_no_other_device() -> None:
+    # Modbus RTU and DL/T 645 read RS-485 adapters and UARTs; PrivateDevices=yes would hide them
+    agent = parse_unit(UNITS["agent"].read_text(encoding="utf-8"))
+    assert one(agent, "Service", "DevicePolicy") == "closed"
+    allowed = sorted(v for k, v in agent["Service"] if k == "DeviceAllow")
+    assert allowed == ["char-ttyACM rw", "char-ttyAMA rw", "char-ttyS rw", "char-ttyUSB rw"]
+    assert one(agent, "Service", "SupplementaryGroups") == "dialout"  # owns /dev/tty{S,USB,ACM}* on Debian
+    assert not [v for k, v in agent["Service"] if k == "PrivateDevices"]
+    api = parse_unit(UNITS["central"].read_text(encoding="utf-8"))
+    assert one(api, "Service", "PrivateDevices") == "yes"  # the API reads no device
+
+
 def test_agent_unit_fits_a_small_gateway_and_waits_for_the_spool_flush() -> None:
     from fmc.agent.runtime import Agent
 
