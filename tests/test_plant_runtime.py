@@ -18,7 +18,9 @@ from fmc.plant.rollups import InventoryItem, Site
 
 CST = timezone(timedelta(hours=8))
 SITE = Site("e1", "330602", "17", "Asia/Shanghai")
+# the fake clocks below step exactly to the instants the tests look at: no in-flight delay
 SECTIONS = PlantSections.model_validate({
+    "plant": {"sample_delay_s": 0},
     "equipment_class": [{"name": "cnc", "rules": [
         {"type": "threshold", "signal": "spindle_speed", "on_above": 100, "off_below": 50, "off_state": "idle"}]}],
 })
@@ -297,3 +299,89 @@ def test_a_spring_festival_week_of_standing_still_keeps_the_networking_rate():
     assert [days[d].fields["nc_equipment_networked"] for d in week] == [2, 2, 2, 2, 1, 1, 1]
     equipment = [p for p in out if p.measurement == "equipment_daily" and p.tags["equipment"] == "still"]
     assert all(p.fields["online_s"] == 86_400.0 for p in equipment[1:])
+
+
+def test_samples_on_their_way_are_not_late_when_the_trackers_run_behind_the_clock():
+    """What made fmc_plant_events{kind="late_samples"} grow by ~100 per machine in minutes: the ingest
+    advances the model to the agent's clock every second, while a subscription's values arrive up to
+    a publishing interval (plus the network and the commit) after their source timestamp. With the
+    trackers at the clock itself, nearly every such sample was older than the cursor: "late", and
+    applied at the cursor instead of its own time. With sample_delay_s (default 10 s) they are not."""
+    def run(delay_s: float) -> tuple[int, list[tuple[str, int]]]:
+        sections = PlantSections.model_validate({**SECTIONS.model_dump(), "plant": {"sample_delay_s": delay_s}})
+        plant = PlantModel(SITE, sections, INVENTORY[:1], start_ns=T0)
+        out: list[Point] = []
+        for k in range(120):  # a change every 2 s, stamped at the source, delivered 1.5 s later
+            ts = T0 + k * 2 * S
+            out += plant.advance(ts + S)  # the ingest's tick: the clock is ahead of what is in flight
+            out += plant.observe([signal("m1", 1500.0 if k % 10 < 5 else 0.0, ts)], ts + S + S // 2)
+        out += plant.advance(T0 + 600 * S)
+        changes = [(p.fields["state"], p.ts_ns) for p in out if p.measurement == "equipment_state"]
+        return plant.event_counts()[("equipment", "late_samples")], changes
+
+    late, changes = run(10.0)
+    assert late == 0
+    # each state change at the source timestamp of the sample that made it: running at 0 s, idle at 10 s, …
+    assert changes[:3] == [("running", T0), ("idle", T0 + 10 * S), ("running", T0 + 20 * S)]
+    late_before, changes_before = run(0.0)
+    assert late_before == 120  # every sample: the old behaviour, each applied up to 1 s after its time
+    assert changes_before[1] == ("idle", T0 + 11 * S)
+
+
+def meter_sections(kind: str, unit: str) -> PlantSections:
+    return PlantSections.model_validate({
+        "plant": {"interval_minutes": 15, "sample_delay_s": 0},
+        "meter": [{"id": "main", "carrier": "electricity", "kind": kind, "unit": unit, "max_gap_s": 1800}],
+    })
+
+
+def intervals_of(out: list[Point]) -> list[tuple[int, float, float]]:
+    return sorted(((p.ts_ns - T0) // S, round(p.fields["amount"], 9), p.fields["coverage"]) for p in out
+                  if p.measurement == "meter_interval")
+
+
+def test_a_live_session_carries_an_unchanged_counter_and_a_steady_power_on():
+    """A subscription does not send a register again while it stands still. Without the meter's
+    confirmations a counter unchanged for an hour leaves its intervals uncovered (a gap longer than
+    max_gap_s: the consumption lumps into the reading's interval, coverage 0 before), and a steady
+    40 kW between changes an hour apart is lost (nothing is integrated across a gap)."""
+    def run(kind: str, unit: str, values: list[tuple[int, float]], confirm: bool) -> list[tuple[int, float, float]]:
+        plant = PlantModel(SITE, meter_sections(kind, unit), [], start_ns=T0)
+        out: list[Point] = []
+        changes = dict(values)
+        for second in range(0, 3601, 60):
+            if second in changes:
+                out += plant.observe([reading("main", changes[second], T0 + second * S)], T0 + second * S)
+            elif confirm:
+                out += plant.confirm_alive([], T0 + second * S, ["main"])
+            out += plant.advance(T0 + second * S)
+        out += plant.advance(T0 + 3600 * S + 1800 * S + 1)
+        return intervals_of(out)
+
+    counter = [(0, 1000.0), (3600, 1060.0)]  # unchanged for 59 minutes, then 60 kWh in the last one
+    held = run("counter", "kWh", counter, confirm=True)
+    assert [c for _, _, c in held] == [1.0, 1.0, 1.0, 1.0]  # the hour covered
+    assert round(sum(a for _, a, _ in held), 9) == 60.0 and held[3][1] == 60.0
+    silent = run("counter", "kWh", counter, confirm=False)
+    assert round(sum(a for _, a, _ in silent), 9) == 60.0  # the total is right either way …
+    assert [c for _, _, c in silent][:4] == [0.0, 0.0, 0.0, 0.0]  # … but the hour looked unmeasured
+
+    power = [(0, 40.0), (3600, 40.0)]
+    assert round(sum(a for _, a, _ in run("power", "kW", power, confirm=True)), 9) == 40.0  # 40 kW for 1 h
+    assert sum(a for _, a, _ in run("power", "kW", power, confirm=False)) == 0.0  # lost across the gap
+
+    interval = [(0, 5.0), (900, 5.0), (1800, 5.0)]  # an interval meter is never repeated: 10 kWh after the first
+    assert round(sum(a for _, a, _ in run("interval", "kWh", interval, confirm=True)), 9) == 15.0
+
+
+def test_a_meter_whose_last_reading_was_bad_is_not_carried_on():
+    plant = PlantModel(SITE, meter_sections("counter", "kWh"), [], start_ns=T0)
+    bad = reading("main", 1000.0, T0 + 60 * S)
+    bad.fields["quality"] = 0x808A0000  # BadSensorFailure
+    plant.observe([reading("main", 1000.0, T0), bad], T0 + 60 * S)
+    out = []
+    for second in range(120, 3601, 60):
+        out += plant.confirm_alive([], T0 + second * S, ["main"])
+        out += plant.advance(T0 + second * S)
+    assert all(c == 0.0 for _, _, c in intervals_of(out))
+    assert plant.snapshot()["last_reading"] == {"main": None}

@@ -57,11 +57,13 @@ class Ingest:
         clock: Callable[[], int] = time.time_ns,
         alive_equipment: Callable[[], Iterable[str]] | None = None,
         alive_every_s: float = 60.0,
+        alive_meters: Callable[[], Iterable[str]] | None = None,
         health: Health | None = None,
     ) -> None:
         # equipment behind a live OPC UA subscription (which reports changes only); vouched for
         # to the plant model every alive_every_s, well within its offline_after_s
         self._alive_equipment = alive_equipment
+        self._alive_meters = alive_meters  # meters read from a live OPC UA session, likewise
         self._alive_every_ns = int(alive_every_s * 1e9)
         self._last_alive_ns = 0
         self._clock = clock  # wall clock in ns for the plant model; tests move it across midnight
@@ -224,9 +226,10 @@ class Ingest:
         if self._alive_equipment is not None and now_ns - self._last_alive_ns >= self._alive_every_ns:
             self._last_alive_ns = now_ns
             alive = sorted(self._alive_equipment())
-            if alive:
-                derived += self._plant.confirm_alive(alive, now_ns)
-                self._journal.append({"confirm_alive": alive, "now_ns": now_ns})
+            meters = sorted(self._alive_meters()) if self._alive_meters is not None else []
+            if alive or meters:
+                derived += self._plant.confirm_alive(alive, now_ns, meters)
+                self._journal.append({"confirm_alive": alive, "now_ns": now_ns, "meters": meters})
         if derived:
             self._commit([_Submission("plant", "", b"", derived, (), None)], observe=False)
         if final or time.monotonic_ns() - self._last_snapshot_ns >= self._snapshot_every_ns:

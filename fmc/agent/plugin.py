@@ -58,6 +58,8 @@ class CheckResult:
     detail: str
     # the check could not decide (``ok`` is then False too): ``fmc check`` shows "cannot tell", not a failure
     undecided: bool = False
+    # ok, but something a person should look at (``fmc check`` shows "warn"; not a failure)
+    warning: bool = False
 
 
 class Sink(Protocol):

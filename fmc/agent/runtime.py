@@ -99,6 +99,7 @@ class Agent:
             plant=plant,
             alive_equipment=self._subscribed_equipment,
             alive_every_s=min(60.0, cfg.plant.offline_after_s / 3),
+            alive_meters=self._live_meters,
             health=self.health,
         )
         sink = make_sink(cfg)
@@ -220,6 +221,15 @@ class Agent:
         out: set[str] = set()
         for source in self.sources:
             out.update(source.live_equipment())
+        return out
+
+    def _live_meters(self) -> set[str]:
+        """Meters read from a live OPC UA session (an optional method: only such sources have it)."""
+        out: set[str] = set()
+        for source in self.sources:
+            live = getattr(source, "live_meters", None)
+            if live is not None:
+                out.update(live())
         return out
 
     def _plant_model(self, spool: Spool) -> PlantModel | None:

@@ -333,6 +333,10 @@ class PlantConfig(_PlantModel):
     max_clock_skew_s: float = Field(default=300.0, ge=0)
     # a step forward in time longer than this emits no empty days or intervals for the span
     max_catch_up_days: int = Field(default=7, ge=1, le=366)
+    # how long a sample may be on its way (a subscription's publishing interval, the network, the
+    # commit): the state trackers run this far behind the agent's clock, so a sample stamped at the
+    # source is applied at its own time instead of being counted late (`late_samples`)
+    sample_delay_s: float = Field(default=10.0, ge=0, le=300)
 
     @field_validator("interval_minutes")
     @classmethod

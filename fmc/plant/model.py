@@ -16,6 +16,7 @@ works because the model is deterministic: the same calls in the same order give 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import date
@@ -71,6 +72,10 @@ class PlantModel:
         self._clock = start_ns
         self.counts: dict[str, int] = {"unknown_equipment": 0, "unknown_meter": 0}
         self._last_quality: dict[str, int] = {}
+        # each meter's last reading as received (raw value, ts); None after a reading that was not good
+        self._last_reading: dict[str, tuple[float, int] | None] = {}
+        # the trackers' time is the agent's clock less this: samples still on their way are not late
+        self._delay_ns = round(plant.sample_delay_s * NS)
 
     # --- input ------------------------------------------------------------------------------------
 
@@ -94,8 +99,12 @@ class PlantModel:
                     continue
                 value = p.fields.get("value")
                 quality = int(p.fields.get("quality", 0))
-                if isinstance(value, float | int) and not isinstance(value, bool):
-                    self._intervals_out(meter.observe(float(value), quality, p.ts_ns, received_ns), out)
+                number = isinstance(value, float | int) and not isinstance(value, bool)
+                if number or quality != 0:  # a Bad status often comes without a value: counted all the same
+                    reading = float(value) if number else math.nan  # type: ignore[arg-type]
+                    good = quality == 0 and math.isfinite(reading) and reading >= 0
+                    self._last_reading[p.tags["meter"]] = (reading, p.ts_ns) if good else None
+                    self._intervals_out(meter.observe(reading, quality, p.ts_ns, received_ns), out)
         return out
 
     def inputs(self, points: Iterable[Point]) -> list[list[Any]]:
@@ -117,7 +126,7 @@ class PlantModel:
     def replay(self, entry: dict[str, Any]) -> None:
         """Make one journaled call again, dropping what it returns (committed with it back then):
         ``{"observe": inputs(points), "received_ns": …}``, ``{"advance": now_ns}`` or
-        ``{"confirm_alive": [equipment…], "now_ns": …}``."""
+        ``{"confirm_alive": [equipment…], "now_ns": …, "meters": [meter…]}``."""
         if "observe" in entry:
             points = [
                 Point("signal", {"equipment": key, "signal": signal}, fields, ts, Priority.RAW) if kind == "s"
@@ -128,33 +137,47 @@ class PlantModel:
         elif "advance" in entry:
             self.advance(int(entry["advance"]))
         elif "confirm_alive" in entry:
-            self.confirm_alive(entry["confirm_alive"], int(entry["now_ns"]))
+            self.confirm_alive(entry["confirm_alive"], int(entry["now_ns"]), entry.get("meters", ()))
         else:
             raise ValueError(f"not a plant journal entry: {sorted(entry)}")
 
-    def confirm_alive(self, equipment: Iterable[str], now_ns: int) -> list[Point]:
+    def confirm_alive(self, equipment: Iterable[str], now_ns: int, meters: Iterable[str] = ()) -> list[Point]:
         """Equipment whose values come from a live OPC UA subscription: unchanged values are still
-        good data (see EquipmentTracker.confirm_alive), as long as the last sample was good."""
+        good data (see EquipmentTracker.confirm_alive), as long as the last sample was good.
+
+        ``meters`` read from a live OPC UA session: a register that did not change is not sent again
+        (or comes back with its old source timestamp), yet it still reads the same now. A counter or
+        a power meter whose last reading was good gets that reading again at the trackers' time
+        (``now_ns - sample_delay_s``): a counter's time without consumption is covered (not a gap
+        that leaves its intervals uncovered), a steady power is integrated (not lost across
+        ``max_gap_s``). An interval meter gets nothing: its reading is consumption, never repeated."""
         out: list[Point] = []
+        t = now_ns - self._delay_ns
         for eq in equipment:
             tracker = self.trackers.get(eq)
             if tracker is not None and self._last_quality.get(eq) == 0:
-                self._events(tracker.confirm_alive(now_ns), out)
+                self._events(tracker.confirm_alive(t), out)
+        for meter_id in meters:
+            meter = self.meters.get(meter_id)
+            reading = self._last_reading.get(meter_id)
+            if meter is not None and reading is not None and meter.meter.kind != "interval" and t > reading[1]:
+                self._intervals_out(meter.observe(reading[0], 0, t, now_ns), out)
         return out
 
     def advance(self, now_ns: int) -> list[Point]:
         """Time passes: offline detection, intervals and days that became final."""
         out: list[Point] = []
         self._clock = max(self._clock, now_ns)
+        tracked = now_ns - self._delay_ns  # samples stamped after this may still be on their way
         for tracker in self.trackers.values():
-            self._events(tracker.advance(now_ns), out)
+            self._events(tracker.advance(tracked), out)
         for meter in self.meters.values():
             self._intervals_out(meter.advance(now_ns), out)
         for v in self.virtual:
             self._virtual_out(v.advance(now_ns), out)
         tz = self.site.tz
-        # every tracker has advanced to now: a day that ended by now is complete
-        for day in sorted(d for d in self._equipment_days if local_day_bounds(d, tz)[1] <= now_ns):
+        # every tracker has advanced to `tracked`: a day that ended by then is complete
+        for day in sorted(d for d in self._equipment_days if local_day_bounds(d, tz)[1] <= tracked):
             out.append(enterprise_daily(
                 day, self.site, self.inventory, self._equipment_days.pop(day),
                 networked_min_online_minutes=self.sections.plant.networked_min_online_minutes,
@@ -209,6 +232,7 @@ class PlantModel:
             "equipment_days": [_dump(e) for days in self._equipment_days.values() for e in days],
             "intervals": [_dump(i) for ivs in self._intervals.values() for i in ivs],
             "last_quality": dict(self._last_quality),
+            "last_reading": {k: None if r is None else list(r) for k, r in self._last_reading.items()},
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
@@ -236,6 +260,9 @@ class PlantModel:
         self._clock = max(self._clock, int(snapshot["clock"]))
         self._last_quality.update(
             {k: int(q) for k, q in snapshot.get("last_quality", {}).items() if k in self.trackers})
+        self._last_reading.update(  # absent in snapshots of older agents
+            {k: None if r is None else (float(r[0]), int(r[1]))
+             for k, r in snapshot.get("last_reading", {}).items() if k in self.meters})
 
 
 def _observed_fields(p: Point) -> dict[str, Any]:

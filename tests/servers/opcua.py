@@ -111,6 +111,7 @@ class OpcUaTestServer:
         allow_anonymous: bool = True,
         max_monitored_items: int | None = None,
         extra_variables: int = 0,
+        layout: str = "shop",
     ) -> None:
         self.port = port or free_port()
         self.url = f"opc.tcp://{HOST}:{self.port}/fmc-test/"
@@ -120,6 +121,7 @@ class OpcUaTestServer:
         self.allow_anonymous = allow_anonymous
         self.max_monitored_items = max_monitored_items
         self.extra_variables = extra_variables
+        self.layout = layout  # "shop" (the docstring's), or "factory" (_build_factory)
         self.server_certificate: Path | None = None
         self.server_key: Path | None = None
         self.trusted_clients: Path | None = None
@@ -128,6 +130,9 @@ class OpcUaTestServer:
             self.trusted_clients = security_dir / "trusted-clients"
             self.trusted_clients.mkdir(parents=True, exist_ok=True)
         self.starts = 0
+        # the factory's registers keep their values over a restart, as a PLC's do: what tests wrote is
+        # written again when the server comes back
+        self.retained: dict[str, ua.DataValue] = {}
         self._server: Server | None = None
         self._monitored_items = 0
         self._loop = asyncio.new_event_loop()
@@ -200,7 +205,12 @@ class OpcUaTestServer:
         for i in range(self.namespace_shift):
             await server.register_namespace(f"urn:fmc-test:filler:{i}")
         indexes = {uri: await server.register_namespace(uri) for uri in NAMESPACES}
-        await _build_plant(server, indexes, self.extra_variables)
+        if self.layout == "factory":
+            await _build_factory(server, indexes)
+            for name, dv in self.retained.items():
+                await server.write_attribute_value(ua.NodeId(name, indexes[PLANT_URI]), dv)
+        else:
+            await _build_plant(server, indexes, self.extra_variables)
         if self.max_monitored_items is not None:
             self._cap_monitored_items(server, self.max_monitored_items)
         await server.start()
@@ -274,6 +284,8 @@ class OpcUaTestServer:
             await self.server.write_attribute_value(self.node_id(name), dv)
 
         self.call(write)
+        if self.layout == "factory":
+            self.retained[name] = dv
 
     def read(self, name: str) -> ua.DataValue:
         async def read() -> ua.DataValue:
@@ -374,6 +386,51 @@ async def _build_plant(server: Server, ix: dict[str, int], extra_variables: int)
         bulk = await _folder(objects, plant, plant, "Bulk", "Bulk")
         for i in range(extra_variables):
             await _variable(bulk, plant, plant, f"Bulk.V{i}", f"V{i}", float(i))
+
+
+# the "factory" layout: a plant as a vendor's server lays it out (not the companion specs' full shape)
+FACTORY_METERS = {  # BrowseName -> (start reading, carrier)
+    "Main_Electricity_kWh": (125_000.0, "electricity"),
+    "NaturalGas_m3": (8_000.0, "natural_gas"),
+    "WaterIntake_m3": (3_200.0, "water_intake"),
+    "Wastewater_m3": (2_900.0, "wastewater"),
+}
+FACTORY_CNCS = ("CNC-01", "CNC-02")
+
+
+async def _build_factory(server: Server, ix: dict[str, int]) -> None:
+    """Objects/Meters: four site meters (counters). Objects/Machines: CNC-01 and CNC-02 with OPC 40001
+    MachineryItemState and OPC 40501 Monitoring/Channel1/ChannelState, Monitoring/MachineTool/OperationMode
+    and Monitoring/Spindle/ActualSpeed directly under the machine (no Equipment child) and an energy
+    counter Energy_kWh; Loom-07 with only Running, PickRate and its ActiveEnergy counter.
+    NodeIds are strings in the plant namespace, "Meters.Main_Electricity_kWh", "CNC-01.Energy_kWh", …"""
+    plant, di, machinery, mt = ix[PLANT_URI], ix[DI_URI], ix[MACHINERY_URI], ix[MACHINE_TOOL_URI]
+    objects = server.nodes.objects
+    meters = await _folder(objects, plant, plant, "Meters", "Meters")
+    for name, (start, _) in FACTORY_METERS.items():
+        await _variable(meters, plant, plant, f"Meters.{name}", name, start)
+    machines = await _folder(objects, machinery, plant, "Machines", "Machines")
+    for name in FACTORY_CNCS:
+        cnc = await _folder(machines, plant, plant, name, name)
+        ident = await _folder(cnc, di, plant, f"{name}.Identification", "Identification")
+        await _variable(ident, di, plant, f"{name}.Identification.Manufacturer", "Manufacturer",
+                        ua.LocalizedText("Ningbo CNC"))
+        item_state = await _folder(cnc, machinery, plant, f"{name}.ItemState", "MachineryItemState")
+        await _variable(item_state, 0, plant, f"{name}.ItemState.CurrentState", "CurrentState",
+                        ua.LocalizedText("Executing"))
+        monitoring = await _folder(cnc, mt, plant, f"{name}.Monitoring", "Monitoring")
+        machine_tool = await _folder(monitoring, mt, plant, f"{name}.MachineTool", "MachineTool")
+        await _variable(machine_tool, mt, plant, f"{name}.MachineTool.OperationMode", "OperationMode", 2,
+                        ua.VariantType.Int32)
+        channel = await _folder(monitoring, mt, plant, f"{name}.Channel1", "Channel1")
+        await _variable(channel, mt, plant, f"{name}.Channel1.ChannelState", "ChannelState", 0, ua.VariantType.Int32)
+        spindle = await _folder(monitoring, mt, plant, f"{name}.Spindle", "Spindle")
+        await _variable(spindle, mt, plant, f"{name}.Spindle.ActualSpeed", "ActualSpeed", 1200.0)
+        await _variable(cnc, plant, plant, f"{name}.Energy_kWh", "Energy_kWh", 4_000.0)
+    loom = await _folder(machines, plant, plant, "Loom-07", "Loom-07")
+    await _variable(loom, plant, plant, "Loom-07.Running", "Running", True)
+    await _variable(loom, plant, plant, "Loom-07.PickRate", "PickRate", 450.0)
+    await _variable(loom, plant, plant, "Loom-07.ActiveEnergy", "ActiveEnergy", 900.0)
 
 
 def utc(seconds_ago: float = 0.0) -> datetime:

@@ -22,6 +22,8 @@ from fmc.sources.opcua.nodes import (
     resolve_nodes,
 )
 
+_BAD = 0x80000000  # the severity bit of a StatusCode: Bad
+
 
 async def check_opcua(cfg: schema.OpcUaSource, timeout: float = 10.0) -> CheckResult:
     """Connect as the agent would, resolve every node, read each once, report, disconnect."""
@@ -44,7 +46,8 @@ async def _check(cfg: schema.OpcUaSource, name: str) -> CheckResult:
         indexes, missing = resolve_aliases(cfg.namespace_uris(), namespace_array)
         limits = await read_operation_limits(client)
         resolved = await resolve_nodes(client, cfg.node, indexes, namespace_array, limits["paths"])
-        problems = [f"{n.equipment}/{n.signal} ({n.address()}): {why}" for n, why in resolved.failures]
+        problems = [f"{n.where} ({n.address()}): {why}" for n, why in resolved.failures]
+        bad: list[str] = []
         step = max(1, limits["read"])
         for start in range(0, len(resolved.nodes), step):
             chunk = resolved.nodes[start : start + step]
@@ -52,18 +55,28 @@ async def _check(cfg: schema.OpcUaSource, name: str) -> CheckResult:
             for (node, node_id), dv in zip(chunk, values, strict=True):
                 code = dv.StatusCode.value if dv.StatusCode is not None else 0
                 if code in _NODE_UNUSABLE:
-                    problems.append(f"{node.equipment}/{node.signal} ({node_id.to_string()}): "
-                                    f"{_status_name(code)}")
+                    problems.append(f"{node.where} ({node_id.to_string()}): {_status_name(code)}")
+                elif code & _BAD:
+                    # it exists, but what it delivers now is not good data: the agent would store only
+                    # its status (a sensor fault, a PLC the server cannot reach). Not readable, but not a
+                    # configuration error either: a warning, as it may heal by itself
+                    bad.append(f"{node.where} ({node_id.to_string()}): {_status_name(code)}")
     finally:
         await close_client(client)
     security = f"{cfg.security_policy}/{cfg.security_mode}, identity {cfg.identity}"
     parts = [f"connected to {cfg.endpoint} ({security})",
-             f"{len(cfg.node) - len(problems)} of {len(cfg.node)} node(s) readable"]
+             f"{len(cfg.node) - len(problems) - len(bad)} of {len(cfg.node)} node(s) readable"]
     if missing:
         parts.append("namespaces not on the server: " + ", ".join(f"{a} = {u!r}" for a, u in missing.items()))
     if problems:
-        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-        parts.append(f"not readable: {shown}")
+        parts.append(f"not readable: {_first(problems)}")
+    if bad:
+        parts.append(f"Bad status now (no good data): {_first(bad)}")
     if connected.warning:
         parts.append(f"warning: {connected.warning}")
-    return CheckResult(name, not problems and not missing, "; ".join(parts))
+    ok = not problems and not missing
+    return CheckResult(name, ok, "; ".join(parts), warning=ok and bool(bad or connected.warning))
+
+
+def _first(items: list[str], shown: int = 5) -> str:
+    return "; ".join(items[:shown]) + (f"; and {len(items) - shown} more" if len(items) > shown else "")

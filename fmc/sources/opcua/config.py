@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fmc.agent.plugin import CheckResult, Feeds, SourceContext
+from fmc.core.carriers import CARRIERS
 from fmc.core.config import ID_PATTERN, NAME_PATTERN, EnterpriseConfig, _Model
 
 if TYPE_CHECKING:
@@ -112,10 +113,15 @@ class Deadband(_Model):
 
 
 class OpcUaNode(_Model):
-    """One ``[[opcua.node]]``: where the value is and which equipment/signal it becomes."""
+    """One ``[[opcua.node]]``: where the value is and what it becomes — a machine's signal
+    (``kind = "signal"``: equipment + signal, the ``signal`` measurement) or a meter's reading
+    (``kind = "meter"``: meter + carrier, the ``meter_reading`` measurement a ``[[meter]]`` takes)."""
 
-    equipment: str
-    signal: str
+    kind: Literal["signal", "meter"] = "signal"
+    equipment: str | None = None
+    signal: str | None = None
+    meter: str | None = None
+    carrier: str | None = None
     node_id: str | None = None
     browse_path: list[str] | None = None
     mode: Literal["subscribe", "poll"] = "subscribe"
@@ -127,14 +133,26 @@ class OpcUaNode(_Model):
     offset: float = 0.0
     value_type: Literal["number", "text", "state"] = "number"
 
-    @field_validator("equipment", "signal")
+    @field_validator("equipment", "signal", "meter")
     @classmethod
-    def _name(cls, v: str) -> str:
-        if not re.fullmatch(NAME_PATTERN, v):
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(NAME_PATTERN, v):
             raise ValueError(
                 "names become tags in the store: 1 to 128 characters, no control characters or backslashes"
             )
         return v
+
+    @field_validator("carrier")
+    @classmethod
+    def _carrier(cls, v: str | None) -> str | None:
+        if v is not None and v not in CARRIERS:
+            raise ValueError(f"carrier {v!r} is not one of: {', '.join(CARRIERS)}")
+        return v
+
+    @property
+    def where(self) -> str:
+        """How logs and messages name this node: equipment/signal, or meter <id>."""
+        return f"meter {self.meter}" if self.kind == "meter" else f"{self.equipment}/{self.signal}"
 
     @field_validator("node_id")
     @classmethod
@@ -156,7 +174,22 @@ class OpcUaNode(_Model):
 
     @model_validator(mode="after")
     def _checks(self) -> OpcUaNode:
-        where = f"{self.equipment}/{self.signal}"
+        if self.kind == "signal":
+            if self.equipment is None or self.signal is None:
+                raise ValueError("a signal node needs equipment and signal "
+                                 "(or kind = \"meter\" with meter and carrier)")
+            if self.meter is not None or self.carrier is not None:
+                raise ValueError(f"{self.equipment}/{self.signal}: meter and carrier are for kind = \"meter\"; "
+                                 "remove them or set kind = \"meter\"")
+        else:
+            if self.meter is None or self.carrier is None:
+                raise ValueError("kind = \"meter\" needs meter (the [[meter]] id it feeds) and carrier "
+                                 f"(one of {', '.join(CARRIERS)})")
+            if self.equipment is not None or self.signal is not None:
+                raise ValueError(f"meter {self.meter}: equipment and signal are for kind = \"signal\"; remove them")
+            if self.value_type != "number":
+                raise ValueError(f"meter {self.meter}: a meter reading is a number; remove value_type")
+        where = self.where
         if (self.node_id is None) == (self.browse_path is None):
             raise ValueError(f"{where}: set either node_id or browse_path (exactly one)")
         if self.value_type != "number" and (self.scale != 1.0 or self.offset != 0.0):
@@ -324,15 +357,20 @@ class OpcUaSource(OpcUaConnection):
             for ref in node.namespace_refs():
                 if not ref.isdigit() and ref not in known:
                     problems.append(
-                        f"node[{i}] ({node.equipment}/{node.signal}) uses namespace alias {ref!r}, which "
+                        f"node[{i}] ({node.where}) uses namespace alias {ref!r}, which "
                         f"[opcua.namespaces] does not define: add {ref} = \"<namespace URI>\""
                     )
         if problems:
             raise ValueError("; ".join(sorted(set(problems))))
-        seen: dict[tuple[str, str], int] = {}
+        seen: dict[tuple[str | None, ...], int] = {}
         for i, node in enumerate(self.node):
-            key = (node.equipment, node.signal)
+            key = (node.kind, node.equipment, node.signal, node.meter)
             if key in seen:
+                if node.kind == "meter":
+                    raise ValueError(
+                        f"node[{seen[key]}] and node[{i}] both feed meter {node.meter!r}: one node per meter "
+                        "(two registers of one meter would mix their readings); give each its own meter id"
+                    )
                 raise ValueError(
                     f"node[{seen[key]}] and node[{i}] both write equipment {node.equipment!r} signal "
                     f"{node.signal!r}: give each node its own signal name"
@@ -355,4 +393,6 @@ class OpcUaSource(OpcUaConnection):
         return await check_opcua(self, timeout=timeout)
 
     def feeds(self) -> Feeds:
-        return Feeds(equipment=frozenset(node.equipment for node in self.node))
+        # every name is fixed text (no templates): the check can tell exactly what this source feeds
+        return Feeds(equipment=frozenset(n.equipment for n in self.node if n.equipment is not None),
+                     meters=frozenset(n.meter for n in self.node if n.meter is not None))

@@ -1,4 +1,5 @@
-"""Values to points, the hot path: one OPC UA DataValue becomes one ``signal`` point or a rejection.
+"""Values to points, the hot path: one OPC UA DataValue becomes one ``signal`` point (a meter node:
+one ``meter_reading`` point, tags enterprise, meter, carrier, as MQTT meters make them) or a rejection.
 
 ``_NodePlan`` holds what does not change between values of one configured node (its tags, its
 encoded series, scale and offset), made once per configuration; ``data_value_to_point`` is
@@ -41,20 +42,29 @@ _KINDS = {"number": _NUMBER, "text": _TEXT, "state": _STATE}
 class _NodePlan:
     """Everything about one configured node that does not change between values."""
 
-    __slots__ = ("address", "clock_fault", "config", "kind", "offset", "plain_number", "scale", "scaled", "series",
-                 "tags", "where")
+    __slots__ = ("address", "clock_fault", "config", "kind", "measurement", "offset", "plain_number", "scale", "scaled",
+                 "series", "tags", "where")
 
     def __init__(self, config: schema.OpcUaNode, enterprise_id: str) -> None:
         self.config = config
-        self.tags = {"enterprise": enterprise_id, "equipment": config.equipment, "signal": config.signal}
-        self.series = encode_series("signal", self.tags)  # raises LineProtocolError for unwritable names
+        tags: dict[str, str] = {"enterprise": enterprise_id}
+        if config.kind == "meter":
+            assert config.meter is not None and config.carrier is not None  # the config's validator says so
+            self.measurement = "meter_reading"
+            tags |= {"meter": config.meter, "carrier": config.carrier}
+        else:
+            assert config.equipment is not None and config.signal is not None
+            self.measurement = "signal"
+            tags |= {"equipment": config.equipment, "signal": config.signal}
+        self.tags = tags
+        self.series = encode_series(self.measurement, self.tags)  # raises LineProtocolError for unwritable names
         self.kind = _KINDS[config.value_type]
         self.scale = float(config.scale)
         self.offset = float(config.offset)
         self.scaled = self.scale != 1.0 or self.offset != 0.0
         self.plain_number = self.kind == _NUMBER and not self.scaled
         self.address = config.address()
-        self.where = f"{config.equipment}/{config.signal}"
+        self.where = config.where
         self.clock_fault = False  # a wrong device clock is logged once per node and source
 
 
@@ -166,4 +176,4 @@ def data_value_to_point(
         ts_ns = (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1000
     if not MIN_TIMESTAMP_NS <= ts_ns <= received_ns + MAX_FUTURE_NS:
         ts_ns = _timestamp_ns(plan, dv, received_ns, prefer_source, clock_faults)
-    points.append(Point("signal", plan.tags.copy(), fields, ts_ns, Priority.RAW, plan.series))
+    points.append(Point(plan.measurement, plan.tags.copy(), fields, ts_ns, Priority.RAW, plan.series))

@@ -182,8 +182,7 @@ class _Session:
         resolved = await resolve_nodes(self.client, self.cfg.node, self.indexes, self.namespace_array,
                                        self.limits["paths"])
         for node, why in resolved.failures:
-            self.source.log.error("%s/%s (%s): %s; skipped until the next session", node.equipment, node.signal,
-                                  node.address(), why)
+            self.source.log.error("%s (%s): %s; skipped until the next session", node.where, node.address(), why)
         self.unresolved = len(resolved.failures)
         plan_of = self.source.plan_of
         live = [_LiveNode(plan_of(node), node_id, node_id.to_string(), node.effective_poll_interval_s())
@@ -301,7 +300,8 @@ class _Session:
                     self._log_unusable(node, code)
         if retry_without_filter:
             self.source.log.warning(
-                "the server refused the deadband filter of %d node(s) (e.g. %s); monitoring them without it",
+                "the server refused the data change filter (deadband, or a meter's timestamp trigger) of %d "
+                "node(s) (e.g. %s); monitoring them without it",
                 len(retry_without_filter), retry_without_filter[0].plan.where,
             )
             results = await self._create_chunk(subscription_id, sampling_ms, queue_size, retry_without_filter,
@@ -325,13 +325,17 @@ class _Session:
             # registered before the call: the first notification may arrive before its response
             self.handles[handle] = node
             handles.append(handle)
-            deadband = node.plan.config.deadband if with_filter else None
+            config = node.plan.config
+            deadband = config.deadband if with_filter else None
             mfilter = None
-            if deadband is not None:
+            if deadband is not None or (with_filter and config.kind == "meter"):
+                # a meter's new reading may equal the last one (an interval meter's equal quarter hours, a
+                # counter the device stamps again): with the timestamp in the trigger it is still reported
                 mfilter = ua.DataChangeFilter(
-                    Trigger=ua.DataChangeTrigger.StatusValue,
-                    DeadbandType=1 if deadband.type == "absolute" else 2,
-                    DeadbandValue=deadband.value,
+                    Trigger=ua.DataChangeTrigger.StatusValueTimestamp if config.kind == "meter"
+                    else ua.DataChangeTrigger.StatusValue,
+                    DeadbandType=0 if deadband is None else 1 if deadband.type == "absolute" else 2,
+                    DeadbandValue=0.0 if deadband is None else deadband.value,
                 )
             requests.append(ua.MonitoredItemCreateRequest(
                 ItemToMonitor=ua.ReadValueId(NodeId=node.node_id, AttributeId=ua.AttributeIds.Value),

@@ -107,7 +107,15 @@ class OpcUaSource:
         value is still good data while the session stands."""
         if not self._connected:
             return set()
-        return {n.equipment for n in self.cfg.node if n.mode == "subscribe"}
+        return {n.equipment for n in self.cfg.node if n.mode == "subscribe" and n.equipment is not None}
+
+    def live_meters(self) -> set[str]:
+        """Meters read from this server while the session stands: a subscription reports changes
+        only, and a poll of an unchanged register returns its old source timestamp, so an
+        unchanged reading still holds now (the plant model carries it on: fmc.plant.model)."""
+        if not self._connected:
+            return set()
+        return {n.meter for n in self.cfg.node if n.meter is not None}
 
     @property
     def namespace_indexes(self) -> dict[str, int]:

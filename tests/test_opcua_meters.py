@@ -1,0 +1,196 @@
+"""OPC UA meters on a real asyncua server: `kind = "meter"` nodes become `meter_reading` points (tags
+enterprise, meter, carrier; fields value, quality — as MQTT meters make them) and, through a real
+Ingest with the plant model, `meter_interval` and `consumption_daily` with tce and m³; a counter
+reset mid-run and a server restart count every unit once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fmc.agent.ingest import Ingest
+from fmc.agent.metrics import AgentMetrics
+from fmc.agent.spool import Spool
+from fmc.core import lineprotocol
+from fmc.core.points import Point
+from fmc.plant.config import PlantSections
+from fmc.plant.model import PlantModel
+from fmc.plant.rollups import Site
+from fmc.sources.opcua import config as schema
+from fmc.sources.opcua.source import OpcUaSource
+from tests.servers.opcua import OpcUaTestServer
+from tests.test_opcua_adapter import ENTERPRISE, source_config, wait_until
+
+CST = timezone(timedelta(hours=8))
+# readings are stamped by the "device" on 2026-03-01 from 23:00 local; the ingest's clock follows them
+T0 = datetime(2026, 3, 1, 23, 0, tzinfo=CST)
+S = 10**9
+ELECTRICITY = "Meters.Main_Electricity_kWh"
+WATER = "Meters.WaterIntake_m3"
+SECTIONS = PlantSections.model_validate({
+    "plant": {"interval_minutes": 15, "sample_delay_s": 0},
+    "meter": [
+        {"id": "main", "carrier": "electricity", "kind": "counter", "unit": "kWh", "max_rate_per_h": 1000},
+        {"id": "intake", "carrier": "water_intake", "kind": "counter", "unit": "m3", "max_rate_per_h": 100},
+    ],
+})
+
+
+def ns(dt: datetime) -> int:
+    return int(dt.timestamp()) * S
+
+
+class Clock:
+    def __init__(self, t: int) -> None:
+        self.ns = t
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+@pytest.fixture(scope="module")
+def factory() -> Iterator[OpcUaTestServer]:
+    with OpcUaTestServer(layout="factory") as server:
+        yield server
+
+
+def meter_nodes() -> list[dict[str, Any]]:
+    return [
+        {"kind": "meter", "meter": "main", "carrier": "electricity", "node_id": f"ns=plant;s={ELECTRICITY}"},
+        {"kind": "meter", "meter": "intake", "carrier": "water_intake",
+         "browse_path": ["plant:Meters", "plant:WaterIntake_m3"]},
+    ]
+
+
+class PlantHarness:
+    """A source feeding a real Ingest (with the plant model and a clock the test moves) and Spool."""
+
+    def __init__(self, tmp_path: Path, cfg: schema.OpcUaSource) -> None:
+        self.spool = Spool(tmp_path / "spool.db")
+        self.clock = Clock(ns(T0))
+        self.plant = PlantModel(Site.from_enterprise(ENTERPRISE), SECTIONS, [], start_ns=ns(T0))
+        self.metrics = AgentMetrics()
+        self.ingest = Ingest(self.spool, self.metrics, max_series=1000, commit_interval_ms=5, plant=self.plant,
+                             clock=self.clock)
+        self.ingest.start()
+        self.source = OpcUaSource(cfg, ENTERPRISE, self.ingest, self.metrics, logging.getLogger("fmc.test.meters"))
+
+    def points(self, measurement: str) -> list[Point]:
+        lines = self.spool.read_batch(1_000_000).lines
+        return [p for p in (lineprotocol.parse(line) for line in lines) if p.measurement == measurement]
+
+    def close(self) -> None:
+        self.source.stop()
+        self.ingest.stop()
+        self.spool.close()
+
+
+def test_meter_nodes_make_readings_intervals_and_daily_consumption_through_a_reset_and_a_restart(
+    factory: OpcUaTestServer, tmp_path: Path
+) -> None:
+    def reading(name: str, value: float, at: datetime, status: int | None = None) -> None:
+        factory.write(name, value, source_ts=at.astimezone(UTC), status=status)
+
+    # the registers before the agent connects: its first readings are the baselines
+    reading(ELECTRICITY, 1000.0, T0)
+    reading(WATER, 500.0, T0)
+    h = PlantHarness(tmp_path, source_config(factory, meter_nodes()))
+    try:
+        h.source.start()
+        wait_until(lambda: h.source.connected, what="the source to connect")
+        assert h.source.live_meters() == {"main", "intake"} and h.source.live_equipment() == set()
+        wait_until(lambda: len(h.points("meter_reading")) == 2, what="the baselines")
+
+        def step(minute: int, kwh: float, m3: float, status: int | None = None) -> None:
+            at = T0 + timedelta(minutes=minute)
+            reading(ELECTRICITY, kwh, at, status)
+            reading(WATER, m3, at)
+            wait_until(lambda: sum(p.ts_ns == ns(at) for p in h.points("meter_reading")) == 2,
+                       what=f"the readings of 23:00 + {minute} min")
+            h.clock.ns = ns(at)
+
+        # 10 kWh and 1 m³ every 5 minutes; the electricity register is reset at 23:20 (a meter swap: it
+        # counted 5 kWh from 0 by its first reading); one Bad reading, ignored; the server restarts at 23:40
+        step(5, 1010.0, 501.0)
+        step(10, 1020.0, 502.0)
+        step(15, 1030.0, 503.0)
+        step(20, 5.0, 504.0)
+        step(25, 15.0, 505.0)
+        step(30, 25.0, 506.0)
+        step(35, 999.0, 507.0, status=0x808A0000)  # BadSensorFailure: stored with its quality, not counted
+        # (the register read 30 then; the 23:40 reading carries those 5 kWh)
+        step(40, 35.0, 508.0)
+        opened = h.source.sessions_opened
+        factory.restart()  # the registers keep their values (as a PLC's do); a new session reads them again
+        wait_until(lambda: h.source.sessions_opened > opened and h.source.connected, what="the new session")
+        wait_until(lambda: len(h.points("meter_reading")) == 20, what="the registers read again")
+        step(45, 45.0, 509.0)
+        step(50, 55.0, 510.0)
+        step(55, 65.0, 511.0)
+        step(60, 75.0, 512.0)  # 00:00 the next local day
+        step(65, 85.0, 513.0)
+        # past midnight + max_gap_s + one interval: 2026-03-01's consumption is final
+        h.clock.ns = ns(T0 + timedelta(hours=1, seconds=1800 + 16 * 60))
+        wait_until(lambda: len(h.points("consumption_daily")) == 2, what="consumption_daily")
+        readings, interval_points = h.points("meter_reading"), h.points("meter_interval")
+        daily = {p.tags["carrier"]: p.fields for p in h.points("consumption_daily")}
+    finally:
+        h.close()
+
+    assert {tuple(sorted(p.tags.items())) for p in readings} == {
+        (("carrier", "electricity"), ("enterprise", ENTERPRISE.id), ("meter", "main")),
+        (("carrier", "water_intake"), ("enterprise", ENTERPRISE.id), ("meter", "intake")),
+    }
+    good = [p for p in readings if p.fields["quality"] == 0]
+    assert all(set(p.fields) == {"value", "quality"} for p in good)
+    bad = [p for p in readings if p.fields["quality"] != 0]
+    assert [p.fields["quality"] for p in bad] == [0x808A0000]  # stored with its quality (asyncua sends no value)
+    # the restart's first notification (the retained register, same source timestamp) is the same reading
+    # again: dropped, not counted twice
+    counts = h.plant.event_counts()
+    assert counts[("meter", "reset_counted")] == 1 and counts[("meter", "bad_quality")] == 1
+    assert counts[("meter", "out_of_order")] == 2  # the two registers read again after the restart
+    assert counts[("meter", "implausible")] == 0 and counts[("meter", "gap")] == 0
+
+    intervals: dict[str, list[tuple[int, float, float]]] = {}
+    for p in sorted(interval_points, key=lambda p: p.ts_ns):
+        intervals.setdefault(p.tags["meter"], []).append(
+            ((p.ts_ns - ns(T0)) // S // 60, round(p.fields["amount"], 9), p.fields["coverage"]))
+    # 23:00-24:00: 10 kWh per 5 minutes, but the 5 kWh the new register counted from 0 by 23:20 (counted
+    # once, never negative, the old register's 1030 kWh not again) and 10 kWh from 23:30 to 23:40
+    assert intervals["main"][:4] == [(0, 30.0, 1.0), (15, 25.0, 1.0), (30, 20.0, 1.0), (45, 30.0, 1.0)]
+    assert all(a >= 0 for _, a, _ in intervals["main"])
+    assert intervals["intake"][:4] == [(0, 3.0, 1.0), (15, 3.0, 1.0), (30, 3.0, 1.0), (45, 3.0, 1.0)]
+    assert round(daily["electricity"]["amount"], 9) == 105.0
+    assert round(daily["electricity"]["tce"], 12) == round(105.0 * 0.1229 / 1000, 12)  # kWh × kgce/kWh ÷ 1000
+    assert round(daily["water_intake"]["m3"], 9) == 12.0 and "tce" not in daily["water_intake"]
+
+
+def test_meter_node_settings_are_checked_at_start() -> None:
+    def problems(node: dict[str, Any]) -> str:
+        with pytest.raises(ValueError) as e:
+            schema.OpcUaSource(name="s", endpoint="opc.tcp://127.0.0.1:4840", node=[node])
+        return str(e.value)
+
+    assert "needs meter" in problems({"kind": "meter", "node_id": "i=1", "carrier": "electricity"})
+    assert "not one of" in problems({"kind": "meter", "node_id": "i=1", "meter": "m", "carrier": "gas"})
+    assert "equipment and signal are for kind" in problems(
+        {"kind": "meter", "node_id": "i=1", "meter": "m", "carrier": "electricity", "equipment": "e"})
+    assert "a meter reading is a number" in problems(
+        {"kind": "meter", "node_id": "i=1", "meter": "m", "carrier": "electricity", "value_type": "text"})
+    assert "meter and carrier are for kind" in problems(
+        {"node_id": "i=1", "equipment": "e", "signal": "s", "meter": "m"})
+    with pytest.raises(ValueError, match="both feed meter 'm'"):
+        schema.OpcUaSource(name="s", endpoint="opc.tcp://127.0.0.1:4840", node=[
+            {"kind": "meter", "node_id": "i=1", "meter": "m", "carrier": "electricity"},
+            {"kind": "meter", "node_id": "i=2", "meter": "m", "carrier": "electricity"}])
+    feeds = schema.OpcUaSource(name="s", endpoint="opc.tcp://127.0.0.1:4840", node=[
+        {"kind": "meter", "node_id": "i=1", "meter": "m", "carrier": "electricity"},
+        {"node_id": "i=2", "equipment": "e", "signal": "s"}]).feeds()
+    assert (feeds.equipment, feeds.meters, feeds.any_equipment, feeds.any_meter) == (
+        frozenset({"e"}), frozenset({"m"}), False, False)
