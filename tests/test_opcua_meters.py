@@ -5,24 +5,32 @@ reset mid-run and a server restart count every unit once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from asyncua import ua
 
 from fmc.agent.ingest import Ingest
 from fmc.agent.metrics import AgentMetrics
+from fmc.agent.runtime import Agent
 from fmc.agent.spool import Spool
+from fmc.cli.plugins import load_config
 from fmc.core import lineprotocol
 from fmc.core.points import Point
 from fmc.plant.config import PlantSections
+from fmc.plant.ledger import load_inventory
 from fmc.plant.model import PlantModel
 from fmc.plant.rollups import Site
 from fmc.sources.opcua import config as schema
+from fmc.sources.opcua.browse import browse_machines
 from fmc.sources.opcua.source import OpcUaSource
+from fmc.stores.embedded.store import EmbeddedStore
 from tests.servers.opcua import OpcUaTestServer
 from tests.test_opcua_adapter import ENTERPRISE, source_config, wait_until
 
@@ -194,3 +202,114 @@ def test_meter_node_settings_are_checked_at_start() -> None:
         {"node_id": "i=2", "equipment": "e", "signal": "s"}]).feeds()
     assert (feeds.equipment, feeds.meters, feeds.any_equipment, feeds.any_meter) == (
         frozenset({"e"}), frozenset({"m"}), False, False)
+
+
+AGENT_HEAD = """
+[enterprise]
+id = "91330602MA2BXXXX1X"
+name = "示范纺织"
+region = "330602"
+industry = "17"
+
+[plant]
+interval_minutes = 1   # this test's only setting beyond the paste: intervals it can see in seconds
+
+[spool]
+path = "spool.db"
+commit_interval_ms = 5
+
+[sink]
+type = "embedded"
+path = "store.db"
+
+[metrics]
+enabled = false
+"""
+
+
+async def test_a_config_that_browse_printed_measures_states_and_consumption_as_pasted(
+    factory: OpcUaTestServer, tmp_path: Path
+) -> None:
+    """The issue's plant: four site meters in a Meters folder, CNC machines with OPC 40001 MachineryItemState
+    and OPC 40501 ChannelState / OperationMode / spindle speed directly under the machine (no Equipment),
+    energy counters per machine, a loom with only Running and a pick rate. `fmc opcua browse` prints the
+    config; pasted as is, the agent measures the machines' states and the site's kWh, m³ and tce."""
+    report = await browse_machines(factory.url)
+    printed = report.render_toml()
+    assert {m.equipment for m in report.machines} == {"cnc-01", "cnc-02", "loom-07"}  # Meters is no machine
+    assert {m.meter for m in report.meters} == {"main_electricity_kwh", "natural_gas_m3", "water_intake_m3",
+                                                "wastewater_m3"}
+    assert [m.meter for m in report.machines[0].meters] == ["cnc-01-energy_kwh"]
+    (cnc,) = [m for m in report.machines if m.equipment == "cnc-01"]
+    assert cnc.kind == "machine_tool" and {s.signal for s in cnc.signals} == {
+        "channel_state", "operation_mode", "spindle_speed", "machinery_item_state"}
+    (loom,) = [m for m in report.machines if m.equipment == "loom-07"]
+    assert {s.signal for s in loom.signals} == {"running", "pick_rate"}
+
+    # the registers' readings at whole minutes, stamped by the device: 20 and 10 minutes ago, and 2 minutes ago
+    minute = time.time_ns() // (60 * S) * 60 * S
+    stamps = [datetime.fromtimestamp((minute - m * 60 * S) / S, UTC) for m in (20, 10, 2)]
+    registers = {"Meters.Main_Electricity_kWh": (125_000.0, 125_100.0, 125_180.0),
+                 "Meters.NaturalGas_m3": (8_000.0, 8_005.0, 8_009.0),
+                 "Meters.WaterIntake_m3": (3_200.0, 3_210.0, 3_218.0),
+                 "Meters.Wastewater_m3": (2_900.0, 2_908.0, 2_915.0),
+                 "CNC-01.Energy_kWh": (4_000.0, 4_030.0, 4_050.0)}
+    for name, values in registers.items():
+        factory.write(name, values[0], source_ts=stamps[0])
+    factory.write("CNC-01.Channel1.ChannelState", 0, variant_type=ua.VariantType.Int32)  # Active: running
+    factory.write("CNC-02.Channel1.ChannelState", 2, variant_type=ua.VariantType.Int32)  # Reset …
+    factory.write("CNC-02.Spindle.ActualSpeed", 0.0)  # … standing …
+    factory.write("CNC-02.ItemState.CurrentState", ua.LocalizedText("NotExecuting"))  # … and waiting: idle
+    factory.write("Loom-07.Running", True)
+
+    path = tmp_path / "agent.toml"
+    path.write_text(AGENT_HEAD + printed, encoding="utf-8")
+    cfg = load_config(path)
+    agent = Agent(cfg, inventory=load_inventory(path, cfg.equipment, cfg.inventory), shutdown_flush_s=5.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        await _wait(lambda: agent.sources and agent.sources[0].connected, "the OPC UA source to connect")
+        for step in (1, 2):
+            await asyncio.sleep(1.2)  # the pasted nodes sample every 1000 ms: each reading is sampled
+            for name, values in registers.items():
+                factory.write(name, values[step], source_ts=stamps[step])
+        store = EmbeddedStore(cfg.sink_settings().path)  # type: ignore[attr-defined]
+
+        seen: dict[str, Any] = {}
+
+        def measured() -> bool:
+            seen["states"] = {p.tags["equipment"]: p.fields["state"] for p in store.points("equipment_state")}
+            seen["meters"] = {p.tags["meter"] for p in store.points("meter_interval")
+                              if p.ts_ns == minute - 3 * 60 * S}  # the last interval before the newest reading
+            return seen["states"] == {"cnc-01": "running", "cnc-02": "idle", "loom-07": "running"} and seen["meters"] == {
+                *(m.meter for m in report.meters), "cnc-01-energy_kwh"}
+
+        await _wait(measured, "states and meter intervals in the store", timeout=20, seen=seen)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    intervals = store.points("meter_interval")
+    store.close()
+    total: dict[str, dict[str, float]] = {}
+    for p in intervals:
+        for key, value in p.fields.items():
+            total.setdefault(p.tags["meter"], {}).setdefault(key, 0.0)
+            total[p.tags["meter"]][key] += value
+    assert round(total["main_electricity_kwh"]["amount"], 6) == 180.0
+    assert round(total["main_electricity_kwh"]["tce"], 9) == round(180.0 * 0.1229 / 1000, 9)
+    assert round(total["natural_gas_m3"]["amount"], 6) == 9.0
+    assert round(total["natural_gas_m3"]["tce"], 9) == round(9.0 * 1.2143 / 1000, 9)
+    assert round(total["water_intake_m3"]["m3"], 6) == 18.0 and "tce" not in total["water_intake_m3"]
+    assert round(total["wastewater_m3"]["m3"], 6) == 15.0
+    assert round(total["cnc-01-energy_kwh"]["amount"], 6) == 50.0  # a sub-meter: enterprise_total = false
+    assert cfg.meter[4].enterprise_total is False and cfg.meter[0].enterprise_total is True
+    assert all(p.fields["coverage"] == 1.0 for p in intervals if p.tags["meter"] == "main_electricity_kwh")
+
+
+async def _wait(predicate: Any, what: str, timeout: float = 15.0, seen: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {seen}" if seen else ""))
+        await asyncio.sleep(0.1)
