@@ -238,3 +238,58 @@ def test_a_virtual_meter_waits_for_its_slowest_part_by_default(tmp_path):
     assert cfg.virtual_meter[0].max_wait_s == 3600.0  # never less than the default
     cfg = load_config(write(tmp_path, SLOW_PART + "max_wait_s = 14400\n"))
     assert cfg.virtual_meter[0].max_wait_s == 14400.0  # a longer wait is fine
+
+
+def test_a_config_in_another_folder_finds_its_ledger_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fmc check -c runA/agent.toml` from the parent folder: the ledger is runA/inventory.csv, not
+    runA/runA/inventory.csv (the config folder was prefixed once by the config, again by the loader)."""
+    from fmc.plant.ledger import load_inventory
+
+    folder = tmp_path / "runA"
+    folder.mkdir()
+    (folder / "inventory.csv").write_text("id,nc\nloom-01,no\ncnc-01,yes\n", encoding="utf-8")
+    (folder / "agent.toml").write_text(
+        '[enterprise]\nid = "e1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
+        '[inventory]\ncsv = "inventory.csv"\n[sink]\ntype = "embedded"\npath = "store.db"\n', encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("runA/agent.toml")
+    assert cfg.inventory.csv == folder / "inventory.csv" and cfg.spool.path == folder / "spool.db"
+    items = load_inventory("runA/agent.toml", cfg.equipment, cfg.inventory)
+    assert [i.id for i in items] == ["loom-01", "cnc-01"]
+
+
+@pytest.mark.parametrize("level", ["info", "debug"])
+def test_library_logs_are_one_json_object_per_line(level: str) -> None:
+    """asyncua logs "Publish iteration crashed" with its traceback when a server shuts down; with
+    format = "json" every line must still be one JSON object, the traceback only at debug."""
+    import io
+    import json
+    import logging
+
+    from fmc.core.logs import LIBRARY_LOGGERS, LogConfig, setup_logging
+
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).propagate,
+                    logging.getLogger(name).level) for name in ("fmc", *LIBRARY_LOGGERS)}
+    stream = io.StringIO()
+    try:
+        setup_logging(LogConfig(level=level, format="json"), stream)
+        try:
+            raise ConnectionError("The session was closed by the client.")
+        except ConnectionError:
+            logging.getLogger("asyncua.client.ua_session").exception("Publish iteration crashed; retrying in 1s")
+        logging.getLogger("asyncua.client.ua_client").warning("a warning the source reports better")
+        logging.getLogger("fmc.opcua").info("stopped")
+    finally:
+        for name, (handlers, propagate, lvl) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.propagate = handlers, propagate
+            logger.setLevel(lvl)
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]  # every line is one object
+    crash = records[0]
+    assert crash["logger"] == "asyncua.client.ua_session" and crash["level"] == "error"
+    if level == "debug":
+        assert "Traceback" in crash["exc"] and len(records) == 3  # asyncua's warnings too, at debug
+    else:
+        assert "exc" not in crash and len(records) == 2
+        assert crash["msg"] == ("Publish iteration crashed; retrying in 1s "
+                                "(ConnectionError: The session was closed by the client.)")

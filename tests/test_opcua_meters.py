@@ -282,8 +282,8 @@ async def test_a_config_that_browse_printed_measures_states_and_consumption_as_p
             seen["states"] = {p.tags["equipment"]: p.fields["state"] for p in store.points("equipment_state")}
             seen["meters"] = {p.tags["meter"] for p in store.points("meter_interval")
                               if p.ts_ns == minute - 3 * 60 * S}  # the last interval before the newest reading
-            return seen["states"] == {"cnc-01": "running", "cnc-02": "idle", "loom-07": "running"} and seen["meters"] == {
-                *(m.meter for m in report.meters), "cnc-01-energy_kwh"}
+            states_ok = seen["states"] == {"cnc-01": "running", "cnc-02": "idle", "loom-07": "running"}
+            return states_ok and seen["meters"] == {*(m.meter for m in report.meters), "cnc-01-energy_kwh"}
 
         await _wait(measured, "states and meter intervals in the store", timeout=20, seen=seen)
     finally:

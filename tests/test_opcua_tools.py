@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import stat
 import tomllib
@@ -118,3 +119,39 @@ def test_names_for_namespaces_and_equipment() -> None:
         "plant2": "urn:vendor:plant", "di": "http://opcfoundation.org/UA/DI/"}
     assert equipment_id("CNC 01 / Halle 3") == "cnc-01-halle-3"
     assert equipment_id("织机 07") == "织机-07"
+
+
+def test_browse_of_a_wrong_endpoint_says_so_in_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    from fmc.cli.main import main
+
+    assert main(["opcua", "browse", "http://127.0.0.1:4840"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "validation error" not in err
+    assert err.startswith("fmc opcua browse: endpoint must look like \"opc.tcp://host:4840\"")
+
+
+def test_the_readme_names_the_files_the_cert_command_writes(tmp_path: Path) -> None:
+    from fmc.cli.main import main
+
+    assert main(["opcua", "cert", "--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["client-cert.der", "client-key.pem"]
+    root = Path(__file__).resolve().parent.parent
+    for doc in ("fmc/sources/opcua/README.md", "fmc/sources/opcua/sample.toml"):
+        text = (root / doc).read_text(encoding="utf-8")
+        assert "client-cert.der" in text and not re.search(r"\bclient\.der\b", text), doc
+
+
+def test_names_stay_readable_with_units() -> None:
+    from fmc.sources.opcua.browse import _snake, meter_kind
+
+    assert _snake("Main_Electricity_kWh") == "main_electricity_kwh"
+    assert _snake("ActiveEnergy") == "active_energy" and _snake("PickRate") == "pick_rate"
+    assert _snake("WaterIntake_m3") == "water_intake_m3" and _snake("EnergyMWh") == "energy_mwh"
+    assert meter_kind("Main_Electricity_kWh") == ("electricity", "kWh")
+    assert meter_kind("Energy_Wh") == ("electricity", "Wh")
+    assert meter_kind("NaturalGas_m3") == ("natural_gas", "m3")
+    assert meter_kind("Wastewater_m3") == ("wastewater", "m3")
+    assert meter_kind("WaterIntake_m3") == ("water_intake", "m3")
+    assert meter_kind("Volume_m3") is None  # a volume of what: not guessed
+    assert meter_kind("ActualSpeed") is None and meter_kind("Power") is None

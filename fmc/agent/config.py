@@ -149,7 +149,9 @@ def load_config(path: str | os.PathLike[str], model: type[C]) -> C:
         cfg = model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(path, problems_from(e)) from None
-    return _resolve_paths(cfg, path.parent)
+    # absolute: a path resolved here is final, so a loader that resolves relative paths again
+    # (the inventory's) does not prefix the folder twice (runA/runA/inventory.csv)
+    return _resolve_paths(cfg, path.parent.absolute())
 
 
 def _resolve_paths(cfg: C, base: Path) -> C:

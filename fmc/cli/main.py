@@ -218,6 +218,9 @@ def _opcua(args: argparse.Namespace) -> int:
         return EXIT_OK
     try:
         report = asyncio.run(browse_machines(args.endpoint, max_depth=args.max_depth, timeout=args.timeout))
+    except ValueError as e:  # the endpoint or an option is wrong: one sentence naming it
+        print(f"fmc opcua browse: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except Exception as e:  # a clear sentence, not a trace: the endpoint is the user's input
         print(f"fmc opcua browse: {e}", file=sys.stderr)
         return EXIT_FAILURE

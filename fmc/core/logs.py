@@ -40,6 +40,29 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# libraries whose records go through fmc's handler (their own would print raw text and tracebacks)
+LIBRARY_LOGGERS = ("asyncua",)
+
+
+class _LibraryRecords(logging.Filter):
+    """A library's record in fmc's format, its traceback only at debug level: the exception's one
+    line is added to the message instead (asyncua logs "Publish iteration crashed" with a traceback
+    when a server shuts down; that would break one-JSON-object-per-line logs)."""
+
+    def __init__(self, tracebacks: bool) -> None:
+        super().__init__()
+        self.tracebacks = tracebacks
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not self.tracebacks:
+            error = record.exc_info[1]
+            message = record.getMessage()
+            if error is not None:
+                message = f"{message} ({type(error).__name__}: {error})"
+            record.msg, record.args, record.exc_info, record.exc_text = message, (), None, None
+        return True
+
+
 def setup_logging(cfg: LogConfig, stream=sys.stderr) -> logging.Logger:
     logger = logging.getLogger("fmc")
     logger.handlers.clear()
@@ -48,8 +71,17 @@ def setup_logging(cfg: LogConfig, stream=sys.stderr) -> logging.Logger:
     logger.addHandler(handler)
     logger.setLevel(cfg.level.upper())
     logger.propagate = False
-    # asyncua's own warnings repeat what the OPC UA source reports with its cause; keep its errors
-    logging.getLogger("asyncua").setLevel(logging.ERROR)
+    debug = cfg.level == "debug"
+    library_handler = logging.StreamHandler(stream)
+    library_handler.setFormatter(handler.formatter)
+    library_handler.addFilter(_LibraryRecords(tracebacks=debug))
+    for name in LIBRARY_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.addHandler(library_handler)
+        library.propagate = False
+        # asyncua's own warnings repeat what the OPC UA source reports with its cause; keep its errors
+        library.setLevel(logging.WARNING if debug else logging.ERROR)
     return logger
 
 

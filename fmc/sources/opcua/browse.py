@@ -20,7 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from asyncua import Client, ua
+from pydantic import ValidationError
 
+from fmc.core.config import problems_from
 from fmc.sources.opcua import config as schema
 from fmc.sources.opcua.connection import close_client, open_client
 
@@ -660,11 +662,15 @@ async def browse_machines(
     """Connect (``connection`` gives security and identity; its endpoint is replaced) and find machines."""
     if max_depth < 1:
         raise ValueError("max_depth must be at least 1")
-    if connection is None:
-        cfg = schema.OpcUaConnection(endpoint=endpoint, timeout_s=timeout)
-    else:  # only the connection settings (a whole [[opcua]] source may be passed)
-        settings = {key: getattr(connection, key) for key in schema.OpcUaConnection.model_fields}
-        cfg = schema.OpcUaConnection.model_validate({**settings, "endpoint": endpoint})
+    try:
+        if connection is None:
+            cfg = schema.OpcUaConnection(endpoint=endpoint, timeout_s=timeout)
+        else:  # only the connection settings (a whole [[opcua]] source may be passed)
+            settings = {key: getattr(connection, key) for key in schema.OpcUaConnection.model_fields}
+            cfg = schema.OpcUaConnection.model_validate({**settings, "endpoint": endpoint})
+    except ValidationError as e:  # one sentence, as fmc check gives it, not pydantic's text
+        raise ValueError("; ".join(f"{setting} {problem}" + (f": {fix}" if fix else "")
+                                   for setting, problem, fix in problems_from(e))) from None
     connected = await open_client(cfg, session_name="fmc browse")
     client = connected.client
     try:
