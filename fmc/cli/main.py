@@ -152,6 +152,7 @@ def _run(cfg: AgentSettings, inventory: list[EquipmentItem], config_path: Path) 
 
 def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -> int:
     from fmc.agent.claims import check_claims
+    from fmc.agent.feeds import check_feeds
     from fmc.agent.plugin import CheckResult
     from fmc.agent.runtime import make_sink
 
@@ -161,9 +162,10 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
                 r = await asyncio.wait_for(check, timeout + 2)
             except TimeoutError:
                 return CheckResult(f"{kind}:{name}", False, f"no answer within {timeout:.0f}s")
-            return CheckResult(_prefixed(kind, r.name), r.ok, r.detail)
+            return CheckResult(_prefixed(kind, r.name), r.ok, r.detail, r.undecided, r.warning)
 
-        results = [_check_spool(cfg)]
+        results = [_check_spool(cfg), *check_feeds(cfg.sources(), [m.reads for m in cfg.meter],
+                                                   [e.id for e in inventory])]
         results += [await bounded(s.section, s.name, s.check(cfg.enterprise, timeout)) for s in cfg.sources()]
         sink = make_sink(cfg)
         try:
@@ -190,10 +192,12 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
         nc = sum(1 for e in inventory if e.nc)
         print(f"inventory: {len(inventory)} equipment ({nc} NC), {len(cfg.meter)} meter(s)")
     for r in results:
-        print(f"  {r.name.ljust(width)}  {'ok  ' if r.ok else '??  ' if r.undecided else 'FAIL'}  {r.detail}")
+        status = ("warn" if r.warning else "ok  ") if r.ok else "??  " if r.undecided else "FAIL"
+        print(f"  {r.name.ljust(width)}  {status}  {r.detail}")
     failed = sum(not r.ok and not r.undecided for r in results)
     undecided = sum(r.undecided for r in results)
-    told = f"; {undecided} could not tell" if undecided else ""
+    warned = sum(r.ok and r.warning for r in results)
+    told = (f"; {undecided} could not tell" if undecided else "") + (f"; {warned} warning(s)" if warned else "")
     print(f"all checks passed{told}" if not failed else f"{failed} check(s) failed{told}")
     return EXIT_OK if not failed else EXIT_FAILURE
 

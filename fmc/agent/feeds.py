@@ -1,0 +1,73 @@
+"""``fmc check``: do the sources feed the ``[[meter]]``s, and does the ledger list what they report?
+
+A ``[[meter]]`` no source writes readings for measures nothing: its consumption stays 0 and its
+coverage says so only at the day's end. Equipment a source reports but the ledger (设备台账) lacks
+has no state tracker and counts in no rate. Every source settings model says what it feeds
+(``fmc.agent.plugin.Feeds``): fixed ids, and whether a template (an MQTT topic's ``{meter}``
+segment) can name more at run time — then the check cannot tell, and says so instead of warning.
+Pure: the settings in, ``CheckResult``s out (a warning is ``ok`` with ``warning`` set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+from fmc.agent.plugin import CheckResult, Feeds, SourceSettings
+
+SHOWN = 5  # ids named in a message; the count says how many more
+
+
+def _named(ids: Collection[str]) -> str:
+    items = sorted(ids)
+    text = ", ".join(repr(i) for i in items[:SHOWN])
+    return text + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
+
+
+def _templated(sources: Sequence[tuple[str, Feeds]], meters: bool) -> str:
+    return ", ".join(name for name, f in sources if (f.any_meter if meters else f.any_equipment))
+
+
+def check_feeds(
+    sources: Sequence[SourceSettings], meter_tags: Collection[str], ledger: Collection[str]
+) -> list[CheckResult]:
+    """``meter_tags``: the ``meter`` tag each ``[[meter]]`` reads (its ``source``, default its id);
+    ``ledger``: the equipment ids of the inventory. One result for the meters, one for the ledger."""
+    feeds = [(f"{s.section}:{s.name}", s.feeds()) for s in sources]
+    return [_meters(feeds, set(meter_tags)), _ledger(feeds, set(ledger))]
+
+
+def _meters(feeds: Sequence[tuple[str, Feeds]], meters: set[str]) -> CheckResult:
+    fed = {m for _, f in feeds for m in f.meters}
+    templated = _templated(feeds, meters=True)
+    unfed = meters - fed
+    extra = fed - meters
+    notes = []
+    if extra:
+        notes.append(f"readings of {_named(extra)} go to no [[meter]] (stored as meter_reading, not counted): "
+                     "add a [[meter]] with that id, or remove the node")
+    if not unfed:
+        detail = f"{len(meters)} [[meter]](s), each fed by a source" if meters else "no [[meter]]"
+        return CheckResult("meters", True, "; ".join([detail, *notes]), warning=bool(extra))
+    if templated:
+        return CheckResult("meters", False, f"cannot tell whether {_named(unfed)} get readings: {templated} "
+                           "name meters from the topic at run time", undecided=True)
+    return CheckResult("meters", True, "; ".join([
+        f"{len(unfed)} of {len(meters)} [[meter]](s) fed by no source: {_named(unfed)} will measure nothing; "
+        "add a source node or subscription with that meter id (an OPC UA [[opcua.node]] kind = \"meter\", an "
+        "MQTT subscription kind = \"meter\"), or remove the [[meter]]", *notes]), warning=True)
+
+
+def _ledger(feeds: Sequence[tuple[str, Feeds]], ledger: set[str]) -> CheckResult:
+    reported = {e for _, f in feeds for e in f.equipment}
+    templated = _templated(feeds, meters=False)
+    missing = reported - ledger
+    if missing:
+        more = f" ({templated} may report more at run time)" if templated else ""
+        return CheckResult("ledger", True, f"{len(missing)} equipment the sources report are not in the ledger: "
+                           f"{_named(missing)}{more}; their states are not tracked and they count in no rate: add "
+                           "them to the inventory ([inventory] csv or [[equipment]])", warning=True)
+    if templated:  # not a doubt to raise on every check: unknown equipment is counted at run time
+        return CheckResult("ledger", True, f"the {len(reported)} equipment named in the config are in the ledger; "
+                           f"{templated} name equipment at run time (one the ledger lacks is counted in "
+                           "fmc_plant_events{kind=\"unknown_equipment\"})")
+    return CheckResult("ledger", True, f"the {len(reported)} equipment the sources report are all in the ledger")

@@ -1,0 +1,54 @@
+"""fmc check's feeds: [[meter]]s no source feeds, equipment the sources report that the ledger lacks —
+from each source's Feeds only, so any protocol's settings model works (here: OPC UA and MQTT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fmc.agent.feeds import check_feeds
+from fmc.cli.main import main
+from fmc.sources.mqtt.config import MqttSource
+from fmc.sources.opcua.config import OpcUaSource
+
+OPCUA = OpcUaSource(name="hall", endpoint="opc.tcp://127.0.0.1:4840", node=[
+    {"equipment": "cnc-01", "signal": "spindle_speed", "node_id": "ns=2;s=a"},
+    {"equipment": "cnc-09", "signal": "spindle_speed", "node_id": "ns=2;s=b"},
+    {"kind": "meter", "meter": "main", "carrier": "electricity", "node_id": "ns=2;s=c"},
+    {"kind": "meter", "meter": "spare", "carrier": "electricity", "node_id": "ns=2;s=d"},
+])
+MQTT_TEMPLATE = MqttSource(name="plant", client_id="c", subscribe=[{"topic": "meters/{carrier}/{meter}",
+                                                                     "kind": "meter"}])
+
+
+def test_unfed_meters_and_unlisted_equipment_are_warnings() -> None:
+    meters, ledger = check_feeds([OPCUA], ["main", "water"], ["cnc-01", "loom-01"])
+    assert meters.ok and meters.warning and not meters.undecided
+    assert "1 of 2 [[meter]](s) fed by no source: 'water'" in meters.detail
+    assert "readings of 'spare' go to no [[meter]]" in meters.detail
+    assert ledger.ok and ledger.warning and "not in the ledger: 'cnc-09'" in ledger.detail
+
+
+def test_a_template_that_names_meters_at_run_time_cannot_tell() -> None:
+    meters, ledger = check_feeds([OPCUA, MQTT_TEMPLATE], ["main", "water"], ["cnc-01", "cnc-09"])
+    assert not meters.ok and meters.undecided and "cannot tell whether 'water'" in meters.detail
+    assert "mqtt:plant" in meters.detail
+    assert ledger.ok and not ledger.warning
+
+
+def test_all_fed_is_ok() -> None:
+    meters, ledger = check_feeds([OPCUA], ["main", "spare"], ["cnc-01", "cnc-09"])
+    assert (meters.ok, meters.warning, ledger.ok, ledger.warning) == (True, False, True, False)
+    assert meters.detail == "2 [[meter]](s), each fed by a source"
+
+
+def test_fmc_check_prints_the_warnings(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[enterprise]\nid = "e1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
+        '[sink]\ntype = "embedded"\npath = "store.db"\n'
+        '[[meter]]\nid = "water"\ncarrier = "water_intake"\n'
+        '[[equipment]]\nid = "loom-01"\nnc = false\n', encoding="utf-8")
+    assert main(["check", "-c", str(path), "--timeout", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "  meters         warn  1 of 1 [[meter]](s) fed by no source: 'water'" in out
+    assert out.rstrip().endswith("all checks passed; 1 warning(s)")
