@@ -212,6 +212,11 @@ async def test_demo_run_matches_the_store_and_the_simulator(tmp_path: Path) -> N
         bad_status = store.points("signal", {"equipment": flaky.equipment}, fields=["quality"])
         intervals = store.points("meter_interval", {"meter": "intake-1"}, fields=["amount"])
         readings = [p.fields["value"] for p in store.points("meter_reading", {"meter": "intake-1"})]
+        # the dyehouse's energy counter, read over OPC UA (a kind = "meter" node): readings that rise
+        opcua_readings = [p.fields["value"] for p in store.points("meter_reading", {"meter": "dyehouse",
+                                                                                   "carrier": "electricity"})]
+    assert len(opcua_readings) >= 3 and opcua_readings[-1] > opcua_readings[0]
+    assert all(b >= a for a, b in itertools.pairwise(opcua_readings))
     assert sim["link_losses"] == {flaky.equipment: 1}
     assert sum(1 for p in bad_status if p.fields["quality"]) == len(flaky.signals)  # each node turned Bad once
 
@@ -233,6 +238,8 @@ async def test_demo_run_matches_the_store_and_the_simulator(tmp_path: Path) -> N
         assert spool.stats().depth == 0
         rejected = spool.recent_rejections()
         plant = json.loads(spool.state_get(PLANT_STATE_KEY) or "{}")
+    dyehouse = plant["meters"]["dyehouse"]  # its accumulator counted the rise (written or still open)
+    assert dyehouse["last_value"] == opcua_readings[-1]
     meter = plant["meters"]["intake-1"]
     counted = sum(p.fields["amount"] for p in intervals) + sum(row[1] for row in meter["open"])
     assert sim["meter_increments"]["intake-1"] > 0

@@ -199,6 +199,11 @@ DEMO_METERS: tuple[MeterSpec, ...] = (
     MeterSpec("wastewater", "wwtp-outlet", "废水 wastewater", "m³", "m3", 81_003.2, 0.001, 100.0),
 )
 
+# Meters the OPC UA server exposes (an [[opcua.node]] kind = "meter"): the dyehouse's energy counter, a
+# sub-meter of main-incomer (enterprise_total = false, so the site's electricity is not counted twice).
+# BrowseName under Objects/Meters -> (meter id, start reading in kWh, max_rate_per_h)
+OPCUA_METERS: dict[str, tuple[str, float, float]] = {"Dyehouse_Energy_kWh": ("dyehouse", 52_114.5, 1_000.0)}
+
 # Deliberately bad MQTT messages, each a mistake real plants make; (tick within the cycle, kind).
 BAD_MESSAGE_CYCLE_S = 10
 BAD_MALFORMED_JSON = "malformed JSON"
@@ -275,6 +280,7 @@ class PlantTick:
     values: dict[str, dict[str, float | int | str]]
     link_lost: list[str]
     messages: list[SimMessage]
+    meter_values: dict[str, float] = field(default_factory=dict)  # OPC UA meter registers (OPCUA_METERS)
 
 
 @dataclass(slots=True)
@@ -341,6 +347,7 @@ class PlantSimulator:
             self.report.state_seconds[spec.equipment] = {}
             self.report.initial_states[spec.equipment] = state
         self._steps = {m.meter: round(m.start_reading / m.resolution) for m in self.meters}  # register, in steps
+        self.opcua_registers = {name: start for name, (_, start, _) in OPCUA_METERS.items()}  # kWh
         self._fraction = dict.fromkeys(self._steps, 0.0)  # flow not yet a whole step
         self._counted: dict[str, int] = {}  # steps since the first published reading
 
@@ -378,6 +385,10 @@ class PlantSimulator:
             self.report.values_written[spec.equipment] = self.report.values_written.get(spec.equipment, 0) + len(
                 current)
         self._advance_meters()
+        # the dyehouse's energy counter: its machines' power, read over OPC UA
+        dyehouse_kw = sum(self._m[s.equipment].power_kw for s in self.machines if s.kind.heats)
+        for name in OPCUA_METERS:
+            self.opcua_registers[name] += dyehouse_kw / 3600.0
         messages: list[SimMessage] = []
         if k % METER_PERIOD_S == 0:
             messages += self._meter_messages(now_ms, local)
@@ -385,7 +396,8 @@ class PlantSimulator:
                 self._reset_meters(now_ms)
         messages += self._bad_messages(k, now_ms)
         self.report.ticks += 1
-        return PlantTick(now_ms, values, link_lost, messages)
+        return PlantTick(now_ms, values, link_lost, messages,
+                         {name: round(v, 3) for name, v in self.opcua_registers.items()})
 
     def _advance_state(self, spec: MachineSpec, m: _Machine, on_break: bool) -> None:
         m.previous = m.state
@@ -594,9 +606,19 @@ def equipment_classes(machines: Sequence[MachineSpec] = DEMO_MACHINES) -> list[d
 
 
 def meter_configs(meters: Sequence[MeterSpec] = DEMO_METERS) -> list[dict[str, Any]]:
-    """``[[meter]]`` per MQTT meter: cumulative counters with a plausible maximum rate."""
+    """``[[meter]]`` per MQTT meter: cumulative counters with a plausible maximum rate; then the OPC UA
+    sub-meters (not in the enterprise's total: main-incomer counts their energy)."""
     return [{"id": m.meter, "carrier": m.carrier, "kind": "counter", "unit": m.config_unit,
-             "max_rate_per_h": m.max_rate_per_h} for m in meters]
+             "max_rate_per_h": m.max_rate_per_h} for m in meters] + [
+        {"id": meter, "carrier": "electricity", "kind": "counter", "unit": "kWh", "max_rate_per_h": rate,
+         "enterprise_total": False} for meter, _, rate in OPCUA_METERS.values()]
+
+
+def opcua_meter_nodes() -> list[dict[str, Any]]:
+    """``[[opcua.node]]`` kind = "meter" per OPC UA meter, by browse path as ``fmc opcua browse`` prints them."""
+    return [{"kind": "meter", "meter": meter, "carrier": "electricity",
+             "browse_path": ["plant:Meters", f"plant:{name}"], "sampling_interval_ms": 500}
+            for name, (meter, _, _) in OPCUA_METERS.items()]
 
 
 # --- the OPC UA server ------------------------------------------------------------------------------------
@@ -623,6 +645,7 @@ class OpcUaPlantServer:
         self._server: Server | None = None
         self._nodes: dict[tuple[str, str], tuple[ua.NodeId, ValueKind]] = {}  # (equipment, signal) -> node, type
         self._last: dict[tuple[str, str], Any] = {}  # the last value written, for the Bad status of a lost link
+        self._meter_ns = 0
 
     @property
     def url(self) -> str:
@@ -687,6 +710,11 @@ class OpcUaPlantServer:
                 await parent.add_variable(node_id, ua.QualifiedName(name, ix[alias]), _variant(value, vkind))
                 self._nodes[(spec.equipment, signal)] = (node_id, vkind)
                 self._last[(spec.equipment, signal)] = value
+        meters = await server.nodes.objects.add_object(ua.NodeId("Meters", plant), ua.QualifiedName("Meters", plant))
+        for name, (_, start, _) in OPCUA_METERS.items():
+            await meters.add_variable(ua.NodeId(f"Meters.{name}", plant), ua.QualifiedName(name, plant),
+                                      ua.Variant(start, ua.VariantType.Double))
+        self._meter_ns = plant
         return server
 
     async def write(self, tick: PlantTick) -> int:
@@ -705,6 +733,11 @@ class OpcUaPlantServer:
                 await server.write_attribute_value(node_id, dv)
                 self._last[(equipment, signal)] = value
                 written += 1
+        for name, reading in tick.meter_values.items():
+            dv = ua.DataValue(ua.Variant(reading, ua.VariantType.Double),
+                              StatusCode=ua.StatusCode(ua.StatusCodes.Good), SourceTimestamp=ts, ServerTimestamp=ts)
+            await server.write_attribute_value(ua.NodeId(f"Meters.{name}", self._meter_ns), dv)
+            written += 1
         bad = ua.StatusCode(getattr(ua.StatusCodes, BAD_LINK_STATUS))
         for equipment in tick.link_lost:
             for (eq, signal), (node_id, vkind) in self._nodes.items():

@@ -58,6 +58,7 @@ from fmc.demo.plant import (
     equipment_classes,
     free_port,
     meter_configs,
+    opcua_meter_nodes,
     opcua_nodes,
     write_ledger_csv,
 )
@@ -193,7 +194,7 @@ def demo_config(
                     "reconnect_min_s": 0.2,
                     "reconnect_max_s": 2.0,
                     "namespaces": NAMESPACES,
-                    "node": opcua_nodes(machines),
+                    "node": opcua_nodes(machines) + opcua_meter_nodes(),
                 }
             ],
             "mqtt": [
@@ -438,7 +439,7 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
                 say(f"PROBLEM: cannot set up the agent: {type(e).__name__}: {e}")
                 return 1
             say(f"OPC UA server (asyncua, security None): {endpoint}  {len(DEMO_MACHINES)} machines under "
-                "Objects/Machines")
+                "Objects/Machines, the dyehouse's energy counter under Objects/Meters (a meter node)")
             say(f"MQTT broker (amqtt): 127.0.0.1:{broker.port}  {len(DEMO_METERS)} meters;  "
                 f"agent metrics while it runs: http://127.0.0.1:{metrics_port}/metrics")
             say(f"Modbus TCP water meter (pymodbus): 127.0.0.1:{water.port} unit 1, input register 0 (uint32 litres)")
