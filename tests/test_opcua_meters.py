@@ -29,6 +29,7 @@ from fmc.plant.model import PlantModel
 from fmc.plant.rollups import Site
 from fmc.sources.opcua import config as schema
 from fmc.sources.opcua.browse import browse_machines
+from fmc.sources.opcua.check import check_opcua
 from fmc.sources.opcua.source import OpcUaSource
 from fmc.stores.embedded.store import EmbeddedStore
 from tests.servers.opcua import OpcUaTestServer
@@ -130,7 +131,7 @@ def test_meter_nodes_make_readings_intervals_and_daily_consumption_through_a_res
         step(20, 5.0, 504.0)
         step(25, 15.0, 505.0)
         step(30, 25.0, 506.0)
-        step(35, 999.0, 507.0, status=0x808A0000)  # BadSensorFailure: stored with its quality, not counted
+        step(35, 999.0, 507.0, status=ua.StatusCodes.BadSensorFailure)  # stored with its quality, not counted
         # (the register read 30 then; the 23:40 reading carries those 5 kWh)
         step(40, 35.0, 508.0)
         opened = h.source.sessions_opened
@@ -157,7 +158,7 @@ def test_meter_nodes_make_readings_intervals_and_daily_consumption_through_a_res
     good = [p for p in readings if p.fields["quality"] == 0]
     assert all(set(p.fields) == {"value", "quality"} for p in good)
     bad = [p for p in readings if p.fields["quality"] != 0]
-    assert [p.fields["quality"] for p in bad] == [0x808A0000]  # stored with its quality (asyncua sends no value)
+    assert [p.fields["quality"] for p in bad] == [ua.StatusCodes.BadSensorFailure]  # stored with its quality (asyncua sends no value)
     # the restart's first notification (the retained register, same source timestamp) is the same reading
     # again: dropped, not counted twice
     counts = h.plant.event_counts()
@@ -313,3 +314,21 @@ async def _wait(predicate: Any, what: str, timeout: float = 15.0, seen: Any = No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {seen}" if seen else ""))
         await asyncio.sleep(0.1)
+
+
+async def test_check_counts_a_node_with_a_bad_status_as_not_readable(factory: OpcUaTestServer) -> None:
+    # the node exists, but has no good data now
+    factory.write("Loom-07.PickRate", 0.0, status=ua.StatusCodes.BadSensorFailure)
+    try:
+        cfg = source_config(factory, [
+            {"equipment": "loom-07", "signal": "pick_rate", "node_id": "ns=plant;s=Loom-07.PickRate"},
+            {"equipment": "loom-07", "signal": "running", "node_id": "ns=plant;s=Loom-07.Running"},
+            {"kind": "meter", "meter": "main", "carrier": "electricity", "node_id": f"ns=plant;s={ELECTRICITY}"},
+        ])
+        result = await check_opcua(cfg, timeout=10)
+    finally:
+        factory.write("Loom-07.PickRate", 450.0)
+    assert result.ok and result.warning, result.detail  # a warning: it may heal by itself
+    assert "2 of 3 node(s) readable" in result.detail
+    assert "Bad status now (no good data): loom-07/pick_rate (ns=" in result.detail
+    assert "BadSensorFailure" in result.detail

@@ -377,7 +377,7 @@ def test_a_live_session_carries_an_unchanged_counter_and_a_steady_power_on():
 def test_a_meter_whose_last_reading_was_bad_is_not_carried_on():
     plant = PlantModel(SITE, meter_sections("counter", "kWh"), [], start_ns=T0)
     bad = reading("main", 1000.0, T0 + 60 * S)
-    bad.fields["quality"] = 0x808A0000  # BadSensorFailure
+    bad.fields["quality"] = 0x80000000  # Bad
     plant.observe([reading("main", 1000.0, T0), bad], T0 + 60 * S)
     out = []
     for second in range(120, 3601, 60):
@@ -385,3 +385,41 @@ def test_a_meter_whose_last_reading_was_bad_is_not_carried_on():
         out += plant.advance(T0 + second * S)
     assert all(c == 0.0 for _, _, c in intervals_of(out))
     assert plant.snapshot()["last_reading"] == {"main": None}
+
+
+def test_the_ingest_vouches_for_live_meters_and_journals_it(tmp_path):
+    """The ingest asks for the live meters (the agent: every source's live_meters()) each alive_every_s
+    and journals the call: a restart replays the same confirmations, so the model resumes exactly."""
+    spool = Spool(tmp_path / "spool.db")
+    clock = Clock(T0)
+    sections = meter_sections("counter", "kWh")
+    plant = PlantModel(SITE, sections, [], start_ns=T0)
+    ingest = Ingest(spool, AgentMetrics(), max_series=1000, commit_interval_ms=0, plant=plant, clock=clock,
+                    snapshot_every_s=3600.0, alive_equipment=lambda: set(), alive_meters=lambda: {"main"},
+                    alive_every_s=600.0)
+    ingest.start()
+    ingest.submit_points("plant", [reading("main", 1000.0, T0)])
+    wait_until(lambda: any(p.measurement == "meter_reading" for p in committed(spool)))
+    for second in range(600, 3601, 600):  # the register stands still for an hour
+        clock.ns = T0 + second * S
+        wait_until(lambda: plant.meters["main"].snapshot()["last_ts_ns"] == clock.ns)
+    def confirmed() -> list[dict]:  # read before stop() saves a snapshot (and clears the journal)
+        return [json.loads(e) for e in spool.journal(PLANT_STATE_KEY)]
+
+    # journaled with the intervals they made final (a call that made nothing waits for the next commit)
+    wait_until(lambda: any("confirm_alive" in e for e in confirmed()))
+    journal = confirmed()
+    ingest.stop()
+    intervals = intervals_of(committed(spool))
+    assert [c for _, _, c in intervals] == [1.0, 1.0, 1.0, 1.0]  # the hour covered, without consumption
+    assert all(a == 0.0 for _, a, _ in intervals)
+    confirmations = [e for e in journal if "confirm_alive" in e]
+    assert confirmations and all(e["meters"] == ["main"] for e in confirmations)
+    # a restart replays them after the last snapshot: the same confirmations, the same meter
+    replayed = PlantModel(SITE, sections, [], start_ns=T0)
+    replayed.observe([reading("main", 1000.0, T0)], T0)
+    for entry in confirmations:
+        replayed.replay(entry)
+    last = confirmations[-1]["now_ns"]
+    assert replayed.meters["main"].snapshot()["last_ts_ns"] == last and last >= T0 + 900 * S
+    spool.close()
