@@ -158,7 +158,8 @@ def test_meter_nodes_make_readings_intervals_and_daily_consumption_through_a_res
     good = [p for p in readings if p.fields["quality"] == 0]
     assert all(set(p.fields) == {"value", "quality"} for p in good)
     bad = [p for p in readings if p.fields["quality"] != 0]
-    assert [p.fields["quality"] for p in bad] == [ua.StatusCodes.BadSensorFailure]  # stored with its quality (asyncua sends no value)
+    # stored with its quality (asyncua sends no value with it)
+    assert [p.fields["quality"] for p in bad] == [ua.StatusCodes.BadSensorFailure]
     # the restart's first notification (the retained register, same source timestamp) is the same reading
     # again: dropped, not counted twice
     counts = h.plant.event_counts()
