@@ -134,8 +134,9 @@ def test_the_agents_networked_minimum_decides_enterprise_daily() -> None:
     start = 1_714_492_800 * 10**9  # 2024-05-01 00:00 +08:00
     networked = []
     for minimum in (1, 15):
+        # sample_delay_s = 0: the clock below steps exactly to the day's end
         sections = PlantSections.model_validate({"plant": {"networked_min_online_minutes": minimum,
-                                                            "offline_after_s": 600}})
+                                                            "offline_after_s": 600, "sample_delay_s": 0}})
         plant = PlantModel(site, sections, [InventoryItem("m1", True)], start_ns=start)
         tags = {"enterprise": "e1", "equipment": "m1", "signal": "speed"}
         out = plant.observe([Point("signal", tags, {"value": 1.0, "quality": 0}, start + 3600 * 10**9)],
