@@ -57,6 +57,8 @@ ACK_GRACE_MAX_S = 1.0
 # must) never gets there, even with messages of an earlier connection still waiting.
 MAX_IN_FLIGHT = 2 * RECEIVE_MAXIMUM
 READ_PAUSE_POLL_S = 0.05  # while reads are paused, the network thread looks again this often
+READ_CHUNK_BYTES = 64 * 1024  # one recv() from the broker's socket: about a thousand small PUBLISHes
+PACKETS_PER_READ = 2000  # packets handled per turn of paho's loop before it writes (PUBACKs, PINGREQ)
 LOG_EVERY_S = 30.0  # repeated warnings of one kind (dropped QoS 0 messages, a refusing ingest)
 _INVALID_TOPIC = "<topic is not valid UTF-8>"
 
@@ -72,9 +74,69 @@ def message_digest(topic: str, payload: bytes) -> bytes:
 _PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet id
 
 
+class _BufferedSocket:
+    """paho's socket, read in chunks of READ_CHUNK_BYTES.
+
+    paho reads a packet in three ``recv`` calls (the command byte, the length byte by byte, the
+    rest), each a system call: for small PUBLISHes that cost the network thread more than the rest
+    of its work per message (measured with py-spy on ``make bench``). Here one ``recv`` takes what
+    the kernel has and paho's calls are served from it. ``pending`` (paho asks it of TLS sockets)
+    says that bytes are waiting here, so paho's loop does not wait in ``select`` for them; the
+    rest of paho's use of the socket (send, fileno, setblocking, close) passes through.
+    """
+
+    __slots__ = ("_buffer", "_pos", "sock")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self._buffer = b""
+        self._pos = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        buffer, pos = self._buffer, self._pos
+        if pos >= len(buffer):
+            # may raise BlockingIOError (or ssl.SSLWantReadError), as paho expects of a recv
+            buffer = self.sock.recv(max(bufsize, READ_CHUNK_BYTES))
+            if len(buffer) <= bufsize:
+                self._buffer, self._pos = b"", 0
+                return buffer
+            pos = 0
+        end = pos + bufsize
+        out = buffer[pos:end]
+        if end >= len(buffer):
+            self._buffer, self._pos = b"", 0
+        else:
+            self._buffer, self._pos = buffer, end
+        return out
+
+    def buffered(self) -> int:
+        return len(self._buffer) - self._pos
+
+    def pending(self) -> int:
+        inner = getattr(self.sock, "pending", None)  # a TLS socket's decrypted bytes
+        return self.buffered() + (inner() if inner is not None else 0)
+
+    def send(self, data: bytes | bytearray) -> int:
+        return int(self.sock.send(data))
+
+    def fileno(self) -> int:
+        return int(self.sock.fileno())
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        self._buffer, self._pos = b"", 0
+        self.sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
 class _Client(mqtt.Client):
     """paho's client whose network thread can stop reading for a while (``read_gate`` clear)
-    while it goes on writing (PUBACKs) and on running the keepalive timer (PINGREQ).
+    while it goes on writing (PUBACKs) and on running the keepalive timer (PINGREQ), and which
+    reads its socket in chunks (``_BufferedSocket``).
 
     paho's loop reads whenever the socket is readable (``_loop`` -> ``loop_read``); while paused,
     ``loop_read`` waits a little for the gate instead, then lets the loop do its writes and
@@ -83,12 +145,47 @@ class _Client(mqtt.Client):
     """
 
     read_gate: threading.Event | None = None
+    # paho formats a debug line for every packet before asking whether anyone wants it: when
+    # this logger (on_log's) is set and not enabled for debug, those lines are not made at all
+    quiet_unless_debug: logging.Logger | None = None
+
+    def _create_socket(self) -> Any:
+        return _BufferedSocket(super()._create_socket())
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         gate = self.read_gate
         if gate is not None and not gate.is_set() and not gate.wait(READ_PAUSE_POLL_S):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return super().loop_read(max_packets)
+        rc = super().loop_read(max_packets)
+        # paho handles one packet per turn of its loop (a select() each); handle what one read
+        # brought at once, as long as the gate is open, then let the loop write (PUBACKs)
+        sock = self._sock
+        handled = 1
+        while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and type(sock) is _BufferedSocket and sock.buffered()
+               and self._sock is sock and handled < PACKETS_PER_READ and (gate is None or gate.is_set())):
+            rc = super().loop_read(max_packets)
+            handled += 1
+        return rc
+
+    def _easy_log(self, level: int, fmt: str, *args: Any) -> None:
+        quiet = self.quiet_unless_debug
+        if level == mqtt.MQTT_LOG_DEBUG and quiet is not None and not quiet.isEnabledFor(logging.DEBUG):
+            return
+        super()._easy_log(level, fmt, *args)  # type: ignore[arg-type]
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        # paho matches every topic against per-filter callbacks (message_callback_add) under a
+        # lock, per message; fmc registers none, so the one on_message is called directly
+        on_message = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
 
 class _Ack:
@@ -259,6 +356,7 @@ class MqttSource:
         self._client = build_client(cfg, self._client_id, persistent=self._persistent, manual_ack=True)
         self._client.read_gate = self._read_gate
         self._paho_log = logger.getChild("paho")
+        self._client.quiet_unless_debug = self._paho_log
         self._client.on_log = self._on_log
         self._client.on_connect = self._on_connect
         self._client.on_connect_fail = self._on_connect_fail
