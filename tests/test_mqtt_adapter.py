@@ -873,3 +873,117 @@ def test_a_broker_without_an_in_flight_limit_is_read_no_further_than_the_bound(
     lines = spooled_lines(tmp_path / "spool.db")
     assert len(lines) == len(messages) and len(set(lines)) == len(messages)
     assert "pausing reads from the broker" in caplog.text
+
+
+# --- the network thread's own reading: chunked socket reads, PUBLISH decoder -----------------------------
+
+
+def _publish_packet(topic: bytes, payload: bytes, *, qos: int, mid: int = 0, dup: bool = False,
+                    retain: bool = False, properties: bytes | None = None) -> tuple[int, bytearray]:
+    """(fixed header byte, the rest after the remaining length), as paho keeps a packet it read."""
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    if properties is not None:  # MQTT 5: properties' length as a variable byte integer, then them
+        n, length = len(properties), b""
+        while True:
+            n, byte = n >> 7, n & 0x7F
+            length += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                break
+        body += length + properties
+    return 0x30 | (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0), bytearray(body + payload)
+
+
+def _decoded(decode: Callable[[Any], Any], protocol: MQTTProtocolVersion, header: int,
+             packet: bytearray) -> tuple[Any, ...]:
+    client = source_module._Client(CallbackAPIVersion.VERSION2, protocol=protocol, manual_ack=True)
+    seen: list[mqtt.MQTTMessage] = []
+    client.on_message = lambda c, u, m: seen.append(m)
+    client._in_packet["command"], client._in_packet["packet"] = header, bytearray(packet)
+    try:
+        rc = decode(client)
+    except Exception as e:  # paho's MalformedPacket: both must raise it alike
+        return (type(e).__name__,)
+    fields = [(m._topic, bytes(m.payload), type(m.payload), m.qos, m.mid, m.dup, m.retain) for m in seen]
+    return (rc, fields)
+
+
+USER_PROPERTY = b"\x26" + b"\x00\x03key" + b"\x00\x96" + b"v" * 150  # > 127 bytes: a 2-byte length
+
+
+@pytest.mark.parametrize(("protocol", "properties"), [
+    (MQTTProtocolVersion.MQTTv311, None),  # properties exist in MQTT 5 only, and always there
+    (MQTTProtocolVersion.MQTTv5, b"\x01\x01"),
+    (MQTTProtocolVersion.MQTTv5, USER_PROPERTY),
+])
+@pytest.mark.parametrize("case", [
+    dict(topic=b"plant/eq0001/sig1", payload=b'{"ts": 1, "value": 2.5}', qos=1, mid=7),
+    dict(topic=b"plant/eq0001/sig1", payload=b"1000", qos=0),
+    dict(topic=b"a/b", payload=b"", qos=1, mid=65535, dup=True, retain=True),
+    dict(topic="纺织/机/速度".encode(), payload=b"x" * 70_000, qos=1, mid=1),
+    dict(topic=b"bad/\xff\xfe", payload=b"1", qos=1, mid=3),  # invalid UTF-8: raised when the topic is read
+    dict(topic=b"", payload=b"1", qos=1, mid=3),  # empty topic: paho's own handling
+    dict(topic=b"q2/t", payload=b"1", qos=2, mid=9),  # QoS 2: paho's own handling
+])
+def test_the_publish_decoder_gives_what_paho_gives(protocol: MQTTProtocolVersion, properties: bytes | None,
+                                                   case: dict[str, Any]) -> None:
+    header, packet = _publish_packet(properties=properties, **case)
+    ours = _decoded(lambda c: c._handle_publish(), protocol, header, packet)
+    paho = _decoded(lambda c: mqtt.Client._handle_publish(c), protocol, header, packet)
+    assert ours == paho
+
+
+@pytest.mark.parametrize("protocol", [MQTTProtocolVersion.MQTTv311, MQTTProtocolVersion.MQTTv5])
+@pytest.mark.parametrize("cut", [0, 1, 2, 3, 5])
+def test_a_publish_that_does_not_add_up_is_refused_as_paho_refuses_it(protocol: MQTTProtocolVersion,
+                                                                       cut: int) -> None:
+    properties = USER_PROPERTY if protocol == MQTTProtocolVersion.MQTTv5 else None
+    header, packet = _publish_packet(b"plant/eq1/s", b"", qos=1, mid=5, properties=properties)
+    packet = packet[: cut if cut < 5 else 20]  # cut in the topic length, topic, packet id, properties
+    ours = _decoded(lambda c: c._handle_publish(), protocol, header, packet)
+    paho = _decoded(lambda c: mqtt.Client._handle_publish(c), protocol, header, packet)
+    assert ours == paho
+
+
+def test_the_chunked_socket_gives_the_byte_stream_as_it_came() -> None:
+    """paho reads 1 byte, 1 byte, then n: served from one recv() of the socket, in any split."""
+    left, right = socket.socketpair()
+    try:
+        buffered = source_module._BufferedSocket(left)
+        stream = bytes(range(256)) * 2000  # 512 000 bytes: several chunks
+        right.sendall(stream[:10])
+        assert buffered.recv(1) == stream[:1] and buffered.buffered() == 9 and buffered.pending() == 9
+        assert buffered.recv(20) == stream[1:10] and buffered.buffered() == 0
+        sender = threading.Thread(target=right.sendall, args=(stream[10:],))
+        sender.start()
+        got = bytearray(stream[:10])
+        sizes = [1, 1, 3, 70_000, 7, 64 * 1024, 2]
+        while len(got) < len(stream):
+            got += buffered.recv(sizes[len(got) % len(sizes)])
+        sender.join()
+        assert bytes(got) == stream
+        left.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing buffered, nothing in the socket: as a socket says
+            buffered.recv(1)
+        right.close()
+        assert buffered.recv(1) == b""  # the peer closed
+    finally:
+        left.close()
+        right.close()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_large_and_small_messages_interleaved_arrive_whole(mosquitto: MosquittoServer, prefix: str,
+                                                           protocol: str) -> None:
+    """Messages larger than one socket read (64 KiB) among small ones: each arrives whole, in order."""
+    ingest = RecordingIngest()
+    cfg = source_config(mosquitto, prefix, protocol=protocol, clean_session=True, subscribe=[
+        {"topic": f"{prefix}/{{equipment}}/{{signal}}", "qos": 1, "value_type": "text", "timestamp_path": "ts"}])
+    source = make_source(cfg, ingest)
+    t = ts_ms()
+    texts = [("x" * 60_000 if i % 50 == 7 else f"s{i}") for i in range(400)]
+    with running(source):
+        publish(mosquitto, [(f"{prefix}/m/s", json.dumps({"ts": t + i, "value": text}).encode(), 1)
+                            for i, text in enumerate(texts)])
+        subs = ingest.wait_for(len(texts))
+    assert [s.result.points[0].fields["text"] for s in subs] == texts
+    ingest.close()
