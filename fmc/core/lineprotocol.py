@@ -119,7 +119,16 @@ def encode(point: Point) -> str:
     if not point.fields:
         raise LineProtocolError("no_fields", "point has no fields")
     fields = point.fields
-    body = ",".join(f"{_field_key(k)}={_field_value(k, fields[k])}" for k in sorted(fields))
+    parts = []
+    for k in sorted(fields):
+        value = fields[k]
+        # the usual field (a finite float) without _field_value's chain of isinstance checks
+        if type(value) is float and value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+            text = repr(value)
+            parts.append(f"{_field_key(k)}={text[:-2] if text.endswith('.0') else text}")
+        else:
+            parts.append(f"{_field_key(k)}={_field_value(k, value)}")
+    body = ",".join(parts)
     ts = point.ts_ns
     if type(ts) is not int:
         raise LineProtocolError("timestamp_type", "timestamp is not an integer")
