@@ -46,7 +46,9 @@ from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 log = logging.getLogger("fmc.sink.influxdb")
 
 MAX_REASON_CHARS = 500  # 1.x echoes whole offending lines in its errors; keep messages readable
-GZIP_LEVEL = 6  # the usual default: line protocol compresses ~10x, and gateways often sit on slow links
+# Level 1: a third of level 6's CPU on the agent's batches for 13 % more bytes (5000 bench lines: 42.6 KB
+# against 37.8 KB, from 514 KB); line protocol still compresses ~12x for gateways on slow links
+GZIP_LEVEL = 1
 GZIP_IN_THREAD_BYTES = 256 * 1024  # compress big bodies off the event loop so ingest is not stalled
 USER_AGENT = "fmc-agent"
 PING_TIMEOUT_S = 2.0  # the drain's probe while the store is away: short, it is asked again soon
