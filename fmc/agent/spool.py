@@ -397,8 +397,9 @@ class Spool:
             if items:
                 n = len(items)
                 first_id = self._add_counter(conn, LAST_ID, n) - n + 1
+                # an ASCII line's length is its UTF-8 length: no encoded copy for the usual line
                 rows = [
-                    (first_id + i, int(priority), enqueued, len(line.encode()), line)
+                    (first_id + i, int(priority), enqueued, len(line) if line.isascii() else len(line.encode()), line)
                     for i, (line, priority) in enumerate(items)
                 ]
                 conn.executemany(_INSERT_POINT, rows)
