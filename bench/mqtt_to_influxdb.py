@@ -1,34 +1,61 @@
-"""Benchmark: MQTT JSON → agent (spool on) → InfluxDB, against a bare paho-mqtt subscriber.
+"""Benchmark: MQTT JSON → fmc agent (spool on) → InfluxDB, side by side with Node-RED and a bare paho subscriber.
 
-Both consume the same backlog: 200,000 QoS 1 messages (500 equipment × 4 signals × 100) queued
-by a real Mosquitto for two persistent sessions made before publishing. The bare subscriber
-only counts messages (paho acknowledges at once); the agent maps, commits to its SQLite spool
-(synchronous=full) before acknowledging, and drains to a real InfluxDB. The agent's rate is
-points confirmed by InfluxDB per second from its start; its peak RSS is VmHWM of the process.
+The same Mosquitto, InfluxDB and publisher serve every contender. Before each round every
+contender's persistent session (QoS 1, a client id of its own) is made, then one backlog of QoS 1
+messages (500 equipment × 4 signals × n) is published once; the broker holds it for every session.
+Each contender then starts, drains the backlog into a database of its own and is stopped; they
+take turns (fmc, Node-RED, fmc, ...), so load on a shared machine falls on both alike.
 
-Run: make bench   (or: .venv/bin/python -m bench.mqtt_to_influxdb --messages 200000)
+- **fmc**: ``fmc run``: maps, commits to its SQLite spool (synchronous=full) before acknowledging,
+  drains to InfluxDB.
+- **Node-RED** 4.1 (``bench/nodered-flow.json``: mqtt in → function → join 1000 → influxdb
+  batch), installed by ``scripts/bench`` into ``bench/.nodered/`` when ``node`` and ``npm`` are
+  there; it keeps nothing on disk (mqtt.js acknowledges on receipt).
+- **bare paho**: a subscriber that only counts messages (paho acknowledges at once), the ceiling
+  of a Python MQTT client.
+
+Figures per contender: points/s from its process start until InfluxDB counts every point (polled
+4 times a second, a query InfluxDB answers: neither contender is asked anything meanwhile); CPU
+per point, the process's user + system time (``/proc``) from its first point in InfluxDB to its
+last, over the points in between (start-up left out); peak RSS (VmHWM). For fmc, nothing lost or
+doubled: InfluxDB holds every point and the agent accepted each message once.
+
+Run: make bench   (or: .venv/bin/python -m bench.mqtt_to_influxdb [--small 100000 --repeat 3 --large 500000])
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from tests.agent_process import AgentProcess, agent_config, free_port
+from bench.publisher import messages, publish
+from tests.agent_process import ROOT, AgentProcess, agent_config, free_port
 from tests.servers.influxdb import InfluxDBServer
 from tests.servers.mosquitto import MosquittoServer
 
-BASE_NS = 1_764_000_000_000_000_000
+NODERED_DIR = ROOT / "bench" / ".nodered"
+NODERED_MAIN = NODERED_DIR / "node_modules" / "node-red" / "red.js"
+NODERED_FLOW = ROOT / "bench" / "nodered-flow.json"
+POLL_S = 0.25
+TIMEOUT_S = 1800.0
+SIGNALS = 4
 
 
 def make_session(port: int, client_id: str) -> None:
+    """A persistent session subscribed to the bench topics at QoS 1, so the broker queues the backlog for it."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
     client.connect("127.0.0.1", port)
     client.loop_start()
@@ -40,56 +67,9 @@ def make_session(port: int, client_id: str) -> None:
     client.disconnect()
 
 
-def publish_backlog(port: int, n_equipment: int, n_signals: int, per_series: int) -> int:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    # paho's message ids wrap at 65535: keep fewer than that outstanding
-    outstanding: deque[mqtt.MQTTMessageInfo] = deque()
-    n = 0
-    for i in range(per_series):
-        for e in range(n_equipment):
-            for s in range(n_signals):
-                ts = BASE_NS + i * 1_000_000_000 + e * 1000 + s
-                payload = json.dumps({"ts": ts, "value": round(e + s * 0.5 + i * 0.01, 3)})
-                outstanding.append(client.publish(f"plant/eq{e:04d}/sig{s}", payload, qos=1))
-                n += 1
-                if len(outstanding) > 20_000:
-                    outstanding.popleft().wait_for_publish(120)
-    for info in outstanding:
-        info.wait_for_publish(120)
-    client.loop_stop()
-    client.disconnect()
-    return n
-
-
-def bare_subscriber_rate(port: int, client_id: str, expected: int) -> float:
-    count = 0
-    done = threading.Event()
-    started: list[float] = []
-
-    def on_connect(client, userdata, flags, reason_code, properties):
-        started.append(time.perf_counter())
-
-    def on_message(client, userdata, msg):
-        nonlocal count
-        count += 1
-        if count >= expected:
-            done.set()
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
-    client.on_connect = on_connect
-    client.on_message = on_message
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    if not done.wait(600):
-        raise RuntimeError(f"bare subscriber got {count} of {expected}")
-    elapsed = time.perf_counter() - started[0]
-    client.loop_stop()
-    client.disconnect()
-    return expected / elapsed
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -99,60 +79,225 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def agent_rate(tmp: Path, mqtt_port: int, influx: InfluxDBServer, db: str, client_id: str,
-               expected: int) -> tuple[float, float, int]:
+@dataclass
+class Run:
+    who: str
+    points: int
+    rate: float  # points/s from the process start until every point was in InfluxDB
+    cpu_us: float  # CPU µs per point between the first and the last point in InfluxDB
+    rss_mb: float
+    landed: int
+
+
+def count_points(influx: InfluxDBServer, db: str) -> int:
+    rows = influx.select(db, 'SELECT count("value") FROM "signal"')
+    return int(rows[0]["count"]) if rows else 0
+
+
+def watch(who: str, pid: int, alive: Callable[[], bool], influx: InfluxDBServer, db: str, expected: int,
+          t0: float) -> Run:
+    """Poll InfluxDB until ``expected`` points are in ``db``; the process's CPU from its first point on."""
+    first: tuple[int, float] | None = None
+    deadline = t0 + TIMEOUT_S
+    landed = 0
+    while True:
+        landed = count_points(influx, db)
+        now = time.perf_counter()
+        cpu = cpu_seconds(pid)
+        if first is None and landed > 0:
+            first = (landed, cpu)
+        if landed >= expected:
+            break
+        if not alive():
+            raise RuntimeError(f"{who} exited with {landed} of {expected} points in InfluxDB")
+        if now > deadline:
+            raise RuntimeError(f"{who}: {landed} of {expected} points in InfluxDB after {TIMEOUT_S:.0f}s")
+        time.sleep(POLL_S)
+    assert first is not None
+    n0, cpu0 = first
+    per_point = (cpu - cpu0) / max(1, landed - n0) * 1e6 if landed > n0 else float("nan")
+    time.sleep(1.0)  # anything more (a doubled point would overwrite, not add) would be there now
+    landed = count_points(influx, db)
+    return Run(who, expected, expected / (now - t0), per_point, vm_hwm_mb(pid), landed)
+
+
+def run_fmc(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, name: str, expected: int) -> Run:
+    influx.create_database(name)
+    (tmp / name).mkdir()
     metrics_port = free_port()
-    cfg = agent_config(tmp, mqtt_port=mqtt_port, influx_url=influx.url, database=db, client_id=client_id,
+    cfg = agent_config(tmp / name, mqtt_port=broker.port, influx_url=influx.url, database=name, client_id=name,
                        metrics_port=metrics_port)
     # the bench stream has no meters; keep the agent's log quiet
     cfg.write_text(cfg.read_text().replace('level = "debug"', 'level = "warning"'))
     t0 = time.perf_counter()
     agent = AgentProcess(cfg, metrics_port).start()
+    assert agent.proc is not None
+    proc = agent.proc
     try:
-        # polled ten times a second: finer would cost the agent CPU (each scrape), coarser would overstate its time
-        written = agent.wait_metric("fmc_points_written_total", expected, timeout=900, poll_s=0.1, sink="influxdb")
-        elapsed = time.perf_counter() - t0
-        rss = vm_hwm_mb(agent.proc.pid)
+        run = watch("fmc", proc.pid, lambda: proc.poll() is None, influx, name, expected, t0)
+        # asked once, at the end: every message accepted once (none doubled in the spool), all written
+        accepted = agent.metric("fmc_points_accepted_total", source="plant")
+        written = agent.metric("fmc_points_written_total", sink="influxdb")
     finally:
         agent.terminate()
-    rows = influx.select(db, 'SELECT count("value") FROM "signal"')
-    landed = int(rows[0]["count"]) if rows else 0
-    assert written >= expected
-    return expected / elapsed, rss, landed
+    if accepted != expected or written < expected or run.landed != expected:
+        raise RuntimeError(f"fmc lost or doubled points: {expected} published, {accepted:.0f} accepted, "
+                           f"{written:.0f} written, {run.landed} in InfluxDB")
+    return run
+
+
+def nodered_unavailable() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not NODERED_MAIN.exists():
+        return f"Node-RED is not installed in {NODERED_DIR.relative_to(ROOT)}/ (scripts/bench installs it with npm)"
+    return None
+
+
+def run_nodered(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, name: str, expected: int) -> Run:
+    influx.create_database(name)
+    user_dir = tmp / name
+    user_dir.mkdir()
+    settings = user_dir / "settings.js"
+    port = free_port()
+    # its own userDir and settings: loopback only, no editor, nothing of the user's ~/.node-red
+    settings.write_text(
+        "module.exports = {\n"
+        f"  uiHost: '127.0.0.1', uiPort: {port}, httpAdminRoot: false, httpNodeRoot: false,\n"
+        "  credentialSecret: false, flowFilePretty: false,\n"
+        "  logging: { console: { level: 'warn', metrics: false, audit: false } },\n"
+        "  contextStorage: { default: { module: 'memory' } },\n"
+        "};\n", encoding="utf-8")
+    env = {**os.environ, "FMC_BENCH_MQTT_PORT": str(broker.port), "FMC_BENCH_CLIENT_ID": name,
+           "FMC_BENCH_INFLUX_PORT": str(influx.port), "FMC_BENCH_INFLUX_DB": name}
+    log = open(user_dir / "node-red.log", "wb")  # noqa: SIM115 - handed to the child process
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        ["node", str(NODERED_MAIN), "--settings", str(settings), "--userDir", str(user_dir), str(NODERED_FLOW)],
+        cwd=user_dir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    try:
+        run = watch("Node-RED", proc.pid, lambda: proc.poll() is None, influx, name, expected, t0)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}\n{(user_dir / 'node-red.log').read_text(errors='replace')[-3000:]}") from None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if run.landed != expected:
+        print(f"  Node-RED: {run.landed} of {expected} points in InfluxDB")
+    return run
+
+
+def bare_paho_rate(port: int, client_id: str, expected: int) -> tuple[float, float]:
+    """Messages/s and CPU µs per message of a paho subscriber that only counts (in this process)."""
+    count = 0
+    done = threading.Event()
+    started: list[tuple[float, float]] = []
+
+    def on_connect(client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+        started.append((time.perf_counter(), time.thread_time()))
+
+    def on_message(client, userdata, msg):  # type: ignore[no-untyped-def]
+        nonlocal count
+        count += 1
+        if count >= expected:
+            started.append((time.perf_counter(), time.thread_time()))  # paho's network thread
+            done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    if not done.wait(TIMEOUT_S):
+        raise RuntimeError(f"bare subscriber got {count} of {expected}")
+    client.loop_stop()
+    client.disconnect()
+    (w0, c0), (w1, c1) = started[0], started[-1]
+    return expected / (w1 - w0), (c1 - c0) / expected * 1e6
+
+
+def contenders(with_nodered: bool) -> list[tuple[str, Callable[..., Run]]]:
+    out: list[tuple[str, Callable[..., Run]]] = [("fmc", run_fmc)]
+    if with_nodered:
+        out.append(("nodered", run_nodered))
+    return out
+
+
+def one_round(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, per_series: int, repeat: int,
+              with_nodered: bool, bare: bool) -> tuple[dict[str, list[Run]], tuple[float, float] | None]:
+    tag = f"n{per_series}"
+    runs = [(f"{who}_{tag}_{r}", who, fn) for r in range(repeat) for who, fn in contenders(with_nodered)]
+    for name, _, _ in runs:
+        make_session(broker.port, name)
+    if bare:
+        make_session(broker.port, f"bare_{tag}")
+    t0 = time.perf_counter()
+    n = publish(broker.port, messages(500, SIGNALS, per_series))
+    print(f"published {n:,} QoS 1 messages (500 equipment × {SIGNALS} signals) in {time.perf_counter() - t0:.1f}s; "
+          f"the broker holds them for {len(runs) + bare} sessions   (load average {os.getloadavg()[0]:.1f})")
+    bare_result = bare_paho_rate(broker.port, f"bare_{tag}", n) if bare else None
+    results: dict[str, list[Run]] = {}
+    for name, who, fn in runs:
+        run = fn(tmp, broker, influx, name, n)
+        results.setdefault(who, []).append(run)
+        print(f"  {run.who:8s} {run.rate:9,.0f} points/s  {run.cpu_us:6.1f} µs CPU/point  RSS {run.rss_mb:4.0f} MB  "
+              f"{run.landed:,} points in InfluxDB   (load average {os.getloadavg()[0]:.1f})")
+    return results, bare_result
+
+
+def summary(title: str, results: dict[str, list[Run]]) -> None:
+    def med(who: str, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in results[who])
+
+    fmc_rate, fmc_cpu = med("fmc", "rate"), med("fmc", "cpu_us")
+    fmc_rss = max(r.rss_mb for r in results["fmc"])
+    line = f"{title}: fmc {fmc_rate:,.0f} points/s, {fmc_cpu:.1f} µs CPU/point, peak RSS {fmc_rss:.0f} MB"
+    if "nodered" in results:
+        nr_rate, nr_cpu = med("nodered", "rate"), med("nodered", "cpu_us")
+        nr_rss = max(r.rss_mb for r in results["nodered"])
+        line += (f"; Node-RED {nr_rate:,.0f} points/s, {nr_cpu:.1f} µs CPU/point, peak RSS {nr_rss:.0f} MB; "
+                 f"ratio fmc / Node-RED {fmc_rate / nr_rate:.2f} by rate, {nr_cpu / fmc_cpu:.2f} by CPU per point "
+                 "(goal ≥ 1.2)")
+    print(line)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--equipment", type=int, default=500)
-    ap.add_argument("--signals", type=int, default=4)
-    ap.add_argument("--per-series", type=int, default=100)
+    ap.add_argument("--small", type=int, default=100_000, help="messages of the repeated round (default 100000)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each contender in that round; the median counts")
+    ap.add_argument("--large", type=int, default=500_000, help="messages of the single long round (0: none)")
+    ap.add_argument("--no-nodered", action="store_true", help="fmc and bare paho only")
     args = ap.parse_args()
+    with_nodered = not args.no_nodered
+    if with_nodered and (why := nodered_unavailable()):
+        print(f"Node-RED side-by-side skipped: {why}")
+        with_nodered = False
     with tempfile.TemporaryDirectory(prefix="fmc-bench-") as tmpdir:
         tmp = Path(tmpdir)
         broker = MosquittoServer(tmp / "mosquitto", verbose_log=False)
         influx = InfluxDBServer(tmp / "influxdb")
         influx.start()
-        db = "bench"
-        influx.create_database(db)
         try:
-            make_session(broker.port, "bench-bare")
-            make_session(broker.port, "bench-agent")
-            t0 = time.perf_counter()
-            n = publish_backlog(broker.port, args.equipment, args.signals, args.per_series)
-            print(f"published {n} QoS 1 messages ({args.equipment} equipment × {args.signals} signals) "
-                  f"in {time.perf_counter() - t0:.1f}s; the broker holds them for both sessions")
-            bare = bare_subscriber_rate(broker.port, "bench-bare", n)
-            print(f"bare paho-mqtt subscriber (counts only): {bare:,.0f} messages/s")
-            (tmp / "agent").mkdir()
-            rate, rss, landed = agent_rate(tmp / "agent", broker.port, influx, db, "bench-agent", n)
-            print(f"fmc agent, spool on (synchronous=full), into InfluxDB: {rate:,.0f} points/s "
-                  f"({landed} points in InfluxDB)")
-            print(f"ratio agent / bare subscriber: {rate / bare:.2f}   (goal ≥ 0.6)")
-            print(f"agent peak RSS: {rss:.0f} MB   (goal ≤ 100 MB)")
+            small, bare = one_round(tmp, broker, influx, args.small // (500 * SIGNALS), args.repeat, with_nodered,
+                                    bare=True)
+            summary(f"{args.small:,} messages, median of {args.repeat}", small)
+            assert bare is not None
+            fmc_rate = statistics.median(r.rate for r in small["fmc"])
+            print(f"bare paho-mqtt subscriber (counts only): {bare[0]:,.0f} messages/s, {bare[1]:.1f} µs CPU/message "
+                  f"(its network thread); ratio fmc / bare paho {fmc_rate / bare[0]:.2f} by rate")
+            if args.large:
+                large, _ = one_round(tmp, broker, influx, args.large // (500 * SIGNALS), 1, with_nodered, bare=False)
+                summary(f"{args.large:,} messages", large)
         finally:
             broker.stop()
             influx.stop()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
