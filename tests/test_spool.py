@@ -283,6 +283,30 @@ def test_committed_messages_are_remembered_per_source_for_a_bounded_window(tmp_p
     assert rows == (RECENT_MESSAGES_KEEP, RECENT_MESSAGES_KEEP // 2 + 1, RECENT_MESSAGES_KEEP * 3 // 2)
 
 
+def test_a_group_of_messages_is_recorded_as_one_by_one(tmp_path: Path) -> None:
+    """A group's record is written in one statement per source: the rows are those of recording its
+    messages one after the other (the newest message of a packet id wins, also within a group; each
+    source numbers its own), and digests of another size take the row-by-row way to the same end."""
+    rng = random.Random(5)
+    expected: dict[tuple[str, int], tuple[bytes, int]] = {}
+    numbers: dict[str, int] = {}
+    with Spool(tmp_path / "s.db") as spool:
+        for group in range(40):
+            size = 8 if group % 10 == 3 else 16
+            messages = [(rng.choice(["plant", "hall"]), rng.randrange(1, 400), rng.randbytes(size))
+                        for _ in range(rng.randrange(1, 300))]
+            spool.append([], messages=messages)
+            for source, packet_id, digest in messages:
+                numbers[source] = numbers.get(source, 0) + 1
+                expected[(source, packet_id)] = (digest, numbers[source])
+        for (source, packet_id), (digest, _) in expected.items():
+            assert spool.committed_message(source, packet_id, digest)
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        rows = db.execute("SELECT source, packet_id, digest, n FROM recent_messages").fetchall()
+    db.close()
+    assert {(s, p): (bytes(d), n) for s, p, d, n in rows} == expected
+
+
 def test_a_schema_1_spool_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with Spool(path) as spool:
