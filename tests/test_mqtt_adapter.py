@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import queue
+import random
 import secrets
 import shutil
 import signal
@@ -969,6 +970,54 @@ def test_the_chunked_socket_gives_the_byte_stream_as_it_came() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_whole_packets_come_out_of_the_chunked_socket_however_the_bytes_arrive() -> None:
+    """read_packet against a stream split at every byte, then at random: each packet whole, None (and
+    nothing pending) while one is incomplete, EOF and an over-long remaining length refused."""
+    packets = [_publish_packet(b"t/%d" % i, b"v" * size, qos=1, mid=i + 1)
+               for i, size in enumerate([0, 1, 120, 127, 128, 16_383, 16_384, 70_000, 5])]
+    wire = b"".join(bytes([h]) + _remaining_length(len(body)) + body for h, body in packets)
+    rng = random.Random(3)
+    for splits in ([1] * 300 + [len(wire)], [rng.randrange(1, 9000) for _ in range(200)]):
+        left, right = socket.socketpair()
+        left.setblocking(False)
+        buffered = source_module._BufferedSocket(left)
+        got: list[tuple[int, bytes]] = []
+        sent = 0
+        for size in splits:
+            if sent >= len(wire):
+                break
+            right.sendall(wire[sent:sent + size])
+            sent += size
+            while True:
+                try:
+                    packet = buffered.read_packet()
+                except BlockingIOError:
+                    assert buffered.pending() == 0  # an incomplete packet is not "pending"
+                    break
+                assert packet is not None
+                got.append((packet[0], bytes(packet[1])))
+        assert got == [(h, bytes(body)) for h, body in packets]
+        right.close()
+        with pytest.raises(EOFError):
+            buffered.read_packet()
+        left.close()
+    left, right = socket.socketpair()
+    right.sendall(b"\x30\xff\xff\xff\xff\x01")
+    with pytest.raises(ValueError):
+        source_module._BufferedSocket(left).read_packet()
+    left.close()
+    right.close()
+
+
+def _remaining_length(n: int) -> bytes:
+    out = b""
+    while True:
+        n, byte = n >> 7, n & 0x7F
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
