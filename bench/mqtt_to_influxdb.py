@@ -16,9 +16,12 @@ take turns (fmc, Node-RED, fmc, ...), so load on a shared machine falls on both 
 
 Figures per contender: points/s from its process start until InfluxDB counts every point (polled
 4 times a second, a query InfluxDB answers: neither contender is asked anything meanwhile); CPU
-per point, the process's user + system time (``/proc``) from its first point in InfluxDB to its
-last, over the points in between (start-up left out); peak RSS (VmHWM). For fmc, nothing lost or
-doubled: InfluxDB holds every point and the agent accepted each message once.
+per point, the process's user + system time (``/proc``) at that moment less what the same program
+spends starting up with nothing to read (measured once per contender, before the rounds: started on
+a session of its own with no backlog, until its CPU time stops growing), over the points; peak RSS
+(VmHWM). Node-RED takes in the whole backlog before much reaches InfluxDB (it acknowledges at once
+and queues in memory), so only the process's whole CPU time is comparable. For fmc, nothing lost
+or doubled: InfluxDB holds every point and the agent accepted each message once.
 
 Run: make bench   (or: .venv/bin/python -m bench.mqtt_to_influxdb [--small 100000 --repeat 3 --large 500000])
 """
@@ -84,7 +87,7 @@ class Run:
     who: str
     points: int
     rate: float  # points/s from the process start until every point was in InfluxDB
-    cpu_us: float  # CPU µs per point between the first and the last point in InfluxDB
+    cpu_s: float  # the process's CPU seconds until every point was in InfluxDB, start-up included
     rss_mb: float
     landed: int
 
@@ -96,16 +99,12 @@ def count_points(influx: InfluxDBServer, db: str) -> int:
 
 def watch(who: str, pid: int, alive: Callable[[], bool], influx: InfluxDBServer, db: str, expected: int,
           t0: float) -> Run:
-    """Poll InfluxDB until ``expected`` points are in ``db``; the process's CPU from its first point on."""
-    first: tuple[int, float] | None = None
+    """Poll InfluxDB until ``expected`` points are in ``db``; the process's CPU time then."""
     deadline = t0 + TIMEOUT_S
-    landed = 0
     while True:
         landed = count_points(influx, db)
         now = time.perf_counter()
         cpu = cpu_seconds(pid)
-        if first is None and landed > 0:
-            first = (landed, cpu)
         if landed >= expected:
             break
         if not alive():
@@ -113,15 +112,28 @@ def watch(who: str, pid: int, alive: Callable[[], bool], influx: InfluxDBServer,
         if now > deadline:
             raise RuntimeError(f"{who}: {landed} of {expected} points in InfluxDB after {TIMEOUT_S:.0f}s")
         time.sleep(POLL_S)
-    assert first is not None
-    n0, cpu0 = first
-    per_point = (cpu - cpu0) / max(1, landed - n0) * 1e6 if landed > n0 else float("nan")
     time.sleep(1.0)  # anything more (a doubled point would overwrite, not add) would be there now
     landed = count_points(influx, db)
-    return Run(who, expected, expected / (now - t0), per_point, vm_hwm_mb(pid), landed)
+    return Run(who, expected, expected / (now - t0), cpu, vm_hwm_mb(pid), landed)
+
+
+def settled_cpu(pid: int, alive: Callable[[], bool]) -> float:
+    """The process's CPU seconds once they stop growing (start-up done, nothing to read)."""
+    time.sleep(2.0)
+    last = cpu_seconds(pid)
+    for _ in range(120):
+        time.sleep(1.0)
+        if not alive():
+            raise RuntimeError("the contender exited while starting up")
+        now = cpu_seconds(pid)
+        if now - last < 0.03:
+            return now
+        last = now
+    return last
 
 
 def run_fmc(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, name: str, expected: int) -> Run:
+    """``expected`` 0: start up with nothing to read and measure only that (Run.cpu_s)."""
     influx.create_database(name)
     (tmp / name).mkdir()
     metrics_port = free_port()
@@ -134,6 +146,8 @@ def run_fmc(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, name: st
     assert agent.proc is not None
     proc = agent.proc
     try:
+        if not expected:
+            return Run("fmc", 0, 0.0, settled_cpu(proc.pid, lambda: proc.poll() is None), vm_hwm_mb(proc.pid), 0)
         run = watch("fmc", proc.pid, lambda: proc.poll() is None, influx, name, expected, t0)
         # asked once, at the end: every message accepted once (none doubled in the spool), all written
         accepted = agent.metric("fmc_points_accepted_total", source="plant")
@@ -178,6 +192,8 @@ def run_nodered(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, name
     )
     log.close()
     try:
+        if not expected:
+            return Run("Node-RED", 0, 0.0, settled_cpu(proc.pid, lambda: proc.poll() is None), vm_hwm_mb(proc.pid), 0)
         run = watch("Node-RED", proc.pid, lambda: proc.poll() is None, influx, name, expected, t0)
     except RuntimeError as e:
         raise RuntimeError(f"{e}\n{(user_dir / 'node-red.log').read_text(errors='replace')[-3000:]}") from None
@@ -229,8 +245,29 @@ def contenders(with_nodered: bool) -> list[tuple[str, Callable[..., Run]]]:
     return out
 
 
+def startup_cpu(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, with_nodered: bool) -> dict[str, float]:
+    """Each contender's CPU seconds for starting up and settling with nothing to read."""
+    out: dict[str, float] = {}
+    for who, fn in contenders(with_nodered):
+        name = f"{who}_startup"
+        make_session(broker.port, name)
+        out[who] = fn(tmp, broker, influx, name, 0).cpu_s
+    print("start-up CPU (nothing to read), left out of CPU per point: "
+          + ", ".join(f"{who} {cpu:.2f}s" for who, cpu in out.items()))
+    return out
+
+
+def cpu_us_per_point(run: Run, startup: dict[str, float]) -> float:
+    return (run.cpu_s - startup[run_key(run)]) / run.points * 1e6
+
+
+def run_key(run: Run) -> str:
+    return "fmc" if run.who == "fmc" else "nodered"
+
+
 def one_round(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, per_series: int, repeat: int,
-              with_nodered: bool, bare: bool) -> tuple[dict[str, list[Run]], tuple[float, float] | None]:
+              with_nodered: bool, bare: bool, startup: dict[str, float],
+              ) -> tuple[dict[str, list[Run]], tuple[float, float] | None]:
     tag = f"n{per_series}"
     runs = [(f"{who}_{tag}_{r}", who, fn) for r in range(repeat) for who, fn in contenders(with_nodered)]
     for name, _, _ in runs:
@@ -246,13 +283,16 @@ def one_round(tmp: Path, broker: MosquittoServer, influx: InfluxDBServer, per_se
     for name, who, fn in runs:
         run = fn(tmp, broker, influx, name, n)
         results.setdefault(who, []).append(run)
-        print(f"  {run.who:8s} {run.rate:9,.0f} points/s  {run.cpu_us:6.1f} µs CPU/point  RSS {run.rss_mb:4.0f} MB  "
+        print(f"  {run.who:8s} {run.rate:9,.0f} points/s  {cpu_us_per_point(run, startup):6.1f} µs CPU/point  "
+              f"RSS {run.rss_mb:4.0f} MB  "
               f"{run.landed:,} points in InfluxDB   (load average {os.getloadavg()[0]:.1f})")
     return results, bare_result
 
 
-def summary(title: str, results: dict[str, list[Run]]) -> None:
+def summary(title: str, results: dict[str, list[Run]], startup: dict[str, float]) -> None:
     def med(who: str, attr: str) -> float:
+        if attr == "cpu_us":
+            return statistics.median(cpu_us_per_point(r, startup) for r in results[who])
         return statistics.median(getattr(r, attr) for r in results[who])
 
     fmc_rate, fmc_cpu = med("fmc", "rate"), med("fmc", "cpu_us")
@@ -274,6 +314,7 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=500_000, help="messages of the single long round (0: none)")
     ap.add_argument("--no-nodered", action="store_true", help="fmc and bare paho only")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress lines as they come
     with_nodered = not args.no_nodered
     if with_nodered and (why := nodered_unavailable()):
         print(f"Node-RED side-by-side skipped: {why}")
@@ -284,16 +325,18 @@ def main() -> None:
         influx = InfluxDBServer(tmp / "influxdb")
         influx.start()
         try:
+            startup = startup_cpu(tmp, broker, influx, with_nodered)
             small, bare = one_round(tmp, broker, influx, args.small // (500 * SIGNALS), args.repeat, with_nodered,
-                                    bare=True)
-            summary(f"{args.small:,} messages, median of {args.repeat}", small)
+                                    bare=True, startup=startup)
+            summary(f"{args.small:,} messages, median of {args.repeat}", small, startup)
             assert bare is not None
             fmc_rate = statistics.median(r.rate for r in small["fmc"])
             print(f"bare paho-mqtt subscriber (counts only): {bare[0]:,.0f} messages/s, {bare[1]:.1f} µs CPU/message "
                   f"(its network thread); ratio fmc / bare paho {fmc_rate / bare[0]:.2f} by rate")
             if args.large:
-                large, _ = one_round(tmp, broker, influx, args.large // (500 * SIGNALS), 1, with_nodered, bare=False)
-                summary(f"{args.large:,} messages", large)
+                large, _ = one_round(tmp, broker, influx, args.large // (500 * SIGNALS), 1, with_nodered, bare=False,
+                                     startup=startup)
+                summary(f"{args.large:,} messages", large, startup)
         finally:
             broker.stop()
             influx.stop()
