@@ -118,17 +118,20 @@ def watch(who: str, pid: int, alive: Callable[[], bool], influx: InfluxDBServer,
 
 
 def settled_cpu(pid: int, alive: Callable[[], bool]) -> float:
-    """The process's CPU seconds once they stop growing (start-up done, nothing to read)."""
+    """The process's CPU seconds once they stop growing (start-up done, nothing to read): three
+    quiet seconds in a row, as a loaded machine can hold a process back for one."""
     time.sleep(2.0)
     last = cpu_seconds(pid)
+    quiet = 0
     for _ in range(120):
         time.sleep(1.0)
         if not alive():
             raise RuntimeError("the contender exited while starting up")
         now = cpu_seconds(pid)
-        if now - last < 0.03:
-            return now
+        quiet = quiet + 1 if now - last < 0.03 else 0
         last = now
+        if quiet == 3:
+            break
     return last
 
 
