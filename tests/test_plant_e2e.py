@@ -80,11 +80,12 @@ def test_opcua_states_reach_influxdb(tmp_path, mosquitto, influx_db):
             assert rows[0]["last"] == 1200.0
             # never-connected equipment has no state changes: it stays offline, counted at the day's end
             assert set(states) == {"CNC-01"}
-            # the plant model's counters are on /metrics. Late samples: only the two nodes' first values, which
-            # the server held from before the agent started (older than the tracker's start: applied at it);
+            # the plant model's counters are on /metrics. Late samples: at most the two nodes' first values, when
+            # the server stamped them before the agent started (older than the tracker's start: applied at it);
             # the values in flight since are not late, as the trackers run sample_delay_s behind the clock
+            # (test_plant_runtime's test_samples_on_their_way_are_not_late… proves that part exactly)
             metrics = agent.metrics()
-            assert metrics[("fmc_plant_events", (("kind", "late_samples"), ("part", "equipment")))] == 2
+            assert metrics[("fmc_plant_events", (("kind", "late_samples"), ("part", "equipment")))] <= 2
             assert metrics[("fmc_plant_events", (("kind", "unknown_equipment"), ("part", "plant")))] == 0
             assert agent.terminate() == 0
         finally:
