@@ -124,7 +124,9 @@ async def bare(port: int, variables: int, hz: float, seconds: float, warmup: flo
     from asyncua import Client, ua
 
     logging.getLogger("asyncua").setLevel(logging.ERROR)
-    client = Client(f"opc.tcp://{HOST}:{port}/", timeout=60)
+    # asyncua's supervisor probes the server every watchdog interval and drops the connection when
+    # a probe takes over a second, which a loaded machine's busy server does while items are created
+    client = Client(f"opc.tcp://{HOST}:{port}/", timeout=60, watchdog_intervall=30.0)
     await client.connect()
     ns = await client.get_namespace_index(BENCH_URI)
     window: tuple[float, float] | None = None  # count changes whose SourceTimestamp falls in it
