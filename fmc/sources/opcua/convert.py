@@ -19,6 +19,7 @@ from fmc.agent.plugin import MIN_TIMESTAMP_NS, Rejection
 from fmc.core.lineprotocol import MAX_STRING_FIELD_BYTES, encode_series
 from fmc.core.points import FieldValue, Point, Priority
 from fmc.sources.opcua import config as schema
+from fmc.sources.opcua.publish import _MAX_TICKS, TICKS_1970, Change, ticks_ns
 
 MAX_FUTURE_NS = 300 * 10**9  # a timestamp further ahead than this is a clock fault
 _NULL_TIME_NS = -11_644_473_600 * 10**9  # 1601-01-01, OPC UA's "no timestamp": not a clock fault
@@ -28,6 +29,7 @@ _NULL_TIME_NS = -11_644_473_600 * 10**9  # 1601-01-01, OPC UA's "no timestamp": 
 QUALITY_MASK = 0xFFFF0000
 _DETAIL_MAX = 120
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TICKS_1970_NS = TICKS_1970 * 100
 
 
 def _short(value: object) -> str:
@@ -141,6 +143,28 @@ def _field(plan: _NodePlan, raw: object) -> tuple[str, FieldValue] | Rejection:
     return _number(plan, raw, False)
 
 
+def _fields(
+    plan: _NodePlan, topic: str, quality: int, raw: object, rejected: list[tuple[str, Rejection]]
+) -> dict[str, FieldValue] | None:
+    """The fields of a value other than a Good finite unscaled Double; None when it was rejected."""
+    fields: dict[str, FieldValue] = {"quality": quality}
+    if raw is not None:
+        converted = _field(plan, raw)
+        if type(converted) is Rejection:
+            if quality == 0:
+                rejected.append((topic, converted))  # type: ignore[arg-type]
+                return None
+            # Bad or Uncertain with a value we cannot store: the quality alone still tells the story
+        else:
+            key, value = converted  # type: ignore[misc]
+            fields[key] = value
+    elif quality == 0:
+        rejected.append((topic, Rejection("value_wrong_type", f"{plan.where} ({plan.address}): Good status, "
+                                                              "no value")))
+        return None
+    return fields
+
+
 def data_value_to_point(
     plan: _NodePlan, topic: str, dv: ua.DataValue, received_ns: int, prefer_source: bool,
     points: list[Point], rejected: list[tuple[str, Rejection]], clock_faults: list[_NodePlan],
@@ -150,24 +174,12 @@ def data_value_to_point(
     quality = status.value & QUALITY_MASK if status is not None else 0
     variant = dv.Value
     raw = variant.Value if variant is not None else None
-    fields: dict[str, FieldValue]
+    fields: dict[str, FieldValue] | None
     if quality == 0 and plan.plain_number and type(raw) is float and raw - raw == 0.0:  # x - x is nan for inf, nan
         fields = {"value": raw, "quality": 0}  # the common case, kept short: a Good finite Double, unscaled
     else:
-        fields = {"quality": quality}
-        if raw is not None:
-            converted = _field(plan, raw)
-            if type(converted) is Rejection:
-                if quality == 0:
-                    rejected.append((topic, converted))  # type: ignore[arg-type]
-                    return
-                # Bad or Uncertain with a value we cannot store: the quality alone still tells the story
-            else:
-                key, value = converted  # type: ignore[misc]
-                fields[key] = value
-        elif quality == 0:
-            rejected.append((topic, Rejection("value_wrong_type", f"{plan.where} ({plan.address}): Good status, "
-                                                                  "no value")))
+        fields = _fields(plan, topic, quality, raw, rejected)
+        if fields is None:
             return
     ts = dv.SourceTimestamp if prefer_source else dv.ServerTimestamp
     ts_ns = -1
@@ -177,3 +189,43 @@ def data_value_to_point(
     if not MIN_TIMESTAMP_NS <= ts_ns <= received_ns + MAX_FUTURE_NS:
         ts_ns = _timestamp_ns(plan, dv, received_ns, prefer_source, clock_faults)
     points.append(Point(plan.measurement, plan.tags.copy(), fields, ts_ns, Priority.RAW, plan.series))
+
+
+def change_to_point(
+    plan: _NodePlan, topic: str, change: Change, received_ns: int, prefer_source: bool,
+    points: list[Point], rejected: list[tuple[str, Rejection]], clock_faults: list[_NodePlan],
+) -> None:
+    """``data_value_to_point`` for a change decoded by ``publish.decode_publish_response``: the
+    same point or rejection, from the raw status code and timestamps (no DataValue, no datetime)."""
+    _, raw, status, source, server = change
+    quality = status & QUALITY_MASK
+    fields: dict[str, FieldValue] | None
+    if quality == 0 and plan.plain_number and type(raw) is float and raw - raw == 0.0:  # x - x is nan for inf, nan
+        fields = {"value": raw, "quality": 0}  # the common case, kept short: a Good finite Double, unscaled
+    else:
+        fields = _fields(plan, topic, quality, raw, rejected)
+        if fields is None:
+            return
+    first, second = (source, server) if prefer_source else (server, source)
+    ts_ns = -1
+    if first is not None and 0 <= first < _MAX_TICKS:
+        ts_ns = (first // 10) * 1000 - _TICKS_1970_NS
+    if not MIN_TIMESTAMP_NS <= ts_ns <= received_ns + MAX_FUTURE_NS:
+        ts_ns = _ticks_timestamp_ns(plan, first, second, received_ns, clock_faults)
+    points.append(Point(plan.measurement, plan.tags.copy(), fields, ts_ns, Priority.RAW, plan.series))
+
+
+def _ticks_timestamp_ns(
+    plan: _NodePlan, first: int | None, second: int | None, received_ns: int, clock_faults: list[_NodePlan]
+) -> int:
+    """``_timestamp_ns`` for OPC UA ticks."""
+    for ticks in (first, second):
+        if ticks is None:
+            continue
+        ns = ticks_ns(ticks)
+        if MIN_TIMESTAMP_NS <= ns <= received_ns + MAX_FUTURE_NS:
+            return ns
+        if ns > _NULL_TIME_NS and not plan.clock_fault:
+            plan.clock_fault = True
+            clock_faults.append(plan)
+    return received_ns

@@ -34,7 +34,7 @@ from fmc.sources.opcua.connection import (
     drop_connection,
     reactivate_session,
 )
-from fmc.sources.opcua.convert import _NodePlan, data_value_to_point
+from fmc.sources.opcua.convert import _NodePlan, change_to_point, data_value_to_point
 from fmc.sources.opcua.nodes import (
     _NODE_UNUSABLE,
     DEFAULT_ITEMS_PER_CALL,
@@ -46,6 +46,7 @@ from fmc.sources.opcua.nodes import (
     resolve_aliases,
     resolve_nodes,
 )
+from fmc.sources.opcua.publish import DataChanges, install
 
 if TYPE_CHECKING:
     from fmc.sources.opcua.source import OpcUaSource
@@ -138,7 +139,15 @@ class _Session:
         prefer_source = self.prefer_source
         changes = 0
         for notification in data:
-            if type(notification) is ua.DataChangeNotification:
+            if type(notification) is DataChanges:
+                batch = notification.changes
+                changes += len(batch)
+                for change in batch:
+                    node = handles.get(change[0])
+                    if node is not None:
+                        change_to_point(node.plan, node.topic, change, received_ns, prefer_source, points, rejected,
+                                        clock_faults)
+            elif type(notification) is ua.DataChangeNotification:
                 items = notification.MonitoredItems
                 changes += len(items)
                 for item in items:
@@ -271,6 +280,7 @@ class _Session:
             RequestedMaxKeepAliveCount=keepalive, MaxNotificationsPerPublish=MAX_NOTIFICATIONS_PER_PUBLISH,
             PublishingEnabled=True, Priority=0,
         )
+        install(self.client.uaclient.session)  # before the publish loop starts: our decoding (publish.py)
         result = await self.client.uaclient.create_subscription(params, self.on_publish)
         self.subscription_ids.append(result.SubscriptionId)
         self.last_publish = time.monotonic()
