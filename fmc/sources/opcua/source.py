@@ -24,12 +24,15 @@ for ``watchdog_s`` while subscriptions exist, the server's CurrentTime not advan
 emitted (the state tracker sees the silence) and ``fmc_source_connected{source}`` is 0.
 
 The hot path (``_Session.on_publish``) works on asyncua's raw ``PublishResult`` rather than
-its ``Subscription`` objects, which create a task and a ``Node`` per notification; the tags and
-the encoded series of each node are made once per configuration.
+its ``Subscription`` objects, which create a task and a ``Node`` per notification, and the
+session's publish loop decodes the data changes itself (``publish.py``: one tuple a change, not
+asyncua's five objects); the tags and the encoded series of each node are made once per
+configuration.
 
 Where the rest lives (all in ``fmc/sources/opcua/``): ``connection.py`` (failures named for a
 person, certificates, endpoint choice, opening and closing the client), ``nodes.py`` (namespaces,
-NodeIds, browse paths, resolution), ``convert.py`` (values to points, the hot path),
+NodeIds, browse paths, resolution), ``publish.py`` (PublishResponses decoded by hand),
+``convert.py`` (values to points, the hot path),
 ``session.py`` (``_Session``), ``check.py`` (``fmc check``), ``tools.py`` (``fmc opcua cert`` and
 ``fmc opcua browse``), ``config.py`` (the settings, and the plugin's entry).
 
