@@ -25,6 +25,7 @@ from fmc.demo.plant import (
     METER_PERIOD_S,
     PlantSimulator,
     meter_configs,
+    opcua_meter_configs,
     write_ledger_csv,
 )
 from fmc.demo.run import LEDGER_FILE, SPOOL_FILE, STORE_FILE, SUMMARY_FILE, run_demo
@@ -99,7 +100,7 @@ def test_meter_registers_and_the_reset_through_the_real_accumulator() -> None:
     sim, ticks = run_ticks(2017, 60, reset_at_tick=31)
     assert sim.reset_at_tick == 30  # right after a reading
     resetting = next(m for m in DEMO_METERS if m.resets)
-    configs = {c["id"]: MeterConfig.model_validate(c) for c in meter_configs()}
+    configs = {c["id"]: MeterConfig.model_validate(c) for c in meter_configs() + opcua_meter_configs()}
     for meter in DEMO_METERS:
         readings = _readings(ticks, meter.meter)
         assert len(readings) == 60 // METER_PERIOD_S

@@ -606,12 +606,15 @@ def equipment_classes(machines: Sequence[MachineSpec] = DEMO_MACHINES) -> list[d
 
 
 def meter_configs(meters: Sequence[MeterSpec] = DEMO_METERS) -> list[dict[str, Any]]:
-    """``[[meter]]`` per MQTT meter: cumulative counters with a plausible maximum rate; then the OPC UA
-    sub-meters (not in the enterprise's total: main-incomer counts their energy)."""
+    """``[[meter]]`` per meter: cumulative counters with a plausible maximum rate."""
     return [{"id": m.meter, "carrier": m.carrier, "kind": "counter", "unit": m.config_unit,
-             "max_rate_per_h": m.max_rate_per_h} for m in meters] + [
-        {"id": meter, "carrier": "electricity", "kind": "counter", "unit": "kWh", "max_rate_per_h": rate,
-         "enterprise_total": False} for meter, _, rate in OPCUA_METERS.values()]
+             "max_rate_per_h": m.max_rate_per_h} for m in meters]
+
+
+def opcua_meter_configs() -> list[dict[str, Any]]:
+    """``[[meter]]`` per OPC UA sub-meter (not in the enterprise's total: main-incomer counts their energy)."""
+    return [{"id": meter, "carrier": "electricity", "kind": "counter", "unit": "kWh", "max_rate_per_h": rate,
+             "enterprise_total": False} for meter, _, rate in OPCUA_METERS.values()]
 
 
 def opcua_meter_nodes() -> list[dict[str, Any]]:

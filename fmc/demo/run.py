@@ -58,6 +58,7 @@ from fmc.demo.plant import (
     equipment_classes,
     free_port,
     meter_configs,
+    opcua_meter_configs,
     opcua_meter_nodes,
     opcua_nodes,
     write_ledger_csv,
@@ -222,7 +223,7 @@ def demo_config(
             **({"modbus": [modbus_section(modbus_port)]} if modbus_port else {}),  # the water meter (modbus_meter.py)
             "plant": DEMO_PLANT,
             "equipment_class": equipment_classes(machines),
-            "meter": meter_configs(meters) + ([dlt645.meter_config()] if dlt645 else [])
+            "meter": meter_configs(meters) + opcua_meter_configs() + ([dlt645.meter_config()] if dlt645 else [])
             + (meter_configs([MODBUS_METER]) if modbus_port else []),
             "sink": {"type": "embedded", "path": str(workdir / STORE_FILE)},
             "spool": {"path": str(workdir / SPOOL_FILE)},
