@@ -611,6 +611,13 @@ def meter_configs(meters: Sequence[MeterSpec] = DEMO_METERS) -> list[dict[str, A
              "max_rate_per_h": m.max_rate_per_h} for m in meters]
 
 
+def opcua_meter_specs() -> list[MeterSpec]:
+    """The OPC UA sub-meters as the summary lists them (their increments are not checked against the
+    simulator: a subscription's last value lags the register by up to a sampling interval)."""
+    return [MeterSpec("electricity", meter, "电 electricity", "kWh", "kWh", start, 0.001, rate)
+            for meter, start, rate in OPCUA_METERS.values()]
+
+
 def opcua_meter_configs() -> list[dict[str, Any]]:
     """``[[meter]]`` per OPC UA sub-meter (not in the enterprise's total: main-incomer counts their energy)."""
     return [{"id": meter, "carrier": "electricity", "kind": "counter", "unit": "kWh", "max_rate_per_h": rate,

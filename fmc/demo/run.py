@@ -60,6 +60,7 @@ from fmc.demo.plant import (
     meter_configs,
     opcua_meter_configs,
     opcua_meter_nodes,
+    opcua_meter_specs,
     opcua_nodes,
     write_ledger_csv,
 )
@@ -482,7 +483,7 @@ async def _run_plant(workdir: Path, ticks: int, seed: int, inventory: Any, say: 
         sim.report.meter_increments[MODBUS_METER.meter] = water.increments
     summary = summarise(agent, sim.report, workdir=workdir, spool_depth=spool_depth, started_ms=started_ms,
                         first_tick_ms=run.first_tick_ms, last_tick_ms=run.last_tick_ms,
-                        meters=(*DEMO_METERS, dlt645.spec, MODBUS_METER))
+                        meters=(*DEMO_METERS, *opcua_meter_specs(), dlt645.spec, MODBUS_METER))
     problems += _checks(summary)
     summary.problems = problems
     (workdir / SUMMARY_FILE).write_text(json.dumps(summary.to_json(), ensure_ascii=False, indent=1), encoding="utf-8")
