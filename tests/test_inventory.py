@@ -588,7 +588,7 @@ def spell_date(draw: st.DrawFn, d: date) -> str:
 
 
 @given(data=st.data(), items=items_strategy())
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 def test_round_trip_any_header_language_order_and_spelling(tmp_path_factory, data, items):
     draw = data.draw
     fields = list(HEADER_SYNONYMS)

@@ -374,7 +374,7 @@ def counter_story(draw):
     return readings, truth
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(counter_story())
 def test_property_resets_and_rollovers_never_double_count(story) -> None:
     readings, truth = story
@@ -399,7 +399,7 @@ garbage = st.lists(
 )
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(garbage, st.sampled_from(["counter", "interval", "power"]))
 def test_property_consumption_never_negative_whatever_arrives(ops, kind) -> None:
     cfg = meter(kind=kind, max_gap_s=1800, max_rate_per_h=5000.0, **({"rollover": 1e6} if kind == "counter" else {}))
@@ -573,7 +573,7 @@ def readings_with_zero_glitches(draw, low: bool = False):
     return out, true[-1][0] - true[0][0]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(readings_with_zero_glitches(), st.sampled_from([{}, {"rollover": 1_000_000}, {"max_jitter": 0.01}]))
 def test_property_single_zero_glitches_never_change_the_total(story, cfg) -> None:
     readings, truth = story
@@ -586,7 +586,7 @@ def test_property_single_zero_glitches_never_change_the_total(story, cfg) -> Non
     assert math.fsum(iv.amount for iv in out) == pytest.approx(truth, rel=1e-9, abs=1e-6)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(readings_with_zero_glitches(low=True), st.sampled_from([{}, {"rollover": 1_000_000}]))
 def test_property_single_low_glitches_never_change_the_total(story, cfg) -> None:
     readings, truth = story

@@ -435,7 +435,7 @@ def check_partition(t: EquipmentTracker, events, start: int, end: int) -> None:
     assert all(a.state == b.previous and a.state != b.state for a, b in pairwise(cs))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations, start_instants)
 def test_property_states_partition_each_day_exactly(ops, start) -> None:
     t = EquipmentTracker("m1", PROPERTY_CLASS, start_ns=start, site=SITE, plant=PLANT)
@@ -448,7 +448,7 @@ def test_property_states_partition_each_day_exactly(ops, start) -> None:
     assert open_day.offline_ns + open_day.online_ns == open_day.covered_ns
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(operations, st.data(), start_instants)
 def test_property_snapshot_restore_equals_an_uninterrupted_run(ops, data, start) -> None:
     k = data.draw(st.integers(0, len(ops)))
