@@ -15,12 +15,12 @@ sink either takes the lines (reporting any line the store refused for good), or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self
 
-from fmc.core.config import EnterpriseConfig
+from fmc.core.config import TEMPLATE_FIELD, EnterpriseConfig
 from fmc.core.points import Point
 
 if TYPE_CHECKING:
@@ -190,6 +190,26 @@ class Feeds:
     meters: frozenset[str] = frozenset()
     any_equipment: bool = False  # a template names equipment at run time
     any_meter: bool = False  # a template names meters at run time
+
+    @classmethod
+    def of(cls, targets: Iterable[tuple[str, str | None]]) -> Feeds:
+        """From ``(kind, name)`` pairs (kind ``"signal"``: the name is equipment; ``"meter"``: a meter),
+        where a name with a ``{field}`` template names others at run time."""
+        equipment: set[str] = set()
+        meters: set[str] = set()
+        any_equipment = any_meter = False
+        for kind, name in targets:
+            assert name is not None  # filled in by the section's validator
+            fixed = not TEMPLATE_FIELD.search(name)
+            if kind == "signal":
+                any_equipment |= not fixed
+                if fixed:
+                    equipment.add(name)
+            else:
+                any_meter |= not fixed
+                if fixed:
+                    meters.add(name)
+        return cls(frozenset(equipment), frozenset(meters), any_equipment, any_meter)
 
 
 class SourceSettings(Protocol):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 
@@ -181,6 +181,27 @@ def read_toml(path: Path, *, missing_fix: str = "pass the right path with -c", e
              for loc, name in missing],
         )
     return data
+
+
+class TLSConfig(_Model):
+    """``[<source>.tls]`` of a source that talks to an MQTT broker ([[mqtt]], [[sparkplug]])."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both for a client certificate, or neither")
+        return self
+
+    def relative_to(self, base: Path) -> TLSConfig:
+        """The same files, relative paths taken from ``base`` (the config file's folder)."""
+        update = {k: base / p for k in ("ca_file", "cert_file", "key_file")
+                  if (p := getattr(self, k)) is not None and not p.is_absolute()}
+        return self.model_copy(update=update) if update else self
 
 
 class EnterpriseConfig(_Model):

@@ -16,23 +16,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fmc.agent.plugin import CheckResult, Feeds, SourceContext
 from fmc.core.carriers import CARRIERS
-from fmc.core.config import ID_PATTERN, NAME_PATTERN, TEMPLATE_FIELD, EnterpriseConfig, _Model
+from fmc.core.config import ID_PATTERN, NAME_PATTERN, TEMPLATE_FIELD, EnterpriseConfig, TLSConfig, _Model
 
 if TYPE_CHECKING:
     from fmc.sources.mqtt.source import MqttSource as RunningMqttSource
-
-
-class TLSConfig(_Model):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure_skip_verify: bool = False
-
-    @model_validator(mode="after")
-    def _pair(self) -> TLSConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: set both for a client certificate, or neither")
-        return self
 
 
 class Subscription(_Model):
@@ -177,26 +164,10 @@ class MqttSource(_Model):
         return await check_mqtt(self, timeout=timeout)
 
     def feeds(self) -> Feeds:
-        equipment: set[str] = set()
-        meters: set[str] = set()
-        any_equipment = any_meter = False
-        for sub in self.subscribe:
-            name = sub.equipment if sub.kind == "signal" else sub.meter
-            assert name is not None  # filled in by the subscription's validator
-            fixed = not TEMPLATE_FIELD.search(name)
-            if sub.kind == "signal":
-                any_equipment |= not fixed
-                if fixed:
-                    equipment.add(name)
-            else:
-                any_meter |= not fixed
-                if fixed:
-                    meters.add(name)
-        return Feeds(frozenset(equipment), frozenset(meters), any_equipment, any_meter)
+        return Feeds.of((sub.kind, sub.equipment if sub.kind == "signal" else sub.meter) for sub in self.subscribe)
 
     def relative_to(self, base: Path) -> Self:
         if self.tls is None:
             return self
-        update = {k: base / p for k in ("ca_file", "cert_file", "key_file")
-                  if (p := getattr(self.tls, k)) is not None and not p.is_absolute()}
-        return self.model_copy(update={"tls": self.tls.model_copy(update=update)}) if update else self
+        tls = self.tls.relative_to(base)
+        return self if tls is self.tls else self.model_copy(update={"tls": tls})

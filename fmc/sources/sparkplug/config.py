@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from fmc.agent.plugin import CheckResult, Feeds, SourceContext
 from fmc.core.carriers import CARRIERS
-from fmc.core.config import ID_PATTERN, NAME_PATTERN, TEMPLATE_FIELD, EnterpriseConfig, _Model
+from fmc.core.config import ID_PATTERN, NAME_PATTERN, TEMPLATE_FIELD, EnterpriseConfig, TLSConfig, _Model
 
 if TYPE_CHECKING:
     from fmc.sources.sparkplug.source import SparkplugHost
@@ -24,19 +24,6 @@ if TYPE_CHECKING:
 # a Sparkplug id (group, edge node, device, host): a UTF-8 topic level without MQTT's '+', '/', '#'
 SPARKPLUG_ID = r"^[^+/#\x00-\x1f\x7f]{1,128}$"
 _CAPTURE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(\*?)\}")
-
-
-class TLSConfig(_Model):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    insecure_skip_verify: bool = False
-
-    @model_validator(mode="after")
-    def _pair(self) -> TLSConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together: set both for a client certificate, or neither")
-        return self
 
 
 class MetricMap(_Model):
@@ -163,26 +150,10 @@ class SparkplugSource(_Model):
         return await check_sparkplug(self, timeout=timeout)
 
     def feeds(self) -> Feeds:
-        equipment: set[str] = set()
-        meters: set[str] = set()
-        any_equipment = any_meter = False
-        for m in self.metric:
-            name = m.equipment if m.kind == "signal" else m.meter
-            assert name is not None  # filled in by the map's validator
-            fixed = not TEMPLATE_FIELD.search(name)
-            if m.kind == "signal":
-                any_equipment |= not fixed
-                if fixed:
-                    equipment.add(name)
-            else:
-                any_meter |= not fixed
-                if fixed:
-                    meters.add(name)
-        return Feeds(frozenset(equipment), frozenset(meters), any_equipment, any_meter)
+        return Feeds.of((m.kind, m.equipment if m.kind == "signal" else m.meter) for m in self.metric)
 
     def relative_to(self, base: Path) -> Self:
         if self.tls is None:
             return self
-        update = {k: base / p for k, p in (("ca_file", self.tls.ca_file), ("cert_file", self.tls.cert_file),
-                                           ("key_file", self.tls.key_file)) if p is not None and not p.is_absolute()}
-        return self.model_copy(update={"tls": self.tls.model_copy(update=update)}) if update else self
+        tls = self.tls.relative_to(base)
+        return self if tls is self.tls else self.model_copy(update={"tls": tls})
