@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ class RecordingIngest:
     def __init__(self, *, ack: bool = True, ack_delay_s: float = 0.0, fail_first: int = 0) -> None:
         self.ack = ack
         self.ack_delay_s = ack_delay_s
-        self.fail_first = fail_first  # the first n submit() calls raise, like an ingest that broke
+        self.fail_first = fail_first  # the first n calls (submit or submit_many) raise, like an ingest that broke
         self.submissions: list[Submission] = []
         self._cond = threading.Condition()
         self._acks: queue.Queue[tuple[float, Submission, Callable[[], None]] | None] = queue.Queue()
@@ -89,6 +89,17 @@ class RecordingIngest:
         if ack is not None and self.ack:
             self._acks.put((time.monotonic() + self.ack_delay_s, sub, ack))
         return True
+
+    def submit_many(
+        self, source: str, messages: Sequence[tuple[str, bytes, MapResult, Callable[[], None] | None]],
+    ) -> int:
+        with self._cond:
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                raise RuntimeError("ingest broken on purpose")
+        for topic, payload, result, ack in messages:
+            self.submit(source, topic, payload, result, ack, wait=False)
+        return 0
 
     def _run_acks(self) -> None:
         while (item := self._acks.get()) is not None:
@@ -303,6 +314,11 @@ class SpoolThatNeverCommits:
     def submit(self, source, topic, payload, result, ack, wait=True):
         print("got", topic, flush=True)
         return True
+
+    def submit_many(self, source, messages):
+        for topic, payload, result, ack in messages:
+            self.submit(source, topic, payload, result, ack)
+        return 0
 
 source = MqttSource(cfg, Mapper(enterprise, cfg.subscribe), SpoolThatNeverCommits(), AgentMetrics(),
                     logging.getLogger("child"))
@@ -703,11 +719,12 @@ def test_an_ingest_error_leaves_the_message_unacknowledged_and_the_source_runnin
     ingest = RecordingIngest(fail_first=1)
     cfg = source_config(mosquitto, prefix)
     with caplog.at_level(logging.ERROR, logger="test.mqtt"), running(make_source(cfg, ingest)) as source:
-        publish(mosquitto, [(f"{prefix}/a/b", b'{"value": 1}', 1), (f"{prefix}/a/c", b'{"value": 2}', 1)])
+        publish(mosquitto, [(f"{prefix}/a/b", b'{"value": 1}', 1)])
+        wait_until(lambda: "did not take 1 message(s)" in caplog.text, "the ingest's error logged")
+        publish(mosquitto, [(f"{prefix}/a/c", b'{"value": 2}', 1)])
         (sub,) = ingest.wait_for(1)
         assert sub.topic == f"{prefix}/a/c" and sub.acked.wait(WAIT_S)
         assert source.connected and source._unacked == 0
-    assert "did not take a message" in caplog.text
     # the one that failed was never acknowledged: the next start gets it again
     again = RecordingIngest()
     with running(make_source(cfg, again)):

@@ -129,6 +129,28 @@ class Ingest:
         self._put(sub, wait)
         return True
 
+    def submit_many(
+        self, source: str, messages: Sequence[tuple[str, bytes, MapResult, Callable[[], None] | None]],
+    ) -> int:
+        """``submit`` with ``wait=False`` for a run of messages (topic, payload, result, ack) of one
+        source, queued in one go, in order; returns how many of those without an ``ack`` were
+        dropped because the queue was full. Raises IngestStopped once the writer thread has ended
+        on an error (then none is queued)."""
+        self._check_running()
+        room = self._queue_max - len(self._pending)
+        subs: list[_Submission] = []
+        dropped = 0
+        for topic, payload, result, ack in messages:
+            if ack is None and room <= 0:
+                dropped += 1
+                continue
+            subs.append(_Submission(source, topic, payload, result.points, result.rejections, ack, result.delivery))
+            room -= 1
+        self._pending.extend(subs)
+        if self._writer_waiting:
+            self._has_work.set()
+        return dropped
+
     def submit_points(self, source: str, points: Sequence[Point]) -> None:
         """Points made inside the agent (state changes, rollups): committed like any message."""
         self._put(_Submission(source, "", b"", points, (), None))

@@ -15,7 +15,7 @@ sink either takes the lines (reporting any line the store refused for good), or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self
@@ -148,6 +148,13 @@ class IngestPort(Protocol):
         self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None,
         *, wait: bool = True,
     ) -> bool: ...
+
+    def submit_many(
+        self, source: str, messages: Sequence[tuple[str, bytes, MapResult, Callable[[], None] | None]],
+    ) -> int:
+        """``submit(..., wait=False)`` for each of a run of messages (topic, payload, result,
+        ack), queued in order in one go; returns how many without an ``ack`` were dropped."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

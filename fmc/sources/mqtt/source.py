@@ -25,7 +25,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -172,6 +172,44 @@ class _BufferedSocket:
         return getattr(self.sock, name)
 
 
+# A PUBLISH as the network thread hands it on: topic (bytes, as received), payload, packet id (0
+# for QoS 0), QoS, DUP flag.
+Publish = tuple[bytes, bytes, int, int, bool]
+
+
+def _decode_publish(header: int, packet: bytearray, v5: bool) -> Publish | None:
+    """A QoS 0 or 1 PUBLISH's fields (MQTT 5 properties are skipped: fmc reads none), or None for
+    what paho's own decoder must handle: QoS 2, an empty topic, a packet that does not add up."""
+    qos = (header & 0x06) >> 1
+    if qos > 1:
+        return None
+    try:
+        (topic_len,) = _U16.unpack_from(packet, 0)
+        end = 2 + topic_len
+        mid = 0
+        if qos:
+            (mid,) = _U16.unpack_from(packet, end)
+            end += 2
+        if v5:
+            # the properties' length, a variable byte integer of 1 to 4 bytes
+            pos = -1
+            props_len = 0
+            for i in range(4):
+                byte = packet[end]
+                end += 1
+                props_len |= (byte & 0x7F) << (7 * i)
+                if not byte & 0x80:
+                    pos = end + props_len
+                    break
+        else:
+            pos = end
+    except (struct.error, IndexError):
+        return None
+    if topic_len == 0 or not 0 <= pos <= len(packet):
+        return None
+    return bytes(packet[2 : 2 + topic_len]), bytes(memoryview(packet)[pos:]), mid, qos, bool(header & 0x08)
+
+
 class _Client(mqtt.Client):
     """paho's client whose network thread can stop reading for a while (``read_gate`` clear)
     while it goes on writing (PUBACKs) and on running the keepalive timer (PINGREQ), and which
@@ -187,6 +225,10 @@ class _Client(mqtt.Client):
     # paho formats a debug line for every packet before asking whether anyone wants it: when
     # this logger (on_log's) is set and not enabled for debug, those lines are not made at all
     quiet_unless_debug: logging.Logger | None = None
+    # With manual acks: takes runs of QoS 0 and 1 PUBLISHes in place of on_message (_read_runs),
+    # each run at most run_room() long
+    on_publishes: Callable[[list[Publish]], None] | None = None
+    run_room: Callable[[], int] | None = None
 
     def _create_socket(self) -> Any:
         return _BufferedSocket(super()._create_socket())
@@ -195,10 +237,12 @@ class _Client(mqtt.Client):
         gate = self.read_gate
         if gate is not None and not gate.is_set() and not gate.wait(READ_PAUSE_POLL_S):
             return MQTTErrorCode.MQTT_ERR_SUCCESS
+        sock = self._sock
+        if type(sock) is _BufferedSocket and self.on_publishes is not None and self._manual_ack:
+            return self._read_runs(sock, gate)
         rc = super().loop_read(max_packets)
         # paho handles one packet per turn of its loop (a select() each); handle what one read
         # brought at once, as long as the gate is open, then let the loop write (PUBACKs)
-        sock = self._sock
         handled = 1
         while (rc == MQTTErrorCode.MQTT_ERR_SUCCESS and type(sock) is _BufferedSocket and sock.buffered()
                and self._sock is sock and handled < PACKETS_PER_READ and (gate is None or gate.is_set())):
@@ -206,13 +250,63 @@ class _Client(mqtt.Client):
             handled += 1
         return rc
 
-    def _packet_read(self) -> MQTTErrorCode:
-        """One whole packet from the chunked socket, to paho's handlers. paho's own reader asks the
-        socket for the command byte, each length byte and the rest in turn, with a dict of state
-        between: a tenth of the agent's time per message (py-spy). The same checks and outcomes."""
-        sock = self._sock
-        if type(sock) is not _BufferedSocket:
-            return super()._packet_read()
+    def _read_runs(self, sock: _BufferedSocket, gate: threading.Event | None) -> MQTTErrorCode:
+        """paho's ``loop_read`` for up to PACKETS_PER_READ packets, with consecutive PUBLISHes
+        handed to ``on_publishes`` as one run (decoded by ``_decode_publish``) instead of one
+        MQTTMessage and one ``on_message`` call each: per message, paho's dispatch, the packet
+        dicts and the callback's locks cost the network thread about as much as the mapping
+        (py-spy, ``make bench``). Other packets (acks, pings, QoS 2, PUBLISHes that do not add
+        up) go to paho's handlers in their turn, after the run before them. A run is at most
+        ``run_room()`` long, so a source that pauses reading (clears the gate) at its bound of
+        unacknowledged messages is not read past it."""
+        v5 = self._protocol == MQTTProtocolVersion.MQTTv5
+        run: list[Publish] = []
+        room = self.run_room() if self.run_room is not None else PACKETS_PER_READ
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        handled = 0
+        while handled < PACKETS_PER_READ and (gate is None or gate.is_set()) and self._sock is sock:
+            packet = self._next_packet(sock)
+            if type(packet) is not tuple:
+                rc = packet
+                break
+            handled += 1
+            command, body = packet
+            publish = _decode_publish(command, body, v5) if command & 0xF0 == mqtt.PUBLISH else None
+            if publish is not None:
+                run.append(publish)
+                if len(run) < room:
+                    continue
+            if run:
+                self._dispatch_run(run)
+                run = []
+                room = self.run_room() if self.run_room is not None else PACKETS_PER_READ
+            if publish is None:
+                rc = self._handle_packet(command, body)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        if run:
+            self._dispatch_run(run)
+        if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return self._loop_rc_handle(rc)
+        return rc
+
+    def _dispatch_run(self, run: list[Publish]) -> None:
+        on_publishes = self.on_publishes
+        if on_publishes is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_publishes(run)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publishes: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+
+    def _next_packet(self, sock: _BufferedSocket) -> tuple[int, bytearray] | MQTTErrorCode:
+        """The next whole packet from the chunked socket, or what paho's reader would return
+        instead (MQTT_ERR_AGAIN when it has not all arrived yet)."""
         try:
             packet = sock.read_packet()
         except (BlockingIOError, ssl.SSLWantReadError):
@@ -229,9 +323,10 @@ class _Client(mqtt.Client):
             return MQTTErrorCode.MQTT_ERR_CONN_LOST
         with self._msgtime_mutex:
             self._last_bytes_received = mqtt.time_func()
-        if packet is None:
-            return MQTTErrorCode.MQTT_ERR_AGAIN
-        command, body = packet
+        return MQTTErrorCode.MQTT_ERR_AGAIN if packet is None else packet
+
+    def _handle_packet(self, command: int, body: bytearray) -> MQTTErrorCode:
+        """One whole packet to paho's handlers, in the form its own reader leaves it."""
         self._in_packet = {"command": command, "have_remaining": 1, "remaining_count": [], "remaining_mult": 1,
                            "remaining_length": len(body), "packet": body, "to_process": 0, "pos": 0}
         try:
@@ -243,48 +338,37 @@ class _Client(mqtt.Client):
                            "remaining_length": 0, "packet": bytearray(b""), "to_process": 0, "pos": 0}
         return rc
 
+    def _packet_read(self) -> MQTTErrorCode:
+        """One whole packet from the chunked socket, to paho's handlers. paho's own reader asks the
+        socket for the command byte, each length byte and the rest in turn, with a dict of state
+        between: a tenth of the agent's time per message (py-spy). The same checks and outcomes."""
+        sock = self._sock
+        if type(sock) is not _BufferedSocket:
+            return super()._packet_read()
+        packet = self._next_packet(sock)
+        if type(packet) is not tuple:
+            return packet
+        return self._handle_packet(*packet)
+
     def _handle_publish(self) -> MQTTErrorCode:
-        """A QoS 0 or 1 PUBLISH, decoded here rather than by paho, whose decoder builds struct
-        formats for each packet and whose message carries a ``threading.Condition`` each (for
-        publishing, never used for a message received): together a tenth of the agent's time per
-        message (py-spy, ``make bench``). The same fields come out (``tests/test_mqtt_adapter.py``
-        checks against paho's decoder); MQTT 5 properties are skipped, fmc reads none. Anything
-        else (QoS 2, an empty topic, a packet that does not add up) goes to paho's own code."""
+        """A QoS 0 or 1 PUBLISH, decoded by ``_decode_publish`` rather than by paho, whose decoder
+        builds struct formats for each packet and whose message carries a ``threading.Condition``
+        each (for publishing, never used for a message received): together a tenth of the agent's
+        time per message (py-spy, ``make bench``). The same fields come out
+        (``tests/test_mqtt_adapter.py`` checks against paho's decoder). Anything else (QoS 2, an
+        empty topic, a packet that does not add up) goes to paho's own code."""
         header = self._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        packet = self._in_packet["packet"]
-        pos = -1  # stays so when the packet does not add up
-        topic_len = 0
-        try:
-            (topic_len,) = _U16.unpack_from(packet, 0)
-            end = 2 + topic_len
-            mid = 0
-            if qos:
-                (mid,) = _U16.unpack_from(packet, end)
-                end += 2
-            if self._protocol == MQTTProtocolVersion.MQTTv5:
-                # the properties' length, a variable byte integer of 1 to 4 bytes
-                props_len = 0
-                for i in range(4):
-                    byte = packet[end]
-                    end += 1
-                    props_len |= (byte & 0x7F) << (7 * i)
-                    if not byte & 0x80:
-                        pos = end + props_len
-                        break
-            else:
-                pos = end
-        except (struct.error, IndexError):
-            pos = -1
-        if qos > 1 or topic_len == 0 or not 0 <= pos <= len(packet):
+        publish = _decode_publish(header, self._in_packet["packet"], self._protocol == MQTTProtocolVersion.MQTTv5)
+        if publish is None:
             return super()._handle_publish()
+        topic, payload, mid, qos, dup = publish
         message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
-        message._topic = bytes(packet[2 : 2 + topic_len])
+        message._topic = topic
         message.mid = mid
         message.qos = qos
-        message.dup = bool(header & 0x08)
+        message.dup = dup
         message.retain = bool(header & 0x01)
-        message.payload = bytes(memoryview(packet)[pos:])
+        message.payload = payload
         message.properties = None
         message.state = 0
         message.timestamp = time.monotonic()
@@ -493,6 +577,8 @@ class MqttSource:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_publishes = self._on_publishes
+        self._client.run_room = self._run_room
 
     @property
     def connected(self) -> bool:
@@ -561,10 +647,6 @@ class MqttSource:
 
     # --- acks -------------------------------------------------------------------------------
 
-    def _new_ack(self, mid: int, qos: int, generation: int) -> _Ack:
-        """The ack the ingest runs (in its writer thread) after the commit; see ``ack_many``."""
-        return _Ack(self, mid, qos, generation)
-
     def ack_many(self, acks: Sequence[_Ack]) -> None:
         """Acknowledge a committed group of messages with one write to the broker.
 
@@ -623,15 +705,25 @@ class MqttSource:
             self._paho_log.debug("%s", text)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # what paho's own handlers decode (QoS 2, a client without the chunked socket): a run of one
+        self._on_publishes([(msg._topic, msg.payload, msg.mid, msg.qos, bool(msg.dup))])
+
+    def _run_room(self) -> int:
+        # read without the lock: only this thread adds to _unacked, so it is at most this high
+        return max(1, MAX_IN_FLIGHT - self._unacked)
+
+    def _on_publishes(self, publishes: list[Publish]) -> None:
+        """Map a run of messages and hand them to the ingest in one go; QoS 1 ones with their acks."""
         received_ns = time.time_ns()
-        self._received.inc()
+        self._received.inc(len(publishes))
+        awaiting = sum(1 for p in publishes if p[3])  # QoS 1 (and 2): acked after the commit
         paused = False
         with self._lock:
             if self._stopping:
-                return  # not acked: the broker sends it again to the next start
+                return  # not acked: the broker sends them again to the next start
             generation = self._generation
-            if msg.qos > 0:
-                self._unacked += 1
+            if awaiting:
+                self._unacked += awaiting
                 if self._unacked >= MAX_IN_FLIGHT and self._read_gate.is_set():
                     self._read_gate.clear()  # until acks free room (ack_many)
                     paused = True
@@ -641,36 +733,41 @@ class MqttSource:
                 "up (the broker sends more unacknowledged messages than the %d it should; with MQTT 3.1.1 set its "
                 "max_inflight_messages to %d or less)", MAX_IN_FLIGHT, RECEIVE_MAXIMUM, RECEIVE_MAXIMUM,
             )
-        ack = self._new_ack(msg.mid, msg.qos, generation) if msg.qos > 0 else None
+        messages: list[tuple[str, bytes, MapResult, _Ack | None]] = []
+        for raw_topic, payload, mid, qos, dup in publishes:
+            try:
+                topic = raw_topic.decode("utf-8")
+            except UnicodeDecodeError:  # brokers check UTF-8, but no message may stop this thread
+                topic = _INVALID_TOPIC
+                result = MapResult([], [Rejection("topic_not_utf8", "the topic is not valid UTF-8")])
+            else:
+                result = self._map(topic, payload, received_ns)
+            ack = None
+            if qos:
+                ack = _Ack(self, mid, qos, generation)
+                # lets the ingest commit a message the broker delivers again only once: the broker
+                # resends with the same packet id and the DUP flag (docs/spool.md, "Redeliveries")
+                result.delivery = Delivery(mid, message_digest(topic, payload), dup)
+            messages.append((topic, payload, result, ack))
         try:
-            topic = msg.topic
-        except UnicodeDecodeError:  # brokers check UTF-8, but no message may stop this thread
-            topic = _INVALID_TOPIC
-            result = MapResult([], [Rejection("topic_not_utf8", "the topic is not valid UTF-8")])
-        else:
-            result = self._map(topic, msg.payload, received_ns)
-        if msg.qos > 0:
-            # lets the ingest commit a message the broker delivers again only once: the broker
-            # resends with the same packet id and the DUP flag (docs/spool.md, "Redeliveries")
-            result.delivery = Delivery(msg.mid, message_digest(topic, msg.payload), bool(msg.dup))
-        try:
-            # never waits (see MAX_IN_FLIGHT): a QoS 1 message is queued at once, a QoS 0 one is
-            # dropped when the ingest's queue is full (it was sent at most once)
-            taken = self._ingest.submit(self.name, topic, msg.payload, result, ack, wait=False)
+            # never waits (see MAX_IN_FLIGHT): QoS 1 messages are queued at once, QoS 0 ones are
+            # dropped when the ingest's queue is full (they were sent at most once)
+            dropped = self._ingest.submit_many(self.name, messages)
         except Exception as e:
-            # paho would end its thread on an exception from a callback; leave the message
-            # unacknowledged instead (the broker resends it after a reconnect)
-            if self._warn_now_and_then("ingest", "the ingest did not take a message on %r; it stays "
-                                       "unacknowledged: %s: %s", topic, type(e).__name__, e, level=logging.ERROR):
+            # paho would end its thread on an exception from a callback; leave the messages
+            # unacknowledged instead (the broker resends them after a reconnect)
+            if self._warn_now_and_then("ingest", "the ingest did not take %d message(s) (the first on %r); they "
+                                       "stay unacknowledged: %s: %s", len(messages), messages[0][0],
+                                       type(e).__name__, e, level=logging.ERROR):
                 self._log.debug("the ingest's error", exc_info=True)
-            if ack is not None:
+            if awaiting:
                 with self._lock:
-                    self._unacked -= 1
+                    self._unacked -= awaiting
                     if self._unacked < MAX_IN_FLIGHT:
                         self._read_gate.set()
             return
-        if not taken:
-            self._dropped.inc()
+        if dropped:
+            self._dropped.inc(dropped)
             self._warn_now_and_then("qos0", "QoS 0 messages dropped: the spool cannot keep up and QoS 0 carries no "
                                     "promise of delivery (fmc_rejected_total{reason=\"spool_busy\"} counts them; "
                                     "subscribe with qos = 1 to keep them)")
