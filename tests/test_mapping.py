@@ -14,7 +14,7 @@ from fmc.core import lineprotocol
 from fmc.core.config import EnterpriseConfig
 from fmc.core.points import Point, Priority
 from fmc.sources.mqtt.config import Subscription
-from fmc.sources.mqtt.mapping import Mapper
+from fmc.sources.mqtt.mapping import Mapper, load_json
 
 ENTERPRISE = EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
 NOW_NS = 1_764_000_000 * 10**9  # 2025-11-24T16:00:00Z, the "receive time" of every message here
@@ -177,6 +177,55 @@ def test_payload_not_utf8_and_not_json() -> None:
     rejected(m.map("plant/a/b", b"[" * 200_000, NOW_NS), "payload_not_json")  # RecursionError, not a crash
     # a UTF-8 byte order mark is tolerated
     assert one_point(m.map("plant/a/b", b'\xef\xbb\xbf{"value": 1}', NOW_NS)).fields["value"] == 1.0
+
+
+def _json_outcome(decode: Any, payload: bytes) -> tuple[str, str]:
+    """What a decoder makes of ``payload``: the document's repr (it tells 1 from 1.0 and shows
+    NaN, which is not equal to itself) or the error's type and words."""
+    try:
+        return "ok", repr(decode(payload))
+    except (ValueError, RecursionError) as e:
+        return type(e).__name__, str(e)
+
+
+def _stdlib_json(payload: bytes) -> object:
+    text = payload.decode("utf-8")
+    return json.loads(text[1:] if text.startswith("\ufeff") else text)
+
+
+_JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.integers(min_value=-(2**70), max_value=2**70)
+                 | st.floats(allow_nan=True, allow_infinity=True) | st.text())
+_JSON_DOCS = st.recursive(_JSON_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                          | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(doc=_JSON_DOCS, ensure_ascii=st.booleans(), bom=st.booleans())
+def test_load_json_gives_what_json_loads_gives(doc: Any, ensure_ascii: bool, bom: bool) -> None:
+    """The fast decoder (msgspec) with json's fallback: the same document as json.loads, NaN,
+    Infinity, big integers, lone surrogates (ensure_ascii writes them as escapes) and a BOM included."""
+    try:
+        text = json.dumps(doc, ensure_ascii=ensure_ascii)
+        payload = (("\ufeff" if bom else "") + text).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate written raw: not UTF-8, cannot be a payload
+        return
+    assert _json_outcome(load_json, payload) == _json_outcome(_stdlib_json, payload)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=40) | st.text(alphabet='{}[]",:0123456789.eE+-tfnaulrsINFy\\ \ufeff',
+                                                  max_size=30).map(str.encode))
+def test_load_json_refuses_what_json_loads_refuses_in_its_words(payload: bytes) -> None:
+    assert _json_outcome(load_json, payload) == _json_outcome(_stdlib_json, payload)
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"value": 1e999}', b'{"value": -1e999}', b'{"value": 1' + b"0" * 400 + b"}", b'{"value": 18446744073709551616}',
+    b'{"value": "\\ud800"}', "\ufeff{\"value\": 1}".encode(), b"[" * 5000 + b"]" * 5000, b'{"a": 1, "a": 2}',
+    b'{"value": 1}x', b"", b"\xff", b'{"value": 0.1e-400}', b'{"value": 2.2250738585072014e-308}',
+])
+def test_load_json_on_what_the_fast_decoder_refuses_or_may_read_otherwise(payload: bytes) -> None:
+    assert _json_outcome(load_json, payload) == _json_outcome(_stdlib_json, payload)
 
 
 def test_value_path_missing_and_nested_paths() -> None:
