@@ -51,13 +51,18 @@ def amounts(n: int, seed: int) -> list[float]:
     return [rng.choice((0.25, 0.5, 1.0, 1.0, 2.0)) for _ in range(n)]
 
 
-def publish(port: int, values: list[float]) -> None:
+def publish(port: int, values: list[float], per_second: float | None = None) -> None:
+    """Publish ``values`` at QoS 1, all at once or ``per_second`` (in steps of 50 messages)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
     client.max_inflight_messages_set(0)
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        infos = [client.publish(TOPIC, json.dumps({"amount": v}).encode(), qos=1) for v in values]
+        infos = []
+        for i, v in enumerate(values):
+            infos.append(client.publish(TOPIC, json.dumps({"amount": v}).encode(), qos=1))
+            if per_second and i % 50 == 49:
+                time.sleep(50 / per_second)
         for info in infos:
             info.wait_for_publish(30)
             assert info.is_published()
@@ -176,7 +181,9 @@ def test_sigkills_at_random_moments_of_a_stream_count_each_message_once(tmp_path
     agents.append(agent)
     agent.wait_metric("fmc_source_connected", 1, source="plant")
     time.sleep(0.3)  # subscribed
-    publisher = threading.Thread(target=publish, args=(mosquitto_private.port, sent), daemon=True)
+    # paced: the stream must outlast the three kills and restarts (about 1.5 s each), however fast
+    # an agent drains the broker's queue
+    publisher = threading.Thread(target=publish, args=(mosquitto_private.port, sent, 400.0), daemon=True)
     publisher.start()
     recognised = 0.0
     for _ in range(3):

@@ -27,6 +27,8 @@ from fmc.core.points import Point, Priority
 from fmc.plant.model import PlantModel
 
 MAX_GROUP_POINTS = 5000
+# while gathering a group, how often the writer looks whether more messages came
+GATHER_STEP_S = 0.002
 PLANT_STATE_KEY = "plant"
 PAYLOAD_EXCERPT_BYTES = 512
 
@@ -225,11 +227,26 @@ class Ingest:
                     return
                 self._wait_for_work()
                 continue
-            # gather a little longer when the first look finds few messages: one fsync for many
             if len(self._pending) < MAX_GROUP_POINTS and self._interval > 0 and not self._stop_requested:
-                time.sleep(self._interval)
+                self._gather()
             self._commit(self._take_group())
             self._tick()
+
+    def _gather(self) -> None:
+        """Wait up to the commit interval for more messages while they keep coming: one fsync for
+        many. Not once they stop: an upstream whose window of unacknowledged messages is full (an
+        MQTT broker's in-flight limit, QoS 1) sends nothing until this commit acknowledges some, so
+        waiting out the interval then would only cap its rate at a window per interval (the bench's
+        1000-message window and 20 ms: about 20,000 messages a second, whatever the CPU)."""
+        pending = self._pending
+        deadline = time.monotonic() + self._interval
+        seen = len(pending)
+        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(GATHER_STEP_S, left))
+            now = len(pending)
+            if now == seen or now >= MAX_GROUP_POINTS:
+                return
+            seen = now
 
     def _tick(self, final: bool = False) -> None:
         """Once a second: let the plant model see time pass; now and then, save its state."""

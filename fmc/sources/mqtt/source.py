@@ -60,6 +60,9 @@ MAX_IN_FLIGHT = 2 * RECEIVE_MAXIMUM
 READ_PAUSE_POLL_S = 0.05  # while reads are paused, the network thread looks again this often
 READ_CHUNK_BYTES = 64 * 1024  # one recv() from the broker's socket: about a thousand small PUBLISHes
 PACKETS_PER_READ = 2000  # packets handled per turn of paho's loop before it writes (PUBACKs, PINGREQ)
+# PUBLISHes handed to the ingest at once: fewer calls per message, yet the ingest's writer gets
+# work while the network thread maps the rest of a read (a run costs it about 2 ms)
+PUBLISHES_PER_RUN = 200
 LOG_EVERY_S = 30.0  # repeated warnings of one kind (dropped QoS 0 messages, a refusing ingest)
 _INVALID_TOPIC = "<topic is not valid UTF-8>"
 
@@ -257,11 +260,11 @@ class _Client(mqtt.Client):
         dicts and the callback's locks cost the network thread about as much as the mapping
         (py-spy, ``make bench``). Other packets (acks, pings, QoS 2, PUBLISHes that do not add
         up) go to paho's handlers in their turn, after the run before them. A run is at most
-        ``run_room()`` long, so a source that pauses reading (clears the gate) at its bound of
-        unacknowledged messages is not read past it."""
+        PUBLISHES_PER_RUN and ``run_room()`` long, so a source that pauses reading (clears the
+        gate) at its bound of unacknowledged messages is not read past it."""
         v5 = self._protocol == MQTTProtocolVersion.MQTTv5
         run: list[Publish] = []
-        room = self.run_room() if self.run_room is not None else PACKETS_PER_READ
+        room = self._room()
         rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         handled = 0
         while handled < PACKETS_PER_READ and (gate is None or gate.is_set()) and self._sock is sock:
@@ -279,7 +282,7 @@ class _Client(mqtt.Client):
             if run:
                 self._dispatch_run(run)
                 run = []
-                room = self.run_room() if self.run_room is not None else PACKETS_PER_READ
+                room = self._room()
             if publish is None:
                 rc = self._handle_packet(command, body)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -291,6 +294,9 @@ class _Client(mqtt.Client):
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return self._loop_rc_handle(rc)
         return rc
+
+    def _room(self) -> int:
+        return min(PUBLISHES_PER_RUN, self.run_room()) if self.run_room is not None else PUBLISHES_PER_RUN
 
     def _dispatch_run(self, run: list[Publish]) -> None:
         on_publishes = self.on_publishes
@@ -714,7 +720,6 @@ class MqttSource:
 
     def _on_publishes(self, publishes: list[Publish]) -> None:
         """Map a run of messages and hand them to the ingest in one go; QoS 1 ones with their acks."""
-        received_ns = time.time_ns()
         self._received.inc(len(publishes))
         awaiting = sum(1 for p in publishes if p[3])  # QoS 1 (and 2): acked after the commit
         paused = False
@@ -741,7 +746,9 @@ class MqttSource:
                 topic = _INVALID_TOPIC
                 result = MapResult([], [Rejection("topic_not_utf8", "the topic is not valid UTF-8")])
             else:
-                result = self._map(topic, payload, received_ns)
+                # each message its own receive time: a message without a timestamp of its own is
+                # stamped with it, and two points of a series with one timestamp are one point
+                result = self._map(topic, payload, time.time_ns())
             ack = None
             if qos:
                 ack = _Ack(self, mid, qos, generation)
