@@ -65,20 +65,21 @@ def enterprises(n: int, counties: list[str], seed: int) -> list[tuple[str, str, 
     return out
 
 
-def day_lines(ents: list[tuple[str, str, str, dict[str, float]]], day: date, rng: random.Random) -> list[str]:
-    ts = int(datetime(day.year, day.month, day.day, tzinfo=TZ).timestamp()) * 1_000_000_000
-    lines = []
-    for ent, region, industry, p in ents:
-        tags = f"enterprise={ent},industry={industry},region={region}"
-        total, nc = int(p["total"]), int(p["nc"])
-        net = int(nc * p["net"])
-        lines.append(
-            f"enterprise_daily,{tags} asset_value_nc=0,asset_value_total=0,equipment_nc={nc}i,"
-            f"equipment_networked={net}i,equipment_total={total}i,nc_equipment_networked={net}i {ts}"
-        )
+def series_lines(ent: tuple[str, str, str, dict[str, float]], days: list[date], rng: random.Random) -> list[str]:
+    """One enterprise's rollups for ``days``: its three series, each day after day."""
+    name, region, industry, p = ent
+    tags = f"enterprise={name},industry={industry},region={region}"
+    stamps = [int(datetime(d.year, d.month, d.day, tzinfo=TZ).timestamp()) * 1_000_000_000 for d in days]
+    total, nc = int(p["total"]), int(p["nc"])
+    net = int(nc * p["net"])
+    daily = (f"enterprise_daily,{tags} asset_value_nc=0,asset_value_total=0,equipment_nc={nc}i,"
+             f"equipment_networked={net}i,equipment_total={total}i,nc_equipment_networked={net}i")
+    lines = [f"{daily} {ts}" for ts in stamps]
+    for ts in stamps:
         kwh = p["kwh"] * rng.uniform(0.8, 1.2)
         lines.append(f"consumption_daily,carrier=electricity,{tags} amount={kwh:.3f},coverage=1,"
                      f"tce={kwh * 0.1229 / 1000:.6f} {ts}")
+    for ts in stamps:
         water = p["water"] * rng.uniform(0.8, 1.2)
         lines.append(f"consumption_daily,carrier=water_intake,{tags} amount={water:.3f},coverage=1,m3={water:.3f} {ts}")
     return lines
@@ -98,24 +99,28 @@ def post(client: httpx.Client, url: str, lines: list[str]) -> None:
 
 
 def seed(server: InfluxDBServer, ents, year: int, workers: int) -> int:
-    rng = random.Random(1)
+    """The year's rollups, written series by series (each series' days in one request, the requests
+    in enterprise order): InfluxDB 1.x then cuts full blocks per series. Day by day (every series
+    one point per request, the agents' order) a 20,000-enterprise year had not got past March after
+    38 minutes on this 2-core machine, its cache snapshots and compactions taking ever longer."""
     days = [date(year, 1, 1) + timedelta(days=i) for i in range((date(year + 1, 1, 1) - date(year, 1, 1)).days)]
+    per_request = max(1, 30_000 // (3 * len(days)))  # enterprises per request: about 30,000 lines
+    chunks = [ents[i : i + per_request] for i in range(0, len(ents), per_request)]
     written = 0
     lock = threading.Lock()
     clients = threading.local()
 
-    def write_day(day: date) -> None:
+    def write_chunk(chunk: list[tuple[str, str, str, dict[str, float]]]) -> None:
         nonlocal written
         if not hasattr(clients, "c"):
             clients.c = httpx.Client(timeout=120)
-        lines = day_lines(ents, day, random.Random(rng.random() + day.toordinal()))
-        for i in range(0, len(lines), 30_000):
-            post(clients.c, server.url, lines[i : i + 30_000])
+        lines = [line for ent in chunk for line in series_lines(ent, days, random.Random(ent[0]))]
+        post(clients.c, server.url, lines)
         with lock:
             written += len(lines)
 
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(write_day, days))
+        list(pool.map(write_chunk, chunks))
     # annual reports (yuan) of the year
     start = int(datetime(year, 1, 1, tzinfo=TZ).timestamp()) * 1_000_000_000
     reports = [
