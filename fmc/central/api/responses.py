@@ -23,7 +23,8 @@ from starlette.responses import Response
 CACHE_CONTROL = "private, max-age=0, must-revalidate"
 VARY = "Authorization, Accept"
 OFF_LOOP_ROWS = 500  # pages with more lines than this are built in a worker thread
-RENDERED_MAX_BODY = 16 << 20  # bodies kept for reuse by ETag: each at most 16 MiB (a 20,000-enterprise county level: 5.4 MB) …
+# bodies kept for reuse by ETag: each at most 16 MiB (a 20,000-enterprise county level is 5.4 MB) …
+RENDERED_MAX_BODY = 16 << 20
 RENDERED_MAX_BYTES = 64 << 20  # … and 64 MiB in all, least recently used out first
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _MEDIA_RANGE = re.compile(r"\s*([^;,\s]+)\s*((?:;[^,]*)?)")
