@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 from fmc.agent.plugin import MIN_TIMESTAMP_NS, MapResult, Rejection
 from fmc.core import lineprotocol
 from fmc.core.config import EnterpriseConfig
+from fmc.core.jsondoc import load_json
 from fmc.core.points import Point, Priority
 from fmc.sources.mqtt.config import Subscription
-from fmc.sources.mqtt.mapping import Mapper, load_json
+from fmc.sources.mqtt.mapping import Mapper
 
 ENTERPRISE = EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
 NOW_NS = 1_764_000_000 * 10**9  # 2025-11-24T16:00:00Z, the "receive time" of every message here

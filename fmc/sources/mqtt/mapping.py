@@ -8,18 +8,16 @@ hot path per message is: one dict lookup, ``load_json``, a few dict lookups, one
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import msgspec
-
 from fmc.agent.plugin import MIN_TIMESTAMP_NS, MapResult, Rejection
 from fmc.core.carriers import CARRIERS
 from fmc.core.config import TEMPLATE_FIELD, EnterpriseConfig
+from fmc.core.jsondoc import load_json
 from fmc.core.lineprotocol import MAX_STRING_FIELD_BYTES, LineProtocolError, check_name, encode_series
 from fmc.core.points import FieldValue, Point, Priority
 from fmc.sources.mqtt.config import Subscription
@@ -356,29 +354,6 @@ class Mapper:
         if ts_ns < MIN_TIMESTAMP_NS or ts_ns > received_ns + self._max_future_ns:
             return Rejection("timestamp_out_of_range", f"{where!r} = {_short(raw)} is before 2000 or in the future")
         return ts_ns
-
-
-_FAST_JSON = msgspec.json.Decoder()
-
-
-def load_json(payload: bytes) -> object:
-    """A message's JSON document, as ``json.loads`` of its UTF-8 text gives it.
-
-    msgspec's decoder takes a small message in a tenth of json's time (0.2 against 2.3 µs, the
-    bench's payload), a few per cent of the agent's CPU per message. It refuses some things json
-    takes and fmc keeps taking: NaN and Infinity (caught per value later, so a NaN in a field
-    nobody reads does not cost the whole message), numbers beyond a float, lone surrogates, a
-    BOM (some Windows tools write one). Whatever it refuses goes to json, so every result and
-    every error is json's (``tests/test_mqtt_mapping.py`` checks the two against each other).
-    Raises UnicodeDecodeError, ValueError or RecursionError as json does."""
-    try:
-        return _FAST_JSON.decode(payload)
-    except (msgspec.MsgspecError, RecursionError):
-        pass
-    text = payload.decode("utf-8")
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    return json.loads(text)
 
 
 def _reject(reason: str, detail: str) -> MapResult:
