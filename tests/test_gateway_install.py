@@ -70,7 +70,7 @@ def _extra_distributions(extra: str) -> set[str]:
 def test_the_gateway_dependencies_are_the_agents_and_the_extras_hold_the_rest() -> None:
     base = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert base == {"paho-mqtt", "asyncua", "httpx", "sniffio", "pydantic", "prometheus-client", "protobuf",
-                    "pyserial", "pymodbus"}
+                    "pyserial", "pymodbus", "msgspec"}
     central = _extra_distributions("central")
     assert {"fastapi", "uvicorn", "httptools", "uvloop", "grafana-client"} == central
     assert _extra_distributions("demo") == central | {"amqtt"}

@@ -1053,3 +1053,68 @@ def test_large_and_small_messages_interleaved_arrive_whole(mosquitto: MosquittoS
         subs = ingest.wait_for(len(texts))
     assert [s.result.points[0].fields["text"] for s in subs] == texts
     ingest.close()
+
+
+def test_runs_of_publishes_keep_the_stream_order_around_other_packets() -> None:
+    """The network thread hands consecutive PUBLISHes on as one run, at most ``run_room()`` long; a
+    packet of another kind (here a PINGRESP) ends the run before it and is handled in its turn; a
+    packet that does not add up ends the read as paho's reader would (a protocol error)."""
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    client = source_module._Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311,
+                                   manual_ack=True)
+    events: list[tuple[Any, ...]] = []
+    client.on_publishes = lambda run: events.append(("run", [(t, p, mid, qos, dup) for t, p, mid, qos, dup in run]))
+    client.run_room = lambda: 3
+    client._handle_pingresp = lambda: events.append(("pingresp",)) or mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    client._sock = source_module._BufferedSocket(left)
+
+    def packet(topic: bytes, payload: bytes, *, qos: int, mid: int = 0, dup: bool = False) -> bytes:
+        header, body = _publish_packet(topic, payload, qos=qos, mid=mid, dup=dup)
+        assert len(body) < 128
+        return bytes([header, len(body)]) + body
+
+    right.sendall(packet(b"t/a", b"1", qos=1, mid=1) + packet(b"t/b", b"2", qos=0)
+                  + packet(b"t/c", b"3", qos=1, mid=2, dup=True) + packet(b"t/d", b"4", qos=1, mid=3)
+                  + b"\xd0\x00"  # PINGRESP
+                  + packet(b"t/e", b"5", qos=1, mid=4))
+    try:
+        assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert events == [
+            ("run", [(b"t/a", b"1", 1, 1, False), (b"t/b", b"2", 0, 0, False), (b"t/c", b"3", 2, 1, True)]),
+            ("run", [(b"t/d", b"4", 3, 1, False)]),
+            ("pingresp",),
+            ("run", [(b"t/e", b"5", 4, 1, False)]),
+        ]
+        # a PUBLISH whose topic length runs past its end goes to paho's decoder, which refuses it
+        events.clear()
+        right.sendall(packet(b"t/f", b"6", qos=1, mid=5) + bytes([0x32, 3, 0, 9, 0x41]))
+        assert client.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert events == [("run", [(b"t/f", b"6", 5, 1, False)])]
+    finally:
+        left.close()
+        right.close()
+
+
+def test_submit_many_drops_only_qos0_messages_past_the_queue_bound(tmp_path: Path) -> None:
+    """A run handed to a full ingest: QoS 0 messages past the bound are dropped and counted by the
+    caller; a message with an ack (QoS 1) is queued anyway, its broker holds it until the ack."""
+    spool = Spool(tmp_path / "spool.db")
+    ingest = Ingest(spool, AgentMetrics(), max_series=100, queue_max=2)  # not started: nothing drains
+    mapper = Mapper(ENTERPRISE, [config.Subscription(topic="p/{equipment}/{signal}")])
+    acks: list[int] = []
+
+    def message(i: int, qos: int) -> tuple[str, bytes, MapResult, Callable[[], None] | None]:
+        payload = json.dumps({"value": i}).encode()
+        return (f"p/m/s{i}", payload, mapper.map(f"p/m/s{i}", payload, time.time_ns()),
+                (lambda: acks.append(i)) if qos else None)
+
+    try:
+        run = [message(0, 0), message(1, 1), message(2, 0), message(3, 0), message(4, 1)]
+        assert ingest.submit_many("p", run) == 2  # 2 and 3: the queue held 0 and 1 by then
+        assert [sub.topic for sub in ingest._pending] == ["p/m/s0", "p/m/s1", "p/m/s4"]
+        ingest.start()
+        ingest.stop()
+        assert sorted(acks) == [1, 4] and spool.stats().depth == 3
+    finally:
+        spool.close()
