@@ -35,7 +35,15 @@ from starlette.routing import BaseRoute
 
 from fmc.central.api import responses as api_responses
 from fmc.central.api.app import create_app
-from fmc.central.api.responses import RenderedBodies, csv_cell, etag_matches, link_header, wants_csv
+from fmc.central.api.responses import (
+    Rendered,
+    RenderedBodies,
+    accepts_gzip,
+    csv_cell,
+    etag_matches,
+    link_header,
+    wants_csv,
+)
 from fmc.central.config import ApiConfig, load_plan
 from fmc.central.keys import KeyStore
 from fmc.central.registry import RegistryEntry
@@ -294,18 +302,29 @@ def test_rendered_bodies_keep_a_province_sized_level_and_stay_bounded() -> None:
     """The county level of a 20,000-enterprise province is 5.4 MB of JSON (bench.province: its
     pooled member ids): kept, a warm request is a look-up. Under 4 MiB per body it was rendered
     again for every request, half a second each, and 50 clients at once waited 35 s."""
+    def rendered(n: int, fill: bytes = b"x") -> Rendered:
+        return Rendered(fill * n, None, "application/json", {})
+
     bodies = RenderedBodies()
-    county = b"x" * 5_400_000
-    bodies.remember("county", county, "application/json", {"ETag": "county"})
-    hit = bodies.get("county")
-    assert hit is not None and hit[0] is county
-    bodies.remember("huge", b"x" * (17 << 20), "application/json", {})
+    county = rendered(5_400_000)
+    bodies.remember("county", county)
+    assert bodies.get("county") is county
+    bodies.remember("huge", rendered(17 << 20))
     assert bodies.get("huge") is None  # one body above the bound is rendered each time, not kept
     for i in range(20):  # 20 × 5.4 MB: more than the 64 MiB in all, the least recently used go
-        bodies.remember(f"b{i}", b"y" * 5_400_000, "application/json", {})
+        bodies.remember(f"b{i}", rendered(5_400_000, b"y"))
         bodies.get("county")  # asked all the while: stays
     assert bodies.get("county") is not None and bodies.get("b0") is None and bodies.get("b19") is not None
     assert len(bodies) * 5_400_000 <= 64 << 20
+
+
+@pytest.mark.parametrize(("header", "gzip_ok"), [
+    (None, False), ("", False), ("gzip", True), ("gzip, deflate", True), ("br;q=1.0, gzip;q=0.8", True),
+    ("GZIP", True), ("x-gzip", True), ("gzip;q=0", False), ("identity", False), ("*", True), ("*;q=0", False),
+    ("*, gzip;q=0", False), ("gzip;q=0, *", False), ("deflate, br", False), ("gzip;q=nonsense", False),
+])
+def test_accept_encoding_admits_gzip(header: str | None, gzip_ok: bool) -> None:
+    assert accepts_gzip(header) is gzip_ok
 
 
 # --- endpoints ----------------------------------------------------------------------------------------------------
@@ -483,7 +502,7 @@ def test_etag_and_304(api: Api) -> None:
     r = api.get(url)
     etag = r.headers["ETag"]
     assert r.headers["Cache-Control"] == "private, max-age=0, must-revalidate"
-    assert r.headers["Vary"] == "Authorization, Accept"
+    assert r.headers["Vary"] == "Authorization, Accept, Accept-Encoding"
     again = api.get(url, headers={"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b"" and again.headers["ETag"] == etag
     # another representation or page has another validator
@@ -501,6 +520,30 @@ def test_etag_and_304(api: Api) -> None:
     assert api.put("/v1/enterprises/91330602A1/reports/2019", {"value_added_comparable": 24e6}).status_code == 200
     after = api.get("/v1/indicators?level=county&period=2019", headers={"If-None-Match": before.headers["ETag"]})
     assert after.status_code == 200 and after.headers["ETag"] != before.headers["ETag"]
+
+
+def test_gzip_for_clients_that_accept_it_fresh_and_from_the_rendered_bodies(api: Api) -> None:
+    """A body of a KiB or more goes gzip-compressed to a client that accepts gzip, the first time
+    (just rendered) and every time after (kept); the same JSON and CSV come out; without gzip in
+    Accept-Encoding, or refused with q=0, the body goes as it is; 304 is unchanged."""
+    import gzip as gzip_module
+
+    for url in ("/v1/indicators?level=enterprise&period=2019", "/v1/indicators?level=county&period=2019&format=csv"):
+        plain = api.get(url, headers={"Accept-Encoding": "identity"})
+        assert "Content-Encoding" not in plain.headers and len(plain.content) >= api_responses.GZIP_MIN_BYTES
+        for attempt in range(2):  # rendered now, then from the kept bodies
+            raw = api.client.get(url, headers={"Authorization": f"Bearer {api.key['province']}",
+                                               "Accept-Encoding": "gzip"})
+            assert raw.headers["Content-Encoding"] == "gzip", attempt
+            assert raw.content == plain.content  # httpx decodes: the same bytes
+            assert raw.headers["ETag"] == plain.headers["ETag"]
+        refused = api.get(url, headers={"Accept-Encoding": "gzip;q=0, deflate"})
+        assert "Content-Encoding" not in refused.headers and refused.content == plain.content
+        assert api.get(url, headers={"If-None-Match": plain.headers["ETag"]}).status_code == 304
+    small = api.get("/v1/health", scope=None, headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in small.headers
+    body = b'{"a":' + b"1" * 5000 + b"}"
+    assert gzip_module.decompress(api_responses.gzipped(body) or b"") == body
 
 
 def test_large_pages_built_off_the_loop_are_the_same(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:

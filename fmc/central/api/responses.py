@@ -1,5 +1,6 @@
 """Rendering the API's answers: JSON or CSV (UTF-8 with BOM, CRLF), content negotiation, ETags and
-``304 Not Modified``, pagination headers (``Link``, ``X-Total-Count``) and the rendered-body cache.
+``304 Not Modified``, pagination headers (``Link``, ``X-Total-Count``), gzip for clients that accept
+it and the rendered-body cache.
 
 The cache is per app (``RenderedBodies`` on the app's context, ``fmc.central.api.deps``): two apps in
 one process share no bodies. The pure helpers at the top need no framework.
@@ -7,6 +8,7 @@ one process share no bodies. The pure helpers at the top need no framework.
 
 import asyncio
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -14,6 +16,7 @@ import math
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -21,12 +24,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 CACHE_CONTROL = "private, max-age=0, must-revalidate"
-VARY = "Authorization, Accept"
+VARY = "Authorization, Accept, Accept-Encoding"
 OFF_LOOP_ROWS = 500  # pages with more lines than this are built in a worker thread
 # bodies kept for reuse by ETag: each at most 16 MiB (a 20,000-enterprise county level is 5.4 MB) …
 RENDERED_MAX_BODY = 16 << 20
 RENDERED_MAX_BYTES = 64 << 20  # … and 64 MiB in all, least recently used out first
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# Bodies from this size on go gzip-compressed to clients that accept it (Grafana, browsers, httpx,
+# requests and curl --compressed all do). A county level of a 20,000-enterprise province is 5.4 MB
+# of pooled ids, 0.26 MB compressed; compressed once per body (level 6), kept with it.
+GZIP_MIN_BYTES = 1024
+GZIP_LEVEL = 6
 _MEDIA_RANGE = re.compile(r"\s*([^;,\s]+)\s*((?:;[^,]*)?)")
 T = TypeVar("T")
 
@@ -142,6 +150,35 @@ def labels(lang: str, columns: Sequence[tuple[str, str, str]]) -> list[str]:
     return [zh if lang == "zh" else en for _, zh, en in columns]
 
 
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` header admits gzip (RFC 9110 12.5.3: ``gzip`` or ``*`` with
+    a q-value above 0; an explicit ``gzip`` entry wins over ``*``)."""
+    if not accept_encoding:
+        return False
+    star: bool | None = None
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        q = 1.0
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if coding in ("gzip", "x-gzip"):
+            return q > 0
+        if coding == "*":
+            star = q > 0
+    return bool(star)
+
+
+def gzipped(body: bytes) -> bytes | None:
+    """The body gzip-compressed, when it is large enough to be worth it."""
+    return gzip.compress(body, GZIP_LEVEL, mtime=0) if len(body) >= GZIP_MIN_BYTES else None
+
+
 def headers_for(etag: str) -> dict[str, str]:
     return {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": VARY}
 
@@ -149,12 +186,35 @@ def headers_for(etag: str) -> dict[str, str]:
 # --- the rendered-body cache and the answers --------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A rendered body, its gzip-compressed form (None when too small to be worth it), media type
+    and headers."""
+
+    body: bytes
+    gzipped: bytes | None
+    media: str
+    headers: dict[str, str]
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.gzipped or b"")
+
+    def response(self, request: Request) -> Response:
+        """200 with the body, gzip-compressed when the client accepts that."""
+        headers = dict(self.headers)
+        if self.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding")):
+            headers["Content-Encoding"] = "gzip"
+            return Response(self.gzipped, media_type=self.media, headers=headers)
+        return Response(self.body, media_type=self.media, headers=headers)
+
+
 class RenderedBodies:
     """Bodies already rendered, by ETag: a warm request is a look-up, not a rebuild. Bounded in
-    bytes, least recently used out first; one per app."""
+    bytes (a body and its gzip form), least recently used out first; one per app."""
 
     def __init__(self, max_body: int = RENDERED_MAX_BODY, max_bytes: int = RENDERED_MAX_BYTES) -> None:
-        self._bodies: OrderedDict[str, tuple[bytes, str, dict[str, str]]] = OrderedDict()
+        self._bodies: OrderedDict[str, Rendered] = OrderedDict()
         self._bytes = 0
         self._max_body = max_body
         self._max_bytes = max_bytes
@@ -162,20 +222,20 @@ class RenderedBodies:
     def __len__(self) -> int:
         return len(self._bodies)
 
-    def get(self, etag: str) -> tuple[bytes, str, dict[str, str]] | None:
+    def get(self, etag: str) -> Rendered | None:
         hit = self._bodies.get(etag)
         if hit is not None:
             self._bodies.move_to_end(etag)
         return hit
 
-    def remember(self, etag: str, body: bytes, media: str, headers: dict[str, str]) -> None:
-        if len(body) > self._max_body or etag in self._bodies:
+    def remember(self, etag: str, rendered: Rendered) -> None:
+        if len(rendered.body) > self._max_body or etag in self._bodies:
             return
-        self._bodies[etag] = (body, media, dict(headers))
-        self._bytes += len(body)
+        self._bodies[etag] = rendered
+        self._bytes += rendered.size
         while self._bytes > self._max_bytes:
-            _, (old, _, _) = self._bodies.popitem(last=False)
-            self._bytes -= len(old)
+            _, old = self._bodies.popitem(last=False)
+            self._bytes -= old.size
 
 
 def not_modified(request: Request, bodies: RenderedBodies, etag: str) -> Response | None:
@@ -183,10 +243,7 @@ def not_modified(request: Request, bodies: RenderedBodies, etag: str) -> Respons
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers_for(etag))
     hit = bodies.get(etag)
-    if hit is not None:
-        body, media, headers = hit
-        return Response(body, media_type=media, headers=dict(headers))
-    return None
+    return hit.response(request) if hit is not None else None
 
 
 async def off_loop(work: Callable[[], T], size: int) -> T:
@@ -211,12 +268,14 @@ async def respond(
     """200 in the format asked for, with validators, caching headers and pagination headers.
     Without an ``etag`` the body's own hash is the validator."""
 
-    def encode() -> bytes:
+    def encode() -> tuple[bytes, bytes | None]:
         if as_csv:
-            return csv_bytes(csv_header, csv_rows)
-        return json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+            body = csv_bytes(csv_header, csv_rows)
+        else:
+            body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return body, gzipped(body)
 
-    body = await off_loop(encode, size if size is not None else len(csv_rows))
+    body, compressed = await off_loop(encode, size if size is not None else len(csv_rows))
     media = "text/csv; charset=utf-8" if as_csv else "application/json"
     tag = etag or make_etag(hashlib.sha256(body).hexdigest(), as_csv)
     cached = not_modified(request, bodies, tag)
@@ -229,6 +288,7 @@ async def respond(
         page, page_size, total = paging
         headers["X-Total-Count"] = str(total)
         headers["Link"] = link_header(request.url.path, request.query_params.multi_items(), page, page_size, total)
+    rendered = Rendered(body, compressed, media, headers)
     if etag is not None:  # a validator that names the representation: the body can be reused
-        bodies.remember(tag, body, media, headers)
-    return Response(body, media_type=media, headers=headers)
+        bodies.remember(tag, rendered)
+    return rendered.response(request)
