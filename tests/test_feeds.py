@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from fmc.agent.feeds import check_feeds
 from fmc.cli.main import main
 from fmc.sources.mqtt.config import MqttSource
@@ -52,3 +54,12 @@ def test_fmc_check_prints_the_warnings(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "  meters         warn  1 of 1 [[meter]](s) fed by no source: 'water'" in out
     assert out.rstrip().endswith("all checks passed; 1 warning(s)")
+
+
+def test_feeds_of_a_target_without_a_name_is_an_error_even_under_python_o() -> None:
+    from fmc.agent.plugin import Feeds
+
+    feeds = Feeds.of([("signal", "cnc-01"), ("meter", "main-{n}")])
+    assert feeds.equipment == {"cnc-01"} and feeds.any_meter and not feeds.meters
+    with pytest.raises(ValueError, match="a meter target of the source has no name"):
+        Feeds.of([("meter", None)])

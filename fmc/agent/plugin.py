@@ -206,7 +206,8 @@ class Feeds:
         meters: set[str] = set()
         any_equipment = any_meter = False
         for kind, name in targets:
-            assert name is not None  # filled in by the section's validator
+            if name is None:  # the section's validator fills it in: a source's bug if not (python -O drops asserts)
+                raise ValueError(f"a {kind} target of the source has no name")
             fixed = not TEMPLATE_FIELD.search(name)
             if kind == "signal":
                 any_equipment |= not fixed
