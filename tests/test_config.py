@@ -57,6 +57,29 @@ def test_example_config_loads(monkeypatch):
     assert cfg.spool.max_bytes == 2**30
 
 
+def test_the_example_configs_commented_sources_load_once_uncommented(tmp_path, monkeypatch):
+    """The DL/T 645, Modbus and Sparkplug B blocks of the example are commented out (no such
+    devices on a fresh gateway): a user who uncomments one gets a config that loads."""
+    import re
+    import shutil
+
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    text = EXAMPLE.read_text(encoding="utf-8")
+    start, end = text.index("# [[dlt645]]"), text.index("[sink]")
+    # a commented setting or table is "# " + TOML; the prose lines above each block stay comments
+    code = re.compile(r"^# ?(\s*(\[\[|[a-z_]+ = ))")
+    block = "\n".join(code.sub(r"\1", line) for line in text[start:end].splitlines())
+    for f in EXAMPLE.parent.iterdir():
+        if f.is_file():
+            shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "agent.toml").write_text(text[:start] + block + "\n" + text[end:], encoding="utf-8")
+    cfg = load_config(tmp_path / "agent.toml")
+    assert sorted((type(s).__name__, s.name) for s in cfg.sources()) == [
+        ("Dlt645Source", "substation-bus"), ("ModbusSource", "water-and-power"), ("MqttSource", "plant"),
+        ("SparkplugSource", "edge")]
+
+
 def test_the_gateway_id_defaults_to_main_and_tags_the_rollups(tmp_path):
     from datetime import date
 
