@@ -1118,3 +1118,32 @@ def test_submit_many_drops_only_qos0_messages_past_the_queue_bound(tmp_path: Pat
         assert sorted(acks) == [1, 4] and spool.stats().depth == 3
     finally:
         spool.close()
+
+
+@pytest.mark.parametrize(("messages", "early"), [(150, True), (5, False)])
+def test_a_large_group_commits_once_no_more_come_a_small_one_waits_the_interval(
+    tmp_path: Path, messages: int, early: bool
+) -> None:
+    """commit_interval_ms 1000: 150 messages at once (a broker's full window) are committed as soon
+    as a look finds no more, well within the second; 5 (a trickle) wait the whole second, so a
+    trickle costs no more fsyncs than one per interval."""
+    spool = Spool(tmp_path / "spool.db")
+    ingest = Ingest(spool, AgentMetrics(), max_series=1000, commit_interval_ms=1000)
+    mapper = Mapper(ENTERPRISE, [config.Subscription(topic="p/{equipment}/{signal}")])
+    acked = threading.Event()
+    run = []
+    for i in range(messages):
+        payload = json.dumps({"value": i}).encode()
+        last = i == messages - 1
+        run.append((f"p/m/s{i}", payload, mapper.map(f"p/m/s{i}", payload, time.time_ns()),
+                    acked.set if last else (lambda: None)))
+    ingest.start()
+    try:
+        t0 = time.monotonic()
+        ingest.submit_many("p", run)
+        assert acked.wait(5)
+        waited = time.monotonic() - t0
+    finally:
+        ingest.stop()
+        spool.close()
+    assert (waited < 0.5) if early else (waited >= 0.9), waited
