@@ -268,12 +268,15 @@ async def respond(
     """200 in the format asked for, with validators, caching headers and pagination headers.
     Without an ``etag`` the body's own hash is the validator."""
 
+    # compressed when this client takes gzip, or when the body is kept for the next ones
+    compress = etag is not None or accepts_gzip(request.headers.get("accept-encoding"))
+
     def encode() -> tuple[bytes, bytes | None]:
         if as_csv:
             body = csv_bytes(csv_header, csv_rows)
         else:
             body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        return body, gzipped(body)
+        return body, gzipped(body) if compress else None
 
     body, compressed = await off_loop(encode, size if size is not None else len(csv_rows))
     media = "text/csv; charset=utf-8" if as_csv else "application/json"
