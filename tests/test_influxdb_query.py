@@ -224,7 +224,7 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
         assert f"time >= {start} AND time < {end}" in statement
         assert "region =~ /^(?:3306)/ AND industry =~ /^(?:17|18)/" in statement
         assert "(enterprise = 'E-1' OR enterprise = 'E-2')" in statement
-    assert "sum(" in statements[0] and statements[0].endswith("GROUP BY enterprise")
+    assert "sum(" in statements[0] and statements[0].endswith("GROUP BY enterprise, gateway")  # per gateway: cacheable
     assert statements[1].startswith('SELECT last(equipment_total)') and "sum(" not in statements[1]
     assert statements[1].endswith("GROUP BY enterprise, gateway")  # each gateway's last day
     for q in statements[2:4]:  # first() and last() alone, so that they report the time of their row

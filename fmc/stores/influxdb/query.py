@@ -26,9 +26,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
+from fmc.central.partials import CARRIER_FIELDS, LAST_FIELDS, LastRow, Partials, as_partials, merge
 from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
 from fmc.core.carriers import is_water
-from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.jsondoc import load_json
 from fmc.core.lineprotocol import field_type
 from fmc.core.localtime import NS, local_date, local_day_start_ns
@@ -37,8 +37,6 @@ from fmc.indicators.sums import (
     ALL_SUMS,
     DAILY_SUM_FIELDS,
     LAST_DAY_FIELDS,
-    CarrierSums,
-    DailySums,
     EnterpriseInfo,
     PeriodSums,
     StoredReport,
@@ -268,10 +266,12 @@ class InfluxQueryStore:
         spans = [f"SELECT {f}(coverage) AS coverage FROM {self._from(CONSUMPTION)}{where} GROUP BY enterprise, carrier"
                  for f in ("first", "last")]
         # Several gateways of one enterprise write one row each per day (tag ``gateway``): the sums run
-        # over every row (Σ days Σ gateways); ``days`` is the row count, which ``period_sums`` replaces
-        # by the count of local days (``days_statements``) for an enterprise with several gateways
+        # over every row (Σ days Σ gateways), per gateway so that the cache can keep them; ``days`` is
+        # the row count, which ``partials`` replaces by the count of local days (``days_statements``)
+        # for an enterprise with several gateways
         return [
-            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} GROUP BY enterprise",
+            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} "
+            "GROUP BY enterprise, gateway",
             # each gateway's last row in the period (rows without the tag group as one more gateway)
             f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise, gateway",
             *spans,
@@ -309,98 +309,68 @@ class InfluxQueryStore:
     async def _period_sums(
         self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS
     ) -> dict[str, PeriodSums]:
-        """The sums of the rows recorded under tags in scope. One request per statement"""
+        """The sums of the rows recorded under tags in scope."""
+        return merge(await self.partials(start, end, scope, wanted), wanted, self._tz)
+
+    async def partials(self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS) -> Partials:
+        """The gateways' pieces of the sums of the rows recorded under tags in scope (``merge`` of them is
+        ``period_sums``; the central service's sums cache keeps them per month)."""
         # One request per statement, sent at once: InfluxDB runs the statements of one request one
         # after another on one core, and separate requests in parallel (docs/central.md has figures).
         statements = self.period_sums_statements(start, end, scope, await self.carriers(), wanted)
         results = await asyncio.gather(*(self._query([s]) for s in statements))
         sums_result, last_result = results[0][0], results[1][0]
-        days: dict[tuple[str, str], list[date]] = {}
+        out = Partials()
         for result in (results[2][0], results[3][0]):
             for tags, columns, rows in _series(result):
                 if rows and "time" in columns and tags.get("enterprise") and tags.get("carrier"):
-                    t = _count(rows[0][columns.index("time")])
-                    days.setdefault((tags["enterprise"], tags["carrier"]), []).append(local_date(t * MS, self._tz))
-        carrier_results = [r[0] for r in results[4:]]
-        daily_sums: dict[str, dict[str, Any]] = {}
+                    day = local_date(_count(rows[0][columns.index("time")]) * MS, self._tz)
+                    key = (tags["enterprise"], tags["carrier"])
+                    span = out.spans.get(key)
+                    out.spans[key] = (day, day) if span is None else (min(span[0], day), max(span[1], day))
+        sum_names = ("days", *DAILY_SUM_FIELDS)
         for tags, columns, rows in _series(sums_result):
             enterprise = tags.get("enterprise")
             if rows and enterprise:
-                daily_sums[enterprise] = dict(zip(columns, rows[0], strict=False))
-        # each gateway's last row (a row without the tag is gateway "main"'s: the later one wins)
-        lasts: dict[str, dict[str, dict[str, Any]]] = {}
-        groups: dict[str, int] = {}  # gateway groups per enterprise as stored ("" and "main" are two)
+                out.daily[(enterprise, tags.get("gateway") or "")] = as_partials(
+                    dict(zip(columns, rows[0], strict=False)), sum_names)
         for tags, columns, rows in _series(last_result):
             enterprise = tags.get("enterprise")
-            if not enterprise or not rows:
-                continue
+            if enterprise and rows:
+                last = dict(zip(columns, rows[0], strict=False))
+                out.last[(enterprise, tags.get("gateway") or "")] = LastRow(
+                    _count(last.get("time")),
+                    tuple(float(v) if isinstance(v := last.get(f), int | float) and not isinstance(v, bool)
+                          else math.nan for f in LAST_FIELDS))
+        groups: dict[str, int] = {}  # gateway groups per enterprise as stored ("" and "main" are two)
+        for enterprise, _ in out.last:
             groups[enterprise] = groups.get(enterprise, 0) + 1
-            last = dict(zip(columns, rows[0], strict=False))
-            gateways = lasts.setdefault(enterprise, {})
-            gateway = tags.get("gateway") or DEFAULT_GATEWAY
-            known = gateways.get(gateway)
-            if known is None or _count(last.get("time")) > _count(known.get("time")):
-                gateways[gateway] = last
+        for (enterprise, _), sums in out.daily.items():
+            out.days[enterprise] = out.days.get(enterprise, 0) + int(sums[0])
         # several gateways (or tagged and untagged rows): count the local days, not the rows
-        several = [e for e, n in groups.items() if n > 1 and e in daily_sums]
+        several = [e for e, n in groups.items() if n > 1 and e in out.days]
         if several:
             day_results = await asyncio.gather(
                 *(self._query([s]) for s in self.days_statements(start, end, scope, several))
             )
-            local_days: dict[str, int] = {}
+            local_days = dict.fromkeys(several, 0)
             for tags, columns, rows in (series for [r] in day_results for series in _series(r)):
                 enterprise = tags.get("enterprise")
-                if enterprise and "n" in columns:
+                if enterprise in local_days and "n" in columns:
                     n = columns.index("n")
-                    local_days[enterprise] = local_days.get(enterprise, 0) + sum(1 for row in rows if _count(row[n]))
-            for enterprise in several:
-                daily_sums[enterprise]["days"] = local_days.get(enterprise, 0)
-        daily: dict[str, DailySums] = {}
-        for enterprise, gateways in lasts.items():
-            sums = daily_sums.get(enterprise)
-            if sums is None or not _count(sums.get("days")):
-                continue
-            # a gateway's last day without the asset value adds nothing; none with it: unknown
-            valued = [g["equipment_valued"] for g in gateways.values()
-                      if isinstance(g.get("equipment_valued"), int | float)] if wanted.valued else []
-            # the stocks at period end: Σ over gateways of each gateway's last day in the period
-            daily[enterprise] = DailySums(
-                _count(sums["days"]),
-                *(_num(sums.get(f)) if f in wanted.daily else math.nan for f in DAILY_SUM_FIELDS),
-                local_date(max(_count(g.get("time")) for g in gateways.values()) * MS, self._tz),
-                *(math.fsum(_num(g.get(f)) for g in gateways.values()) for f in LAST_DAY_FIELDS),
-                last_equipment_networked=(math.fsum(_num(g.get("equipment_networked")) for g in gateways.values())
-                                          if wanted.last_networked else math.nan),
-                last_nc_equipment_networked=(math.fsum(_num(g.get("nc_equipment_networked")) for g in gateways.values())
-                                             if wanted.last_networked else math.nan),
-                last_equipment_valued=math.fsum(valued) if valued else math.nan,
-            )
-        parts: dict[tuple[str, str], dict[str, list[float]]] = {}
-        for tags, columns, rows in (series for result in carrier_results for series in _series(result)):
+                    local_days[enterprise] += sum(1 for row in rows if _count(row[n]))
+            out.days.update(local_days)
+        for tags, columns, rows in (series for result in results[4:] for series in _series(result[0])):
             enterprise, carrier = tags.get("enterprise"), tags.get("carrier")
             if not rows or not enterprise or not carrier:  # a series without the tag groups under ""
                 continue
             r = dict(zip(columns, rows[0], strict=False))
             if _count(r.get("n_rows")):
-                gateway = tags.get("gateway") or DEFAULT_GATEWAY
-                got = parts.setdefault((enterprise, carrier), {}).setdefault(gateway, [0.0] * 7)
-                for i, name in enumerate(("n_rows", "amount", "tce", "tce_rows", "m3", "m3_rows", "coverage")):
-                    got[i] += _num(r.get(name))
-        carriers: dict[str, dict[str, CarrierSums]] = {}
-        for (enterprise, carrier), gateways in parts.items():
-            n_rows, amount, tce, tce_rows, m3, m3_rows, coverage = (
-                math.fsum(g[i] for g in gateways.values()) for i in range(7)
-            )
-            span = days.get((enterprise, carrier))
-            # Σ amounts over gateways; coverage: Σ of the daily coverages ÷ the gateways that measure
-            # the carrier (a day one of two gateways missed is half covered, never 1 + 0 = "whole");
-            # the carrier's first and last day: the earliest and the latest over its gateways
-            carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
-                carrier, int(n_rows), amount if wanted.amount else math.nan, tce, int(tce_rows),
-                m3, int(m3_rows), coverage / len(gateways),
-                min(span) if span else None, max(span) if span else None,
-            )
-        return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}
+                key = (enterprise, carrier, tags.get("gateway") or "")
+                got = out.carriers.setdefault(key, [0.0] * len(CARRIER_FIELDS))
+                for i, v in enumerate(as_partials(r, CARRIER_FIELDS)):
+                    got[i] += v
+        return out
 
     # --- the region of the period's end -------------------------------------------------------------
     #

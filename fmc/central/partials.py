@@ -1,0 +1,169 @@
+"""The pieces a store's ``period_sums`` is made of, per gateway, and how they add up. Pure.
+
+A store first reads, for a range of local days, each gateway's sums and last row of
+``enterprise_daily``, each gateway's sums of ``consumption_daily`` per carrier, each carrier's first
+and last day, and each enterprise's count of local days (``Partials``); ``period_sums`` is then
+``merge`` of those. Partials of disjoint ranges ``combine`` into the partials of their union exactly
+(sums add, the later last row wins, spans widen, days add), which is what lets the central service's
+sums cache (``fmc.central.sums_cache``) keep one entry per month and answer a year from twelve.
+
+Gateway keys are the ``gateway`` tag as stored: a row without the tag is ``""`` and is gateway
+``main`` only when merged (two groups, "" and "main", still count as two gateways for the day count).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+
+from fmc.core.config import DEFAULT_GATEWAY
+from fmc.core.localtime import local_date
+from fmc.indicators.sums import (
+    DAILY_SUM_FIELDS,
+    LAST_DAY_FIELDS,
+    CarrierSums,
+    DailySums,
+    PeriodSums,
+    SumsWanted,
+)
+
+MS = 1_000_000  # ns per ms: times are kept in ms, as InfluxDB answers with epoch=ms
+# the last row's fields, in this order: the stocks, the networked counts, the valued equipment
+LAST_FIELDS = (*LAST_DAY_FIELDS, "equipment_networked", "nc_equipment_networked", "equipment_valued")
+# a carrier's sums, in this order
+CARRIER_FIELDS = ("n_rows", "amount", "tce", "tce_rows", "m3", "m3_rows", "coverage")
+
+
+@dataclass(frozen=True, slots=True)
+class LastRow:
+    """A gateway's last ``enterprise_daily`` row in the range: its time (ms) and ``LAST_FIELDS``
+    (NaN where the row lacks the field)."""
+
+    time_ms: int
+    values: tuple[float, ...]
+
+
+@dataclass(slots=True)
+class Partials:
+    """``period_sums`` of a range of days before the gateways are merged.
+
+    - ``daily[(enterprise, gateway)]``: [rows with equipment_total, Σ each of DAILY_SUM_FIELDS];
+    - ``last[(enterprise, gateway)]``: the gateway's last row;
+    - ``days[enterprise]``: local days with a row of any gateway;
+    - ``spans[(enterprise, carrier)]``: the carrier's first and last local day;
+    - ``carriers[(enterprise, carrier, gateway)]``: Σ of CARRIER_FIELDS.
+    """
+
+    daily: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    last: dict[tuple[str, str], LastRow] = field(default_factory=dict)
+    days: dict[str, int] = field(default_factory=dict)
+    spans: dict[tuple[str, str], tuple[date, date]] = field(default_factory=dict)
+    carriers: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+
+    def enterprises(self) -> set[str]:
+        return {e for e, _ in self.last} | {e for e, _, _ in self.carriers}
+
+    def only(self, enterprises: set[str]) -> Partials:
+        """The partials of these enterprises only."""
+        return Partials(
+            {k: v for k, v in self.daily.items() if k[0] in enterprises},
+            {k: v for k, v in self.last.items() if k[0] in enterprises},
+            {k: v for k, v in self.days.items() if k in enterprises},
+            {k: v for k, v in self.spans.items() if k[0] in enterprises},
+            {k: v for k, v in self.carriers.items() if k[0] in enterprises},
+        )
+
+
+def combine(parts: Iterable[Partials]) -> Partials:
+    """The partials of the union of disjoint ranges."""
+    out = Partials()
+    for p in parts:
+        for key, sums in p.daily.items():
+            got = out.daily.get(key)
+            out.daily[key] = list(sums) if got is None else [a + b for a, b in zip(got, sums, strict=True)]
+        for key, row in p.last.items():
+            known = out.last.get(key)
+            if known is None or row.time_ms > known.time_ms:
+                out.last[key] = row
+        for enterprise, n in p.days.items():
+            out.days[enterprise] = out.days.get(enterprise, 0) + n
+        for key, (first, last) in p.spans.items():
+            span = out.spans.get(key)
+            out.spans[key] = (first, last) if span is None else (min(span[0], first), max(span[1], last))
+        for key, sums in p.carriers.items():
+            got = out.carriers.get(key)
+            out.carriers[key] = list(sums) if got is None else [a + b for a, b in zip(got, sums, strict=True)]
+    return out
+
+
+def _nan_sum(values: Iterable[float]) -> float:
+    """Σ as the store's sum(): a missing field adds nothing (0 when none has it)."""
+    return math.fsum(0.0 if math.isnan(v) else v for v in values)
+
+
+def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
+    """``period_sums`` of the partials (``tz``: the store's ZoneInfo, for the last day's local date).
+
+    An enterprise with several gateways is the sum of its gateways: Σ of every row, the local days
+    of any gateway, the last day's stocks Σ over gateways of each one's last row, a carrier's
+    coverage ÷ the gateways that measure it (docs/design.md §4)."""
+    rows_of: dict[str, list[float]] = {}
+    for (enterprise, _), sums in p.daily.items():
+        got = rows_of.get(enterprise)
+        rows_of[enterprise] = list(sums) if got is None else [a + b for a, b in zip(got, sums, strict=True)]
+    lasts: dict[str, dict[str, LastRow]] = {}
+    for (enterprise, gateway), row in sorted(p.last.items()):
+        gateways = lasts.setdefault(enterprise, {})
+        name = gateway or DEFAULT_GATEWAY  # a row without the tag is gateway "main"'s: the later one wins
+        known = gateways.get(name)
+        if known is None or row.time_ms > known.time_ms:
+            gateways[name] = row
+    daily: dict[str, DailySums] = {}
+    n_last = len(LAST_DAY_FIELDS)
+    for enterprise, gateways in lasts.items():
+        sums = rows_of.get(enterprise)
+        days = p.days.get(enterprise, 0)
+        if sums is None or not sums[0] or not days:
+            continue
+        rows = list(gateways.values())
+        valued = [r.values[-1] for r in rows if not math.isnan(r.values[-1])] if wanted.valued else []
+        daily[enterprise] = DailySums(
+            days,
+            *(sums[1 + i] if f in wanted.daily else math.nan for i, f in enumerate(DAILY_SUM_FIELDS)),
+            local_date(max(r.time_ms for r in rows) * MS, tz),  # type: ignore[arg-type]
+            *(_nan_sum(r.values[i] for r in rows) for i in range(n_last)),
+            last_equipment_networked=_nan_sum(r.values[n_last] for r in rows) if wanted.last_networked else math.nan,
+            last_nc_equipment_networked=(_nan_sum(r.values[n_last + 1] for r in rows)
+                                         if wanted.last_networked else math.nan),
+            last_equipment_valued=math.fsum(valued) if valued else math.nan,
+        )
+    parts: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for (enterprise, carrier, gateway), sums in p.carriers.items():
+        if not sums[0]:
+            continue
+        got = parts.setdefault((enterprise, carrier), {}).setdefault(gateway or DEFAULT_GATEWAY, [0.0] * 7)
+        for i, v in enumerate(sums):
+            got[i] += v
+    carriers: dict[str, dict[str, CarrierSums]] = {}
+    for (enterprise, carrier), by_gateway in sorted(parts.items()):
+        n_rows, amount, tce, tce_rows, m3, m3_rows, coverage = (
+            math.fsum(g[i] for g in by_gateway.values()) for i in range(7)
+        )
+        span = p.spans.get((enterprise, carrier))
+        # Σ amounts over gateways; coverage: Σ of the daily coverages ÷ the gateways that measure
+        # the carrier (a day one of two gateways missed is half covered, never 1 + 0 = "whole");
+        # the carrier's first and last day: the earliest and the latest over its gateways
+        carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
+            carrier, int(n_rows), amount if wanted.amount else math.nan, tce, int(tce_rows),
+            m3, int(m3_rows), coverage / len(by_gateway),
+            span[0] if span else None, span[1] if span else None,
+        )
+    return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}
+
+
+def as_partials(sums: Mapping[str, float | None], names: Iterable[str]) -> list[float]:
+    """The numbers ``names`` of one answer row (None or missing: 0, as the store's sum of nothing)."""
+    return [float(v) if isinstance(v := sums.get(n), int | float) and not isinstance(v, bool) else 0.0
+            for n in names]
