@@ -22,7 +22,7 @@ from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 from fmc.stores.influxdb.config import InfluxDBSink
 
 TZ = "Asia/Shanghai"
-BACKENDS = ["embedded", "influxdb"]
+BACKENDS = ["embedded", "influxdb", "influxdb-cached"]
 
 
 # --- points in the writers' format ------------------------------------------------------------------
@@ -131,8 +131,25 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         def open_influx() -> IndicatorStore:
             return InfluxQueryStore(InfluxDBSink(type="influxdb", url=server.url, database=db), timezone=TZ)
 
-        store = open_influx()
+        ingest = _influx_ingest(server.url, db)
+        if request.param == "influxdb":
+            store = open_influx()
+        else:
+            # the central service's sums cache over the same InfluxDB: whole months from its file
+            from fmc.central.sums_cache import SumsCache
+            from fmc.indicators.sums import ALL_SUMS
+
+            def open_cached() -> IndicatorStore:
+                return SumsCache(open_influx(), tmp_path / "sums-cache.db", ALL_SUMS, source=f"{server.url} {db}")
+
+            cache = SumsCache(open_influx(), tmp_path / "sums-cache.db", ALL_SUMS, source=f"{server.url} {db}")
+            store, open_influx, raw_ingest = cache, open_cached, ingest
+
+            def ingest(points: Sequence[Point]) -> None:
+                raw_ingest(points)
+                cache.forget()  # the writer's news: every month is read again
+
         try:
-            yield Backend("influxdb", store, _influx_ingest(server.url, db), open_influx)
+            yield Backend(request.param, store, ingest, open_influx)
         finally:
             await store.aclose()
