@@ -139,15 +139,16 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
             from fmc.central.sums_cache import SumsCache
             from fmc.indicators.sums import ALL_SUMS
 
-            def open_cached() -> IndicatorStore:
-                return SumsCache(open_influx(), tmp_path / "sums-cache.db", ALL_SUMS, source=f"{server.url} {db}")
+            def open_cached(open_raw: Callable[[], IndicatorStore] = open_influx) -> IndicatorStore:
+                return SumsCache(open_raw(), tmp_path / "sums-cache.db", ALL_SUMS,  # type: ignore[arg-type]
+                                 source=f"{server.url} {db}")
 
-            cache = SumsCache(open_influx(), tmp_path / "sums-cache.db", ALL_SUMS, source=f"{server.url} {db}")
+            cache = open_cached()
             store, open_influx, raw_ingest = cache, open_cached, ingest
 
             def ingest(points: Sequence[Point]) -> None:
                 raw_ingest(points)
-                cache.forget()  # the writer's news: every month is read again
+                cache.forget()  # the writer's news: every period is read again (another open file sees it too)
 
         try:
             yield Backend(request.param, store, ingest, open_influx)

@@ -47,6 +47,20 @@ class MaterializeConfig(_Model):
     months: bool = Field(default=True, description="monthly figures too (the dashboards' trend panels)")
 
 
+class SumsCacheConfig(_Model):
+    path: Path | None = Field(
+        default=None,
+        description="SQLite file of each month's sums, read from InfluxDB once (docs/central.md, \"Sums cache\"); "
+        "unset: every figure is summed by InfluxDB",
+    )
+    recent_days: int = Field(
+        default=45, ge=0, le=3660, description="months touching this many last days are read again on each revalidation"
+    )
+    full_refresh_h: float = Field(
+        default=24.0, ge=0.1, le=24 * 366, description="every other month is read again after this many hours"
+    )
+
+
 class CentralSettings(_Model):
     """``central.toml`` without its store: ``central_config_model`` adds ``[store]``, tagged by
     ``type`` over the store plugins a composition root names (``fmc.cli.plugins.CentralConfig``)."""
@@ -57,6 +71,7 @@ class CentralSettings(_Model):
     api: ApiConfig = Field(default_factory=ApiConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     materialize: MaterializeConfig = Field(default_factory=MaterializeConfig)
+    cache: SumsCacheConfig = Field(default_factory=SumsCacheConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("targets")
@@ -123,6 +138,9 @@ def load_central_config(path: str | os.PathLike[str], model: type[C]) -> C:
     registry = cfg.registry
     if registry.csv is not None:
         registry = registry.model_copy(update={"csv": rel(registry.csv)})
+    cache = cfg.cache
+    if cache.path is not None:
+        cache = cache.model_copy(update={"path": rel(cache.path)})
     targets = cfg.targets if cfg.targets in builtin_plans() else str(plan_path(cfg.targets, base))
     if not Path(plan_path(targets)).exists():
         raise ConfigError(
@@ -134,7 +152,8 @@ def load_central_config(path: str | os.PathLike[str], model: type[C]) -> C:
         raise ConfigError(
             path, [("api.page_size_default", "larger than api.page_size_max", "make it at most page_size_max")]
         )
-    return cfg.model_copy(update={"store": store, "api": api, "registry": registry, "targets": targets})
+    return cfg.model_copy(update={"store": store, "api": api, "registry": registry, "cache": cache,
+                                  "targets": targets})
 
 
 def load_config_plan(cfg: CentralSettings) -> Targets:

@@ -33,6 +33,7 @@ from fmc.central.materialize import indicator_points
 from fmc.central.provenance import policy_text
 from fmc.central.registry import RegistryEntry
 from fmc.central.store import IndicatorStore, Scope
+from fmc.central.sums_cache import PartialsStore, SumsCache
 from fmc.indicators.engine import EnterpriseData, Period, Report, sums_wanted
 from fmc.indicators.plan import INDICATORS, Targets
 from fmc.indicators.pooling import LEVELS, EnterpriseFigures, GroupRow, Level, enterprise_figures, group_rows
@@ -205,14 +206,23 @@ class IndicatorService:
 
         targets = load_config_plan(cfg)
         registry = read_registry(cfg.registry.csv) if cfg.registry.csv is not None else {}
-        return cls(make_store(cfg, targets.policy.timezone), targets, registry=registry,
-                   revalidate_s=cfg.api.revalidate_s, materialize=cfg.materialize)
+        store = make_store(cfg, targets.policy.timezone)
+        if cfg.cache.path is not None:
+            if isinstance(store, PartialsStore):
+                store = SumsCache(store, cfg.cache.path, sums_wanted(targets.policy), source=store.cache_source,
+                                  recent_days=cfg.cache.recent_days, full_refresh_s=cfg.cache.full_refresh_h * 3600)
+            else:
+                log.info("[cache] path: the %s store sums its own rows; no cache is used", store_type(cfg))
+        return cls(store, targets, registry=registry, revalidate_s=cfg.api.revalidate_s, materialize=cfg.materialize)
 
     # --- lifecycle ---
 
     async def start(self) -> None:
-        """Background work of a long-running service: revalidation, and materialization when enabled."""
+        """Background work of a long-running service: the sums cache brought up to date, revalidation, and
+        materialization when enabled."""
         if not self._tasks:
+            if isinstance(self.store, SumsCache):
+                self._tasks.append(asyncio.create_task(self._sync_quietly(), name="fmc-sums-cache"))
             self._tasks.append(asyncio.create_task(self._revalidate_loop(), name="fmc-revalidate"))
             if self._materialize is not None and self._materialize.enabled:
                 self._tasks.append(asyncio.create_task(self._materialize_loop(self._materialize),
@@ -226,6 +236,18 @@ class IndicatorService:
                 await task
         self._tasks = []
         await self.store.aclose()
+
+    async def sync(self) -> None:
+        """Bring the sums cache up to date with the store (nothing without a cache): a one-shot command
+        calls it first; a running service on each revalidation."""
+        if isinstance(self.store, SumsCache):
+            await self.store.refresh()
+
+    async def _sync_quietly(self) -> None:
+        try:
+            await self.sync()
+        except Exception as e:  # the store may be down at start: the cache answers, the next revalidation tries
+            log.warning("sums cache: bringing it up to date failed: %s", e)
 
     # --- queries ---
 
@@ -411,7 +433,9 @@ class IndicatorService:
                 log.warning("revalidation failed: %s", e)
 
     async def revalidate(self) -> None:
-        """Recompute every cached entry; drop those unused for ten revalidation periods."""
+        """Bring the sums cache up to date, then recompute every cached entry; drop those unused for ten
+        revalidation periods."""
+        await self.sync()
         self._enterprises = {}
         idle_limit = max(10 * self._revalidate_s, 900.0)
         for key, entry in list(self._figures.items()):
@@ -491,6 +515,10 @@ def stale_periods(periods: Sequence[Period], this_year: int, reported: set[int],
         return list(periods)
     years = {this_year, this_year - 1} | reported | {y + 1 for y in reported}
     return [p for p in periods if p.year in years]
+
+
+def store_type(cfg: CentralSettings) -> str:
+    return str(getattr(cfg.store_settings(), "type", "?"))
 
 
 def make_store(cfg: CentralSettings, timezone: str) -> IndicatorStore:

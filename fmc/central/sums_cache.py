@@ -1,22 +1,23 @@
-"""The central service's sums cache: each month's pieces of the store's sums, kept in a local SQLite file.
+"""The central service's sums cache: the store's sums of each period, kept in a local SQLite file.
 
-Why: on InfluxDB 1.x, the sums of one year of a 20,000-enterprise province are 7.3 million daily rows
-per measurement, and aggregating them takes InfluxDB about 45 s on two cores whatever the query
-(docs/central.md, "Sums cache"). A day's rollups are written once and rarely change, so the cache reads
-every month once (each gateway's sums and last row, each carrier's sums and span, the local days, the
-tag combinations: ``fmc.central.partials.Partials``), keeps them in a file, and answers a year from its
-twelve months: the pieces of disjoint ranges add up exactly. A restarted service answers from the
-file at once.
+Why: on InfluxDB 1.x the sums of one year of a 20,000-enterprise province are 7.3 million daily rows
+per measurement, and summing them takes InfluxDB about 45 s on two cores; one month costs nearly as
+much as the year, because each series' year of daily rows is one compressed block that any range
+decodes whole (docs/central.md, "Sums cache"). So the cache reads the province's sums of a period
+once, in their pieces per gateway (``fmc.central.partials.Partials``), and keeps them with the tags of
+every enterprise at the period's end; every scope (a county, an industry, one enterprise) is then
+answered from the file, and a restarted service answers at once. A period whose months are all in the
+file is added up from them (pieces of disjoint ranges add up exactly).
 
 What it answers itself: ``period_sums`` and ``enterprises`` for periods of whole months (years,
-quarters, months, a year to a month's end) as of a month's end, with the sums it keeps. Anything
-else (a year to date through mid-month, as of another day, sums it does not keep) goes to the store,
-which gives the same answer, only slower. Reports are always read from the store (they are few).
+quarters, months, a year to a month's end) as of a month's end, with the sums it keeps. Anything else
+(a year to date through mid-month, as of another day, sums it does not keep) goes to the store, which
+gives the same answer, only slower. Reports are always read from the store (they are few).
 
-Freshness: ``refresh`` re-reads every month the store has rollups for that is not in the file yet,
-every month that touches the last ``recent_days`` days (rollups still arrive for them: a gateway
-drains its spool after an outage) and every other month once ``full_refresh_s`` after it was read
-(rollups written later for an old month). The service calls it on each revalidation.
+Freshness: ``refresh`` reads again every kept period that ends within the last ``recent_days`` days
+(rollups still arrive for them: a gateway drains its spool after an outage) and every other one
+``full_refresh_s`` after it was read (rollups written later for an old period). The service calls it on
+each revalidation; a report written through the cache drops the kept tags.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from fmc.central.partials import CARRIER_FIELDS, LAST_FIELDS, MS, LastRow, Partials, merge
+from fmc.central.partials import CARRIER_FIELDS, LAST_FIELDS, LastRow, Partials, merge
 from fmc.central.store import IndicatorStore, Scope, StoreQueryError
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
@@ -42,9 +43,9 @@ from fmc.indicators.sums import ALL_SUMS, DAILY_SUM_FIELDS, EnterpriseInfo, Peri
 
 log = logging.getLogger("fmc.central.cache")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x666D6343  # "fmcC": refuse to add tables to some other SQLite file
-MONTHS_AT_ONCE = 2  # each month is already several statements in parallel
+LATEST = "latest"  # the tags key of "every enterprise's latest tags" (as of None)
 
 _N_SUMS = 1 + len(DAILY_SUM_FIELDS)  # rows, then each field
 _SUM_COLS = ", ".join(f"s{i}" for i in range(_N_SUMS))
@@ -53,41 +54,45 @@ _CARRIER_COLS = ", ".join(f"c{i}" for i in range(len(CARRIER_FIELDS)))
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS months (month TEXT PRIMARY KEY, read_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pieces (piece TEXT PRIMARY KEY, last_day TEXT NOT NULL, read_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS daily (
-    month TEXT NOT NULL, enterprise TEXT NOT NULL, gateway TEXT NOT NULL,
+    piece TEXT NOT NULL, enterprise TEXT NOT NULL, gateway TEXT NOT NULL,
     has_sums INTEGER NOT NULL, {", ".join(f"s{i} REAL NOT NULL" for i in range(_N_SUMS))},
     last_ms INTEGER, {", ".join(f"v{i} REAL" for i in range(len(LAST_FIELDS)))},
-    PRIMARY KEY (month, enterprise, gateway)) WITHOUT ROWID;
+    PRIMARY KEY (piece, enterprise, gateway)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS days (
-    month TEXT NOT NULL, enterprise TEXT NOT NULL, days INTEGER NOT NULL,
-    PRIMARY KEY (month, enterprise)) WITHOUT ROWID;
+    piece TEXT NOT NULL, enterprise TEXT NOT NULL, days INTEGER NOT NULL,
+    PRIMARY KEY (piece, enterprise)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS spans (
-    month TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, first_day TEXT NOT NULL,
-    last_day TEXT NOT NULL, PRIMARY KEY (month, enterprise, carrier)) WITHOUT ROWID;
+    piece TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, first_day TEXT NOT NULL,
+    last_day TEXT NOT NULL, PRIMARY KEY (piece, enterprise, carrier)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS carriers (
-    month TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, gateway TEXT NOT NULL,
+    piece TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, gateway TEXT NOT NULL,
     {", ".join(f"c{i} REAL NOT NULL" for i in range(len(CARRIER_FIELDS)))},
-    PRIMARY KEY (month, enterprise, carrier, gateway)) WITHOUT ROWID;
+    PRIMARY KEY (piece, enterprise, carrier, gateway)) WITHOUT ROWID;
+-- per day (the end of an as-of day, or 'latest'): each tag combination's latest point by then and
+-- its first point after
+CREATE TABLE IF NOT EXISTS tag_days (day TEXT PRIMARY KEY, read_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tags (
-    month TEXT NOT NULL, enterprise TEXT NOT NULL, region TEXT NOT NULL, industry TEXT NOT NULL,
-    first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
-    PRIMARY KEY (month, enterprise, region, industry)) WITHOUT ROWID;
+    day TEXT NOT NULL, earliest INTEGER NOT NULL, enterprise TEXT NOT NULL, ts INTEGER NOT NULL,
+    region TEXT NOT NULL, industry TEXT NOT NULL) ;
+CREATE INDEX IF NOT EXISTS tags_day ON tags (day, earliest);
 """
-_TABLES = ("daily", "days", "spans", "carriers", "tags")
+_PIECE_TABLES = ("daily", "days", "spans", "carriers")
+_ALL_TABLES = (*_PIECE_TABLES, "pieces", "tags", "tag_days", "meta")
 
 
+@runtime_checkable
 class PartialsStore(IndicatorStore, Protocol):
-    """A store that gives the pieces of its sums (``fmc.stores.influxdb.query.InfluxQueryStore``)."""
+    """A store that gives the pieces of its sums (``fmc.stores.influxdb.query.InfluxQueryStore``).
+    ``cache_source``: what identifies its data (address, database)."""
+
+    cache_source: str
 
     async def partials(self, start: date, end: date, scope: Scope, wanted: SumsWanted) -> Partials: ...
 
-    async def tag_spans(self, start: date, end: date) -> list[tuple[str, str, str, int, int]]: ...
-
-    async def rollup_span(self) -> tuple[date, date] | None: ...
-
-    async def report_tags(self, before_ns: int | None = None, *, earliest: bool = False
-                          ) -> list[tuple[str, int, str, str]]: ...
+    async def tag_points(self, before_ns: int | None, *, earliest: bool = False
+                         ) -> list[tuple[str, int, str, str]]: ...
 
 
 def month_label(day: date) -> str:
@@ -128,7 +133,8 @@ def _float(value: Any) -> float:
 
 
 class SumsCache:
-    """``IndicatorStore`` over a ``PartialsStore``, with the months' pieces in the SQLite file ``path``.
+    """``IndicatorStore`` over a ``PartialsStore``, with the province's sums of each period asked for in
+    the SQLite file ``path``.
 
     ``source``: what identifies the store's data (its URL, database, retention policy): a file kept
     for another source, time zone or set of sums is emptied, never mixed. ``wanted``: the sums kept
@@ -155,9 +161,9 @@ class SumsCache:
         self._now = now
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
         self._refresh_lock = asyncio.Lock()
+        self._reading: dict[str, asyncio.Lock] = {}  # one read from the store per piece or tag day at a time
         self._db = self._open(path, {"schema": str(SCHEMA_VERSION), "source": source, "timezone": store.timezone,
                                      "wanted": _wanted_text(wanted)})
-        self._filled = self._meta("filled") == "1"
 
     # --- the file ---
 
@@ -174,159 +180,194 @@ class SumsCache:
                                       "to a file of its own")
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # a lost month is read again, never wrong
-            db.executescript(_SCHEMA)
-            stored = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            if any(stored.get(k) != v for k, v in identity.items()):
+            db.execute("PRAGMA synchronous = NORMAL")  # a piece lost in a crash is read again, never wrong
+            stored: dict[str, str] = {}
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
+                stored = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if stored != identity:
                 if stored:
                     log.info("sums cache %s was kept for other data or sums: emptied", path)
-                db.execute("BEGIN")
-                for table in (*_TABLES, "months", "meta"):
-                    db.execute(f"DELETE FROM {table}")
+                for table in (*_ALL_TABLES, "months"):  # "months": schema 1
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                db.executescript(_SCHEMA)
                 db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", identity.items())
-                db.execute("COMMIT")
             return db
         except sqlite3.DatabaseError as e:
             raise StoreQueryError(f"sums cache {path}: {e}; delete the file (it is rebuilt from the store) "
                                   "or fix [cache] path") from None
 
-    def _meta(self, key: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def _read_months(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._db.execute("SELECT month, read_at FROM months").fetchall())
-
-    def _write_month(self, month: str, p: Partials, tags: Sequence[tuple[str, str, str, int, int]]) -> None:
+    def _write_piece(self, piece: str, last_day: date, p: Partials, read_at: float) -> None:
         daily = []
         for key in p.daily.keys() | p.last.keys():
             sums, last = p.daily.get(key), p.last.get(key)
-            daily.append((month, *key, 1 if sums is not None else 0, *(sums or [0.0] * _N_SUMS),
-                          last.time_ms if last else None,
-                          *(None if last is None or math.isnan(v) else v
-                            for v in (last.values if last else [math.nan] * len(LAST_FIELDS)))))
+            values = last.values if last is not None else (math.nan,) * len(LAST_FIELDS)
+            daily.append((piece, *key, 1 if sums is not None else 0, *(sums or [0.0] * _N_SUMS),
+                          last.time_ms if last is not None else None,
+                          *(None if math.isnan(v) else v for v in values)))
         with self._lock:
             db = self._db
             db.execute("BEGIN")
             try:
-                for table in _TABLES:
-                    db.execute(f"DELETE FROM {table} WHERE month = ?", (month,))
+                for table in (*_PIECE_TABLES, "pieces"):
+                    db.execute(f"DELETE FROM {table} WHERE piece = ?", (piece,))
                 marks = ", ".join("?" * (5 + _N_SUMS + len(LAST_FIELDS)))
                 db.executemany(f"INSERT INTO daily VALUES ({marks})", daily)
-                db.executemany("INSERT INTO days VALUES (?, ?, ?)", [(month, e, n) for e, n in p.days.items()])
+                db.executemany("INSERT INTO days VALUES (?, ?, ?)", [(piece, e, n) for e, n in p.days.items()])
                 db.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?)",
-                               [(month, e, c, a.isoformat(), b.isoformat()) for (e, c), (a, b) in p.spans.items()])
+                               [(piece, e, c, a.isoformat(), b.isoformat()) for (e, c), (a, b) in p.spans.items()])
                 marks = ", ".join("?" * (4 + len(CARRIER_FIELDS)))
                 db.executemany(f"INSERT INTO carriers VALUES ({marks})",
-                               [(month, *key, *sums) for key, sums in p.carriers.items()])
-                db.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?, ?)", [(month, *t) for t in tags])
-                db.execute("INSERT OR REPLACE INTO months VALUES (?, ?)", (month, time.time()))
+                               [(piece, *key, *sums) for key, sums in p.carriers.items()])
+                db.execute("INSERT INTO pieces VALUES (?, ?, ?)", (piece, last_day.isoformat(), read_at))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
-    def _drop_months(self, months: Sequence[str]) -> None:
+    def _write_tags(self, day: str, latest: Sequence[tuple[str, int, str, str]],
+                    earliest: Sequence[tuple[str, int, str, str]], read_at: float) -> None:
         with self._lock:
-            self._db.execute("BEGIN")
-            for month in months:
-                for table in (*_TABLES, "months"):
-                    self._db.execute(f"DELETE FROM {table} WHERE month = ?", (month,))
-            self._db.execute("COMMIT")
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                db.execute("DELETE FROM tags WHERE day = ?", (day,))
+                db.execute("DELETE FROM tag_days WHERE day = ?", (day,))
+                db.executemany("INSERT INTO tags VALUES (?, 0, ?, ?, ?, ?)", [(day, *t) for t in latest])
+                db.executemany("INSERT INTO tags VALUES (?, 1, ?, ?, ?, ?)", [(day, *t) for t in earliest])
+                db.execute("INSERT INTO tag_days VALUES (?, ?)", (day, read_at))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
-    def _set_filled(self) -> None:
+    def _kept(self) -> tuple[dict[str, tuple[str, float]], dict[str, float]]:
+        """The pieces (piece -> its last day, when read) and the tag days (day -> when read) in the file."""
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('filled', '1')")
+            pieces = {p: (d, t) for p, d, t in self._db.execute("SELECT piece, last_day, read_at FROM pieces")}
+            days = dict(self._db.execute("SELECT day, read_at FROM tag_days").fetchall())
+        return pieces, days
 
-    def _read_partials(self, first: str, last: str) -> Partials:
-        """The pieces of the months ``first`` to ``last``, combined (SQL adds the months up)."""
+    def _read_partials(self, pieces: Sequence[str]) -> Partials:
+        """The pieces, combined (SQL adds them up)."""
         p = Partials()
-        between = (first, last)
+        marks = ", ".join("?" * len(pieces))
         with self._lock:
             db = self._db
             # one max() in the query: SQLite takes the row's other bare columns from the row with the max
             for row in db.execute(
                 f"SELECT enterprise, gateway, max(has_sums), {', '.join(f'sum(s{i})' for i in range(_N_SUMS))}, "
-                f"max(last_ms), {_LAST_COLS} FROM daily WHERE month BETWEEN ? AND ? GROUP BY enterprise, gateway",
-                between,
+                f"max(last_ms), {_LAST_COLS} FROM daily WHERE piece IN ({marks}) GROUP BY enterprise, gateway",
+                pieces,
             ):
                 key = (row[0], row[1])
                 if row[2]:
-                    p.daily[key] = [float(v) for v in row[3 : 3 + _N_SUMS]]
+                    p.daily[key] = list(row[3 : 3 + _N_SUMS])  # REAL columns: floats already
                 last_ms = row[3 + _N_SUMS]
                 if last_ms is not None:
-                    p.last[key] = LastRow(int(last_ms), tuple(_float(v) for v in row[4 + _N_SUMS :]))
+                    p.last[key] = LastRow(last_ms, tuple(map(_float, row[4 + _N_SUMS :])))
             p.days = {e: int(n) for e, n in db.execute(
-                "SELECT enterprise, sum(days) FROM days WHERE month BETWEEN ? AND ? GROUP BY enterprise", between)}
+                f"SELECT enterprise, sum(days) FROM days WHERE piece IN ({marks}) GROUP BY enterprise", pieces)}
             p.spans = {(e, c): (date.fromisoformat(a), date.fromisoformat(b)) for e, c, a, b in db.execute(
-                "SELECT enterprise, carrier, min(first_day), max(last_day) FROM spans WHERE month BETWEEN ? AND ? "
-                "GROUP BY enterprise, carrier", between)}
+                f"SELECT enterprise, carrier, min(first_day), max(last_day) FROM spans WHERE piece IN ({marks}) "
+                "GROUP BY enterprise, carrier", pieces)}
             for row in db.execute(
                 f"SELECT enterprise, carrier, gateway, {', '.join(f'sum(c{i})' for i in range(len(CARRIER_FIELDS)))} "
-                "FROM carriers WHERE month BETWEEN ? AND ? GROUP BY enterprise, carrier, gateway", between,
+                f"FROM carriers WHERE piece IN ({marks}) GROUP BY enterprise, carrier, gateway", pieces,
             ):
-                p.carriers[(row[0], row[1], row[2])] = [float(v) for v in row[3:]]
+                p.carriers[(row[0], row[1], row[2])] = list(row[3:])
         return p
 
-    def _read_tags(self, before: str | None, *, earliest: bool = False) -> list[tuple[str, int, str, str]]:
-        """(enterprise, time in ms, region, industry) of each tag combination's latest point in the months
-        before ``before`` (``earliest``: its first point in the months from ``before`` on; None: all months)."""
-        if earliest:
-            sql = ("SELECT enterprise, min(first_ms), region, industry FROM tags WHERE month >= ? "
-                   "GROUP BY enterprise, region, industry")
-        else:
-            sql = ("SELECT enterprise, max(last_ms), region, industry FROM tags WHERE month < ? "
-                   "GROUP BY enterprise, region, industry")
+    def _read_tags(self, day: str, earliest: bool) -> list[tuple[str, int, str, str]]:
         with self._lock:
-            return [(e, int(t), r, i) for e, t, r, i in self._db.execute(sql, (before or "9999-99",))]
+            return [(e, int(t), r, i) for e, t, r, i in self._db.execute(
+                "SELECT enterprise, ts, region, industry FROM tags WHERE day = ? AND earliest = ?",
+                (day, 1 if earliest else 0))]
+
+    # --- reading from the store ---
+
+    async def _read_piece(self, start: date, end: date) -> None:
+        read_at = self._now().timestamp()  # before reading: a row written meanwhile is read again later
+        p = await self.store.partials(start, end, Scope(), self.wanted)
+        await asyncio.to_thread(self._write_piece, f"{start}..{end}", end, p, read_at)
+
+    async def _read_tag_day(self, day: str) -> None:
+        read_at = self._now().timestamp()
+        if day == LATEST:
+            latest, earliest = await self.store.tag_points(None), []
+        else:
+            before_ns = local_day_start_ns(date.fromisoformat(day) + timedelta(days=1), self._tz)
+            latest, earliest = await asyncio.gather(self.store.tag_points(before_ns),
+                                                    self.store.tag_points(before_ns, earliest=True))
+        await asyncio.to_thread(self._write_tags, day, latest, earliest, read_at)
+
+    async def _once(self, key: str, kept: Callable[[], bool], read: Callable[[], Any]) -> None:
+        """``read()`` unless ``kept()``; one read per key however many ask at once."""
+        lock = self._reading.setdefault(key, asyncio.Lock())
+        async with lock:
+            if not await asyncio.to_thread(kept):
+                await read()
+
+    def _has_piece(self, piece: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM pieces WHERE piece = ?", (piece,)).fetchone() is not None
+
+    def _has_tag_day(self, day: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM tag_days WHERE day = ?", (day,)).fetchone() is not None
+
+    async def _pieces(self, start: date, end: date) -> list[str]:
+        """The kept pieces that make up ``start`` to ``end``: the period's own, else its months when every
+        one is kept, else the period's own read from the store now."""
+        own = f"{start}..{end}"
+        months = [f"{a}..{b}" for a, b in (month_bounds(m) for m in months_between(start, end))]
+        if len(months) > 1 and not await asyncio.to_thread(self._has_piece, own):
+            kept, _ = await asyncio.to_thread(self._kept)
+            if all(m in kept for m in months):
+                return months
+        await self._once(own, lambda: self._has_piece(own), lambda: self._read_piece(start, end))
+        return [own]
+
+    async def _tags(self, day: str, *, earliest: bool = False) -> list[tuple[str, int, str, str]]:
+        await self._once("tags " + day, lambda: self._has_tag_day(day), lambda: self._read_tag_day(day))
+        return await asyncio.to_thread(self._read_tags, day, earliest)
 
     # --- keeping it fresh ---
 
     async def refresh(self) -> int:
-        """Read again the months that may have changed (module docstring); the number read."""
+        """Read again what may have changed (module docstring); the number of pieces and tag days read."""
         async with self._refresh_lock:
             started = time.perf_counter()
-            span = await self.store.rollup_span()
-            months = months_between(*span) if span is not None else []
-            kept = await asyncio.to_thread(self._read_months)
+            pieces, days = await asyncio.to_thread(self._kept)
             today = self._now().astimezone(self._tz).date()
-            recent = month_label(today - timedelta(days=self._recent_days))
-            stale = time.time() - self._full_refresh_s
-            todo = [m for m in months if m not in kept or m >= recent or kept[m] < stale]
-            for i in range(0, len(todo), MONTHS_AT_ONCE):
-                await asyncio.gather(*(self._fetch(m) for m in todo[i : i + MONTHS_AT_ONCE]))
-            gone = sorted(set(kept) - set(months))
-            if gone:
-                await asyncio.to_thread(self._drop_months, gone)
-            if not self._filled:
-                await asyncio.to_thread(self._set_filled)
-                self._filled = True
-            if todo:
-                log.info("sums cache: read %d month(s) of %d in %.1f s", len(todo), len(months),
-                         time.perf_counter() - started)
-            return len(todo)
+            recent = (today - timedelta(days=self._recent_days)).isoformat()
+            stale = self._now().timestamp() - self._full_refresh_s
+            todo = [p for p, (last_day, read_at) in sorted(pieces.items()) if last_day >= recent or read_at < stale]
+            tag_days = [d for d, read_at in sorted(days.items()) if d == LATEST or d >= recent or read_at < stale]
+            for piece in todo:
+                first, last = (date.fromisoformat(d) for d in piece.split(".."))
+                await self._once(piece, lambda: False, lambda a=first, b=last: self._read_piece(a, b))
+            for day in tag_days:
+                await self._once("tags " + day, lambda: False, lambda d=day: self._read_tag_day(d))
+            if todo or tag_days:
+                log.info("sums cache: read %d period(s) and %d tag day(s) again in %.1f s", len(todo),
+                         len(tag_days), time.perf_counter() - started)
+            return len(todo) + len(tag_days)
 
     def forget(self) -> None:
-        """Empty the file: the next answer reads every month again (after the store's data was replaced)."""
+        """Empty the file: every answer reads the store again (after the store's data was replaced)."""
         with self._lock:
             self._db.execute("BEGIN")
-            for table in (*_TABLES, "months"):
-                self._db.execute(f"DELETE FROM {table}")
-            self._db.execute("DELETE FROM meta WHERE key = 'filled'")
+            for table in _ALL_TABLES:
+                if table != "meta":
+                    self._db.execute(f"DELETE FROM {table}")
             self._db.execute("COMMIT")
-        self._filled = False
 
-    async def _fetch(self, month: str) -> None:
-        start, end = month_bounds(month)
-        p, tags = await asyncio.gather(self.store.partials(start, end, Scope(), self.wanted),
-                                       self.store.tag_spans(start, end))
-        await asyncio.to_thread(self._write_month, month, p, tags)
-
-    async def _ready(self) -> None:
-        if not self._filled:
-            await self.refresh()
+    def _forget_tags(self) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM tags")
+            self._db.execute("DELETE FROM tag_days")
+            self._db.execute("COMMIT")
 
     # --- the interface ---
 
@@ -334,18 +375,11 @@ class SumsCache:
         return (whole_months(start, end) and _covers(self.wanted, wanted)
                 and (as_of is None or (as_of + timedelta(days=1)).day == 1))
 
-    def _before_ms(self, day: date) -> int:
-        return local_day_start_ns(day + timedelta(days=1), self._tz) // MS
-
-    async def _found_before(self, as_of: date | None) -> dict[str, list[tuple[int, str, str]]]:
-        """enterprise -> (time in ms, region, industry) of the latest point of each of its tag combinations by
-        the end of ``as_of`` (a month's last day; None: of all)."""
-        before = None if as_of is None else month_label(as_of + timedelta(days=1))
-        before_ns = None if as_of is None else self._before_ms(as_of) * MS
-        cached, reported = await asyncio.gather(asyncio.to_thread(self._read_tags, before),
-                                                self.store.report_tags(before_ns))
+    async def _found_by(self, day: date | None) -> dict[str, list[tuple[int, str, str]]]:
+        """enterprise -> (time in ms, region, industry) of the latest point of each of its tag combinations
+        by the end of ``day`` (None: of all)."""
         found: dict[str, list[tuple[int, str, str]]] = {}
-        for e, ts, region, industry in (*cached, *reported):
+        for e, ts, region, industry in await self._tags(LATEST if day is None else day.isoformat()):
             found.setdefault(e, []).append((ts, region, industry))
         return found
 
@@ -354,13 +388,12 @@ class SumsCache:
     ) -> dict[str, PeriodSums]:
         if not self._answers(start, end, as_of, wanted):
             return await self.store.period_sums(start, end, scope, wanted, as_of)
-        await self._ready()
-        partials = await asyncio.to_thread(self._read_partials, month_label(start), month_label(end))
+        pieces = await self._pieces(start, end)
+        partials = await asyncio.to_thread(self._read_partials, pieces)
         if scope.region_prefix is not None or scope.industries:
             # an enterprise is in the scope by its tags at the end of the period (or of as_of), with all its rows
-            found = await self._found_before(as_of or end)
-            members = {e for e, combos in found.items() if scope.admits(e, *max(combos)[1:])}
-            partials = partials.only(members)
+            found = await self._found_by(as_of or end)
+            partials = partials.only({e for e, combos in found.items() if scope.admits(e, *max(combos)[1:])})
         elif scope.enterprises:
             partials = partials.only(set(scope.enterprises))
         return await asyncio.to_thread(merge, partials, wanted, self._tz)
@@ -368,17 +401,11 @@ class SumsCache:
     async def enterprises(self, scope: Scope, as_of: date | None = None) -> list[EnterpriseInfo]:
         if as_of is not None and (as_of + timedelta(days=1)).day != 1:
             return await self.store.enterprises(scope, as_of)
-        await self._ready()
-        tags = {e: max(combos)[1:] for e, combos in (await self._found_before(as_of)).items()}
-        if as_of is not None:
-            # no point by then: the tags of its earliest point after
-            after = month_label(as_of + timedelta(days=1))
-            cached, reported = await asyncio.gather(
-                asyncio.to_thread(self._read_tags, after, earliest=True),
-                self.store.report_tags(self._before_ms(as_of) * MS, earliest=True))
+        tags = {e: max(combos)[1:] for e, combos in (await self._found_by(as_of)).items()}
+        if as_of is not None:  # no point by then: the tags of its earliest point after
             first: dict[str, tuple[int, str, str]] = {}
-            for e, ts, region, industry in (*cached, *reported):
-                if e not in tags and (e not in first or (ts, region, industry) < first[e]):
+            for e, ts, region, industry in await self._tags(as_of.isoformat(), earliest=True):
+                if e not in tags and (e not in first or ts < first[e][0]):
                     first[e] = (ts, region, industry)
             tags.update({e: v[1:] for e, v in first.items()})
         infos = [EnterpriseInfo(e, region, industry) for e, (region, industry) in sorted(tags.items())]
@@ -390,7 +417,11 @@ class SumsCache:
         return await self.store.reports(first_year, last_year, scope, as_of)
 
     async def write(self, points: Sequence[Point]) -> None:
-        await self.store.write(points)
+        try:
+            await self.store.write(points)
+        finally:  # a report is a point with tags: the kept tags may be out of date (even after a partial write)
+            if any(p.measurement != "indicator" for p in points):
+                await asyncio.to_thread(self._forget_tags)
 
     async def ping(self) -> None:
         await self.store.ping()
@@ -399,4 +430,3 @@ class SumsCache:
         with self._lock, contextlib.suppress(sqlite3.Error):
             self._db.close()
         await self.store.aclose()
-

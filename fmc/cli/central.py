@@ -82,6 +82,7 @@ def indicators_main(args: argparse.Namespace, out: TextIO | None = None) -> int:
             except ValueError as e:
                 print(f"fmc indicators: {e}", file=sys.stderr)
                 return EXIT_USAGE
+            await service.sync()
             return await _print_indicators(service, period, scope, args, out)
         except StoreQueryError as e:
             print(f"fmc indicators: {e}", file=sys.stderr)
@@ -143,6 +144,7 @@ async def _materialize(cfg, out: TextIO) -> int:  # type: ignore[no-untyped-def]
     service = IndicatorService.from_config(cfg)
     try:
         periods = service.materialize_periods(cfg.materialize.first_year, cfg.materialize.months)
+        await service.sync()
         written = await service.materialize(periods)
     except StoreQueryError as e:
         print(f"fmc indicators --materialize: {e}", file=sys.stderr)

@@ -55,7 +55,6 @@ REPORT_MARGIN_NS = 2 * 86_400 * NS  # reports stamped in another time zone still
 DAILY = "enterprise_daily"
 CONSUMPTION = "consumption_daily"
 REPORT = "enterprise_report"
-ROLLUP_COLUMNS = ((DAILY, DAILY_SUM_FIELDS[0]), (CONSUMPTION, "amount"))  # a field every rollup row has
 DAYS_PER_STATEMENT = 100  # enterprises per statement counting local days (those with several gateways)
 
 
@@ -192,6 +191,8 @@ class InfluxQueryStore:
         elif url.username is not None:
             self._auth = httpx.BasicAuth(unquote(url.username), unquote(url.password or ""))
         self.database = cfg.database or cfg.bucket or ""
+        # what a sums cache of this store's data is kept for (fmc.central.sums_cache)
+        self.cache_source = f"{self._base} db={self.database} rp={cfg.retention_policy or ''}"
         self._owns_client = client is None
         self._client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(cfg.timeout_s),
@@ -380,8 +381,7 @@ class InfluxQueryStore:
     # scope is still pushed into each query: the rows recorded under tags in scope, plus, for the few
     # members that also have rows under other tags in the period (movers), their rows by id.
 
-    async def _combos(self, condition: str, *, earliest: bool = False,
-                      measurements: Sequence[str] = (DAILY, CONSUMPTION, REPORT)) -> list[tuple[str, int, str, str]]:
+    async def _combos(self, condition: str, *, earliest: bool = False) -> list[tuple[str, int, str, str]]:
         """(enterprise, time in ms, region, industry) of the latest (``earliest``: first) point of each
         tag combination matching ``condition``, in each of the three measurements."""
         where = f" WHERE {condition}" if condition else ""
@@ -391,10 +391,10 @@ class InfluxQueryStore:
             f"SELECT {columns} FROM {self._from(m)}{where} GROUP BY enterprise, region, industry "
             f"ORDER BY time {order} LIMIT 1"
             for m, columns in ((DAILY, DAILY_SUM_FIELDS[0]), (CONSUMPTION, "amount"), (REPORT, "*"))
-            if m in measurements
         ]
         out: list[tuple[str, int, str, str]] = []
-        for result in await self._query(statements):
+        # separate requests run in parallel (one request's statements run one after another)
+        for [result] in await asyncio.gather(*(self._query([s]) for s in statements)):
             for tags, columns, rows in _series(result):
                 enterprise = tags.get("enterprise")
                 if rows and enterprise and "time" in columns:
@@ -402,44 +402,13 @@ class InfluxQueryStore:
                                 tags.get("industry") or ""))
         return out
 
-    async def tag_spans(self, start: date, end: date) -> list[tuple[str, str, str, int, int]]:
-        """(enterprise, region, industry, first and last time in ms) of each tag combination with a rollup
-        (``enterprise_daily`` or ``consumption_daily``) in the local days ``start`` to ``end``: what the
-        sums cache keeps per month to know each enterprise's tags at any month's end."""
-        where = self._where(*self._bounds(start, end), Scope())
-        statements = [
-            f"SELECT {f}({column}) AS v FROM {self._from(m)}{where} GROUP BY enterprise, region, industry"
-            for m, column in ROLLUP_COLUMNS for f in ("first", "last")
-        ]
-        spans: dict[tuple[str, str, str], tuple[int, int]] = {}
-        for i, [result] in enumerate(await asyncio.gather(*(self._query([s]) for s in statements))):
-            for tags, columns, rows in _series(result):
-                enterprise = tags.get("enterprise")
-                if not rows or not enterprise or "time" not in columns:
-                    continue
-                t = _count(rows[0][columns.index("time")])
-                key = (enterprise, tags.get("region") or "", tags.get("industry") or "")
-                first, last = spans.get(key, (t, t))
-                spans[key] = (min(first, t), last) if i % 2 == 0 else (first, max(last, t))
-        return [(*key, first, last) for key, (first, last) in sorted(spans.items())]
-
-    async def rollup_span(self) -> tuple[date, date] | None:
-        """The first and the last local day with a rollup, None when there is none."""
-        statements = [f"SELECT {f}({column}) AS v FROM {self._from(m)}"
-                      for m, column in ROLLUP_COLUMNS for f in ("first", "last")]
-        times = [_count(rows[0][columns.index("time")])
-                 for [result] in await asyncio.gather(*(self._query([s]) for s in statements))
-                 for _, columns, rows in _series(result) if rows and "time" in columns]
-        if not times:
-            return None
-        return local_date(min(times) * MS, self._tz), local_date(max(times) * MS, self._tz)
-
-    async def report_tags(self, before_ns: int | None = None, *, earliest: bool = False,
-                          ) -> list[tuple[str, int, str, str]]:
-        """(enterprise, time in ms, region, industry) of the latest (``earliest``: first) report of each
-        tag combination before ``before_ns`` (``earliest``: at or after it; None: of all)."""
-        condition = "" if before_ns is None else f"time {'>=' if earliest else '<'} {int(before_ns)}"
-        return await self._combos(condition, earliest=earliest, measurements=(REPORT,))
+    async def tag_points(self, before_ns: int | None, *, earliest: bool = False) -> list[tuple[str, int, str, str]]:
+        """(enterprise, time in ms, region, industry) of each tag combination's latest point before
+        ``before_ns`` (None: of all; ``earliest``: its first point at or after ``before_ns``), every
+        enterprise's: what the sums cache keeps to know where each enterprise is at a period's end."""
+        if before_ns is None:
+            return await self._combos("", earliest=earliest)
+        return await self._combos(f"time {'>=' if earliest else '<'} {int(before_ns)}", earliest=earliest)
 
     async def _tags_before(self, before_ns: int | None, scope: Scope) -> dict[str, list[tuple[int, str, str]]]:
         """enterprise -> (time in ms of its latest point before ``before_ns``, region, industry) of each of
