@@ -1,0 +1,267 @@
+"""The central service's sums cache (``fmc.central.sums_cache``) on a real InfluxDB.
+
+The store contract (``tests/test_store_contract.py``, backend ``influxdb-cached``) already checks that
+its answers are the store's. Here: what only a cache has — a restart answers from the file without the
+store, periods added up from kept months, late rows shown after ``refresh`` (recent periods at once,
+old ones after ``full_refresh_s``), the kept tags dropped by a report, and files it must not use.
+Every expected answer is the InfluxDB store's own answer to the same question.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from fmc.central.reports import report_points
+from fmc.central.store import Scope, StoreQueryError
+from fmc.central.sums_cache import SumsCache
+from fmc.core.points import Point
+from fmc.indicators.engine import ConsumptionDay, EnterpriseDay
+from fmc.indicators.reports import EnterpriseReport
+from fmc.indicators.sums import ALL_SUMS, PeriodSums
+from fmc.plant.rollups import Site
+from fmc.stores.influxdb.config import InfluxDBSink
+from fmc.stores.influxdb.query import InfluxQueryStore
+from tests.servers.influxdb import free_port
+from tests.store_backends import TZ, _influx_ingest, consumption_point, daily_point
+
+A = Site("E-A", "330602", "1711")
+B_HALL_1 = Site("E-B", "330603", "1810", gateway="hall-1")  # one enterprise, two gateways
+B_HALL_2 = Site("E-B", "330603", "1810", gateway="hall-2")
+N = Site("E-N", "330602", "1711")
+N_MOVED = "330604"
+
+YEAR = (date(2020, 1, 1), date(2020, 12, 31))
+Q2 = (date(2020, 4, 1), date(2020, 6, 30))
+MAY = (date(2020, 5, 1), date(2020, 5, 31))
+JANUARY = (date(2020, 1, 1), date(2020, 1, 31))
+
+
+def day_points(site: Site, d: date, total: int, nc: int, kwh: float) -> list[Point]:
+    row = EnterpriseDay(d, total, nc, 100.0 * total, 100.0 * nc, total - 1, nc, equipment_valued=total)
+    return [daily_point(site, row),
+            consumption_point(site, ConsumptionDay(d, "electricity", kwh, tce=kwh * 1.229e-4, coverage=1.0))]
+
+
+def seed() -> list[Point]:
+    points: list[Point] = []
+    d = date(2020, 1, 1)
+    while d <= date(2020, 12, 31):
+        points += day_points(A, d, 10 + d.month, 4 + d.month // 3, 100.0 + d.day)
+        if date(2020, 3, 1) <= d <= date(2020, 6, 10):  # hall-2 stops in June: its last stocks still count
+            points += day_points(B_HALL_2, d, 3, 1, 20.0)
+        if d.day % 2 == 0:
+            points += day_points(B_HALL_1, d, 5, 2, 50.0)
+        if d.month <= 3:
+            points += day_points(N, d, 4, 1, 10.0)
+        d += timedelta(days=1)
+    return points
+
+
+def assert_same_sums(got: dict[str, PeriodSums], want: dict[str, PeriodSums]) -> None:
+    """Equal field by field; floats to 1e-12 (InfluxDB itself sums in another order for another query)."""
+    assert set(got) == set(want)
+    for enterprise, w in want.items():
+        g = got[enterprise]
+        assert (g.daily is None) == (w.daily is None) and set(g.carriers) == set(w.carriers), enterprise
+        pairs = [(g.carriers[c], w.carriers[c]) for c in w.carriers]
+        for a, b in ([(g.daily, w.daily)] if w.daily is not None else []) + pairs:
+            for f in dataclasses.fields(b):  # type: ignore[arg-type]
+                x, y = getattr(a, f.name), getattr(b, f.name)
+                if isinstance(y, float) and not math.isnan(y):
+                    assert x == pytest.approx(y, rel=1e-12), (enterprise, f.name)
+                else:
+                    assert x == y or (isinstance(y, float) and math.isnan(x)), (enterprise, f.name, x, y)
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def influx(influx_db) -> tuple[str, str, Callable[[Sequence[Point]], None]]:
+    server, db = influx_db
+    ingest = _influx_ingest(server.url, db)
+    ingest(seed())
+    return server.url, db, ingest
+
+
+def raw_store(url: str, db: str) -> InfluxQueryStore:
+    return InfluxQueryStore(InfluxDBSink(type="influxdb", url=url, database=db), timezone=TZ)
+
+
+def cache_over(url: str, db: str, path: Path, clock: Clock | None = None, source: str | None = None) -> SumsCache:
+    return SumsCache(raw_store(url, db), path, ALL_SUMS, source=source or f"test {db}",
+                     now=clock or Clock(datetime(2026, 1, 1, tzinfo=UTC)))
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there: any read of the store fails
+
+
+async def test_a_restarted_cache_answers_from_its_file_without_the_store(influx, tmp_path: Path) -> None:
+    url, db, _ = influx
+    store = raw_store(url, db)
+    want = await store.period_sums(*YEAR, Scope(region_prefix="3306"), as_of=YEAR[1])
+    want_b = await store.period_sums(*YEAR, Scope(enterprises=("E-B",)))
+    want_enterprises = await store.enterprises(Scope(), as_of=YEAR[1])
+    await store.aclose()
+    assert set(want) == {"E-A", "E-B", "E-N"} and want["E-B"].daily is not None
+
+    first = cache_over(url, db, tmp_path / "cache.db")
+    assert await first.period_sums(*YEAR, Scope(region_prefix="3306"), as_of=YEAR[1]) == want
+    assert await first.enterprises(Scope(), as_of=YEAR[1]) == want_enterprises
+    await first.aclose()
+
+    # the same file after a restart, the store unreachable: every answer from the file
+    restarted = cache_over(dead_url(), db, tmp_path / "cache.db", source=f"test {db}")
+    assert await restarted.period_sums(*YEAR, Scope(region_prefix="3306"), as_of=YEAR[1]) == want
+    assert await restarted.period_sums(*YEAR, Scope(enterprises=("E-B",))) == want_b
+    assert await restarted.period_sums(*YEAR, Scope(region_prefix="330603"), as_of=YEAR[1]) == {"E-B": want["E-B"]}
+    assert await restarted.enterprises(Scope(region_prefix="330602"), as_of=YEAR[1]) == [
+        e for e in want_enterprises if e.region.startswith("330602")]
+    with pytest.raises(StoreQueryError, match="cannot connect"):  # a period it does not keep: the store
+        await restarted.period_sums(*Q2, Scope())
+    await restarted.aclose()
+
+
+async def test_a_quarter_is_added_up_from_its_kept_months(influx, tmp_path: Path) -> None:
+    url, db, _ = influx
+    store = raw_store(url, db)
+    want = await store.period_sums(*Q2, Scope())
+    await store.aclose()
+    # E-B: two gateways, hall-2 stopping on 10 June; days are local days of either gateway: 1 April to
+    # 10 June (hall-2's), then the even days (hall-1's)
+    assert want["E-B"].daily is not None and want["E-B"].daily.days == 71 + 10
+    assert want["E-B"].daily.last_day == date(2020, 6, 30)
+
+    cache = cache_over(url, db, tmp_path / "cache.db")
+    for month in (4, 5, 6):
+        start = date(2020, month, 1)
+        await cache.period_sums(start, (start + timedelta(days=32)).replace(day=1) - timedelta(days=1), Scope())
+    await cache.aclose()
+    restarted = cache_over(dead_url(), db, tmp_path / "cache.db", source=f"test {db}")
+    got = await restarted.period_sums(*Q2, Scope())
+    await restarted.aclose()
+    assert_same_sums(got, want)  # three months' sums added instead of one sum: the last bits may differ
+
+
+async def test_late_rows_show_after_refresh_recent_periods_at_once_old_ones_after_a_full_refresh(
+    influx, tmp_path: Path
+) -> None:
+    url, db, ingest = influx
+    clock = Clock(datetime(2020, 6, 20, 12, tzinfo=UTC))
+    cache = SumsCache(raw_store(url, db), tmp_path / "cache.db", ALL_SUMS, source="test", now=clock,
+                      recent_days=45, full_refresh_s=86_400)
+    before_may = await cache.period_sums(*MAY, Scope())
+    before_january = await cache.period_sums(*JANUARY, Scope())
+    # a gateway drains its spool late: E-B's hall-1 days of May and January it had missed (odd days)
+    late = [p for d in (date(2020, 5, 3), date(2020, 1, 5)) for p in day_points(B_HALL_1, d, 5, 2, 50.0)]
+    ingest(late)
+    assert await cache.period_sums(*MAY, Scope()) == before_may  # kept: not read again before a refresh
+
+    assert await cache.refresh() == 1  # May ends within 45 days of 20 June: read again; January is not
+    store = raw_store(url, db)
+    may, january = await store.period_sums(*MAY, Scope()), await store.period_sums(*JANUARY, Scope())
+    assert may != before_may and january != before_january
+    assert await cache.period_sums(*MAY, Scope()) == may
+    assert await cache.period_sums(*JANUARY, Scope()) == before_january
+
+    clock.at += timedelta(days=1, seconds=1)  # a day after January was read: every kept period again
+    assert await cache.refresh() == 2
+    assert await cache.period_sums(*JANUARY, Scope()) == january
+    await store.aclose()
+    await cache.aclose()
+
+
+async def test_a_report_written_through_the_cache_moves_its_enterprise(influx, tmp_path: Path) -> None:
+    url, db, _ = influx
+    cache = cache_over(url, db, tmp_path / "cache.db")
+    assert [e.region for e in await cache.enterprises(Scope(enterprises=("E-N",)))] == ["330602"]
+    assert "E-N" in await cache.period_sums(*YEAR, Scope(region_prefix="330602"), as_of=YEAR[1])
+    # its latest point becomes a report under the region it moved to
+    report = EnterpriseReport(enterprise="E-N", period="2020-06", value_added=300_000.0)
+    await cache.write(report_points([report], {"E-N": N_MOVED}, {"E-N": N.industry}, tz=TZ))
+    store = raw_store(url, db)
+    for as_of in (None, YEAR[1]):
+        assert await cache.enterprises(Scope(), as_of=as_of) == await store.enterprises(Scope(), as_of=as_of)
+    assert [e.region for e in await cache.enterprises(Scope(enterprises=("E-N",)))] == [N_MOVED]
+    moved = await cache.period_sums(*YEAR, Scope(region_prefix=N_MOVED), as_of=YEAR[1])
+    direct = await store.period_sums(*YEAR, Scope(region_prefix=N_MOVED), as_of=YEAR[1])
+    assert_same_sums(moved, direct)
+    assert set(moved) == {"E-N"}
+    await store.aclose()
+    await cache.aclose()
+
+
+async def test_periods_it_does_not_keep_are_the_stores_answers(influx, tmp_path: Path) -> None:
+    url, db, _ = influx
+    cache = cache_over(url, db, tmp_path / "cache.db")
+    store = raw_store(url, db)
+    mid_month = (date(2020, 1, 1), date(2020, 6, 15))  # a year to date through mid-month
+    assert await cache.period_sums(*mid_month, Scope()) == await store.period_sums(*mid_month, Scope())
+    as_of = date(2020, 2, 14)  # as of a day inside a month
+    assert (await cache.period_sums(*JANUARY, Scope(region_prefix="33"), as_of=as_of)
+            == await store.period_sums(*JANUARY, Scope(region_prefix="33"), as_of=as_of))
+    assert await cache.enterprises(Scope(), as_of=as_of) == await store.enterprises(Scope(), as_of=as_of)
+    with sqlite3.connect(tmp_path / "cache.db") as db_file:
+        assert db_file.execute("SELECT count(*) FROM pieces").fetchone() == (0,)  # none of them kept
+    await store.aclose()
+    await cache.aclose()
+
+
+async def test_a_file_kept_for_other_data_is_emptied(influx, tmp_path: Path) -> None:
+    url, db, _ = influx
+    cache = cache_over(url, db, tmp_path / "cache.db", source="one store")
+    await cache.period_sums(*YEAR, Scope())
+    await cache.aclose()
+    other = cache_over(dead_url(), db, tmp_path / "cache.db", source="another store")
+    with pytest.raises(StoreQueryError, match="cannot connect"):  # nothing kept for this one: read, and fail
+        await other.period_sums(*YEAR, Scope())
+    await other.aclose()
+
+
+def test_a_file_that_is_not_a_sums_cache_is_refused(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.db"
+    with sqlite3.connect(spool) as db:
+        db.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY)")
+    with pytest.raises(StoreQueryError, match=r"not an fmc sums cache.*\[cache\] path"):
+        cache_over(dead_url(), "fmc", spool)
+    with sqlite3.connect(spool) as db:  # untouched
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["messages"]
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreQueryError, match="delete the file"):
+        cache_over(dead_url(), "fmc", garbage)
+
+
+def test_the_central_config_turns_the_cache_on_for_influxdb(tmp_path: Path) -> None:
+    from fmc.central.service import IndicatorService
+    from fmc.cli.plugins import load_central_config
+
+    (tmp_path / "central.toml").write_text(
+        '[store]\ntype = "influxdb"\nurl = "http://127.0.0.1:8086"\ndatabase = "fmc"\n'
+        '[cache]\npath = "cache/sums.db"\nrecent_days = 10\n', encoding="utf-8")
+    service = IndicatorService.from_config(load_central_config(tmp_path / "central.toml"))
+    assert isinstance(service.store, SumsCache)
+    assert service.store.path == tmp_path / "cache" / "sums.db" and service.store.path.exists()
+    (tmp_path / "embedded.toml").write_text(
+        '[store]\ntype = "embedded"\npath = "store.db"\n[cache]\npath = "sums.db"\n', encoding="utf-8")
+    embedded = IndicatorService.from_config(load_central_config(tmp_path / "embedded.toml"))
+    assert not isinstance(embedded.store, SumsCache)  # SQLite sums its own rows
+    (tmp_path / "bad.toml").write_text('[store]\ntype = "embedded"\npath = "s.db"\n[cache]\nrecent_days = -1\n',
+                                       encoding="utf-8")
+    from fmc.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"cache\.recent_days"):
+        load_central_config(tmp_path / "bad.toml")
