@@ -124,10 +124,11 @@ copy_once() {  # copy_once SRC DEST MODE: only when DEST does not exist yet; fal
 }
 if copy_once "$examples/$config_name" "$config_dir/$config_name" 0644; then
   # the state goes where this install keeps it: the agent's example spools to /var/lib/fmc (a
-  # --no-systemd install keeps it under the prefix); the central example's keys file sits next to
-  # the config, which the unit makes read-only
+  # --no-systemd install keeps it under the prefix); the central example's keys file and sums cache
+  # sit next to the config, which the unit makes read-only
   sed -i -e "s#/var/lib/fmc/#$(sed_escape "$state_dir")/#g" \
-         -e "s#^keys_file = \"keys.db\"#keys_file = \"$(sed_escape "$state_dir")/keys.db\"#" "$config_dir/$config_name"
+         -e "s#^keys_file = \"keys.db\"#keys_file = \"$(sed_escape "$state_dir")/keys.db\"#" \
+         -e "s#^path = \"sums-cache.db\"#path = \"$(sed_escape "$state_dir")/sums-cache.db\"#" "$config_dir/$config_name"
 fi
 if [ "$role" = agent ]; then
   copy_once "$examples/inventory.csv" "$config_dir/inventory.csv" 0644 || true

@@ -276,11 +276,12 @@ def test_central_role_installs_the_api_unit_and_a_usable_central_config(
     unit = parse_unit((installed.prefix / "share/systemd/fmc-api.service").read_text(encoding="utf-8"))
     assert one(unit, "Service", "ExecStart") == f"{installed.venv}/bin/fmc api -c /etc/fmc/central.toml"
     assert stat.S_IMODE((etc / "central.env").stat().st_mode) == 0o600
-    # the copied example loads, and its keys file is in the state directory, not next to the config
+    # the copied example loads, and its keys file and sums cache are in the state directory, not next to the config
     monkeypatch.setenv("INFLUX_TOKEN", "t")
     monkeypatch.setenv("INFLUX_PASSWORD", "p")
     cfg = load_central_config(etc / "central.toml")
     assert cfg.api.keys_file == installed.prefix / "var" / "keys.db"
+    assert cfg.cache.path == installed.prefix / "var" / "sums-cache.db"
     assert cfg.registry.csv == etc / "enterprises.csv" and cfg.registry.csv.exists()
 
 
