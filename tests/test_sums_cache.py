@@ -9,6 +9,7 @@ Every expected answer is the InfluxDB store's own answer to the same question.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import sqlite3
@@ -181,6 +182,28 @@ async def test_late_rows_show_after_refresh_recent_periods_at_once_old_ones_afte
     assert await cache.refresh() == 2
     assert await cache.period_sums(*JANUARY, Scope()) == january
     await store.aclose()
+    await cache.aclose()
+
+
+async def test_old_periods_are_read_again_a_few_at_a_time_and_idle_ones_leave(influx, tmp_path: Path) -> None:
+    url, db, _ = influx
+    clock = Clock(datetime(2021, 6, 1, tzinfo=UTC))
+    cache = SumsCache(raw_store(url, db), tmp_path / "cache.db", ALL_SUMS, source="test", now=clock,
+                      full_refresh_s=86_400)
+    months = [(date(2020, m, 1), date(2020, m + 1, 1) - timedelta(days=1)) for m in range(1, 6)]
+    for start, end in months:
+        await cache.period_sums(start, end, Scope())
+        clock.at += timedelta(minutes=1)  # read one after another: January longest ago
+    clock.at += timedelta(days=1)
+    assert await cache.refresh() == 2  # all five are due; two per refresh, the longest unread first
+    read_at = {p: r for p, (_, r, _) in (await asyncio.to_thread(cache._kept))[0].items()}
+    assert sorted(read_at, key=read_at.__getitem__)[-2:] == [f"{a}..{b}" for a, b in months[:2]]
+    clock.at += timedelta(days=29)  # January and February were used at their reading: idle for 30 days
+    await cache.period_sums(*months[4], Scope())  # May is asked for again
+    clock.at += timedelta(days=1, minutes=10)
+    await cache.refresh()
+    kept, _ = await asyncio.to_thread(cache._kept)
+    assert sorted(kept) == [f"{a}..{b}" for a, b in months[4:]]
     await cache.aclose()
 
 

@@ -15,9 +15,10 @@ quarters, months, a year to a month's end) as of a month's end, with the sums it
 gives the same answer, only slower. Reports are always read from the store (they are few).
 
 Freshness: ``refresh`` reads again every kept period that ends within the last ``recent_days`` days
-(rollups still arrive for them: a gateway drains its spool after an outage) and every other one
-``full_refresh_s`` after it was read (rollups written later for an old period). The service calls it on
-each revalidation; a report written through the cache drops the kept tags.
+(rollups still arrive for them: a gateway drains its spool after an outage) and, ``STALE_PER_REFRESH``
+at a time, the longest unread first, every other one ``full_refresh_s`` after it was read (rollups
+written later for an old period). A period nobody asked for in ``IDLE_S`` leaves the file. The service
+calls it on each revalidation; a report written through the cache drops the kept tags.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ log = logging.getLogger("fmc.central.cache")
 SCHEMA_VERSION = 2
 APPLICATION_ID = 0x666D6343  # "fmcC": refuse to add tables to some other SQLite file
 LATEST = "latest"  # the tags key of "every enterprise's latest tags" (as of None)
+STALE_PER_REFRESH = 2  # old periods read again per refresh: a province's year costs InfluxDB ~45 s
+IDLE_S = 30 * 86_400.0  # a period nobody asked for in 30 days leaves the file
+TOUCH_S = 3_600.0  # how stale "last used" may get before a read writes it
 
 _N_SUMS = 1 + len(DAILY_SUM_FIELDS)  # rows, then each field
 _SUM_COLS = ", ".join(f"s{i}" for i in range(_N_SUMS))
@@ -54,7 +58,8 @@ _CARRIER_COLS = ", ".join(f"c{i}" for i in range(len(CARRIER_FIELDS)))
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pieces (piece TEXT PRIMARY KEY, last_day TEXT NOT NULL, read_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pieces (
+    piece TEXT PRIMARY KEY, last_day TEXT NOT NULL, read_at REAL NOT NULL, used_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS daily (
     piece TEXT NOT NULL, enterprise TEXT NOT NULL, gateway TEXT NOT NULL,
     has_sums INTEGER NOT NULL, {", ".join(f"s{i} REAL NOT NULL" for i in range(_N_SUMS))},
@@ -72,7 +77,7 @@ CREATE TABLE IF NOT EXISTS carriers (
     PRIMARY KEY (piece, enterprise, carrier, gateway)) WITHOUT ROWID;
 -- per day (the end of an as-of day, or 'latest'): each tag combination's latest point by then and
 -- its first point after
-CREATE TABLE IF NOT EXISTS tag_days (day TEXT PRIMARY KEY, read_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tag_days (day TEXT PRIMARY KEY, read_at REAL NOT NULL, used_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS tags (
     day TEXT NOT NULL, earliest INTEGER NOT NULL, enterprise TEXT NOT NULL, ts INTEGER NOT NULL,
     region TEXT NOT NULL, industry TEXT NOT NULL) ;
@@ -208,6 +213,7 @@ class SumsCache:
             db = self._db
             db.execute("BEGIN")
             try:
+                used = db.execute("SELECT used_at FROM pieces WHERE piece = ?", (piece,)).fetchone()
                 for table in (*_PIECE_TABLES, "pieces"):
                     db.execute(f"DELETE FROM {table} WHERE piece = ?", (piece,))
                 marks = ", ".join("?" * (5 + _N_SUMS + len(LAST_FIELDS)))
@@ -218,7 +224,8 @@ class SumsCache:
                 marks = ", ".join("?" * (4 + len(CARRIER_FIELDS)))
                 db.executemany(f"INSERT INTO carriers VALUES ({marks})",
                                [(piece, *key, *sums) for key, sums in p.carriers.items()])
-                db.execute("INSERT INTO pieces VALUES (?, ?, ?)", (piece, last_day.isoformat(), read_at))
+                db.execute("INSERT INTO pieces VALUES (?, ?, ?, ?)",
+                           (piece, last_day.isoformat(), read_at, used[0] if used else read_at))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -230,22 +237,36 @@ class SumsCache:
             db = self._db
             db.execute("BEGIN")
             try:
+                used = db.execute("SELECT used_at FROM tag_days WHERE day = ?", (day,)).fetchone()
                 db.execute("DELETE FROM tags WHERE day = ?", (day,))
                 db.execute("DELETE FROM tag_days WHERE day = ?", (day,))
                 db.executemany("INSERT INTO tags VALUES (?, 0, ?, ?, ?, ?)", [(day, *t) for t in latest])
                 db.executemany("INSERT INTO tags VALUES (?, 1, ?, ?, ?, ?)", [(day, *t) for t in earliest])
-                db.execute("INSERT INTO tag_days VALUES (?, ?)", (day, read_at))
+                db.execute("INSERT INTO tag_days VALUES (?, ?, ?)", (day, read_at, used[0] if used else read_at))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
-    def _kept(self) -> tuple[dict[str, tuple[str, float]], dict[str, float]]:
-        """The pieces (piece -> its last day, when read) and the tag days (day -> when read) in the file."""
+    def _kept(self) -> tuple[dict[str, tuple[str, float, float]], dict[str, tuple[float, float]]]:
+        """The pieces (piece -> its last day, when read, when last used) and the tag days (day -> when
+        read, when last used) in the file."""
         with self._lock:
-            pieces = {p: (d, t) for p, d, t in self._db.execute("SELECT piece, last_day, read_at FROM pieces")}
-            days = dict(self._db.execute("SELECT day, read_at FROM tag_days").fetchall())
+            pieces = {p: (d, r, u) for p, d, r, u in self._db.execute(
+                "SELECT piece, last_day, read_at, used_at FROM pieces")}
+            days = {d: (r, u) for d, r, u in self._db.execute("SELECT day, read_at, used_at FROM tag_days")}
         return pieces, days
+
+    def _drop(self, pieces: Sequence[str], days: Sequence[str]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            for piece in pieces:
+                for table in (*_PIECE_TABLES, "pieces"):
+                    self._db.execute(f"DELETE FROM {table} WHERE piece = ?", (piece,))
+            for day in days:
+                self._db.execute("DELETE FROM tags WHERE day = ?", (day,))
+                self._db.execute("DELETE FROM tag_days WHERE day = ?", (day,))
+            self._db.execute("COMMIT")
 
     def _read_partials(self, pieces: Sequence[str]) -> Partials:
         """The pieces, combined (SQL adds them up)."""
@@ -307,13 +328,21 @@ class SumsCache:
             if not await asyncio.to_thread(kept):
                 await read()
 
-    def _has_piece(self, piece: str) -> bool:
+    def _has(self, table: str, key: str) -> bool:
+        """Whether the piece or tag day is kept; marks it used (at most once an hour: a write)."""
+        column = "piece" if table == "pieces" else "day"
+        now = self._now().timestamp()
         with self._lock:
-            return self._db.execute("SELECT 1 FROM pieces WHERE piece = ?", (piece,)).fetchone() is not None
+            row = self._db.execute(f"SELECT used_at FROM {table} WHERE {column} = ?", (key,)).fetchone()
+            if row is not None and row[0] < now - TOUCH_S:
+                self._db.execute(f"UPDATE {table} SET used_at = ? WHERE {column} = ?", (now, key))
+        return row is not None
+
+    def _has_piece(self, piece: str) -> bool:
+        return self._has("pieces", piece)
 
     def _has_tag_day(self, day: str) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM tag_days WHERE day = ?", (day,)).fetchone() is not None
+        return self._has("tag_days", day)
 
     async def _pieces(self, start: date, end: date) -> list[str]:
         """The kept pieces that make up ``start`` to ``end``: the period's own, else its months when every
@@ -323,6 +352,8 @@ class SumsCache:
         if len(months) > 1 and not await asyncio.to_thread(self._has_piece, own):
             kept, _ = await asyncio.to_thread(self._kept)
             if all(m in kept for m in months):
+                for m in months:
+                    await asyncio.to_thread(self._has_piece, m)  # used
                 return months
         await self._once(own, lambda: self._has_piece(own), lambda: self._read_piece(start, end))
         return [own]
@@ -340,9 +371,19 @@ class SumsCache:
             pieces, days = await asyncio.to_thread(self._kept)
             today = self._now().astimezone(self._tz).date()
             recent = (today - timedelta(days=self._recent_days)).isoformat()
-            stale = self._now().timestamp() - self._full_refresh_s
-            todo = [p for p, (last_day, read_at) in sorted(pieces.items()) if last_day >= recent or read_at < stale]
-            tag_days = [d for d, read_at in sorted(days.items()) if d == LATEST or d >= recent or read_at < stale]
+            now = self._now().timestamp()
+            stale, idle = now - self._full_refresh_s, now - IDLE_S
+            gone = [p for p, (_, _, used_at) in pieces.items() if used_at < idle]
+            gone_days = [d for d, (_, used_at) in days.items() if used_at < idle]
+            if gone or gone_days:
+                await asyncio.to_thread(self._drop, gone, gone_days)
+            kept = {p: v for p, v in pieces.items() if p not in gone}
+            todo = sorted(p for p, (last_day, _, _) in kept.items() if last_day >= recent)
+            # old periods a few at a time, the longest unread first: they become due together
+            todo += sorted((p for p in kept if p not in todo and kept[p][1] < stale),
+                           key=lambda p: kept[p][1])[:STALE_PER_REFRESH]
+            tag_days = [d for d, (read_at, used_at) in sorted(days.items()) if used_at >= idle
+                        and (d == LATEST or d >= recent or read_at < stale)]
             for piece in todo:
                 first, last = (date.fromisoformat(d) for d in piece.split(".."))
                 await self._once(piece, lambda: False, lambda a=first, b=last: self._read_piece(a, b))
