@@ -44,7 +44,7 @@ from fmc.indicators.sums import ALL_SUMS, DAILY_SUM_FIELDS, EnterpriseInfo, Peri
 
 log = logging.getLogger("fmc.central.cache")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x666D6343  # "fmcC": refuse to add tables to some other SQLite file
 LATEST = "latest"  # the tags key of "every enterprise's latest tags" (as of None)
 STALE_PER_REFRESH = 2  # old periods read again per refresh: a province's year costs InfluxDB ~45 s
