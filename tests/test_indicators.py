@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fmc.core.config import ConfigError
@@ -591,3 +592,37 @@ def test_the_engine_reads_only_the_sums_it_asks_for(nc_basis: str, weight: str, 
                 fv, gv = getattr(f, attr), getattr(g, attr)
                 assert (fv is None and gv is None) or math.isclose(fv, gv, rel_tol=1e-12), (name, attr, fv, gv)
     assert len(wanted.daily) <= 4  # what the saving is about: at most 4 of the 6 daily sums
+
+
+# --- the engine's per-plan shortcuts give the plan's own answers ----------------------------------------
+
+
+_YOY_PLAN = PLAN.model_copy(update={"indicators": {
+    k: v.model_copy(update={"status_basis": "year_on_year"}) if v.kind != "floor" else v
+    for k, v in PLAN.indicators.items()}})
+_NO_CAP_PLAN = PLAN.model_copy(update={"indicators": {
+    k: v.model_copy(update={"cap": None}) for k, v in PLAN.indicators.items()}})
+_figure = st.one_of(st.none(), st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.sampled_from([0.0, -0.0]))
+
+
+@given(
+    plan=st.sampled_from([PLAN, _YOY_PLAN, _NO_CAP_PLAN]),
+    indicator=st.sampled_from(sorted(INDICATORS)),
+    year=st.integers(2010, 2030),
+    baseline=_figure, value=_figure, previous=_figure,
+)
+@settings(max_examples=3000, deadline=None)
+def test_the_engines_rule_is_target_for_and_status_of_to_the_bit(plan, indicator, year, baseline, value,
+                                                                 previous) -> None:
+    """The engine looks a plan's target arithmetic up once per indicator and year (``engine._Rule``, for a
+    province's 20,000 enterprises): it must give ``Targets.target_for`` and ``status_of`` exactly."""
+    from fmc.indicators.engine import _Rule
+
+    rule = _Rule(plan, indicator, year)
+    target = plan.target_for(indicator, year, baseline)
+    got = rule.target(baseline)
+    assert (got is None) == (target is None)
+    if target is not None:
+        assert got is not None and math.copysign(1.0, got) == math.copysign(1.0, target) and got == target
+    for t in (target, value, None):
+        assert rule.status(value, t, previous) == status_of(indicator, plan, year, value, t, previous)

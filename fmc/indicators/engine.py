@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Literal
+from typing import Literal, TypeVar
 
 from fmc.core.carriers import ENERGY_CARRIERS
 from fmc.indicators.plan import INDICATORS, POINT_INDICATORS, Policy, Targets
@@ -40,6 +41,7 @@ from fmc.indicators.sums import CarrierSums, DailySums, PeriodSums, SumsWanted
 
 Status = Literal["met", "missed", "insufficient_data", "no_target"]
 BaselineSource = Literal["measured", "survey"]
+_T = TypeVar("_T")
 _EPS = 1e-9  # relative tolerance of comparisons with a target (0.96**4 is not exact in binary)
 
 
@@ -54,24 +56,28 @@ class Period:
     start: date
     end: date
 
+    # The constructors below are cached (``_period_of``): a province's figures name the same few periods
+    # hundreds of thousands of times (each report, each year before and base year), and a period is immutable.
+
     @classmethod
     def of_year(cls, year: int) -> Period:
-        return cls("year", date(year, 1, 1), date(year, 12, 31))
+        return _period_of(cls, "year", year, 0)
 
     @classmethod
     def of_month(cls, year: int, month: int) -> Period:
-        return cls("month", date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1]))
+        return _period_of(cls, "month", year, month)
 
     @classmethod
     def of_quarter(cls, year: int, quarter: int) -> Period:
         if not 1 <= quarter <= 4:
             raise ValueError(f"quarter {quarter}: use 1 to 4")
-        m = 3 * quarter
-        return cls("quarter", date(year, m - 2, 1), date(year, m, calendar.monthrange(year, m)[1]))
+        return _period_of(cls, "quarter", year, quarter)
 
     @classmethod
     def year_to_date(cls, through: date) -> Period:
-        return cls("ytd", date(through.year, 1, 1), through)
+        if type(through) is not date:  # a datetime (a date subclass) stays what it was given
+            return cls("ytd", date(through.year, 1, 1), through)
+        return _period_of(cls, "ytd", through.year, through.toordinal())
 
     @property
     def year(self) -> int:
@@ -112,6 +118,24 @@ class Period:
 
     def contains(self, day: date) -> bool:
         return self.start <= day <= self.end
+
+
+@functools.lru_cache(maxsize=4096)
+def _period_of(cls: type[Period], kind: str, year: int, n: int) -> Period:
+    """A period by kind: ``n`` is the month, the quarter, or the ordinal of a year to date's last day."""
+    if kind == "year":
+        return cls("year", date(year, 1, 1), date(year, 12, 31))
+    if kind == "month":
+        return cls("month", date(year, n, 1), date(year, n, calendar.monthrange(year, n)[1]))
+    if kind == "quarter":
+        m = 3 * n
+        return cls("quarter", date(year, m - 2, 1), date(year, m, calendar.monthrange(year, m)[1]))
+    return cls("ytd", date(year, 1, 1), date.fromordinal(n))
+
+
+@functools.lru_cache(maxsize=1024)
+def _in_year(period: Period, year: int) -> Period:
+    return period.in_year(year)
 
 
 # --- inputs ----------------------------------------------------------------------------------------------
@@ -218,6 +242,39 @@ class IndicatorResult:
     prev_denominator: float | None = None
     size: float | None = None  # the enterprise's weight in a group's coverage (see ``member_size``)
     note: str | None = None  # a reason worth telling (e.g. why a survey baseline was not used)
+
+
+def _slot_setter(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor of the frozen slots dataclass ``cls`` (its fields in order) that sets each slot directly: what
+    its ``__init__`` does (the same defaults, no ``__post_init__``) at half the cost, which counts for the
+    hundreds of thousands of measures and results of a province (a frozen ``__init__`` goes through
+    ``object.__setattr__`` per field)."""
+    if hasattr(cls, "__post_init__"):
+        raise TypeError(f"{cls.__name__} has a __post_init__: construct it with its __init__")
+    fields = dataclasses.fields(cls)
+    ns: dict[str, object] = {"_new": object.__new__, "_cls": cls}
+    params = []
+    for f in fields:
+        if f.default_factory is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name} has a default_factory: construct it with its __init__")
+        ns[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.default is dataclasses.MISSING:
+            params.append(f.name)
+        else:
+            ns[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+    body = "".join(f"    _set_{f.name}(o, {f.name})\n" for f in fields)
+    exec(f"def make({', '.join(params)}):\n    o = _new(_cls)\n{body}    return o\n", ns)
+    return ns["make"]  # type: ignore[return-value]
+
+
+_new_result = _slot_setter(IndicatorResult)  # called with positional arguments in the order of these fields:
+_RESULT_FIELDS = ("indicator", "period", "value", "baseline", "target", "yoy", "avg_annual", "coverage", "status",
+                  "numerator", "denominator", "scale", "previous", "enterprise", "baseline_source", "inputs",
+                  "base_numerator", "base_denominator", "prev_numerator", "prev_denominator", "size", "note")
+if tuple(f.name for f in dataclasses.fields(IndicatorResult)) != _RESULT_FIELDS:
+    raise TypeError("IndicatorResult's fields changed: update _RESULT_FIELDS and _Enterprise.result")
+_new_measure = _slot_setter(Measure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,17 +420,20 @@ def period_sums(period: Period, data: EnterpriseData) -> PeriodSums:
 def _rate_measure(indicator: str, period: Period, sums: DailySums | None, targets: Targets) -> Measure:
     policy = targets.policy
     if sums is None or sums.days <= 0:
-        return Measure(None, None, 0.0, 100.0, inputs=(("enterprise_daily", 0.0),))
+        return _new_measure(numerator=None, denominator=None, coverage=0.0, scale=100.0,
+                            inputs=(("enterprise_daily", 0.0),))
     coverage = min(sums.days / period.days, 1.0)
     inputs: tuple[tuple[str, float], ...] = (("enterprise_daily", coverage),)
     period_end = policy.nc_rate_basis == "period_end" if indicator == "nc_rate" else (
         policy.networking_basis == "period_end")
     if period_end and (period.end - sums.last_day).days > policy.period_end_within_days:
         # no day near the period's end: no period-end figure, whatever day came last
-        return Measure(None, None, 0.0, 100.0, inputs=(*inputs, ("period_end", 0.0)))
+        return _new_measure(numerator=None, denominator=None, coverage=0.0, scale=100.0,
+                            inputs=(*inputs, ("period_end", 0.0)))
 
     def rate(num: float, den: float, cov: float = coverage, extra: tuple[tuple[str, float], ...] = ()) -> Measure:
-        return Measure(num, den, cov, 100.0, inputs=(*inputs, *extra))
+        return _new_measure(numerator=num, denominator=den, coverage=cov, scale=100.0,
+                            inputs=(*inputs, *extra))
 
     if indicator == "nc_rate":
         if policy.nc_rate_weight == "asset_value":
@@ -409,12 +469,14 @@ def _carrier_sum(
         return None, 0.0, ()
     total = 0.0
     per_carrier: list[tuple[str, float]] = []
+    present = False  # a carrier with rows (no generators here: a province runs this 60,000 times)
     for carrier in sorted(expected):
         days = expected[carrier]
         c = sums.get(carrier)
         if c is None or c.rows <= 0:
             per_carrier.append((carrier, 0.0))
             continue
+        present = True
         per_carrier.append((carrier, min(min(max(c.coverage, 0.0), float(c.rows)) / days, 1.0) if days > 0 else 1.0))
         if field_ == "tce":
             kgce = targets.policy.electricity_kgce(period.year) if carrier == "electricity" else None
@@ -433,8 +495,7 @@ def _carrier_sum(
         else:
             # no m³ field and Σ amount not read, or some days in m³ and some not: never a number from silence
             return None, 0.0, tuple(per_carrier)
-    coverage = min(cov for _, cov in per_carrier)
-    present = any(c in sums and sums[c].rows > 0 for c in expected)
+    coverage = min([cov for _, cov in per_carrier])
     return (total if present else None), coverage, tuple(per_carrier)
 
 
@@ -442,17 +503,15 @@ def carrier_spans(data: EnterpriseData) -> dict[str, tuple[date, date]]:
     """carrier -> (first day, last day) with a row, over all the rows and period sums ``data`` holds
     (the service gives the sums of the period, the year before and the base year)."""
     spans: dict[str, tuple[date, date]] = {}
-
-    def see(carrier: str, first: date, last: date) -> None:
-        known = spans.get(carrier)
-        spans[carrier] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
-
     for r in data.consumption:
-        see(r.carrier, r.day, r.day)
+        known = spans.get(r.carrier)
+        spans[r.carrier] = (r.day, r.day) if known is None else (min(known[0], r.day), max(known[1], r.day))
     for (start, end), ps in data.sums.items():
         for carrier, c in ps.carriers.items():
             if c.rows > 0:
-                see(carrier, c.first_day or start, c.last_day or end)
+                first, last = c.first_day or start, c.last_day or end
+                known = spans.get(carrier)
+                spans[carrier] = (first, last) if known is None else (min(known[0], first), max(known[1], last))
     return spans
 
 
@@ -465,9 +524,11 @@ def expected_windows(spans: Mapping[str, tuple[date, date]]) -> dict[str, tuple[
     not its carriers: they stay expected, and the silence counts as missing."""
     out: dict[str, tuple[date | None, date | None]] = {}
     for c, (first, last) in spans.items():
-        others = [span for other, span in spans.items() if other != c]
-        started = any(f < first for f, _ in others)
-        ended = any(la > last for _, la in others)
+        started = ended = False
+        for other, (f, la) in spans.items():
+            if other != c:
+                started = started or f < first
+                ended = ended or la > last
         out[c] = (first if started else None, last if ended else None)
     return out
 
@@ -478,13 +539,18 @@ def expected_days(period: Period, window: tuple[date | None, date | None]) -> in
     return max((hi - lo).days + 1, 0)
 
 
-def _energy_carriers(period: Period, data: EnterpriseData) -> dict[str, int]:
-    """The energy carriers expected in the period, with the days each is expected on."""
-    if data.energy_carriers is not None:
-        return {c: period.days for c in data.energy_carriers}
-    spans = {c: span for c, span in carrier_spans(data).items() if c in ENERGY_CARRIERS}
-    expected = {c: expected_days(period, w) for c, w in expected_windows(spans).items()}
-    return {c: n for c, n in expected.items() if n > 0}
+def _report_figure(r: Report, name: str, targets: Targets) -> float | None:
+    """A report's figure of a field (``_report_sum``)."""
+    if name == "value_added" and targets.policy.value_added_prices == "comparable":
+        # the reported comparable figure, else current ÷ the year's deflator (the base year's prices are
+        # the comparable ones); never current prices silently
+        if r.value_added_comparable is not None:
+            return r.value_added_comparable
+        index = 1.0 if r.period.year == targets.base_year else targets.policy.deflator.get(r.period.year)
+        if index is not None and r.value_added is not None:
+            return r.value_added / index
+        return None
+    return getattr(r, name)
 
 
 def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: Targets) -> tuple[float | None, float]:
@@ -499,22 +565,9 @@ def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: T
        period's months that reports inside it give.
     A period that does not end on a month's last day has report figures only from a report for exactly it.
     """
-
-    def figure(r: Report) -> float | None:
-        if name == "value_added" and targets.policy.value_added_prices == "comparable":
-            # the reported comparable figure, else current ÷ the year's deflator (the base year's prices are
-            # the comparable ones); never current prices silently
-            if r.value_added_comparable is not None:
-                return r.value_added_comparable
-            index = 1.0 if r.period.year == targets.base_year else targets.policy.deflator.get(r.period.year)
-            if index is not None and r.value_added is not None:
-                return r.value_added / index
-            return None
-        return getattr(r, name)
-
     for r in reports:
         if r.period.start == period.start and r.period.end == period.end:
-            v = figure(r)
+            v = _report_figure(r, name, targets)
             if v is not None:  # per field: a figure the report leaves empty comes from the others
                 return v, 1.0
     first, last = period.start.month, period.end.month
@@ -527,7 +580,7 @@ def _report_sum(period: Period, reports: Sequence[Report], name: str, targets: T
         if rp.year != period.year or rp.start.day != 1 or rp.end.day != calendar.monthrange(rp.year,
                                                                                              rp.end.month)[1]:
             continue
-        v = figure(r)
+        v = _report_figure(r, name, targets)
         if v is None:
             continue
         a, b = rp.start.month - 1, rp.end.month
@@ -568,32 +621,202 @@ def _compose(start: int, end: int, edges: Sequence[tuple[int, int, float]]) -> f
 
 def measure(indicator: str, period: Period, data: EnterpriseData, targets: Targets) -> Measure:
     """Numerator, denominator and coverage of one indicator of one enterprise for one period."""
-    sums = period_sums(period, data)
-    if indicator in ("nc_rate", "networking_rate"):
-        return _rate_measure(indicator, period, sums.daily, targets)
-    if indicator in ("rd_intensity", "new_product_ratio"):
-        num_name, den_name = (
-            ("rd_expense", "revenue") if indicator == "rd_intensity" else ("new_product_output", "gross_output")
+    return _Enterprise(data, targets).at(period).measure(indicator)
+
+
+class _Enterprise:
+    """One enterprise under one plan while its figures are computed: what every period and indicator of
+    it shares, worked out once (the plan's rules, the years its reports cover, its energy carriers'
+    windows) instead of once per indicator and period — a province computes 20,000 of these."""
+
+    __slots__ = ("_windows", "data", "report_years", "rules", "targets")
+
+    def __init__(self, data: EnterpriseData, targets: Targets) -> None:
+        self.data = data
+        self.targets = targets
+        self.rules = _rules(targets)
+        self.report_years = frozenset(r.period.year for r in data.reports)  # every period asks
+        self._windows: dict[str, tuple[date | None, date | None]] | None = None
+
+    def at(self, period: Period) -> _At:
+        return _At(self, period)
+
+    def energy_carriers(self, period: Period) -> dict[str, int]:
+        """The energy carriers expected in the period, with the days each is expected on."""
+        data = self.data
+        if data.energy_carriers is not None:
+            return {c: period.days for c in data.energy_carriers}
+        if self._windows is None:  # from all the data the enterprise holds: the same for each period
+            spans = {c: span for c, span in carrier_spans(data).items() if c in ENERGY_CARRIERS}
+            self._windows = expected_windows(spans)
+        expected = {c: expected_days(period, w) for c, w in self._windows.items()}
+        return {c: n for c, n in expected.items() if n > 0}
+
+    def result(
+        self, indicator: str, now: _At, before: _At, base: _At, whole_year: bool, rule: _Rule
+    ) -> IndicatorResult:
+        """``compute``: the indicator's result from its measures now, a year before and in the base year
+        (``rule``: the plan's for the indicator in the period's year)."""
+        m = now.measure(indicator)
+        mp = _NO_MEASURE if before.empty else before.measure(indicator)
+        mb = m if base is now else _NO_MEASURE if base.empty else base.measure(indicator)
+        min_cov = self.rules.min_coverage
+        previous = mp.value(min_cov)
+        measured = mb.value(min_cov)
+        b = _baseline(indicator, whole_year, m, mb, measured, self.data, self.rules)
+        baseline = b.value
+        value = m.value(min_cov)
+        target = rule.target(baseline)
+        coverage = m.coverage
+        if coverage == 1.0:  # most figures: one shared float rather than one each (the same bits)
+            coverage = 1.0
+        # member_size, from the values worked out already
+        sized = mp if previous is not None else mb if measured is not None else None
+        return _new_result(  # positional, in the order of _RESULT_FIELDS (a third cheaper than keywords)
+            indicator,
+            now.period,
+            value,
+            baseline,
+            target,
+            None if previous is None or value is None else yoy_change(indicator, value, previous),  # yoy
+            # avg_annual
+            None if baseline is None or value is None else avg_annual_change(indicator, value, baseline, rule.years),
+            coverage,
+            rule.status(value, target, previous),  # status
+            m.numerator if value is not None else None,  # numerator
+            m.denominator if value is not None else None,  # denominator
+            m.scale,
+            previous,
+            self.data.enterprise,
+            b.source,  # baseline_source
+            _interned(m.inputs),  # inputs
+            b.numerator,  # base_numerator
+            b.denominator,  # base_denominator
+            mp.numerator if previous is not None else None,  # prev_numerator
+            mp.denominator if previous is not None else None,  # prev_denominator
+            None if sized is None else sized.numerator if indicator == "energy" else sized.denominator,  # size
+            b.note,
         )
-        n, cn = _report_sum(period, data.reports, num_name, targets)
-        d, cd = _report_sum(period, data.reports, den_name, targets)
-        return Measure(n, d, min(cn, cd), 100.0, inputs=((num_name, cn), (den_name, cd)), den_coverage=cd)
-    if indicator == "labour_productivity":
-        n, cn = _report_sum(period, data.reports, "value_added", targets)
-        d, cd = _report_sum(period, data.reports, "employees_avg", targets)
-        return Measure(n, d, min(cn, cd), inputs=(("value_added", cn), ("employees_avg", cd)), den_coverage=cd)
-    if indicator in ("energy", "energy_intensity"):
-        n, cn, inputs = _carrier_sum(period, sums.carriers, _energy_carriers(period, data), targets, "tce")
-    elif indicator == "water_intensity":
-        n, cn, inputs = _carrier_sum(period, sums.carriers, {"water_intake": period.days}, targets, "m3")
-    elif indicator == "wastewater_intensity":
-        n, cn, inputs = _carrier_sum(period, sums.carriers, {"wastewater": period.days}, targets, "m3")
-    else:
-        raise ValueError(f"unknown indicator {indicator!r}")
-    if indicator == "energy":
-        return Measure(n, 1.0, cn, inputs=inputs)
-    d, cd = _report_sum(period, data.reports, "value_added", targets)
-    return Measure(n, d, min(cn, cd), inputs=(*inputs, ("value_added", cd)), den_coverage=cd)
+
+    def periods(self, period: Period) -> tuple[_At, _At, _At]:
+        """The period, the same period a year before and in the base year."""
+        now = _At(self, period)
+        before = _At(self, _in_year(period, period.year - 1))
+        base_year = self.rules.base_year
+        base = now if period.year == base_year else _At(self, _in_year(period, base_year))
+        return now, before, base
+
+
+_NO_SUMS = PeriodSums(None, {})  # a period without rows (what ``summarize`` gives for none)
+# What every indicator measures in a period without data and reports (``_At.empty``), as far as a result
+# reads it of the year before or the base year: no numerator, so no value, and no denominator.
+_NO_MEASURE = Measure(None, None, 0.0)
+
+
+class _At:
+    """One enterprise in one period: its sums, and the report and energy figures several indicators share."""
+
+    __slots__ = ("_energy", "_exact", "_reports", "e", "empty", "period", "sums")
+
+    def __init__(self, e: _Enterprise, period: Period) -> None:
+        self.e = e
+        self.period = period
+        data = e.data
+        given = data.sums.get((period.start, period.end))
+        if given is None:
+            given = _NO_SUMS if not data.daily and not data.consumption else summarize(period, data.daily,
+                                                                                         data.consumption)
+        self.sums = given
+        # no sums and no report of the year (often the year before and the base year): every indicator's
+        # numerator is None (no daily rows, no carrier rows, no report figure)
+        self.empty = given.daily is None and not given.carriers and period.year not in e.report_years
+        self._reports: dict[str, tuple[float | None, float]] = {}
+        self._energy: tuple[float | None, float, tuple[tuple[str, float], ...]] | None = None
+        self._exact: list[Report] | None = None
+
+    def report(self, name: str) -> tuple[float | None, float]:
+        """``_report_sum`` of a field (value added serves four indicators)."""
+        got = self._reports.get(name)
+        if got is None:
+            period = self.period
+            if period.year not in self.e.report_years:
+                # no report of the period's year: no figure, and none of its months given (what
+                # _report_sum finds, without walking the reports)
+                got = None, 0 / (period.end.month - period.start.month + 1)
+            else:
+                if self._exact is None:  # the reports for exactly the period, in their order
+                    self._exact = [r for r in self.e.data.reports
+                                   if r.period.start == period.start and r.period.end == period.end]
+                plain = name != "value_added" or not self.e.rules.comparable
+                for r in self._exact:  # step 1 of _report_sum, without walking every report per field
+                    v = getattr(r, name) if plain else _report_figure(r, name, self.e.targets)
+                    if v is not None:
+                        got = v, 1.0
+                        break
+                else:
+                    got = _report_sum(period, self.e.data.reports, name, self.e.targets)
+            self._reports[name] = got
+        return got
+
+    def energy(self) -> tuple[float | None, float, tuple[tuple[str, float], ...]]:
+        if self._energy is None:  # energy and energy intensity: the same sum
+            self._energy = _carrier_sum(self.period, self.sums.carriers, self.e.energy_carriers(self.period),
+                                        self.e.targets, "tce")
+        return self._energy
+
+    def measure(self, indicator: str) -> Measure:
+        """Numerator, denominator and coverage of one indicator (``measure``)."""
+        period, targets = self.period, self.e.targets
+        if indicator in ("nc_rate", "networking_rate"):
+            return _rate_measure(indicator, period, self.sums.daily, targets)
+        if indicator in ("rd_intensity", "new_product_ratio"):
+            num_name, den_name = (
+                ("rd_expense", "revenue") if indicator == "rd_intensity" else ("new_product_output", "gross_output")
+            )
+            n, cn = self.report(num_name)
+            d, cd = self.report(den_name)
+            return _new_measure(numerator=n, denominator=d, coverage=min(cn, cd), scale=100.0,
+                                inputs=((num_name, cn), (den_name, cd)), den_coverage=cd)
+        if indicator == "labour_productivity":
+            n, cn = self.report("value_added")
+            d, cd = self.report("employees_avg")
+            return _new_measure(numerator=n, denominator=d, coverage=min(cn, cd),
+                                inputs=(("value_added", cn), ("employees_avg", cd)), den_coverage=cd)
+        if indicator in ("energy", "energy_intensity"):
+            n, cn, inputs = self.energy()
+        elif indicator == "water_intensity":
+            n, cn, inputs = _carrier_sum(period, self.sums.carriers, {"water_intake": period.days}, targets, "m3")
+        elif indicator == "wastewater_intensity":
+            n, cn, inputs = _carrier_sum(period, self.sums.carriers, {"wastewater": period.days}, targets, "m3")
+        else:
+            raise ValueError(f"unknown indicator {indicator!r}")
+        if indicator == "energy":
+            return _new_measure(numerator=n, denominator=1.0, coverage=cn, inputs=inputs)
+        d, cd = self.report("value_added")
+        return _new_measure(numerator=n, denominator=d, coverage=min(cn, cd),
+                            inputs=(*inputs, ("value_added", cd)), den_coverage=cd)
+
+
+# Equal ``inputs`` tuples, one object: a province's results carry a few hundred distinct ones, not
+# 180,000. Bounded (cleared when full); a tuple with a -0.0 is never merged with one with 0.0 (they are
+# equal, but not the same bits).
+_INPUTS: dict[tuple[tuple[str, float], ...], tuple[tuple[tuple[str, float], ...], bool]] = {}
+_INPUTS_MAX = 4096
+
+
+def _interned(inputs: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+    hit = _INPUTS.get(inputs)
+    if hit is None:
+        if not all(c != 0.0 or math.copysign(1.0, c) > 0 for _, c in inputs):
+            return inputs
+        if len(_INPUTS) >= _INPUTS_MAX:
+            _INPUTS.clear()
+        _INPUTS[inputs] = (inputs, any(c == 0.0 for _, c in inputs))
+        return inputs
+    canonical, has_zero = hit
+    if has_zero and not all(c != 0.0 or math.copysign(1.0, c) > 0 for _, c in inputs):
+        return inputs
+    return canonical
 
 
 # --- changes, targets, status ----------------------------------------------------------------------------
@@ -642,6 +865,105 @@ def status_of(
     if t.higher_is_better:
         return "met" if value >= target - _EPS * max(1.0, abs(target)) else "missed"
     return "met" if value <= target + _EPS * max(1.0, abs(target)) else "missed"
+
+
+class _Rule:
+    """``Targets.target_for`` and ``status_of`` for one indicator and year, with what they read of the plan
+    looked up once (the same arithmetic, so the same bits)."""
+
+    __slots__ = ("active", "cap", "factor", "higher_is_better", "kind", "points", "status_basis", "step", "years")
+
+    def __init__(self, targets: Targets, indicator: str, year: int) -> None:
+        t = targets.indicators.get(indicator)  # type: ignore[call-overload]
+        self.active = t is not None and targets.applies(indicator, year)
+        self.years = year - targets.base_year  # since the base year (avg_annual_change)
+        self.kind = self.status_basis = ""
+        self.step = self.points = self.factor = 0.0
+        self.cap: float | None = None
+        self.higher_is_better = False
+        if t is not None:
+            n = year - targets.base_year
+            self.kind, self.step, self.cap, self.status_basis = t.kind, t.step, t.cap, t.status_basis
+            self.higher_is_better = t.higher_is_better
+            if self.active and t.kind == "points_per_year":
+                self.points = t.step * n  # baseline + step·n
+            elif self.active and t.kind == "rate_per_year":
+                self.factor = (1.0 + t.step) ** n  # baseline·(1 + step)^n
+
+    def target(self, baseline: float | None) -> float | None:
+        """``Targets.target_for``."""
+        if not self.active:
+            return None
+        if self.kind == "floor":
+            return self.step
+        if baseline is None:
+            return None
+        if self.kind == "points_per_year":
+            v = baseline + self.points
+            return min(v, self.cap) if self.cap is not None else v
+        return baseline * self.factor
+
+    def status(self, value: float | None, target: float | None, previous: float | None) -> Status:
+        """``status_of``."""
+        if value is None:
+            return "insufficient_data"
+        if not self.active:
+            return "no_target"
+        if self.status_basis == "year_on_year":
+            if previous is None:
+                return "insufficient_data"
+            if self.kind == "points_per_year":
+                cap = self.cap if self.cap is not None else float("inf")
+                ok = value - previous >= self.step - _EPS or value >= cap - _EPS
+            else:
+                required = previous * (1.0 + self.step)
+                ok = value <= required * (1 + _EPS) if not self.higher_is_better else value >= required * (1 - _EPS)
+            return "met" if ok else "missed"
+        if target is None:
+            return "insufficient_data"
+        if self.higher_is_better:
+            return "met" if value >= target - _EPS * max(1.0, abs(target)) else "missed"
+        return "met" if value <= target + _EPS * max(1.0, abs(target)) else "missed"
+
+
+class _Rules:
+    """What a plan decides for the engine, read once per plan rather than once per enterprise."""
+
+    __slots__ = ("_by_year", "_targets", "base_year", "basis", "comparable", "min_coverage")
+
+    def __init__(self, targets: Targets) -> None:
+        policy = targets.policy
+        self.min_coverage = policy.min_coverage
+        self.base_year = targets.base_year
+        self.basis = {"nc_rate": policy.nc_rate_basis, "networking_rate": policy.networking_basis}
+        self.comparable = policy.value_added_prices == "comparable"  # _report_figure
+        self._by_year: dict[int, dict[str, _Rule]] = {}
+        self._targets = targets
+
+    def year(self, year: int) -> dict[str, _Rule]:
+        """indicator -> its rule in ``year``."""
+        rules = self._by_year.get(year)
+        if rules is None:
+            rules = self._by_year[year] = {name: _Rule(self._targets, name, year) for name in INDICATORS}
+        return rules
+
+    def rule(self, indicator: str, year: int) -> _Rule:
+        got = self.year(year).get(indicator)
+        return _Rule(self._targets, indicator, year) if got is None else got
+
+
+_RULES: dict[int, tuple[Targets, _Rules]] = {}  # id -> (the plan, kept so that its id is not reused, its rules)
+
+
+def _rules(targets: Targets) -> _Rules:
+    got = _RULES.get(id(targets))
+    if got is not None and got[0] is targets:
+        return got[1]
+    if len(_RULES) >= 16:
+        _RULES.clear()
+    rules = _Rules(targets)
+    _RULES[id(targets)] = (targets, rules)
+    return rules
 
 
 def _assemble(
@@ -701,19 +1023,34 @@ def baseline_of(
       in the period itself.
     - else none: no target on a path from it.
     """
-    min_cov = targets.policy.min_coverage
-    measured = base.value(min_cov)
+    rules = _rules(targets)
+    return _baseline(indicator, _whole_year(period), current, base, base.value(rules.min_coverage), data, rules)
+
+
+_NO_BASELINE = Baseline(None)
+_SURVEY_NOTES: dict[str, str] = {}  # indicator -> the note (one string, not one per enterprise)
+
+
+def _baseline(
+    indicator: str, whole_year: bool, current: Measure, base: Measure, measured: float | None, data: EnterpriseData,
+    rules: _Rules,
+) -> Baseline:
+    """``baseline_of``, given whether the period is a whole calendar year, the base measure's value
+    (``measured``) and the plan's rules."""
+    min_cov = rules.min_coverage
     if measured is not None:
         return Baseline(measured, "measured", base.numerator, base.denominator)
     survey = data.baseline_values.get(indicator)
-    if survey is None or not _whole_year(period) or indicator == "energy":
-        return Baseline(None)
-    policy = targets.policy
-    basis = {"nc_rate": policy.nc_rate_basis, "networking_rate": policy.networking_basis}.get(indicator)
+    if survey is None or not whole_year or indicator == "energy":
+        return _NO_BASELINE
+    basis = rules.basis.get(indicator)
     if basis == "equipment_days":
         # the survey's rate is a year-end figure (年末数): not comparable with one over equipment-days
-        return Baseline(None, note=f"the survey's {indicator} is a year-end figure; the value is over "
-                        "equipment-days (policy: period_end to compare them)")
+        note = _SURVEY_NOTES.get(indicator)
+        if note is None:
+            note = _SURVEY_NOTES.setdefault(indicator, f"the survey's {indicator} is a year-end figure; the value "
+                                            "is over equipment-days (policy: period_end to compare them)")
+        return Baseline(None, note=note)
     weight = None
     den_cov = base.coverage if base.den_coverage is None else base.den_coverage
     if base.denominator is not None and base.denominator > 0 and den_cov + _EPS >= min_cov:
@@ -739,37 +1076,18 @@ def member_size(indicator: str, previous: Measure, base: Measure, min_coverage: 
     return None
 
 
-def _enterprise_result(
-    indicator: str, period: Period, m: Measure, mp: Measure, mb: Measure, data: EnterpriseData, targets: Targets
-) -> IndicatorResult:
-    min_cov = targets.policy.min_coverage
-    previous = mp.value(min_cov)
-    b = baseline_of(indicator, period, m, mb, data, targets)
-    r = _assemble(indicator, period, m, targets, previous, b.value)
-    return dataclasses.replace(
-        r,
-        enterprise=data.enterprise,
-        baseline_source=b.source,
-        base_numerator=b.numerator,
-        base_denominator=b.denominator,
-        prev_numerator=mp.numerator if previous is not None else None,
-        prev_denominator=mp.denominator if previous is not None else None,
-        size=member_size(indicator, mp, mb, min_cov),
-        note=b.note,
-    )
-
-
 def compute(indicator: str, period: Period, data: EnterpriseData, targets: Targets) -> IndicatorResult:
     """One indicator of one enterprise for one period, against the plan (baseline: ``baseline_of``)."""
-    m = measure(indicator, period, data, targets)
-    mp = measure(indicator, period.in_year(period.year - 1), data, targets)
-    mb = m if period.year == targets.base_year else measure(indicator, period.in_year(targets.base_year), data,
-                                                                targets)
-    return _enterprise_result(indicator, period, m, mp, mb, data, targets)
+    e = _Enterprise(data, targets)
+    return e.result(indicator, *e.periods(period), _whole_year(period), e.rules.rule(indicator, period.year))
 
 
 def compute_all(period: Period, data: EnterpriseData, targets: Targets) -> dict[str, IndicatorResult]:
-    return {name: compute(name, period, data, targets) for name in INDICATORS}
+    e = _Enterprise(data, targets)
+    now, before, base = e.periods(period)
+    whole_year = _whole_year(period)
+    rules = e.rules.year(period.year)
+    return {name: e.result(name, now, before, base, whole_year, rules[name]) for name in INDICATORS}
 
 
 # --- pooling ---------------------------------------------------------------------------------------------
@@ -804,6 +1122,79 @@ def member_sums(r: IndicatorResult) -> PoolSums:
         survey=int(r.baseline_source == "survey" and has_base),
         pooled=(who,),
         without_baseline=() if has_base else (who,),
+    )
+
+
+def pool_sums(results: Sequence[IndicatorResult]) -> PoolSums:
+    """``PoolSums.total`` of the members' ``member_sums``, without a ``PoolSums`` per member: the same
+    values summed in the same order, so the same bits (a county of thousands is pooled per indicator and
+    level; a pooled member brings its own sums, and then the parts are added up as they are)."""
+    if any(isinstance(r, PooledResult) for r in results):
+        return PoolSums.total([member_sums(r) for r in results])
+    num: list[float] = []
+    den: list[float] = []
+    base_num: list[float] = []
+    base_den: list[float] = []
+    prev_num: list[float] = []
+    prev_den: list[float] = []
+    size_all: list[float] = []
+    size_included: list[float] = []
+    pooled: list[str] = []
+    excluded: list[tuple[str, str]] = []
+    without_baseline: list[str] = []
+    included = base_missing = prev_missing = assessed = met = measured = survey = 0
+    for r in results:
+        who = r.enterprise or ""
+        size = r.size if r.size is not None and r.size > 0 else None
+        if r.value is None or r.numerator is None or r.denominator is None:
+            # member_sums: members=1, size_all, excluded; every other sum 0
+            num.append(0.0)
+            den.append(0.0)
+            base_num.append(0.0)
+            base_den.append(0.0)
+            prev_num.append(0.0)
+            prev_den.append(0.0)
+            size_all.append(size or 0.0)
+            size_included.append(0.0)
+            excluded.append((who, "insufficient_data"))
+            continue
+        included += 1
+        num.append(r.numerator)
+        den.append(r.denominator)
+        if r.base_numerator is not None and r.base_denominator is not None:
+            base_num.append(r.base_numerator)
+            base_den.append(r.base_denominator)
+            if r.baseline_source == "measured":
+                measured += 1
+            elif r.baseline_source == "survey":
+                survey += 1
+        else:
+            base_num.append(0.0)
+            base_den.append(0.0)
+            base_missing += 1
+            without_baseline.append(who)
+        if r.prev_numerator is not None and r.prev_denominator is not None:
+            prev_num.append(r.prev_numerator)
+            prev_den.append(r.prev_denominator)
+        else:
+            prev_num.append(0.0)
+            prev_den.append(0.0)
+            prev_missing += 1
+        size_all.append(size or 0.0)
+        size_included.append(size or 0.0)
+        if r.status == "met":
+            assessed += 1
+            met += 1
+        elif r.status == "missed":
+            assessed += 1
+        pooled.append(who)
+    f = math.fsum
+    return PoolSums(
+        members=len(results), included=included, num=f(num), den=f(den), base_num=f(base_num),
+        base_den=f(base_den), base_missing=base_missing, prev_num=f(prev_num), prev_den=f(prev_den),
+        prev_missing=prev_missing, size_all=f(size_all), size_included=f(size_included), assessed=assessed,
+        met=met, measured=measured, survey=survey, pooled=tuple(sorted(pooled)), excluded=tuple(sorted(excluded)),
+        without_baseline=tuple(sorted(without_baseline)),
     )
 
 

@@ -17,9 +17,8 @@ from fmc.indicators.engine import (
     EnterpriseData,
     IndicatorResult,
     Period,
-    PoolSums,
     compute_all,
-    member_sums,
+    pool_sums,
     pooled_result,
 )
 from fmc.indicators.plan import INDICATORS, POINT_INDICATORS, Targets
@@ -111,9 +110,13 @@ def group_rows(
         rows = []
         for (region, industry), fs in groups.items():
             pooled: dict[str, IndicatorResult] = {}
+            in_it: dict[str, list[EnterpriseFigures]] = {}  # population -> its members (a few populations)
             for name in INDICATORS:
                 population = wanted.get(name, "all")
-                sums = PoolSums.total([member_sums(f.results[name]) for f in fs if in_population(f.info, population)])
+                held = in_it.get(population)
+                if held is None:
+                    held = in_it[population] = [f for f in fs if in_population(f.info, population)]
+                sums = pool_sums([f.results[name] for f in held])
                 pooled[name] = pooled_result(name, fs[0].results[name].period, sums, targets,
                                              scale=100.0 if name in POINT_INDICATORS else 1.0, population=population)
             rows.append(GroupRow(level, region, industry, None, pooled))
