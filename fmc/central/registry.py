@@ -27,6 +27,7 @@ import csv
 import io
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,8 +126,8 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
                     number = math.nan
                 if not math.isfinite(number) or number < 0:
                     bad(key.removeprefix("baseline:"), f"{cell!r} is not a number ≥ 0", "write a plain number")
-                else:
-                    baselines[key.removeprefix("baseline:")] = number
+                else:  # one key string for every enterprise: a province's registry holds 100,000 of them
+                    baselines[sys.intern(key.removeprefix("baseline:"))] = number
         flags: dict[str, bool | None] = {}
         for flag in ("backbone", "above_designated_size"):
             if flag not in keys:

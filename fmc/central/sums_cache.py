@@ -288,9 +288,16 @@ class SumsCache:
                     p.last[key] = LastRow(last_ms, tuple(map(_float, row[4 + _N_SUMS :])))
             p.days = {e: int(n) for e, n in db.execute(
                 f"SELECT enterprise, sum(days) FROM days WHERE piece IN ({marks}) GROUP BY enterprise", pieces)}
-            p.spans = {(e, c): (date.fromisoformat(a), date.fromisoformat(b)) for e, c, a, b in db.execute(
+            days: dict[str, date] = {}  # most spans share their first and last day: one date object each
+            for e, c, a, b in db.execute(
                 f"SELECT enterprise, carrier, min(first_day), max(last_day) FROM spans WHERE piece IN ({marks}) "
-                "GROUP BY enterprise, carrier", pieces)}
+                "GROUP BY enterprise, carrier", pieces):
+                first, last = days.get(a), days.get(b)
+                if first is None:
+                    first = days[a] = date.fromisoformat(a)
+                if last is None:
+                    last = days[b] = date.fromisoformat(b)
+                p.spans[(e, c)] = (first, last)
             for row in db.execute(
                 f"SELECT enterprise, carrier, gateway, {', '.join(f'sum(c{i})' for i in range(len(CARRIER_FIELDS)))} "
                 f"FROM carriers WHERE piece IN ({marks}) GROUP BY enterprise, carrier, gateway", pieces,

@@ -266,7 +266,8 @@ async def respond(
     size: int | None = None,
 ) -> Response:
     """200 in the format asked for, with validators, caching headers and pagination headers.
-    Without an ``etag`` the body's own hash is the validator."""
+    ``json_body``: what to encode, or the JSON already encoded (bytes). Without an ``etag`` the body's
+    own hash is the validator."""
 
     # compressed when this client takes gzip, or when the body is kept for the next ones
     compress = etag is not None or accepts_gzip(request.headers.get("accept-encoding"))
@@ -274,6 +275,8 @@ async def respond(
     def encode() -> tuple[bytes, bytes | None]:
         if as_csv:
             body = csv_bytes(csv_header, csv_rows)
+        elif isinstance(json_body, bytes):  # encoded already (by the model's serializer)
+            body = json_body
         else:
             body = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return body, gzipped(body) if compress else None
