@@ -7,13 +7,14 @@ enterprises' reported base-year figures. Then ``fmc api`` runs as its own proces
 benchmark prints:
 
 - cold: the time of the first county-level annual request (store queries + engine + pooling), on
-  the first start (the sums cache reads every month from InfluxDB) and after a restart (the sums
-  from the cache file); with ``--without-cache``, summed by InfluxDB (the reference);
+  the first start (the sums cache reads the year, the year before and the base year from InfluxDB)
+  and after a restart (the sums from the cache file); with ``--without-cache``, summed by InfluxDB
+  without a cache (the reference);
 - warm: latency p50/p95/p99 of the county endpoint and of the enterprise endpoint under 50
   concurrent clients;
 - the API process's peak RSS (VmHWM).
 
-Goal: cold ≤ 10 s, warm p95 ≤ 50 ms.
+Goal: cold ≤ 10 s, warm p95 ≤ 50 ms, API RSS ≤ 250 MB.
 
 Run: make bench   (or: .venv/bin/python -m bench.province --enterprises 20000)
 """
@@ -313,7 +314,7 @@ def main() -> int:
                 cold_request("cold, sums from InfluxDB (no [cache])  goal ≤ 10 s")
             else:
                 # the first start reads every month into the cache file; a restart answers from the file
-                cold_request("cold, first start (the sums cache reads every month)")
+                cold_request("cold, first start (the sums cache reads the periods from InfluxDB)")
                 print(f"  sums cache file: {(tmpdir / 'sums-cache.db').stat().st_size / 1e6:.0f} MB; "
                       f"fmc api peak RSS {peak_rss_mb(api_proc.pid):.0f} MB", flush=True)
                 stop_api(api_proc)
