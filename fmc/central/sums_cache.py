@@ -453,7 +453,7 @@ class SumsCache:
         if as_of is not None:  # no point by then: the tags of its earliest point after
             first: dict[str, tuple[int, str, str]] = {}
             for e, ts, region, industry in await self._tags(as_of.isoformat(), earliest=True):
-                if e not in tags and (e not in first or ts < first[e][0]):
+                if e not in tags and (e not in first or (ts, region, industry) < first[e]):
                     first[e] = (ts, region, industry)
             tags.update({e: v[1:] for e, v in first.items()})
         infos = [EnterpriseInfo(e, region, industry) for e, (region, industry) in sorted(tags.items())]

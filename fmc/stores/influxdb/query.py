@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -316,63 +316,80 @@ class InfluxQueryStore:
 
     async def partials(self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS) -> Partials:
         """The gateways' pieces of the sums of the rows recorded under tags in scope (``merge`` of them is
-        ``period_sums``; the central service's sums cache keeps them per month)."""
-        # One request per statement, sent at once: InfluxDB runs the statements of one request one
-        # after another on one core, and separate requests in parallel (docs/central.md has figures).
-        statements = self.period_sums_statements(start, end, scope, await self.carriers(), wanted)
-        results = await asyncio.gather(*(self._query([s]) for s in statements))
-        sums_result, last_result = results[0][0], results[1][0]
+        ``period_sums``; the central service's sums cache keeps them per period)."""
         out = Partials()
-        for result in (results[2][0], results[3][0]):
+
+        def spans(result: Mapping[str, Any]) -> None:
             for tags, columns, rows in _series(result):
                 if rows and "time" in columns and tags.get("enterprise") and tags.get("carrier"):
                     day = local_date(_count(rows[0][columns.index("time")]) * MS, self._tz)
                     key = (tags["enterprise"], tags["carrier"])
                     span = out.spans.get(key)
                     out.spans[key] = (day, day) if span is None else (min(span[0], day), max(span[1], day))
+
         sum_names = ("days", *DAILY_SUM_FIELDS)
-        for tags, columns, rows in _series(sums_result):
-            enterprise = tags.get("enterprise")
-            if rows and enterprise:
-                out.daily[(enterprise, tags.get("gateway") or "")] = as_partials(
-                    dict(zip(columns, rows[0], strict=False)), sum_names)
-        for tags, columns, rows in _series(last_result):
-            enterprise = tags.get("enterprise")
-            if enterprise and rows:
-                last = dict(zip(columns, rows[0], strict=False))
-                out.last[(enterprise, tags.get("gateway") or "")] = LastRow(
-                    _count(last.get("time")),
-                    tuple(float(v) if isinstance(v := last.get(f), int | float) and not isinstance(v, bool)
-                          else math.nan for f in LAST_FIELDS))
+
+        def sums(result: Mapping[str, Any]) -> None:
+            for tags, columns, rows in _series(result):
+                enterprise = tags.get("enterprise")
+                if rows and enterprise:
+                    out.daily[(enterprise, tags.get("gateway") or "")] = as_partials(
+                        dict(zip(columns, rows[0], strict=False)), sum_names)
+
+        def lasts(result: Mapping[str, Any]) -> None:
+            for tags, columns, rows in _series(result):
+                enterprise = tags.get("enterprise")
+                if enterprise and rows:
+                    last = dict(zip(columns, rows[0], strict=False))
+                    out.last[(enterprise, tags.get("gateway") or "")] = LastRow(
+                        _count(last.get("time")),
+                        tuple(float(v) if isinstance(v := last.get(f), int | float) and not isinstance(v, bool)
+                              else math.nan for f in LAST_FIELDS))
+
+        def carriers(result: Mapping[str, Any]) -> None:
+            for tags, columns, rows in _series(result):
+                enterprise, carrier = tags.get("enterprise"), tags.get("carrier")
+                if not rows or not enterprise or not carrier:  # a series without the tag groups under ""
+                    continue
+                r = dict(zip(columns, rows[0], strict=False))
+                if _count(r.get("n_rows")):
+                    key = (enterprise, carrier, tags.get("gateway") or "")
+                    got = out.carriers.setdefault(key, [0.0] * len(CARRIER_FIELDS))
+                    for i, v in enumerate(as_partials(r, CARRIER_FIELDS)):
+                        got[i] += v
+
+        # One request per statement, sent at once: InfluxDB runs the statements of one request one
+        # after another on one core, and separate requests in parallel (docs/central.md has figures).
+        # Each answer is reduced to its pieces as it arrives: a province's six answers held decoded
+        # together cost the API about 100 MB more at its peak.
+        statements = self.period_sums_statements(start, end, scope, await self.carriers(), wanted)
+        readers = [sums, lasts, spans, spans] + [carriers] * (len(statements) - 4)
+        await asyncio.gather(*(self._query_into(s, read) for s, read in zip(statements, readers, strict=True)))
         groups: dict[str, int] = {}  # gateway groups per enterprise as stored ("" and "main" are two)
         for enterprise, _ in out.last:
             groups[enterprise] = groups.get(enterprise, 0) + 1
-        for (enterprise, _), sums in out.daily.items():
-            out.days[enterprise] = out.days.get(enterprise, 0) + int(sums[0])
+        for (enterprise, _), row_sums in out.daily.items():
+            out.days[enterprise] = out.days.get(enterprise, 0) + int(row_sums[0])
         # several gateways (or tagged and untagged rows): count the local days, not the rows
         several = [e for e, n in groups.items() if n > 1 and e in out.days]
         if several:
-            day_results = await asyncio.gather(
-                *(self._query([s]) for s in self.days_statements(start, end, scope, several))
-            )
             local_days = dict.fromkeys(several, 0)
-            for tags, columns, rows in (series for [r] in day_results for series in _series(r)):
-                enterprise = tags.get("enterprise")
-                if enterprise in local_days and "n" in columns:
-                    n = columns.index("n")
-                    local_days[enterprise] += sum(1 for row in rows if _count(row[n]))
+
+            def days(result: Mapping[str, Any]) -> None:
+                for tags, columns, rows in _series(result):
+                    enterprise = tags.get("enterprise")
+                    if enterprise in local_days and "n" in columns:
+                        n = columns.index("n")
+                        local_days[enterprise] += sum(1 for row in rows if _count(row[n]))
+
+            await asyncio.gather(*(self._query_into(s, days) for s in self.days_statements(start, end, scope, several)))
             out.days.update(local_days)
-        for tags, columns, rows in (series for result in results[4:] for series in _series(result[0])):
-            enterprise, carrier = tags.get("enterprise"), tags.get("carrier")
-            if not rows or not enterprise or not carrier:  # a series without the tag groups under ""
-                continue
-            r = dict(zip(columns, rows[0], strict=False))
-            if _count(r.get("n_rows")):
-                key = (enterprise, carrier, tags.get("gateway") or "")
-                got = out.carriers.setdefault(key, [0.0] * len(CARRIER_FIELDS))
-                for i, v in enumerate(as_partials(r, CARRIER_FIELDS)):
-                    got[i] += v
         return out
+
+    async def _query_into(self, statement: str, read: Callable[[Mapping[str, Any]], None]) -> None:
+        """Send one statement and hand its result to ``read`` as soon as it is decoded."""
+        [result] = await self._query([statement])
+        read(result)
 
     # --- the region of the period's end -------------------------------------------------------------
     #
@@ -393,13 +410,17 @@ class InfluxQueryStore:
             for m, columns in ((DAILY, DAILY_SUM_FIELDS[0]), (CONSUMPTION, "amount"), (REPORT, "*"))
         ]
         out: list[tuple[str, int, str, str]] = []
-        # separate requests run in parallel (one request's statements run one after another)
-        for [result] in await asyncio.gather(*(self._query([s]) for s in statements)):
+
+        def read(result: Mapping[str, Any]) -> None:
             for tags, columns, rows in _series(result):
                 enterprise = tags.get("enterprise")
                 if rows and enterprise and "time" in columns:
                     out.append((enterprise, _count(rows[0][columns.index("time")]), tags.get("region") or "",
                                 tags.get("industry") or ""))
+
+        # separate requests run in parallel (one request's statements run one after another), each answer
+        # reduced as it arrives
+        await asyncio.gather(*(self._query_into(s, read) for s in statements))
         return out
 
     async def tag_points(self, before_ns: int | None, *, earliest: bool = False) -> list[tuple[str, int, str, str]]:
@@ -452,7 +473,7 @@ class InfluxQueryStore:
                 first: dict[str, tuple[int, str, str]] = {}
                 condition = _all_of(_enterprise_condition(later), f"time >= {before}")
                 for e, ts, region, industry in await self._combos(condition, earliest=True):
-                    if e not in first or ts < first[e][0]:
+                    if e not in first or (ts, region, industry) < first[e]:  # the answers arrive in any order
                         first[e] = (ts, region, industry)
                 tags.update({e: v[1:] for e, v in first.items()})
         infos = [EnterpriseInfo(e, region, industry) for e, (region, industry) in sorted(tags.items())]
