@@ -845,31 +845,15 @@ def avg_annual_change(indicator: str, value: float | None, baseline: float | Non
 def status_of(
     indicator: str, targets: Targets, year: int, value: float | None, target: float | None, previous: float | None
 ) -> Status:
-    t = targets.indicators.get(indicator)  # type: ignore[call-overload]
-    if value is None:
-        return "insufficient_data"
-    if t is None or not targets.applies(indicator, year):
-        return "no_target"
-    if t.status_basis == "year_on_year":
-        if previous is None:
-            return "insufficient_data"
-        if t.kind == "points_per_year":
-            cap = t.cap if t.cap is not None else float("inf")
-            ok = value - previous >= t.step - _EPS or value >= cap - _EPS
-        else:
-            required = previous * (1.0 + t.step)
-            ok = value <= required * (1 + _EPS) if not t.higher_is_better else value >= required * (1 - _EPS)
-        return "met" if ok else "missed"
-    if target is None:
-        return "insufficient_data"
-    if t.higher_is_better:
-        return "met" if value >= target - _EPS * max(1.0, abs(target)) else "missed"
-    return "met" if value <= target + _EPS * max(1.0, abs(target)) else "missed"
+    """met / missed against the target (or, with ``status_basis = "year_on_year"``, against last year's
+    value and the plan's yearly step), insufficient_data without a value or what it is measured against,
+    no_target outside the plan."""
+    return _rules(targets).rule(indicator, year).status(value, target, previous)
 
 
 class _Rule:
-    """``Targets.target_for`` and ``status_of`` for one indicator and year, with what they read of the plan
-    looked up once (the same arithmetic, so the same bits)."""
+    """``Targets.target_for`` (the same arithmetic, so the same bits: ``tests/test_indicators.py`` holds it
+    to it) and ``status_of`` for one indicator and year, with what they read of the plan looked up once."""
 
     __slots__ = ("active", "cap", "factor", "higher_is_better", "kind", "points", "status_basis", "step", "years")
 
@@ -904,7 +888,7 @@ class _Rule:
         return baseline * self.factor
 
     def status(self, value: float | None, target: float | None, previous: float | None) -> Status:
-        """``status_of``."""
+        """``status_of`` (its one implementation)."""
         if value is None:
             return "insufficient_data"
         if not self.active:
