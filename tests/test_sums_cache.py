@@ -282,9 +282,18 @@ def test_the_central_config_turns_the_cache_on_for_influxdb(tmp_path: Path) -> N
         '[store]\ntype = "embedded"\npath = "store.db"\n[cache]\npath = "sums.db"\n', encoding="utf-8")
     embedded = IndicatorService.from_config(load_central_config(tmp_path / "embedded.toml"))
     assert not isinstance(embedded.store, SumsCache)  # SQLite sums its own rows
-    (tmp_path / "bad.toml").write_text('[store]\ntype = "embedded"\npath = "s.db"\n[cache]\nrecent_days = -1\n',
-                                       encoding="utf-8")
+    spool = tmp_path / "spool.db"
+    with sqlite3.connect(spool) as db:
+        db.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY)")
+    (tmp_path / "wrong.toml").write_text(
+        '[store]\ntype = "influxdb"\nurl = "http://127.0.0.1:8086"\ndatabase = "fmc"\n[cache]\npath = "spool.db"\n',
+        encoding="utf-8")
     from fmc.core.config import ConfigError
 
+    with pytest.raises(ConfigError) as refused:  # a message naming the file, the setting and the fix
+        IndicatorService.from_config(load_central_config(tmp_path / "wrong.toml"))
+    assert "cache.path" in refused.value.render() and "not an fmc sums cache" in refused.value.render()
+    (tmp_path / "bad.toml").write_text('[store]\ntype = "embedded"\npath = "s.db"\n[cache]\nrecent_days = -1\n',
+                                       encoding="utf-8")
     with pytest.raises(ConfigError, match=r"cache\.recent_days"):
         load_central_config(tmp_path / "bad.toml")

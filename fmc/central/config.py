@@ -50,14 +50,15 @@ class MaterializeConfig(_Model):
 class SumsCacheConfig(_Model):
     path: Path | None = Field(
         default=None,
-        description="SQLite file of each month's sums, read from InfluxDB once (docs/central.md, \"Sums cache\"); "
-        "unset: every figure is summed by InfluxDB",
+        description="SQLite file of each period's sums, read from InfluxDB once (docs/central.md, \"The sums "
+        "cache\"); unset: every figure is summed by InfluxDB",
     )
     recent_days: int = Field(
-        default=45, ge=0, le=3660, description="months touching this many last days are read again on each revalidation"
+        default=45, ge=0, le=3660,
+        description="kept periods ending within this many days are read again on each revalidation",
     )
     full_refresh_h: float = Field(
-        default=24.0, ge=0.1, le=24 * 366, description="every other month is read again after this many hours"
+        default=24.0, ge=0.1, le=24 * 366, description="every other kept period is read again after this many hours"
     )
 
 

@@ -32,8 +32,9 @@ from fmc.central.config import CentralSettings, MaterializeConfig, load_config_p
 from fmc.central.materialize import indicator_points
 from fmc.central.provenance import policy_text
 from fmc.central.registry import RegistryEntry
-from fmc.central.store import IndicatorStore, Scope
+from fmc.central.store import IndicatorStore, Scope, StoreQueryError
 from fmc.central.sums_cache import PartialsStore, SumsCache
+from fmc.core.config import ConfigError
 from fmc.indicators.engine import EnterpriseData, Period, Report, sums_wanted
 from fmc.indicators.plan import INDICATORS, Targets
 from fmc.indicators.pooling import LEVELS, EnterpriseFigures, GroupRow, Level, enterprise_figures, group_rows
@@ -209,8 +210,13 @@ class IndicatorService:
         store = make_store(cfg, targets.policy.timezone)
         if cfg.cache.path is not None:
             if isinstance(store, PartialsStore):
-                store = SumsCache(store, cfg.cache.path, sums_wanted(targets.policy), source=store.cache_source,
-                                  recent_days=cfg.cache.recent_days, full_refresh_s=cfg.cache.full_refresh_h * 3600)
+                try:
+                    store = SumsCache(store, cfg.cache.path, sums_wanted(targets.policy), source=store.cache_source,
+                                      recent_days=cfg.cache.recent_days,
+                                      full_refresh_s=cfg.cache.full_refresh_h * 3600)
+                except StoreQueryError as e:  # not a cache, unreadable: a setting to fix, not a failure
+                    raise ConfigError(cfg.cache.path, [("cache.path", str(e), "set [cache] path to a file of "
+                                                        "its own, or delete the file: it is rebuilt")]) from None
             else:
                 log.info("[cache] path: the %s store sums its own rows; no cache is used", store_type(cfg))
         return cls(store, targets, registry=registry, revalidate_s=cfg.api.revalidate_s, materialize=cfg.materialize)
