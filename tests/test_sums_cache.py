@@ -223,6 +223,10 @@ async def test_a_report_written_through_the_cache_moves_its_enterprise(influx, t
     direct = await store.period_sums(*YEAR, Scope(region_prefix=N_MOVED), as_of=YEAR[1])
     assert_same_sums(moved, direct)
     assert set(moved) == {"E-N"}
+    # every enterprise's latest tags are read again every 10 minutes, not on every refresh
+    assert await cache.refresh() == 0
+    cache._now.at += timedelta(minutes=11)  # type: ignore[attr-defined]
+    assert await cache.refresh() == 1
     await store.aclose()
     await cache.aclose()
 

@@ -50,6 +50,7 @@ LATEST = "latest"  # the tags key of "every enterprise's latest tags" (as of Non
 STALE_PER_REFRESH = 2  # old periods read again per refresh: a province's year costs InfluxDB ~45 s
 IDLE_S = 30 * 86_400.0  # a period nobody asked for in 30 days leaves the file
 TOUCH_S = 3_600.0  # how stale "last used" may get before a read writes it
+LATEST_EVERY_S = 600.0  # every enterprise's latest tags (as of None): read again at most this often
 
 _N_SUMS = 1 + len(DAILY_SUM_FIELDS)  # rows, then each field
 _SUM_COLS = ", ".join(f"s{i}" for i in range(_N_SUMS))
@@ -389,8 +390,10 @@ class SumsCache:
             # old periods a few at a time, the longest unread first: they become due together
             todo += sorted((p for p in kept if p not in todo and kept[p][1] < stale),
                            key=lambda p: kept[p][1])[:STALE_PER_REFRESH]
+            # every enterprise's latest tags change with each day's rollups, and cost a pass over every series:
+            # read again every LATEST_EVERY_S, not on every revalidation
             tag_days = [d for d, (read_at, used_at) in sorted(days.items()) if used_at >= idle
-                        and (d == LATEST or d >= recent or read_at < stale)]
+                        and (read_at < now - LATEST_EVERY_S if d == LATEST else d >= recent or read_at < stale)]
             for piece in todo:
                 first, last = (date.fromisoformat(d) for d in piece.split(".."))
                 await self._once(piece, lambda: False, lambda a=first, b=last: self._read_piece(a, b))
