@@ -314,9 +314,17 @@ async def test_enterprises_sorted_with_the_latest_tags(seeded: Backend) -> None:
     assert await store.enterprises(Scope(region_prefix="3306", industries=("26",))) == []
 
 
-async def test_an_enterprise_is_where_its_latest_point_by_the_period_end_says(seeded: Backend) -> None:
+@pytest.mark.parametrize("ids_per_condition", [None, 0], ids=["ids", "no-ids"])
+async def test_an_enterprise_is_where_its_latest_point_by_the_period_end_says(
+    seeded: Backend, ids_per_condition: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """E-M: a 2020 report and a 2021-01-05 rollup in 330602/1711, a 2021-06-01 rollup in 330781/1712.
-    E-N: a 2019-05-01 rollup in 330602/1711, its 2020 report in 330604/1713."""
+    E-N: a 2019-05-01 rollup in 330602/1711, its 2020 report in 330604/1713.
+
+    ``no-ids``: InfluxDB finds the candidates' points under other tags without a condition on their ids
+    (what it does beyond IDS_PER_CONDITION candidates, a city or a province)."""
+    if ids_per_condition is not None:
+        monkeypatch.setattr("fmc.stores.influxdb.query.IDS_PER_CONDITION", ids_per_condition)
     store = seeded.store
     tags = {e.enterprise: (e.region, e.industry) for e in await store.enterprises(Scope(), as_of=day("2021-03-31"))}
     assert tags["E-M"] == ("330602", "1711") and tags["E-N"] == ("330604", "1713")

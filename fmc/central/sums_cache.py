@@ -465,7 +465,14 @@ class SumsCache:
     async def reports(
         self, first_year: int, last_year: int, scope: Scope, as_of: date | None = None
     ) -> dict[str, list[StoredReport]]:
-        return await self.store.reports(first_year, last_year, scope, as_of)
+        """The store's reports; for a region or industry, the province's (one cheap statement), kept for the
+        enterprises whose kept tags at the end of ``as_of`` (default: 31 December of ``last_year``) admit it."""
+        day = as_of or date(last_year, 12, 31)
+        if (scope.region_prefix is None and not scope.industries) or (day + timedelta(days=1)).day != 1:
+            return await self.store.reports(first_year, last_year, scope, as_of)
+        found, everyone = await asyncio.gather(self._found_by(day), self.store.reports(first_year, last_year, Scope()))
+        members = {e for e, combos in found.items() if scope.admits(e, *max(combos)[1:])}
+        return {e: r for e, r in everyone.items() if e in members}
 
     async def write(self, points: Sequence[Point]) -> None:
         try:
