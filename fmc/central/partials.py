@@ -62,9 +62,6 @@ class Partials:
     spans: dict[tuple[str, str], tuple[date, date]] = field(default_factory=dict)
     carriers: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
 
-    def enterprises(self) -> set[str]:
-        return {e for e, _ in self.last} | {e for e, _, _ in self.carriers}
-
     def only(self, enterprises: set[str]) -> Partials:
         """The partials of these enterprises only."""
         return Partials(

@@ -3,7 +3,7 @@
 Why: on InfluxDB 1.x the sums of one year of a 20,000-enterprise province are 7.3 million daily rows
 per measurement, and summing them takes InfluxDB about 45 s on two cores; one month costs nearly as
 much as the year, because each series' year of daily rows is one compressed block that any range
-decodes whole (docs/central.md, "Sums cache"). So the cache reads the province's sums of a period
+decodes whole (docs/central.md, "The sums cache"). So the cache reads the province's sums of a period
 once, in their pieces per gateway (``fmc.central.partials.Partials``), and keeps them with the tags of
 every enterprise at the period's end; every scope (a county, an industry, one enterprise) is then
 answered from the file, and a restarted service answers at once. A period whose months are all in the
@@ -12,7 +12,8 @@ file is added up from them (pieces of disjoint ranges add up exactly).
 What it answers itself: ``period_sums`` and ``enterprises`` for periods of whole months (years,
 quarters, months, a year to a month's end) as of a month's end, with the sums it keeps. Anything else
 (a year to date through mid-month, as of another day, sums it does not keep) goes to the store, which
-gives the same answer, only slower. Reports are always read from the store (they are few).
+gives the same answer, only slower. Reports are read from the store (they are few): a region's as the
+province's, kept for its members.
 
 Freshness: ``refresh`` reads again every kept period that ends within the last ``recent_days`` days
 (rollups still arrive for them: a gateway drains its spool after an outage) and, ``STALE_PER_REFRESH``
@@ -53,9 +54,7 @@ TOUCH_S = 3_600.0  # how stale "last used" may get before a read writes it
 LATEST_EVERY_S = 600.0  # every enterprise's latest tags (as of None): read again at most this often
 
 _N_SUMS = 1 + len(DAILY_SUM_FIELDS)  # rows, then each field
-_SUM_COLS = ", ".join(f"s{i}" for i in range(_N_SUMS))
 _LAST_COLS = ", ".join(f"v{i}" for i in range(len(LAST_FIELDS)))
-_CARRIER_COLS = ", ".join(f"c{i}" for i in range(len(CARRIER_FIELDS)))
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,21 +100,12 @@ class PartialsStore(IndicatorStore, Protocol):
                          ) -> list[tuple[str, int, str, str]]: ...
 
 
-def month_label(day: date) -> str:
-    return f"{day.year:04d}-{day.month:02d}"
-
-
-def month_bounds(label: str) -> tuple[date, date]:
-    year, month = int(label[:4]), int(label[5:7])
-    return date(year, month, 1), date(year, month, calendar.monthrange(year, month)[1])
-
-
-def months_between(first: date, last: date) -> list[str]:
-    """The labels of the months from the one of ``first`` to the one of ``last``."""
+def month_pieces(start: date, end: date) -> list[str]:
+    """The piece keys (``first..last`` day) of the months from the one of ``start`` to the one of ``end``."""
     out: list[str] = []
-    year, month = first.year, first.month
-    while (year, month) <= (last.year, last.month):
-        out.append(f"{year:04d}-{month:02d}")
+    year, month = start.year, start.month
+    while (year, month) <= (end.year, end.month):
+        out.append(f"{date(year, month, 1)}..{date(year, month, calendar.monthrange(year, month)[1])}")
         year, month = (year + 1, 1) if month == 12 else (year, month + 1)
     return out
 
@@ -356,7 +346,7 @@ class SumsCache:
         """The kept pieces that make up ``start`` to ``end``: the period's own, else its months when every
         one is kept, else the period's own read from the store now."""
         own = f"{start}..{end}"
-        months = [f"{a}..{b}" for a, b in (month_bounds(m) for m in months_between(start, end))]
+        months = month_pieces(start, end)
         if len(months) > 1 and not await asyncio.to_thread(self._has_piece, own):
             kept, _ = await asyncio.to_thread(self._kept)
             if all(m in kept for m in months):

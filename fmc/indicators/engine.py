@@ -1078,42 +1078,18 @@ def compute_all(period: Period, data: EnterpriseData, targets: Targets) -> dict[
 
 
 def member_sums(r: IndicatorResult) -> PoolSums:
-    """One member's part of a group's sums (a pooled result: its own sums)."""
+    """One member's part of a group's sums (a pooled result: its own sums; else ``pool_sums`` of it alone,
+    the one place the rule for a member is written)."""
     if isinstance(r, PooledResult) and r.sums is not None:
         return r.sums
-    who = r.enterprise or ""
-    size = r.size if r.size is not None and r.size > 0 else None
-    if r.value is None or r.numerator is None or r.denominator is None:
-        return PoolSums(members=1, size_all=size or 0.0, excluded=((who, "insufficient_data"),))
-    has_base = r.base_numerator is not None and r.base_denominator is not None
-    has_prev = r.prev_numerator is not None and r.prev_denominator is not None
-    return PoolSums(
-        members=1,
-        included=1,
-        num=r.numerator,
-        den=r.denominator,
-        base_num=r.base_numerator if has_base else 0.0,  # type: ignore[arg-type]
-        base_den=r.base_denominator if has_base else 0.0,  # type: ignore[arg-type]
-        base_missing=0 if has_base else 1,
-        prev_num=r.prev_numerator if has_prev else 0.0,  # type: ignore[arg-type]
-        prev_den=r.prev_denominator if has_prev else 0.0,  # type: ignore[arg-type]
-        prev_missing=0 if has_prev else 1,
-        size_all=size or 0.0,
-        size_included=size or 0.0,
-        assessed=int(r.status in ("met", "missed")),
-        met=int(r.status == "met"),
-        measured=int(r.baseline_source == "measured" and has_base),
-        survey=int(r.baseline_source == "survey" and has_base),
-        pooled=(who,),
-        without_baseline=() if has_base else (who,),
-    )
+    return pool_sums([r])
 
 
 def pool_sums(results: Sequence[IndicatorResult]) -> PoolSums:
     """``PoolSums.total`` of the members' ``member_sums``, without a ``PoolSums`` per member: the same
     values summed in the same order, so the same bits (a county of thousands is pooled per indicator and
     level; a pooled member brings its own sums, and then the parts are added up as they are)."""
-    if any(isinstance(r, PooledResult) for r in results):
+    if any(isinstance(r, PooledResult) and r.sums is not None for r in results):
         return PoolSums.total([member_sums(r) for r in results])
     num: list[float] = []
     den: list[float] = []
