@@ -13,7 +13,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from fmc.agent.spool import Spool
-from tests.agent_process import ROOT, AgentProcess, agent_config, free_port
+from tests.agent_process import ROOT, AgentProcess, agent_config
+from tests.ports import free_port
 
 BASE_NS = 1_764_000_000_000_000_000  # 2025-11-24, a fixed instant: device timestamps
 CST = timezone(timedelta(hours=8))

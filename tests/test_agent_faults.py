@@ -24,8 +24,9 @@ from fmc.agent.spool import Spool
 from fmc.core.points import Priority
 from fmc.stores.embedded.store import EmbeddedStore
 from tests.agent_child import WRITER_FAULT
-from tests.agent_process import ROOT, AgentProcess, agent_config, free_port
+from tests.agent_process import ROOT, AgentProcess, agent_config
 from tests.faultproxy import Delay, FaultProxy
+from tests.ports import free_port
 from tests.test_agent_e2e import BASE_NS, influx_count, publish_all, publisher, signal_messages, wait_for_count
 
 pytestmark = pytest.mark.slow
@@ -118,6 +119,28 @@ def prefilled_spool(path: Path, n: int) -> None:
 
 
 # --- 4. each part, failing on purpose ---------------------------------------------------------------------
+
+
+def test_a_taken_metrics_port_stops_the_start_naming_the_setting_before_any_source_connects(tmp_path, mosquitto):
+    """Another process listens on the agent's [metrics] listen address: `fmc run` exits with
+    code 1 and one line naming the address, the setting, the file and the fix; it does so before
+    it connects to the broker or opens the spool, and prints no traceback."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        cfg = agent_config(tmp_path, mqtt_port=mosquitto.port, metrics_port=port, client_id="faults-port")
+        done = subprocess.run([sys.executable, "-m", "fmc.cli.main", "run", "-c", str(cfg)], cwd=ROOT,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"fmc run: cannot listen on 127.0.0.1:{port} for metrics and health"), done.stderr
+    assert f"([metrics] listen in {cfg.absolute()})" in last and "fix: set [metrics] listen to a free" in last, last
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "connecting to" not in done.stderr + done.stdout  # no source was started
+    assert not (tmp_path / "spool.db").exists()
 
 
 def test_a_locked_spool_pauses_draining_and_draining_resumes(tmp_path, mosquitto, influx_db, store_proxy, agents):

@@ -57,6 +57,7 @@ from fmc.indicators.plan import INDICATORS
 from fmc.indicators.reports import EnterpriseReport
 from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
+from tests.ports import free_port
 
 PLAN = load_plan()
 TZ = "Asia/Shanghai"
@@ -717,12 +718,6 @@ def test_two_apps_in_one_process_share_nothing(tmp_path: Path, seeded_template: 
 
 
 # --- serve() for real -------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 RUN_API = textwrap.dedent(

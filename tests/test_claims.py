@@ -26,7 +26,7 @@ from fmc.plant.states import EquipmentDay
 from fmc.stores.embedded.config import EmbeddedSink as EmbeddedSinkConfig
 from fmc.stores.embedded.store import EmbeddedStore
 from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
-from tests.servers.influxdb import free_port
+from tests.ports import free_port
 
 ENTERPRISE = "E-CLAIM"
 D = date(2019, 12, 30)

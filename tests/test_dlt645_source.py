@@ -484,7 +484,8 @@ def test_fmc_run_counts_errors_on_metrics_and_takes_a_silent_meters_equipment_of
     """`fmc run` with a [[dlt645]] source over TCP into the embedded store: readings and signals stored,
     failed requests on /metrics by reason, and the equipment of a meter that goes silent offline at once
     (not after offline_after_s, which is an hour here)."""
-    from tests.agent_process import AgentProcess, free_port
+    from tests.agent_process import AgentProcess
+    from tests.ports import free_port
 
     kiln = SimulatedMeter("000000000005", {FORWARD: 500.0, POWER: 12.5}, errors={VOLTAGE_A: 0x02})
     with TcpMeterServer(MeterBus([kiln])) as server:

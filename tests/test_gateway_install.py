@@ -31,7 +31,8 @@ from packaging.requirements import Requirement
 
 from fmc.cli import extras
 from fmc.cli.main import main
-from tests.agent_process import agent_config, free_port
+from tests.agent_process import agent_config
+from tests.ports import free_port
 from tests.test_deploy import INSTALL, _copy_source
 
 ROOT = Path(__file__).resolve().parent.parent

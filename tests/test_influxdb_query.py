@@ -20,7 +20,8 @@ from fmc.plant.rollups import Site
 from fmc.stores.influxdb.config import InfluxDBSink
 from fmc.stores.influxdb.query import InfluxQueryStore, quote_ident, quote_literal, regex_prefixes
 from tests.faultproxy import Close, FaultProxy, Respond, Stall
-from tests.servers.influxdb import InfluxDBServer, free_port
+from tests.ports import free_port
+from tests.servers.influxdb import InfluxDBServer
 
 TZ = "Asia/Shanghai"
 YEAR = (date(2019, 1, 1), date(2019, 12, 31))

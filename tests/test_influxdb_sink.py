@@ -23,7 +23,8 @@ from fmc.core.points import Point
 from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 from fmc.stores.influxdb.sink import InfluxDBSink, parse_retry_after
 from tests.faultproxy import Close, FaultProxy, Respond, Stall, TooLarge
-from tests.servers.influxdb import InfluxDBServer, free_port
+from tests.ports import free_port
+from tests.servers.influxdb import InfluxDBServer
 
 ADMIN = ("fmc_admin", "adm1n-Pa55")
 WRITER = ("fmc_writer", "wr1ter-s3cret")

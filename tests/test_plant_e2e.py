@@ -7,7 +7,8 @@ import time
 
 from asyncua import ua
 
-from tests.agent_process import AgentProcess, agent_config, free_port
+from tests.agent_process import AgentProcess, agent_config
+from tests.ports import free_port
 from tests.servers.opcua import MACHINE_TOOL_URI, PLANT_URI, OpcUaTestServer
 
 PLANT_SECTIONS = """

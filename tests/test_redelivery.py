@@ -23,7 +23,8 @@ import pytest
 from fmc.agent.ingest import PLANT_STATE_KEY
 from fmc.agent.spool import Spool
 from fmc.stores.embedded.store import EmbeddedStore
-from tests.agent_process import AgentProcess, agent_config, free_port
+from tests.agent_process import AgentProcess, agent_config
+from tests.ports import free_port
 from tests.servers.mosquitto import MosquittoServer
 from tests.tcprelay import TcpRelay
 

@@ -38,6 +38,7 @@ from fmc.sources.sparkplug.config import SparkplugSource
 from fmc.sources.sparkplug.source import SparkplugHost, check_sparkplug, state_topic
 from fmc.stores.embedded.config import EmbeddedSink as EmbeddedSinkConfig
 from fmc.stores.embedded.store import EmbeddedSink, EmbeddedStore
+from tests.ports import free_port
 from tests.sparkplug_edge import HOST, Def, EdgeNode, encode
 
 ENTERPRISE = EnterpriseConfig(id="e-330602-1", name="测试纺织", region="330602", industry="17")
@@ -342,12 +343,6 @@ def test_check_lists_the_edge_nodes_online_and_says_what_to_do_when_none(mosquit
     assert f"1 edge node(s) online: {group}/line-2 (loom-1)" in heard.detail  # asked for its births, got them
     refused = asyncio.run(check_sparkplug(settings(free_port(), group, host_id), timeout=1.0))
     assert not refused.ok and not refused.undecided and "connection refused" in refused.detail
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from fmc.indicators.sums import ALL_SUMS, PeriodSums
 from fmc.plant.rollups import Site
 from fmc.stores.influxdb.config import InfluxDBSink
 from fmc.stores.influxdb.query import InfluxQueryStore
-from tests.servers.influxdb import free_port
+from tests.ports import free_port
 from tests.store_backends import TZ, _influx_ingest, consumption_point, daily_point
 
 A = Site("E-A", "330602", "1711")

@@ -109,9 +109,10 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def serve(host: str, port: int, registry: CollectorRegistry, health: Health) -> WSGIServer:
-    """Serve ``/health`` from ``health`` and everything else as Prometheus metrics, in a daemon
-    thread; ``shutdown()`` and ``server_close()`` the result to stop."""
+def listen(host: str, port: int, registry: CollectorRegistry, health: Health) -> WSGIServer:
+    """Bind ``host:port`` for ``/health`` (from ``health``) and everything else as Prometheus
+    metrics; nothing is answered until ``serve_in_thread``. Binding first lets the agent fail on a
+    taken port before any source connects. Raises ``OSError`` when the address cannot be bound."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -127,9 +128,12 @@ def serve(host: str, port: int, registry: CollectorRegistry, health: Health) -> 
     class Server(_Server):
         address_family = _family(host, port)
 
-    server = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    return make_server(host, port, app, Server, handler_class=_QuietHandler)
+
+
+def serve_in_thread(server: WSGIServer) -> None:
+    """Answer on ``server`` from a daemon thread; ``shutdown()`` and ``server_close()`` it to stop."""
     threading.Thread(target=server.serve_forever, name="fmc-metrics", daemon=True).start()
-    return server
 
 
 def _family(host: str, port: int) -> socket.AddressFamily:

@@ -75,6 +75,7 @@ class Agent:
         self.spool: Spool | None = None
         self.sources: list[Source] = []
         self._metrics_server: Any = None
+        self._metrics_serving = False
         self._last_sink_error_log = 0.0
         self._last_spool_error_log = 0.0
         self._started = time.monotonic()
@@ -82,6 +83,13 @@ class Agent:
         self.health = Health()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._bind_metrics_listener()  # a taken port fails here, before anything connects
+        try:
+            await self._run(stop)
+        finally:
+            self._stop_metrics_server()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         cfg = self.cfg
         self.spool = spool = Spool(
             cfg.spool.path,
@@ -163,7 +171,6 @@ class Agent:
             except SpoolError as e:
                 left = f"? ({e})"
             spool.close()
-            self._stop_metrics_server()
             self.log.info("agent stopped: %s points left in the spool for the next start", left)
         if failure is not None:
             raise AgentFailed(failure)
@@ -395,17 +402,35 @@ class Agent:
                     self.metrics.plant_events.labels(part, kind).set(n)
             await asyncio.sleep(GAUGE_INTERVAL_S)
 
-    def _start_metrics_server(self) -> None:
+    def _bind_metrics_listener(self) -> None:
         if not self.cfg.metrics.enabled:
             return
         host, port = self.cfg.metrics.host_port()
-        self._metrics_server = parts.serve(host, port, self.metrics.registry, self.health)
+        try:
+            self._metrics_server = parts.listen(host, port, self.metrics.registry, self.health)
+        except OSError as e:
+            where = f" in {self.config_path}" if self.config_path else ""
+            reason = (
+                f"cannot listen on {self.cfg.metrics.listen} for metrics and health ([metrics] listen{where}):"
+                f" {e.strerror or e}; fix: set [metrics] listen to a free address:port, stop what holds"
+                f" that port, or set [metrics] enabled = false"
+            )
+            self.log.critical("agent not starting: %s", reason)
+            raise AgentFailed(reason) from None
+
+    def _start_metrics_server(self) -> None:
+        if self._metrics_server is None:
+            return
+        parts.serve_in_thread(self._metrics_server)
+        self._metrics_serving = True
         self.log.info("metrics on http://%s/metrics, health on http://%s/health", self.cfg.metrics.listen,
                       self.cfg.metrics.listen)
 
     def _stop_metrics_server(self) -> None:
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+            if self._metrics_serving:  # shutdown() waits for serve_forever, which may never have run
+                self._metrics_server.shutdown()
+                self._metrics_serving = False
             self._metrics_server.server_close()
             self._metrics_server = None
 

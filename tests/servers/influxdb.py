@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -25,6 +24,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.ports import free_port
 
 DEBIAN_INFLUXD = "/usr/bin/influxd"
 LOOPBACK = "127.0.0.1"
@@ -44,13 +45,6 @@ def influxd_binary() -> str:
         "'influxdb' package when run as root, or install it yourself: apt-get install influxdb",
         pytrace=False,
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 class InfluxDBError(Exception):

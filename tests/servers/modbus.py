@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -39,17 +38,12 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from fmc.sources.modbus.decode import encode_value
+from tests.ports import free_port
 
 SIZE = 512  # addresses of each table per unit (a multiple of 16)
 T = TypeVar("T")
 _TABLES = {1: "c", 2: "d", 3: "h", 4: "i"}
 _TABLE_OF = {"coil": "c", "discrete_input": "d", "holding": "h", "input": "i"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 HOST = "127.0.0.1"
 _DEBIAN_BINARY = "/usr/sbin/mosquitto"
 _DEBIAN_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -31,12 +33,6 @@ _MISSING = (
 def _find(name: str, fallback: str) -> str | None:
     found = shutil.which(name) or (fallback if os.access(fallback, os.X_OK) else None)
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 class MosquittoServer:

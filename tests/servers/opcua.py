@@ -48,6 +48,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from tests.ports import free_port
+
 HOST = "127.0.0.1"
 PLANT_URI = "http://example.com/plant/"
 MACHINERY_URI = "http://opcfoundation.org/UA/Machinery/"
@@ -60,12 +62,6 @@ NAMESPACES = (PLANT_URI, DI_URI, MACHINERY_URI, MACHINE_TOOL_URI, PACKML_URI)
 START_TIMEOUT_S = 30.0
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def make_server_certificate(directory: Path, application_uri: str = SERVER_APPLICATION_URI) -> tuple[Path, Path]:
