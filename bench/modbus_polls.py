@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,13 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port
+
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 # --- the server process ---------------------------------------------------------------------------------

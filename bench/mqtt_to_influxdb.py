@@ -45,7 +45,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from bench.publisher import messages, publish
-from tests.agent_process import ROOT, AgentProcess, agent_config, free_port
+from tests.agent_process import ROOT, AgentProcess, agent_config
+from tests.ports import free_port
 from tests.servers.influxdb import InfluxDBServer
 from tests.servers.mosquitto import MosquittoServer
 

@@ -44,6 +44,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_port
+
 HOST = "127.0.0.1"
 BENCH_URI = "http://example.com/fmc-bench/"
 LAG_LIMIT_S = 2.0
@@ -243,14 +245,6 @@ def child(args: list[str], timeout: float) -> dict[str, Any]:
     if done.returncode != 0:
         raise SystemExit(f"{args[0]} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def run_setting(variables: int, hz: float, seconds: float, warmup: float, gc_freeze: bool) -> dict[str, Any]:

@@ -39,7 +39,8 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from tests.servers.influxdb import InfluxDBServer, free_port
+from tests.ports import free_port
+from tests.servers.influxdb import InfluxDBServer
 
 KEY_INDUSTRIES = ("13", "14", "15", "17", "18", "19", "22", "26", "28", "29", "30", "32")
 TZ = ZoneInfo("Asia/Shanghai")
