@@ -231,6 +231,37 @@ async def test_a_report_written_through_the_cache_moves_its_enterprise(influx, t
     await cache.aclose()
 
 
+async def test_tags_read_while_a_report_is_written_are_not_kept(influx, tmp_path: Path) -> None:
+    """A read of every enterprise's tags is in flight when a report moves an enterprise: what that read
+    found is from before the report, so it is read again instead of kept until the next tag refresh."""
+    url, db, _ = influx
+    cache = cache_over(url, db, tmp_path / "cache.db")
+    read_tags = cache.store.tag_points
+    answered, go_on = asyncio.Event(), asyncio.Event()
+    reads = 0
+
+    async def slow_tag_points(before_ns: int | None, *, earliest: bool = False) -> list[tuple[str, int, str, str]]:
+        nonlocal reads
+        reads += 1
+        found = await read_tags(before_ns, earliest=earliest)
+        if reads == 1:  # the first read has its answer, then waits while the report is written
+            answered.set()
+            await go_on.wait()
+        return found
+
+    cache.store.tag_points = slow_tag_points  # type: ignore[method-assign]
+    listing = asyncio.create_task(cache.enterprises(Scope(enterprises=("E-N",))))
+    await asyncio.wait_for(answered.wait(), 30)
+    report = EnterpriseReport(enterprise="E-N", period="2020-06", value_added=300_000.0)
+    await cache.write(report_points([report], {"E-N": N_MOVED}, {"E-N": N.industry}, tz=TZ))
+    go_on.set()
+    assert [e.region for e in await listing] == [N_MOVED]
+    assert reads == 2
+    assert [e.region for e in await cache.enterprises(Scope(enterprises=("E-N",)))] == [N_MOVED]  # as kept
+    assert reads == 2
+    await cache.aclose()
+
+
 async def test_periods_it_does_not_keep_are_the_stores_answers(influx, tmp_path: Path) -> None:
     url, db, _ = influx
     cache = cache_over(url, db, tmp_path / "cache.db")

@@ -19,7 +19,8 @@ Freshness: ``refresh`` reads again every kept period that ends within the last `
 (rollups still arrive for them: a gateway drains its spool after an outage) and, ``STALE_PER_REFRESH``
 at a time, the longest unread first, every other one ``full_refresh_s`` after it was read (rollups
 written later for an old period). A period nobody asked for in ``IDLE_S`` leaves the file. The service
-calls it on each revalidation; a report written through the cache drops the kept tags.
+calls it on each revalidation; a report written through the cache drops the kept tags (a tag read
+under way meanwhile is read again, not kept).
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ class SumsCache:
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
         self._refresh_lock = asyncio.Lock()
         self._reading: dict[str, asyncio.Lock] = {}  # one read from the store per piece or tag day at a time
+        # counts the times the kept tags were dropped (a report written): a tag read that began before is
+        # from before the report, and is read again instead of kept
+        self._tags_dropped = 0
         self._db = self._open(path, {"schema": str(SCHEMA_VERSION), "source": source, "timezone": store.timezone,
                                      "wanted": _wanted_text(wanted)})
 
@@ -223,8 +227,12 @@ class SumsCache:
                 raise
 
     def _write_tags(self, day: str, latest: Sequence[tuple[str, int, str, str]],
-                    earliest: Sequence[tuple[str, int, str, str]], read_at: float) -> None:
+                    earliest: Sequence[tuple[str, int, str, str]], read_at: float, dropped: int) -> bool:
+        """Keep a tag day read when the kept tags had been dropped ``dropped`` times; False (nothing
+        kept) when they have been dropped since."""
         with self._lock:
+            if self._tags_dropped != dropped:
+                return False
             db = self._db
             db.execute("BEGIN")
             try:
@@ -238,6 +246,7 @@ class SumsCache:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        return True
 
     def _kept(self) -> tuple[dict[str, tuple[str, float, float]], dict[str, tuple[float, float]]]:
         """The pieces (piece -> its last day, when read, when last used) and the tag days (day -> when
@@ -310,14 +319,16 @@ class SumsCache:
         await asyncio.to_thread(self._write_piece, f"{start}..{end}", end, p, read_at)
 
     async def _read_tag_day(self, day: str) -> None:
-        read_at = self._now().timestamp()
-        if day == LATEST:
-            latest, earliest = await self.store.tag_points(None), []
-        else:
-            before_ns = local_day_start_ns(date.fromisoformat(day) + timedelta(days=1), self._tz)
-            latest, earliest = await asyncio.gather(self.store.tag_points(before_ns),
-                                                    self.store.tag_points(before_ns, earliest=True))
-        await asyncio.to_thread(self._write_tags, day, latest, earliest, read_at)
+        kept = False
+        while not kept:  # again when a report was written while reading: the answer may predate it
+            read_at, dropped = self._now().timestamp(), self._tags_dropped
+            if day == LATEST:
+                latest, earliest = await self.store.tag_points(None), []
+            else:
+                before_ns = local_day_start_ns(date.fromisoformat(day) + timedelta(days=1), self._tz)
+                latest, earliest = await asyncio.gather(self.store.tag_points(before_ns),
+                                                        self.store.tag_points(before_ns, earliest=True))
+            kept = await asyncio.to_thread(self._write_tags, day, latest, earliest, read_at, dropped)
 
     async def _once(self, key: str, kept: Callable[[], bool], read: Callable[[], Any]) -> None:
         """``read()`` unless ``kept()``; one read per key however many ask at once."""
@@ -397,6 +408,7 @@ class SumsCache:
     def forget(self) -> None:
         """Empty the file: every answer reads the store again (after the store's data was replaced)."""
         with self._lock:
+            self._tags_dropped += 1
             self._db.execute("BEGIN")
             for table in _ALL_TABLES:
                 if table != "meta":
@@ -405,6 +417,7 @@ class SumsCache:
 
     def _forget_tags(self) -> None:
         with self._lock:
+            self._tags_dropped += 1
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM tags")
             self._db.execute("DELETE FROM tag_days")
