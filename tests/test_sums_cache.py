@@ -262,18 +262,49 @@ async def test_tags_read_while_a_report_is_written_are_not_kept(influx, tmp_path
     await cache.aclose()
 
 
-async def test_periods_it_does_not_keep_are_the_stores_answers(influx, tmp_path: Path) -> None:
+async def test_a_year_to_date_through_mid_month_is_kept_and_leaves_once_the_days_move_on(
+    influx, tmp_path: Path
+) -> None:
+    """This year's year to date ends yesterday, inside a month: kept as it is (a restart answers it from
+    the file), never made of whole months that run past its end, and gone two days after its last use,
+    while whole months stay."""
     url, db, _ = influx
-    cache = cache_over(url, db, tmp_path / "cache.db")
+    clock = Clock(datetime(2020, 6, 16, 2, tzinfo=UTC))
+    cache = cache_over(url, db, tmp_path / "cache.db", clock)
     store = raw_store(url, db)
-    mid_month = (date(2020, 1, 1), date(2020, 6, 15))  # a year to date through mid-month
-    assert await cache.period_sums(*mid_month, Scope()) == await store.period_sums(*mid_month, Scope())
+    mid_june = (date(2020, 1, 1), date(2020, 6, 15))  # E-B's second gateway stops on 10 June
+    for month in range(1, 7):  # every month of it kept whole: June's runs past 15 June
+        await cache.period_sums(date(2020, month, 1), date(2020, month + 1, 1) - timedelta(days=1), Scope())
+    scopes = (Scope(), Scope(region_prefix="330602"), Scope(enterprises=("E-B",)), Scope(industries=("1810",)))
+    want = {scope: await store.period_sums(*mid_june, scope, as_of=mid_june[1]) for scope in scopes}
+    for scope in scopes:
+        assert_same_sums(await cache.period_sums(*mid_june, scope, as_of=mid_june[1]), want[scope])
+    assert want[Scope()]["E-B"].daily is not None and set(want[Scope(region_prefix="330602")]) == {"E-A", "E-N"}
     as_of = date(2020, 2, 14)  # as of a day inside a month
-    assert (await cache.period_sums(*JANUARY, Scope(region_prefix="33"), as_of=as_of)
-            == await store.period_sums(*JANUARY, Scope(region_prefix="33"), as_of=as_of))
-    assert await cache.enterprises(Scope(), as_of=as_of) == await store.enterprises(Scope(), as_of=as_of)
-    with sqlite3.connect(tmp_path / "cache.db") as db_file:
-        assert db_file.execute("SELECT count(*) FROM pieces").fetchone() == (0,)  # none of them kept
+    january_33 = await store.period_sums(*JANUARY, Scope(region_prefix="33"), as_of=as_of)
+    assert_same_sums(await cache.period_sums(*JANUARY, Scope(region_prefix="33"), as_of=as_of), january_33)
+    enterprises_then = await store.enterprises(Scope(), as_of=as_of)
+    assert await cache.enterprises(Scope(), as_of=as_of) == enterprises_then
+    assert (await cache.reports(2020, 2020, Scope(region_prefix="3306"), as_of=as_of)
+            == await store.reports(2020, 2020, Scope(region_prefix="3306"), as_of=as_of))
+    await cache.aclose()
+    pieces, days = await asyncio.to_thread(lambda: cache_over(dead_url(), db, tmp_path / "cache.db", clock)._kept())
+    assert "2020-01-01..2020-06-15" in pieces and {"2020-06-15", "2020-02-14"} <= set(days)
+
+    # a restart, the store unreachable: the year to date and the figures as of 14 February from the file
+    restarted = cache_over(dead_url(), db, tmp_path / "cache.db", clock)
+    for scope in scopes:
+        assert_same_sums(await restarted.period_sums(*mid_june, scope, as_of=mid_june[1]), want[scope])
+    assert await restarted.enterprises(Scope(), as_of=as_of) == enterprises_then
+    await restarted.aclose()
+
+    # two days on, nobody asked for them again: they leave; the whole months stay
+    clock.at += timedelta(days=2, minutes=1)
+    cache = cache_over(url, db, tmp_path / "cache.db", clock)
+    await cache.refresh()
+    pieces, days = await asyncio.to_thread(cache._kept)
+    assert sorted(pieces) == [f"2020-{m:02d}-01..{date(2020, m + 1, 1) - timedelta(days=1)}" for m in range(1, 7)]
+    assert not {"2020-06-15", "2020-02-14"} & set(days)
     await store.aclose()
     await cache.aclose()
 

@@ -9,10 +9,12 @@ every enterprise at the period's end; every scope (a county, an industry, one en
 answered from the file, and a restarted service answers at once. A period whose months are all in the
 file is added up from them (pieces of disjoint ranges add up exactly).
 
-What it answers itself: ``period_sums`` and ``enterprises`` for periods of whole months (years,
-quarters, months, a year to a month's end) as of a month's end, with the sums it keeps. Anything else
-(a year to date through mid-month, as of another day, sums it does not keep) goes to the store, which
-gives the same answer, only slower. Reports are read from the store (they are few): a region's as the
+What it answers itself: ``period_sums`` and ``enterprises`` for periods that begin on a month's first
+day (years, quarters, months, a year to date), as of any day, with the sums it keeps. A period that
+ends inside a month (this year's year to date, and the same days of the years it is compared with) and
+tags as of a day inside a month are kept too, but leave the file after ``PARTIAL_IDLE_S`` unused: the
+next day asks for the next day's. Anything else (sums it does not keep) goes to the store, which gives
+the same answer, only slower. Reports are read from the store (they are few): a region's as the
 province's, kept for its members.
 
 Freshness: ``refresh`` reads again every kept period that ends within the last ``recent_days`` days
@@ -51,6 +53,9 @@ APPLICATION_ID = 0x666D6343  # "fmcC": refuse to add tables to some other SQLite
 LATEST = "latest"  # the tags key of "every enterprise's latest tags" (as of None)
 STALE_PER_REFRESH = 2  # old periods read again per refresh: a province's year costs InfluxDB ~45 s
 IDLE_S = 30 * 86_400.0  # a period nobody asked for in 30 days leaves the file
+# a period ending inside a month, or tags as of a day inside one, nobody asked for in 2 days: a year to
+# date moves on each day, and yesterday's is not asked for again
+PARTIAL_IDLE_S = 2 * 86_400.0
 TOUCH_S = 3_600.0  # how stale "last used" may get before a read writes it
 LATEST_EVERY_S = 600.0  # every enterprise's latest tags (as of None): read again at most this often
 
@@ -113,7 +118,16 @@ def month_pieces(start: date, end: date) -> list[str]:
 
 def whole_months(start: date, end: date) -> bool:
     """Whether ``start`` to ``end`` is a run of whole months."""
-    return start.day == 1 and (end + timedelta(days=1)).day == 1 and start <= end
+    return start.day == 1 and _month_end(end) and start <= end
+
+
+def _month_end(day: date) -> bool:
+    return (day + timedelta(days=1)).day == 1
+
+
+def _piece_days(piece: str) -> tuple[date, date]:
+    first, last = piece.split("..")
+    return date.fromisoformat(first), date.fromisoformat(last)
 
 
 def _covers(kept: SumsWanted, wanted: SumsWanted) -> bool:
@@ -357,7 +371,7 @@ class SumsCache:
         """The kept pieces that make up ``start`` to ``end``: the period's own, else its months when every
         one is kept, else the period's own read from the store now."""
         own = f"{start}..{end}"
-        months = month_pieces(start, end)
+        months = month_pieces(start, end) if whole_months(start, end) else []  # never a month past ``end``
         if len(months) > 1 and not await asyncio.to_thread(self._has_piece, own):
             kept, _ = await asyncio.to_thread(self._kept)
             if all(m in kept for m in months):
@@ -381,9 +395,11 @@ class SumsCache:
             today = self._now().astimezone(self._tz).date()
             recent = (today - timedelta(days=self._recent_days)).isoformat()
             now = self._now().timestamp()
-            stale, idle = now - self._full_refresh_s, now - IDLE_S
-            gone = [p for p, (_, _, used_at) in pieces.items() if used_at < idle]
-            gone_days = [d for d, (_, used_at) in days.items() if used_at < idle]
+            stale, idle, partial_idle = now - self._full_refresh_s, now - IDLE_S, now - PARTIAL_IDLE_S
+            gone = [p for p, (_, _, used_at) in pieces.items()
+                    if used_at < (idle if whole_months(*_piece_days(p)) else partial_idle)]
+            gone_days = [d for d, (_, used_at) in days.items()
+                         if used_at < (idle if d == LATEST or _month_end(date.fromisoformat(d)) else partial_idle)]
             if gone or gone_days:
                 await asyncio.to_thread(self._drop, gone, gone_days)
             kept = {p: v for p, v in pieces.items() if p not in gone}
@@ -393,10 +409,10 @@ class SumsCache:
                            key=lambda p: kept[p][1])[:STALE_PER_REFRESH]
             # every enterprise's latest tags change with each day's rollups, and cost a pass over every series:
             # read again every LATEST_EVERY_S, not on every revalidation
-            tag_days = [d for d, (read_at, used_at) in sorted(days.items()) if used_at >= idle
+            tag_days = [d for d, (read_at, _) in sorted(days.items()) if d not in gone_days
                         and (read_at < now - LATEST_EVERY_S if d == LATEST else d >= recent or read_at < stale)]
             for piece in todo:
-                first, last = (date.fromisoformat(d) for d in piece.split(".."))
+                first, last = _piece_days(piece)
                 await self._once(piece, lambda: False, lambda a=first, b=last: self._read_piece(a, b))
             for day in tag_days:
                 await self._once("tags " + day, lambda: False, lambda d=day: self._read_tag_day(d))
@@ -425,9 +441,8 @@ class SumsCache:
 
     # --- the interface ---
 
-    def _answers(self, start: date, end: date, as_of: date | None, wanted: SumsWanted) -> bool:
-        return (whole_months(start, end) and _covers(self.wanted, wanted)
-                and (as_of is None or (as_of + timedelta(days=1)).day == 1))
+    def _answers(self, start: date, end: date, wanted: SumsWanted) -> bool:
+        return start.day == 1 and start <= end and _covers(self.wanted, wanted)
 
     async def _found_by(self, day: date | None) -> dict[str, list[tuple[int, str, str]]]:
         """enterprise -> (time in ms, region, industry) of the latest point of each of its tag combinations
@@ -440,7 +455,7 @@ class SumsCache:
     async def period_sums(
         self, start: date, end: date, scope: Scope, wanted: SumsWanted = ALL_SUMS, as_of: date | None = None
     ) -> dict[str, PeriodSums]:
-        if not self._answers(start, end, as_of, wanted):
+        if not self._answers(start, end, wanted):
             return await self.store.period_sums(start, end, scope, wanted, as_of)
         pieces = await self._pieces(start, end)
         partials = await asyncio.to_thread(self._read_partials, pieces)
@@ -453,8 +468,6 @@ class SumsCache:
         return await asyncio.to_thread(merge, partials, wanted, self._tz)
 
     async def enterprises(self, scope: Scope, as_of: date | None = None) -> list[EnterpriseInfo]:
-        if as_of is not None and (as_of + timedelta(days=1)).day != 1:
-            return await self.store.enterprises(scope, as_of)
         tags = {e: max(combos)[1:] for e, combos in (await self._found_by(as_of)).items()}
         if as_of is not None:  # no point by then: the tags of its earliest point after
             first: dict[str, tuple[int, str, str]] = {}
@@ -471,7 +484,7 @@ class SumsCache:
         """The store's reports; for a region or industry, the province's (one cheap statement), kept for the
         enterprises whose kept tags at the end of ``as_of`` (default: 31 December of ``last_year``) admit it."""
         day = as_of or date(last_year, 12, 31)
-        if (scope.region_prefix is None and not scope.industries) or (day + timedelta(days=1)).day != 1:
+        if scope.region_prefix is None and not scope.industries:
             return await self.store.reports(first_year, last_year, scope, as_of)
         found, everyone = await asyncio.gather(self._found_by(day), self.store.reports(first_year, last_year, Scope()))
         members = {e for e, combos in found.items() if scope.admits(e, *max(combos)[1:])}
