@@ -21,7 +21,7 @@ import pytest
 
 from fmc.central.reports import report_points
 from fmc.central.store import Scope, StoreQueryError
-from fmc.central.sums_cache import SumsCache
+from fmc.central.sums_cache import SumsCache, _next_day_piece
 from fmc.core.points import Point
 from fmc.indicators.engine import ConsumptionDay, EnterpriseDay
 from fmc.indicators.reports import EnterpriseReport
@@ -307,6 +307,65 @@ async def test_a_year_to_date_through_mid_month_is_kept_and_leaves_once_the_days
     assert not {"2020-06-15", "2020-02-14"} & set(days)
     await store.aclose()
     await cache.aclose()
+
+
+async def test_the_next_days_year_to_date_is_read_ahead_while_it_is_in_use(influx, tmp_path: Path) -> None:
+    """The day after a year to date through yesterday was asked for, a refresh reads today's (and the tags
+    as of yesterday) before anyone asks, and does not read yesterday's again; once nobody has asked for
+    two days, nothing more is read ahead."""
+    url, db, _ = influx
+    clock = Clock(datetime(2020, 6, 16, 2, tzinfo=UTC))  # 10:00 on 16 June in Asia/Shanghai
+    cache = cache_over(url, db, tmp_path / "cache.db", clock)
+    store = raw_store(url, db)
+    county = Scope(region_prefix="3306")
+    await cache.period_sums(date(2020, 1, 1), date(2020, 6, 15), county, as_of=date(2020, 6, 15))
+    await cache.period_sums(date(2019, 1, 1), date(2019, 6, 15), county, as_of=date(2020, 6, 15))  # a year before
+    read_at = (await asyncio.to_thread(cache._kept))[0]["2020-01-01..2020-06-15"][1]
+
+    clock.at += timedelta(days=1)
+    assert await cache.refresh() == 3  # two periods through 16 June and the tags as of 16 June
+    pieces, days = await asyncio.to_thread(cache._kept)
+    assert {"2020-01-01..2020-06-16", "2019-01-01..2019-06-16"} <= set(pieces) and "2020-06-16" in days
+    assert pieces["2020-01-01..2020-06-15"][1] == read_at  # yesterday's: not read again
+    await cache.aclose()
+    restarted = cache_over(dead_url(), db, tmp_path / "cache.db", clock)  # today's answers from the file
+    for start, end in ((date(2020, 1, 1), date(2020, 6, 16)), (date(2019, 1, 1), date(2019, 6, 16))):
+        assert_same_sums(await restarted.period_sums(start, end, county, as_of=date(2020, 6, 16)),
+                         await store.period_sums(start, end, county, as_of=date(2020, 6, 16)))
+    assert (await restarted.enterprises(county, as_of=date(2020, 6, 16))
+            == await store.enterprises(county, as_of=date(2020, 6, 16)))
+    await restarted.aclose()
+
+    clock.at += timedelta(days=1, minutes=1)  # 16 June's were asked for (above): 17 June's are read ahead
+    cache = cache_over(url, db, tmp_path / "cache.db", clock)
+    await cache.refresh()
+    pieces, days = await asyncio.to_thread(cache._kept)
+    assert sorted(pieces) == ["2019-01-01..2019-06-16", "2019-01-01..2019-06-17",
+                              "2020-01-01..2020-06-16", "2020-01-01..2020-06-17"]
+    clock.at += timedelta(days=1)  # nobody asked on 18 June or since 17 June: the chain ends
+    await cache.refresh()
+    pieces, days = await asyncio.to_thread(cache._kept)
+    assert pieces == {} and not {"2020-06-15", "2020-06-16", "2020-06-17"} & set(days)
+    await store.aclose()
+    await cache.aclose()
+
+
+@pytest.mark.parametrize(("piece", "today", "follows"), [
+    ("2020-01-01..2020-06-15", date(2020, 6, 17), "2020-01-01..2020-06-16"),
+    ("2016-01-01..2016-06-15", date(2020, 6, 17), "2016-01-01..2016-06-16"),  # the same days of another year
+    ("2020-01-01..2020-06-15", date(2020, 6, 16), None),  # today's already
+    ("2020-01-01..2020-06-30", date(2020, 7, 2), "2020-01-01..2020-07-01"),  # whole months too
+    ("2020-04-01..2020-06-15", date(2020, 6, 17), None),  # not from 1 January: not a year to date
+    ("2020-06-01..2020-06-30", date(2020, 7, 2), None),
+    ("2020-01-01..2020-06-29", date(2020, 7, 1), "2020-01-01..2020-06-30"),  # becomes whole months
+    ("2020-01-01..2020-12-30", date(2021, 1, 1), "2020-01-01..2020-12-31"),  # 1 January: last year's whole
+    ("2020-01-01..2020-12-31", date(2021, 1, 2), None),
+    ("2023-01-01..2023-02-28", date(2024, 3, 1), None),  # 29 February: not in 2023
+    ("2024-01-01..2024-02-28", date(2024, 3, 1), "2024-01-01..2024-02-29"),
+    ("2024-01-01..2024-02-29", date(2024, 3, 2), "2024-01-01..2024-03-01"),
+])
+def test_which_piece_follows_yesterdays_year_to_date(piece: str, today: date, follows: str | None) -> None:
+    assert _next_day_piece(piece, today) == follows
 
 
 async def test_a_file_kept_for_other_data_is_emptied(influx, tmp_path: Path) -> None:

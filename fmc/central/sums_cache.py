@@ -13,9 +13,9 @@ What it answers itself: ``period_sums`` and ``enterprises`` for periods that beg
 day (years, quarters, months, a year to date), as of any day, with the sums it keeps. A period that
 ends inside a month (this year's year to date, and the same days of the years it is compared with) and
 tags as of a day inside a month are kept too, but leave the file after ``PARTIAL_IDLE_S`` unused: the
-next day asks for the next day's. Anything else (sums it does not keep) goes to the store, which gives
-the same answer, only slower. Reports are read from the store (they are few): a region's as the
-province's, kept for its members.
+next day asks for the next day's, which ``refresh`` reads ahead (``_next_day_piece``). Anything else
+(sums it does not keep) goes to the store, which gives the same answer, only slower. Reports are read
+from the store (they are few): a region's as the province's, kept for its members.
 
 Freshness: ``refresh`` reads again every kept period that ends within the last ``recent_days`` days
 (rollups still arrive for them: a gateway drains its spool after an outage) and, ``STALE_PER_REFRESH``
@@ -130,6 +130,20 @@ def _piece_days(piece: str) -> tuple[date, date]:
     return date.fromisoformat(first), date.fromisoformat(last)
 
 
+def _next_day_piece(piece: str, today: date) -> str | None:
+    """The piece of today's year to date (through yesterday) that follows ``piece`` when ``piece`` is one
+    of yesterday's: from 1 January to the day before yesterday's month and day, in whatever year (the
+    service compares a year to date with the same days of other years)."""
+    first, last = _piece_days(piece)
+    was, end = today - timedelta(days=2), today - timedelta(days=1)
+    if (first.month, first.day) != (1, 1) or (last.month, last.day) != (was.month, was.day) or was.year - end.year:
+        return None  # not a year to date, not yesterday's, or the year turned (a whole year follows)
+    try:
+        return f"{first}..{last.replace(month=end.month, day=end.day)}"
+    except ValueError:  # 29 February in a year without one
+        return None
+
+
 def _covers(kept: SumsWanted, wanted: SumsWanted) -> bool:
     return (wanted.daily <= kept.daily and (kept.amount or not wanted.amount)
             and (kept.last_networked or not wanted.last_networked) and (kept.valued or not wanted.valued))
@@ -210,7 +224,10 @@ class SumsCache:
             raise StoreQueryError(f"sums cache {path}: {e}; delete the file (it is rebuilt from the store) "
                                   "or fix [cache] path") from None
 
-    def _write_piece(self, piece: str, last_day: date, p: Partials, read_at: float) -> None:
+    def _write_piece(self, piece: str, last_day: date, p: Partials, read_at: float,
+                     used_at: float | None = None) -> None:
+        """Keep a piece read at ``read_at``; last used: as kept before, else ``used_at`` (a piece read ahead
+        takes its predecessor's, so that a chain nobody asks for ends), else now."""
         daily = []
         for key in p.daily.keys() | p.last.keys():
             sums, last = p.daily.get(key), p.last.get(key)
@@ -234,14 +251,15 @@ class SumsCache:
                 db.executemany(f"INSERT INTO carriers VALUES ({marks})",
                                [(piece, *key, *sums) for key, sums in p.carriers.items()])
                 db.execute("INSERT INTO pieces VALUES (?, ?, ?, ?)",
-                           (piece, last_day.isoformat(), read_at, used[0] if used else read_at))
+                           (piece, last_day.isoformat(), read_at, used[0] if used else used_at or read_at))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
     def _write_tags(self, day: str, latest: Sequence[tuple[str, int, str, str]],
-                    earliest: Sequence[tuple[str, int, str, str]], read_at: float, dropped: int) -> bool:
+                    earliest: Sequence[tuple[str, int, str, str]], read_at: float, dropped: int,
+                    used_at: float | None = None) -> bool:
         """Keep a tag day read when the kept tags had been dropped ``dropped`` times; False (nothing
         kept) when they have been dropped since."""
         with self._lock:
@@ -255,7 +273,8 @@ class SumsCache:
                 db.execute("DELETE FROM tag_days WHERE day = ?", (day,))
                 db.executemany("INSERT INTO tags VALUES (?, 0, ?, ?, ?, ?)", [(day, *t) for t in latest])
                 db.executemany("INSERT INTO tags VALUES (?, 1, ?, ?, ?, ?)", [(day, *t) for t in earliest])
-                db.execute("INSERT INTO tag_days VALUES (?, ?, ?)", (day, read_at, used[0] if used else read_at))
+                db.execute("INSERT INTO tag_days VALUES (?, ?, ?)",
+                           (day, read_at, used[0] if used else used_at or read_at))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -327,12 +346,12 @@ class SumsCache:
 
     # --- reading from the store ---
 
-    async def _read_piece(self, start: date, end: date) -> None:
+    async def _read_piece(self, start: date, end: date, used_at: float | None = None) -> None:
         read_at = self._now().timestamp()  # before reading: a row written meanwhile is read again later
         p = await self.store.partials(start, end, Scope(), self.wanted)
-        await asyncio.to_thread(self._write_piece, f"{start}..{end}", end, p, read_at)
+        await asyncio.to_thread(self._write_piece, f"{start}..{end}", end, p, read_at, used_at)
 
-    async def _read_tag_day(self, day: str) -> None:
+    async def _read_tag_day(self, day: str, used_at: float | None = None) -> None:
         kept = False
         while not kept:  # again when a report was written while reading: the answer may predate it
             read_at, dropped = self._now().timestamp(), self._tags_dropped
@@ -342,7 +361,7 @@ class SumsCache:
                 before_ns = local_day_start_ns(date.fromisoformat(day) + timedelta(days=1), self._tz)
                 latest, earliest = await asyncio.gather(self.store.tag_points(before_ns),
                                                         self.store.tag_points(before_ns, earliest=True))
-            kept = await asyncio.to_thread(self._write_tags, day, latest, earliest, read_at, dropped)
+            kept = await asyncio.to_thread(self._write_tags, day, latest, earliest, read_at, dropped, used_at)
 
     async def _once(self, key: str, kept: Callable[[], bool], read: Callable[[], Any]) -> None:
         """``read()`` unless ``kept()``; one read per key however many ask at once."""
@@ -403,23 +422,40 @@ class SumsCache:
             if gone or gone_days:
                 await asyncio.to_thread(self._drop, gone, gone_days)
             kept = {p: v for p, v in pieces.items() if p not in gone}
-            todo = sorted(p for p, (last_day, _, _) in kept.items() if last_day >= recent)
+            # yesterday's year to date (and the same days of other years): today's is read now, before anyone
+            # asks for it, and yesterday's is not read again (it leaves once idle; asked for by its own label
+            # meanwhile, 2026-YTD-12-01, it is answered as last read)
+            follow = {p: n for p in kept if (n := _next_day_piece(p, today)) is not None}
+            ahead = {n: kept[p][2] for p, n in follow.items() if n not in kept}  # piece -> its used_at
+            superseded = {p for p in follow if not whole_months(*_piece_days(p))}  # whole months: other uses
+            todo = sorted(p for p, (last_day, _, _) in kept.items() if last_day >= recent and p not in superseded)
             # old periods a few at a time, the longest unread first: they become due together
-            todo += sorted((p for p in kept if p not in todo and kept[p][1] < stale),
+            todo += sorted((p for p in kept if p not in todo and p not in superseded and kept[p][1] < stale),
                            key=lambda p: kept[p][1])[:STALE_PER_REFRESH]
+            # the same for the tags as of yesterday (a month's end stays: the month's figures are as of it)
+            before, yesterday = (today - timedelta(days=2)).isoformat(), (today - timedelta(days=1)).isoformat()
+            follows = bool(follow) and before in days and before not in gone_days
+            ahead_days = {yesterday: days[before][1]} if follows and yesterday not in days else {}
+            superseded_day = before if follows and not _month_end(date.fromisoformat(before)) else None
             # every enterprise's latest tags change with each day's rollups, and cost a pass over every series:
             # read again every LATEST_EVERY_S, not on every revalidation
-            tag_days = [d for d, (read_at, _) in sorted(days.items()) if d not in gone_days
+            tag_days = [d for d, (read_at, _) in sorted(days.items()) if d not in gone_days and d != superseded_day
                         and (read_at < now - LATEST_EVERY_S if d == LATEST else d >= recent or read_at < stale)]
-            for piece in todo:
+            reads: list[tuple[str, float | None]] = [*ahead.items(), *((piece, None) for piece in todo)]
+            for piece, used_at in reads:
                 first, last = _piece_days(piece)
-                await self._once(piece, lambda: False, lambda a=first, b=last: self._read_piece(a, b))
-            for day in tag_days:
-                await self._once("tags " + day, lambda: False, lambda d=day: self._read_tag_day(d))
+                await self._once(piece, lambda: False,
+                                 lambda a=first, b=last, u=used_at: self._read_piece(a, b, u))
+            for day, used_at in [*ahead_days.items(), *((d, None) for d in tag_days)]:
+                await self._once("tags " + day, lambda: False,
+                                 lambda d=day, u=used_at: self._read_tag_day(d, u))
+            if ahead or ahead_days:
+                log.info("sums cache: read %d period(s) and %d tag day(s) of today's year to date ahead", len(ahead),
+                         len(ahead_days))
             if todo or tag_days:
                 log.info("sums cache: read %d period(s) and %d tag day(s) again in %.1f s", len(todo),
                          len(tag_days), time.perf_counter() - started)
-            return len(todo) + len(tag_days)
+            return len(ahead) + len(ahead_days) + len(todo) + len(tag_days)
 
     def forget(self) -> None:
         """Empty the file: every answer reads the store again (after the store's data was replaced)."""
