@@ -218,7 +218,8 @@ class IndicatorService:
                     raise ConfigError(cfg.cache.path, [("cache.path", str(e), "set [cache] path to a file of "
                                                         "its own, or delete the file: it is rebuilt")]) from None
             else:
-                log.info("[cache] path: the %s store sums its own rows; no cache is used", store_type(cfg))
+                log.info("[cache] path: the %s store sums its own rows; no cache is used",
+                         getattr(cfg.store_settings(), "type", "?"))
         return cls(store, targets, registry=registry, revalidate_s=cfg.api.revalidate_s, materialize=cfg.materialize)
 
     # --- lifecycle ---
@@ -521,10 +522,6 @@ def stale_periods(periods: Sequence[Period], this_year: int, reported: set[int],
         return list(periods)
     years = {this_year, this_year - 1} | reported | {y + 1 for y in reported}
     return [p for p in periods if p.year in years]
-
-
-def store_type(cfg: CentralSettings) -> str:
-    return str(getattr(cfg.store_settings(), "type", "?"))
 
 
 def make_store(cfg: CentralSettings, timezone: str) -> IndicatorStore:

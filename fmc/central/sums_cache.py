@@ -35,7 +35,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -121,6 +121,16 @@ def whole_months(start: date, end: date) -> bool:
     return start.day == 1 and _month_end(end) and start <= end
 
 
+def _delete_piece(db: sqlite3.Connection, piece: str) -> None:
+    for table in (*_PIECE_TABLES, "pieces"):
+        db.execute(f"DELETE FROM {table} WHERE piece = ?", (piece,))
+
+
+def _delete_tag_day(db: sqlite3.Connection, day: str) -> None:
+    db.execute("DELETE FROM tags WHERE day = ?", (day,))
+    db.execute("DELETE FROM tag_days WHERE day = ?", (day,))
+
+
 def _month_end(day: date) -> bool:
     return (day + timedelta(days=1)).day == 1
 
@@ -136,7 +146,7 @@ def _next_day_piece(piece: str, today: date) -> str | None:
     service compares a year to date with the same days of other years)."""
     first, last = _piece_days(piece)
     was, end = today - timedelta(days=2), today - timedelta(days=1)
-    if (first.month, first.day) != (1, 1) or (last.month, last.day) != (was.month, was.day) or was.year - end.year:
+    if (first.month, first.day) != (1, 1) or (last.month, last.day) != (was.month, was.day) or was.year != end.year:
         return None  # not a year to date, not yesterday's, or the year turned (a whole year follows)
     try:
         return f"{first}..{last.replace(month=end.month, day=end.day)}"
@@ -224,6 +234,19 @@ class SumsCache:
             raise StoreQueryError(f"sums cache {path}: {e}; delete the file (it is rebuilt from the store) "
                                   "or fix [cache] path") from None
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """The file's connection in one write transaction, under the lock; rolled back on any error."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
     def _write_piece(self, piece: str, last_day: date, p: Partials, read_at: float,
                      used_at: float | None = None) -> None:
         """Keep a piece read at ``read_at``; last used: as kept before, else ``used_at`` (a piece read ahead
@@ -235,50 +258,33 @@ class SumsCache:
             daily.append((piece, *key, 1 if sums is not None else 0, *(sums or [0.0] * _N_SUMS),
                           last.time_ms if last is not None else None,
                           *(None if math.isnan(v) else v for v in values)))
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                used = db.execute("SELECT used_at FROM pieces WHERE piece = ?", (piece,)).fetchone()
-                for table in (*_PIECE_TABLES, "pieces"):
-                    db.execute(f"DELETE FROM {table} WHERE piece = ?", (piece,))
-                marks = ", ".join("?" * (5 + _N_SUMS + len(LAST_FIELDS)))
-                db.executemany(f"INSERT INTO daily VALUES ({marks})", daily)
-                db.executemany("INSERT INTO days VALUES (?, ?, ?)", [(piece, e, n) for e, n in p.days.items()])
-                db.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?)",
-                               [(piece, e, c, a.isoformat(), b.isoformat()) for (e, c), (a, b) in p.spans.items()])
-                marks = ", ".join("?" * (4 + len(CARRIER_FIELDS)))
-                db.executemany(f"INSERT INTO carriers VALUES ({marks})",
-                               [(piece, *key, *sums) for key, sums in p.carriers.items()])
-                db.execute("INSERT INTO pieces VALUES (?, ?, ?, ?)",
-                           (piece, last_day.isoformat(), read_at, used[0] if used else used_at or read_at))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            used = db.execute("SELECT used_at FROM pieces WHERE piece = ?", (piece,)).fetchone()
+            _delete_piece(db, piece)
+            marks = ", ".join("?" * (5 + _N_SUMS + len(LAST_FIELDS)))
+            db.executemany(f"INSERT INTO daily VALUES ({marks})", daily)
+            db.executemany("INSERT INTO days VALUES (?, ?, ?)", [(piece, e, n) for e, n in p.days.items()])
+            db.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?)",
+                           [(piece, e, c, a.isoformat(), b.isoformat()) for (e, c), (a, b) in p.spans.items()])
+            marks = ", ".join("?" * (4 + len(CARRIER_FIELDS)))
+            db.executemany(f"INSERT INTO carriers VALUES ({marks})",
+                           [(piece, *key, *sums) for key, sums in p.carriers.items()])
+            db.execute("INSERT INTO pieces VALUES (?, ?, ?, ?)",
+                       (piece, last_day.isoformat(), read_at, used[0] if used else used_at or read_at))
 
     def _write_tags(self, day: str, latest: Sequence[tuple[str, int, str, str]],
                     earliest: Sequence[tuple[str, int, str, str]], read_at: float, dropped: int,
                     used_at: float | None = None) -> bool:
         """Keep a tag day read when the kept tags had been dropped ``dropped`` times; False (nothing
         kept) when they have been dropped since."""
-        with self._lock:
+        with self._transaction() as db:
             if self._tags_dropped != dropped:
                 return False
-            db = self._db
-            db.execute("BEGIN")
-            try:
-                used = db.execute("SELECT used_at FROM tag_days WHERE day = ?", (day,)).fetchone()
-                db.execute("DELETE FROM tags WHERE day = ?", (day,))
-                db.execute("DELETE FROM tag_days WHERE day = ?", (day,))
-                db.executemany("INSERT INTO tags VALUES (?, 0, ?, ?, ?, ?)", [(day, *t) for t in latest])
-                db.executemany("INSERT INTO tags VALUES (?, 1, ?, ?, ?, ?)", [(day, *t) for t in earliest])
-                db.execute("INSERT INTO tag_days VALUES (?, ?, ?)",
-                           (day, read_at, used[0] if used else used_at or read_at))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            used = db.execute("SELECT used_at FROM tag_days WHERE day = ?", (day,)).fetchone()
+            _delete_tag_day(db, day)
+            db.executemany("INSERT INTO tags VALUES (?, 0, ?, ?, ?, ?)", [(day, *t) for t in latest])
+            db.executemany("INSERT INTO tags VALUES (?, 1, ?, ?, ?, ?)", [(day, *t) for t in earliest])
+            db.execute("INSERT INTO tag_days VALUES (?, ?, ?)", (day, read_at, used[0] if used else used_at or read_at))
         return True
 
     def _kept(self) -> tuple[dict[str, tuple[str, float, float]], dict[str, tuple[float, float]]]:
@@ -291,15 +297,11 @@ class SumsCache:
         return pieces, days
 
     def _drop(self, pieces: Sequence[str], days: Sequence[str]) -> None:
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._transaction() as db:
             for piece in pieces:
-                for table in (*_PIECE_TABLES, "pieces"):
-                    self._db.execute(f"DELETE FROM {table} WHERE piece = ?", (piece,))
+                _delete_piece(db, piece)
             for day in days:
-                self._db.execute("DELETE FROM tags WHERE day = ?", (day,))
-                self._db.execute("DELETE FROM tag_days WHERE day = ?", (day,))
-            self._db.execute("COMMIT")
+                _delete_tag_day(db, day)
 
     def _read_partials(self, pieces: Sequence[str]) -> Partials:
         """The pieces, combined (SQL adds them up)."""
@@ -459,21 +461,17 @@ class SumsCache:
 
     def forget(self) -> None:
         """Empty the file: every answer reads the store again (after the store's data was replaced)."""
-        with self._lock:
+        with self._transaction() as db:
             self._tags_dropped += 1
-            self._db.execute("BEGIN")
             for table in _ALL_TABLES:
                 if table != "meta":
-                    self._db.execute(f"DELETE FROM {table}")
-            self._db.execute("COMMIT")
+                    db.execute(f"DELETE FROM {table}")
 
     def _forget_tags(self) -> None:
-        with self._lock:
+        with self._transaction() as db:
             self._tags_dropped += 1
-            self._db.execute("BEGIN")
-            self._db.execute("DELETE FROM tags")
-            self._db.execute("DELETE FROM tag_days")
-            self._db.execute("COMMIT")
+            db.execute("DELETE FROM tags")
+            db.execute("DELETE FROM tag_days")
 
     # --- the interface ---
 
