@@ -26,11 +26,25 @@ from fmc.core.localtime import NS, local_date, local_day_bounds
 from fmc.core.points import Point, Priority
 from fmc.plant.config import EquipmentClassConfig, PlantSections
 from fmc.plant.meters import MeterAccumulator, MeterInterval, VirtualMeter
-from fmc.plant.rollups import InventoryItem, Site, consumption_daily, counted_meters, enterprise_daily
+from fmc.plant.rollups import (
+    InventoryItem,
+    MeterDayTotal,
+    Site,
+    add_to_day_total,
+    consumption_daily_of,
+    counted_meters,
+    enterprise_daily,
+    meter_day_totals,
+)
 from fmc.plant.states import EquipmentDay, EquipmentTracker, StateChange
 from fmc.plant.tce import coefficients_for
 
 SNAPSHOT_VERSION = 1
+# Days whose consumption_daily was written and can still be completed by an interval that comes
+# after it (a meter's first readings, timestamped back in such a day): the day is written again,
+# whole. Each costs one total per counted meter. An interval for an older written day is counted
+# (consumption_too_late) and left out of the rollup: it is still written as a meter_interval.
+WRITTEN_DAYS_KEPT = 14
 
 
 class PlantModel:
@@ -69,8 +83,14 @@ class PlantModel:
         self._consumption_wait_ns = round((max(waits, default=0) + plant.interval_minutes * 60) * NS)
         self._equipment_days: dict[date, list[EquipmentDay]] = defaultdict(list)
         self._intervals: dict[date, list[MeterInterval]] = defaultdict(list)
+        # the counted meters' totals of the days whose consumption_daily was written (the last
+        # WRITTEN_DAYS_KEPT of them), and those of them to write again
+        self._written: dict[date, dict[str, MeterDayTotal]] = {}
+        self._rewrite: set[date] = set()
+        self._forgotten_until: date | None = None  # the newest written day no longer kept
         self._clock = start_ns
-        self.counts: dict[str, int] = {"unknown_equipment": 0, "unknown_meter": 0}
+        self.counts: dict[str, int] = {"unknown_equipment": 0, "unknown_meter": 0, "consumption_rewritten": 0,
+                                       "consumption_too_late": 0}
         self._last_quality: dict[str, int] = {}
         # each meter's last reading as received (raw value, ts); None after a reading that was not good
         self._last_reading: dict[str, tuple[float, int] | None] = {}
@@ -184,9 +204,16 @@ class PlantModel:
             ))
         for day in sorted(d for d in self._intervals if local_day_bounds(d, tz)[1] + self._consumption_wait_ns
                           <= now_ns):
-            year = day.year
-            out.extend(consumption_daily(day, self.site, self._intervals.pop(day), self.counted,
-                                         coefficients=coefficients_for(self.sections.coefficients, year)))
+            self._written[day] = meter_day_totals(day, self.site, self._intervals.pop(day), self.counted)
+            self._rewrite.add(day)
+        for day in sorted(self._rewrite):
+            out.extend(consumption_daily_of(day, self.site, self._written[day],
+                                            coefficients=coefficients_for(self.sections.coefficients, day.year)))
+        if len(self._written) > WRITTEN_DAYS_KEPT:
+            for day in sorted(self._written)[:-WRITTEN_DAYS_KEPT]:
+                del self._written[day]
+                self._forgotten_until = max(day, self._forgotten_until or day)
+        self._rewrite.clear()
         return out
 
     def event_counts(self) -> dict[tuple[str, str], int]:
@@ -211,14 +238,37 @@ class PlantModel:
     def _intervals_out(self, intervals: Iterable[MeterInterval], out: list[Point]) -> None:
         for iv in intervals:
             out.append(iv.to_point(self.site))
-            self._intervals[local_date(iv.start_ns, self.site.tz)].append(iv)
+            self._keep_for_day(iv)
             for v in self.virtual:
                 self._virtual_out(v.add(iv), out)
 
     def _virtual_out(self, intervals: Iterable[MeterInterval], out: list[Point]) -> None:
         for iv in intervals:
             out.append(iv.to_point(self.site))
-            self._intervals[local_date(iv.start_ns, self.site.tz)].append(iv)
+            self._keep_for_day(iv)
+
+    def _keep_for_day(self, iv: MeterInterval) -> None:
+        """Keep ``iv`` for its day's consumption_daily. A day already written is written again, with
+        ``iv`` added: writing only what came late would overwrite the day's row with a part of it."""
+        day = local_date(iv.start_ns, self.site.tz)
+        written = self._written.get(day)
+        if written is not None:
+            carrier = self.counted.get(iv.meter)
+            if carrier is None:
+                return
+            # a meter counted since (added to the config) joins the day only with something it measured
+            total = written.get(iv.meter) or MeterDayTotal(carrier)
+            if add_to_day_total(total, iv):
+                written[iv.meter] = total
+                self.counts["consumption_rewritten"] += 1
+                self._rewrite.add(day)
+        elif self._forgotten_until is not None and day <= self._forgotten_until:
+            # its day may have been written and is no longer kept: a row of this interval alone
+            # would overwrite the day's
+            if iv.meter in self.counted and (iv.amount or iv.covered_ns):
+                self.counts["consumption_too_late"] += 1
+        else:
+            self._intervals[day].append(iv)
 
     # --- persistence ------------------------------------------------------------------------------
 
@@ -231,6 +281,9 @@ class PlantModel:
             "virtual": {v.config.id: v.snapshot() for v in self.virtual},
             "equipment_days": [_dump(e) for days in self._equipment_days.values() for e in days],
             "intervals": [_dump(i) for ivs in self._intervals.values() for i in ivs],
+            "written": {d.isoformat(): {m: [t.carrier, t.amount, t.covered_ns, t.last_start_ns]
+                                        for m, t in totals.items()} for d, totals in self._written.items()},
+            "forgotten_until": None if self._forgotten_until is None else self._forgotten_until.isoformat(),
             "last_quality": dict(self._last_quality),
             "last_reading": {k: None if r is None else list(r) for k, r in self._last_reading.items()},
         }
@@ -257,6 +310,12 @@ class PlantModel:
         for d in snapshot["intervals"]:
             iv = _load(MeterInterval, d)
             self._intervals[local_date(iv.start_ns, self.site.tz)].append(iv)
+        # absent in snapshots of older agents; a meter since removed from the config still counts in its days
+        for day, totals in snapshot.get("written", {}).items():
+            self._written[date.fromisoformat(day)] = {
+                m: MeterDayTotal(str(c), float(a), int(cov), int(s)) for m, (c, a, cov, s) in totals.items()}
+        if snapshot.get("forgotten_until"):
+            self._forgotten_until = date.fromisoformat(snapshot["forgotten_until"])
         self._clock = max(self._clock, int(snapshot["clock"]))
         self._last_quality.update(
             {k: int(q) for k, q in snapshot.get("last_quality", {}).items() if k in self.trackers})

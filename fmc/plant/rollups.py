@@ -3,7 +3,9 @@
 The central indicator engine needs nothing else from an agent (DESIGN §4): the NC rate and the
 networking rate are pooled from ``enterprise_daily`` (equipment-days), energy and water from
 ``consumption_daily``. Both are written once per local day, stamped at that day's local
-midnight (in UTC nanoseconds), with priority ROLLUP (never dropped from a full spool).
+midnight (in UTC nanoseconds), with priority ROLLUP (never dropped from a full spool); a
+``consumption_daily`` is written again, whole, when an interval of its day comes after it
+(``meter_day_totals``, ``add_to_day_total``; the plant model keeps the totals).
 
 Also here, because the tracker, the meters and the rollups share them: ``Site`` (the tags of
 the enterprise), ``InventoryItem`` (the minimal equipment ledger entry the rollups need) and the
@@ -200,6 +202,49 @@ def counted_meters(sections: PlantSections) -> dict[str, str]:
     return out
 
 
+@dataclass(slots=True)
+class MeterDayTotal:
+    """What one counted meter's intervals of a local day add up to in its `consumption_daily`."""
+
+    carrier: str
+    amount: float = 0.0
+    covered_ns: int = 0
+    # the start of the latest interval counted: a meter emits its intervals in order, so one that
+    # starts at or before it was counted already (delivered twice)
+    last_start_ns: int = -1
+
+
+def meter_day_totals(
+    day: date, site: Site, intervals: Iterable[IntervalLike], meters: Mapping[str, str]
+) -> dict[str, MeterDayTotal]:
+    """meter id -> its total of the day, for every one of the counted ``meters`` (a meter without
+    intervals: zero); an interval delivered twice counts once (the one with more covered time),
+    intervals of other meters and other days are ignored."""
+    start, end = local_day_bounds(day, site.tz)
+    best: dict[tuple[str, int], IntervalLike] = {}
+    for iv in intervals:
+        if iv.meter in meters and start <= iv.start_ns < end:
+            key = (iv.meter, iv.start_ns)
+            if key not in best or iv.covered_ns > best[key].covered_ns:
+                best[key] = iv
+    totals = {meter: MeterDayTotal(carrier) for meter, carrier in meters.items()}
+    for iv in sorted(best.values(), key=lambda iv: iv.start_ns):
+        add_to_day_total(totals[iv.meter], iv)
+    return totals
+
+
+def add_to_day_total(total: MeterDayTotal, iv: IntervalLike) -> bool:
+    """Count ``iv`` in its meter's day ``total``; whether the amount or the covered time changed. An
+    interval at or before the latest one counted was counted already: it changes nothing."""
+    if iv.start_ns <= total.last_start_ns:
+        return False
+    total.last_start_ns = iv.start_ns
+    covered = min(iv.covered_ns, iv.end_ns - iv.start_ns)
+    total.amount += iv.amount
+    total.covered_ns += covered
+    return iv.amount != 0 or covered != 0
+
+
 def consumption_daily(
     day: date,
     site: Site,
@@ -217,22 +262,22 @@ def consumption_daily(
     intervals ÷ (number of meters × length of the day): the share of expected intervals that were
     complete, when each interval is complete or empty; a missing interval counts as empty.
     """
+    return consumption_daily_of(day, site, meter_day_totals(day, site, intervals, meters), coefficients=coefficients)
+
+
+def consumption_daily_of(
+    day: date, site: Site, totals: Mapping[str, MeterDayTotal], *, coefficients: Coefficients = DEFAULT_COEFFICIENTS
+) -> list[Point]:
+    """`consumption_daily` points of one local day from its meters' totals (``meter_day_totals``):
+    one per carrier, its coverage over the meters of that carrier in ``totals``."""
     start, end = local_day_bounds(day, site.tz)
-    best: dict[tuple[str, int], IntervalLike] = {}
-    for iv in intervals:
-        if iv.meter in meters and start <= iv.start_ns < end:
-            key = (iv.meter, iv.start_ns)
-            if key not in best or iv.covered_ns > best[key].covered_ns:
-                best[key] = iv  # an interval delivered twice counts once
     amount: dict[str, float] = defaultdict(float)
     covered: dict[str, int] = defaultdict(int)
-    for iv in best.values():
-        carrier = meters[iv.meter]
-        amount[carrier] += iv.amount
-        covered[carrier] += min(iv.covered_ns, iv.end_ns - iv.start_ns)
     n_meters: dict[str, int] = defaultdict(int)
-    for carrier in meters.values():
-        n_meters[carrier] += 1
+    for total in totals.values():
+        n_meters[total.carrier] += 1
+        amount[total.carrier] += total.amount
+        covered[total.carrier] += total.covered_ns
     points = []
     for carrier in sorted(n_meters):
         fields: dict[str, float] = {"amount": amount[carrier]}
