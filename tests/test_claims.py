@@ -7,6 +7,8 @@ Rows without a gateway tag are gateway ``main``'s. A store that cannot answer: "
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
@@ -14,8 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fmc.agent.claims import check_claims, claims_result
-from fmc.agent.plugin import CheckResult, EquipmentClaim
+from fmc.agent.claims import check_claims, check_gateway_hosts, claims_result, gateway_hosts_result
+from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost
+from fmc.agent.selfmetrics import host_tag
 from fmc.cli.main import main
 from fmc.core.config import EnterpriseConfig
 from fmc.core.lineprotocol import encode
@@ -43,6 +46,26 @@ def equipment_day(s: Site, equipment: str, d: date = D) -> Point:
                         in_inventory_s=86400.0, nc="true", kind="loom").to_point(s)
 
 
+NOW_NS = time.time_ns()
+HOUR_NS = 3600 * 10**9
+
+
+def agent_seen(host: str, gateway: str | None, hours_ago: float, enterprise: str = ENTERPRISE) -> Point:
+    """An ``agent`` point (the minute's self-metrics) of ``host`` as ``gateway`` (None: an fmc before the tag)."""
+    tags = {"enterprise": enterprise, "host": host} | ({"gateway": gateway} if gateway else {})
+    return Point("agent", tags, {"up": 1, "uptime_s": 60.0}, NOW_NS - int(hours_ago * HOUR_NS))
+
+
+AGENTS = [
+    agent_seen("gw-a", "main", 0.2),  # the agent being checked
+    agent_seen("gw-b", "main", 1.0),  # a second agent left at the default id
+    agent_seen("gw-b", "main", 3.0),
+    agent_seen("gw-old", None, 5.0),  # an fmc before the tag: gateway "main"
+    agent_seen("gw-c", "hall-b", 0.5),
+    agent_seen("gw-gone", "main", 72.0),  # replaced three days ago
+    agent_seen("gw-x", "main", 0.1, "E-OTHER"),  # another enterprise's
+]
+
 SEED = [
     equipment_day(site("hall-b"), "b1"),
     equipment_day(site("hall-b"), "b2", date(2019, 12, 31)),
@@ -57,7 +80,7 @@ def enterprise(gateway: str) -> EnterpriseConfig:
 
 @pytest.fixture(params=["embedded", "influxdb"])
 async def sink(request: pytest.FixtureRequest, tmp_path: Path):
-    lines = [encode(p) for p in SEED]
+    lines = [encode(p) for p in SEED + AGENTS]
     if request.param == "embedded":
         with EmbeddedStore(tmp_path / "store.db") as store:
             assert store.write_lines(lines).refused == []
@@ -142,3 +165,55 @@ def test_fmc_check_fails_for_the_second_agent_of_an_equipment(tmp_path: Path, ca
             assert "FAIL" in line and "b1 by gateway 'hall-b'" in line and "1 check(s) failed" in out
         else:
             assert "ok" in line and "all checks passed" in out
+
+
+# --- another host writing as this agent's gateway ----------------------------------------------------------
+
+
+async def test_the_store_lists_the_hosts_of_each_gateway_since_a_time(sink) -> None:
+    got = await sink.gateway_hosts(ENTERPRISE, NOW_NS - 48 * HOUR_NS)
+    assert sorted((g.host, g.gateway) for g in got) == [
+        ("gw-a", "main"), ("gw-b", "main"), ("gw-c", "hall-b"), ("gw-old", "")]
+    assert {g.host: g.last_ns for g in got}["gw-b"] == AGENTS[1].ts_ns  # the latest of its points
+
+
+async def test_another_host_writing_as_this_gateway_is_a_warning_naming_it(sink) -> None:
+    r = await check_gateway_hosts(sink, enterprise("main"), "gw-a", NOW_NS)
+    assert (r.ok, r.warning, r.undecided) == (True, True, False)
+    assert "2 other host(s) wrote as gateway 'main' in the last 2 days: 'gw-b' (last " in r.detail
+    assert "'gw-old'" in r.detail and "gw-gone" not in r.detail and "gw-c" not in r.detail and "gw-x" not in r.detail
+    assert "give each its own [enterprise] gateway" in r.detail
+    r = await check_gateway_hosts(sink, enterprise("hall-b"), "gw-c", NOW_NS)
+    assert (r.ok, r.warning) == (True, False) and "no other host wrote as gateway 'hall-b'" in r.detail
+
+
+async def test_a_store_that_cannot_list_hosts_cannot_tell() -> None:
+    dead = InfluxDBSinkConfig(type="influxdb", url=f"http://127.0.0.1:{free_port()}", database="fmc").open_sink()
+    try:
+        r = await check_gateway_hosts(dead, enterprise("main"), "gw-a", NOW_NS)
+    finally:
+        await dead.aclose()
+    assert (r.ok, r.undecided) == (False, True) and r.detail.startswith("cannot tell: ")
+
+
+def test_the_host_verdict_names_the_latest_first_and_at_most_five() -> None:
+    rows = [GatewayHost(f"h{i}", "main", NOW_NS - i * HOUR_NS) for i in range(7)]
+    r = gateway_hosts_result("main", "h0", rows)
+    assert r.warning and "6 other host(s)" in r.detail and "and 1 more" in r.detail
+    assert r.detail.index("'h1'") < r.detail.index("'h5'") and "'h6'" not in r.detail
+
+
+def test_fmc_check_warns_when_another_host_writes_as_its_gateway(tmp_path: Path, capsys) -> None:
+    here = host_tag(socket.gethostname())
+    with EmbeddedStore(tmp_path / "store.db") as store:
+        assert store.write_lines([encode(agent_seen(here, "main", 0.5)), encode(agent_seen(here + "-2", None, 1.0))
+                                  ]).refused == []
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[enterprise]\nid = "{ENTERPRISE}"\nname = "t"\nregion = "330602"\nindustry = "1711"\n\n'
+        '[sink]\ntype = "embedded"\npath = "store.db"\n\n[spool]\npath = "spool.db"\n', encoding="utf-8")
+    assert main(["check", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "sink:gateway" in x)
+    assert "warn" in line and f"'{here}-2'" in line and f"'{here}' " not in line
+    assert "all checks passed; 1 warning(s)" in out

@@ -31,13 +31,13 @@ def stats(depth: int = 0, oldest_ms: int | None = None) -> SpoolStats:
                       dead_letters=2, rejected_total=7, max_bytes=1 << 20)
 
 
-def test_the_point_has_every_documented_field_with_its_type_and_only_two_tags():
+def test_the_point_has_every_documented_field_with_its_type_and_only_three_tags():
     counters = AgentCounters(received=10, accepted=9, written=8, dead_lettered=1, dropped=4, sink_errors=2,
                              rejected={"payload_not_json": 3, "value_not_finite": 1})
     point = agent_point("e1", "gw-01", NOW_NS, up=True, uptime_s=12.5, spool=stats(5, NOW_NS // 10**6 - 90_000),
-                        counters=counters, sources=[True, False, True])
+                        counters=counters, sources=[True, False, True], gateway="hall-b")
     assert point.measurement == "agent"
-    assert point.tags == {"enterprise": "e1", "host": "gw-01"}
+    assert point.tags == {"enterprise": "e1", "gateway": "hall-b", "host": "gw-01"}
     assert point.priority is Priority.EVENT
     assert point.ts_ns == NOW_NS
     assert set(point.fields) == set(FIELDS)
@@ -196,7 +196,8 @@ async def test_a_running_agent_writes_a_point_at_start_and_a_stopped_one_at_the_
     finally:
         store.close()
     assert [p.fields["up"] for p in points] == [1, 0]
-    assert all(p.tags == {"enterprise": "e-1.x", "host": host_tag(socket.gethostname())} for p in points)
+    tags = {"enterprise": "e-1.x", "gateway": "main", "host": host_tag(socket.gethostname())}
+    assert all(p.tags == tags for p in points)
     first, last = points
     assert started <= first.ts_ns < last.ts_ns <= time.time_ns()
     assert set(first.fields) == set(FIELDS)

@@ -1,4 +1,5 @@
-"""``fmc check``: does another gateway already write data for this agent's equipment?
+"""``fmc check``: does another gateway already write data for this agent's equipment, and does
+another host write as this agent's gateway?
 
 Each agent of an enterprise has its own gateway id (``[enterprise] gateway``) and its own machines.
 Two agents that both list a machine would both count it in their ``enterprise_daily`` (the central
@@ -7,18 +8,30 @@ optional ``equipment_claims``) which gateways wrote ``equipment_daily`` for this
 and fails naming each equipment and the other gateway. Rows without a gateway tag (an fmc before
 gateway ids) are read as gateway ``main``, as the central sums read them. A store that cannot
 answer makes the check "cannot tell", never ok.
+
+Two agents given one gateway id (both left at the default ``main``) write the same
+``enterprise_daily`` and ``consumption_daily`` series: each day's row is whichever came last, and
+the central sums count one gateway instead of both. The second check asks the store (``gateway_hosts``)
+which hosts wrote ``agent`` points (one a minute) as this gateway in the last ``GATEWAY_RECENT_S`` and
+warns naming each other host. A warning, not a failure: a gateway that replaces another one keeps its
+id (as the first check tells it to), and the host it replaces shows until its last point is that old.
+Two hosts with one host name cannot be told apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
-from fmc.agent.plugin import CheckResult, EquipmentClaim, Sink, SinkUnavailable
+from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost, Sink, SinkUnavailable
 from fmc.core.config import DEFAULT_GATEWAY, EnterpriseConfig
 from fmc.core.localtime import local_date, zone
 
 NAME = "claims"
+GATEWAY_NAME = "gateway"
 SHOWN = 5  # equipment named in the message; the count says how many more
+# a running agent writes an `agent` point every minute: a host silent this long has stopped
+GATEWAY_RECENT_S = 2 * 86_400
 
 
 def claims_result(
@@ -61,3 +74,39 @@ async def check_claims(sink: Sink, enterprise: EnterpriseConfig, equipment: list
     except SinkUnavailable as e:
         return CheckResult(NAME, False, f"cannot tell: {e.reason}", undecided=True)
     return claims_result(enterprise.gateway, equipment, claims, enterprise.timezone)
+
+
+def gateway_hosts_result(
+    gateway: str, host: str, rows: Iterable[GatewayHost], timezone: str = "Asia/Shanghai"
+) -> CheckResult:
+    """The check's verdict for the agent of ``gateway`` on ``host`` (its ``host`` tag), given the store's
+    ``agent`` points of the enterprise (their times shown in ``timezone``)."""
+    latest: dict[str, int] = {}
+    for r in rows:
+        if (r.gateway or DEFAULT_GATEWAY) == gateway and r.host != host:
+            latest[r.host] = max(r.last_ns, latest.get(r.host, r.last_ns))
+    days = GATEWAY_RECENT_S // 86_400
+    if not latest:
+        return CheckResult(GATEWAY_NAME, True, f"no other host wrote as gateway '{gateway}' in the last {days} days")
+    tz = zone(timezone)
+    shown = sorted(latest.items(), key=lambda item: -item[1])
+    named = ", ".join(
+        f"'{h}' (last {datetime.fromtimestamp(ns / 1e9, tz):%Y-%m-%d %H:%M})" for h, ns in shown[:SHOWN])
+    more = f" and {len(shown) - SHOWN} more" if len(shown) > SHOWN else ""
+    return CheckResult(GATEWAY_NAME, True, (
+        f"{len(shown)} other host(s) wrote as gateway '{gateway}' in the last {days} days: {named}{more}. Two agents "
+        "with one gateway id overwrite each other's enterprise_daily and consumption_daily: give each its own "
+        f"[enterprise] gateway. If this host replaces that one, this ends {days} days after its last point"
+    ), warning=True)
+
+
+async def check_gateway_hosts(sink: Sink, enterprise: EnterpriseConfig, host: str, now_ns: int) -> CheckResult:
+    ask = getattr(sink, "gateway_hosts", None)
+    if ask is None:
+        return CheckResult(GATEWAY_NAME, False, f"cannot tell: sink {sink.name} cannot list which hosts wrote as "
+                                                "a gateway", undecided=True)
+    try:
+        rows = await ask(enterprise.id, now_ns - GATEWAY_RECENT_S * 1_000_000_000)
+    except SinkUnavailable as e:
+        return CheckResult(GATEWAY_NAME, False, f"cannot tell: {e.reason}", undecided=True)
+    return gateway_hosts_result(enterprise.gateway, host, rows, enterprise.timezone)

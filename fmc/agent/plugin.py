@@ -90,6 +90,15 @@ class EquipmentClaim:
     last_ns: int  # the time of its latest such row
 
 
+@dataclass(frozen=True, slots=True)
+class GatewayHost:
+    """A host wrote ``agent`` points as a gateway of the enterprise."""
+
+    host: str
+    gateway: str  # "" when the points carry no gateway tag (an fmc before the tag)
+    last_ns: int  # the time of its latest such point
+
+
 class ClaimsSink(Protocol):
     """Optional beside ``Sink``: a store that can say which gateways already wrote data for equipment
     (``fmc check`` refuses two agents that claim the same equipment). A sink without the method, or
@@ -98,6 +107,11 @@ class ClaimsSink(Protocol):
     async def equipment_claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
         """Every (equipment, gateway) of ``equipment_daily`` rows of ``enterprise`` for these ids, at any
         time. Raises ``SinkUnavailable`` when the store cannot answer (down, not allowed to read)."""
+        ...
+
+    async def gateway_hosts(self, enterprise: str, since_ns: int) -> list[GatewayHost]:
+        """Every (host, gateway) of ``agent`` points of ``enterprise`` at or after ``since_ns``, with the
+        latest point's time. Raises ``SinkUnavailable`` when the store cannot answer."""
         ...
 
 

@@ -217,6 +217,7 @@ class Agent:
                 self.cfg.enterprise.id, socket.gethostname(), time.time_ns(), up=up,
                 uptime_s=time.monotonic() - self._started, spool=stats, counters=counters_from(self.metrics),
                 sources=[bool(getattr(s, "connected", False)) for s in self.sources],
+                gateway=self.cfg.enterprise.gateway,
             )
             # through the ingest like every other point; in a thread, as a full queue makes it wait
             await asyncio.to_thread(ingest.submit_points, SELF_METRICS_SOURCE, [point])

@@ -4,8 +4,9 @@ The agent writes one point at start, one every ``INTERVAL_S`` and one when it st
 (``up`` = 0), through the ingest like every other point (priority EVENT), so it reaches the store
 the same way the data does: a gateway whose points stop arriving is down or cut off.
 
-- tags: ``enterprise`` (the configured id), ``host`` (the gateway's host name, ``host_tag``:
-  at most 64 letters, digits, ``_ . -``; anything else becomes ``_``);
+- tags: ``enterprise`` (the configured id), ``gateway`` (``[enterprise] gateway``), ``host`` (the
+  gateway's host name, ``host_tag``: at most 64 letters, digits, ``_ . -``; anything else becomes
+  ``_``); ``fmc check`` warns when another host writes as the same gateway (``fmc.agent.claims``);
 - fields, all integers except the two ``_s`` durations (floats), all present in every point so
   the schema never changes and a field type never conflicts:
 
@@ -44,6 +45,7 @@ from itertools import repeat
 
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.spool import SpoolStats
+from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.points import FieldValue, Point, Priority
 from fmc.core.rejections import REJECTION_REASONS
 
@@ -151,6 +153,7 @@ def agent_point(
     spool: SpoolStats,
     counters: AgentCounters,
     sources: Iterable[bool] = (),
+    gateway: str = DEFAULT_GATEWAY,
 ) -> Point:
     """The ``agent`` point at ``now_ns``. ``sources``: one flag per configured source, True while it
     is connected."""
@@ -172,7 +175,7 @@ def agent_point(
     }
     return Point(
         MEASUREMENT,
-        {"enterprise": enterprise, "host": host_tag(host)},
+        {"enterprise": enterprise, "gateway": gateway, "host": host_tag(host)},
         fields,
         now_ns,  # to the nanosecond: the stop point never lands on (and replaces) a running one
         Priority.EVENT,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -151,10 +152,11 @@ def _run(cfg: AgentSettings, inventory: list[EquipmentItem], config_path: Path) 
 
 
 def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -> int:
-    from fmc.agent.claims import check_claims
+    from fmc.agent.claims import check_claims, check_gateway_hosts
     from fmc.agent.feeds import check_feeds
     from fmc.agent.plugin import CheckResult
     from fmc.agent.runtime import make_sink
+    from fmc.agent.selfmetrics import host_tag
 
     async def checks() -> list[CheckResult]:
         async def bounded(kind: str, name: str, check: Awaitable[CheckResult]) -> CheckResult:
@@ -179,6 +181,14 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
             results.append(CheckResult(_prefixed("sink", c.name), c.ok, c.detail, c.undecided))
         except TimeoutError:
             results.append(CheckResult("sink:claims", False, f"cannot tell: no answer within {timeout:.0f}s",
+                                       undecided=True))
+        try:
+            # another host writing as this gateway (two agents left at the default id)?
+            g = await asyncio.wait_for(
+                check_gateway_hosts(sink, cfg.enterprise, host_tag(socket.gethostname()), time.time_ns()), timeout + 2)
+            results.append(CheckResult(_prefixed("sink", g.name), g.ok, g.detail, g.undecided, g.warning))
+        except TimeoutError:
+            results.append(CheckResult("sink:gateway", False, f"cannot tell: no answer within {timeout:.0f}s",
                                        undecided=True))
         finally:
             await sink.aclose()

@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fmc.agent.plugin import CheckResult, EquipmentClaim, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost, RefusedLine, SinkUnavailable, WriteOutcome
 from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
 from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.lineprotocol import LineProtocolError, field_type, parse
@@ -452,6 +452,13 @@ _CLAIMS_SQL = (
     "AND json_extract(s.tags, '$.equipment') IN (SELECT value FROM json_each(?)) GROUP BY e, g ORDER BY e, g"
 )
 
+_GATEWAY_HOSTS_SQL = (
+    "SELECT json_extract(s.tags, '$.host') AS h, coalesce(json_extract(s.tags, '$.gateway'), '') AS g, "
+    "max(p.ts) FROM series s JOIN points p ON p.series_id = s.id "
+    "WHERE s.measurement = 'agent' AND json_extract(s.tags, '$.enterprise') = ? AND p.ts >= ? "
+    "AND h IS NOT NULL GROUP BY h, g ORDER BY h, g"
+)
+
 
 class EmbeddedSink:
     """The Sink protocol over an EmbeddedStore: SQLite work runs in a worker thread.
@@ -519,6 +526,19 @@ class EmbeddedSink:
         """The gateways that wrote ``equipment_daily`` for these equipment ids of ``enterprise``."""
         try:
             return await asyncio.to_thread(self._claims, enterprise, equipment)
+        except (sqlite3.Error, StoreError, OSError) as e:
+            raise SinkUnavailable(f"embedded store {self.path}: {e}") from e
+
+    def _gateway_hosts(self, enterprise: str, since_ns: int) -> list[GatewayHost]:
+        store = self._opened()
+        with store._lock:
+            rows = store._conn.execute(_GATEWAY_HOSTS_SQL, (enterprise, since_ns)).fetchall()
+        return [GatewayHost(str(h), str(g), int(ts)) for h, g, ts in rows]
+
+    async def gateway_hosts(self, enterprise: str, since_ns: int) -> list[GatewayHost]:
+        """The hosts that wrote ``agent`` points of ``enterprise`` since ``since_ns``, per gateway tag."""
+        try:
+            return await asyncio.to_thread(self._gateway_hosts, enterprise, since_ns)
         except (sqlite3.Error, StoreError, OSError) as e:
             raise SinkUnavailable(f"embedded store {self.path}: {e}") from e
 

@@ -40,7 +40,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
-from fmc.agent.plugin import CheckResult, EquipmentClaim, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost, RefusedLine, SinkUnavailable, WriteOutcome
 from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 
 log = logging.getLogger("fmc.sink.influxdb")
@@ -308,46 +308,67 @@ class InfluxDBSink:
         """The gateways that wrote ``equipment_daily`` for these equipment ids of ``enterprise`` (InfluxQL
         over the v1 ``/query`` API: 1.x, and 2.x/3.x with a DBRP mapping). The agent's user must be
         allowed to read the database; otherwise the store cannot answer and this raises."""
-        # lazy: the query module builds on this one (quoting that refuses what InfluxQL cannot carry)
-        from fmc.stores.influxdb.query import quote_ident, quote_literal
+        from fmc.stores.influxdb.query import quote_literal
 
-        measurement = quote_ident("equipment_daily")
-        if self.cfg.retention_policy:
-            measurement = f"{quote_ident(self.cfg.retention_policy)}.{measurement}"
-        params = {"db": self.cfg.database or self.cfg.bucket or "", "epoch": "ns"}
-        if self.cfg.retention_policy:
-            params["rp"] = self.cfg.retention_policy
         ids = sorted(set(equipment))
         claims: list[EquipmentClaim] = []
         for first in range(0, len(ids), CLAIMS_PER_QUERY):
             chunk = " OR ".join(f"equipment = {quote_literal(e)}" for e in ids[first:first + CLAIMS_PER_QUERY])
-            query = (f"SELECT last(online_s) FROM {measurement} WHERE enterprise = {quote_literal(enterprise)} "
-                     f"AND ({chunk}) GROUP BY equipment, gateway")
-            try:
-                response = await self._client.post(f"{self._base}/query", params=params, data={"q": query})
-            except httpx.HTTPError as e:
-                raise self._transport_failure(e) from None
-            if response.status_code in (401, 403):
-                raise SinkUnavailable(f"{self._target} may not be read with {self._credentials_name()} (HTTP "
-                                      f"{response.status_code}: {store_error_text(response)}); the check needs "
-                                      "read access", status=response.status_code)
-            if response.status_code != 200:
-                raise SinkUnavailable(f"{self._base}/query answered HTTP {response.status_code}: "
-                                      f"{store_error_text(response)}", status=response.status_code)
-            try:
-                body = response.json()
-            except ValueError:
-                raise SinkUnavailable(f"{self._base}/query answered something that is not JSON") from None
-            error = _query_error(body)
-            if error:
-                raise SinkUnavailable(f"{self._base}/query: {error}")
-            for result in body.get("results") or []:
-                for series in (result.get("series") or []) if isinstance(result, dict) else []:
-                    tags = series.get("tags") or {}
-                    rows = series.get("values") or []
-                    if tags.get("equipment") and rows and isinstance(rows[0][0], int):
-                        claims.append(EquipmentClaim(tags["equipment"], tags.get("gateway") or "", rows[0][0]))
+            query = (f"SELECT last(online_s) FROM {self._measurement('equipment_daily')} WHERE enterprise = "
+                     f"{quote_literal(enterprise)} AND ({chunk}) GROUP BY equipment, gateway")
+            for tags, rows in await self._series(query):
+                if tags.get("equipment") and rows and isinstance(rows[0][0], int):
+                    claims.append(EquipmentClaim(tags["equipment"], tags.get("gateway") or "", rows[0][0]))
         return claims
+
+    async def gateway_hosts(self, enterprise: str, since_ns: int) -> list[GatewayHost]:
+        """The hosts that wrote ``agent`` points of ``enterprise`` since ``since_ns``, per gateway tag
+        (InfluxQL over ``/query``, as ``equipment_claims``)."""
+        from fmc.stores.influxdb.query import quote_literal
+
+        query = (f"SELECT last(uptime_s) FROM {self._measurement('agent')} WHERE enterprise = "
+                 f"{quote_literal(enterprise)} AND time >= {int(since_ns)} GROUP BY host, gateway")
+        return [GatewayHost(tags["host"], tags.get("gateway") or "", rows[0][0])
+                for tags, rows in await self._series(query)
+                if tags.get("host") and rows and isinstance(rows[0][0], int)]
+
+    def _measurement(self, name: str) -> str:
+        # lazy: the query module builds on this one (quoting that refuses what InfluxQL cannot carry)
+        from fmc.stores.influxdb.query import quote_ident
+
+        if self.cfg.retention_policy:
+            return f"{quote_ident(self.cfg.retention_policy)}.{quote_ident(name)}"
+        return quote_ident(name)
+
+    async def _series(self, query: str) -> list[tuple[dict[str, str], list[list[Any]]]]:
+        """(tags, rows) of every series a read-only InfluxQL ``query`` answers; raises SinkUnavailable
+        when the store cannot answer it (down, not allowed to read, an error)."""
+        params = {"db": self.cfg.database or self.cfg.bucket or "", "epoch": "ns"}
+        if self.cfg.retention_policy:
+            params["rp"] = self.cfg.retention_policy
+        try:
+            response = await self._client.post(f"{self._base}/query", params=params, data={"q": query})
+        except httpx.HTTPError as e:
+            raise self._transport_failure(e) from None
+        if response.status_code in (401, 403):
+            raise SinkUnavailable(f"{self._target} may not be read with {self._credentials_name()} (HTTP "
+                                  f"{response.status_code}: {store_error_text(response)}); the check needs "
+                                  "read access", status=response.status_code)
+        if response.status_code != 200:
+            raise SinkUnavailable(f"{self._base}/query answered HTTP {response.status_code}: "
+                                  f"{store_error_text(response)}", status=response.status_code)
+        try:
+            body = response.json()
+        except ValueError:
+            raise SinkUnavailable(f"{self._base}/query answered something that is not JSON") from None
+        error = _query_error(body)
+        if error:
+            raise SinkUnavailable(f"{self._base}/query: {error}")
+        out: list[tuple[dict[str, str], list[list[Any]]]] = []
+        for result in body.get("results") or []:
+            for series in (result.get("series") or []) if isinstance(result, dict) else []:
+                out.append((series.get("tags") or {}, series.get("values") or []))
+        return out
 
     async def ping(self) -> None:
         """``GET /ping``: InfluxDB answers it from memory, without touching data (1.x, 2.x, 3.x)."""
