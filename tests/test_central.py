@@ -281,6 +281,25 @@ async def test_materialized_points_round_trip(service: IndicatorService, store_p
     assert in_county == pytest.approx({"17": 100 * 65 / 150, "28": 50.0})  # A+B: (50+15)/(100+50); C: 25/50
 
 
+async def test_materialization_writes_in_chunks_and_keeps_only_what_clients_asked_for(
+    service: IndicatorService, store_path: Path
+) -> None:
+    asked = await service.indicators("county", Period.of_year(2020), Scope())  # a client's request
+    written = await service.materialize([Period.of_year(2019), Period.of_year(2020)], chunk=7)
+    reader = EmbeddedStore(store_path, readonly=True)
+    try:
+        points = reader.points("indicator")
+    finally:
+        reader.close()
+    assert len(points) == written and {p.tags["period"] for p in points} == {"2019", "2020"}
+    # the province's figures of every materialized period are not kept in memory (0.9 GB for four periods
+    # of 20,000 enterprises), but what a client asked for is
+    assert {key[0] for key in service._figures} == {Period.of_year(2020)}
+    assert (await service.indicators("county", Period.of_year(2020), Scope())) is asked
+    again = await service.materialize([Period.of_year(2019), Period.of_year(2020)])
+    assert again == written
+
+
 def test_parse_period_forms() -> None:
     today = date(2021, 3, 15)
     assert parse_period("2020", today) == Period.of_year(2020)
