@@ -9,8 +9,10 @@ import pytest
 
 from fmc.agent.feeds import check_feeds
 from fmc.cli.main import main
+from fmc.sources.dlt645.config import Dlt645Source
 from fmc.sources.mqtt.config import MqttSource
 from fmc.sources.opcua.config import OpcUaSource
+from tests.ports import free_port
 
 OPCUA = OpcUaSource(name="hall", endpoint="opc.tcp://127.0.0.1:4840", node=[
     {"equipment": "cnc-01", "signal": "spindle_speed", "node_id": "ns=2;s=a"},
@@ -63,3 +65,40 @@ def test_feeds_of_a_target_without_a_name_is_an_error_even_under_python_o() -> N
     assert feeds.equipment == {"cnc-01"} and feeds.any_meter and not feeds.meters
     with pytest.raises(ValueError, match="a meter target of the source has no name"):
         Feeds.of([("meter", None)])
+
+
+# --- a counter whose register wraps, without rollover ------------------------------------------------------
+
+
+def dlt645(*meters: tuple[str, str]) -> Dlt645Source:
+    return Dlt645Source(name="bus1", transport="tcp", host="127.0.0.1", port=8899, meter=[
+        {"address": f"00000000000{i}", "meter": meter, "energy": energy} for i, (meter, energy) in enumerate(meters)])
+
+
+def test_a_dlt645_register_that_wraps_without_rollover_is_a_warning_naming_the_setting() -> None:
+    bus = dlt645(("main", "00010000"), ("hall", "00000000"), ("wired", "00010000"))
+    meters, _ = check_feeds([bus], ["main", "hall", "wired"], [], without_rollover=["main", "hall"])
+    assert meters.ok and meters.warning
+    assert ("[[meter]] reading 'main' has no rollover, and its dlt645:bus1 register wraps at 1000000: set "
+            "rollover = 1000000 (and max_rate_per_h)") in meters.detail
+    # combined active energy carries a sign bit: where it wraps is the meter's own
+    assert "'hall' has no rollover, and its dlt645:bus1 register wraps: set rollover to where the meter's manual" \
+        in meters.detail
+    assert "'wired'" not in meters.detail  # its [[meter]] has rollover
+    meters, _ = check_feeds([bus], ["main", "hall", "wired"], [])
+    assert (meters.ok, meters.warning) == (True, False)
+
+
+def test_fmc_check_warns_about_a_dlt645_meter_without_rollover(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[enterprise]\nid = "e1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
+        '[sink]\ntype = "embedded"\npath = "store.db"\n'
+        '[[meter]]\nid = "main"\ncarrier = "electricity"\n'
+        '[[meter]]\nid = "hall"\ncarrier = "electricity"\nrollover = 1000000\n'
+        f'[[dlt645]]\nname = "bus1"\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        '[[dlt645.meter]]\naddress = "000000000001"\nmeter = "main"\n'
+        '[[dlt645.meter]]\naddress = "000000000002"\nmeter = "hall"\n', encoding="utf-8")
+    main(["check", "-c", str(path), "--timeout", "1"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  meters"))
+    assert "warn" in line and "'main' has no rollover" in line and "'hall'" not in line

@@ -28,15 +28,17 @@ def _templated(sources: Sequence[tuple[str, Feeds]], meters: bool) -> str:
 
 
 def check_feeds(
-    sources: Sequence[SourceSettings], meter_tags: Collection[str], ledger: Collection[str]
+    sources: Sequence[SourceSettings], meter_tags: Collection[str], ledger: Collection[str],
+    without_rollover: Collection[str] = (),
 ) -> list[CheckResult]:
     """``meter_tags``: the ``meter`` tag each ``[[meter]]`` reads (its ``source``, default its id);
-    ``ledger``: the equipment ids of the inventory. One result for the meters, one for the ledger."""
+    ``ledger``: the equipment ids of the inventory; ``without_rollover``: the meter tags of the counter
+    ``[[meter]]``s without ``rollover``. One result for the meters, one for the ledger."""
     feeds = [(f"{s.section}:{s.name}", s.feeds()) for s in sources]
-    return [_meters(feeds, set(meter_tags)), _ledger(feeds, set(ledger))]
+    return [_meters(feeds, set(meter_tags), set(without_rollover)), _ledger(feeds, set(ledger))]
 
 
-def _meters(feeds: Sequence[tuple[str, Feeds]], meters: set[str]) -> CheckResult:
+def _meters(feeds: Sequence[tuple[str, Feeds]], meters: set[str], without_rollover: set[str]) -> CheckResult:
     fed = {m for _, f in feeds for m in f.meters}
     templated = _templated(feeds, meters=True)
     unfed = meters - fed
@@ -45,9 +47,10 @@ def _meters(feeds: Sequence[tuple[str, Feeds]], meters: set[str]) -> CheckResult
     if extra:
         notes.append(f"readings of {_named(extra)} go to no [[meter]] (stored as meter_reading, not counted): "
                      "add a [[meter]] with that id, or remove the node")
+    notes += _rollover_notes(feeds, without_rollover)
     if not unfed:
         detail = f"{len(meters)} [[meter]](s), each fed by a source" if meters else "no [[meter]]"
-        return CheckResult("meters", True, "; ".join([detail, *notes]), warning=bool(extra))
+        return CheckResult("meters", True, "; ".join([detail, *notes]), warning=len(notes) > 0)
     if templated:
         return CheckResult("meters", False, f"cannot tell whether {_named(unfed)} get readings: {templated} "
                            "name meters from the topic at run time", undecided=True)
@@ -55,6 +58,20 @@ def _meters(feeds: Sequence[tuple[str, Feeds]], meters: set[str]) -> CheckResult
         f"{len(unfed)} of {len(meters)} [[meter]](s) fed by no source: {_named(unfed)} will measure nothing; "
         "add a source node or subscription with that meter id (an OPC UA [[opcua.node]] kind = \"meter\", an "
         "MQTT subscription kind = \"meter\"), or remove the [[meter]]", *notes]), warning=True)
+
+
+def _rollover_notes(feeds: Sequence[tuple[str, Feeds]], without_rollover: set[str]) -> list[str]:
+    """A counter whose register wraps, without ``rollover``: the wrap would be taken as a reset of the
+    meter (counted from 0, or not at all when implausible), and what came just before it lost."""
+    notes = []
+    for source, f in feeds:
+        for meter in sorted(without_rollover & set(f.wraps)):
+            at = f.wraps[meter]
+            where = f"rollover = {at:.0f}" if at is not None else "rollover to where the meter's manual says it wraps"
+            notes.append(f"[[meter]] reading {meter!r} has no rollover, and its {source} register wraps"
+                         f"{f' at {at:.0f}' if at is not None else ''}: set {where} (and max_rate_per_h), or the "
+                         "wrap is taken as a reset of the meter and what it counted just before is lost")
+    return notes
 
 
 def _ledger(feeds: Sequence[tuple[str, Feeds]], ledger: set[str]) -> CheckResult:

@@ -15,7 +15,7 @@ sink either takes the lines (reporting any line the store refused for good), or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, Self
@@ -211,6 +211,9 @@ class Feeds:
     meters: frozenset[str] = frozenset()
     any_equipment: bool = False  # a template names equipment at run time
     any_meter: bool = False  # a template names meters at run time
+    # meter id -> where its cumulative register wraps back to 0 (None: it wraps where the meter's
+    # manual says), for the meters whose source knows the register (a DL/T 645 energy register)
+    wraps: Mapping[str, float | None] = field(default_factory=dict)
 
     @classmethod
     def of(cls, targets: Iterable[tuple[str, str | None]]) -> Feeds:

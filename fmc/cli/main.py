@@ -166,8 +166,9 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
                 return CheckResult(f"{kind}:{name}", False, f"no answer within {timeout:.0f}s")
             return CheckResult(_prefixed(kind, r.name), r.ok, r.detail, r.undecided, r.warning)
 
-        results = [_check_spool(cfg), *check_feeds(cfg.sources(), [m.reads for m in cfg.meter],
-                                                   [e.id for e in inventory])]
+        results = [_check_spool(cfg), *check_feeds(
+            cfg.sources(), [m.reads for m in cfg.meter], [e.id for e in inventory],
+            [m.reads for m in cfg.meter if m.kind == "counter" and m.rollover is None])]
         results += [await bounded(s.section, s.name, s.check(cfg.enterprise, timeout)) for s in cfg.sources()]
         sink = make_sink(cfg)
         try:

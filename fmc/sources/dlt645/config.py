@@ -51,6 +51,12 @@ def known_identifier(text: str) -> Identifier:
     return ident
 
 
+def register_wraps_at(ident: Identifier) -> float | None:
+    """Where an energy register goes back to 0: 10^digits (XXXXXX.XX: 1000000 kWh, not 999999.99, which
+    would lose the last 0.01 kWh of each wrap); None for a signed one, whose wrap the meter's manual gives."""
+    return None if ident.signed else float(10 ** (2 * ident.size - ident.decimals))
+
+
 class Dlt645Meter(_Model):
     """One ``[[dlt645.meter]]``: a meter's address, what its kWh feed, and its signals."""
 
@@ -238,6 +244,8 @@ class Dlt645Source(Dlt645Bus):
         return Feeds(
             equipment=frozenset(m.equipment for m in self.meter if m.equipment is not None),
             meters=frozenset(m.meter for m in self.meter if m.meter is not None),
+            wraps={m.meter: register_wraps_at(IDENTIFIERS[parse_identifier(m.energy)])
+                   for m in self.meter if m.meter is not None},
         )
 
     def relative_to(self, base: Path) -> Self:
