@@ -45,13 +45,14 @@ def test_all_fed_is_ok() -> None:
     assert meters.detail == "2 [[meter]](s), each fed by a source"
 
 
+AGENT_HEAD = ('[enterprise]\nid = "e1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
+              '[sink]\ntype = "embedded"\npath = "store.db"\n')
+
+
 def test_fmc_check_prints_the_warnings(tmp_path: Path, capsys) -> None:
     path = tmp_path / "agent.toml"
-    path.write_text(
-        '[enterprise]\nid = "e1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
-        '[sink]\ntype = "embedded"\npath = "store.db"\n'
-        '[[meter]]\nid = "water"\ncarrier = "water_intake"\n'
-        '[[equipment]]\nid = "loom-01"\nnc = false\n', encoding="utf-8")
+    path.write_text(AGENT_HEAD + '[[meter]]\nid = "water"\ncarrier = "water_intake"\n'
+                    '[[equipment]]\nid = "loom-01"\nnc = false\n', encoding="utf-8")
     assert main(["check", "-c", str(path), "--timeout", "1"]) == 0
     out = capsys.readouterr().out
     assert "  meters         warn  1 of 1 [[meter]](s) fed by no source: 'water'" in out
@@ -92,9 +93,7 @@ def test_a_dlt645_register_that_wraps_without_rollover_is_a_warning_naming_the_s
 def test_fmc_check_warns_about_a_dlt645_meter_without_rollover(tmp_path: Path, capsys) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(
-        '[enterprise]\nid = "e1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
-        '[sink]\ntype = "embedded"\npath = "store.db"\n'
-        '[[meter]]\nid = "main"\ncarrier = "electricity"\n'
+        AGENT_HEAD + '[[meter]]\nid = "main"\ncarrier = "electricity"\n'
         '[[meter]]\nid = "hall"\ncarrier = "electricity"\nrollover = 1000000\n'
         f'[[dlt645]]\nname = "bus1"\ntransport = "tcp"\nhost = "127.0.0.1"\nport = {free_port()}\n'
         '[[dlt645.meter]]\naddress = "000000000001"\nmeter = "main"\n'
