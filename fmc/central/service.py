@@ -485,8 +485,8 @@ class IndicatorService:
         Industry rows are written pooled within the province, each city and each county.
 
         One period at a time, ``chunk`` points a write; what the period's figures and rows added to the
-        service's caches leaves them once written (what clients had asked for stays): a province's
-        figures of every period held at once took 0.9 GB for four periods."""
+        service's caches leaves them once its rows are made (what clients had asked for stays): a
+        province's figures of every period held at once took 0.9 GB for four periods."""
         written = 0
         policy = policy_text(self.targets)
         for period in periods:
