@@ -81,6 +81,24 @@ def test_a_meter_added_overnight_does_not_overwrite_the_day_already_written() ->
     assert restarted.event_counts()[("plant", "consumption_too_late")] == 0
 
 
+def test_after_an_upgrade_from_a_snapshot_without_totals_an_earlier_day_is_not_overwritten() -> None:
+    plant = PlantModel(SITE, sections("main"), [], start_ns=D0)
+    run_main(plant, 0, 26 * 60)
+    saved = plant.snapshot()
+    for key in ("written", "forgotten_until"):  # what an agent before this change saved
+        del saved[key]
+    restarted = PlantModel(SITE, sections("main", "hall"), [], start_ns=D0 + 26 * H)
+    restarted.restore(saved)
+    out: list[Point] = []
+    restarted._intervals_out([interval("hall", 23 * 60 + 45, 4.0, 15)], out)  # 1 May, written before the upgrade
+    restarted._intervals_out([interval("hall", 24 * 60 + 60, 1.0, 15)], out)  # 2 May, still waiting: kept
+    out += restarted.advance(D0 + 50 * H)
+    assert daily_rows(out) == []
+    assert restarted.event_counts()[("plant", "consumption_too_late")] == 1
+    [may2] = daily_rows(out, D0 + 24 * H)
+    assert may2["amount"] == pytest.approx(17.5 + 1.0)  # main 00:00-01:45 of 2 May, and hall's interval
+
+
 def interval(meter: str, start_min: int, amount: float, covered_min: int) -> MeterInterval:
     return MeterInterval(meter, "electricity", D0 + start_min * MIN, D0 + (start_min + 15) * MIN, amount, amount,
                          None, None, covered_min * MIN)

@@ -19,7 +19,7 @@ import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from fmc.core.localtime import NS, local_date, local_day_bounds
@@ -262,7 +262,7 @@ class PlantModel:
                 written[iv.meter] = total
                 self.counts["consumption_rewritten"] += 1
                 self._rewrite.add(day)
-        elif self._forgotten_until is not None and day <= self._forgotten_until:
+        elif day not in self._intervals and self._forgotten_until is not None and day <= self._forgotten_until:
             # its day may have been written and is no longer kept: a row of this interval alone
             # would overwrite the day's
             if iv.meter in self.counted and (iv.amount or iv.covered_ns):
@@ -316,6 +316,11 @@ class PlantModel:
                 m: MeterDayTotal(str(c), float(a), int(cov), int(s)) for m, (c, a, cov, s) in totals.items()}
         if snapshot.get("forgotten_until"):
             self._forgotten_until = date.fromisoformat(snapshot["forgotten_until"])
+        elif "written" not in snapshot:
+            # an older agent's snapshot: it kept no totals, so any day before the snapshot's that is not
+            # waiting for its rollup may have been written already
+            before = local_date(int(snapshot["clock"]), self.site.tz) - timedelta(days=1)
+            self._forgotten_until = max(before, self._forgotten_until or before)
         self._clock = max(self._clock, int(snapshot["clock"]))
         self._last_quality.update(
             {k: int(q) for k, q in snapshot.get("last_quality", {}).items() if k in self.trackers})
