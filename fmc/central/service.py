@@ -45,6 +45,9 @@ from fmc.indicators.sums import EnterpriseInfo, PeriodSums, StoredReport
 log = logging.getLogger("fmc.central")
 
 _YUAN_PER_WAN = 10_000.0  # reports are stored in yuan; the engine takes 10⁴ yuan (万元)
+# materialization turns this many rows into points at a time, not a whole period's (181,500 points at
+# province scale) at once
+ROWS_PER_BATCH = 500
 
 
 class UnknownEnterprise(KeyError):
@@ -506,9 +509,9 @@ class IndicatorService:
                 del self._figures[key]
             self._rows = {k: v for k, v in self._rows.items() if k[1] != period or k in had_rows}
             batch: list[Point] = []
-            for first in range(0, len(rows), 500):  # the points of a few rows at a time, not of the period's all
-                batch += indicator_points(rows[first:first + 500], self.timezone, policy)
-                if len(batch) >= chunk or first + 500 >= len(rows):
+            for first in range(0, len(rows), ROWS_PER_BATCH):
+                batch += indicator_points(rows[first:first + ROWS_PER_BATCH], self.timezone, policy)
+                if len(batch) >= chunk or first + ROWS_PER_BATCH >= len(rows):
                     await self.store.write(batch)
                     written += len(batch)
                     batch = []

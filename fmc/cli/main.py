@@ -166,31 +166,31 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
                 return CheckResult(f"{kind}:{name}", False, f"no answer within {timeout:.0f}s")
             return CheckResult(_prefixed(kind, r.name), r.ok, r.detail, r.undecided, r.warning)
 
+        async def asked(name: str, check: Awaitable[CheckResult]) -> CheckResult:
+            """A question to the store: no answer in time is "cannot tell", not a failure."""
+            try:
+                r = await asyncio.wait_for(check, timeout + 2)
+            except TimeoutError:
+                return CheckResult(name, False, f"cannot tell: no answer within {timeout:.0f}s", undecided=True)
+            return CheckResult(_prefixed("sink", r.name), r.ok, r.detail, r.undecided, r.warning)
+
         results = [_check_spool(cfg), *check_feeds(
             cfg.sources(), [m.reads for m in cfg.meter], [e.id for e in inventory],
             [m.reads for m in cfg.meter if m.kind == "counter" and m.rollover is None])]
         results += [await bounded(s.section, s.name, s.check(cfg.enterprise, timeout)) for s in cfg.sources()]
         sink = make_sink(cfg)
         try:
-            r = await asyncio.wait_for(sink.check(), timeout + 2)
-            results.append(CheckResult(_prefixed("sink", r.name), r.ok, r.detail))
-        except TimeoutError:
-            results.append(CheckResult(f"sink:{cfg.sink_settings().type}", False, f"no answer within {timeout:.0f}s"))
-        try:
+            try:
+                r = await asyncio.wait_for(sink.check(), timeout + 2)
+                results.append(CheckResult(_prefixed("sink", r.name), r.ok, r.detail))
+            except TimeoutError:
+                results.append(CheckResult(f"sink:{cfg.sink_settings().type}", False,
+                                           f"no answer within {timeout:.0f}s"))
             # another gateway of the enterprise already writing this agent's equipment?
-            c = await asyncio.wait_for(check_claims(sink, cfg.enterprise, [e.id for e in inventory]), timeout + 2)
-            results.append(CheckResult(_prefixed("sink", c.name), c.ok, c.detail, c.undecided))
-        except TimeoutError:
-            results.append(CheckResult("sink:claims", False, f"cannot tell: no answer within {timeout:.0f}s",
-                                       undecided=True))
-        try:
+            results.append(await asked("sink:claims", check_claims(sink, cfg.enterprise, [e.id for e in inventory])))
             # another host writing as this gateway (two agents left at the default id)?
-            g = await asyncio.wait_for(
-                check_gateway_hosts(sink, cfg.enterprise, host_tag(socket.gethostname()), time.time_ns()), timeout + 2)
-            results.append(CheckResult(_prefixed("sink", g.name), g.ok, g.detail, g.undecided, g.warning))
-        except TimeoutError:
-            results.append(CheckResult("sink:gateway", False, f"cannot tell: no answer within {timeout:.0f}s",
-                                       undecided=True))
+            results.append(await asked("sink:gateway", check_gateway_hosts(
+                sink, cfg.enterprise, host_tag(socket.gethostname()), time.time_ns())))
         finally:
             await sink.aclose()
         return results

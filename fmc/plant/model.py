@@ -210,9 +210,9 @@ class PlantModel:
             out.extend(consumption_daily_of(day, self.site, self._written[day],
                                             coefficients=coefficients_for(self.sections.coefficients, day.year)))
         if len(self._written) > WRITTEN_DAYS_KEPT:
-            for day in sorted(self._written)[:-WRITTEN_DAYS_KEPT]:
+            for day in sorted(self._written)[:-WRITTEN_DAYS_KEPT]:  # oldest first: the last is the newest forgotten
                 del self._written[day]
-                self._forgotten_until = max(day, self._forgotten_until or day)
+                self._forgotten_until = day
         self._rewrite.clear()
         return out
 
@@ -319,8 +319,7 @@ class PlantModel:
         elif "written" not in snapshot:
             # an older agent's snapshot: it kept no totals, so any day before the snapshot's that is not
             # waiting for its rollup may have been written already
-            before = local_date(int(snapshot["clock"]), self.site.tz) - timedelta(days=1)
-            self._forgotten_until = max(before, self._forgotten_until or before)
+            self._forgotten_until = local_date(int(snapshot["clock"]), self.site.tz) - timedelta(days=1)
         self._clock = max(self._clock, int(snapshot["clock"]))
         self._last_quality.update(
             {k: int(q) for k, q in snapshot.get("last_quality", {}).items() if k in self.trackers})
