@@ -38,6 +38,7 @@ from fmc.plant.rollups import Site
 from fmc.sources.modbus.check import check_modbus
 from fmc.sources.modbus.config import ModbusSource as ModbusSettings
 from fmc.sources.modbus.decode import DATA_TYPES, decode_words, encode_value, register_count
+from fmc.sources.modbus.link import answer_fits
 from fmc.sources.modbus.plan import BIT_FUNCTIONS, MAX_BITS, MAX_REGISTERS, Block, Span, plan_blocks
 from fmc.sources.modbus.points import ValuePlan, block_points, offline_points
 from fmc.sources.modbus.source import ModbusSource
@@ -460,6 +461,53 @@ def test_rtu_over_tcp_counts_crc_errors_and_wrong_unit_ids(run_source):
         assert [d.online for d in source.devices] == [True, False, False]
 
 
+def test_a_late_answer_on_an_rtu_line_is_dropped_never_taken_for_the_next_request(run_source):
+    # Two blocks of the same size on one device, which answers 50 ms after its timeout: RTU frames
+    # carry no transaction id, and without holding the line the answer to the first block was taken
+    # for the second's (block b's 222 stored as signal a)
+    with ModbusTestServer(units=(1,), mode="rtu_over_tcp") as server:
+        server.set_value(1, "holding", 0, 111, "uint16")
+        server.set_value(1, "holding", 400, 222, "uint16")
+        server.units[1].delay_s = 0.25
+        regs = [{"address": 0, "signal": "a"}, {"address": 400, "signal": "b"}]
+        cfg = _section([{"unit": 1, "equipment": "m", "poll_interval_s": 0.05, "timeout_s": 0.2, "retries": 1,
+                         "register": regs}], transport="rtu_over_tcp", host="127.0.0.1", port=server.port)
+        source, recorder, metrics = run_source(cfg)
+
+        def errors(reason: str) -> float:
+            return metrics.value("fmc_source_errors_total", {"source": "meters", "reason": reason})
+
+        def values(signal: str) -> list[object]:
+            return [p.fields.get("value") for p in recorder.points(equipment="m", signal=signal)]
+
+        recorder.wait(lambda: errors("late_answer") >= 4)
+        assert errors("timeout") == 0  # each of them answered, late
+        assert not source.devices[0].online
+        assert set(values("a")) == {None} and set(values("b")) == {None}  # offline samples only
+        server.units[1].delay_s = 0.0
+        recorder.wait(lambda: values("a")[-1] == 111.0 and values("b")[-1] == 222.0)
+        time.sleep(0.5)
+        assert set(values("a")) == {None, 111.0} and set(values("b")) == {None, 222.0}
+        assert source.devices[0].online
+
+
+@pytest.mark.parametrize(("function", "count", "code", "n", "fits"), [
+    ("holding", 2, 3, 2, True),
+    ("holding", 2, 3, 3, False),  # another request's answer, longer
+    ("holding", 2, 3, 1, False),
+    ("holding", 2, 4, 2, False),  # input registers' answer to a holding read
+    ("input", 1, 4, 1, True),
+    ("coil", 3, 1, 8, True),  # bits come in whole bytes
+    ("coil", 9, 1, 16, True),
+    ("coil", 9, 1, 8, False),
+    ("coil", 8, 1, 16, False),
+    ("discrete_input", 1, 1, 8, False),
+])
+def test_an_answer_fits_its_request_by_function_and_number_of_values(function: str, count: int, code: int, n: int,
+                                                                      fits: bool):
+    assert answer_fits(function, count, code, [0] * n) is fits
+
+
 def test_a_device_that_vanishes_goes_offline_at_once_and_comes_back_by_itself(run_source):
     with ModbusTestServer(units=(1,)) as server:
         server.set_value(1, "holding", 0, 1500, "uint16")
@@ -548,7 +596,7 @@ def test_a_slow_tcp_device_does_not_hold_up_another(tcp_server: ModbusTestServer
         tcp_server.units[3].delay_s = 0.0
 
 
-def test_a_silent_device_on_a_serial_line_costs_the_others_only_its_own_timeout(tmp_path: Path, run_source):
+def test_a_silent_device_on_a_serial_line_costs_the_others_only_its_own_timeouts(tmp_path: Path, run_source):
     with serial_pair(tmp_path) as (ours, theirs), \
             ModbusTestServer(units=(1, 2), mode="rtu", serial_port=theirs, baudrate=38400, parity="N") as server:
         server.units[2].silent = True
@@ -562,8 +610,9 @@ def test_a_silent_device_on_a_serial_line_costs_the_others_only_its_own_timeout(
         began, count = time.monotonic(), len(recorder.points(equipment="here"))
         time.sleep(1.2)
         polls = len(recorder.points(equipment="here")) - count
-        # the silent unit is probed every 0.3 s and holds the line 0.3 s each time: about half the time
-        # is left to unit 1, whose rounds take a few ms
+        # the silent unit is probed 0.3 s after its last probe and holds the line 0.6 s each time (its
+        # timeout, then as long again for a late answer to pass): a third of the time or more is left to
+        # unit 1, whose rounds take a few ms
         assert polls >= 0.3 * (time.monotonic() - began) / 0.05, polls
         assert metrics.value("fmc_source_errors_total", {"source": "meters", "reason": "timeout"}) >= 2
 
@@ -621,6 +670,24 @@ async def test_check_prints_one_line_per_device_with_the_fix(tcp_server: ModbusT
     assert "unit 3 (refuses)" in lines[2] and "illegal address" in lines[2] and "40001 is holding 0" in lines[2]
     assert "unit 4 (slow)" in lines[3] and "timeout (1 attempt(s) of 0.2s)" in lines[3] and "unit id" in lines[3]
     assert "unit 1 (impostor)" in lines[4] and "wrong unit id" in lines[4] and "another unit id answered" in lines[4]
+
+
+async def test_check_names_a_late_answer_on_an_rtu_line_within_its_time():
+    # 0.25 s answers to a 0.2 s timeout, and retries that would not fit: each attempt holds the line
+    # 0.4 s, so a 1 s check makes 2 attempts and says why instead of running out of time
+    with ModbusTestServer(units=(1, 2), mode="rtu_over_tcp") as server:
+        server.units[1].delay_s = 0.25
+        cfg = _section([{"unit": u, "name": n, "equipment": n, "timeout_s": 0.2, "retries": 5,
+                         "register": [{"address": 0, "signal": "v"}]} for u, n in ((1, "slow"), (2, "quick"))],
+                       transport="rtu_over_tcp", host="127.0.0.1", port=server.port)
+        began = time.monotonic()
+        result = await check_modbus(cfg, timeout=1.0)
+    assert time.monotonic() - began < 2.0
+    lines = result.detail.split("\n")
+    assert lines[0] == "1 of 2 device(s) answered over rtu_over_tcp", result.detail
+    assert "unit 1 (slow)" in lines[1] and "late answer (2 attempt(s) of 0.2s)" in lines[1], lines[1]
+    assert "raise timeout_s" in lines[1]
+    assert "unit 2 (quick)" in lines[2] and "answered" in lines[2]
 
 
 def test_fmc_check_runs_the_modbus_check(tmp_path: Path, tcp_server: ModbusTestServer,

@@ -8,12 +8,13 @@ import time
 
 from fmc.agent.plugin import CheckResult
 from fmc.sources.modbus import config as schema
-from fmc.sources.modbus.link import FIXES, NO_ANSWER, Link, quiet_pymodbus
+from fmc.sources.modbus.link import FIXES, NO_ANSWER, Link, failed_attempt_s, quiet_pymodbus
 from fmc.sources.modbus.plan import plan_blocks
 
 
 async def check_modbus(cfg: schema.ModbusSource, timeout: float = 5.0) -> CheckResult:
-    """Read each device's requests once (with its timeout and retries, within ``timeout`` overall)."""
+    """Read each device's requests once (with its timeout, and as many of its retries as fit in
+    ``timeout``, within ``timeout`` overall)."""
     quiet_pymodbus()
     links: dict[tuple[object, ...], Link] = {}
     lines: list[str] = []
@@ -27,7 +28,7 @@ async def check_modbus(cfg: schema.ModbusSource, timeout: float = 5.0) -> CheckR
                                   serial_port=cfg.serial_port, baudrate=cfg.baudrate, parity=cfg.parity,
                                   stopbits=cfg.stopbits, bytesize=cfg.bytesize, timeout_s=longest)
         results = await asyncio.gather(*(
-            asyncio.wait_for(_check_device(cfg, i, links[cfg.link_key(i)]), timeout)
+            asyncio.wait_for(_check_device(cfg, i, links[cfg.link_key(i)], timeout), timeout)
             for i in range(len(cfg.device))
         ), return_exceptions=True)
     finally:
@@ -49,14 +50,17 @@ async def check_modbus(cfg: schema.ModbusSource, timeout: float = 5.0) -> CheckR
     return CheckResult(f"modbus:{cfg.name}", failed == 0, "\n      ".join([head, *lines]))
 
 
-async def _check_device(cfg: schema.ModbusSource, index: int, link: Link) -> tuple[bool, str]:
+async def _check_device(cfg: schema.ModbusSource, index: int, link: Link, timeout: float) -> tuple[bool, str]:
     dev = cfg.device[index]
+    # the attempts that fit in the time given, so that the answer says why (a late answer, say)
+    # rather than only that the time ran out
+    retries = max(0, min(dev.retries, int(timeout // failed_attempt_s(cfg.transport, dev.timeout_s)) - 1))
     blocks = plan_blocks(dev.spans(), dev.max_gap, dev.max_registers, dev.max_bits)
     began = time.monotonic()
     refused: list[str] = []
     for block in blocks:
         result = await link.read(dev.unit, block.function, block.address, block.count, timeout_s=dev.timeout_s,
-                                 retries=dev.retries)
+                                 retries=retries)
         if result.values is not None:
             continue
         reason = result.reason or "timeout"
