@@ -343,6 +343,13 @@ def test_check_lists_the_edge_nodes_online_and_says_what_to_do_when_none(mosquit
     assert f"1 edge node(s) online: {group}/line-2 (loom-1)" in heard.detail  # asked for its births, got them
     refused = asyncio.run(check_sparkplug(settings(free_port(), group, host_id), timeout=1.0))
     assert not refused.ok and not refused.undecided and "connection refused" in refused.detail
+    with socket.socket() as quiet:  # accepts TCP (the kernel does), never speaks MQTT: a TLS port, say
+        quiet.bind(("127.0.0.1", 0))
+        quiet.listen()
+        began = time.monotonic()
+        mute = asyncio.run(check_sparkplug(settings(quiet.getsockname()[1], group, host_id), timeout=0.5))
+        assert time.monotonic() - began < 3
+    assert not mute.ok and "no CONNACK" in mute.detail and "[sparkplug.tls]" in mute.detail, mute.detail
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import queue
 import random
 import secrets
-import socket
 import ssl
 import struct
 import sys
@@ -29,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -39,6 +37,13 @@ from fmc.agent.metrics import AgentMetrics
 from fmc.agent.plugin import CheckResult, Delivery, IngestPort, MapResult, Rejection
 from fmc.core.backoff import backoff_delay
 from fmc.sources.mqtt import config
+from fmc.sources.mqtt.broker import (
+    check_handshake,
+    client_options,
+    describe_connect_error,
+    describe_refusal,
+    set_credentials,
+)
 from fmc.sources.mqtt.mapping import Mapper
 
 # MQTT 5: how many unacknowledged QoS 1 messages the broker may send us at once. Acks wait for a
@@ -429,37 +434,13 @@ def _is_v5(cfg: config.MqttSource) -> bool:
     return cfg.protocol == "5"
 
 
-def _tls_context(tls: config.TLSConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def build_client(
     cfg: config.MqttSource, client_id: str, *, persistent: bool, manual_ack: bool, reconnect: bool = True
 ) -> mqtt.Client:
     """A paho client with the source's protocol, credentials and TLS (not yet connected)."""
-    kwargs: dict[str, Any] = {
-        "callback_api_version": CallbackAPIVersion.VERSION2,
-        "client_id": client_id,
-        "protocol": MQTTProtocolVersion.MQTTv5 if _is_v5(cfg) else MQTTProtocolVersion.MQTTv311,
-        "manual_ack": manual_ack,
-        "reconnect_on_failure": reconnect,
-    }
-    if not _is_v5(cfg):  # MQTT 5 says clean_start at connect time instead (paho refuses both)
-        kwargs["clean_session"] = not persistent
-    client = _Client(**kwargs)
-    if cfg.username is not None:
-        password = cfg.password.get_secret_value() if cfg.password is not None else None
-        client.username_pw_set(cfg.username, password)
-    if cfg.tls is not None:
-        client.tls_set_context(_tls_context(cfg.tls))
-        if cfg.tls.insecure_skip_verify:
-            client.tls_insecure_set(True)
+    client = _Client(**client_options(cfg, client_id, clean=not persistent, manual_ack=manual_ack,
+                                      reconnect=reconnect))
+    set_credentials(client, cfg)
     return client
 
 
@@ -481,47 +462,6 @@ def subscription_filters(subscriptions: Sequence[config.Subscription]) -> list[t
         f = sub.mqtt_filter()
         qos_by_filter[f] = max(qos_by_filter.get(f, 0), sub.qos)
     return list(qos_by_filter.items())
-
-
-def describe_connect_error(error: BaseException | None, host: str, port: int) -> str:
-    """One sentence a person can act on, for an error raised while opening the connection."""
-    where = f"{host}:{port}"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve the host name {host!r} ({error.strerror}): check `host`"
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return (f"TLS: the broker's certificate at {where} is not trusted ({error.verify_message}); "
-                "set tls.ca_file to the CA that signed it")
-    if isinstance(error, ssl.SSLError):
-        return (f"TLS handshake with {where} failed ({error.reason or error}): is that port a TLS listener, "
-                "and do tls.cert_file and tls.key_file belong together?")
-    if isinstance(error, ConnectionRefusedError):
-        return f"connection refused by {where}: no broker listens there (is it running? right port?)"
-    if isinstance(error, TimeoutError):
-        return f"no answer from {where} (timed out): wrong host, or a firewall in between"
-    if isinstance(error, ConnectionResetError):
-        return (f"{where} closed the connection at once: a TLS port spoken to without [mqtt.tls], "
-                "or a plain port with it?")
-    if isinstance(error, OSError):
-        return f"cannot connect to {where}: {error.strerror or error}"
-    if error is not None:
-        return f"cannot connect to {where}: {type(error).__name__}: {error}"
-    return f"cannot connect to {where}"
-
-
-def describe_refusal(reason: ReasonCode) -> str:
-    """A refused CONNACK, with a hint. MQTT 3.1.1 codes arrive here converted to MQTT 5 names."""
-    hints = {
-        0x84: "the broker does not accept this MQTT version: try the other `protocol`",
-        0x85: "the broker refused the client_id: use letters, digits and '-' only",
-        0x86: "bad username or password: check `username` and `password`",
-        0x87: "not authorised: check `username` and `password`, and the broker's ACL for this client",
-        0x8A: "this client is banned by the broker",
-        0x88: "the broker is unavailable",
-        0x89: "the broker is busy",
-    }
-    hint = hints.get(reason.value)
-    refused = f"the broker refused the connection ({reason})"
-    return f"{refused}: {hint}" if hint else refused
 
 
 # --- the source ----------------------------------------------------------------------------------------
@@ -865,7 +805,7 @@ class MqttSource:
         # being handled is the reason (refused, DNS, TLS); paho's callback does not pass it.
         error = sys.exc_info()[1]
         delay = self._schedule_retry()
-        self._problem = describe_connect_error(error, self.cfg.host, self.cfg.port)
+        self._problem = describe_connect_error(error, self.cfg.host, self.cfg.port, "mqtt")
         self._log.warning("%s; retrying in %.1fs", self._problem, delay)
 
     def _schedule_retry(self) -> float:
@@ -891,65 +831,22 @@ async def check_mqtt(cfg: config.MqttSource, timeout: float = 5.0) -> CheckResul
 
 def _check_blocking(cfg: config.MqttSource, timeout: float) -> CheckResult:
     name = f"mqtt:{cfg.name}"
-    where = f"{cfg.host}:{cfg.port}"
-    deadline = time.monotonic() + timeout
     try:
         client = build_client(
             cfg, f"fmc-check-{secrets.token_hex(6)}", persistent=False, manual_ack=False, reconnect=False
         )
     except (OSError, ValueError) as e:  # unreadable CA/cert/key file
         return CheckResult(name, False, f"TLS settings: {e}")
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    client.on_connect = lambda c, u, flags, reason, props: events.put(("connack", reason))
-    client.on_disconnect = lambda c, u, flags, reason, props: events.put(("disconnect", reason))
-    client.on_subscribe = lambda c, u, mid, reasons, props: events.put(("suback", reasons))
-    client.connect_timeout = timeout
-
-    def next_event() -> tuple[str, Any] | None:
-        try:
-            return events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
-
+    filters = subscription_filters(cfg.subscribe)
     try:
-        client.connect(cfg.host, cfg.port, cfg.keepalive_s, **_connect_options(cfg, persistent=False))
-    except (OSError, ValueError) as e:
-        return CheckResult(name, False, describe_connect_error(e, cfg.host, cfg.port))
-    client.loop_start()
-    try:
-        event = next_event()
-        if event is None:
-            return CheckResult(name, False, f"connected to {where}, but no CONNACK within {timeout:.0f}s: "
-                                            "is it an MQTT port? (a TLS port needs [mqtt.tls])")
-        kind, reason = event
-        if kind == "disconnect":
-            return CheckResult(name, False, f"{where} closed the connection before answering ({reason}): "
-                                            "is it an MQTT port? (a TLS port needs [mqtt.tls])")
-        if reason.is_failure:
-            return CheckResult(name, False, describe_refusal(reason))
-        filters = subscription_filters(cfg.subscribe)
-        rc, _ = client.subscribe(filters)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return CheckResult(name, False, f"connected, but could not send SUBSCRIBE ({rc})")
-        event = next_event()
-        while event is not None and event[0] != "suback":
-            if event[0] == "disconnect":
-                return CheckResult(name, False, f"the broker closed the connection after SUBSCRIBE ({event[1]})")
-            event = next_event()
-        if event is None:
-            return CheckResult(name, False, f"connected, but no SUBACK within {timeout:.0f}s")
-        refused = [f"{f!r} ({r})" for (f, _), r in zip(filters, event[1], strict=False) if r.is_failure]
-        if refused:
-            return CheckResult(
-                name, False,
-                f"connected, but the broker refused {len(refused)} subscription(s): {', '.join(refused)}; "
-                "check the broker's ACL for this user",
-            )
-        return CheckResult(
-            name, True,
-            f"connected to {where} (MQTT {cfg.protocol}{', TLS' if cfg.tls else ''}), "
-            f"{len(filters)} subscription(s) accepted",
-        )
+        problem = check_handshake(client, cfg, "mqtt", _connect_options(cfg, persistent=False), filters, timeout)
     finally:
         client.disconnect()
         client.loop_stop()
+    if problem is not None:
+        return CheckResult(name, False, problem)
+    return CheckResult(
+        name, True,
+        f"connected to {cfg.host}:{cfg.port} (MQTT {cfg.protocol}{', TLS' if cfg.tls else ''}), "
+        f"{len(filters)} subscription(s) accepted",
+    )

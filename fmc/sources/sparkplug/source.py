@@ -20,18 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import random
 import secrets
-import socket
-import ssl
 import sys
 import threading
 import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -39,6 +36,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.plugin import CheckResult, IngestPort, MapResult, Rejection
 from fmc.core.backoff import backoff_delay
+from fmc.sources.mqtt.broker import (
+    check_handshake,
+    client_options,
+    describe_connect_error,
+    describe_refusal,
+    set_credentials,
+)
 from fmc.sources.sparkplug import config
 from fmc.sources.sparkplug.mapping import Mapper
 from fmc.sources.sparkplug.payload import NAMESPACE, decode, parse_state, rebirth_request, state_payload
@@ -64,36 +68,11 @@ def parse_topic(topic: str) -> tuple[Kind, str, str, str | None] | None:
     return kind, parts[1], parts[3], parts[4] if len(parts) == 5 else None
 
 
-def _tls_context(tls: config.TLSConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.insecure_skip_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def build_client(cfg: config.SparkplugSource, client_id: str, *, manual_ack: bool,
                  reconnect: bool = True) -> mqtt.Client:
     """A paho client with a clean session (Sparkplug hosts must), credentials and TLS; not connected."""
-    v5 = cfg.protocol == "5"
-    kwargs: dict[str, Any] = {
-        "callback_api_version": CallbackAPIVersion.VERSION2,
-        "client_id": client_id,
-        "protocol": MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
-        "manual_ack": manual_ack,
-        "reconnect_on_failure": reconnect,
-    }
-    if not v5:
-        kwargs["clean_session"] = True
-    client = mqtt.Client(**kwargs)
-    if cfg.username is not None:
-        client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password is not None else None)
-    if cfg.tls is not None:
-        client.tls_set_context(_tls_context(cfg.tls))
-        if cfg.tls.insecure_skip_verify:
-            client.tls_insecure_set(True)
+    client = mqtt.Client(**client_options(cfg, client_id, clean=True, manual_ack=manual_ack, reconnect=reconnect))
+    set_credentials(client, cfg)
     return client
 
 
@@ -104,38 +83,6 @@ def connect_options(cfg: config.SparkplugSource) -> dict[str, Any]:
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0
     return {"clean_start": True, "properties": props}
-
-
-def describe_connect_error(error: BaseException | None, host: str, port: int) -> str:
-    where = f"{host}:{port}"
-    if isinstance(error, socket.gaierror):
-        return f"cannot resolve the host name {host!r} ({error.strerror}): check `host`"
-    if isinstance(error, ssl.SSLCertVerificationError):
-        return (f"TLS: the broker's certificate at {where} is not trusted ({error.verify_message}); "
-                "set tls.ca_file to the CA that signed it")
-    if isinstance(error, ssl.SSLError):
-        return f"TLS handshake with {where} failed ({error.reason or error}): is that port a TLS listener?"
-    if isinstance(error, ConnectionRefusedError):
-        return f"connection refused by {where}: no broker listens there (is it running? right port?)"
-    if isinstance(error, TimeoutError):
-        return f"no answer from {where} (timed out): wrong host, or a firewall in between"
-    if isinstance(error, OSError):
-        return f"cannot connect to {where}: {error.strerror or error}"
-    if error is not None:
-        return f"cannot connect to {where}: {type(error).__name__}: {error}"
-    return f"cannot connect to {where}"
-
-
-def describe_refusal(reason: ReasonCode) -> str:
-    hints = {
-        0x84: "the broker does not accept this MQTT version: try the other `protocol`",
-        0x85: "the broker refused the client_id: use letters, digits and '-' only",
-        0x86: "bad username or password: check `username` and `password`",
-        0x87: "not authorised: check `username` and `password`, and the broker's ACL for this client",
-    }
-    hint = hints.get(reason.value)
-    refused = f"the broker refused the connection ({reason})"
-    return f"{refused}: {hint}" if hint else refused
 
 
 class _Ack:
@@ -330,7 +277,7 @@ class SparkplugHost:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         error = sys.exc_info()[1]  # paho calls this inside its `except OSError:`
         delay = self._schedule_retry()
-        self._problem = describe_connect_error(error, self.cfg.host, self.cfg.port)
+        self._problem = describe_connect_error(error, self.cfg.host, self.cfg.port, "sparkplug")
         self._log.warning("%s; retrying in %.1fs", self._problem, delay)
 
     def _schedule_retry(self) -> float:
@@ -461,7 +408,6 @@ def _check_blocking(cfg: config.SparkplugSource, timeout: float) -> CheckResult:
         client = build_client(cfg, f"fmc-check-{secrets.token_hex(6)}", manual_ack=False, reconnect=False)
     except (OSError, ValueError) as e:
         return CheckResult(name, False, f"TLS settings: {e}")
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
     session = HostSession(rebirth_retry_s=3600)
     state: dict[str, Any] = {}
     asked: list[str] = []
@@ -484,49 +430,21 @@ def _check_blocking(cfg: config.SparkplugSource, timeout: float) -> CheckResult:
             asked.append(f"{group}/{node}")
             c.publish(f"{NAMESPACE}/{group}/NCMD/{node}", rebirth_request(time.time_ns() // 1_000_000), qos=0)
 
-    client.on_connect = lambda c, u, flags, reason, props: events.put(("connack", reason))
-    client.on_disconnect = lambda c, u, flags, reason, props: events.put(("disconnect", reason))
-    client.on_subscribe = lambda c, u, mid, reasons, props: events.put(("suback", reasons))
     client.on_message = on_message
-    client.connect_timeout = timeout
-
-    def next_event() -> tuple[str, Any] | None:
-        try:
-            return events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
-            return None
-
+    filters = [(f"{NAMESPACE}/{g}/#", cfg.qos) for g in cfg.group_ids] + [(state_topic(cfg.host_id), 1)]
     try:
-        client.connect(cfg.host, cfg.port, cfg.keepalive_s, **connect_options(cfg))
-    except (OSError, ValueError) as e:
-        return CheckResult(name, False, describe_connect_error(e, cfg.host, cfg.port))
-    client.loop_start()
-    try:
-        event = next_event()
-        if event is None or event[0] == "disconnect":
-            return CheckResult(name, False, f"{where} did not answer as an MQTT broker: is it an MQTT port? "
-                                            "(a TLS port needs [sparkplug.tls])")
-        if event[1].is_failure:
-            return CheckResult(name, False, describe_refusal(event[1]))
-        filters = [(f"{NAMESPACE}/{g}/#", cfg.qos) for g in cfg.group_ids] + [(state_topic(cfg.host_id), 1)]
-        client.subscribe(filters)
-        event = next_event()
-        while event is not None and event[0] != "suback":
-            event = next_event()
-        if event is None:
-            return CheckResult(name, False, f"connected, but no SUBACK within {timeout:.0f}s")
-        refused = [f for (f, _), r in zip(filters, event[1], strict=False) if r.is_failure]
-        if refused:
-            return CheckResult(name, False, f"the broker refused the subscription(s) {refused}: check its ACL "
-                                            "for this user")
-        # listen: births, data (a node heard without a birth is asked for one)
-        time.sleep(max(0.0, min(CHECK_LISTEN_MAX_S, deadline - time.monotonic() - 0.5)))
-        with lock:
-            online = session.online()
-            waiting = session.waiting()
+        problem = check_handshake(client, cfg, "sparkplug", connect_options(cfg), filters, timeout)
+        if problem is None:
+            # listen: births, data (a node heard without a birth is asked for one)
+            time.sleep(max(0.0, min(CHECK_LISTEN_MAX_S, deadline - time.monotonic() - 0.5)))
+            with lock:
+                online = session.online()
+                waiting = session.waiting()
     finally:
         client.disconnect()
         client.loop_stop()
+    if problem is not None:
+        return CheckResult(name, False, problem)
     host = state.get("host")
     host_text = ("; the primary host is online (an agent runs)" if host and host[0] else "")
     groups = ", ".join(cfg.group_ids)
