@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from fmc.agent.metrics import AgentMetrics
 from fmc.agent.plugin import IngestPort, MapResult, Rejection
 from fmc.core.backoff import backoff_delay
 from fmc.core.config import EnterpriseConfig
+from fmc.core.loop_thread import LoopThread
 from fmc.core.points import Point
 from fmc.sources.modbus import config as schema
 from fmc.sources.modbus.link import FIXES, Link, quiet_pymodbus
@@ -96,9 +96,7 @@ class ModbusSource:
         self._connected_gauge = metrics.connected.labels(cfg.name)
         self._errors = metrics.source_errors
         self._rng = random.Random()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._thread = LoopThread(f"fmc-modbus-{self.name}", f"the Modbus source {self.name!r}", logger)
         self.devices: list[_Device] = []  # set up by run(), in the config's order
 
     @property
@@ -124,37 +122,14 @@ class ModbusSource:
 
     def start(self) -> None:
         """Run the source in a thread of its own (own asyncio loop) and return at once."""
-        if self._thread is not None:
-            raise RuntimeError(f"modbus source {self.name!r} was already started")
-        self._connected_gauge.set(0)
-        loop = asyncio.new_event_loop()
-        stop = asyncio.Event()
-        self._loop, self._stop = loop, stop
-
-        def main() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.run(stop))
-            except Exception:
-                self.log.exception("the Modbus source stopped on an unexpected error")
-            finally:
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name=f"fmc-modbus-{self.name}", daemon=True)
-        self._thread.start()
+        if not self._thread.started:
+            self._connected_gauge.set(0)
+        self._thread.start(self.run)
 
     def stop(self, timeout: float = 5.0) -> None:
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None or loop is None or stop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop already ended
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout)
-        if thread.is_alive():
-            self.log.warning("the Modbus thread did not end within %.1fs; leaving it behind", timeout)
-        self._connected_gauge.set(0)
+        if self._thread.started:
+            self._thread.stop(timeout)
+            self._connected_gauge.set(0)
 
     # --- main loop --------------------------------------------------------------------
 

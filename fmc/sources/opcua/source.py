@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import threading
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -55,6 +54,7 @@ from fmc.agent.plugin import IngestPort, MapResult, Rejection
 from fmc.core.backoff import backoff_delay
 from fmc.core.config import EnterpriseConfig
 from fmc.core.lineprotocol import LineProtocolError
+from fmc.core.loop_thread import LoopThread
 from fmc.core.points import Point
 from fmc.sources.opcua import config as schema
 from fmc.sources.opcua.connection import _NEEDS_A_PERSON, OpcUaError, describe_failure, open_client
@@ -88,9 +88,7 @@ class OpcUaSource:
             raise ValueError(f"opcua source {cfg.name!r}: {e.detail}") from None
         self._rng = random.Random()
         self._connected = False
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
+        self._thread = LoopThread(f"fmc-opcua-{self.name}", f"the OPC UA source {self.name!r}", logger)
         self._namespace_indexes: dict[str, int] = {}
         self._kept: _Session | None = None  # a session whose connection broke, to take over again
         # observable state (tests, the demo, fmc check)
@@ -132,37 +130,15 @@ class OpcUaSource:
 
     def start(self) -> None:
         """Run the source in a thread of its own (own asyncio loop) and return at once."""
-        if self._thread is not None:
-            raise RuntimeError(f"opcua source {self.name!r} was already started")
-        self._connected_gauge.set(0)
-        loop = asyncio.new_event_loop()
-        stop = asyncio.Event()
-        self._loop, self._stop = loop, stop
-
-        def main() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.run(stop))
-            except Exception:
-                self.log.exception("the OPC UA source stopped on an unexpected error")
-            finally:
-                _cancel_leftovers(loop)
-                loop.close()
-
-        self._thread = threading.Thread(target=main, name=f"fmc-opcua-{self.name}", daemon=True)
-        self._thread.start()
+        if not self._thread.started:
+            self._connected_gauge.set(0)
+        self._thread.start(self.run)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the session (the server deletes our subscriptions) and end the thread."""
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None or loop is None or stop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop already ended
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout)
-        if thread.is_alive():
-            self.log.warning("the OPC UA thread did not end within %.1fs; leaving it behind", timeout)
-        self._set_connected(False)
+        if self._thread.started:
+            self._thread.stop(timeout)
+            self._set_connected(False)
 
     # --- main loop --------------------------------------------------------------------
 
@@ -271,18 +247,6 @@ class OpcUaSource:
             self._ingest.submit(self.name, f"{len(points)} node value(s)", b"", MapResult(points, []), None)
         for topic, rejection in rejected:
             self._ingest.submit(self.name, topic, b"", MapResult([], [rejection]), None)
-
-
-def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel tasks asyncua may leave behind (a publish loop), so the loop closes quietly."""
-    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        with contextlib.suppress(Exception):
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    with contextlib.suppress(Exception):
-        loop.run_until_complete(loop.shutdown_asyncgens())
 
 
 async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, T]) -> T | None:
