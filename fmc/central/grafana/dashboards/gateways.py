@@ -53,7 +53,9 @@ def gateway_panels(b: Board) -> list[dict[str, Any]]:
                         "orientation": "auto", "textMode": "value", "colorMode": "background",
                         "graphMode": "none", "justifyMode": "auto", "wideLayout": True},
         }, w=6, h=4)
-    columns = ("up", "uptime_s", "spool_depth", "spool_bytes", "oldest_unsent_s", "dead_letters",
+    # the gateway id as a column of the newest point, not a group: a gateway's series from before its
+    # agent wrote the tag would otherwise show it twice for the 30 days of the look-back
+    columns = ("gateway", "up", "uptime_s", "spool_depth", "spool_bytes", "oldest_unsent_s", "dead_letters",
                "sources_connected", "sources", "rejected", "dropped", "sink_errors")
     selected = ", ".join(f'"{c}"' for c in columns)
     query = f'SELECT {selected} FROM "agent" WHERE {scope} AND {recent} {per_host} ORDER BY time DESC LIMIT 1'
@@ -68,6 +70,7 @@ def gateway_panels(b: Board) -> list[dict[str, Any]]:
                 display_name("Time", b.t("last_seen"), unit="dateTimeFromNow"),
                 display_name("enterprise", b.t("enterprise")),
                 display_name("host", b.t("host")),
+                display_name("gateway", b.t("gateway_id")),
                 display_name("up", b.t("up"), mappings=[{"type": "value", "options": {
                     "1": {"text": b.t("up"), "color": "green", "index": 0},
                     "0": {"text": b.t("down"), "color": "red", "index": 1}}}],

@@ -23,6 +23,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "industry": ("行业（GB/T 4754 门类）", "Industry (GB/T 4754 division)"),
     "indicator": ("指标", "Indicator"),
     "host": ("网关", "Gateway"),
+    "gateway_id": ("网关编号（[enterprise] gateway）", "Gateway id ([enterprise] gateway)"),
     "value": ("实际值", "Value"),
     "target": ("目标值", "Target"),
     "baseline": ("基期值", "Baseline"),
@@ -141,9 +142,11 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
         "The counters restart from 0 with the agent.",
     ),
     "last_report": (
-        "每个网关 30 天内最后一个 agent 点。运行=0 表示正常停止；最近上报超过 5 分钟表示网关失联或已停止。",
+        "每个网关 30 天内最后一个 agent 点。运行=0 表示正常停止；最近上报超过 5 分钟表示网关失联或已停止。"
+        "网关编号是该点所写的 [enterprise] gateway（旧版 agent 不写，为空）；两台网关写同一编号时，fmc check 会警告。",
         "The last agent point of each gateway within 30 days. Up = 0 is a clean stop; a last report older "
-        "than 5 minutes means the gateway is cut off or stopped.",
+        "than 5 minutes means the gateway is cut off or stopped. Gateway id: the [enterprise] gateway that point "
+        "was written as (empty from older agents); fmc check warns when two hosts write as one gateway id.",
     ),
 }
 
