@@ -544,7 +544,32 @@ def test_periods() -> None:
     assert Period.of_month(2020, 2).days == 29 and Period.of_month(2019, 2).days == 28
     assert Period.of_quarter(2019, 4).label == "2019-Q4"
     assert Period.year_to_date(date(2020, 2, 29)).in_year(2019).end == date(2019, 2, 28)
+    # 1–2月累计 of a year after a leap year: to 29 February of the leap year, not the 28th
+    assert Period.year_to_date(date(2017, 2, 28)).in_year(2016).end == date(2016, 2, 29)
+    assert Period.year_to_date(date(2017, 2, 27)).in_year(2016).end == date(2016, 2, 27)
+    assert Period.year_to_date(date(2017, 3, 31)).in_year(2016).end == date(2016, 3, 31)
+    assert Period.year_to_date(date(2016, 2, 28)).in_year(2017).end == date(2017, 2, 28)  # not a month's end
     assert Period.of_quarter(2018, 2).months() == [(2018, 4), (2018, 5), (2018, 6)]
+
+
+@pytest.mark.parametrize("reported", ["year_to_date", "months"])
+def test_a_year_to_the_end_of_february_after_a_leap_base_year_has_its_baseline(reported: str) -> None:
+    # 1–2月累计 2017 against 2016: coal at 1 tce a day, value added reported for 1–2月 (or per month).
+    # The base year's period must run to 29 February 2016, where its report ends: a 28 February end
+    # found no report and left the figure without a baseline (insufficient_data)
+    cons = [ConsumptionDay(d, "coal", 1400.0, 1.0) for y in (2016, 2017) for d in days(date(y, 1, 1), date(y, 2, 28))]
+    cons.append(ConsumptionDay(date(2016, 2, 29), "coal", 1400.0, 1.0))
+    if reported == "year_to_date":
+        reports = [Report(Period.year_to_date(date(2016, 2, 29)), value_added_comparable=600.0),
+                   Report(Period.year_to_date(date(2017, 2, 28)), value_added_comparable=590.0)]
+    else:
+        reports = [Report(Period.of_month(y, m), value_added_comparable=v)
+                   for y, v in ((2016, 300.0), (2017, 295.0)) for m in (1, 2)]
+    r = compute("energy_intensity", Period.year_to_date(date(2017, 2, 28)),
+                EnterpriseData("E", consumption=cons, reports=reports), PLAN)
+    assert r.value == pytest.approx(59 / 590)
+    assert r.baseline == pytest.approx(60 / 600)  # the 60 days of 2016's 1–2月
+    assert r.target == pytest.approx(60 / 600 * 0.96) and r.status == "missed"
 
 
 # --- the sums a store need not compute ---------------------------------------------------------------------

@@ -98,15 +98,19 @@ class Period:
         return f"{self.year}-YTD-{self.end.month:02d}-{self.end.day:02d}"
 
     def in_year(self, year: int) -> Period:
-        """The same period in another year (year to 29 February -> 28 February)."""
+        """The same period in another year. A year to date through a month's last day runs to that
+        month's last day (1–2月累计: to 28 February in 2017, to 29 February in 2016, whichever way),
+        as the statistics' 上年同期 does; any other day stays that day."""
         if self.kind == "year":
             return Period.of_year(year)
         if self.kind == "month":
             return Period.of_month(year, self.start.month)
         if self.kind == "quarter":
             return Period.of_quarter(year, (self.start.month + 2) // 3)
-        last = calendar.monthrange(year, self.end.month)[1]
-        return Period.year_to_date(date(year, self.end.month, min(self.end.day, last)))
+        month = self.end.month
+        last = calendar.monthrange(year, month)[1]
+        month_end = self.end.day == calendar.monthrange(self.end.year, month)[1]
+        return Period.year_to_date(date(year, month, last if month_end else min(self.end.day, last)))
 
     def months(self) -> list[tuple[int, int]]:
         """(year, month) of the months the period touches."""
