@@ -572,6 +572,26 @@ def test_a_year_to_the_end_of_february_after_a_leap_base_year_has_its_baseline(r
     assert r.target == pytest.approx(60 / 600 * 0.96) and r.status == "missed"
 
 
+@pytest.mark.parametrize("with_targets", [True, False])
+def test_ranks_put_the_lowest_intensity_and_energy_first_with_or_without_a_target(with_targets: bool) -> None:
+    from fmc.indicators.pooling import GroupRow, rank
+
+    plan = PLAN if with_targets else PLAN.model_copy(update={"indicators": {}})  # a plan file that sets none
+    period = Period.of_year(2020)
+
+    def row(region: str, value: float) -> GroupRow:
+        results = {name: IndicatorResult(name, period, value, None, None, None, None, 1.0, "no_target")
+                   for name in INDICATORS}
+        return GroupRow("county", region, None, None, results)
+
+    ranked = rank([row("330101", 0.5), row("330102", 0.2), row("330103", 0.9)], plan)
+    by_region = {r.region: r.ranks for r in ranked}
+    for name in ("energy", "energy_intensity", "water_intensity", "wastewater_intensity"):
+        assert [by_region[c][name] for c in ("330101", "330102", "330103")] == [2, 1, 3], name
+    for name in ("nc_rate", "networking_rate", "labour_productivity", "rd_intensity", "new_product_ratio"):
+        assert [by_region[c][name] for c in ("330101", "330102", "330103")] == [2, 3, 1], name
+
+
 # --- the sums a store need not compute ---------------------------------------------------------------------
 
 

@@ -52,6 +52,8 @@ Population = Literal["all", "backbone", "above_designated_size"]
 POPULATIONS: tuple[str, ...] = get_args(Population)
 # Indicators in percent whose changes are differences in percentage points, not ratios.
 POINT_INDICATORS = frozenset({"nc_rate", "networking_rate", "rd_intensity", "new_product_ratio"})
+# Less is better (for ranks where a plan file sets no target to say which way the indicator should go).
+LOWER_IS_BETTER = frozenset({"energy", "energy_intensity", "water_intensity", "wastewater_intensity"})
 
 
 class PlanInfo(_Model):

@@ -21,7 +21,7 @@ from fmc.indicators.engine import (
     pool_sums,
     pooled_result,
 )
-from fmc.indicators.plan import INDICATORS, POINT_INDICATORS, Targets
+from fmc.indicators.plan import INDICATORS, LOWER_IS_BETTER, POINT_INDICATORS, Targets
 from fmc.indicators.sums import EnterpriseInfo
 
 Level = Literal["enterprise", "county", "city", "province", "industry"]
@@ -126,11 +126,12 @@ def group_rows(
 
 def rank(rows: Sequence[GroupRow], targets: Targets) -> list[GroupRow]:
     """Ranks per indicator, best first (1, 2, 2, 4 on ties); rows without a value have no rank.
-    Lower is better for intensities with a falling target and for total energy."""
+    Lower is better for an indicator whose target falls, and, where the plan sets no target, for
+    total energy and the intensities (``LOWER_IS_BETTER``)."""
     ranks: list[dict[str, int]] = [{} for _ in rows]
     for name in INDICATORS:
         t = targets.indicators.get(name)  # type: ignore[call-overload]
-        higher_better = t.higher_is_better if t is not None else name != "energy"
+        higher_better = t.higher_is_better if t is not None else name not in LOWER_IS_BETTER
         valued = [(i, r.results[name].value) for i, r in enumerate(rows) if r.results[name].value is not None]
         valued.sort(key=lambda iv: -iv[1] if higher_better else iv[1])  # type: ignore[operator]
         previous_value, previous_rank = None, 0
