@@ -128,6 +128,33 @@ def test_line_noise_and_a_stray_68_before_a_frame_are_skipped_and_counted() -> N
     assert f.scan(h("00 11")).consumed == 2  # nothing to keep
 
 
+def _frames_in(buffer: bytes) -> list[f.Frame]:
+    """Every frame the client's wait finds in ``buffer`` once all of it has arrived."""
+    found = []
+    while buffer:
+        s = f.scan(buffer)
+        buffer = buffer[s.consumed :]
+        if s.frame is not None:
+            found.append(s.frame)
+        elif s.problem is None:
+            break  # waits for more: nothing more will come
+    return found
+
+
+@pytest.mark.parametrize("address", ["000000000007", "000000001207", "000000996807", "999999999999"])
+@pytest.mark.parametrize("gap", range(1, 14))
+def test_a_stray_68_never_hides_a_whole_frame_behind_it(address: str, gap: int) -> None:
+    # 68 seven bytes before the frame's 68 looks like a header whose "length" is the address's
+    # second byte: the scan waited for that many more bytes, and a meter 000000001207 behind the
+    # noise 00 FF 68 11 3C was never read (a timeout, every poll)
+    good = f.encode_frame(address, 0x91, f.read_reply_data(0x00010000, f.encode_value(f.IDENTIFIERS[0x00010000], 42.0)),
+                          4)
+    noise = bytes([0x68]) + bytes(range(0x30, 0x30 + gap - 1))
+    assert _frames_in(noise + good) == [f.decode_frame(good)]
+    assert _frames_in(h("00 FF 68 11 3C") + good) == [f.decode_frame(good)]
+    assert f.scan(h("00 FF 68 11 3C") + good[:-1]).frame is None  # a frame not all here yet is waited for
+
+
 def test_bcd_with_a_nibble_above_9_is_refused() -> None:
     for raw in (h("AA AA AA AA"), h("0A 00 00 00"), h("00 00 00 F0")):
         with pytest.raises(f.BcdError, match="decimal digits"):

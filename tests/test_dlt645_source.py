@@ -212,15 +212,18 @@ def test_several_meters_on_one_serial_bus_with_the_default_settings(tmp_path: Pa
     assert rig.metrics.value("fmc_messages_received_total", {"source": "bus1"}) >= 6
 
 
+# 000000001207: the stray 68 of the junk is seven bytes before the frame's, a header whose "length" is
+# the address's 12: the scan waited for 18 bytes that never came, and the meter was never read
+@pytest.mark.parametrize("address", ["000000000007", "000000001207"])
 def test_garbage_on_the_line_and_a_corrupted_checksum_are_counted_and_the_value_still_read(
-        tmp_path: Path, rig_factory) -> None:
-    meter = SimulatedMeter("000000000007", {FORWARD: 42.0})
+        tmp_path: Path, rig_factory, address: str) -> None:
+    meter = SimulatedMeter(address, {FORWARD: 42.0})
     bus = MeterBus([meter], preamble=4)
     bus.noise = bytes.fromhex("00 FF 68 11 3C")  # a converter's junk, a stray 68
     meter.corrupt_next = 1
     with SerialPair(tmp_path) as pair, SerialMeterServer(bus, pair.meters, baudrate=9600):
         rig = rig_factory(source_settings(port=pair.agent, baudrate=9600, poll_interval_s=0.1, timeout_s=0.3,
-                                          meter=[{"address": "000000000007", "meter": "m7"}]))
+                                          meter=[{"address": address, "meter": "m7"}]))
         wait_until(lambda: len(rig.points("meter_reading")) >= 2, what="two readings")
     assert all(p.fields["value"] == 42.0 for p in rig.points("meter_reading"))
     assert rig.errors("checksum") == 1  # the retry of the corrupted reply got the value
@@ -229,6 +232,57 @@ def test_garbage_on_the_line_and_a_corrupted_checksum_are_counted_and_the_value_
 
 
 # --- over TCP: faults ------------------------------------------------------------------------------------------
+
+
+SLOW, NEXT = "000000000011", "000000000022"
+LATE_TIMEOUT_S = 0.3
+
+
+class SlowBus(MeterBus):
+    """Meter SLOW answers 1.3 × the master's timeout after the request (the line is busy meanwhile, as
+    one RS-485 line is): its reply arrives while the master waits for the next meter's."""
+
+    def answer(self, request: Any) -> bytes | None:
+        if request.address == SLOW and not request.is_reply:
+            time.sleep(1.3 * LATE_TIMEOUT_S)
+        return super().answer(request)
+
+
+def test_a_late_reply_of_another_meter_is_passed_over_and_the_answer_behind_it_taken() -> None:
+    from fmc.sources.dlt645 import frame as f
+    from fmc.sources.dlt645.client import Client, TcpTransport
+
+    with TcpMeterServer(SlowBus([SimulatedMeter(SLOW, {FORWARD: 111.0}), SimulatedMeter(NEXT, {FORWARD: 222.0})])) \
+            as server:
+        transport = TcpTransport(source_settings(transport="tcp", host="127.0.0.1", port=server.port,
+                                                 meter=[{"address": SLOW, "meter": "a"}]))
+        transport.open()
+        try:
+            client = Client(transport, 4)
+            first = client.read(SLOW, f.IDENTIFIERS[FORWARD], LATE_TIMEOUT_S, 0)
+            # SLOW's reply comes 0.09 s into this read, NEXT's right behind it: both in one read of the line,
+            # and the wrong-address frame ended the attempt, NEXT's answer thrown away with it
+            second = client.read(NEXT, f.IDENTIFIERS[FORWARD], LATE_TIMEOUT_S, 0)
+        finally:
+            transport.close()
+    assert first.reason == "timeout"
+    assert (second.value, second.failures) == (222.0, [])
+
+
+def test_a_meter_polled_after_a_slow_one_comes_back_when_it_answers(rig_factory) -> None:
+    slow = SimulatedMeter(SLOW, {FORWARD: 111.0})
+    following = SimulatedMeter(NEXT, {FORWARD: 222.0}, answering=False)  # silent at first
+    with TcpMeterServer(SlowBus([slow, following])) as server:
+        rig = rig_factory(source_settings(transport="tcp", host="127.0.0.1", port=server.port, poll_interval_s=2.0,
+                                          timeout_s=LATE_TIMEOUT_S, retries=2, meter=[
+                                              {"address": SLOW, "meter": "a", "retries": 0},
+                                              {"address": NEXT, "meter": "b"},
+                                          ]))
+        wait_until(lambda: rig.source.meter_answering(NEXT) is False, what="meter b offline")
+        following.answering = True  # back; asked once per round while offline, right after SLOW's late reply
+        wait_until(lambda: any(p.tags["meter"] == "b" for p in rig.points("meter_reading")), timeout=8,
+                   what="a reading of meter b")
+    assert all(p.fields["value"] == 222.0 for p in rig.points("meter_reading") if p.tags["meter"] == "b")
 
 
 def test_error_replies_wrong_addresses_and_values_that_are_not_bcd_are_counted_and_rejected(rig_factory) -> None:
@@ -247,14 +301,15 @@ def test_error_replies_wrong_addresses_and_values_that_are_not_bcd_are_counted_a
         wait_until(lambda: rig.errors("error_flag") >= 2 and rig.errors("bcd_invalid") >= 2
                    and rig.errors("wrong_address") >= 2, what="the faults")
         wait_until(lambda: rig.spool.stats().rejected_total >= 2, what="the rejections")
+        # while the bus is up (once the server closes, every meter on it is out of reach)
+        answering = [rig.source.meter_answering(f"00000000000{n}") for n in (1, 2, 3)]
     readings = rig.points("meter_reading")
     assert {p.tags["meter"] for p in readings} == {"m1"}  # m2's answers come from 000000000009; m3's are not BCD
     assert {p.tags["signal"] for p in rig.points("signal") if p.fields.get("quality") == 0} == {"voltage_a"}
     (rejection, *_) = rig.spool.recent_rejections(10)
     assert rejection.reason == "payload_not_number" and "not two decimal digits" in rejection.detail
-    assert rig.source.meter_answering("000000000001") is True
-    assert rig.source.meter_answering("000000000003") is True  # it answers, with garbage
-    assert rig.source.meter_answering("000000000002") is False  # another meter answers for it
+    # m3 answers, with garbage; another meter answers for m2
+    assert answering == [True, False, True]
 
 
 def test_a_meter_that_vanishes_goes_offline_at_once_and_comes_back(rig_factory) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -204,8 +205,9 @@ class Reading:
 @dataclass(slots=True)
 class _Wait:
     frame: f.Frame | None = None
-    problem: str | None = None
+    problem: str | None = None  # a broken frame (checksum, bad_end)
     noise: int = 0
+    other: tuple[str, str] | None = None  # (reason, detail) of the first whole reply that was not the answer
 
 
 class Client:
@@ -218,22 +220,33 @@ class Client:
     def read(self, address: str, ident: f.Identifier, timeout_s: float, retries: int) -> Reading:
         """Read one data identifier; TransportError when the line itself fails."""
         request = f.read_data_request(address, ident.di, self.preamble)
+
+        def other_than_the_answer(fr: f.Frame) -> tuple[str, str] | None:
+            if fr.address != address:
+                return WRONG_ADDRESS, f"meter {fr.address} answered the request to {address}"
+            if fr.is_error:
+                return None  # an error reply names no identifier: it is the answer
+            if fr.function != f.READ_DATA:
+                return BAD_REPLY, f"a reply with control code 0x{fr.control:02X} to a read"
+            if len(fr.data) < 4 + ident.size or int.from_bytes(fr.data[:4], "little") != ident.di:
+                return BAD_REPLY, f"the reply does not carry {ident.text} ({fr.data[:4][::-1].hex()} instead)"
+            return None
+
         out = Reading()
         for _ in range(retries + 1):
             self.transport.discard_input()
             self.transport.write(request)
-            got = self._wait(timeout_s)
+            got = self._wait(timeout_s, other_than_the_answer)
             out.noise += got.noise
-            if got.frame is None:
-                reason = got.problem or TIMEOUT
-                out.failures.append(reason)
-                out.reason, out.detail = reason, _problem_detail(reason, timeout_s)
-                continue
             fr = got.frame
-            if fr.address != address:
-                out.failures.append(WRONG_ADDRESS)
-                out.reason = WRONG_ADDRESS
-                out.detail = f"meter {fr.address} answered the request to {address}"
+            if fr is None:
+                if got.problem is None and got.other is not None:
+                    reason, detail = got.other
+                else:
+                    reason = got.problem or TIMEOUT
+                    detail = _problem_detail(reason, timeout_s)
+                out.failures.append(reason)
+                out.reason, out.detail = reason, detail
                 continue
             if fr.is_error:
                 code = fr.data[0] if fr.data else 0
@@ -241,15 +254,6 @@ class Client:
                 out.reason, out.error_code = ERROR_FLAG, code
                 out.detail = f"error reply to {ident.text} ({ident.name}): {f.describe_error(code)}"
                 return out  # the meter answered: asking again gets the same answer
-            if fr.function != f.READ_DATA:
-                out.failures.append(BAD_REPLY)
-                out.reason, out.detail = BAD_REPLY, f"a reply with control code 0x{fr.control:02X} to a read"
-                continue
-            if len(fr.data) < 4 + ident.size or int.from_bytes(fr.data[:4], "little") != ident.di:
-                out.failures.append(BAD_REPLY)
-                out.reason = BAD_REPLY
-                out.detail = f"the reply does not carry {ident.text} ({fr.data[:4][::-1].hex()} instead)"
-                continue
             try:
                 out.value = f.decode_value(ident, fr.data[4 : 4 + ident.size])
             except f.BcdError as e:
@@ -263,32 +267,40 @@ class Client:
     def read_address(self, timeout_s: float, retries: int = 0) -> tuple[str | None, Reading]:
         """Broadcast "read address" (AAAAAAAAAAAA): the address of the one meter on the bus."""
         request = f.read_address_request(self.preamble)
+
+        def other_than_the_answer(fr: f.Frame) -> tuple[str, str] | None:
+            if fr.is_error or fr.function != f.READ_ADDRESS:
+                return BAD_REPLY, f"a reply with control code 0x{fr.control:02X} to read address"
+            return None
+
         out = Reading()
         for _ in range(retries + 1):
             self.transport.discard_input()
             self.transport.write(request)
-            got = self._wait(timeout_s)
+            got = self._wait(timeout_s, other_than_the_answer)
             out.noise += got.noise
-            if got.frame is None:
+            fr = got.frame
+            if fr is None:
+                if got.problem is None and got.other is not None:
+                    out.failures.append(got.other[0])
+                    out.reason, out.detail = got.other
+                    return None, out
                 reason = got.problem or TIMEOUT
                 out.failures.append(reason)
                 out.reason, out.detail = reason, _problem_detail(reason, timeout_s)
                 continue
-            fr = got.frame
-            if fr.is_error or fr.function != f.READ_ADDRESS:
-                out.failures.append(BAD_REPLY)
-                out.reason, out.detail = BAD_REPLY, f"a reply with control code 0x{fr.control:02X} to read address"
-                return None, out
             # the reply carries the address in DATA too (and in the header, which some meters leave AA)
             address = f.decode_address(fr.data[:6]) if len(fr.data) >= 6 else fr.address
             out.reason = None
             return address, out
         return None, out
 
-    def _wait(self, timeout_s: float) -> _Wait:
-        """Bytes until a reply or the deadline. Our own request echoed by a half-duplex converter
-        (a frame without the reply bit) is passed over. A broken frame is remembered and the bytes
-        after it scanned on (a stray 68 can look like a header): it is the answer only when
+    def _wait(self, timeout_s: float, other_than_the_answer: Callable[[f.Frame], tuple[str, str] | None]) -> _Wait:
+        """Bytes until the answer or the deadline. Our own request echoed by a half-duplex converter
+        (a frame without the reply bit) is passed over, and so is a whole reply that is not the
+        answer (``other_than_the_answer`` says why: another meter's late reply, say): the answer may
+        still come, or be right behind it in what arrived. A broken frame is remembered and the
+        bytes after it scanned on (a stray 68 can look like a header): it is the answer only when
         nothing good follows in what arrived."""
         deadline = time.monotonic() + timeout_s
         buffer = b""
@@ -305,8 +317,11 @@ class Client:
                 if s.frame is None:
                     break
                 if s.frame.is_reply:
-                    out.frame, out.problem = s.frame, None
-                    return out
+                    why = other_than_the_answer(s.frame)
+                    if why is None:
+                        out.frame, out.problem = s.frame, None
+                        return out
+                    out.other = out.other or why
             if out.problem is not None and not buffer:
                 return out  # a broken reply and nothing after it: retry now rather than at the deadline
             left = deadline - time.monotonic()

@@ -187,6 +187,12 @@ def scan(buffer: bytes) -> Scan:
         length = buffer[start + 9]
         end = start + FRAME_OVERHEAD + length
         if n < end:
+            # a stray 68 seven bytes before a 68 looks like a header, and its "length" is whatever
+            # byte follows: a whole frame already here after it (good or broken) is the one, and the
+            # stray 68 noise; else wait for the rest
+            later = scan(buffer[start + 1 :])
+            if later.frame is not None or later.problem is not None:
+                return Scan(later.frame, later.problem, start + 1 + later.consumed, noise + 1 + later.noise)
             return Scan(None, None, start, noise)  # wait for the rest of the frame
         data_end = start + HEADER_LEN + length
         if buffer[data_end] != checksum(buffer[start:data_end]):
