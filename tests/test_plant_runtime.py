@@ -7,6 +7,8 @@ import json
 import time
 from datetime import UTC, date, datetime, timedelta, timezone
 
+import pytest
+
 from fmc.agent.ingest import PLANT_STATE_KEY, Ingest
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.spool import Spool
@@ -328,10 +330,10 @@ def test_samples_on_their_way_are_not_late_when_the_trackers_run_behind_the_cloc
     assert changes_before[1] == ("idle", T0 + 11 * S)
 
 
-def meter_sections(kind: str, unit: str) -> PlantSections:
+def meter_sections(kind: str, unit: str, **meter: object) -> PlantSections:
     return PlantSections.model_validate({
         "plant": {"interval_minutes": 15, "sample_delay_s": 0},
-        "meter": [{"id": "main", "carrier": "electricity", "kind": kind, "unit": unit, "max_gap_s": 1800}],
+        "meter": [{"id": "main", "carrier": "electricity", "kind": kind, "unit": unit, "max_gap_s": 1800, **meter}],
     })
 
 
@@ -372,6 +374,38 @@ def test_a_live_session_carries_an_unchanged_counter_and_a_steady_power_on():
 
     interval = [(0, 5.0), (900, 5.0), (1800, 5.0)]  # an interval meter is never repeated: 10 kWh after the first
     assert round(sum(a for _, a, _ in run("interval", "kWh", interval, confirm=True)), 9) == 15.0
+
+
+def _live_session(sections: PlantSections, changes: dict[int, float], seconds: int = 1200) -> list[Point]:
+    """A counter read over a live session: its changes, and the confirmations of each other minute."""
+    plant = PlantModel(SITE, sections, [], start_ns=T0)
+    out: list[Point] = []
+    for second in range(0, seconds + 1, 60):
+        now = T0 + second * S
+        if second in changes:
+            out += plant.observe([reading("main", changes[second], now)], now)
+        else:
+            out += plant.confirm_alive([], now, ["main"])
+        out += plant.advance(now)
+    return out + plant.advance(T0 + 7200 * S)
+
+
+@pytest.mark.parametrize("rate", [None, 100.0])
+def test_a_glitch_to_zero_on_a_live_session_stays_a_glitch(rate: float | None) -> None:
+    # plant-semantics §2: 123456, 123457, 0, 123459 is 3 kWh with or without a rate. The confirmation
+    # between the 0 and the return repeated the 0 (the last reading received): two zeros, a reset,
+    # 123460 kWh without a rate (the whole register) and 1 kWh with one
+    sections = meter_sections("counter", "kWh", **({} if rate is None else {"max_rate_per_h": rate}))
+    out = _live_session(sections, {0: 123456.0, 300: 123457.0, 360: 0.0, 540: 123459.0})
+    assert round(sum(a for _, a, _ in intervals_of(out)), 9) == 3.0
+
+
+def test_a_spike_on_a_live_session_does_not_become_the_meters_new_level() -> None:
+    # an increase beyond max_rate_per_h waits for a next reading that agrees; the confirmation repeated
+    # the spike, which agreed with it: re-based at 999999, the real 1003 then looked like a reset
+    sections = meter_sections("counter", "kWh", max_rate_per_h=100.0)
+    out = _live_session(sections, {0: 1000.0, 300: 1001.0, 360: 999999.0, 540: 1003.0, 600: 1004.0, 900: 1005.0})
+    assert round(sum(a for _, a, _ in intervals_of(out)), 9) == 5.0
 
 
 def test_a_meter_whose_last_reading_was_bad_is_not_carried_on():

@@ -203,6 +203,24 @@ class MeterAccumulator:
                 self._power(value * self._kw_per_reading, t)
         return self._emit()
 
+    def confirm(self, ts_ns: int) -> list[MeterInterval]:
+        """The meter still reads what it last read (a live OPC UA session, which sends a register
+        only when it changes): a counter's accepted reading, a power meter's last accepted kW, again at
+        ``ts_ns``. Nothing while a counter's decrease or jump waits for its next reading to decide it
+        (the reading held back is not the register: repeating it would turn a glitch into a reset, or
+        agree with a spike), nothing for an interval meter (its reading is consumption)."""
+        if self._last_value is None or self._last_ts is None or ts_ns <= self._last_ts:
+            return []
+        if self.meter.kind == "counter":
+            if self._drop is not None or self._before_drop is not None or self._candidate is not None:
+                return []
+            self._counter(self._last_value, ts_ns)
+        elif self.meter.kind == "power":
+            self._power(self._last_value, ts_ns)
+        else:
+            return []
+        return self._emit()
+
     def advance(self, now_ns: int) -> list[MeterInterval]:
         """The caller's clock: intervals max_gap_s past their end are final even without readings."""
         if self._clock is None or now_ns > self._clock:

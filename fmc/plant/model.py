@@ -167,10 +167,12 @@ class PlantModel:
 
         ``meters`` read from a live OPC UA session: a register that did not change is not sent again
         (or comes back with its old source timestamp), yet it still reads the same now. A counter or
-        a power meter whose last reading was good gets that reading again at the trackers' time
-        (``now_ns - sample_delay_s``): a counter's time without consumption is covered (not a gap
-        that leaves its intervals uncovered), a steady power is integrated (not lost across
-        ``max_gap_s``). An interval meter gets nothing: its reading is consumption, never repeated."""
+        a power meter whose last reading was good gets its last accepted reading again at the
+        trackers' time (``now_ns - sample_delay_s``, ``MeterAccumulator.confirm``): a counter's time
+        without consumption is covered (not a gap that leaves its intervals uncovered), a steady power
+        is integrated (not lost across ``max_gap_s``). Not a reading held back as undecided (a drop
+        to 0 that the next change may show to be a glitch, a spike): repeating it would decide it.
+        An interval meter gets nothing: its reading is consumption, never repeated."""
         out: list[Point] = []
         t = now_ns - self._delay_ns
         for eq in equipment:
@@ -180,8 +182,8 @@ class PlantModel:
         for meter_id in meters:
             meter = self.meters.get(meter_id)
             reading = self._last_reading.get(meter_id)
-            if meter is not None and reading is not None and meter.meter.kind != "interval" and t > reading[1]:
-                self._intervals_out(meter.observe(reading[0], 0, t, now_ns), out)
+            if meter is not None and reading is not None and t > reading[1]:
+                self._intervals_out(meter.confirm(t), out)
         return out
 
     def advance(self, now_ns: int) -> list[Point]:
