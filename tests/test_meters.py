@@ -306,6 +306,19 @@ def test_virtual_meter_never_negative() -> None:
     assert (iv.amount, iv.clamped, iv.complete) == (0.0, False, True)
 
 
+def test_a_gap_in_the_main_meter_defers_what_the_tenant_used_meanwhile() -> None:
+    # main did not measure 15-45 (a gap: its consumption comes, lumped, with its next reading), the
+    # tenant used 2.5 kWh in each: own is 0 there, and those 5 kWh are subtracted from what follows —
+    # they were dropped (own 47.5 where main − tenant is 50 − 7.5)
+    vm = VirtualMeter(VirtualMeterConfig(id="own", carrier="electricity", add=["main"], subtract=["tenant"]))
+    out = []
+    for start, main, covered in ((15, 0.0, 0), (30, 0.0, 0), (45, 50.0, 15)):
+        out += vm.add(part("main", start, main, covered_min=covered))
+        out += vm.add(part("tenant", start, 2.5))
+    assert [iv.amount for iv in out] == [0.0, 0.0, 42.5]
+    assert (vm.counts["deferred"], vm.counts["clamped"]) == (2, 0)
+
+
 def test_virtual_meter_with_a_missing_part_is_incomplete_after_max_wait() -> None:
     vm = VirtualMeter(VirtualMeterConfig(id="own", carrier="electricity", add=["main"], subtract=["tenant"],
                                          max_wait_s=3600))
@@ -460,6 +473,23 @@ def test_property_snapshot_restore_equals_an_uninterrupted_run(ops, data) -> Non
     b += more + resumed.advance(now + 3 * 24 * H)
     assert b == a
     assert resumed.counts == straight.counts
+
+
+@settings(max_examples=250, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1e4), st.floats(0, 1e4), st.integers(0, IV // S - 1)), min_size=1,
+                max_size=20))
+def test_property_over_gaps_of_the_main_meter_the_total_is_main_less_tenant(parts) -> None:
+    # main never measures a whole interval: nothing is clamped, what cannot be subtracted yet waits
+    vm = VirtualMeter(VirtualMeterConfig(id="own", carrier="electricity", add=["main"], subtract=["tenant"]))
+    out = []
+    for n, (main, tenant, covered_s) in enumerate(parts):
+        out += vm.add(MeterInterval("main", "electricity", D0 + 15 * n * MIN, D0 + 15 * (n + 1) * MIN, main, main,
+                                    None, None, covered_s * S))
+        out += vm.add(part("tenant", 15 * n, tenant))
+    assert all(iv.amount >= 0 and not iv.clamped for iv in out)
+    main_total, tenant_total = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    assert sum(iv.amount for iv in out) + vm.snapshot()["late"] == pytest.approx(main_total - tenant_total, abs=1e-6)
+    assert vm.snapshot()["late"] <= 0
 
 
 @settings(max_examples=250, deadline=None)

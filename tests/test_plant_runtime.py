@@ -408,6 +408,29 @@ def test_a_spike_on_a_live_session_does_not_become_the_meters_new_level() -> Non
     assert round(sum(a for _, a, _ in intervals_of(out)), 9) == 5.0
 
 
+def test_own_consumption_over_a_gap_in_the_main_meter_is_main_less_tenant() -> None:
+    # own = main − tenant; main misses its readings at 60, 75 and 90 min: its hour comes lumped with the
+    # next reading, and the tenant's 7.5 kWh of those intervals were dropped from own (277.5, not 270)
+    sections = PlantSections.model_validate({
+        "plant": {"interval_minutes": 15, "sample_delay_s": 0},
+        "meter": [{"id": "main", "carrier": "electricity", "max_gap_s": 1800, "enterprise_total": False},
+                  {"id": "tenant", "carrier": "electricity", "max_gap_s": 1800, "enterprise_total": False}],
+        "virtual_meter": [{"id": "own", "carrier": "electricity", "add": ["main"], "subtract": ["tenant"]}],
+    })
+    start = T0 - 22 * 3600 * S  # 01:00 of the day
+    plant = PlantModel(SITE, sections, [], start_ns=start)
+    out: list[Point] = []
+    for minute in range(0, 181, 15):
+        now = start + minute * 60 * S
+        points = [reading("tenant", 700 + 10 * minute / 60, now)]
+        if minute not in (60, 75, 90):
+            points.append(reading("main", 50_000 + 100 * minute / 60, now))
+        out += plant.observe(points, now) + plant.advance(now)
+    out += plant.advance(start + 30 * 3600 * S)
+    [day] = [p for p in out if p.measurement == "consumption_daily"]
+    assert round(day.fields["amount"], 6) == 270.0
+
+
 def test_a_meter_whose_last_reading_was_bad_is_not_carried_on():
     plant = PlantModel(SITE, meter_sections("counter", "kWh"), [], start_ns=T0)
     bad = reading("main", 1000.0, T0 + 60 * S)

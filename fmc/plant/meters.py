@@ -484,9 +484,11 @@ class VirtualMeter:
     that is counted (``late_parts``) and its consumption (subtracted ones: negative) goes, uncovered
     (``lump``), into the next interval emitted — like a meter's late data, never dropped; a late
     subtracted part lowers the following intervals down to 0 at most, and the rest waits for later
-    ones. Coverage is the least coverage of the parts. A negative result (a sub-meter reading more
-    than the main meter) is not a measurement: amount 0, coverage 0, ``clamped``; rounding noise
-    below 1e-9 of the parts is just 0.
+    ones. Coverage is the least coverage of the parts. A negative result while an added meter did not
+    measure the whole interval (a gap: its consumption comes later, lumped) is subtracted from the
+    following intervals, as a late subtracted part is (``deferred``): the total stays Σ add −
+    Σ subtract. Otherwise a negative result (a sub-meter reading more than the main meter) is not a
+    measurement: amount 0, coverage 0, ``clamped``; rounding noise below 1e-9 of the parts is just 0.
     """
 
     def __init__(
@@ -505,7 +507,7 @@ class VirtualMeter:
         self._pending: dict[int, dict[str, MeterInterval]] = {}
         self._emitted_until: int | None = None  # starts before this were emitted
         self._late = 0.0  # consumption of late parts (canonical, signed), for the next intervals emitted
-        self.counts: dict[str, int] = {"late_parts": 0, "clamped": 0, "missing_parts": 0}
+        self.counts: dict[str, int] = {"late_parts": 0, "clamped": 0, "deferred": 0, "missing_parts": 0}
 
     def add(self, interval: MeterInterval) -> list[MeterInterval]:
         """A part's interval (others are ignored); returns combined intervals now complete."""
@@ -542,7 +544,15 @@ class VirtualMeter:
         clamped = False
         if amount < 0:
             scale = sum(abs(iv.amount) for iv in parts.values())
-            if amount < -1e-9 * scale:
+            if amount >= -1e-9 * scale:
+                pass  # rounding noise
+            elif any(m not in parts or parts[m].covered_ns < self._i for m in self.config.add):
+                # an added meter did not measure all of this interval (a gap: its consumption comes
+                # later, lumped into the interval of its next reading): what is subtracted here is
+                # subtracted from what follows, as a late subtracted part is, not dropped
+                self.counts["deferred"] += 1
+                self._late += amount
+            else:
                 self.counts["clamped"] += 1
                 clamped, covered = True, 0
             amount, lump = 0.0, 0.0
