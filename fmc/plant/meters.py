@@ -157,8 +157,8 @@ class MeterAccumulator:
         # counter: a decrease waiting for the next reading to say whether it is real (value, ts)
         self._drop: tuple[float, int] | None = None
         # counter: a decrease taken as real for lack of a next reading: (level before it, amount booked
-        # for it); the next reading may still show it was a glitch
-        self._before_drop: tuple[float, float] | None = None
+        # for it, the level's time or None); the next reading may still show it was a glitch
+        self._before_drop: tuple[float, float, int | None] | None = None
         self._horizon: int | None = None  # start of the first interval not yet emitted
         self._open: dict[int, list[Any]] = {}  # start -> [amount_native, covered_ns, lump]
         self._clock: int | None = None
@@ -229,9 +229,9 @@ class MeterAccumulator:
             # no reading within max_gap_s to say otherwise: with a rate to bound what it books, the
             # decrease is taken as real (the next reading may still show it was a glitch); without one
             # it waits for the next reading, however late: nothing else can tell a glitch from a reset
-            level = self._last_value
+            level, level_ts = self._last_value, self._last_ts
             assert level is not None
-            self._before_drop = (level, self._book_drop(*self._drop))
+            self._before_drop = (level, self._book_drop(*self._drop), level_ts)
             self._drop = None
         return self._emit()
 
@@ -249,15 +249,15 @@ class MeterAccumulator:
             # this reading decides the decrease before it: a glitch, or a real reset or rollover
             d, td = self._drop
             self._drop = None
-            if self._returned(x, t, self._last_value, d, td):
+            if self._returned(x, t, self._last_value, self._last_ts, d, td):
                 self.counts["glitch"] += 1  # one bad reading: measured on from the level before it
             else:
                 self._book_drop(d, td)
         elif self._before_drop is not None:
-            level, booked = self._before_drop
+            level, booked, level_ts = self._before_drop
             self._before_drop = None
             d, td = self._last_value, self._last_ts
-            if self._returned(x, t, level, d, td):
+            if self._returned(x, t, level, level_ts, d, td):
                 # the decrease taken as real was a glitch after all: count from the level before it,
                 # less what was booked for the decrease (nothing for a reset without max_rate_per_h)
                 self.counts["glitch"] += 1
@@ -293,17 +293,23 @@ class MeterAccumulator:
         # reset, and near the top of the range like a wrap): the next reading decides
         self._drop = (x, t)
 
-    def _returned(self, x: float, t: int, level: float, d: float, td: int) -> bool:
-        """After a decrease from ``level`` to ``d`` (at ``td``), does ``x`` show it was a glitch?
+    def _returned(self, x: float, t: int, level: float, level_ts: int | None, d: float, td: int) -> bool:
+        """After a decrease from ``level`` (at ``level_ts``) to ``d`` (at ``td``), does ``x`` show it was
+        a glitch?
 
         It does when ``x`` is back at the old level or above (within ``max_jitter``): a reset register
         would have had to count more than the old register's whole reading since ``td`` — and, with
         ``max_rate_per_h``, more than the rate allows (below it the decrease stays a reset: a nearly
-        new register can climb past a small old reading)."""
+        new register can climb past a small old reading) — or when ``d`` is more than a register reset
+        to 0 after ``level`` could have counted by ``td``: then the low reading is the old register's,
+        one bad reading below it (a flickering last digit), not a new register's."""
         if x < level - self.meter.max_jitter:
             return False
         limit = self._limit(td, t)
-        return limit is None or x - d > limit
+        if limit is None or x - d > limit:
+            return True
+        reach = None if level_ts is None else self._limit(level_ts, td)
+        return reach is not None and d > reach
 
     def _book_drop(self, x: float, t: int) -> float:
         """A real decrease to ``x`` at ``t`` (confirmed): rollover or reset; returns the amount booked."""
@@ -469,7 +475,8 @@ class MeterAccumulator:
         self._candidate = None if cand is None else (float(cand[0]), int(cand[1]))
         drop, before = snapshot.get("drop"), snapshot.get("before_drop")  # absent in older snapshots
         self._drop = None if drop is None else (float(drop[0]), int(drop[1]))
-        self._before_drop = None if before is None else (float(before[0]), float(before[1]))
+        self._before_drop = None if before is None else (  # the level's time: absent in older snapshots
+            float(before[0]), float(before[1]), None if len(before) < 3 or before[2] is None else int(before[2]))
         self._horizon = snapshot["horizon_ns"]
         self._open = {int(s): [float(a), int(c), float(lump)] for s, a, c, lump in snapshot["open"]}
         self._clock = snapshot["clock_ns"]
