@@ -503,6 +503,8 @@ def test_pooled_county_from_three_enterprises() -> None:
     assert (county.members, county.included, county.assessed, county.met_count) == (3, 3, 3, 2)
     assert county.met_share == pytest.approx(2 / 3)
     assert county.avg_annual == pytest.approx((0.364 / 0.432) ** 0.25 - 1)
+    with pytest.raises(ValueError, match="not a group's"):  # a group's own base years are in its sums
+        pool([county], PLAN, baseline_results=[county])
     # NC rate at the end of December 2020: (40 + 10 + 0) / (100 + 20 + 5) = 50/125 = 40 %, not the
     # mean of 40 %, 50 %, 0 %
     nc = pool([compute("nc_rate", Period.of_month(2020, 12), d, PLAN) for d in members.values()], PLAN)

@@ -1234,6 +1234,11 @@ def pool(
         if r.indicator != indicator or r.period != period:
             raise ValueError("pool() takes results of one indicator and one period")
     members = list(results)
+    if (baseline_results is not None or previous_results is not None) and any(
+            isinstance(r, PooledResult) for r in members):
+        # a group's pooled sums already hold its members' base and previous years: replacing them is
+        # not possible from one result per group, and silently ignoring them would mislead
+        raise ValueError("baseline_results and previous_results replace enterprises' years, not a group's")
     for given, num, den in ((baseline_results, "base_numerator", "base_denominator"),
                             (previous_results, "prev_numerator", "prev_denominator")):
         if given is None:
