@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import secrets
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -213,3 +214,52 @@ def _all_stored(tmp_path: Path, n: int) -> bool:
             return store.count("meter_reading", {"meter": "gas1"}) >= n
     except Exception:
         return False
+
+
+def test_a_new_message_after_the_broker_lost_its_state_is_not_taken_for_a_redelivery(
+        tmp_path, mosquitto_private, agents):
+    """mosquitto killed (no persistence saved): the agent's next connection is a new session, whose packet
+    ids start again at 1. Its first message (the same payload as the old session's packet 1) reaches an
+    agent that dies before committing it; the restarted agent resumes the session and gets it again with
+    DUP. It was taken for a redelivery of the old session's packet 1 and dropped: a reading lost."""
+    port = free_port()
+    cfg = agent_config(tmp_path, mqtt_port=mosquitto_private.port, client_id="redelivery", metrics_port=port,
+                       extra_subscriptions=METER)
+    cfg.write_text(cfg.read_text() + PLANT)
+    agent = AgentProcess(cfg, port).start()
+    agents.append(agent)
+    agent.wait_metric("fmc_source_connected", 1, source="plant")
+
+    def subscribed() -> int:
+        return mosquitto_private.log().count("Received SUBSCRIBE from redelivery")
+
+    deadline = time.monotonic() + 10
+    while not subscribed():
+        assert time.monotonic() < deadline, "the agent did not subscribe"
+        time.sleep(0.02)
+    publish(mosquitto_private.port, [1.0])  # packet id 1, committed and recorded
+    wait_accepted(agent, 1)
+    before = subscribed()
+    mosquitto_private.kill()
+    mosquitto_private.start()
+    deadline = time.monotonic() + 20
+    while subscribed() <= before:  # the agent is back, in a new session
+        assert time.monotonic() < deadline, "the agent did not reconnect"
+        time.sleep(0.02)
+    # the spool locked by another process: the agent cannot commit what it gets now
+    lock = sqlite3.connect(tmp_path / "spool.db", timeout=30)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        publish(mosquitto_private.port, [1.0])  # packet id 1 again, a new reading
+        agent.wait_metric("fmc_messages_received_total", 2, source="plant")
+        agent.kill()
+    finally:
+        lock.rollback()
+        lock.close()
+    agent = AgentProcess(cfg, port).start()
+    agents.append(agent)
+    wait_accepted(agent, 1)  # sent again with DUP into the resumed session, and stored
+    time.sleep(0.5)
+    assert agent.metric("fmc_redeliveries_total", source="plant") == 0
+    assert agent.terminate() == 0
+    assert_counted_once(tmp_path, [1.0, 1.0])

@@ -283,6 +283,28 @@ def test_committed_messages_are_remembered_per_source_for_a_bounded_window(tmp_p
     assert rows == (RECENT_MESSAGES_KEEP, RECENT_MESSAGES_KEEP // 2 + 1, RECENT_MESSAGES_KEEP * 3 // 2)
 
 
+def test_a_new_broker_session_forgets_the_records_of_the_earlier_ones_and_a_resumed_one_keeps_them(
+        tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    a = b"a" * 16
+    with Spool(path) as spool:
+        first = spool.message_session("plant_1", new=False)
+        assert first == "plant_1"  # session 0: the key records were kept under before sessions
+        spool.append([], messages=[(first, 1, a), ("plantX1", 1, a), ("plant_1x", 1, a)])
+        assert spool.message_session("plant_1", new=False) == first and spool.committed_message(first, 1, a)
+        second = spool.message_session("plant_1", new=True)  # the broker lost the session
+        assert second == "plant_1#1"
+        assert not spool.committed_message(first, 1, a) and not spool.committed_message(second, 1, a)
+        # other sources keep theirs ("_" in a name is not a LIKE wildcard here)
+        assert spool.committed_message("plantX1", 1, a) and spool.committed_message("plant_1x", 1, a)
+        spool.append([], messages=[(second, 1, a)])
+    with Spool(path) as spool:  # a restarted agent whose broker resumes the session
+        assert spool.message_session("plant_1", new=False) == "plant_1#1"
+        assert spool.committed_message("plant_1#1", 1, a)
+        assert spool.message_session("plant_1", new=True) == "plant_1#2"
+        assert not spool.committed_message("plant_1#1", 1, a)
+
+
 def test_a_group_of_messages_is_recorded_as_one_by_one(tmp_path: Path) -> None:
     """A group's record is written in one statement per source: the rows are those of recording its
     messages one after the other (the newest message of a packet id wins, also within a group; each

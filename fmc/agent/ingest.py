@@ -96,6 +96,8 @@ class Ingest:
         self._room = threading.Condition()
         self._stop_requested = False
         self._series: set[str] = set()  # encoded series keys seen, for limits.max_series
+        # (source, connection) -> the key its messages are recorded under (Spool.message_session)
+        self._message_sessions: dict[tuple[str, int], str] = {}
         self._log = logger or logging.getLogger("fmc.ingest")
         self._health = health or Health()
         self._thread = threading.Thread(target=self._guarded_run, name="fmc-ingest", daemon=True)
@@ -284,21 +286,42 @@ class Ingest:
             except Exception as e:  # the journal in the spool still has every committed input
                 self._log.error("could not save the plant state: %s", e)
 
+    def begin_session(self, source: str, connection: int, *, resumed: bool) -> None:
+        """``source``'s upstream opened ``connection`` (its count of connections in this process) and
+        did or did not resume the session before it (MQTT: session present). Called before the
+        connection's first message, and kept in the spool at once: an agent killed before it commits
+        anything of a new session must not take that session's messages, sent again after its restart
+        into the resumed session, for the redeliveries of an earlier session's (their packet ids start
+        again at 1). When the spool cannot say, the connection's messages are recorded under a key of
+        their own: a DUP of them is then stored again (at least once), never dropped."""
+        try:
+            session = self._spool.message_session(source, new=not resumed)
+        except Exception as e:
+            self._log.warning("could not record the broker session of %s (its redeliveries may be stored "
+                              "twice): %s", source, e)
+            session = f"{source}#unrecorded-{connection}-{time.time_ns()}"
+        self._message_sessions[(source, connection)] = session
+
     def _is_redelivery(self, sub: _Submission, recorded: dict[tuple[str, int], bytes]) -> bool:
         """A message the broker flagged DUP whose packet id and digest are those of a recently
-        committed message of the same source (in this group, or in the spool's record). A message
-        without the flag is never one: two equal payloads on a topic are two readings."""
+        committed message of the same source and broker session (in this group, or in the spool's
+        record). A message without the flag is never one: two equal payloads on a topic are two
+        readings; nor is one of a new session (a broker that lost its state numbers from 1 again)."""
         d = sub.delivery
         if d is None:
             return False
-        key = (sub.source, d.packet_id)
+        session = self._message_sessions.get((sub.source, d.connection))
+        if session is None:  # a source that does not call begin_session: decided at its first message
+            self.begin_session(sub.source, d.connection, resumed=d.resumed)
+            session = self._message_sessions[(sub.source, d.connection)]
+        key = (session, d.packet_id)
         if d.dup:
             if key in recorded:
                 if recorded[key] == d.digest:
                     return True
             else:
                 try:
-                    if self._spool.committed_message(sub.source, d.packet_id, d.digest):
+                    if self._spool.committed_message(session, d.packet_id, d.digest):
                         return True
                 except Exception as e:  # cannot tell: store it (at least once), as without the record
                     self._log.warning("could not look up a redelivered message on %s: %s", sub.topic, e)

@@ -134,6 +134,11 @@ class Delivery:
     packet_id: int
     digest: bytes
     dup: bool
+    # which connection of the source's (counted from 1 in each process) it came on, and whether the
+    # broker resumed the session of the connection before it (MQTT: session present); a message of a
+    # new session is never the redelivery of one committed before it, whatever its packet id
+    connection: int = 0
+    resumed: bool = True
 
 
 @dataclass(slots=True)
@@ -156,7 +161,11 @@ class IngestPort(Protocol):
     network thread that also answers keepalives) passes ``wait=False``: a message with an ``ack``
     is then queued at once (its upstream holds it until the ack, which bounds how many can be
     outstanding), one without an ``ack`` is dropped when the queue is full and False returned.
-    Raises ``IngestStopped`` when the ingest has failed."""
+    Raises ``IngestStopped`` when the ingest has failed.
+
+    A source whose upstream numbers its messages per session (MQTT packet ids) may call
+    ``begin_session(source, connection, resumed=…)`` when a connection opens, before its first
+    message, if the ingest has it (``fmc.agent.ingest.Ingest`` does): see ``Delivery``."""
 
     def submit(
         self, source: str, topic: str, payload: bytes, result: MapResult, ack: Callable[[], None] | None,

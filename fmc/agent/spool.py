@@ -460,6 +460,30 @@ class Spool:
                 conn.execute(_TRIM_MESSAGES, (source, last // half * half - RECENT_MESSAGES_KEEP))
         return numbers
 
+    def message_session(self, source: str, *, new: bool) -> str:
+        """The key ``source``'s committed messages are recorded under for one broker session (the
+        records of ``committed_message``). A broker that starts a new session (MQTT's session present
+        off: it lost its state, the session expired, a new client id) numbers packet ids afresh and
+        never sends a message of the old session again: ``new`` starts the next session's key and
+        forgets the records of the earlier ones, whose packet ids would match new messages. A resumed
+        session keeps the key, across restarts (it is kept in the spool). Session 0 is ``source``
+        itself, as records were kept before sessions were."""
+        conn = self._writer
+        state_key = f"message_session:{source}"
+        with self._writer_lock, self._sqlite_errors("message_session"), self._transaction(conn):
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (state_key,)).fetchone()
+            number = int(row[0]) if row is not None else 0
+            if new:
+                number += 1
+                conn.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (state_key, str(number)))
+                # this source's records of every earlier session: its own name, and name#k
+                conn.execute("DELETE FROM recent_messages WHERE source = ?1 OR substr(source, 1, length(?1) + 1) "
+                             "= ?1 || '#'", (source,))
+        if new and self._recent_n is not None:
+            self._recent_n = {k: v for k, v in self._recent_n.items() if k != source and not k.startswith(f"{source}#")}
+        return source if number == 0 else f"{source}#{number}"
+
     def committed_message(self, source: str, packet_id: int, digest: bytes) -> bool:
         """Whether the newest committed message of ``source`` with ``packet_id`` had ``digest`` and
         is among the source's newest RECENT_MESSAGES_KEEP: then a message the broker marks as a

@@ -498,6 +498,7 @@ class MqttSource:
         self._lock = threading.Lock()
         self._acks_done = threading.Condition(self._lock)
         self._generation = 0
+        self._resumed = True  # whether the broker resumed the session of the connection before (CONNACK)
         self._link_up = False
         self._unacked = 0
         self._stopping = False
@@ -666,7 +667,7 @@ class MqttSource:
         with self._lock:
             if self._stopping:
                 return  # not acked: the broker sends them again to the next start
-            generation = self._generation
+            generation, resumed = self._generation, self._resumed
             if awaiting:
                 self._unacked += awaiting
                 if self._unacked >= MAX_IN_FLIGHT and self._read_gate.is_set():
@@ -694,7 +695,7 @@ class MqttSource:
                 ack = _Ack(self, mid, qos, generation)
                 # lets the ingest commit a message the broker delivers again only once: the broker
                 # resends with the same packet id and the DUP flag (docs/spool.md, "Redeliveries")
-                result.delivery = Delivery(mid, message_digest(topic, payload), dup)
+                result.delivery = Delivery(mid, message_digest(topic, payload), dup, generation, resumed)
             messages.append((topic, payload, result, ack))
         try:
             # never waits (see MAX_IN_FLIGHT): QoS 1 messages are queued at once, QoS 0 ones are
@@ -746,6 +747,14 @@ class MqttSource:
             return
         with self._lock:
             self._generation += 1
+            self._resumed = bool(flags.session_present)
+            generation = self._generation
+        # before any message of this connection is handled (paho reads on after this callback): a new
+        # session forgets, in the spool, the packet ids of the earlier ones (docs/spool.md, "Redeliveries")
+        begin_session = getattr(self._ingest, "begin_session", None)
+        if begin_session is not None:
+            begin_session(self.name, generation, resumed=bool(flags.session_present))
+        with self._lock:
             self._link_up = True
         self._problem = ""
         self._attempt = 0
