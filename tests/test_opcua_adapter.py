@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+import fmc.sources.opcua.connection as connection
 from fmc.agent.ingest import Ingest
 from fmc.agent.metrics import AgentMetrics
 from fmc.agent.plugin import Rejection
@@ -666,3 +667,120 @@ def test_describe_failure_names_server_side_uri_refusal() -> None:
     assert error.cause == "certificate_uri_mismatch" and "fmc opcua cert --application-uri" in error.message
     timeout = describe_failure(TimeoutError(), cfg)
     assert timeout.cause == "timeout" and "no answer from h:4840" in timeout.message
+
+
+def test_secure_channel_renewal_failure_does_not_end_the_source(harness: Any,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The secure channel is renewed at 75 % of its lifetime inside the watchdog; a renewal that
+    times out (server busy at that moment) must be a lost session, then a reconnect."""
+    caplog.set_level(logging.WARNING)
+
+    class ShortChannelClient(connection.Client):  # type: ignore[misc,valid-type]
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.secure_channel_timeout = 2000  # ms: renewed every 1.5 s instead of every 45 min
+
+    monkeypatch.setattr(connection, "Client", ShortChannelClient)
+    with OpcUaTestServer() as server:
+        h = harness(source_config(server, [
+            {"equipment": "lab", "signal": "temperature", "node_id": "ns=plant;s=Lab.Temperature"},
+        ], watchdog_s=30, timeout_s=1))
+        server.write("Lab.Temperature", 20.0)
+        h.wait_point("temperature", lambda p: p.fields.get("value") == 20.0)
+        time.sleep(3.5)  # a couple of renewals
+        assert h.source.connected
+        server.freeze(2.5)  # the server is busy for 2.5 s: the next renewal is not answered within 1 s
+        time.sleep(3.0)
+        # the source must come back by itself
+        wait_until(lambda: h.source.connected, timeout=15, what="the source to reconnect after the busy server")
+        server.write("Lab.Temperature", 21.0)
+        h.wait_point("temperature", lambda p: p.fields.get("value") == 21.0)
+        assert "stopped on an unexpected error" not in caplog.text
+
+
+def test_a_failure_while_resuming_does_not_end_the_source(harness: Any,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """The connection fails again right after the session was re-activated (the NamespaceArray read
+    times out, as on a flapping link): the source must retry, not stop for good."""
+    import fmc.sources.opcua.session as session_module
+
+    caplog.set_level(logging.WARNING)
+    real = session_module.read_namespace_array
+    calls = {"n": 0}
+
+    async def flaky(client: Any) -> list[str]:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first read after the session was taken over again
+            raise TimeoutError
+        return await real(client)
+
+    monkeypatch.setattr(session_module, "read_namespace_array", flaky)
+    with OpcUaTestServer() as server:
+        h = harness(source_config(server, [
+            {"equipment": "lab", "signal": "counter", "node_id": "ns=plant;s=Lab.Counter"},
+        ], watchdog_s=1, timeout_s=0.5))
+        server.freeze(2.0)
+        wait_until(lambda: not h.source.connected, what="the watchdog to drop the silent connection")
+        wait_until(lambda: h.source.connected, timeout=15, what="the source to come back")
+        assert "stopped on an unexpected error" not in caplog.text
+
+
+def test_equipment_and_meter_whose_node_vanished_are_not_vouched_for(harness: Any) -> None:
+    """After a server restart without the node (a PLC program change), nothing is read for the
+    equipment/meter any more; yet the source keeps vouching for them as live every confirmation."""
+    with OpcUaTestServer() as server:
+        h = harness(source_config(server, [
+            {"equipment": "lab", "signal": "temperature", "node_id": "ns=plant;s=Lab.Temperature"},
+            {"kind": "meter", "meter": "lab-kwh", "carrier": "electricity", "node_id": "ns=plant;s=Lab.Counter"},
+        ]))
+        server.write("Lab.Temperature", 22.0)
+        server.write("Lab.Counter", 100, variant_type=ua.VariantType.Int32)
+        wait_until(lambda: any(p.tags.get("signal") == "temperature" and p.fields.get("value") == 22.0
+                               and p.fields["quality"] == 0 for p in h.rows()[0]), what="a good temperature")
+        assert h.source.subscribed_nodes == 2
+        assert (h.source.live_equipment(), h.source.live_meters()) == ({"lab"}, {"lab-kwh"})
+        # the server comes back with another address space: neither node exists any more
+        server.stop()
+        wait_until(lambda: not h.source.connected, what="the source to notice the stop")
+        server.layout = "factory"
+        server.start()
+        wait_until(lambda: h.source.connected and h.source.sessions_opened == 2, what="a new session")
+        assert h.source.subscribed_nodes == 0 and h.source.polled_nodes == 0
+        # nothing is read for "lab" or "lab-kwh" in this session: they must not be confirmed as live
+        assert h.source.live_equipment() == set()
+        assert h.source.live_meters() == set()
+
+
+def test_a_polled_node_that_was_unavailable_for_a_moment_is_read_again(harness: Any) -> None:
+    """A polled node that answers BadNodeIdUnknown for a moment (a PLC downloading its program) was
+    dropped from polling for the rest of the session: it is read again after a rest (5 s at first)."""
+    from tests.servers.opcua import PLANT_URI
+
+    with OpcUaTestServer() as server:
+        h = harness(source_config(server, [
+            {"equipment": "lab", "signal": "counter", "node_id": "ns=plant;s=Lab.Counter", "mode": "poll",
+             "poll_interval_s": 0.2},
+            {"equipment": "lab", "signal": "temperature", "node_id": "ns=plant;s=Lab.Temperature", "mode": "poll",
+             "poll_interval_s": 0.2},
+        ]))
+        server.write("Lab.Counter", 1, variant_type=ua.VariantType.Int32)
+        h.wait_point("counter", lambda p: p.fields.get("value") == 1.0)
+        plant = server.namespace_index(PLANT_URI)
+
+        async def drop() -> None:
+            await server.server.delete_nodes([server.server.get_node(server.node_id("Lab.Counter"))])
+
+        async def back() -> None:
+            lab = server.server.get_node(ua.NodeId("Lab", plant))
+            await lab.add_variable(server.node_id("Lab.Counter"), ua.QualifiedName("Counter", plant),
+                                   ua.Variant(5, ua.VariantType.Int32))
+
+        server.call(drop)
+        time.sleep(1.0)
+        server.call(back)
+        server.write("Lab.Counter", 6, variant_type=ua.VariantType.Int32)
+        server.write("Lab.Temperature", 30.0)
+        h.wait_point("temperature", lambda p: p.fields.get("value") == 30.0)  # the other node goes on
+        h.wait_point("counter", lambda p: p.fields.get("value") == 6.0, what="the counter read again")

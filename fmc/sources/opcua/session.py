@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 MAX_NOTIFICATIONS_PER_PUBLISH = 10_000
 MIN_PUBLISHING_MS = 100.0
 SUPERVISE_TICK_S = 0.25
+# a polled node the server calls unusable (BadNodeIdUnknown, BadNotReadable, …: a PLC program being
+# downloaded, say) is read again after this long, doubling up to the longest, while the session lives
+UNUSABLE_RETRY_S = (5.0, 300.0)
 _CURRENT_TIME = ua.NodeId(ua.ObjectIds.Server_ServerStatus_CurrentTime, 0)
 
 _S = ua.StatusCodes
@@ -106,6 +109,7 @@ class _Session:
         self.resumable = True
         self.lost = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
+        self.resting: dict[int, tuple[float, float]] = {}  # id(polled node) -> (read again at, next wait)
         # Hear of a closed socket at once (asyncua calls state listeners from connection_lost), before
         # the publish loop wakes up to its failed request and logs it as a crash.
         add_listener = getattr(self.client.uaclient, "_add_state_listener", None)
@@ -204,6 +208,16 @@ class _Session:
             to_poll.extend(n for n, _ in poll_instead)
         self.polled = to_poll
         self.start_polling()
+        self.publish_live()
+
+    def publish_live(self) -> None:
+        """Tell the source which equipment and meters this session reads now (``live_equipment``,
+        ``live_meters``): the nodes monitored and the polled ones not resting, not the config's."""
+        nodes = [*self.handles.values(), *(n for n in self.polled if id(n) not in self.resting)]
+        equipment = frozenset(n.plan.config.equipment for n in nodes
+                              if n.plan.config.mode == "subscribe" and n.plan.config.equipment is not None)
+        meters = frozenset(n.plan.config.meter for n in nodes if n.plan.config.meter is not None)
+        self.source.set_live(equipment, meters)
 
     async def resume(self) -> bool:
         """Take the session over on a new connection; False when a new session is needed."""
@@ -218,7 +232,13 @@ class _Session:
         if not back:
             self.source.log.info("the server no longer has the session; opening a new one")
             return False
-        indexes = await self.read_indexes()
+        try:
+            indexes = await self.read_indexes()
+        except BaseException as e:  # the link failed again right after: like a failed re-activation
+            drop_connection(self.client)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            raise describe_failure(e, self.cfg) from e
         if indexes != self.indexes:  # cannot happen without a restart, which ends sessions; but be sure
             self.source.log.info("namespace indexes changed; opening a new session")
             await close_client(self.client)
@@ -227,7 +247,9 @@ class _Session:
         self.last_publish = time.monotonic()
         self.lost_reason, self.resumable = None, True
         self.lost.clear()
+        self.resting.clear()  # read every node again: what was unusable may be back
         self.start_polling()
+        self.publish_live()
         return True
 
     async def suspend(self) -> None:
@@ -374,10 +396,11 @@ class _Session:
                 out.append((node, result.StatusCode.value))
         return out
 
-    def _log_unusable(self, node: _LiveNode, code: int) -> None:
+    def _log_unusable(self, node: _LiveNode, code: int, retry_s: float | None = None) -> None:
+        later = "it is skipped until the next connection" if retry_s is None else f"read again in {retry_s:g}s"
         self.source.log.error(
-            "%s: node %s (%s) cannot be read (%s: %s); it is skipped until the next connection",
-            node.plan.where, node.topic, node.plan.address, _status_name(code), ua.StatusCode(code).doc,
+            "%s: node %s (%s) cannot be read (%s: %s); %s",
+            node.plan.where, node.topic, node.plan.address, _status_name(code), ua.StatusCode(code).doc, later,
         )
 
     def start_polling(self) -> None:
@@ -396,10 +419,13 @@ class _Session:
                 points: list[Point] = []
                 rejected: list[tuple[str, Rejection]] = []
                 clock_faults: list[_NodePlan] = []
-                unusable: list[_LiveNode] = []
+                unusable: list[tuple[_LiveNode, int]] = []
+                back: list[_LiveNode] = []
+                now = time.monotonic()
+                reading = [n for n in nodes if id(n) not in self.resting or self.resting[id(n)][0] <= now]
                 start = 0
-                while start < len(nodes):
-                    chunk = nodes[start : start + batch]
+                while start < len(reading):
+                    chunk = reading[start : start + batch]
                     try:
                         values = await self.client.uaclient.read(_read_params([n.node_id for n in chunk]))
                     except ua.UaStatusCodeError as e:
@@ -411,15 +437,23 @@ class _Session:
                     for node, dv in zip(chunk, values, strict=True):
                         code = dv.StatusCode.value if dv.StatusCode is not None else 0
                         if code in _NODE_UNUSABLE:
-                            unusable.append(node)
+                            unusable.append((node, code))
                             continue
+                        if id(node) in self.resting:
+                            back.append(node)
                         data_value_to_point(node.plan, node.topic, dv, received_ns, self.prefer_source, points,
                                             rejected, clock_faults)
                     start += len(chunk)
-                for node in unusable:
-                    self._log_unusable(node, _S.BadNodeIdUnknown)
-                    nodes.remove(node)
-                    self.polled.remove(node)
+                for node, code in unusable:
+                    wait = self.resting[id(node)][1] if id(node) in self.resting else UNUSABLE_RETRY_S[0]
+                    if id(node) not in self.resting:
+                        self._log_unusable(node, code, wait)
+                    self.resting[id(node)] = (time.monotonic() + wait, min(2 * wait, UNUSABLE_RETRY_S[1]))
+                for node in back:
+                    del self.resting[id(node)]
+                    self.source.log.info("%s: node %s reads again", node.plan.where, node.topic)
+                if unusable or back:
+                    self.publish_live()
                 self.source.deliver(points, rejected, len(points) + len(rejected))
                 if clock_faults:
                     self.log_clock_faults(clock_faults)
@@ -464,7 +498,12 @@ class _Session:
                                       f"(watchdog_s = {cfg.watchdog_s:g}): the connection is open but silent")
                 if now - self.channel_opened > 0.75 * self.client.secure_channel_timeout / 1000:
                     # the secure channel's token expires: renew it as OPC UA asks, at 75 % of its lifetime
-                    await self.client.open_secure_channel(renew=True)
+                    try:
+                        await asyncio.wait_for(self.client.open_secure_channel(renew=True), cfg.timeout_s)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as e:  # a busy server or a silent link: reconnect, as for any loss
+                        return self._lost(f"renewing the secure channel failed: {describe_failure(e, cfg).message}")
                     self.client.uaclient.revolve_security_token()
                     self.channel_opened = now
                 if now < next_probe:

@@ -88,6 +88,7 @@ class OpcUaSource:
             raise ValueError(f"opcua source {cfg.name!r}: {e.detail}") from None
         self._rng = random.Random()
         self._connected = False
+        self._live: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
         self._thread = LoopThread(f"fmc-opcua-{self.name}", f"the OPC UA source {self.name!r}", logger)
         self._namespace_indexes: dict[str, int] = {}
         self._kept: _Session | None = None  # a session whose connection broke, to take over again
@@ -105,18 +106,25 @@ class OpcUaSource:
 
     def live_equipment(self) -> set[str]:
         """Equipment read through a live subscription: it reports changes only, so an unchanged
-        value is still good data while the session stands."""
+        value is still good data while the session stands. Only equipment a node of the session
+        reads now: not one whose node the server no longer has, nor a polled one resting."""
         if not self._connected:
             return set()
-        return {n.equipment for n in self.cfg.node if n.mode == "subscribe" and n.equipment is not None}
+        return set(self._live[0])
 
     def live_meters(self) -> set[str]:
         """Meters read from this server while the session stands: a subscription reports changes
         only, and a poll of an unchanged register returns its old source timestamp, so an
-        unchanged reading still holds now (the plant model carries it on: fmc.plant.model)."""
+        unchanged reading still holds now (the plant model carries it on: fmc.plant.model). Only
+        meters a node of the session reads now."""
         if not self._connected:
             return set()
-        return {n.meter for n in self.cfg.node if n.meter is not None}
+        return set(self._live[1])
+
+    def set_live(self, equipment: frozenset[str], meters: frozenset[str]) -> None:
+        """What the current session reads (``_Session.publish_live``, in the source's loop thread; one
+        reference swapped, so the agent's thread reads either the old pair or the new)."""
+        self._live = (equipment, meters)
 
     @property
     def namespace_indexes(self) -> dict[str, int]:
@@ -161,10 +169,22 @@ class OpcUaSource:
                     self.log.log(level, "no session with %s: %s; retrying in %.1fs", cfg.endpoint, e.message, delay)
                     await _sleep_unless(stop, delay)
                     continue
+                except Exception as e:  # not foreseen (a bug, asyncua's): retry rather than end the source
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    delay = self._next_delay(attempt)
+                    attempt += 1
+                    self.log.exception("no session with %s (unexpected error); retrying in %.1fs", cfg.endpoint,
+                                       delay)
+                    await _sleep_unless(stop, delay)
+                    continue
                 if session is None:  # stopped while connecting
                     break
                 self._set_connected(True)
-                reason = await session.supervise(stop)
+                try:
+                    reason = await session.supervise(stop)
+                except Exception as e:  # not foreseen: a new session rather than the end of the source
+                    self.log.exception("watching the session with %s failed", cfg.endpoint)
+                    reason, session.resumable = f"watching the session failed: {type(e).__name__}: {e}", False
                 self._set_connected(False)
                 if reason is None:  # stopping
                     await session.close()
