@@ -821,3 +821,45 @@ def test_parser_registration() -> None:
     args = parser.parse_args(["api", "-c", "central.toml", "--port", "9000"])
     assert args.handler is api_cli.api_main and args.port == 9000 and args.host is None
 
+
+def test_the_reports_of_an_enterprise_that_moved_follow_the_period_end_like_its_indicators(
+    tmp_path: Path, seeded_template: Path
+) -> None:
+    moved = "91330603M7"
+    figures = dict(equipment=40, nc={2016: 8, 2019: 12, 2020: 12}, networked={2016: 4, 2019: 10, 2020: 10},
+                   kwh={2016: 2_000.0, 2019: 2_100.0, 2020: 2_100.0}, water_m3={2016: 50.0, 2019: 49.0, 2020: 49.0},
+                   value_added={2016: 2e6, 2019: 2.4e6, 2020: 2.4e6}, employees=50)
+    before_move = Shape(moved, "越城迁移企业有限公司", "330603", "17", **figures)  # 2016-2019 in 330603
+    after_move = Shape(moved, "越城迁移企业有限公司", "330602", "17", **figures)  # from 2020 in 330602
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    writer = EmbeddedStore(store_file)
+    try:
+        pts = enterprise_points(before_move, (2016, 2019)) + enterprise_points(after_move, (2020,))
+        assert writer.write_lines([encode(p) for p in pts]).refused == []
+    finally:
+        writer.close()
+    client, keys, _ = make_api(tmp_path, store_file, (*ENTERPRISES, after_move))
+    old_county = {"Authorization": f"Bearer {keys.create('region:330603', 'old county')[1]}"}
+    new_county = {"Authorization": f"Bearer {keys.create('region:330602', 'new county')[1]}"}
+    with client:
+        # the documented rule: for 2019 the enterprise belongs to 330603 (the region of the period's end)
+        assert client.get(f"/v1/enterprises/{moved}/indicators?period=2019", headers=old_county).status_code == 200
+        assert client.get(f"/v1/enterprises/{moved}/indicators?period=2019", headers=new_county).status_code == 403
+        # its 2019 reports too (they went to the county it moved to: its latest region)
+        r = client.get(f"/v1/enterprises/{moved}/reports?year=2019", headers=new_county)
+        old = client.get(f"/v1/enterprises/{moved}/reports?year=2019", headers=old_county)
+        # and only the old county may rewrite the 2019 report its 2019 figures are made of
+        put = client.put(f"/v1/enterprises/{moved}/reports/2019", json={"value_added": 1}, headers=new_county)
+        # over all years each county reads the years the enterprise was its own
+        everything_new = client.get(f"/v1/enterprises/{moved}/reports", headers=new_county)
+        everything_old = client.get(f"/v1/enterprises/{moved}/reports", headers=old_county)
+        put_old = client.put(f"/v1/enterprises/{moved}/reports/2019", json={"employees_avg": 51}, headers=old_county)
+    keys.close()
+    assert (r.status_code, old.status_code, put.status_code) == (403, 200, 403), (
+        f"reports 2019: new county {r.status_code} {r.text[:160]}; old county {old.status_code}; "
+        f"PUT 2019 by the new county {put.status_code}")
+    assert [i["period"] for i in old.json()["items"]] == ["2019"]
+    assert [i["period"] for i in everything_new.json()["items"]] == ["2020"]
+    assert [i["period"] for i in everything_old.json()["items"]] == ["2016", "2019"]
+    assert put_old.status_code == 200

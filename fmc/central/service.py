@@ -285,6 +285,20 @@ class IndicatorService:
         """One enterprise, with its region and industry at the end of ``as_of`` (None: its latest)."""
         return (await self._all_enterprises(as_of))[1].get(enterprise_id)
 
+    async def regions_at(self, enterprise_id: str, days: Iterable[date]) -> dict[date, str | None]:
+        """One enterprise's region at the end of each day (its latest tags by then, as for a period's
+        figures), from the store by its id alone: cheap for a few days, however large the province."""
+        wanted = sorted(set(days))
+        scope = Scope(enterprises=(enterprise_id,))
+        today = self.today()  # a day still to come: its latest tags
+        found = await asyncio.gather(*(self.store.enterprises(scope, as_of=d if d < today else None) for d in wanted))
+        entry = self._registry.get(enterprise_id)
+        out: dict[date, str | None] = {}
+        for day, infos in zip(wanted, found, strict=True):
+            info = next((i for i in infos if i.enterprise == enterprise_id), None)
+            out[day] = info.region if info is not None else entry.region if entry is not None else None
+        return out
+
     async def _all_enterprises(self, as_of: date | None = None) -> tuple[list[Enterprise], dict[str, Enterprise]]:
         async with self._enterprises_lock:
             cached = self._enterprises.get(as_of)

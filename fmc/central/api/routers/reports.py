@@ -1,8 +1,8 @@
 """``GET /v1/enterprises/{enterprise_id}/reports`` and ``PUT …/reports/{period}``: the figures an
 enterprise reports (value added, employees, revenue, …), read and written."""
 
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
@@ -24,8 +24,9 @@ from fmc.central.api.models import (
     whole_number,
 )
 from fmc.central.api.responses import CSV_OK, finite, labels, respond, wants_csv
-from fmc.central.service import UnknownEnterprise
-from fmc.central.store import Scope
+from fmc.central.keys import KeyScope
+from fmc.central.service import IndicatorService, UnknownEnterprise, report_period
+from fmc.central.store import Scope, StoredReport
 from fmc.indicators.reports import REPORT_FIELDS, EnterpriseReport
 
 router = APIRouter(prefix=PREFIX, tags=["reports"])
@@ -37,6 +38,26 @@ def finite_figures(figures: Mapping[str, float]) -> dict[str, float]:
 
 def this_year(timezone: str) -> int:
     return datetime.now(ZoneInfo(timezone)).year
+
+
+async def reports_in_scope(service: IndicatorService, key: KeyScope, enterprise_id: str,
+                           stored: Sequence[StoredReport]) -> list[StoredReport]:
+    """The reports a key may read: a region key those of the periods whose end found the enterprise in
+    its region (the rule of its figures: an enterprise that moved counties is the old county's for the
+    periods before, the new one's after). The region is asked at each year's end, and at each
+    period's end only in a year it changed: a few store look-ups, not one per report."""
+    if key.kind != "region" or not stored:
+        return list(stored)  # the province's key sees all; an enterprise's key its own
+    years = {int(r.period[:4]) for r in stored}
+    at_year_end = await service.regions_at(enterprise_id, [date(y + d, 12, 31) for y in years for d in (-1, 0)])
+    moved = {y for y in years if at_year_end[date(y - 1, 12, 31)] != at_year_end[date(y, 12, 31)]}
+    ends = {r.period: report_period(r.period).end for r in stored if int(r.period[:4]) in moved}
+    at_end = await service.regions_at(enterprise_id, ends.values()) if ends else {}
+
+    def region(r: StoredReport) -> str | None:
+        return at_end[ends[r.period]] if r.period in ends else at_year_end[date(int(r.period[:4]), 12, 31)]
+
+    return [r for r in stored if key.enterprise_access(enterprise_id, region(r)) == "ok"]
 
 
 @router.get("/enterprises/{enterprise_id}/reports", response_model=ReportsOut,
@@ -53,18 +74,24 @@ async def enterprise_reports(
 ) -> Response:
     """The enterprise's reports (annual, quarterly, year-to-date and monthly), money in yuan."""
     ctx = context(request)
-    e = await one_enterprise(ctx, key, enterprise_id)
     base = ctx.service.targets.base_year
     first, last = (year, year) if year is not None else (base, max(this_year(ctx.service.timezone), base))
-    stored = (await ctx.service.reports(Scope(enterprises=(e.enterprise,)), first, last)).get(e.enterprise, [])
+    if key.kind == "enterprise" and enterprise_id != key.enterprise:  # decided without a lookup
+        raise HTTPException(403, "this enterprise is outside the key's scope")
+    stored = [r for r in (await ctx.service.reports(Scope(enterprises=(enterprise_id,)), first, last)).get(
+        enterprise_id, []) if r.enterprise == enterprise_id]
+    visible = await reports_in_scope(ctx.service, key, enterprise_id, stored)
+    if not visible:  # none of its periods in the key's scope: 403 or 404 as for the enterprise at the years' end
+        end = date(last, 12, 31)
+        await one_enterprise(ctx, key, enterprise_id, as_of=end if end < ctx.service.today() else None)
     items = sorted((ReportOut(enterprise=r.enterprise, period=r.period, figures=finite_figures(r.figures))
-                    for r in stored if r.enterprise == e.enterprise), key=lambda r: r.period)
-    body = ReportsOut(enterprise=e.enterprise, first_year=first, last_year=last, items=items)
+                    for r in visible), key=lambda r: r.period)
+    body = ReportsOut(enterprise=enterprise_id, first_year=first, last_year=last, items=items)
     rows = [[r.enterprise, r.period, *(r.figures.get(f) for f in REPORT_FIELDS)] for r in items]
     return await respond(request, ctx.bodies, json_body=body.model_dump(mode="json"),
                          csv_header=labels(lang, REPORT_CSV_COLUMNS), csv_rows=rows,
                          as_csv=wants_csv(format, request.headers.get("accept")),
-                         filename=f"fmc-reports-{e.enterprise}.csv")
+                         filename=f"fmc-reports-{enterprise_id}.csv")
 
 
 @router.put("/enterprises/{enterprise_id}/reports/{period}", response_model=ReportOut,
@@ -81,7 +108,14 @@ async def put_report(
     """Store the enterprise's figures for a year, a month, a quarter or a year to date (money in
     yuan, employees in persons); figures not given keep their stored value. Returns the report as stored."""
     ctx = context(request)
-    e = await one_enterprise(ctx, key, enterprise_id)
+    try:
+        period_end: date | None = report_period(period).end
+    except ValueError:
+        period_end = None  # refused below, with the body's other errors
+    if period_end is not None and (period_end >= ctx.service.today() or period_end.year < YEAR_MIN):
+        period_end = None  # a period still running: the latest region (a year out of range: refused below)
+    # by its region at the end of the report's period, as its figures of that period are pooled
+    e = await one_enterprise(ctx, key, enterprise_id, as_of=period_end)
     try:
         report = EnterpriseReport(enterprise=e.enterprise, period=period, **figures.model_dump(exclude_none=True))
     except ValidationError as err:
