@@ -9,6 +9,7 @@ OpenAPI fuzzing. The seed helpers here are shared with them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import inspect
 import io
@@ -49,6 +50,7 @@ from fmc.central.keys import KeyStore
 from fmc.central.registry import RegistryEntry
 from fmc.central.reports import report_points
 from fmc.central.service import IndicatorService
+from fmc.central.store import Scope
 from fmc.cli import api as api_cli
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
@@ -863,3 +865,117 @@ def test_the_reports_of_an_enterprise_that_moved_follow_the_period_end_like_its_
     assert [i["period"] for i in everything_new.json()["items"]] == ["2020"]
     assert [i["period"] for i in everything_old.json()["items"]] == ["2016", "2019"]
     assert put_old.status_code == 200
+
+# --- the service's cached figures stay true to the store ---------------------------------------------------------
+
+
+class GatedStore:
+    """The embedded query store; once armed, the next reports() read waits, after reading, until released."""
+
+    def __init__(self, inner: EmbeddedQueryStore) -> None:
+        self.inner = inner
+        self.timezone = inner.timezone
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def reports(self, *args, **kwargs):
+        out = await self.inner.reports(*args, **kwargs)
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            await self.release.wait()
+        return out
+
+
+def _row(rows, key):
+    return next(r for r in rows if r.key == key)
+
+
+async def test_a_report_put_during_a_computation_is_not_undone_by_it(tmp_path: Path, seeded_template: Path) -> None:
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    store = GatedStore(EmbeddedQueryStore(store_file))
+    service = IndicatorService(store, PLAN, registry=registry(), revalidate_s=3600)  # type: ignore[arg-type]
+    period = service.parse_period("2019")
+    store.armed = True
+    reader = asyncio.create_task(service.indicators("enterprise", period, Scope()))  # a GET under way
+    await store.entered.wait()  # it has read the reports, before the PUT below
+    await service.put_report(EnterpriseReport(enterprise="91330602A1", period="2019", value_added=24e6,
+                                              value_added_comparable=24e6))
+    store.release.set()
+    await reader
+    # the PUT has returned: a GET now must see the new value added (12e6 -> 24e6, 200 employees)
+    after = await service.indicators("enterprise", period, Scope())
+    lp = _row(after.rows, "91330602A1").results["labour_productivity"].value
+    fresh = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
+    want = _row((await fresh.indicators("enterprise", period, Scope())).rows, "91330602A1").results[
+        "labour_productivity"].value
+    await fresh.aclose()
+    await service.aclose()
+    assert want == pytest.approx(2400 / 200)
+    assert lp == pytest.approx(want), f"after the PUT the service still serves {lp} (pre-PUT), not {want}"
+
+
+async def test_a_report_put_during_a_revalidation_is_not_undone_by_it(tmp_path: Path, seeded_template: Path) -> None:
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    store = GatedStore(EmbeddedQueryStore(store_file))
+    service = IndicatorService(store, PLAN, registry=registry(), revalidate_s=3600)  # type: ignore[arg-type]
+    period = service.parse_period("2019")
+    await service.indicators("enterprise", period, Scope())
+    store.armed = True
+    reval = asyncio.create_task(service.revalidate())
+    await store.entered.wait()
+    await service.put_report(EnterpriseReport(enterprise="91330602A1", period="2019", value_added=24e6,
+                                              value_added_comparable=24e6))
+    mid = await service.indicators("enterprise", period, Scope())  # a GET after the PUT: the new figure
+    mid_lp = _row(mid.rows, "91330602A1").results["labour_productivity"].value
+    store.release.set()
+    await reval
+    after = await service.indicators("enterprise", period, Scope())
+    lp = _row(after.rows, "91330602A1").results["labour_productivity"].value
+    await service.aclose()
+    assert mid_lp == pytest.approx(2400 / 200)
+    assert lp == pytest.approx(2400 / 200), f"after revalidation the pre-PUT figure {lp} is back (was {mid_lp})"
+
+
+async def test_revalidation_sees_a_revision_that_changes_only_a_group(
+    tmp_path: Path, seeded_template: Path
+) -> None:
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+
+    def write(report: EnterpriseReport) -> None:  # what `fmc reports import` (another process) does
+        writer = EmbeddedStore(store_file)
+        try:
+            pts = report_points([report], {report.enterprise: "330602"}, {report.enterprise: "17"}, tz=TZ)
+            assert writer.write_lines([encode(p) for p in pts]).refused == []
+        finally:
+            writer.close()
+
+    write(EnterpriseReport(enterprise="91330602B2", period="2019", rd_expense=0.96e6))  # B2: 4 % of 24e6
+    service = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
+    period = service.parse_period("2019")
+    before = await service.indicators("county", period, Scope())
+    county_before = _row(before.rows, "330602").results["rd_intensity"].value
+    # `fmc reports import` (another process): 91330602A1's 2019 revenue and R&D expense both revised x2
+    # (revenue 48e6 -> 96e6, R&D 0.96e6 -> 1.92e6: its own R&D intensity stays 2 %)
+    write(EnterpriseReport(enterprise="91330602A1", period="2019", revenue=96e6, rd_expense=1.92e6))
+    await service.revalidate()  # "a report imported with fmc reports import shows up at the next revalidation"
+    after = await service.indicators("county", period, Scope())
+    county_after = _row(after.rows, "330602").results["rd_intensity"].value
+    fresh = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
+    want = _row((await fresh.indicators("county", period, Scope())).rows, "330602").results[
+        "rd_intensity"].value
+    await fresh.aclose()
+    await service.aclose()
+    # (0.96 + 0.96) / (48 + 24) before; (1.92 + 0.96) / (96 + 24) after
+    assert county_before == pytest.approx(100 * 1.92 / 72)
+    assert want == pytest.approx(100 * 2.88 / 120)
+    assert county_after == pytest.approx(want), (
+        f"county 330602 still {county_after} after revalidation (etag same: {before.etag == after.etag}); "
+        f"a fresh service says {want}")

@@ -148,13 +148,18 @@ def _report_of(stored: StoredReport) -> Report:
 
 
 def _digest(members: Iterable[EnterpriseFigures]) -> str:
+    """What the figures and every group pooled from them depend on: each member's results with the
+    parts pooling adds up, and where it is pooled (region, industry, populations)."""
     h = hashlib.sha256()
     for f in members:
-        h.update(f.info.enterprise.encode())
+        info = f.info
+        h.update(repr((info.enterprise, info.region, info.industry,
+                       None if info.populations is None else sorted(info.populations))).encode())
         for name in INDICATORS:
             r = f.results[name]
             h.update(repr((r.value, r.target, r.baseline, r.previous, r.coverage, r.status, r.baseline_source,
-                           r.inputs)).encode())
+                           r.inputs, r.numerator, r.denominator, r.base_numerator, r.base_denominator,
+                           r.prev_numerator, r.prev_denominator, r.size, r.scale)).encode())
     return h.hexdigest()[:32]
 
 
@@ -192,6 +197,8 @@ class IndicatorService:
         self._figures: dict[tuple[Period, Scope], _Figures] = {}
         self._rows: dict[tuple[Level, Period, Scope], tuple[str, Computed]] = {}
         self._locks: dict[tuple[Period, Scope], asyncio.Lock] = {}
+        self._generation = 0  # counts invalidations (report writes through the service)
+        self._year_invalidated: dict[int, int] = {}  # year -> the generation of its last invalidation
         # per as-of day (None: latest): (when read, enterprises, by id)
         self._enterprises: dict[date | None, tuple[float, list[Enterprise], dict[str, Enterprise]]] = {}
         self._enterprises_lock = asyncio.Lock()
@@ -368,12 +375,20 @@ class IndicatorService:
 
     def invalidate_year(self, year: int) -> None:
         """Drop cached figures that read ``year``: its own periods, the next year's (year on year),
-        and every period when it is the base year."""
+        and every period when it is the base year. A computation already under way that reads it is
+        not kept either (``_invalidated_since``)."""
+        self._generation += 1
+        self._year_invalidated[year] = self._generation
         for key in list(self._figures):
             p = key[0]
             if year == self.targets.base_year or p.year in (year, year + 1):
                 del self._figures[key]
         self._rows = {k: v for k, v in self._rows.items() if (k[1], k[2]) in self._figures}
+
+    def _invalidated_since(self, generation: int, period: Period) -> bool:
+        """Whether a year ``period``'s figures read was invalidated after ``generation``."""
+        return any(g > generation for y, g in self._year_invalidated.items()
+                   if y == self.targets.base_year or period.year in (y, y + 1))
 
     # --- figures and their cache ---
 
@@ -389,9 +404,14 @@ class IndicatorService:
             if cached is not None:
                 cached.last_used = time.monotonic()
                 return cached
-            entry = await self._compute(period, scope)
-            self._store_entry(key, entry)
-            return entry
+            for _ in range(3):
+                generation = self._generation
+                entry = await self._compute(period, scope)
+                if not self._invalidated_since(generation, period):
+                    self._store_entry(key, entry)
+                    return entry
+                # a report written meanwhile (a PUT): what was read before it is not kept
+            return entry  # written to again and again: answered as read, kept by none
 
     def _store_entry(self, key: tuple[Period, Scope], entry: _Figures) -> None:
         self._figures[key] = entry
@@ -467,10 +487,13 @@ class IndicatorService:
             if time.monotonic() - entry.last_used > idle_limit:
                 self._figures.pop(key, None)
                 continue
+            generation = self._generation
             fresh = await self._compute(*key)
-            fresh.last_used = entry.last_used
-            if key in self._figures:
-                self._figures[key] = fresh if fresh.digest != entry.digest else entry
+            current = self._figures.get(key)
+            if current is None or self._invalidated_since(generation, key[0]):
+                continue  # dropped or invalidated meanwhile: the next request computes it anew
+            fresh.last_used = current.last_used
+            self._figures[key] = fresh if fresh.digest != current.digest else current
         self._rows = {k: v for k, v in self._rows.items() if (k[1], k[2]) in self._figures}
 
     # --- materialization ---
