@@ -784,3 +784,18 @@ def test_a_polled_node_that_was_unavailable_for_a_moment_is_read_again(harness: 
         server.write("Lab.Temperature", 30.0)
         h.wait_point("temperature", lambda p: p.fields.get("value") == 30.0)  # the other node goes on
         h.wait_point("counter", lambda p: p.fields.get("value") == 6.0, what="the counter read again")
+
+
+@pytest.mark.parametrize("mode", ["subscribe", "poll"])
+@pytest.mark.parametrize("status", [ua.StatusCodes.GoodLocalOverride, ua.StatusCodes.GoodClamped])
+def test_good_with_a_sub_status_is_good_data(harness: Any, status: int, mode: str) -> None:
+    """A Good status with a sub-code (severity bits 00) is a Good value in OPC UA: a value forced at the
+    PLC counted as bad data (its equipment's samples, a meter's readings)."""
+    with OpcUaTestServer() as server:
+        h = harness(source_config(server, [
+            {"equipment": "lab", "signal": "temperature", "node_id": "ns=plant;s=Lab.Temperature", "mode": mode,
+             **({"poll_interval_s": 0.2} if mode == "poll" else {})},
+        ]))
+        server.write("Lab.Temperature", 42.5, status=status)
+        point = h.wait_point("temperature", lambda p: p.fields.get("value") == 42.5)
+        assert point.fields["quality"] == 0, f"quality {point.fields['quality']:#010x} for a Good value"

@@ -25,7 +25,8 @@ MAX_FUTURE_NS = 300 * 10**9  # a timestamp further ahead than this is a clock fa
 _NULL_TIME_NS = -11_644_473_600 * 10**9  # 1601-01-01, OPC UA's "no timestamp": not a clock fault
 # StatusCode bits 31..16 are severity and sub-code; bits 15..0 are info bits (overflow, limits).
 # Quality keeps the former, so a Good value is exactly 0 even when the server flagged a queue
-# overflow on it.
+# overflow on it; a Good status with a sub-code (severity bits 00: GoodLocalOverride, a value forced
+# at the PLC, GoodClamped) is Good data too: quality 0.
 QUALITY_MASK = 0xFFFF0000
 _DETAIL_MAX = 120
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -171,7 +172,8 @@ def data_value_to_point(
 ) -> None:
     """Append the point for one DataValue, or (topic, rejection) when a Good value cannot be stored."""
     status = dv.StatusCode
-    quality = status.value & QUALITY_MASK if status is not None else 0
+    # a Good status (severity bits 00) is Good data whatever its sub-code (GoodLocalOverride, GoodClamped)
+    quality = status.value & QUALITY_MASK if status is not None and status.value >> 30 else 0
     variant = dv.Value
     raw = variant.Value if variant is not None else None
     fields: dict[str, FieldValue] | None
@@ -198,7 +200,7 @@ def change_to_point(
     """``data_value_to_point`` for a change decoded by ``publish.decode_publish_response``: the
     same point or rejection, from the raw status code and timestamps (no DataValue, no datetime)."""
     _, raw, status, source, server = change
-    quality = status & QUALITY_MASK
+    quality = status & QUALITY_MASK if status >> 30 else 0  # any Good status is quality 0, as above
     fields: dict[str, FieldValue] | None
     if quality == 0 and plan.plain_number and type(raw) is float and raw - raw == 0.0:  # x - x is nan for inf, nan
         fields = {"value": raw, "quality": 0}  # the common case, kept short: a Good finite Double, unscaled
