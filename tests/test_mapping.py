@@ -330,6 +330,9 @@ def test_timestamp_units(unit: str, raw: float, expected_ns: int) -> None:
         ("2025-11-24T23:00:00.123456789+08:00", 1_763_996_400 * 10**9 + 123_456_789),
         ("2025-11-24T15:00:00.5Z", 1_763_996_400 * 10**9 + 500_000_000),
         ("2025-11-24 15:00:00,25Z", 1_763_996_400 * 10**9 + 250_000_000),
+        # ten digits: the nanoseconds kept (they were cut to microseconds), the rest dropped
+        ("2025-11-24T15:00:00.1234567891Z", 1_763_996_400 * 10**9 + 123_456_789),
+        ("20251124T150000.25Z", 1_763_996_400 * 10**9 + 250_000_000),  # the basic format
     ],
 )
 def test_timestamp_iso8601(text: str, expected_ns: int) -> None:
@@ -343,6 +346,9 @@ def test_timestamp_iso8601(text: str, expected_ns: int) -> None:
         ("iso8601", "2025-11-24T15:00:00"),  # naive: which zone? refuse rather than guess
         ("iso8601", "2025-11-24"),
         ("iso8601", "yesterday"),
+        # a fraction of the minutes or the hours (08:30.5 is 08:30:30): it was stored as 08:30:00.5
+        ("iso8601", "2025-11-24T15:30.5Z"),
+        ("iso8601", "2025-11-24T15.5Z"),
         ("iso8601", 1_763_999_000),
         ("ms", "1763999000000"),
         ("ms", True),

@@ -28,8 +28,10 @@ MAX_QUALITY = 2**32 - 1  # OPC UA StatusCode is a UInt32
 ROUTE_CACHE_MAX = 20_000
 _DETAIL_MAX = 120
 _TIMESTAMP_FACTORS = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
-# fromisoformat keeps only microseconds; the fraction is cut out first so nanoseconds survive
-_ISO_FRACTION = re.compile(r"(?<=\d\d)[.,](\d{1,9})(?=$|[Zz+\-])")
+# fromisoformat keeps only microseconds; the fraction of the seconds (after hh:mm:ss or hhmmss) is cut
+# out first so nanoseconds survive (digits past the ninth are dropped); a fraction of the minutes or
+# hours (08:30.5 is 08:30:30 in ISO 8601) is refused: Python's fromisoformat would read it as seconds
+_ISO_FRACTION = re.compile(r"(?:(?<=:\d\d:\d\d)|(?<=[Tt ]\d{6}))[.,](\d+)(?=$|[Zz+\-])")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -409,9 +411,11 @@ def _iso8601_ns(text: str) -> int | None:
     fraction_ns = 0
     m = _ISO_FRACTION.search(text)
     if m is not None:
-        digits = m.group(1)
+        digits = m.group(1)[:9]
         fraction_ns = int(digits.ljust(9, "0"))
         text = text[: m.start()] + text[m.end() :]
+    if "." in text or "," in text:  # a fraction of the minutes or hours, or a stray one
+        return None
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
