@@ -55,7 +55,9 @@ from fmc.cli import api as api_cli
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
+from fmc.indicators.engine import Period
 from fmc.indicators.plan import INDICATORS
+from fmc.indicators.pooling import Level
 from fmc.indicators.reports import EnterpriseReport
 from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
@@ -895,6 +897,15 @@ def _row(rows, key):
     return next(r for r in rows if r.key == key)
 
 
+async def _fresh_value(store_file: Path, level: Level, period: Period, key: str, indicator: str) -> float | None:
+    """The figure a new service (nothing cached) gives."""
+    fresh = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
+    try:
+        return _row((await fresh.indicators(level, period, Scope())).rows, key).results[indicator].value
+    finally:
+        await fresh.aclose()
+
+
 async def test_a_report_put_during_a_computation_is_not_undone_by_it(tmp_path: Path, seeded_template: Path) -> None:
     store_file = tmp_path / "store.db"
     shutil.copy(seeded_template, store_file)
@@ -911,10 +922,7 @@ async def test_a_report_put_during_a_computation_is_not_undone_by_it(tmp_path: P
     # the PUT has returned: a GET now must see the new value added (12e6 -> 24e6, 200 employees)
     after = await service.indicators("enterprise", period, Scope())
     lp = _row(after.rows, "91330602A1").results["labour_productivity"].value
-    fresh = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
-    want = _row((await fresh.indicators("enterprise", period, Scope())).rows, "91330602A1").results[
-        "labour_productivity"].value
-    await fresh.aclose()
+    want = await _fresh_value(store_file, "enterprise", period, "91330602A1", "labour_productivity")
     await service.aclose()
     assert want == pytest.approx(2400 / 200)
     assert lp == pytest.approx(want), f"after the PUT the service still serves {lp} (pre-PUT), not {want}"
@@ -968,10 +976,7 @@ async def test_revalidation_sees_a_revision_that_changes_only_a_group(
     await service.revalidate()  # "a report imported with fmc reports import shows up at the next revalidation"
     after = await service.indicators("county", period, Scope())
     county_after = _row(after.rows, "330602").results["rd_intensity"].value
-    fresh = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
-    want = _row((await fresh.indicators("county", period, Scope())).rows, "330602").results[
-        "rd_intensity"].value
-    await fresh.aclose()
+    want = await _fresh_value(store_file, "county", period, "330602", "rd_intensity")
     await service.aclose()
     # (0.96 + 0.96) / (48 + 24) before; (1.92 + 0.96) / (96 + 24) after
     assert county_before == pytest.approx(100 * 1.92 / 72)

@@ -88,8 +88,9 @@ def agents() -> Iterator[list[AgentProcess]]:
         a.stop_quietly()
 
 
-def start_agent(tmp_path: Path, relay: TcpRelay, agents: list[AgentProcess], metrics_port: int) -> AgentProcess:
-    cfg = agent_config(tmp_path, mqtt_port=relay.port, client_id="redelivery", metrics_port=metrics_port,
+def start_agent(tmp_path: Path, mqtt_port: int, agents: list[AgentProcess], metrics_port: int) -> AgentProcess:
+    """An agent with the interval meter, connected to the broker (or the relay) at ``mqtt_port``."""
+    cfg = agent_config(tmp_path, mqtt_port=mqtt_port, client_id="redelivery", metrics_port=metrics_port,
                        extra_subscriptions=METER)
     cfg.write_text(cfg.read_text() + PLANT)
     agent = AgentProcess(cfg, metrics_port).start()
@@ -126,7 +127,7 @@ def assert_counted_once(tmp_path: Path, sent: list[float]) -> None:
 def test_redeliveries_after_a_sigkill_are_committed_once(tmp_path, mosquitto_private, relay, agents):
     port = free_port()
     first, lost_acks, while_down = amounts(1, 1), amounts(40, 2), amounts(25, 3)
-    agent = start_agent(tmp_path, relay, agents, port)
+    agent = start_agent(tmp_path, relay.port, agents, port)
     publish(mosquitto_private.port, first)
     wait_accepted(agent, 1)
     # the agent commits these and acknowledges them, but the PUBACKs never reach the broker
@@ -137,7 +138,7 @@ def test_redeliveries_after_a_sigkill_are_committed_once(tmp_path, mosquitto_pri
     relay.forward_upstream()
     publish(mosquitto_private.port, while_down)  # queued in the session: new, no DUP flag
 
-    agent = start_agent(tmp_path, relay, agents, port)
+    agent = start_agent(tmp_path, relay.port, agents, port)
     agent.wait_metric("fmc_messages_received_total", len(lost_acks) + len(while_down), source="plant")
     wait_accepted(agent, len(while_down))
     assert agent.wait_metric("fmc_redeliveries_total", len(lost_acks), source="plant") == len(lost_acks)
@@ -151,7 +152,7 @@ def test_redeliveries_after_a_sigkill_are_committed_once(tmp_path, mosquitto_pri
 def test_redeliveries_after_a_broker_restart_are_committed_once(tmp_path, mosquitto_private, relay, agents):
     port = free_port()
     first, lost_acks, after = amounts(1, 4), amounts(30, 5), amounts(20, 6)
-    agent = start_agent(tmp_path, relay, agents, port)
+    agent = start_agent(tmp_path, relay.port, agents, port)
     publish(mosquitto_private.port, first)
     wait_accepted(agent, 1)
     relay.swallow_upstream()
@@ -223,12 +224,7 @@ def test_a_new_message_after_the_broker_lost_its_state_is_not_taken_for_a_redeli
     agent that dies before committing it; the restarted agent resumes the session and gets it again with
     DUP. It was taken for a redelivery of the old session's packet 1 and dropped: a reading lost."""
     port = free_port()
-    cfg = agent_config(tmp_path, mqtt_port=mosquitto_private.port, client_id="redelivery", metrics_port=port,
-                       extra_subscriptions=METER)
-    cfg.write_text(cfg.read_text() + PLANT)
-    agent = AgentProcess(cfg, port).start()
-    agents.append(agent)
-    agent.wait_metric("fmc_source_connected", 1, source="plant")
+    agent = start_agent(tmp_path, mosquitto_private.port, agents, port)
 
     def subscribed() -> int:
         return mosquitto_private.log().count("Received SUBSCRIBE from redelivery")
@@ -256,7 +252,7 @@ def test_a_new_message_after_the_broker_lost_its_state_is_not_taken_for_a_redeli
     finally:
         lock.rollback()
         lock.close()
-    agent = AgentProcess(cfg, port).start()
+    agent = AgentProcess(agent.config, port).start()
     agents.append(agent)
     wait_accepted(agent, 1)  # sent again with DUP into the resumed session, and stored
     time.sleep(0.5)
