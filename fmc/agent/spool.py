@@ -470,18 +470,20 @@ class Spool:
         itself, as records were kept before sessions were."""
         conn = self._writer
         state_key = f"message_session:{source}"
-        with self._writer_lock, self._sqlite_errors("message_session"), self._transaction(conn):
-            row = conn.execute("SELECT value FROM state WHERE key = ?", (state_key,)).fetchone()
-            number = int(row[0]) if row is not None else 0
-            if new:
-                number += 1
-                conn.execute("INSERT INTO state (key, value) VALUES (?, ?) "
-                             "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (state_key, str(number)))
-                # this source's records of every earlier session: its own name, and name#k
-                conn.execute("DELETE FROM recent_messages WHERE source = ?1 OR substr(source, 1, length(?1) + 1) "
-                             "= ?1 || '#'", (source,))
-        if new and self._recent_n is not None:
-            self._recent_n = {k: v for k, v in self._recent_n.items() if k != source and not k.startswith(f"{source}#")}
+        with self._writer_lock:
+            with self._sqlite_errors("message_session"), self._transaction(conn):
+                row = conn.execute("SELECT value FROM state WHERE key = ?", (state_key,)).fetchone()
+                number = int(row[0]) if row is not None else 0
+                if new:
+                    number += 1
+                    conn.execute("INSERT INTO state (key, value) VALUES (?, ?) "
+                                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (state_key, str(number)))
+                    # this source's records of every earlier session: its own name, and name#k
+                    conn.execute("DELETE FROM recent_messages WHERE source = ?1 "
+                                 "OR substr(source, 1, length(?1) + 1) = ?1 || '#'", (source,))
+            if new and self._recent_n is not None:  # committed: their numbers go with their rows
+                self._recent_n = {k: v for k, v in self._recent_n.items()
+                                  if k != source and not k.startswith(f"{source}#")}
         return source if number == 0 else f"{source}#{number}"
 
     def committed_message(self, source: str, packet_id: int, digest: bytes) -> bool:
