@@ -897,6 +897,14 @@ def _row(rows, key):
     return next(r for r in rows if r.key == key)
 
 
+def _gated_service(tmp_path: Path, seeded_template: Path) -> tuple[Path, GatedStore, IndicatorService]:
+    """A copy of the seeded store, gated, and a service on it."""
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    store = GatedStore(EmbeddedQueryStore(store_file))
+    return store_file, store, IndicatorService(store, PLAN, registry=registry(), revalidate_s=3600)  # type: ignore[arg-type]
+
+
 async def _fresh_value(store_file: Path, level: Level, period: Period, key: str, indicator: str) -> float | None:
     """The figure a new service (nothing cached) gives."""
     fresh = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
@@ -907,10 +915,7 @@ async def _fresh_value(store_file: Path, level: Level, period: Period, key: str,
 
 
 async def test_a_report_put_during_a_computation_is_not_undone_by_it(tmp_path: Path, seeded_template: Path) -> None:
-    store_file = tmp_path / "store.db"
-    shutil.copy(seeded_template, store_file)
-    store = GatedStore(EmbeddedQueryStore(store_file))
-    service = IndicatorService(store, PLAN, registry=registry(), revalidate_s=3600)  # type: ignore[arg-type]
+    store_file, store, service = _gated_service(tmp_path, seeded_template)
     period = service.parse_period("2019")
     store.armed = True
     reader = asyncio.create_task(service.indicators("enterprise", period, Scope()))  # a GET under way
@@ -929,10 +934,7 @@ async def test_a_report_put_during_a_computation_is_not_undone_by_it(tmp_path: P
 
 
 async def test_a_report_put_during_a_revalidation_is_not_undone_by_it(tmp_path: Path, seeded_template: Path) -> None:
-    store_file = tmp_path / "store.db"
-    shutil.copy(seeded_template, store_file)
-    store = GatedStore(EmbeddedQueryStore(store_file))
-    service = IndicatorService(store, PLAN, registry=registry(), revalidate_s=3600)  # type: ignore[arg-type]
+    _, store, service = _gated_service(tmp_path, seeded_template)
     period = service.parse_period("2019")
     await service.indicators("enterprise", period, Scope())
     store.armed = True

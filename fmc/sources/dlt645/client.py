@@ -209,6 +209,13 @@ class _Wait:
     noise: int = 0
     other: tuple[str, str] | None = None  # (reason, detail) of the first whole reply that was not the answer
 
+    def failure(self, timeout_s: float) -> tuple[str, str]:
+        """Why no answer came: a broken frame, else a reply that was not the answer, else nothing."""
+        if self.problem is None and self.other is not None:
+            return self.other
+        reason = self.problem or TIMEOUT
+        return reason, _problem_detail(reason, timeout_s)
+
 
 class Client:
     """Requests on one bus, one at a time (the caller holds the bus: one thread per bus)."""
@@ -240,13 +247,8 @@ class Client:
             out.noise += got.noise
             fr = got.frame
             if fr is None:
-                if got.problem is None and got.other is not None:
-                    reason, detail = got.other
-                else:
-                    reason = got.problem or TIMEOUT
-                    detail = _problem_detail(reason, timeout_s)
-                out.failures.append(reason)
-                out.reason, out.detail = reason, detail
+                out.reason, out.detail = got.failure(timeout_s)
+                out.failures.append(out.reason)
                 continue
             if fr.is_error:
                 code = fr.data[0] if fr.data else 0
@@ -281,13 +283,10 @@ class Client:
             out.noise += got.noise
             fr = got.frame
             if fr is None:
+                out.reason, out.detail = got.failure(timeout_s)
+                out.failures.append(out.reason)
                 if got.problem is None and got.other is not None:
-                    out.failures.append(got.other[0])
-                    out.reason, out.detail = got.other
-                    return None, out
-                reason = got.problem or TIMEOUT
-                out.failures.append(reason)
-                out.reason, out.detail = reason, _problem_detail(reason, timeout_s)
+                    return None, out  # a meter answered, not with an address: asking again gets the same
                 continue
             # the reply carries the address in DATA too (and in the header, which some meters leave AA)
             address = f.decode_address(fr.data[:6]) if len(fr.data) >= 6 else fr.address

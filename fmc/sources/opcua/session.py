@@ -224,6 +224,8 @@ class _Session:
         self.source.log.info("re-activating the existing session with %s", self.cfg.endpoint)
         try:
             back = await asyncio.wait_for(reactivate_session(self.client, self.cfg), self.cfg.timeout_s * 2)
+            # the link may fail again right after: that is a failed re-activation too
+            indexes = await self.read_indexes() if back else None
         except BaseException as e:
             drop_connection(self.client)
             if isinstance(e, asyncio.CancelledError):
@@ -232,13 +234,6 @@ class _Session:
         if not back:
             self.source.log.info("the server no longer has the session; opening a new one")
             return False
-        try:
-            indexes = await self.read_indexes()
-        except BaseException as e:  # the link failed again right after: like a failed re-activation
-            drop_connection(self.client)
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            raise describe_failure(e, self.cfg) from e
         if indexes != self.indexes:  # cannot happen without a restart, which ends sessions; but be sure
             self.source.log.info("namespace indexes changed; opening a new session")
             await close_client(self.client)
