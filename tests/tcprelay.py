@@ -1,13 +1,15 @@
-"""A TCP relay on 127.0.0.1 in front of a real server (the MQTT broker), that can lose what the
-clients send: the network fault between "the agent sent its PUBACKs" and "the broker got them".
+"""A TCP relay on 127.0.0.1 in front of a real server (the MQTT broker, an OPC UA server), that can
+lose what the clients send or what the server sends: the network fault between "the agent sent its
+PUBACKs" and "the broker got them", or between "the server sent a notification" and "the agent got it".
 
     relay = TcpRelay(broker.host, broker.port)   # clients connect to relay.port
     relay.swallow_upstream()   # from now on, bytes from the clients are dropped (the broker's still arrive)
+    relay.swallow_downstream() # ... or bytes from the server (the clients' still arrive)
     ...
-    relay.forward_upstream()   # back to normal; connections that lost bytes are closed first
+    relay.forward()            # back to normal; connections that lost bytes are closed first
     relay.close()
 
-Nothing is parsed or answered by the relay: the broker is real, only some bytes never reach it.
+Nothing is parsed or answered by the relay: the server is real, only some bytes never arrive.
 A connection that lost bytes has a broken stream, so it is never forwarded again: it is closed
 when forwarding resumes (or when either side closes it).
 """
@@ -25,7 +27,7 @@ class _Pair:
     def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.client = client
         self.upstream = upstream
-        self.lost_bytes = False
+        self.lost_bytes = {True: False, False: False}  # from the client?
 
     def close(self) -> None:
         for s in (self.client, self.upstream):
@@ -43,19 +45,23 @@ class TcpRelay:
         self.port = int(self._listener.getsockname()[1])
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
-        self._swallow = False
+        self._swallow = {True: False, False: False}  # from the client?
         self._closed = False
-        self.swallowed = 0  # bytes from clients that never reached the server
+        self.swallowed = 0  # bytes that never arrived
         threading.Thread(target=self._accept, name="tcprelay-accept", daemon=True).start()
 
     def swallow_upstream(self) -> None:
         with self._lock:
-            self._swallow = True
+            self._swallow[True] = True
 
-    def forward_upstream(self) -> None:
+    def swallow_downstream(self) -> None:
         with self._lock:
-            self._swallow = False
-            broken = [p for p in self._pairs if p.lost_bytes]
+            self._swallow[False] = True
+
+    def forward(self) -> None:
+        with self._lock:
+            self._swallow = {True: False, False: False}
+            broken = [p for p in self._pairs if any(p.lost_bytes.values())]
         for pair in broken:
             pair.close()
 
@@ -93,14 +99,13 @@ class TcpRelay:
                 data = src.recv(65536)
                 if not data:
                     break
-                if from_client:
-                    with self._lock:
-                        swallow = self._swallow or pair.lost_bytes
-                        if swallow:
-                            pair.lost_bytes = True
-                            self.swallowed += len(data)
+                with self._lock:
+                    swallow = self._swallow[from_client] or pair.lost_bytes[from_client]
                     if swallow:
-                        continue
+                        pair.lost_bytes[from_client] = True
+                        self.swallowed += len(data)
+                if swallow:
+                    continue
                 dst.sendall(data)
         except OSError:
             pass

@@ -42,6 +42,7 @@ from tests.servers.opcua import (
     free_port,
     utc,
 )
+from tests.tcprelay import TcpRelay
 
 ENTERPRISE = EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范机加工", region="330602", industry="34")
 NAMESPACES = {"plant": PLANT_URI, "mt": MACHINE_TOOL_URI, "machinery": MACHINERY_URI}
@@ -799,3 +800,32 @@ def test_good_with_a_sub_status_is_good_data(harness: Any, status: int, mode: st
         server.write("Lab.Temperature", 42.5, status=status)
         point = h.wait_point("temperature", lambda p: p.fields.get("value") == 42.5)
         assert point.fields["quality"] == 0, f"quality {point.fields['quality']:#010x} for a Good value"
+
+
+def test_a_change_lost_in_flight_is_asked_for_again_on_resuming(harness: Any) -> None:
+    """A notification the server sent just as the link broke never arrives, yet the server counts it
+    as sent: later messages do not repeat it. Resuming the session must ask for it again (Republish)
+    before publishing goes on, or the value is missing until the node next changes."""
+    with OpcUaTestServer() as server:
+        relay = TcpRelay("127.0.0.1", server.port)
+        try:
+            h = harness(source_config(server, [
+                {"equipment": "lab", "signal": "temperature", "node_id": "ns=plant;s=Lab.Temperature"},
+            ], endpoint=f"opc.tcp://{relay.host}:{relay.port}/fmc-test/"))
+            server.write("Lab.Temperature", 20.0)
+            h.wait_point("temperature", lambda p: p.fields.get("value") == 20.0)
+            relay.swallow_downstream()
+            server.write("Lab.Temperature", 21.0)
+            wait_until(lambda: relay.swallowed > 0, what="a publish response to be lost")
+            time.sleep(0.5)
+            relay.forward()  # the connection that lost it is closed; the source resumes on a new one
+            wait_until(lambda: h.source.sessions_resumed == 1 and h.source.connected, timeout=15,
+                       what="the session to be resumed")
+            assert h.source.sessions_opened == 1
+            lost = h.wait_point("temperature", lambda p: p.fields.get("value") == 21.0, what="the change in flight")
+            assert h.source.messages_republished >= 1
+            server.write("Lab.Temperature", 22.0)  # publishing goes on after the Republish
+            h.wait_point("temperature", lambda p: p.fields.get("value") == 22.0)
+            assert [p.ts_ns for p in h.points("temperature") if p.fields.get("value") == 21.0] == [lost.ts_ns]
+        finally:
+            relay.close()

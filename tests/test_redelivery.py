@@ -135,7 +135,7 @@ def test_redeliveries_after_a_sigkill_are_committed_once(tmp_path, mosquitto_pri
     publish(mosquitto_private.port, lost_acks)
     wait_accepted(agent, 1 + len(lost_acks))
     agent.kill()
-    relay.forward_upstream()
+    relay.forward()
     publish(mosquitto_private.port, while_down)  # queued in the session: new, no DUP flag
 
     agent = start_agent(tmp_path, relay.port, agents, port)
@@ -159,7 +159,7 @@ def test_redeliveries_after_a_broker_restart_are_committed_once(tmp_path, mosqui
     publish(mosquitto_private.port, lost_acks)
     wait_accepted(agent, 1 + len(lost_acks))
     mosquitto_private.stop()  # SIGTERM: the broker saves the session, these messages unacknowledged
-    relay.forward_upstream()
+    relay.forward()
     mosquitto_private.start()
     # the same agent process reconnects and gets them again, flagged DUP
     assert agent.wait_metric("fmc_redeliveries_total", len(lost_acks), source="plant") == len(lost_acks)

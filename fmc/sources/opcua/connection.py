@@ -432,8 +432,10 @@ async def reactivate_session(client: Client, cfg: schema.OpcUaConnection) -> boo
 
     OPC UA Part 4 §6.7: a session (with its subscriptions) outlives a broken connection until its
     timeout, so the client takes it over again instead of leaving it behind and opening another.
-    True: the session and its subscriptions are back. False: the server no longer has it (it
-    restarted, or the session timed out); the connection is closed. Other failures raise.
+    True: the session and its subscriptions are back; the caller starts the publish loop again
+    (``client.uaclient.ensure_publish_loop()``) once it has asked for what was lost in flight
+    (``_Session.republish_missed``). False: the server no longer has it (it restarted, or the
+    session timed out); the connection is closed. Other failures raise.
     """
     await client.connect_socket()
     try:
@@ -449,7 +451,6 @@ async def reactivate_session(client: Client, cfg: schema.OpcUaConnection) -> boo
     except BaseException:
         client.disconnect_socket()
         raise
-    client.uaclient.ensure_publish_loop()
     return True
 
 

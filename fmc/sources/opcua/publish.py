@@ -185,9 +185,14 @@ def install(session: Any) -> None:
     the request is the one asyncua's ``publish`` sends."""
     if getattr(session, "_fmc_fast_publish", False):
         return
+    later: list[ua.SubscriptionAcknowledgement] = []
+    session._fmc_acks = later
 
     async def publish(acks: list[ua.SubscriptionAcknowledgement]) -> ua.PublishResponse:
         request = ua.PublishRequest()
+        if later:  # acknowledge_later's, sent with the next request
+            acks = [*later, *acks]
+            later.clear()
         request.Parameters.SubscriptionAcknowledgements = acks if acks else []
         data = await session._send_request(request, timeout=0)
         try:
@@ -198,3 +203,11 @@ def install(session: Any) -> None:
 
     session.publish = publish
     session._fmc_fast_publish = True
+
+
+def acknowledge_later(session: Any, subscription_id: int, sequence_number: int) -> None:
+    """Acknowledge a notification message with the next PublishRequest of this ``install``ed session:
+    one received through Republish, or the last one before the connection broke (asyncua's loop
+    keeps its pending acknowledgements in the task it was cancelled in), so the server can drop it."""
+    session._fmc_acks.append(ua.SubscriptionAcknowledgement(SubscriptionId=subscription_id,
+                                                            SequenceNumber=sequence_number))

@@ -8,7 +8,8 @@ and hands the points of each response to the source at once. ``supervise`` is th
 returns why the session ended (the connection closed, no publish response or keep-alive for
 ``watchdog_s``, the server's CurrentTime stalled or unanswered) or None when stopping. After a
 broken connection the same object is kept: ``suspend`` drops the connection, ``resume`` takes
-the session over on a new one.
+the session over on a new one, and first asks the server again (Republish) for the notification
+messages it had sent that never arrived.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from asyncua import ua
 from asyncua.client.ua_client import UaClientState
+from asyncua.ua.ua_binary import struct_from_binary
 
 from fmc.agent.plugin import Rejection
 from fmc.core.points import Point
@@ -46,7 +48,7 @@ from fmc.sources.opcua.nodes import (
     resolve_aliases,
     resolve_nodes,
 )
-from fmc.sources.opcua.publish import DataChanges, install
+from fmc.sources.opcua.publish import DataChanges, acknowledge_later, install
 
 if TYPE_CHECKING:
     from fmc.sources.opcua.source import OpcUaSource
@@ -58,6 +60,9 @@ SUPERVISE_TICK_S = 0.25
 # downloaded, say) is read again after this long, doubling up to the longest, while the session lives
 UNUSABLE_RETRY_S = (5.0, 300.0)
 _CURRENT_TIME = ua.NodeId(ua.ObjectIds.Server_ServerStatus_CurrentTime, 0)
+# a server keeps only so many unacknowledged messages; asking for more than this after one broken
+# connection means something else is wrong
+MAX_REPUBLISH = 10_000
 
 _S = ua.StatusCodes
 # the server will not monitor these nodes (or not at all): read them periodically instead
@@ -97,6 +102,8 @@ class _Session:
         self.handles: dict[int, _LiveNode] = {}
         self.next_handle = 1
         self.subscription_ids: list[int] = []
+        # subscription id -> sequence number of the last notification message with data received
+        self.last_sequence: dict[int, int] = {}
         self.subscribed = 0
         self.polled: list[_LiveNode] = []
         self.unresolved = 0
@@ -135,6 +142,7 @@ class _Session:
         data = result.NotificationMessage.NotificationData
         if not data:
             return  # keep-alive
+        self.last_sequence[result.SubscriptionId] = result.NotificationMessage.SequenceNumber
         received_ns = time.time_ns()
         points: list[Point] = []
         rejected: list[tuple[str, Rejection]] = []
@@ -226,6 +234,8 @@ class _Session:
             back = await asyncio.wait_for(reactivate_session(self.client, self.cfg), self.cfg.timeout_s * 2)
             # the link may fail again right after: that is a failed re-activation too
             indexes = await self.read_indexes() if back else None
+            if back and indexes == self.indexes:
+                await self.republish_missed()
         except BaseException as e:
             drop_connection(self.client)
             if isinstance(e, asyncio.CancelledError):
@@ -238,6 +248,7 @@ class _Session:
             self.source.log.info("namespace indexes changed; opening a new session")
             await close_client(self.client)
             return False
+        self.client.uaclient.ensure_publish_loop()
         self.channel_opened = time.monotonic()
         self.last_publish = time.monotonic()
         self.lost_reason, self.resumable = None, True
@@ -246,6 +257,43 @@ class _Session:
         self.start_polling()
         self.publish_live()
         return True
+
+    async def republish_missed(self) -> int:
+        """Ask the server again for each subscription's notification messages after the last one
+        received, before publishing starts again; returns how many came.
+
+        A message the server sent just before the connection broke is lost in flight, yet the
+        server counts it as sent: it keeps it, unacknowledged, for Republish (OPC UA Part 4
+        §5.13.6), and later messages do not repeat it. A changed state or count delivered only
+        there would otherwise be missing until the node next changes. Sequence numbers of data
+        messages are consecutive, so the server is asked for the next one until it has none
+        (BadMessageNotAvailable; asyncua's server answers an empty message instead). They come
+        before anything newer, so the plant model sees them in order.
+        """
+        session = self.client.uaclient.session
+        resent = 0
+        for subscription_id in self.subscription_ids:
+            last = self.last_sequence.get(subscription_id)
+            if last is not None:
+                acknowledge_later(session, subscription_id, last)  # its acknowledgement died with the loop
+            number = 1 if last is None or last >= 0xFFFF_FFFF else last + 1
+            for _ in range(MAX_REPUBLISH):
+                request = ua.RepublishRequest()
+                request.Parameters = ua.RepublishParameters(SubscriptionId=subscription_id,
+                                                            RetransmitSequenceNumber=number)
+                response = struct_from_binary(ua.RepublishResponse, await session._send_request(request))
+                message = response.NotificationMessage
+                if not response.ResponseHeader.ServiceResult.is_good() or message.SequenceNumber != number:
+                    break
+                self.on_publish(ua.PublishResult(SubscriptionId=subscription_id, NotificationMessage=message))
+                acknowledge_later(session, subscription_id, number)
+                resent += 1
+                number = 1 if number >= 0xFFFF_FFFF else number + 1
+        if resent:
+            self.source.messages_republished += resent
+            self.source.log.info("received %d notification message(s) again that the broken connection had lost",
+                                 resent)
+        return resent
 
     async def suspend(self) -> None:
         """Stop polling and drop the connection, keeping the session for ``resume``."""

@@ -95,6 +95,7 @@ class OpcUaSource:
         # observable state (tests, the demo, fmc check)
         self.sessions_opened = 0  # new sessions
         self.sessions_resumed = 0  # sessions taken over again after a broken connection
+        self.messages_republished = 0  # notification messages lost in flight, asked for again on resuming
         self.last_error: str | None = None
         self.subscribed_nodes = 0
         self.polled_nodes = 0
