@@ -558,6 +558,124 @@ async def test_redirect_is_a_configuration_fault(
     assert "https://127.0.0.1:8443/write" in failed.value.reason
 
 
+# --- answers that are not InfluxDB's verdict on the points: the points stay in the spool ----------
+
+NGINX_TLS_PORT_400 = (
+    b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
+    b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent "
+    b"to HTTPS port</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+
+
+@pytest.mark.parametrize(("answer", "shown"), [
+    (Respond(400, {"Content-Type": "text/html", "Server": "nginx"}, NGINX_TLS_PORT_400),
+     "400 The plain HTTP request was sent to HTTPS port"),
+    # Go's net/http, so also an InfluxDB with https-enabled, answering a plain HTTP request
+    (Respond(400, {"Content-Type": "text/plain; charset=utf-8"},
+             b"Client sent an HTTP request to an HTTPS server.\n"),
+     "Client sent an HTTP request to an HTTPS server."),
+], ids=["nginx-tls-port", "go-tls-server"])
+async def test_a_400_that_is_not_influxdbs_keeps_the_points_and_names_the_url(
+    influx_db: tuple[InfluxDBServer, str], fault_proxy: FaultProxy, make_sink: MakeSink, answer: Respond,
+    shown: str
+) -> None:
+    # url = "http://host:443" in front of a TLS port: no line is bad, splitting would refuse them all
+    server, db = influx_db
+    fault_proxy.default = answer
+    sink = make_sink(url=fault_proxy.url, database=db)
+    lines = numbered_lines("elsewhere", 64)
+
+    with pytest.raises(SinkUnavailable) as failed:
+        await sink.write(lines)
+
+    assert failed.value.status == 400
+    assert len(fault_proxy.requests) == 1  # not bisected
+    assert fault_proxy.url in failed.value.reason and "https://" in failed.value.reason
+    assert shown in failed.value.reason and "<html>" not in failed.value.reason
+    fault_proxy.reset()  # url fixed: the points that waited are written
+    assert (await sink.write(lines)).written == 64
+    assert len(values_by_time(server, db, "elsewhere")) == 64
+
+
+V2_HEADERS = {"Content-Type": "application/json; charset=utf-8", "X-Influxdb-Build": "OSS",
+              "X-Influxdb-Version": "v2.7.11"}
+
+
+@pytest.mark.parametrize("refusal", [
+    Respond(400, V2_HEADERS | {"X-Platform-Error-Code": "invalid"},
+            b'{"code":"invalid","message":"partial write: field type conflict: input field \\"v\\" on '
+            b'measurement \\"m\\" is type string, already exists as type float dropped=1"}'),
+    Respond(422, V2_HEADERS | {"X-Platform-Error-Code": "unprocessable entity"},
+            b'{"code":"unprocessable entity","message":"failure writing points to database: partial write: '
+            b'points beyond retention policy dropped=1"}'),
+    # InfluxDB 3 sends its version on /ping only; its refusal is known by its body
+    Respond(400, {"Content-Type": "application/json"},
+            b'{"error":"partial write of line protocol occurred","data":[{"original_line":"m v=\\"x\\"",'
+            b'"line_number":1,"error_message":"invalid column type for column \'v\', expected Float, got '
+            b'String"}]}'),
+], ids=["2x-400", "2x-422", "3x-400"])
+async def test_influxdb_2x_and_3x_refusals_are_split_down_to_the_bad_lines(
+    influx_db: tuple[InfluxDBServer, str], fault_proxy: FaultProxy, make_sink: MakeSink, refusal: Respond
+) -> None:
+    server, db = influx_db
+    sink = make_sink(url=fault_proxy.url, database=db)
+    message = json.loads(refusal.body).get("message") or json.loads(refusal.body)["error"]
+
+    fault_proxy.then(refusal)
+    outcome = await sink.write(numbered_lines("refused", 1))
+    assert [(r.index, r.reason, r.status) for r in outcome.refused] == [(0, message, refusal.status)]
+
+    fault_proxy.then(refusal)  # the whole batch refused, then both halves accepted
+    outcome = await sink.write(numbered_lines("split", 8))
+    assert (outcome.written, outcome.refused, outcome.requests) == (8, [], 3)
+    assert len(values_by_time(server, db, "split")) == 8
+
+
+@pytest.fixture
+def proxy_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy settings but the test's own (httpx reads them when a client is made)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+async def test_407_from_the_environments_proxy_keeps_the_points_and_no_proxy_goes_around_it(
+    influx_db: tuple[InfluxDBServer, str], fault_proxy: FaultProxy, make_sink: MakeSink,
+    proxy_environment: pytest.MonkeyPatch
+) -> None:
+    server, db = influx_db
+    proxy_environment.setenv("HTTP_PROXY", fault_proxy.url)
+    fault_proxy.default = Respond(407, {"Proxy-Authenticate": 'Basic realm="corp"', "Content-Type": "text/plain"},
+                                  b"Proxy Authentication Required")
+    sink = make_sink(url=server.url, database=db)
+    lines = numbered_lines("proxied", 10)
+
+    with pytest.raises(SinkUnavailable) as failed:
+        await sink.write(lines)
+
+    assert failed.value.status == 407
+    assert "HTTP_PROXY" in failed.value.reason and "NO_PROXY" in failed.value.reason
+    assert [(r.method, r.path) for r in fault_proxy.requests] == [("POST", "/write")]  # the sink used it
+    proxy_environment.setenv("NO_PROXY", "127.0.0.1")
+    assert (await make_sink(url=server.url, database=db).write(lines)).written == 10
+    assert len(fault_proxy.requests) == 1
+    assert len(values_by_time(server, db, "proxied")) == 10
+
+
+async def test_https_through_a_proxy_that_refuses_connect_names_the_proxy_variables(
+    fault_proxy: FaultProxy, make_sink: MakeSink, proxy_environment: pytest.MonkeyPatch
+) -> None:
+    proxy_environment.setenv("HTTPS_PROXY", fault_proxy.url)
+    fault_proxy.default = Respond(407, {"Proxy-Authenticate": 'Basic realm="corp"'})
+    sink = make_sink(url=f"https://127.0.0.1:{free_port()}", database="fmc")
+
+    with pytest.raises(SinkUnavailable) as failed:
+        await sink.write(numbered_lines("m", 3))
+
+    assert "407" in failed.value.reason and "HTTPS_PROXY" in failed.value.reason
+    assert [r.method for r in fault_proxy.requests] == ["CONNECT"]
+
+
 # --- v2 dialect request shape --------------------------------------------------------------------
 
 

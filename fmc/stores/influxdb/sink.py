@@ -6,17 +6,23 @@ is handled, and why:
 - 2xx: every line was stored.
 - No answer (connection refused, reset, timeout), 5xx, 408, 429: the store cannot take data now,
   so ``SinkUnavailable`` (with ``Retry-After`` when the store sent one) and the spool keeps the lines.
-- 401/403 (credentials), 404 (database, bucket or URL path not found), 3xx (a redirect we do not
-  follow): also ``SinkUnavailable``. These are configuration faults, not bad data: the lines are
-  fine and will be accepted once the operator fixes the setting, so they must stay in the spool
-  rather than be dead-lettered. The reason says what to fix.
+- 401/403 (credentials), 407 (a proxy's credentials: httpx takes ``HTTP_PROXY``, ``HTTPS_PROXY``,
+  ``ALL_PROXY`` and ``NO_PROXY`` from the environment), 404 (database, bucket or URL path not
+  found), 3xx (a redirect we do not follow), and a 400/422 that is not InfluxDB's (below): also
+  ``SinkUnavailable``. These are configuration faults, not bad data: the lines are fine and will be
+  accepted once the operator fixes the setting, so they must stay in the spool rather than be
+  dead-lettered. The reason says what to fix.
 - 413 (body too large): the batch is split in halves and each half written, recursively; a single
   line that is still too large is refused.
-- 400/422 (bad points, such as a field type conflict): the batch is bisected until the offending
-  lines are isolated; they are refused with the store's own message and all others count as
-  written. InfluxDB 1.x answers a "partial write" 400 after it has ALREADY stored the good lines,
+- 400/422 from InfluxDB (bad points, such as a field type conflict): the batch is bisected until the
+  offending lines are isolated; they are refused with the store's own message and all others count
+  as written. InfluxDB 1.x answers a "partial write" 400 after it has ALREADY stored the good lines,
   so the bisection re-sends some good lines: harmless, since the same series and timestamp
   overwrite the same point. Cost: about 2·k·log2(n) requests for k bad lines in a batch of n.
+  A 400 is InfluxDB's when it carries InfluxDB's error (``influxdb_refusal``); one that does not
+  comes from something else at ``url`` (nginx's "plain HTTP request was sent to HTTPS port", Go's
+  "Client sent an HTTP request to an HTTPS server" from an InfluxDB with TLS on): splitting it
+  would refuse every line for good.
 - Any other 4xx: the whole batch is refused with the store's reason.
 
 Secrets (password, token) are sent in headers only, never in a URL, a message or a log line; a
@@ -54,6 +60,10 @@ USER_AGENT = "fmc-agent"
 PING_TIMEOUT_S = 2.0  # the drain's probe while the store is away: short, it is asked again soon
 
 _PLAIN_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+# headers InfluxDB puts on its error answers: 1.x every answer's version and X-Influxdb-Error, 2.x
+# every answer's version and X-Platform-Error-Code (3.x sends its version on /ping only)
+INFLUXDB_ERROR_HEADERS = ("X-Influxdb-Version", "X-Influxdb-Error", "X-Platform-Error-Code")
 
 
 def redacted_url(url: str) -> str:
@@ -101,18 +111,38 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - current)
 
 
-def store_error_text(response: httpx.Response) -> str:
-    """The store's own explanation: 1.x ``{"error": …}``, 2.x ``{"code": …, "message": …}`` or the body."""
+def _json_body(response: httpx.Response) -> object:
     text = response.text.strip()
     try:
-        body = json.loads(text) if text else None
+        return json.loads(text) if text else None
     except ValueError:
-        body = None
+        return None
+
+
+def influxdb_refusal(response: httpx.Response) -> bool:
+    """Whether an error answer is InfluxDB's own: its headers, or its error body (1.x and 3.x
+    ``{"error": …}``, 2.x ``{"code": …, "message": …}``). A reverse proxy's or another server's
+    page has neither."""
+    if any(name in response.headers for name in INFLUXDB_ERROR_HEADERS):
+        return True
+    body = _json_body(response)
+    return isinstance(body, dict) and (
+        isinstance(body.get("error"), str)
+        or (isinstance(body.get("code"), str) and isinstance(body.get("message"), str)))
+
+
+def store_error_text(response: httpx.Response) -> str:
+    """The store's own explanation: 1.x ``{"error": …}``, 2.x ``{"code": …, "message": …}``, an
+    HTML page's title (a proxy's page) or the body."""
+    text = response.text.strip()
+    body = _json_body(response)
     if isinstance(body, dict):
         for key in ("error", "message"):
             if isinstance(body.get(key), str) and body[key]:
                 text = body[key]
                 break
+    elif text.startswith("<") and (title := _HTML_TITLE.search(text)) is not None:
+        text = " ".join(title.group(1).split()) or text
     if not text:
         text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
     if len(text) > MAX_REASON_CHARS:
@@ -164,6 +194,7 @@ class InfluxDBSink:
             timeout=httpx.Timeout(cfg.timeout_s),
             verify=tls_verify(cfg),
             follow_redirects=False,  # a redirect would drop the body or credentials; report it instead
+            trust_env=True,  # a proxy from HTTP_PROXY / HTTPS_PROXY / ALL_PROXY, except for NO_PROXY hosts
         )
         if cfg.dialect == "v1":
             self._write_url = f"{self._base}/write"
@@ -191,13 +222,17 @@ class InfluxDBSink:
         return WriteOutcome(written=len(lines) - len(refused), refused=refused, requests=progress.requests)
 
     async def _write_span(self, lines: list[str], start: int, stop: int, progress: _WriteProgress) -> None:
-        """Write ``lines[start:stop]``; split on 413, bisect on 400/422, raise when the store is unavailable."""
+        """Write ``lines[start:stop]``; split on 413, bisect on InfluxDB's 400/422, raise when the store
+        is unavailable."""
         response = await self._post_lines(lines[start:stop])
         progress.requests += 1
         status = response.status_code
         if 200 <= status < 300:
             return
-        if status in (400, 413, 422):
+        unavailable = self._unavailable(response)
+        if unavailable is not None:
+            raise unavailable
+        if status in (400, 413, 422):  # a 413, or InfluxDB's own 400/422 (_unavailable took the others)
             reason = store_error_text(response)
             if status == 413:
                 reason = f"line too large for the store (HTTP 413): {reason}"
@@ -208,9 +243,6 @@ class InfluxDBSink:
             await self._write_span(lines, start, middle, progress)
             await self._write_span(lines, middle, stop, progress)
             return
-        unavailable = self._unavailable(response)
-        if unavailable is not None:
-            raise unavailable
         # any other 4xx: the store refuses this data for good, whatever we retry
         reason = store_error_text(response)
         progress.refused.extend(RefusedLine(i, reason, status) for i in range(start, stop))
@@ -233,6 +265,8 @@ class InfluxDBSink:
     def _transport_failure(self, error: httpx.HTTPError) -> SinkUnavailable:
         if isinstance(error, httpx.TimeoutException):
             what = f"no answer within {self.cfg.timeout_s:g}s ({type(error).__name__})"
+        elif isinstance(error, httpx.ProxyError):  # an https:// url through a proxy that refused CONNECT
+            what = f"the proxy refused the connection ({error}); {self._proxy_fix()}"
         elif isinstance(error, httpx.ConnectError):
             what = f"cannot connect ({str(error) or type(error).__name__})"
         else:
@@ -250,6 +284,16 @@ class InfluxDBSink:
                 fix = "check username/password and that the user may write to the database"
             kind = "authentication failed" if status == 401 else "not authorized"
             return SinkUnavailable(f"InfluxDB {kind} (HTTP {status}: {text}); {fix}", status=status)
+        if status == 407:
+            return SinkUnavailable(f"a proxy on the way to InfluxDB at {self._base} asks for credentials "
+                                   f"(HTTP 407: {text}); {self._proxy_fix()}", status=status)
+        if status in (400, 422) and not influxdb_refusal(response):
+            # not InfluxDB judging the points: what answers at url is something else (a TLS port
+            # spoken to in plain HTTP, another server, a proxy's own page)
+            return SinkUnavailable(
+                f"{self._base} answered HTTP {status} without InfluxDB's error, so not a verdict on the "
+                f"points: {text}; check url: https:// for a TLS port, and the host, port "
+                "and any path prefix of InfluxDB rather than of another server", status=status)
         if status == 404:
             return SinkUnavailable(self._not_found_reason(text), status=status)
         if 300 <= status < 400:
@@ -262,6 +306,12 @@ class InfluxDBSink:
             return SinkUnavailable(f"InfluxDB at {self._base} answered HTTP {status}: {text}",
                                    status=status, retry_after=retry_after)
         return None
+
+    def _proxy_fix(self) -> str:
+        variable = "HTTPS_PROXY" if self._base.lower().startswith("https:") else "HTTP_PROXY"
+        return (f"the agent uses the proxy of {variable} (or ALL_PROXY) from its environment: give the "
+                "proxy's credentials in that URL (http://user:password@proxy:3128), or list InfluxDB's host "
+                "in NO_PROXY to reach it directly")
 
     def _not_found_reason(self, text: str) -> str:
         lowered = text.lower()
