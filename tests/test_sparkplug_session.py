@@ -322,6 +322,33 @@ def test_any_bytes_decode_or_are_refused_never_raise(data_: bytes) -> None:
             spb.value_of(metric.datatype, metric)  # never raises either
 
 
+def test_a_name_or_text_that_is_not_utf8_is_refused_metric_by_metric() -> None:
+    """upb does not check UTF-8 in proto2 strings: a GBK name or text comes as bytes. Such a metric is
+    refused by itself (name_not_utf8, value_not_utf8), its birth's alias stays defined (no rebirth
+    asked again and again), and the message's other metrics are kept."""
+    gbk = "温度".encode("gbk")
+    msg = spb.ProtoPayload(timestamp=1, seq=1)
+    msg.metrics.add(name="Inputs/XXXX", alias=5, datatype=spb.DOUBLE, double_value=21.5)
+    msg.metrics.add(name="Inputs/Speed", alias=2, datatype=spb.DOUBLE, double_value=3.0)
+    msg.metrics.add(name="Status/Program", alias=3, datatype=spb.STRING, string_value="YYYY")
+    decoded = spb.decode(msg.SerializeToString().replace(b"XXXX", gbk).replace(b"YYYY", b"O\xff\xfe1"))
+    assert isinstance(decoded, Payload)
+    assert spb.raw_name(decoded.metrics[0].name or "") == b"Inputs/" + gbk
+    assert spb.raw_name("Inputs/转速") is None
+    s = HostSession()
+    s.handle(Kind.NBIRTH, G, N, None, nbirth(0, 0), 0.0)
+    birth = s.handle(Kind.DBIRTH, G, N, "loom-1", decoded, 0.0)
+    mp = mapper({"path": "P/+/{equipment}/{signal*}", "equipment": "loom-1", "signal": "fixed"})
+    points, rejections = mp.points("P", N, "loom-1", birth.metrics, None, NOW_NS)
+    assert [r.reason for r in rejections] == ["name_not_utf8", "value_not_utf8"]  # even to a fixed name
+    assert "b'Inputs/\\xce\\xc2\\xb6\\xc8'" in rejections[0].detail
+    assert [p.fields for p in points] == [{"value": 3.0, "quality": 0}]
+    out = s.handle(Kind.DDATA, G, N, "loom-1", data(2, m(None, 5, 22.0, None), m(None, 2, 4.0, None)), 0.0)
+    assert not out.rebirth and not out.rejections  # the alias is known: the mapper refuses it, alone
+    points, rejections = mp.points("P", N, "loom-1", out.metrics, None, NOW_NS)
+    assert [r.reason for r in rejections] == ["name_not_utf8"] and [p.fields["value"] for p in points] == [4.0]
+
+
 def test_the_rebirth_request_and_state_payloads() -> None:
     decoded = spb.decode(spb.rebirth_request(1_764_000_000_000))
     assert isinstance(decoded, Payload)

@@ -210,6 +210,32 @@ def test_births_and_aliased_data_become_samples_and_bad_input_is_counted(mosquit
     assert host.events == {}  # no gap: the garbage was not in the node's sequence
 
 
+def test_a_metric_name_that_is_not_utf8_is_refused_alone_and_the_other_metrics_of_its_message_kept(
+        mosquitto, ids, cleanup):
+    """A GBK tag name (an edge node set to the Windows code page) comes as bytes out of protobuf: it was a
+    TypeError in the mapper, and the whole message, good metrics too, was lost as internal_error."""
+    group, host_id = ids
+    ingest = RecordingIngest()
+    start_host(settings(mosquitto.port, group, host_id), ingest, cleanup)
+    node = edge(mosquitto.port, group, cleanup)
+    wait_until(lambda: ingest.on("DBIRTH"), what="the DBIRTH")
+    n_before = len(ingest.submissions)
+    # a DDATA with a good metric (alias 1, Inputs/Spindle Speed) and one by name whose name is GBK
+    placeholder = "Inputs/XXXXXX"
+    gbk = "Inputs/温度".encode("gbk")  # b"Inputs/\xce\xc2\xb6\xc8": not UTF-8
+    with node._lock:
+        data = encode(node._next(), [(None, 1, None, 412.5), (placeholder, None, spb.DOUBLE, 21.5)],
+                      value_types={1: spb.DOUBLE})
+        raw = data.replace(placeholder.encode(), gbk.ljust(len(placeholder), b"_"))
+        node.client.publish(node.topic("DDATA", "loom-1"), raw, qos=0).wait_for_publish(5)
+    wait_until(lambda: len(ingest.submissions) > n_before, what="the DDATA")
+    time.sleep(0.2)
+    (sub,) = ingest.submissions[n_before:]
+    assert sub.reasons() == ["name_not_utf8"], sub.result.rejections
+    assert "not valid UTF-8" in sub.result.rejections[0].detail
+    assert 412.5 in signal_values(ingest, "loom-1", "Inputs/Spindle Speed")
+
+
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_a_seq_gap_asks_for_a_rebirth_and_the_edge_node_births_again(mosquitto, ids, cleanup, protocol):
     group, host_id = ids

@@ -22,7 +22,7 @@ from fmc.core.points import FieldValue, Point, Priority
 from fmc.core.quality import BAD, BAD_NO_COMMUNICATION
 from fmc.sources.sparkplug.config import MetricMap
 from fmc.sources.sparkplug.paths import PathTemplate
-from fmc.sources.sparkplug.payload import BDSEQ, fmc_quality, value_of
+from fmc.sources.sparkplug.payload import BDSEQ, fmc_quality, raw_name, value_of
 from fmc.sources.sparkplug.session import Resolved
 
 NAME_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -135,6 +135,10 @@ class Mapper:
         return route
 
     def _resolve(self, group: str, node: str, device: str | None, metric: str) -> _Route | Rejection | None:
+        raw = raw_name(metric)
+        if raw is not None:  # no template can be matched against it, nor a tag written from it
+            return Rejection("name_not_utf8", f"the metric name {_short(raw)} is not valid UTF-8 "
+                                              "(Sparkplug names are UTF-8: the edge node sends another encoding)")
         if any(fnmatch.fnmatchcase(metric, pattern) for pattern in PROTOCOL_METRICS):
             return None  # even under a catch-all map: bdSeq and Node Control/Rebirth are no plant data
         level = "node" if device is None else "device"

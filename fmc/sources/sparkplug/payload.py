@@ -123,7 +123,7 @@ RawValue = int | float | bool | str | bytes | None
 class Metric:
     """One metric as sent: a birth names it, data messages may give only its alias."""
 
-    name: str | None
+    name: str | None  # a name sent in another encoding than UTF-8 has its bytes escaped: see ``raw_name``
     alias: int | None
     timestamp_ms: int | None
     datatype: int | None
@@ -166,8 +166,14 @@ def _metric(m: Any) -> Metric:
                 raw = getattr(value, kind) if kind in ("int_value", "long_value") else None
                 # Int32 on the wire is an unsigned field: a negative code arrives as 2**32 - n
                 quality = raw if isinstance(raw, int) else -1
+    name = m.name if m.HasField("name") else None
+    if type(name) is bytes:
+        # upb does not check UTF-8 in a proto2 string: a name from an edge node set to a local code
+        # page (GBK) arrives as bytes. It is kept as text with its bad bytes escaped (lossless), so a
+        # birth still defines its alias and the mapper refuses this metric alone (name_not_utf8)
+        name = name.decode("utf-8", "surrogateescape")
     return Metric(
-        m.name if m.HasField("name") else None,
+        name,
         m.alias if m.HasField("alias") else None,
         m.timestamp if m.HasField("timestamp") else None,
         m.datatype if m.HasField("datatype") else None,
@@ -176,6 +182,17 @@ def _metric(m: Any) -> Metric:
         bool(m.is_null),
         quality,
     )
+
+
+def raw_name(name: str) -> bytes | None:
+    """The bytes of a metric name that was not valid UTF-8 (``decode`` escaped them), else None."""
+    if name.isascii():
+        return None
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape")
+    return None
 
 
 def fmc_quality(sparkplug_quality: int | None) -> int:
@@ -219,9 +236,15 @@ def value_of(datatype: int | None, metric: Metric) -> float | str | Rejection | 
         if field != "boolean_value":
             return _wrong(where, datatype, field)
         return 1.0 if raw else 0.0
+    if field == "string_value" and type(raw) is bytes:  # upb does not check UTF-8 either
+        return Rejection("value_not_utf8", f"{where!r}: the text {_short_bytes(raw)} is not valid UTF-8")
     if field != "string_value" or type(raw) is not str:  # String, Text, UUID
         return _wrong(where, datatype, field)
     return raw
+
+
+def _short_bytes(raw: bytes) -> str:
+    return repr(raw) if len(raw) <= 40 else repr(raw[:40])[:-1] + "…'"
 
 
 def _wrong(where: str, datatype: int, field: str) -> Rejection:
