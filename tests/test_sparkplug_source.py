@@ -295,6 +295,23 @@ def test_ddeath_takes_its_device_offline_at_the_payloads_time(mosquitto, ids, cl
     assert host.session.online() == {(group, "line-3"): ["loom-1"]}
 
 
+def test_a_ddeath_stamped_1970_by_a_clockless_plc_takes_the_device_offline_at_its_receipt(mosquitto, ids, cleanup):
+    """A DDEATH's time gets the range check of values: a PLC without an RTC battery boots at 1970, and
+    its device's "no communication" samples were stored dated 1970-01-01."""
+    group, host_id = ids
+    ingest = RecordingIngest()
+    host = start_host(settings(mosquitto.port, group, host_id), ingest, cleanup)
+    node = EdgeNode(mosquitto.port, group, "line-3", {"loom-1": LOOM}).connect()
+    cleanup.append(node.close)
+    wait_until(lambda: ingest.on("DBIRTH"))
+    before = time.time_ns()
+    with node._lock:
+        node._publish(node.topic("DDEATH", "loom-1"), encode(node._next(), [], timestamp_ms=3_600_000))  # 1970, 01:00Z
+    wait_until(lambda: host.events.get("device_death") == 1)
+    offline = [p for p in ingest.points("signal") if p.fields == {"quality": BAD_NO_COMMUNICATION}]
+    assert offline and all(before <= p.ts_ns <= time.time_ns() for p in offline), sorted({p.ts_ns for p in offline})
+
+
 # --- STATE, restarts ---------------------------------------------------------------------------
 
 

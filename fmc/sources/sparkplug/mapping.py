@@ -154,6 +154,10 @@ class Mapper:
         path = "/".join(levels)
         return Rejection("metric_unmatched", f"no [[sparkplug.metric]] matches the {level} metric {_short(path)}")
 
+    def plausible(self, ts_ns: int, received_ns: int) -> bool:
+        """A device's timestamp fmc takes: from 2000 on, at most ``max_future_s`` ahead of receipt."""
+        return MIN_TIMESTAMP_NS <= ts_ns <= received_ns + self._max_future_ns
+
     def points(self, group: str, node: str, device: str | None, metrics: Sequence[Resolved],
                payload_ts_ms: int | None, received_ns: int) -> tuple[list[Point], list[Rejection]]:
         points: list[Point] = []
@@ -172,7 +176,7 @@ class Mapper:
                 ts_ns = received_ns
             else:
                 ts_ns = ts_ms * 1_000_000
-                if ts_ns < MIN_TIMESTAMP_NS or ts_ns > received_ns + self._max_future_ns:
+                if not self.plausible(ts_ns, received_ns):
                     rejections.append(Rejection("timestamp_out_of_range",
                                                 f"{r.name!r}: timestamp {ts_ms} ms is before 2000 or in the future"))
                     continue

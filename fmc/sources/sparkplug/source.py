@@ -350,10 +350,13 @@ class SparkplugHost:
         points, rejections = self._mapper.points(group, node, device, outcome.metrics, decoded.timestamp_ms,
                                                  received_ns)
         if outcome.offline:
-            # NDEATH: the host's own time (the will was written at CONNECT); DDEATH: its payload's
+            # NDEATH: the host's own time (the will was written at CONNECT); DDEATH: its payload's,
+            # unless the edge node's clock is off (a PLC without a clock at 1970, one in the future)
             ts_ns = received_ns
             if kind == Kind.DDEATH and decoded.timestamp_ms is not None:
-                ts_ns = min(decoded.timestamp_ms * 1_000_000, received_ns)
+                sent_ns = decoded.timestamp_ms * 1_000_000
+                if self._mapper.plausible(sent_ns, received_ns):
+                    ts_ns = min(sent_ns, received_ns)
             points.extend(self._mapper.offline_points(group, node, outcome.offline, ts_ns))
         return MapResult(points, outcome.rejections + rejections)
 
