@@ -33,12 +33,12 @@ def dbirth(seq: int, *metrics: Metric) -> Payload:
     return Payload(1, seq, metrics)
 
 
-def data(seq: int | None, *metrics: Metric) -> Payload:
+def data(seq: int, *metrics: Metric) -> Payload:
     return Payload(1, seq, metrics)
 
 
 def ndeath(bd_seq: int | None) -> Payload:
-    return Payload(1, None, (Metric(spb.BDSEQ, None, None, spb.INT64, bd_seq, "long_value"),) if bd_seq is not None
+    return Payload(1, 0, (Metric(spb.BDSEQ, None, None, spb.INT64, bd_seq, "long_value"),) if bd_seq is not None
                    else ())
 
 
@@ -91,13 +91,31 @@ def test_seq_wraps_from_255_to_0() -> None:
     assert s.handle(Kind.NDATA, G, N, None, data(2, m(None, 1)), 0.0).events[0] == "seq_gap"
 
 
-def test_a_missing_or_out_of_range_seq_is_a_gap() -> None:
+def test_an_out_of_range_seq_is_a_gap() -> None:
     s = HostSession()
     born(s)
-    assert s.handle(Kind.NDATA, G, N, None, data(None, m(None, 1)), 0.0).rebirth
+    assert s.handle(Kind.NDATA, G, N, None, data(256, m(None, 1)), 0.0).rebirth
     s2 = HostSession()
     assert s2.handle(Kind.NBIRTH, G, N, None, nbirth(300, 0), 0.0).events == ["seq_invalid", "rebirth_requested"]
     assert (G, N) not in s2.online()
+
+
+def test_an_absent_seq_is_0_so_a_birth_or_the_wrap_without_it_is_in_sequence() -> None:
+    """Encoders that leave out default values (proto3-compiled Tahu schemas) send seq 0 as no seq:
+    an NBIRTH without it was seq_invalid, and every message of the node after it sparkplug_no_birth."""
+    no_seq = spb.ProtoPayload(timestamp=1)
+    no_seq.metrics.add(name=spb.BDSEQ, datatype=spb.INT64, long_value=0)
+    nbirth_ = spb.decode(no_seq.SerializeToString())
+    assert isinstance(nbirth_, Payload) and nbirth_.seq == 0
+    s = HostSession()
+    out = s.handle(Kind.NBIRTH, G, N, None, nbirth_, 0.0)
+    assert not out.events and (G, N) in s.online()
+    assert not s.handle(Kind.DBIRTH, G, N, "loom-1", dbirth(1, m("Inputs/Speed", 2)), 0.0).events
+    s.handle(Kind.NBIRTH, G, N, None, nbirth(255, 0, m("Power", 1)), 0.0)
+    wrap = spb.decode(spb.ProtoPayload(timestamp=1).SerializeToString())  # the 0 after 255, left out
+    assert isinstance(wrap, Payload)
+    assert not s.handle(Kind.NDATA, G, N, None, wrap, 0.0).events
+    assert not s.handle(Kind.NDATA, G, N, None, data(1, m(None, 1)), 0.0).events
 
 
 def test_an_unknown_alias_is_refused_and_asks_for_a_rebirth() -> None:
@@ -163,7 +181,7 @@ def test_births_that_are_always_followed_by_a_gap_are_not_asked_for_without_paus
 
 def test_commands_and_deaths_of_unknown_nodes_change_nothing() -> None:
     s = HostSession()
-    assert s.handle(Kind.NCMD, G, N, None, data(None, m(spb.REBIRTH)), 0.0).events == []
+    assert s.handle(Kind.NCMD, G, N, None, data(0, m(spb.REBIRTH)), 0.0).events == []
     assert s.handle(Kind.NDEATH, G, N, None, ndeath(0), 0.0).events == ["death_unborn"]
     assert s.handle(Kind.DDEATH, G, N, "x", data(0), 0.0).rejections == []  # a death is no data to refuse
     assert s.online() == {}
@@ -179,7 +197,7 @@ def test_a_birth_metric_without_a_name_is_refused() -> None:
 
 messages = st.lists(st.tuples(
     st.sampled_from([Kind.NBIRTH, Kind.DBIRTH, Kind.NDATA, Kind.DDATA, Kind.DDEATH, Kind.NDEATH]),
-    st.one_of(st.none(), st.integers(0, 300)),  # seq
+    st.integers(0, 300),  # seq (the decoder reads an absent one as 0)
     st.integers(0, 3),  # bdSeq
     st.sampled_from(["d1", "d2"]),
     st.integers(0, 5),  # alias
@@ -188,7 +206,7 @@ messages = st.lists(st.tuples(
 
 @settings(max_examples=150, deadline=None)
 @given(messages)
-def test_no_message_sequence_breaks_the_rules(msgs: list[tuple[Kind, int | None, int, str, int]]) -> None:
+def test_no_message_sequence_breaks_the_rules(msgs: list[tuple[Kind, int, int, str, int]]) -> None:
     """Whatever arrives: nothing raises, data is resolved only from a birth in force, a death is
     only acted on with its birth's bdSeq, and a rebirth is asked at most once per retry interval."""
     s = HostSession(rebirth_retry_s=1.0)
@@ -200,7 +218,7 @@ def test_no_message_sequence_breaks_the_rules(msgs: list[tuple[Kind, int | None,
         dev = device if kind in (Kind.DBIRTH, Kind.DDATA, Kind.DDEATH) else None
         metric = m(f"{dev}/{alias}", alias) if kind in (Kind.NBIRTH, Kind.DBIRTH) else m(None, alias, 1.0, None)
         if kind == Kind.NBIRTH:
-            payload = nbirth(seq, bd, metric)  # type: ignore[arg-type]
+            payload = nbirth(seq, bd, metric)
         elif kind == Kind.NDEATH:
             payload = ndeath(bd)
         else:
@@ -212,7 +230,7 @@ def test_no_message_sequence_breaks_the_rules(msgs: list[tuple[Kind, int | None,
         if kind == Kind.NBIRTH:
             births = {"": {alias: f"None/{alias}"}}
             node_bd = bd
-            alive = seq is not None and 0 <= seq < 256
+            alive = 0 <= seq < 256
         elif kind == Kind.NDEATH:
             if alive and bd == node_bd:
                 assert None in out.offline

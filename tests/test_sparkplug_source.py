@@ -255,6 +255,31 @@ def test_a_seq_gap_asks_for_a_rebirth_and_the_edge_node_births_again(mosquitto, 
     assert host.events == {"seq_gap": 1, "rebirth_requested": 1} and node.rebirths == 1
 
 
+class Proto3Edge(EdgeNode):
+    """An edge node whose encoder leaves out fields equal to their default: seq 0 is not on the wire."""
+
+    def _next(self) -> int | None:  # type: ignore[override]
+        seq = super()._next()
+        return None if seq == 0 else seq
+
+
+def test_an_nbirth_whose_seq_0_is_left_out_is_a_birth(mosquitto, ids, cleanup):
+    """Encoders that skip default values leave out seq 0, on every NBIRTH: fmc took it as seq_invalid,
+    so the node never had a birth in force and all its data was sparkplug_no_birth, rebirth after rebirth."""
+    group, host_id = ids
+    ingest = RecordingIngest()
+    host = start_host(settings(mosquitto.port, group, host_id), ingest, cleanup)
+    node = Proto3Edge(mosquitto.port, group, "line-2", {"loom-1": LOOM}, NODE).connect()
+    cleanup.append(node.close)
+    wait_until(lambda: ingest.on("DBIRTH"), what="the DBIRTH")
+    node.ddata("loom-1", {1: 412.5})
+    wait_until(lambda: ingest.on("DDATA"), what="the DDATA")
+    time.sleep(0.3)
+    assert "sparkplug_no_birth" not in ingest.reasons(), ingest.reasons()
+    assert 412.5 in signal_values(ingest, "loom-1", "Inputs/Spindle Speed")
+    assert host.events == {} and host.session.online() == {(group, "line-2"): ["loom-1"]}
+
+
 def test_ndeath_takes_the_equipment_offline_at_once_and_a_stale_ndeath_is_ignored(mosquitto, ids, cleanup):
     group, host_id = ids
     ingest = RecordingIngest()

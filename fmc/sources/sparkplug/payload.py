@@ -136,7 +136,7 @@ class Metric:
 @dataclass(frozen=True, slots=True)
 class Payload:
     timestamp_ms: int | None
-    seq: int | None
+    seq: int  # 0 when absent (protobuf's default): encoders that skip default values leave seq 0 out
     metrics: tuple[Metric, ...]
 
     def metric(self, name: str) -> Metric | None:
@@ -151,8 +151,9 @@ def decode(data: bytes) -> Payload | Rejection:
     except (DecodeError, RecursionError, ValueError) as e:
         return Rejection("payload_not_protobuf", f"not a Sparkplug B payload: {e}"[:120])
     metrics = tuple(_metric(m) for m in msg.metrics)
-    return Payload(msg.timestamp if msg.HasField("timestamp") else None,
-                   msg.seq if msg.HasField("seq") else None, metrics)
+    # an absent seq reads as 0, protobuf's default for an absent scalar: encoders that leave out
+    # default values (proto3-compiled Tahu schemas) send every NBIRTH, and the 0 after 255, without it
+    return Payload(msg.timestamp if msg.HasField("timestamp") else None, msg.seq, metrics)
 
 
 def _metric(m: Any) -> Metric:

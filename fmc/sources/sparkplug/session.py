@@ -4,8 +4,9 @@
 Rules (Sparkplug 3.0, host application):
 
 - An **NBIRTH** starts the node's session: its ``bdSeq`` metric, its metrics by name and alias, and
-  its ``seq`` (0–255). Every later NDATA, DBIRTH, DDATA and DDEATH of the node carries the next
-  ``seq`` (255 is followed by 0). An NBIRTH forgets the node's devices: each sends its DBIRTH again.
+  its ``seq`` (0–255; an absent one is 0, protobuf's default). Every later NDATA, DBIRTH, DDATA and
+  DDEATH of the node carries the next ``seq`` (255 is followed by 0). An NBIRTH forgets the node's
+  devices: each sends its DBIRTH again.
 - A **gap** in ``seq``, a data message before its birth (the host just started, or a birth was
   lost) or an alias no birth defined: the host asks the node for its births again (an NCMD
   ``Node Control/Rebirth`` = true), at most once per ``rebirth_retry_s``. The metrics of a
@@ -121,7 +122,7 @@ class HostSession:
             bd = payload.metric(BDSEQ)
             node.bd_seq = _int(bd.value) if bd is not None else None
             seq = payload.seq
-            if seq is None or not 0 <= seq < SEQ_MODULUS:
+            if not 0 <= seq < SEQ_MODULUS:
                 # without a valid seq nothing later can be checked: take the values, ask again
                 out.events.append("seq_invalid")
                 self._ask(node, now_s, out)
@@ -161,7 +162,7 @@ class HostSession:
         if seq != node.next_seq:
             out.events.append("seq_gap")
             self._ask(node, now_s, out)
-        if seq is not None and 0 <= seq < SEQ_MODULUS:
+        if 0 <= seq < SEQ_MODULUS:
             node.next_seq = (seq + 1) % SEQ_MODULUS
         assert device is not None or kind == Kind.NDATA
         if kind == Kind.DBIRTH:
