@@ -118,6 +118,16 @@ def test_an_absent_seq_is_0_so_a_birth_or_the_wrap_without_it_is_in_sequence() -
     assert not s.handle(Kind.NDATA, G, N, None, data(1, m(None, 1)), 0.0).events
 
 
+def test_after_the_hosts_reconnect_no_birth_is_in_force_and_data_asks_for_one() -> None:
+    s = HostSession(rebirth_retry_s=5.0)
+    born(s)
+    assert s.handle(Kind.NDATA, G, N, None, data(2, m(None, 1)), 1.0).rebirth is False
+    s.forget_births()  # meanwhile the node may have been born again with other aliases
+    assert s.online() == {}
+    out = s.handle(Kind.DDATA, G, N, "loom-1", data(7, m(None, 2, 77.0, None)), 2.0)
+    assert out.rebirth and not out.metrics and [r.reason for r in out.rejections] == ["sparkplug_no_birth"]
+
+
 def test_an_unknown_alias_is_refused_and_asks_for_a_rebirth() -> None:
     s = HostSession()
     born(s)

@@ -389,6 +389,39 @@ def test_a_host_restart_says_offline_then_asks_for_births_again(mosquitto, ids, 
     assert watcher.last() is not None and watcher.last()[0] is True
 
 
+def test_data_of_a_session_the_host_missed_while_reconnecting_is_not_resolved_with_the_old_aliases(
+        mosquitto, ids, cleanup):
+    """The host's link drops (clean session: nothing is queued for it); meanwhile the edge node dies and
+    comes back with a new bdSeq and new aliases. Its next DDATA was taken as a gap in the old session
+    and resolved with the old aliases: a feed rate stored as the spindle speed."""
+    group, host_id = ids
+    ingest = RecordingIngest()
+    host = start_host(settings(mosquitto.port, group, host_id, reconnect_min_s=2.0, reconnect_max_s=2.0),
+                      ingest, cleanup)
+    old = EdgeNode(mosquitto.port, group, "line-2", {"loom-1": LOOM}, bd_seq=0, client_id=f"a-{group}").connect()
+    cleanup.append(old.close)
+    wait_until(lambda: ingest.on("DBIRTH"), what="the first session's births")
+    sock = host._client.socket()  # the host's link drops (it reconnects in 2 s) ...
+    assert isinstance(sock, socket.socket)
+    sock.shutdown(socket.SHUT_RDWR)
+    wait_until(lambda: not host.connected, what="the host's disconnect")
+    # ... meanwhile the edge node dies (NDEATH will) and comes back, re-configured: new bdSeq, new aliases
+    old.kill()
+    new_loom = [Def("Inputs/Feed Rate", 1, spb.DOUBLE, 0.0), Def("Inputs/Spindle Speed", 7, spb.DOUBLE, 0.0)]
+    new = EdgeNode(mosquitto.port, group, "line-2", {"loom-1": new_loom}, bd_seq=1, client_id=f"b-{group}").connect()
+    cleanup.append(new.close)
+    assert not host.connected, "the test needs the births to happen while the host is away"
+    wait_until(lambda: host.online, timeout=10, what="the host's reconnect")
+    assert host.session.online() == {}
+    new.ddata("loom-1", {1: 77.0})  # Inputs/Feed Rate = 77 in the new session
+    new.wait_rebirths(1)  # refused as before a birth, which the host asks for
+    wait_until(lambda: len(ingest.on("DBIRTH")) == 2, what="the births after the reconnect")
+    assert 77.0 not in signal_values(ingest, "loom-1", "Inputs/Spindle Speed")
+    assert "sparkplug_no_birth" in ingest.on("DDATA")[0].reasons()
+    new.ddata("loom-1", {1: 78.0})
+    wait_until(lambda: 78.0 in signal_values(ingest, "loom-1", "Inputs/Feed Rate"))
+
+
 # --- fmc check -----------------------------------------------------------------------------------
 
 

@@ -19,6 +19,10 @@ Rules (Sparkplug 3.0, host application):
   that counts takes the node and all its devices offline at once; a stale one is ignored. (A
   birth without ``bdSeq`` cannot tell them apart: then every NDEATH counts.)
 - A **DDEATH** takes its device offline at once.
+- The host's own **reconnect** to the broker (``forget_births``) ends every birth in force: with a
+  clean session it heard nothing while away, and a node may have died and come back meanwhile with
+  other aliases. The first data of each node is then data before a birth: refused, with a rebirth
+  request (resolving it with the old aliases could store a value under another metric's name).
 """
 
 from __future__ import annotations
@@ -104,6 +108,10 @@ class HostSession:
     def waiting(self) -> list[NodeKey]:
         """Edge nodes heard without a birth in force: asked for a rebirth, no NBIRTH yet."""
         return [k for k, n in self._nodes.items() if n.next_seq is None and n.asked]
+
+    def forget_births(self) -> None:
+        """No birth is in force any more, for any node: the host (re)connected to the broker."""
+        self._nodes.clear()
 
     # --- messages ---------------------------------------------------------------------------------
 

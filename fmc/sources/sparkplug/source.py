@@ -233,6 +233,9 @@ class SparkplugHost:
         with self._lock:
             self._generation += 1
             self._link_up = True
+        # a clean session: nothing was kept for us while away, and a node may have died and been born
+        # again with other aliases meanwhile; its next data asks for its births (HostSession)
+        self.session.forget_births()
         self._problem = ""
         self._attempt = 0
         self._connected = True
