@@ -476,6 +476,20 @@ def test_a_death_emits_one_no_communication_sample_per_equipment_signal() -> Non
         ("loom-1", "Temp", {"quality": BAD_NO_COMMUNICATION}, NOW_NS)]  # meters do not go offline
 
 
+def test_the_births_in_force_name_the_equipment_and_meters_they_feed() -> None:
+    s = HostSession()
+    born(s)
+    s.handle(Kind.DBIRTH, G, N, "loom-2", dbirth(2, m("Inputs/Speed", 3)), 0.0)
+    mp = mapper({"path": f"{G}/+/{{equipment}}/{{signal*}}"},
+                {"path": f"{G}/{{meter}}/Power", "level": "node", "kind": "meter", "carrier": "electricity"})
+    assert s.born((G, N)) == {None: (spb.BDSEQ, "Power"), "loom-1": ("Inputs/Speed",), "loom-2": ("Inputs/Speed",)}
+    assert mp.targets(G, N, s.born((G, N))) == ({"loom-1", "loom-2"}, {N})
+    s.handle(Kind.DDEATH, G, N, "loom-2", data(3), 0.0)
+    assert mp.targets(G, N, s.born((G, N))) == ({"loom-1"}, {N})
+    s.handle(Kind.NDEATH, G, N, None, ndeath(0), 0.0)
+    assert s.born((G, N)) == {} and s.born((G, "other")) == {}
+
+
 def test_a_template_naming_a_capture_the_path_lacks_is_a_config_error_with_the_fix() -> None:
     with pytest.raises(ValueError, match=r"name a level '\{equipment\}' in the path or write a fixed equipment"):
         MetricMap.model_validate({"path": "P/+/+/{signal*}"})

@@ -337,6 +337,36 @@ def test_a_ddeath_stamped_1970_by_a_clockless_plc_takes_the_device_offline_at_it
     assert offline and all(before <= p.ts_ns <= time.time_ns() for p in offline), sorted({p.ts_ns for p in offline})
 
 
+def test_what_the_births_in_force_feed_is_live_until_a_death_or_the_hosts_reconnect(mosquitto, ids, cleanup):
+    """Sparkplug reports by exception: the equipment and meters of a birth in force are live (the agent
+    confirms them to the plant model), not after their death, while the host is away, nor after its
+    reconnect until the node is born again."""
+    group, host_id = ids
+    ingest = RecordingIngest()
+    host = start_host(settings(mosquitto.port, group, host_id, reconnect_min_s=1.0, reconnect_max_s=1.0),
+                      ingest, cleanup)
+    assert host.live_equipment() == set() and host.live_meters() == set()
+    node = EdgeNode(mosquitto.port, group, "line-2", {"loom-1": LOOM, "loom-2": LOOM[:1]}, NODE).connect()
+    cleanup.append(node.close)
+    wait_until(lambda: host.live_equipment() == {"loom-1", "loom-2"}, what="the births")
+    assert host.live_meters() == {"line-2"}  # the node's Energy/Total kWh
+    node.ddeath("loom-2")
+    wait_until(lambda: host.live_equipment() == {"loom-1"}, what="the DDEATH")
+    assert host.live_meters() == {"line-2"}
+    sock = host._client.socket()  # the host's link drops: nothing is live while it is away ...
+    assert isinstance(sock, socket.socket)
+    sock.shutdown(socket.SHUT_RDWR)
+    wait_until(lambda: not host.connected, what="the host's disconnect")
+    assert host.live_equipment() == set() and host.live_meters() == set()
+    wait_until(lambda: host.online, timeout=10, what="the host's reconnect")
+    assert host.live_equipment() == set()  # ... nor after, until the node is born again
+    node.ddata("loom-1", {1: 5.0})  # asks for the births
+    wait_until(lambda: host.live_equipment() == {"loom-1", "loom-2"}, what="the births after the reconnect")
+    node.kill()
+    wait_until(lambda: host.events.get("node_death") == 1, what="the NDEATH")
+    assert host.live_equipment() == set() and host.live_meters() == set()
+
+
 # --- STATE, restarts ---------------------------------------------------------------------------
 
 
@@ -550,6 +580,41 @@ def test_a_meter_metric_reaches_consumption_daily_in_the_embedded_store(mosquitt
     assert daily.tags["carrier"] == "electricity"
     assert round(daily.fields["amount"], 9) == 120.0  # 12 steps of 10 kWh, the birth's null counts nothing
     assert round(daily.fields["tce"], 9) == round(120.0 * 0.1229 / 1000, 9)
+
+
+async def test_a_born_device_that_reports_by_exception_stays_online(mosquitto, ids, tmp_path):
+    """A machine standing still (speed 0 over a night) sends nothing: its device, born and not dead,
+    went offline after offline_after_s, and its networked time and the NC figures with it."""
+    group, host_id = ids
+    cfg = AgentConfig.model_validate({
+        "enterprise": {"id": ENTERPRISE.id, "name": "n", "region": "330602", "industry": "17"},
+        "sink": {"type": "embedded", "path": str(tmp_path / "store.db")},
+        "spool": {"path": str(tmp_path / "spool.db"), "commit_interval_ms": 5},
+        "metrics": {"enabled": False},
+        "plant": {"offline_after_s": 3, "sample_delay_s": 0},
+        "sparkplug": [settings(mosquitto.port, group, host_id).model_dump(mode="json")],
+        "equipment": [{"id": "loom-1", "nc": True, "kind": "loom"}],
+    })
+    agent = Agent(cfg, shutdown_flush_s=5.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    node: EdgeNode | None = None
+    try:
+        await asyncio.to_thread(wait_until, lambda: agent.sources and agent.sources[0].online)  # type: ignore[attr-defined]
+        node = await asyncio.to_thread(lambda: EdgeNode(mosquitto.port, group, "line-2", {"loom-1": LOOM}).connect())
+        await asyncio.to_thread(wait_until, lambda: agent.plant.trackers["loom-1"].state != "offline")
+        # nothing changes, so the edge node publishes nothing; it stays connected, its device born
+        await asyncio.sleep(6.0)  # twice offline_after_s
+        assert agent.sources[0].session.online() == {(group, "line-2"): ["loom-1"]}  # type: ignore[attr-defined]
+        still = agent.plant.trackers["loom-1"].state
+        await asyncio.to_thread(node.ddeath, "loom-1")  # its death still takes it offline at once
+        await asyncio.to_thread(wait_until, lambda: agent.plant.trackers["loom-1"].state == "offline")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        if node is not None:
+            node.close()
+    assert still != "offline", "a device with its birth in force and no death was taken offline"
 
 
 async def test_the_agent_stores_sparkplug_signals_and_takes_the_equipment_offline_at_a_death(mosquitto, ids,

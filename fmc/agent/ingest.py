@@ -64,10 +64,10 @@ class Ingest:
         alive_meters: Callable[[], Iterable[str]] | None = None,
         health: Health | None = None,
     ) -> None:
-        # equipment behind a live OPC UA subscription (which reports changes only); vouched for
-        # to the plant model every alive_every_s, well within its offline_after_s
+        # equipment behind a live OPC UA subscription or a Sparkplug birth in force (which report
+        # changes only); vouched for to the plant model every alive_every_s, well within its offline_after_s
         self._alive_equipment = alive_equipment
-        self._alive_meters = alive_meters  # meters read from a live OPC UA session, likewise
+        self._alive_meters = alive_meters  # meters read from a live OPC UA session or Sparkplug birth, likewise
         self._alive_every_ns = int(alive_every_s * 1e9)
         self._last_alive_ns = 0
         self._clock = clock  # wall clock in ns for the plant model; tests move it across midnight

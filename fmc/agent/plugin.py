@@ -204,7 +204,8 @@ class Source(Protocol):
 
     def live_equipment(self) -> set[str]:
         """Equipment whose unchanged values still arrive as confirmations (a live OPC UA
-        subscription reports changes only); empty for sources that deliver every value.
+        subscription, a Sparkplug B birth in force: they report changes only); empty for sources
+        that deliver every value.
         A source may also have ``live_meters() -> set[str]``, the same for meter ids (optional:
         the agent asks only sources that have it)."""
         ...

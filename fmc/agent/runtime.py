@@ -225,14 +225,16 @@ class Agent:
             self.log.warning("could not record the agent's self-metrics: %s", e)
 
     def _subscribed_equipment(self) -> set[str]:
-        """Equipment read through a live subscription (subscriptions report changes only)."""
+        """Equipment read through a live subscription or a Sparkplug birth in force (they report
+        changes only)."""
         out: set[str] = set()
         for source in self.sources:
             out.update(source.live_equipment())
         return out
 
     def _live_meters(self) -> set[str]:
-        """Meters read from a live OPC UA session (an optional method: only such sources have it)."""
+        """Meters read from a live OPC UA session or a Sparkplug birth in force (an optional method:
+        only such sources have it)."""
         out: set[str] = set()
         for source in self.sources:
             live = getattr(source, "live_meters", None)

@@ -208,6 +208,20 @@ class Mapper:
             points.append(Point(route.measurement, dict(route.tags), fields, ts_ns, Priority.RAW, route.series))
         return points, rejections
 
+    def targets(self, group: str, node: str, born: dict[str | None, tuple[str, ...]]) -> tuple[set[str], set[str]]:
+        """The equipment and the meters that the metrics of a node's births (device -> names) feed."""
+        equipment: set[str] = set()
+        meters: set[str] = set()
+        for device, names in born.items():
+            for name in names:
+                route = self.route(group, node, device, name)
+                if type(route) is _Route:
+                    if route.is_signal:
+                        equipment.add(route.tags["equipment"])
+                    else:
+                        meters.add(route.tags["meter"])
+        return equipment, meters
+
     def offline_points(self, group: str, node: str, offline: dict[str | None, tuple[str, ...]],
                        ts_ns: int) -> list[Point]:
         """One sample per signal of the dead node's or device's equipment, saying contact is lost

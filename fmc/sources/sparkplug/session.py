@@ -105,6 +105,14 @@ class HostSession:
         """Edge nodes with a birth in force, and their devices with one."""
         return {k: sorted(n.devices) for k, n in self._nodes.items() if n.next_seq is not None}
 
+    def born(self, key: NodeKey) -> dict[str | None, tuple[str, ...]]:
+        """The metric names of a node's births in force: device (None: the node's own) -> names;
+        empty when the node has no birth in force."""
+        node = self._nodes.get(key)
+        if node is None or node.next_seq is None:
+            return {}
+        return {None: tuple(node.metrics.datatypes)} | {d: tuple(m.datatypes) for d, m in node.devices.items()}
+
     def waiting(self) -> list[NodeKey]:
         """Edge nodes heard without a birth in force: asked for a rebirth, no NBIRTH yet."""
         return [k for k, n in self._nodes.items() if n.next_seq is None and n.asked]

@@ -51,6 +51,8 @@ from fmc.sources.sparkplug.session import DEVICE_KINDS, HostSession, Kind, Outco
 LOG_EVERY_S = 30.0
 ACK_GRACE_MAX_S = 1.0
 _KINDS = {k.value: k for k in Kind}
+_BIRTHS_AND_DEATHS = frozenset({Kind.NBIRTH, Kind.DBIRTH, Kind.NDEATH, Kind.DDEATH})
+_NOTHING_LIVE: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
 def state_topic(host_id: str) -> str:
@@ -117,6 +119,10 @@ class SparkplugHost:
         self._state_topic = state_topic(cfg.host_id)
         self._filters = [(f"{NAMESPACE}/{g}/#", cfg.qos) for g in cfg.group_ids] + [(self._state_topic, 1)]
         self.session = HostSession(rebirth_retry_s=cfg.rebirth_retry_s)
+        # what the births in force feed, per node, and all of it (equipment, meters): kept by paho's
+        # thread, read by the agent's (one reference swapped, so it reads either the old pair or the new)
+        self._live_by_node: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
+        self._live = _NOTHING_LIVE
         # counts of what the host saw, by event ("seq_gap", "rebirth_requested", "node_death", …)
         self.events: dict[str, int] = {}
         self._rng = random.Random()
@@ -160,7 +166,34 @@ class SparkplugHost:
         return self._problem
 
     def live_equipment(self) -> set[str]:
-        return set()
+        """Equipment fed by the metrics of a node or device whose birth is in force, while connected.
+        Sparkplug reports by exception (an edge node publishes a metric when it changes) and a death
+        says when the last values stop holding: a machine standing still sends nothing, yet is
+        online. Not after its NDEATH or DDEATH, nor while the host is away or until the node's first
+        birth after the host's reconnect (``HostSession.forget_births``)."""
+        if not self._connected:
+            return set()
+        return set(self._live[0])
+
+    def live_meters(self) -> set[str]:
+        """Meters fed by the births in force, likewise: an unchanged register is not sent again."""
+        if not self._connected:
+            return set()
+        return set(self._live[1])
+
+    def _update_live(self, group: str, node: str) -> None:
+        """After a birth or a death of the node: what its births in force feed now."""
+        equipment, meters = self._mapper.targets(group, node, self.session.born((group, node)))
+        if equipment or meters:
+            self._live_by_node[(group, node)] = (frozenset(equipment), frozenset(meters))
+        else:
+            self._live_by_node.pop((group, node), None)
+        all_equipment: set[str] = set()
+        all_meters: set[str] = set()
+        for node_equipment, node_meters in self._live_by_node.values():
+            all_equipment |= node_equipment
+            all_meters |= node_meters
+        self._live = (frozenset(all_equipment), frozenset(all_meters))
 
     def start(self) -> None:
         if self._started:
@@ -236,6 +269,8 @@ class SparkplugHost:
         # a clean session: nothing was kept for us while away, and a node may have died and been born
         # again with other aliases meanwhile; its next data asks for its births (HostSession)
         self.session.forget_births()
+        self._live_by_node.clear()
+        self._live = _NOTHING_LIVE
         self._problem = ""
         self._attempt = 0
         self._connected = True
@@ -349,6 +384,8 @@ class SparkplugHost:
         if isinstance(decoded, Rejection):
             return MapResult([], [decoded])
         outcome = self.session.handle(kind, group, node, device, decoded, time.monotonic())
+        if kind in _BIRTHS_AND_DEATHS:
+            self._update_live(group, node)
         self._after(outcome, group, node)
         points, rejections = self._mapper.points(group, node, device, outcome.metrics, decoded.timestamp_ms,
                                                  received_ns)
