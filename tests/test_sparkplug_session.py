@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 
 from fmc.agent.plugin import Feeds
 from fmc.core.quality import BAD, BAD_NO_COMMUNICATION
+from fmc.plant.config import PlantSections
+from fmc.plant.model import PlantModel
+from fmc.plant.rollups import InventoryItem, Site
 from fmc.sources.sparkplug import payload as spb
 from fmc.sources.sparkplug.config import MetricMap, SparkplugSource
 from fmc.sources.sparkplug.mapping import Mapper
@@ -488,6 +491,56 @@ def test_the_births_in_force_name_the_equipment_and_meters_they_feed() -> None:
     assert mp.targets(G, N, s.born((G, N))) == ({"loom-1"}, {N})
     s.handle(Kind.NDEATH, G, N, None, ndeath(0), 0.0)
     assert s.born((G, N)) == {} and s.born((G, "other")) == {}
+
+
+def test_a_historical_value_is_stored_but_does_not_override_the_current_state_from_the_birth() -> None:
+    """Store and forward: after an outage the edge node births with the current values, then sends
+    what it buffered, flagged is_historical. The trackers apply a sample older than their cursor at
+    the cursor: a speed of half an hour ago made a loom standing still "running"."""
+    s_ = 10**9
+    g, n, d = "Plant1", "line-2", "loom-1"
+    sections = PlantSections.model_validate({
+        "plant": {"sample_delay_s": 0},
+        "equipment_class": [{"name": "loom", "rules": [
+            {"type": "threshold", "signal": "Speed", "on_above": 100, "off_below": 50, "off_state": "idle"}]}],
+        "meter": [{"id": n, "carrier": "electricity", "kind": "counter", "unit": "kWh"}],
+    })
+    now_ms = NOW_NS // 1_000_000
+    t0 = NOW_NS
+    plant = PlantModel(Site("e-1", "330602", "17", "Asia/Shanghai"), sections,
+                       [InventoryItem(d, True, kind="loom")], start_ns=t0 - 3600 * s_)
+    session = HostSession()
+    mp = Mapper("e-1", [MetricMap(path=f"{g}/+/{{equipment}}/{{signal*}}"),
+                        MetricMap(path=f"{g}/{{meter}}/kWh", level="node", kind="meter", carrier="electricity")])
+
+    def feed(kind: Kind, device: str | None, seq: int, metrics: list[dict[str, object]], received_ns: int) -> list:
+        msg = spb.ProtoPayload(timestamp=now_ms, seq=seq)
+        for metric in metrics:
+            msg.metrics.add(**metric)
+        decoded = spb.decode(msg.SerializeToString())
+        assert isinstance(decoded, Payload)
+        out = session.handle(kind, g, n, device, decoded, received_ns / s_)
+        points, rejections = mp.points(g, n, device, out.metrics, decoded.timestamp_ms, received_ns)
+        assert not rejections and not out.rejections
+        plant.observe(points, received_ns)
+        return points
+
+    feed(Kind.NBIRTH, None, 0, [dict(name="bdSeq", datatype=spb.INT64, long_value=1),
+                                dict(name="kWh", alias=2, datatype=spb.DOUBLE, double_value=500.0)], t0)
+    feed(Kind.DBIRTH, d, 1, [dict(name="Speed", alias=1, datatype=spb.DOUBLE, double_value=0.0, timestamp=now_ms)], t0)
+    plant.advance(t0 + 1 * s_)
+    assert plant.trackers[d].state == "idle"
+    old_ms = now_ms - 1800 * 1000  # what it buffered half an hour ago
+    (speed,) = feed(Kind.DDATA, d, 2, [dict(alias=1, double_value=1500.0, timestamp=old_ms, is_historical=True)],
+                    t0 + 2 * s_)
+    assert (speed.fields["value"], speed.ts_ns, speed.store_only) == (1500.0, old_ms * 1_000_000, True)  # stored
+    (reading,) = feed(Kind.NDATA, None, 3, [dict(alias=2, double_value=480.0, timestamp=old_ms, is_historical=True)],
+                      t0 + 2 * s_)
+    assert reading.store_only and plant.inputs([speed, reading]) == []
+    plant.advance(t0 + 300 * s_)
+    assert plant.trackers[d].state == "idle", "a buffered historical value made the current state"
+    assert plant.meters[n].counts["out_of_order"] == 0  # not even seen
+    assert plant._last_reading[n] == (500.0, t0)  # the birth's stays the reading confirmations repeat
 
 
 def test_a_template_naming_a_capture_the_path_lacks_is_a_config_error_with_the_fix() -> None:

@@ -28,6 +28,10 @@ class Point:
     # The escaped "measurement,tag=value,…" part of the line, when the producer already made it
     # (the MQTT mapper does, once per topic); the encoder then skips re-escaping the tags.
     series: str | None = field(default=None, compare=False)
+    # A value of the past sent late (a Sparkplug historical metric, from an edge node's store and
+    # forward): stored with its timestamp like any point, but not fed to the plant model, whose
+    # trackers apply an old sample at their cursor, as if it held now (docs/plant-semantics.md)
+    store_only: bool = False
 
     def series_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
         return (self.measurement, tuple(sorted(self.tags.items())))

@@ -100,9 +100,12 @@ class PlantModel:
     # --- input ------------------------------------------------------------------------------------
 
     def observe(self, points: Iterable[Point], received_ns: int) -> list[Point]:
-        """Raw points the ingest is committing; returns the derived points to commit with them."""
+        """Raw points the ingest is committing; returns the derived points to commit with them.
+        Store-only points (``Point.store_only``: values of the past sent late) are passed over."""
         out: list[Point] = []
         for p in points:
+            if p.store_only:
+                continue  # a value of the past sent late: stored, but no state or reading of now
             if p.measurement == "signal":
                 tracker = self.trackers.get(p.tags.get("equipment", ""))
                 if tracker is None:
@@ -133,6 +136,8 @@ class PlantModel:
         them to ``observe`` again; other points change nothing but the unknown counts)."""
         rows: list[list[Any]] = []
         for p in points:
+            if p.store_only:
+                continue
             if p.measurement == "signal":
                 equipment = p.tags.get("equipment", "")
                 if equipment in self.trackers:

@@ -205,7 +205,10 @@ class Mapper:
                     rejections.append(Rejection("value_not_finite", f"{r.name!r} becomes {number} after scale"))
                     continue
                 fields = {"value": number, "quality": quality}
-            points.append(Point(route.measurement, dict(route.tags), fields, ts_ns, Priority.RAW, route.series))
+            # a historical metric is stored, not fed to the plant model: the births that come before
+            # it carry the current values, which an old one would override (Point.store_only)
+            points.append(Point(route.measurement, dict(route.tags), fields, ts_ns, Priority.RAW, route.series,
+                                store_only=m.is_historical))
         return points, rejections
 
     def targets(self, group: str, node: str, born: dict[str | None, tuple[str, ...]]) -> tuple[set[str], set[str]]:

@@ -131,6 +131,7 @@ class Metric:
     value_field: str | None  # which oneof field carried it ("int_value", …)
     is_null: bool = False
     quality: int | None = None  # the Quality property (192 good), when sent
+    is_historical: bool = False  # a value of the past (store and forward), not the metric's current one
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +183,7 @@ def _metric(m: Any) -> Metric:
         None if m.is_null else field,
         bool(m.is_null),
         quality,
+        bool(m.is_historical),
     )
 
 
