@@ -117,9 +117,12 @@ class HostSession:
         """Edge nodes heard without a birth in force: asked for a rebirth, no NBIRTH yet."""
         return [k for k, n in self._nodes.items() if n.next_seq is None and n.asked]
 
-    def forget_births(self) -> None:
-        """No birth is in force any more, for any node: the host (re)connected to the broker."""
+    def forget_births(self) -> set[tuple[str, str]]:
+        """No birth is in force any more, for any node: the host (re)connected to the broker.
+        Returns the (group, node) pairs known until now, to be asked for their births again."""
+        known = set(self._nodes)
         self._nodes.clear()
+        return known
 
     # --- messages ---------------------------------------------------------------------------------
 

@@ -122,6 +122,7 @@ class SparkplugHost:
         # what the births in force feed, per node, and all of it (equipment, meters): kept by paho's
         # thread, read by the agent's (one reference swapped, so it reads either the old pair or the new)
         self._live_by_node: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
+        self._ask_for_births: set[tuple[str, str]] = set()  # nodes known before a reconnect (_on_connect)
         self._live = _NOTHING_LIVE
         # counts of what the host saw, by event ("seq_gap", "rebirth_requested", "node_death", …)
         self.events: dict[str, int] = {}
@@ -267,8 +268,10 @@ class SparkplugHost:
             self._generation += 1
             self._link_up = True
         # a clean session: nothing was kept for us while away, and a node may have died and been born
-        # again with other aliases meanwhile; its next data asks for its births (HostSession)
-        self.session.forget_births()
+        # again with other aliases meanwhile; its next data asks for its births (HostSession), and the
+        # nodes known until now are asked once subscribed: a node whose machines stand still sends no
+        # data to ask with, and its equipment would go offline after offline_after_s
+        self._ask_for_births = self.session.forget_births()
         self._live_by_node.clear()
         self._live = _NOTHING_LIVE
         self._problem = ""
@@ -293,6 +296,12 @@ class SparkplugHost:
         client.publish(self._state_topic, state_payload(True, self._will_ms), qos=1, retain=True)
         self._online = True
         self._log.info("online as primary host %r", self.cfg.host_id)
+        known, self._ask_for_births = self._ask_for_births, set()
+        for group, node in sorted(known):
+            self.request_rebirth(group, node)
+            self._count("rebirth_requested")
+        if known:
+            self._log.info("asked the %d edge node(s) known before the reconnect for their births", len(known))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, reason: ReasonCode,
                        properties: Properties | None) -> None:
