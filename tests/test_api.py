@@ -24,7 +24,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -500,6 +500,56 @@ def test_pagination_headers_and_totals(api: Api) -> None:
     d = api.get("/v1/enterprises?page_size=4&page=2")
     assert d.json()["total"] == 6 and len(d.json()["items"]) == 2
     assert 'rel="prev"' in d.headers["Link"] and 'rel="next"' not in d.headers["Link"]
+
+
+def links_of(header: str) -> dict[str, str]:
+    """A ``Link`` header's URLs by relation."""
+    out = {}
+    for part in header.split(", "):
+        url, rel = part.split("; ")
+        out[rel.removeprefix('rel="').removesuffix('"')] = url.strip("<>")
+    return out
+
+
+def test_link_headers_keep_this_requests_format_also_from_the_rendered_bodies(api: Api) -> None:
+    """docs/api.md: the links keep "all other parameters". The body a request rendered is kept by
+    its ETag and reused; its links were the first request's: a client asking with ?format=csv after
+    another asked with Accept: text/csv got a next link without format=csv (JSON, not page 2)."""
+    url = "/v1/indicators?level=enterprise&period=2019&page_size=2"
+    first = api.get(url, headers={"Accept": "text/csv"})
+    assert first.status_code == 200 and first.headers["content-type"].startswith("text/csv")
+    b = api.get(f"{url}&format=csv")  # the same ETag: from the rendered bodies
+    assert b.headers["content-type"].startswith("text/csv") and b.headers["ETag"] == first.headers["ETag"]
+    nxt = links_of(b.headers["link"])["next"]
+    assert "format=csv" in nxt, f"next link lost format=csv: {nxt}"
+    assert api.get(nxt).headers["content-type"].startswith("text/csv")
+    # a 304 carries the links of the request it answers too
+    again = api.get(f"{url}&format=csv", headers={"If-None-Match": b.headers["ETag"]})
+    assert again.status_code == 304 and links_of(again.headers["link"])["next"] == nxt
+    assert again.headers["X-Total-Count"] == "6"
+
+
+def test_link_headers_keep_this_requests_explicit_period(tmp_path: Path, seeded_template: Path) -> None:
+    """A fixed year to date (2019-YTD-06-30) asked after the moving alias (2019-YTD, through
+    yesterday: the same body today) had links saying period=2019-YTD: followed after midnight,
+    page 2 was another period's."""
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    keys = KeyStore(tmp_path / "keys.db")
+    key = keys.create("province")[1]
+    now = datetime(2019, 7, 1, 4, 0, tzinfo=UTC)  # 12:00 on 1 July in Asia/Shanghai
+    service = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600,
+                               now=lambda: now)
+    cfg = ApiConfig(keys_file=tmp_path / "keys.db", page_size_max=PAGE_SIZE_MAX, page_size_default=100)
+    h = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(service, keys, cfg)) as client:
+        moving = client.get("/v1/indicators?level=enterprise&period=2019-YTD&page_size=2", headers=h)
+        fixed = client.get("/v1/indicators?level=enterprise&period=2019-YTD-06-30&page_size=2", headers=h)
+    keys.close()
+    assert fixed.json()["period"] == "2019-YTD-06-30" and fixed.headers["ETag"] == moving.headers["ETag"]
+    assert "period=2019-YTD&" in links_of(moving.headers["link"])["next"]
+    nxt = links_of(fixed.headers["link"])["next"]
+    assert "period=2019-YTD-06-30" in nxt, f"next link of a 2019-YTD-06-30 page: {nxt}"
 
 
 def test_etag_and_304(api: Api) -> None:

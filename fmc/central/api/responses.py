@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -183,13 +183,25 @@ def headers_for(etag: str) -> dict[str, str]:
     return {"ETag": etag, "Cache-Control": CACHE_CONTROL, "Vary": VARY}
 
 
+def paging_headers(request: Request, paging: tuple[int, int, int] | None) -> dict[str, str]:
+    """``X-Total-Count`` and ``Link`` of this request (``paging``: page, page size, total rows). Built
+    for each request, never kept with a body: the links repeat the request's own query, which the
+    ETag does not fix (``?format=csv`` or ``Accept: text/csv``, ``2019-YTD`` or ``2019-YTD-06-30``
+    give the same body)."""
+    if paging is None:
+        return {}
+    page, page_size, total = paging
+    return {"X-Total-Count": str(total),
+            "Link": link_header(request.url.path, request.query_params.multi_items(), page, page_size, total)}
+
+
 # --- the rendered-body cache and the answers --------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Rendered:
     """A rendered body, its gzip-compressed form (None when too small to be worth it), media type
-    and headers."""
+    and the headers the body fixes (none that depend on the request: see ``paging_headers``)."""
 
     body: bytes
     gzipped: bytes | None
@@ -200,9 +212,10 @@ class Rendered:
     def size(self) -> int:
         return len(self.body) + len(self.gzipped or b"")
 
-    def response(self, request: Request) -> Response:
-        """200 with the body, gzip-compressed when the client accepts that."""
-        headers = dict(self.headers)
+    def response(self, request: Request, extra: Mapping[str, str] | None = None) -> Response:
+        """200 with the body, gzip-compressed when the client accepts that; ``extra``: this
+        request's own headers."""
+        headers = {**self.headers, **(extra or {})}
         if self.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding")):
             headers["Content-Encoding"] = "gzip"
             return Response(self.gzipped, media_type=self.media, headers=headers)
@@ -238,12 +251,14 @@ class RenderedBodies:
             self._bytes -= old.size
 
 
-def not_modified(request: Request, bodies: RenderedBodies, etag: str) -> Response | None:
-    """304 when the client has this ETag; the rendered body when this app made it before."""
+def not_modified(request: Request, bodies: RenderedBodies, etag: str,
+                 paging: tuple[int, int, int] | None = None) -> Response | None:
+    """304 when the client has this ETag; the rendered body when this app made it before. Either
+    with this request's pagination headers (``paging``: page, page size, total rows)."""
     if etag_matches(request.headers.get("if-none-match"), etag):
-        return Response(status_code=304, headers=headers_for(etag))
+        return Response(status_code=304, headers={**headers_for(etag), **paging_headers(request, paging)})
     hit = bodies.get(etag)
-    return hit.response(request) if hit is not None else None
+    return hit.response(request, paging_headers(request, paging)) if hit is not None else None
 
 
 async def off_loop(work: Callable[[], T], size: int) -> T:
@@ -284,17 +299,13 @@ async def respond(
     body, compressed = await off_loop(encode, size if size is not None else len(csv_rows))
     media = "text/csv; charset=utf-8" if as_csv else "application/json"
     tag = etag or make_etag(hashlib.sha256(body).hexdigest(), as_csv)
-    cached = not_modified(request, bodies, tag)
+    cached = not_modified(request, bodies, tag, paging)
     if cached is not None:
         return cached
     headers = headers_for(tag)
     if as_csv:
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    if paging is not None:
-        page, page_size, total = paging
-        headers["X-Total-Count"] = str(total)
-        headers["Link"] = link_header(request.url.path, request.query_params.multi_items(), page, page_size, total)
     rendered = Rendered(body, compressed, media, headers)
     if etag is not None:  # a validator that names the representation: the body can be reused
         bodies.remember(tag, rendered)
-    return rendered.response(request)
+    return rendered.response(request, paging_headers(request, paging))

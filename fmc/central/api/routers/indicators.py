@@ -216,7 +216,7 @@ def build(config: ApiConfig) -> APIRouter:
         filters = Filters(region=region, industry=industry, enterprise=enterprise, indicator=indicator)
         etag = make_etag(computed.etag, "indicators", key.text, level, p.label, filters.model_dump_json(), page,
                          page_size, as_csv, lang, sorted(names.items(), key=lambda kv: kv[0]))
-        cached = not_modified(request, ctx.bodies, etag)
+        cached = not_modified(request, ctx.bodies, etag, (page, page_size, len(rows)))
         if cached is not None:
             return cached
         wanted = [indicator] if indicator else list(INDICATORS)
