@@ -52,6 +52,8 @@ from fmc.central.reports import report_points
 from fmc.central.service import IndicatorService
 from fmc.central.store import Scope
 from fmc.cli import api as api_cli
+from fmc.cli.plugins import load_central_config
+from fmc.core.config import ConfigError
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
@@ -769,6 +771,23 @@ def test_two_apps_in_one_process_share_nothing(tmp_path: Path, seeded_template: 
     finally:
         keys_a.close()
         keys_b.close()
+
+
+def test_a_page_size_default_above_page_size_max_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """An operator who lowers only page_size_max (to 500, the default page_size_default staying
+    1000) would serve pages without page_size larger than "the largest page_size accepted", with
+    Link headers the same server refuses (422). Refused when central.toml is loaded, and for an
+    ApiConfig made directly."""
+    with pytest.raises(ValueError, match="page_size_default"):
+        ApiConfig(keys_file=tmp_path / "keys.db", page_size_max=4)
+    (tmp_path / "central.toml").write_text(
+        '[store]\ntype = "embedded"\npath = "store.db"\n[api]\npage_size_max = 500\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_central_config(tmp_path / "central.toml")
+    assert e.value.problems == [("api", "page_size_default (1000) is larger than page_size_max (500), the largest "
+                                 "page_size accepted: set page_size_default = 500 or less (unset, it is 1000), "
+                                 "or raise page_size_max", "")]
+    assert ApiConfig(page_size_default=500, page_size_max=500).page_size_default == 500  # equal is fine
 
 
 # --- serve() for real -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union
 
-from pydantic import Field, ValidationError, create_model, field_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from fmc.central.store import QueryStoreSettings
 from fmc.core.config import ConfigError, _Model, problems_from, read_toml
@@ -31,6 +31,19 @@ class ApiConfig(_Model):
     )
     page_size_default: int = Field(default=1000, ge=1, le=100_000)
     page_size_max: int = Field(default=50_000, ge=1, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _page_sizes(self) -> ApiConfig:
+        # On the model, so that every ApiConfig holds a consistent pair: central.toml's and one an
+        # app is made with directly (create_app). A larger default answers pages larger than any
+        # page_size accepted, and their Link headers carry a page_size the same server refuses (422).
+        if self.page_size_default > self.page_size_max:
+            raise ValueError(
+                f"page_size_default ({self.page_size_default}) is larger than page_size_max ({self.page_size_max}), "
+                f"the largest page_size accepted: set page_size_default = {self.page_size_max} or less (unset, it "
+                "is 1000), or raise page_size_max"
+            )
+        return self
 
 
 class RegistryConfig(_Model):
@@ -148,10 +161,6 @@ def load_central_config(path: str | os.PathLike[str], model: type[C]) -> C:
             path,
             [("targets", f"no plan {cfg.targets!r}: neither a built-in plan ({', '.join(builtin_plans())}) "
               "nor an existing file", f'write targets = "{DEFAULT_PLAN}" or the path of a plan file')],
-        )
-    if api.page_size_default > api.page_size_max:
-        raise ConfigError(
-            path, [("api.page_size_default", "larger than api.page_size_max", "make it at most page_size_max")]
         )
     return cfg.model_copy(update={"store": store, "api": api, "registry": registry, "cache": cache,
                                   "targets": targets})
