@@ -689,7 +689,32 @@ def test_errors_are_sentences(api: Api) -> None:
     r = api.get("/v1/nothing")
     assert r.status_code == 404 and "/docs" in r.json()["detail"]
     r = api.client.delete("/v1/enterprises/91330602A1")
-    assert r.status_code == 405 and "DELETE" in r.json()["detail"]
+    assert r.status_code == 405 and "DELETE" in r.json()["detail"] and r.headers["Allow"] == "GET, HEAD"
+
+
+def test_head_is_answered_like_get_with_the_same_key_and_no_body(api: Api) -> None:
+    """RFC 9110 9.1: a general-purpose server supports GET and HEAD. /v1/health is for load balancers
+    and health checks, and monitors that probe with HEAD (curl -I, uptime checkers) saw a 405."""
+    head = api.client.head("/v1/health")
+    assert head.status_code == 200 and head.content == b"", (head.status_code, head.headers.get("allow"))
+    auth = {"Authorization": f"Bearer {api.key['province']}"}
+    for url in ("/v1/targets", "/v1/enterprises", "/v1/enterprises/91330602A1",
+                "/v1/enterprises/91330602A1/indicators?period=2019", "/v1/indicators?level=county&period=2019",
+                "/v1/enterprises/91330602A1/reports"):
+        get = api.client.get(url, headers=auth)
+        head = api.client.head(url, headers=auth)
+        assert (head.status_code, head.content) == (200, b""), url
+        assert {k: v for k, v in head.headers.items()} == {k: v for k, v in get.headers.items()}, url
+        assert api.client.head(url, headers={**auth, "If-None-Match": get.headers["ETag"]}).status_code == 304
+    assert api.client.head("/v1/enterprises").status_code == 401  # the same key as GET
+    assert api.client.head("/v1/enterprises?regoin=33", headers=auth).status_code == 422
+    own = {"Authorization": f"Bearer {api.key['enterprise:91330602A1']}"}
+    assert api.client.head("/v1/enterprises/91330602B2", headers=own).status_code == 403
+    put_only = api.client.head("/v1/enterprises/91330602A1/reports/2019", headers=auth)
+    assert put_only.status_code == 405 and put_only.headers["Allow"] == "PUT"
+    # the OpenAPI description lists each GET once, without a HEAD twin
+    spec = api.client.get("/openapi.json").json()
+    assert all("head" not in ops for ops in spec["paths"].values())
 
 
 def test_missing_and_bad_keys_are_401(api: Api) -> None:
@@ -734,7 +759,7 @@ def test_dependencies_and_endpoints_run_on_the_event_loop(api: Api) -> None:
                 yield from api_routes(included.routes)
 
     routes = list(api_routes(api.client.app.routes))  # type: ignore[attr-defined]
-    assert len(routes) == 8
+    assert len(routes) == 8 + 7  # and a HEAD route for each GET one
     for route in routes:
         for call in calls(route.dependant):
             on_loop = inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)
@@ -855,6 +880,14 @@ def test_serve_for_real_and_stop_on_sigterm(tmp_path: Path, seeded_template: Pat
             assert r.content.startswith(b"\xef\xbb\xbf") and "3306" in r.text and "3301" not in r.text
             assert http.get("/v1/indicators", params={"level": "province", "period": "2019"}).status_code == 403
         assert httpx.get(f"{base}/v1/enterprises").status_code == 401
+        # HEAD over the wire: the status and headers of a GET, no body bytes after them
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"HEAD /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        head, _, after = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and b"content-length: " in head.lower() and after == b"", answer
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -66,4 +66,19 @@ def create_app(service: "IndicatorService", keys: KeyStore, api: "ApiConfig") ->
     # dependencies; app.dependency_overrides does not reach them (the tests use real servers).
     for router in (health.router, targets.router, enterprises.build(api), indicators.build(api), reports.router):
         app.router.routes.extend(router.routes)
+    answer_head_like_get(app)
     return app
+
+
+def answer_head_like_get(app: "FastAPI") -> None:
+    """HEAD on every GET endpoint, answered as GET is (RFC 9110 9.1: a general-purpose server supports
+    GET and HEAD; monitors probe /v1/health with HEAD): the same endpoint, key and parameter checks,
+    status and headers. The body is left to the server: uvicorn (and the test client) send none for
+    HEAD, keeping the GET's Content-Length. A route of its own after the GET routes, out of the
+    OpenAPI description: a GET route that also took HEAD would list each operation twice there,
+    under one operation id, and FastAPI picks that id from whichever method its set yields first."""
+    from fastapi.routing import APIRoute
+
+    for route in [r for r in app.router.routes if isinstance(r, APIRoute) and "GET" in r.methods]:
+        app.router.add_api_route(route.path, route.endpoint, methods=["HEAD"], dependencies=route.dependencies,
+                                 response_class=route.response_class, name=route.name, include_in_schema=False)

@@ -81,6 +81,9 @@ async def _http(request: Request, exc: HTTPException) -> JSONResponse:
         detail = "no such endpoint; the endpoints are listed at /docs"
     elif exc.status_code == 405:
         detail = f"method {request.method} is not allowed on this endpoint; see /docs"
+        allow = (exc.headers or {}).get("Allow", "")
+        if "GET" in allow.split(", ") and "HEAD" not in allow:  # HEAD is a route of its own (app.py)
+            return problem(405, detail, {**(exc.headers or {}), "Allow": f"{allow}, HEAD"})
     return problem(exc.status_code, detail, exc.headers)
 
 
