@@ -1088,3 +1088,62 @@ async def test_revalidation_sees_a_revision_that_changes_only_a_group(
     assert county_after == pytest.approx(want), (
         f"county 330602 still {county_after} after revalidation (etag same: {before.etag == after.etag}); "
         f"a fresh service says {want}")
+
+
+async def test_one_computation_per_key_however_many_ask_and_its_lock_goes_after(
+    tmp_path: Path, seeded_template: Path
+) -> None:
+    """Requests for one (period, scope) at once share one computation; a waiter that gives up
+    (a client gone) takes nothing with it; once none holds or waits for the key, its lock is gone."""
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    service = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600)
+    computed: list[tuple[Period, Scope]] = []
+    gate = asyncio.Event()
+    compute = service._compute
+
+    async def gated(period: Period, scope: Scope) -> object:
+        computed.append((period, scope))
+        await gate.wait()
+        return await compute(period, scope)
+
+    service._compute = gated  # type: ignore[method-assign]
+    period, scope = service.parse_period("2019"), Scope(enterprises=("91330602A1",))
+    asking = [asyncio.create_task(service.indicators("enterprise", period, scope)) for _ in range(5)]
+    while not computed:
+        await asyncio.sleep(0)
+    for _ in range(5):  # the others reach the lock
+        await asyncio.sleep(0)
+    asking[-1].cancel()
+    gate.set()
+    answers = await asyncio.gather(*asking[:-1])
+    assert computed == [(period, scope)] and len({a.etag for a in answers}) == 1
+    assert service._locks == {}
+    # asked again: from the figures kept, a lock for the while only
+    assert (await service.indicators("enterprise", period, scope)).etag == answers[0].etag
+    assert computed == [(period, scope)] and service._locks == {}
+    await service.aclose()
+
+
+def test_per_request_locks_stay_bounded_like_the_figures_they_guard(tmp_path: Path, seeded_template: Path) -> None:
+    """One lock per (period, scope) ever asked for was kept while the figures it guards are bounded
+    (max_entries): a key asking for a year to date through each day, × its enterprises, × filters,
+    grew a long-running fmc api without bound."""
+    store_file = tmp_path / "store.db"
+    shutil.copy(seeded_template, store_file)
+    keys = KeyStore(tmp_path / "keys.db")
+    key = keys.create("enterprise:91330602A1")[1]
+    service = IndicatorService(EmbeddedQueryStore(store_file), PLAN, registry=registry(), revalidate_s=3600,
+                               max_entries=8)
+    cfg = ApiConfig(keys_file=tmp_path / "keys.db", page_size_max=PAGE_SIZE_MAX, page_size_default=100)
+    headers = {"Authorization": f"Bearer {key}"}
+    with TestClient(create_app(service, keys, cfg)) as client:
+        day = date(2019, 1, 31)
+        for _ in range(120):
+            r = client.get(f"/v1/enterprises/91330602A1/indicators?period=2019-YTD-{day:%m-%d}&indicator=energy",
+                           headers=headers)
+            assert r.status_code == 200, r.text
+            day += timedelta(days=1)
+        assert len(service._figures) <= 8
+        assert len(service._locks) == 0, f"{len(service._locks)} locks kept for {len(service._figures)} entries"
+    keys.close()

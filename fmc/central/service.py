@@ -92,6 +92,14 @@ class _Figures:
         return [f for f in self.members if scope.admits(f.info.enterprise, f.info.region, f.info.industry)]
 
 
+@dataclass(slots=True)
+class _KeyLock:
+    """The lock of one (period, scope) and how many requests hold it or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 # --- periods ---------------------------------------------------------------------------------------------
 
 _PERIOD_FORMS = "2019, 2019-Q2, 2019-03, 2019-YTD or 2019-YTD-06-30"
@@ -196,7 +204,7 @@ class IndicatorService:
         self._now = now
         self._figures: dict[tuple[Period, Scope], _Figures] = {}
         self._rows: dict[tuple[Level, Period, Scope], tuple[str, Computed]] = {}
-        self._locks: dict[tuple[Period, Scope], asyncio.Lock] = {}
+        self._locks: dict[tuple[Period, Scope], _KeyLock] = {}  # the keys being computed or waited for
         self._generation = 0  # counts invalidations (report writes through the service)
         self._year_invalidated: dict[int, int] = {}  # year -> the generation of its last invalidation
         # per as-of day (None: latest): (when read, enterprises, by id)
@@ -398,20 +406,33 @@ class IndicatorService:
             wide.last_used = time.monotonic()
             return wide
         key = (period, scope)
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:  # one computation per key, however many clients ask at once
-            cached = self._figures.get(key)
-            if cached is not None:
-                cached.last_used = time.monotonic()
-                return cached
-            for _ in range(3):
-                generation = self._generation
-                entry = await self._compute(period, scope)
-                if not self._invalidated_since(generation, period):
-                    self._store_entry(key, entry)
-                    return entry
-                # a report written meanwhile (a PUT): what was read before it is not kept
-            return entry  # written to again and again: answered as read, kept by none
+        # A key's lock lives while requests hold it or wait for it; the last one out drops it (kept
+        # for every key ever asked, the locks outgrew the max_entries figures they guard: a client
+        # looping over days × enterprises). Nothing is awaited between finding the lock and counting
+        # oneself in, nor between the last count out and the drop: a request that comes while the
+        # lock is held joins it, so there is still one computation per key.
+        held = self._locks.get(key)
+        if held is None:
+            held = self._locks[key] = _KeyLock()
+        held.users += 1
+        try:
+            async with held.lock:  # one computation per key, however many clients ask at once
+                cached = self._figures.get(key)
+                if cached is not None:
+                    cached.last_used = time.monotonic()
+                    return cached
+                for _ in range(3):
+                    generation = self._generation
+                    entry = await self._compute(period, scope)
+                    if not self._invalidated_since(generation, period):
+                        self._store_entry(key, entry)
+                        return entry
+                    # a report written meanwhile (a PUT): what was read before it is not kept
+                return entry  # written to again and again: answered as read, kept by none
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._locks[key]
 
     def _store_entry(self, key: tuple[Period, Scope], entry: _Figures) -> None:
         self._figures[key] = entry
