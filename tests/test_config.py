@@ -162,6 +162,17 @@ def test_syntax_error_and_missing_file(tmp_path):
     assert "does not exist" in info.value.render()
 
 
+def test_a_config_saved_as_utf8_with_a_bom_loads(tmp_path):
+    """"UTF-8 with BOM" (older Windows Notepad, many Chinese editors) reads as without it; tomllib
+    alone refused it as "Invalid statement (at line 1, column 1)". The CSV files take a BOM too."""
+    import codecs
+
+    path = tmp_path / "agent.toml"
+    path.write_bytes(codecs.BOM_UTF8 + GOOD.encode("utf-8"))
+    cfg = load_config(path)
+    assert cfg.enterprise.id == "e1" and cfg.enterprise.name == "测试企业"
+
+
 def test_cli_exit_code_2_without_traceback_in_a_real_process(tmp_path):
     path = write(tmp_path, GOOD.replace('region = "330602"', 'region = "33"'))
     proc = subprocess.run([sys.executable, "-m", "fmc.cli.main", "run", "-c", str(path)],

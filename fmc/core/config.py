@@ -161,7 +161,9 @@ def problems_from(err: ValidationError) -> list[tuple[str, str, str]]:
 def read_toml(path: Path, *, missing_fix: str = "pass the right path with -c", env: bool = True) -> dict[str, Any]:
     """A config file's TOML, ``${ENV}`` references substituted; every problem a ConfigError."""
     try:
-        raw_text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a file saved as "UTF-8 with BOM" (older Windows Notepad, many Chinese editors)
+        # reads as without it; tomllib refuses the BOM as "Invalid statement" at line 1, column 1
+        raw_text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(path, [("(file)", "the file does not exist", missing_fix)]) from None
     except (OSError, UnicodeDecodeError) as e:
