@@ -153,6 +153,35 @@ def test_secret_values_never_appear_in_errors(tmp_path, monkeypatch):
     assert "keepalive_s" in info.value.render()
 
 
+INFLUX = GOOD.replace('type = "embedded"\npath = "store.db"', 'type = "influxdb"\ndatabase = "fmc"\nSETTINGS')
+
+
+@pytest.mark.parametrize("settings", [
+    'url = "http://127.0.0.1:8086"\nusername = "fmc"\npasword = "${FMC_TEST_PW}"',  # an unknown key …
+    'url = "http://127.0.0.1:8086"\nusername = "fmc"\npasswd = "${FMC_TEST_PW}"',
+    'url = "http://127.0.0.1:8086"\nusername = "fmc"\npassword = "${FMC_TEST_PW}"\nbatch_size = "${FMC_TEST_PW}"',
+    'url = "htp://fmc:${FMC_TEST_PW}@127.0.0.1:8086"',  # … a value from ${ENV}, credentials in a URL
+    'url = "htp://fmc:hunter2-secret@127.0.0.1:8086"',
+], ids=["pasword", "passwd", "from-env", "url-from-env", "url"])
+def test_a_misspelt_or_misplaced_secret_is_named_not_printed(tmp_path, monkeypatch, capsys, settings):
+    """A misspelt key's value, a value from ${ENV} and a URL's user:password@ are never quoted in
+    the message (stderr is the journal under systemd); an ordinary wrong value still is."""
+    monkeypatch.setenv("FMC_TEST_PW", "hunter2-secret")
+    path = write(tmp_path, INFLUX.replace("SETTINGS", settings))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = info.value.render()
+    assert "`sink." in text and "hunter2" not in text, text
+    assert main(["check", "-c", str(path)]) == 2
+    out = capsys.readouterr()
+    assert "`sink." in out.err and "hunter2" not in out.err + out.out
+    if "hunter2" in settings:
+        assert "(got 'htp://127.0.0.1:8086')" in text, text  # the URL without its credentials
+    path = write(tmp_path, INFLUX.replace("SETTINGS", 'url = "http://127.0.0.1:8086"\nbatch_size = "lots"'))
+    with pytest.raises(ConfigError, match=r"\(got 'lots'\)"):
+        load_config(path)
+
+
 def test_syntax_error_and_missing_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, "[enterprise\nid = 1"))

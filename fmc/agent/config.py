@@ -25,6 +25,7 @@ from fmc.agent.plugin import SinkSettings, SourceSettings
 from fmc.core.config import (
     ConfigError,
     EnterpriseConfig,
+    Location,
     _Model,
     problems_from,
     read_toml,
@@ -144,11 +145,12 @@ def load_config(path: str | os.PathLike[str], model: type[C]) -> C:
     """Read, substitute ``${ENV}`` and validate with ``model`` (an ``agent_config_model``);
     relative paths are taken from the file's folder."""
     path = Path(path)
-    data = read_toml(path)
+    from_env: set[Location] = set()
+    data = read_toml(path, from_env=from_env)
     try:
         cfg = model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(path, problems_from(e)) from None
+        raise ConfigError(path, problems_from(e, from_env)) from None
     # absolute: a path resolved here is final, so a loader that resolves relative paths again
     # (the inventory's) does not prefix the folder twice (runA/runA/inventory.csv)
     return _resolve_paths(cfg, path.parent.absolute())

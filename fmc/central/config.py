@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar, Union
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from fmc.central.store import QueryStoreSettings
-from fmc.core.config import ConfigError, _Model, problems_from, read_toml
+from fmc.core.config import ConfigError, Location, _Model, problems_from, read_toml
 from fmc.core.logs import LogConfig
 from fmc.indicators.plan import PLANS_DIR, Targets, load_targets
 
@@ -136,11 +136,13 @@ def load_central_config(path: str | os.PathLike[str], model: type[C]) -> C:
     """Read, substitute ``${ENV}``, validate with ``model`` (a ``central_config_model``); relative
     paths are taken from the file's folder."""
     path = Path(path)
-    data = read_toml(path, missing_fix=f"pass the right path with -c (example: {EXAMPLE})")
+    from_env: set[Location] = set()
+    data = read_toml(path, missing_fix=f"pass the right path with -c (example: {EXAMPLE})", from_env=from_env)
     try:
         cfg = model.model_validate(data)
     except ValidationError as e:
-        problems = [(s, w, f.replace("deploy/examples/agent.toml", EXAMPLE)) for s, w, f in problems_from(e)]
+        problems = [(s, w, f.replace("deploy/examples/agent.toml", EXAMPLE))
+                    for s, w, f in problems_from(e, from_env)]
         raise ConfigError(path, problems) from None
     base = path.parent
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,16 +72,19 @@ def equal_values_by_year(v: dict[int, float]) -> dict[int, float]:
 # --- loading -----------------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# where a setting's value came from: a location in the file, as pydantic's error locations give it
+Location = tuple[str | int, ...]
 
 
-def _substitute_env(node: Any, loc: tuple[str | int, ...], missing: list[tuple[str, str]]) -> Any:
+def _substitute_env(node: Any, loc: Location, missing: list[tuple[str, str]], substituted: set[Location]) -> Any:
     if isinstance(node, dict):
-        return {k: _substitute_env(v, (*loc, k), missing) for k, v in node.items()}
+        return {k: _substitute_env(v, (*loc, k), missing, substituted) for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute_env(v, (*loc, i), missing) for i, v in enumerate(node)]
+        return [_substitute_env(v, (*loc, i), missing, substituted) for i, v in enumerate(node)]
     if isinstance(node, str):
 
         def repl(m: re.Match[str]) -> str:
+            substituted.add(loc)  # a secret, whatever the key is called: never quoted in a message
             value = os.environ.get(m.group(1))
             if value is None:
                 missing.append((_loc_text(loc), m.group(1)))
@@ -91,7 +95,7 @@ def _substitute_env(node: Any, loc: tuple[str | int, ...], missing: list[tuple[s
     return node
 
 
-def _loc_text(loc: tuple[str | int, ...]) -> str:
+def _loc_text(loc: Location) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -134,7 +138,19 @@ _FORM_BY_SETTING = {
 }
 
 
-def problems_from(err: ValidationError) -> list[tuple[str, str, str]]:
+# the user:password@ of a URL, anywhere in a text (a URL that failed validation may be malformed)
+_URL_CREDENTIALS = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]*://)[^\s/?#]*@")
+
+
+def redacted_url(text: str) -> str:
+    """``text`` with the ``user:password@`` part of any URL in it left out, for messages and logs."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
+
+
+def problems_from(err: ValidationError, from_env: Collection[Location] = ()) -> list[tuple[str, str, str]]:
+    """(setting, what is wrong, how to fix) of each error. The value is quoted ("got …") unless it
+    may be a secret: a password's or token's, an unknown key's (a misspelt `pasword`) or one that
+    came from an ``${ENV}`` reference (``from_env``, from ``read_toml``); a URL's credentials never."""
     problems = []
     for e in err.errors(include_url=False):
         # a tagged union adds its tag to the location (sink.influxdb.url, rules[0].threshold.above)
@@ -151,15 +167,20 @@ def problems_from(err: ValidationError) -> list[tuple[str, str, str]]:
             msg = "has the wrong form"
             fix = "write " + _FORM_BY_SETTING.get(last, "it in the form docs/configuration.md gives")
         given = e.get("input")
-        secret = "password" in str(loc) or "token" in str(loc)
+        secret = ("password" in str(loc) or "token" in str(loc) or e["type"] == "extra_forbidden"
+                  or any(tuple(loc[:len(env_loc)]) == env_loc for env_loc in from_env))
         if e["type"] not in ("missing", "model_type") and not isinstance(given, dict | list) and not secret:
             msg += f" (got {given!r})"
-        problems.append((_loc_text(tuple(loc)) or "(top level)", msg, fix))
+        problems.append((_loc_text(tuple(loc)) or "(top level)", redacted_url(msg), fix))
     return problems
 
 
-def read_toml(path: Path, *, missing_fix: str = "pass the right path with -c", env: bool = True) -> dict[str, Any]:
-    """A config file's TOML, ``${ENV}`` references substituted; every problem a ConfigError."""
+def read_toml(
+    path: Path, *, missing_fix: str = "pass the right path with -c", env: bool = True,
+    from_env: set[Location] | None = None,
+) -> dict[str, Any]:
+    """A config file's TOML, ``${ENV}`` references substituted; every problem a ConfigError.
+    ``from_env`` gets the location of each value a reference went into, for ``problems_from``."""
     try:
         # utf-8-sig: a file saved as "UTF-8 with BOM" (older Windows Notepad, many Chinese editors)
         # reads as without it; tomllib refuses the BOM as "Invalid statement" at line 1, column 1
@@ -175,7 +196,7 @@ def read_toml(path: Path, *, missing_fix: str = "pass the right path with -c", e
     if not env:
         return data
     missing: list[tuple[str, str]] = []
-    data = _substitute_env(data, (), missing)
+    data = _substitute_env(data, (), missing, from_env if from_env is not None else set())
     if missing:
         raise ConfigError(
             path,

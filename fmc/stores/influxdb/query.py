@@ -29,6 +29,7 @@ import httpx
 from fmc.central.partials import CARRIER_FIELDS, LAST_FIELDS, LastRow, Partials, as_partials, merge
 from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
 from fmc.core.carriers import is_water
+from fmc.core.config import redacted_url
 from fmc.core.jsondoc import load_json
 from fmc.core.lineprotocol import field_type
 from fmc.core.localtime import NS, local_date, local_day_start_ns
@@ -43,7 +44,7 @@ from fmc.indicators.sums import (
     SumsWanted,
 )
 from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
-from fmc.stores.influxdb.sink import redacted_url, store_error_text, tls_verify
+from fmc.stores.influxdb.sink import store_error_text, tls_verify
 
 USER_AGENT = "fmc-central"
 MS = 1_000_000  # ns per ms: answers come with epoch=ms

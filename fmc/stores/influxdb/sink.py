@@ -42,11 +42,12 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost, RefusedLine, SinkUnavailable, WriteOutcome
+from fmc.core.config import redacted_url
 from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
 
 log = logging.getLogger("fmc.sink.influxdb")
@@ -64,18 +65,6 @@ _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL
 # headers InfluxDB puts on its error answers: 1.x every answer's version and X-Influxdb-Error, 2.x
 # every answer's version and X-Platform-Error-Code (3.x sends its version on /ping only)
 INFLUXDB_ERROR_HEADERS = ("X-Influxdb-Version", "X-Influxdb-Error", "X-Platform-Error-Code")
-
-
-def redacted_url(url: str) -> str:
-    """``url`` without any ``user:password@`` part, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 CLAIMS_PER_QUERY = 200  # equipment ids per claims query: the statement stays well under any URL or body limit
