@@ -114,6 +114,8 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path):
          "database"),
         (('path = "spool/spool.db"', 'path = "spool/spool.db"\nmax_bytes = "lots"'), "spool.max_bytes", "512MiB"),
         (('[spool]', '[spool]\nsize = 3'), "spool.size", "remove it"),
+        (('[spool]', '[metrics]\nlisten = "127.0.0.1:99999"\n[spool]'), "metrics.listen", "1 to 65535"),
+        (('[spool]', '[metrics]\nlisten = "[::1]:0"\n[spool]'), "metrics.listen", "1 to 65535"),
         (('name = "测试企业"', 'name = "测试企业"\ntimezone = "Mars/Base"'), "enterprise.timezone", "IANA"),
         (('name = "测试企业"', 'name = "测试企业"\ngateway = "hall a/1"'), "enterprise.gateway", "hall-a"),
         (('name = "测试企业"', 'name = "测试企业"\ngateway = "' + "g" * 65 + '"'), "enterprise.gateway", "64"),

@@ -69,6 +69,15 @@ class MetricsConfig(_Model):
     enabled: bool = True
     listen: str = Field(default="127.0.0.1:9273", pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$")
 
+    @field_validator("listen")
+    @classmethod
+    def _port(cls, v: str) -> str:
+        # the pattern lets 65536-99999 through, which bind() refuses only when `fmc run` starts
+        port = int(v.rpartition(":")[2])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range; use a port from 1 to 65535, e.g. \"127.0.0.1:9273\"")
+        return v
+
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]"), int(port)
