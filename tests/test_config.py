@@ -242,6 +242,22 @@ def test_fixed_names_are_checked_at_start(tmp_path, line, words):
     assert "mqtt[0].subscribe[0]" in info.value.render() and words in info.value.render()
 
 
+@pytest.mark.parametrize("kind", ["folder", "not-a-spool"])
+def test_check_fails_a_spool_path_the_agent_cannot_open(tmp_path, capsys, kind):
+    """`[spool] path = "/var/lib/fmc"` (the folder) or an existing file that is not a spool: `fmc run`
+    would stop with SpoolError, so `fmc check` fails the spool, naming the setting and the fix."""
+    spool = tmp_path / "fmc"
+    if kind == "folder":
+        spool.mkdir()
+    else:
+        spool.write_text("these are notes, not a spool\n", encoding="utf-8")
+    text = GOOD.split("[[mqtt]]")[0] + '[sink]\ntype = "embedded"\npath = "store.db"\n[metrics]\nenabled = false\n'
+    path = write(tmp_path, text + f'[spool]\npath = "{spool}"\n')
+    assert main(["check", "-c", str(path), "--timeout", "1"]) == 1
+    spool_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("spool "))
+    assert "FAIL" in spool_line and f"[spool] path {spool}:" in spool_line and "fix:" in spool_line, spool_line
+
+
 def test_example_config_with_its_inventory_loads(monkeypatch):
     from fmc.plant.ledger import load_inventory
 

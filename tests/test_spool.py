@@ -28,6 +28,7 @@ from fmc.agent.spool import (
     Spool,
     SpoolBatch,
     SpoolError,
+    check_spool_file,
 )
 from fmc.core.points import Priority
 from tests.spool_child import make_line, priority_of
@@ -736,6 +737,37 @@ def test_other_sqlite_database_is_refused(tmp_path: Path) -> None:
 def test_directory_as_path_raises_spool_error(tmp_path: Path) -> None:
     with pytest.raises(SpoolError, match=re.escape(str(tmp_path))):
         Spool(tmp_path)
+
+
+def test_check_spool_file_says_what_spool_would_refuse_without_changing_it(tmp_path: Path) -> None:
+    """``fmc check`` asks it: a folder, a file that is not a spool, another SQLite database or a
+    newer fmc's spool fail as Spool() would; a missing, empty or real spool passes."""
+    assert check_spool_file(tmp_path / "new.db") is None and not (tmp_path / "new.db").exists()
+    (tmp_path / "empty.db").touch()
+    assert check_spool_file(tmp_path / "empty.db") is None
+    with Spool(tmp_path / "spool.db") as spool:
+        spool.append([("m v=1i 1", RAW)])
+        assert check_spool_file(tmp_path / "spool.db") is None  # while the agent has it open
+    assert check_spool_file(tmp_path) == ("it is a folder", f"name a file, e.g. {tmp_path / 'spool.db'}")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("these are notes, not a spool\n", encoding="utf-8")
+    refused = check_spool_file(notes)
+    assert refused is not None and "not an fmc spool" in refused[0] and "move this one aside" in refused[1]
+    assert notes.read_text(encoding="utf-8") == "these are notes, not a spool\n"
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE readings (x)")
+    conn.close()
+    assert check_spool_file(other) == (
+        "this file is not an fmc spool", "name another file, or move this one aside if it is not needed")
+    with sqlite3.connect(tmp_path / "spool.db") as conn:
+        conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    refused = check_spool_file(tmp_path / "spool.db")
+    assert refused is not None and "newer fmc (schema 99" in refused[0]
+    for path in (tmp_path, notes, other, tmp_path / "spool.db"):  # each is what Spool refuses
+        with pytest.raises(SpoolError):
+            Spool(path)
 
 
 def test_settings_are_applied_and_checked(tmp_path: Path) -> None:

@@ -232,6 +232,43 @@ class DeadLetter:
     enqueued_ms: int = 0
 
 
+def _refusal(app_id: int, version: int, tables: int) -> tuple[str, str] | None:
+    """Why a database with this header cannot be this fmc's spool, and the fix; None when it can
+    (an empty database becomes one)."""
+    if app_id == 0 and tables == 0:
+        return None
+    if app_id != APPLICATION_ID:
+        return "this file is not an fmc spool", "name another file, or move this one aside if it is not needed"
+    if version > SCHEMA_VERSION:
+        return (f"written by a newer fmc (schema {version}, this one reads {SCHEMA_VERSION})",
+                "upgrade fmc, or name another file")
+    return None
+
+
+def check_spool_file(path: Path) -> tuple[str, str] | None:
+    """Why ``Spool(path)`` would refuse ``path``, and the fix; None when it would open it (a
+    missing file is created). Reads the file without changing it: ``fmc check`` asks this while
+    the agent may be writing the spool."""
+    if path.is_dir():
+        return "it is a folder", f"name a file, e.g. {path / 'spool.db'}"
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as e:  # cannot open it (its mode, its owner) or a lock held too long
+        return f"cannot read it ({e})", "fix its owner or mode"
+    except sqlite3.DatabaseError as e:  # not SQLite at all ("file is not a database"), or damaged
+        return (f"not an fmc spool, or a damaged one ({e})",
+                "name another file, or move this one aside to start an empty spool")
+    return _refusal(app_id, version, tables)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -316,18 +353,14 @@ class Spool:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").fetchone()[0]
+            refused = _refusal(app_id, version, tables)
+            if refused is not None:
+                raise SpoolError(f"spool {self.path}: {refused[0]}", self.path)
             if app_id == 0 and tables == 0:
                 for statement in (*_SCHEMA, *_SCHEMA_SINCE_1):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif app_id != APPLICATION_ID:
-                raise SpoolError(f"spool {self.path}: this file is not an fmc spool", self.path)
-            elif version > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool {self.path}: written by a newer fmc (schema {version}, this one reads {SCHEMA_VERSION})",
-                    self.path,
-                )
             elif version < SCHEMA_VERSION:
                 for statement in _SCHEMA_SINCE_1:
                     conn.execute(statement)

@@ -249,10 +249,15 @@ def _prefixed(kind: str, name: str) -> str:
 
 def _check_spool(cfg: AgentSettings):  # -> CheckResult
     from fmc.agent.plugin import CheckResult
+    from fmc.agent.spool import check_spool_file
 
     path = cfg.spool.path
     folder = path.parent
     name = "spool"
+    refused = check_spool_file(path)  # a folder, or a file that is not a spool: `fmc run` would stop
+    if refused is not None:
+        wrong, fix = refused
+        return CheckResult(name, False, f"[spool] path {path}: {wrong}; fix: {fix}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".fmc-check-"):
