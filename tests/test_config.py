@@ -258,6 +258,66 @@ def test_check_fails_a_spool_path_the_agent_cannot_open(tmp_path, capsys, kind):
     assert "FAIL" in spool_line and f"[spool] path {spool}:" in spool_line and "fix:" in spool_line, spool_line
 
 
+SINK_ONLY = """
+[enterprise]
+id = "e1"
+name = "n"
+region = "330602"
+industry = "17"
+
+[sink]
+type = "embedded"
+path = "store.db"
+
+[[meter]]
+id = "main"
+carrier = "electricity"
+"""
+
+
+def dlt645_bus(name: str, port: str, address: str, writes: str) -> str:
+    return f'\n[[dlt645]]\nname = "{name}"\nport = "{port}"\n  [[dlt645.meter]]\n  address = "{address}"\n  {writes}\n'
+
+
+def modbus_link(writes: str) -> str:
+    return ('\n[[modbus]]\nname = "power"\nhost = "127.0.0.1"\n  [[modbus.device]]\n  unit = 1\n'
+            f'    [[modbus.device.register]]\n    address = 0\n    {writes}\n')
+
+
+METER_MAIN = 'meter = "main"'
+
+
+@pytest.mark.parametrize(("sources", "named"), [
+    (dlt645_bus("bus-a", "/dev/ttyUSB0", "000012345678", METER_MAIN)
+     + dlt645_bus("bus-b", "/dev/ttyUSB1", "000012345679", METER_MAIN),  # a bus copy-pasted
+     "[[dlt645]] 'bus-a' and [[dlt645]] 'bus-b'"),
+    (dlt645_bus("bus-a", "/dev/ttyUSB0", "000012345678", METER_MAIN)
+     + modbus_link(METER_MAIN + '\n    carrier = "electricity"'),
+     "[[dlt645]] 'bus-a' and [[modbus]] 'power'"),
+], ids=["two-buses", "modbus-and-dlt645"])
+def test_two_sources_writing_one_meter_are_refused_naming_both(tmp_path, capsys, sources, named):
+    """Each section refuses two of its entries writing one meter, and two sections are refused too:
+    both counters would go to the one [[meter]], one taken as the other's glitches, and one meter's
+    consumption lost."""
+    path = write(tmp_path, SINK_ONLY + sources)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = info.value.render()
+    assert f"{named} both write meter 'main'" in text and "its own meter id" in text, text
+    assert main(["check", "-c", str(path)]) == 2
+    assert f"{named} both write meter 'main'" in capsys.readouterr().err
+
+
+def test_two_sources_writing_one_equipments_signals_are_fine(tmp_path):
+    """A machine's power from the power meter, its speed from its PLC: one equipment, two sources."""
+    sources = (dlt645_bus("bus-a", "/dev/ttyUSB0", "000012345678", METER_MAIN)
+               + dlt645_bus("bus-b", "/dev/ttyUSB1", "000012345679",
+                            'equipment = "loom-1"\n  signals = { power = "02030000" }')
+               + modbus_link('equipment = "loom-1"\n    signal = "spindle_speed"'))
+    cfg = load_config(write(tmp_path, SINK_ONLY + sources))
+    assert [s.feeds().equipment for s in cfg.sources()] == [frozenset(), {"loom-1"}, {"loom-1"}]
+
+
 def test_example_config_with_its_inventory_loads(monkeypatch):
     from fmc.plant.ledger import load_inventory
 

@@ -125,6 +125,17 @@ class AgentSettings(PlantSections):
             check_group = getattr(type(group[0]), "check_group", None) if group else None
             if check_group is not None:
                 check_group(group)  # a section's own rule over all its entries (e.g. MQTT client ids)
+        # Each section refuses two of its entries writing one meter; across sections too: two
+        # counters interleaved into one [[meter]] are taken as glitches of one, and one meter's
+        # consumption is lost. (Two sources writing one equipment's different signals are fine.)
+        fed_by: dict[str, str] = {}
+        for source in self.sources():
+            where = f"[[{source.section}]] {source.name!r}"
+            for meter in sorted(source.feeds().meters):
+                if meter in fed_by and fed_by[meter] != where:
+                    raise ValueError(f"{fed_by[meter]} and {where} both write meter {meter!r}: two sources of "
+                                     "one meter would mix their readings; give each its own meter id (and [[meter]])")
+                fed_by[meter] = where
         return self
 
 
