@@ -331,6 +331,13 @@ def test_example_config_with_its_inventory_loads(monkeypatch):
     assert [m.id for m in cfg.meter] == ["main", "intake-1"]
 
 
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-1"])
+def test_check_refuses_a_timeout_that_is_not_a_positive_number(tmp_path, capsys, timeout):
+    assert main(["check", "-c", str(write(tmp_path, GOOD)), "--timeout", timeout]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fmc check: --timeout must be a positive number of seconds") and err.count("\n") == 1
+
+
 def test_bad_inventory_csv_fails_at_start_with_exit_code_2(tmp_path, capsys):
     (tmp_path / "ledger.csv").write_text("设备编号,是否数控,原值\nm1,是,12万\nm1,否,100\n", encoding="utf-8")
     path = write(tmp_path, GOOD + '\n[inventory]\ncsv = "ledger.csv"\n')

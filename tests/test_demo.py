@@ -11,8 +11,12 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fmc.agent.ingest import PLANT_STATE_KEY
 from fmc.agent.spool import Spool
+from fmc.cli.exits import EXIT_USAGE
+from fmc.cli.main import main
 from fmc.core.tables import render_table, text_width
 from fmc.demo.plant import (
     BAD_SCHEDULE,
@@ -298,3 +302,19 @@ async def test_demo_history_table_and_api(tmp_path: Path) -> None:
             assert str(round(nc_2020, 6))[:6] in r.text
     finally:
         await api.stop()
+
+
+@pytest.mark.parametrize("case", ["workdir-is-a-file", "workdir-under-a-file", "duration-nan", "duration-inf",
+                                  "duration-negative"])
+def test_demo_usage_mistakes_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     case: str) -> None:
+    """A --workdir that is a file and a --duration of nan or inf (argparse's float() takes both)
+    are refused in one line, not a traceback (FileExistsError, math.ceil's ValueError)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder\n", encoding="utf-8")
+    workdir = {"workdir-is-a-file": notes, "workdir-under-a-file": notes / "demo"}.get(case, tmp_path / "demo")
+    duration = case.removeprefix("duration-").replace("negative", "-1") if case.startswith("duration") else "1"
+    assert main(["demo", "--duration", duration, "--workdir", str(workdir)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("fmc demo: --") and err.count("\n") == 1, err
+    assert ("--workdir" in err) == case.startswith("workdir") and not (tmp_path / "demo").exists()

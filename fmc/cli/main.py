@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)
             return _run(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), Path(args.config))
         if args.command == "check":
+            if not (math.isfinite(args.timeout) and args.timeout > 0):  # nan passes a "> 0" test as False
+                print(f"fmc check: --timeout must be a positive number of seconds, not {args.timeout}", file=sys.stderr)
+                return EXIT_USAGE
             cfg = load_config(args.config)
             return _check(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), args.timeout)
         if args.command == "opcua":
@@ -282,9 +286,20 @@ def _free_bytes(folder: Path) -> int | None:
 def _demo(duration: float, workdir: Path | None) -> int:
     from fmc.demo.run import run_demo
 
-    if duration <= 0:
-        print("fmc demo: --duration must be positive", file=sys.stderr)
+    if not (math.isfinite(duration) and duration > 0):  # argparse's float() takes "nan" and "inf"
+        print(f"fmc demo: --duration must be a positive number of seconds, not {duration}", file=sys.stderr)
         return EXIT_USAGE
+    if workdir is not None:
+        if workdir.exists() and not workdir.is_dir():
+            print(f"fmc demo: --workdir {workdir} is a file; name a folder (it is created when missing)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # no permission, or a file where a parent folder should be
+            print(f"fmc demo: --workdir {workdir}: cannot create it ({e.strerror}); name a folder you can write in",
+                  file=sys.stderr)
+            return EXIT_USAGE
     return asyncio.run(run_demo(duration_s=duration, workdir=workdir))
 
 
