@@ -318,6 +318,24 @@ def test_two_sources_writing_one_equipments_signals_are_fine(tmp_path):
     assert [s.feeds().equipment for s in cfg.sources()] == [frozenset(), {"loom-1"}, {"loom-1"}]
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("text", "setting"), [
+    (GOOD.replace('topic = "plant/{equipment}/{signal}"', 'topic = "plant/{equipment}/{signal}"\n  scale = VALUE'),
+     "mqtt[0].subscribe[0].scale"),
+    (SINK_ONLY + modbus_link('meter = "main"\n    carrier = "electricity"\n    scale = VALUE'),
+     "modbus[0].device[0].register[0].scale"),
+    (SINK_ONLY + modbus_link('equipment = "loom-1"\n    signal = "speed"\n    max = VALUE'),
+     "modbus[0].device[0].register[0].max"),
+    (INFLUX.replace("SETTINGS", 'url = "http://127.0.0.1:8086"\nretry_max_s = VALUE'), "sink.retry_max_s"),
+], ids=["mqtt-scale", "modbus-scale", "modbus-max", "sink-retry"])
+def test_a_non_finite_setting_is_a_config_error_naming_it(tmp_path, text, setting, value):
+    """TOML has nan and inf; no setting has a use for them (the plant sections refused them, the
+    sources and the sink did not: `scale = inf` loaded and every reading was rejected at run time)."""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text.replace("VALUE", value)))
+    assert f"`{setting}`" in info.value.render() and "not nan or inf" in info.value.render(), info.value.render()
+
+
 def test_example_config_with_its_inventory_loads(monkeypatch):
     from fmc.plant.ledger import load_inventory
 

@@ -47,7 +47,9 @@ class ConfigError(Exception):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML has nan and inf; no setting may be one (no scale, limit, interval or coefficient has a
+    # use for them: a setting that can be "none" is left out)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def known_timezone(v: str) -> str:
@@ -112,6 +114,7 @@ _FIX_BY_TYPE = {
     "int_type": "write a whole number",
     "float_parsing": "write a number",
     "float_type": "write a number",
+    "finite_number": "write a number (not nan or inf)",
     "bool_type": "write true or false",
     "bool_parsing": "write true or false",
     "string_type": "write text in quotes",

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fmc.core.carriers import CANONICAL_UNIT, CARRIERS
@@ -79,8 +79,7 @@ def known_carrier(v: str) -> str:
 
 
 class _PlantModel(_Model):
-    # TOML has nan and inf; no threshold, scale, limit or coefficient may be one
-    model_config = ConfigDict(allow_inf_nan=False)
+    """The plant sections' base (like every config model, it refuses nan and inf)."""
 
 
 # --- equipment classes: state rules --------------------------------------------------------------
