@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from influxdb_client import Point as ClientPoint
 
-from fmc.core.lineprotocol import LineProtocolError, encode, parse
+from fmc.core.lineprotocol import LineProtocolError, encode, encode_series, parse, series_and_time
 from fmc.core.points import Point
 
 # Any unicode text, including the characters line protocol must escape.
@@ -56,6 +56,8 @@ def test_same_bytes_as_influxdb_client_or_rejected(measurement, tags, fields, ts
     assert "\n" not in line
     back = parse(line)
     assert (back.measurement, back.tags, back.ts_ns) == (measurement, tags, ts)
+    # what a store keeps one point of (the spool's dead letters are matched by it)
+    assert series_and_time(line) == (encode_series(measurement, tags), ts)
     for k, v in fields.items():
         assert type(back.fields[k]) is type(v)
         assert back.fields[k] == v
@@ -118,6 +120,13 @@ def test_timestamps_are_exact_integers(ts):
 def test_parse_refuses_malformed_lines(line):
     with pytest.raises(LineProtocolError) as info:
         parse(line)
+    assert info.value.reason == "parse"
+
+
+@pytest.mark.parametrize("line", ["", "m", "m v=1", "m v=1 x", " v=1 1", "p2,seq=3 v=eee"])
+def test_series_and_time_refuses_a_line_without_both(line):
+    with pytest.raises(LineProtocolError) as info:
+        series_and_time(line)
     assert info.value.reason == "parse"
 
 

@@ -14,10 +14,11 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -30,7 +31,15 @@ from fmc.agent.spool import (
     SpoolError,
     check_spool_file,
 )
-from fmc.core.points import Priority
+from fmc.cli.main import main as cli_main
+from fmc.core.lineprotocol import encode, series_and_time
+from fmc.core.localtime import local_day_start_ns, zone
+from fmc.core.points import Point, Priority
+from fmc.plant.rollups import Site
+from fmc.stores.influxdb.config import InfluxDBSink as InfluxDBSinkConfig
+from fmc.stores.influxdb.sink import InfluxDBSink
+from tests.agent_process import agent_config
+from tests.servers.influxdb import InfluxDBServer
 from tests.spool_child import make_line, priority_of
 
 CHILD = Path(__file__).with_name("spool_child.py")
@@ -191,6 +200,171 @@ def test_refused_rows_go_to_dead_letter_and_can_be_requeued(tmp_path: Path) -> N
         assert spool.requeue_dead_letters() == 0
 
 
+def rollup(amount: float, ts: int = 1_559_318_400_000_000_000, carrier: str = "electricity") -> str:
+    """A consumption_daily line: a day's rollup, written again, whole, when late intervals come."""
+    return encode(Point("consumption_daily", {"enterprise": "E 1", "carrier": carrier}, {"amount": amount}, ts))
+
+
+def test_a_dead_rollup_whose_later_version_was_delivered_is_kept_but_not_requeued(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        spool.append([(rollup(100.0), ROLLUP), (rollup(5.0, carrier="water"), ROLLUP)])
+        first = spool.read_batch(10)
+        spool.complete(first, [(0, "partial write: max-series-per-database limit exceeded", 400)], now_ms=5)
+        # the day written again, whole, and delivered; and a raw point of the same time
+        spool.append([(rollup(240.0), ROLLUP), ("signal,equipment=m1 value=1 1559318400000000000", RAW)])
+        later = spool.read_batch(10)
+        spool.complete(later)
+
+        [dead] = spool.dead_letters()
+        assert (dead.id, dead.line, dead.superseded_by) == (first.ids[0], rollup(100.0), later.ids[0])
+        stats = spool.stats()
+        assert (stats.dead_letters, stats.superseded_dead_letters) == (1, 1)
+        assert spool.requeue_dead_letters() == 0  # sent again, 100 would replace 240 in the store
+        assert spool.stats().depth == 0
+    with Spool(path) as spool:  # kept, for inspection, and still not requeued
+        assert [d.superseded_by for d in spool.dead_letters()] == [later.ids[0]]
+        assert spool.requeue_dead_letters() == 0 and spool.stats().depth == 0
+
+
+def test_a_dead_rollup_followed_by_its_later_version_in_the_same_batch_is_superseded(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        spool.append([(rollup(100.0), ROLLUP), (rollup(240.0), ROLLUP), (rollup(1.0, ts=7), ROLLUP)])
+        batch = spool.read_batch(10)
+        # both versions refused: only the later one is sent again; the one of another day too
+        spool.complete(batch, [(0, "refused", 400), (1, "refused", 400), (2, "refused", 400)])
+        assert {d.id: d.superseded_by for d in spool.dead_letters()} == {
+            batch.ids[0]: batch.ids[1], batch.ids[1]: None, batch.ids[2]: None}
+        assert spool.requeue_dead_letters() == 2
+        assert spool.read_batch(10).lines == [rollup(240.0), rollup(1.0, ts=7)]
+        assert [d.id for d in spool.dead_letters()] == [batch.ids[0]]
+
+
+def test_a_dead_rollup_is_not_requeued_behind_its_later_version_being_sent(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        spool.append([(rollup(100.0), ROLLUP)])
+        first = spool.read_batch(10)
+        spool.complete(first, [(0, "refused", 400)])
+        spool.append([(rollup(240.0), ROLLUP), (rollup(3.0, carrier="water"), ROLLUP)])
+        sending = spool.read_batch(10)  # the later version is on its way when the operator requeues
+        assert spool.requeue_dead_letters() == 0
+        assert [d.superseded_by for d in spool.dead_letters()] == [sending.ids[0]]
+        spool.complete(sending)
+        assert spool.read_batch(10).ids == []  # nothing older is sent after it
+
+
+def test_requeue_sends_every_dead_letter_no_later_line_supersedes(tmp_path: Path) -> None:
+    with Spool(tmp_path / "s.db") as spool:
+        ts = 1_559_318_400_000_000_000
+        refused = [
+            (rollup(100.0), ROLLUP),
+            (f"signal,equipment=m1 value=1 {ts}", RAW),  # raw and event lines are never written again
+            (f"equipment_state,equipment=m1 state=\"running\" {ts}", EVENT),
+            ("not line protocol", ROLLUP),
+        ]
+        spool.append(refused)
+        batch = spool.read_batch(10)
+        spool.complete(batch, [(i, "refused", 400) for i in range(len(refused))])
+        spool.append([  # the same series and times again, other series, other times
+            (f"signal,equipment=m1 value=2 {ts}", RAW), (f"equipment_state,equipment=m1 state=\"idle\" {ts}", EVENT),
+            (rollup(240.0, carrier="water"), ROLLUP), (rollup(240.0, ts=ts + 1), ROLLUP),
+            (encode(Point("consumption_daily", {"enterprise": "E 1"}, {"amount": 1.0}, ts)), ROLLUP),
+        ])
+        spool.complete(spool.read_batch(10))
+        assert [d.superseded_by for d in spool.dead_letters()] == [None] * 4
+        assert spool.requeue_dead_letters() == 4
+        assert spool.read_batch(10).lines == [line for line, _ in refused]
+
+
+def test_fmc_spool_show_and_requeue_tell_the_superseded_dead_letters(tmp_path: Path, capsys) -> None:
+    config = agent_config(tmp_path, mqtt_port=1)  # its spool: spool.db next to it
+    with Spool(tmp_path / "spool.db") as spool:
+        spool.append([(rollup(100.0), ROLLUP), ("signal v=1 7", RAW)])
+        spool.complete(spool.read_batch(10), [(0, "refused", 400), (1, "refused", 400)])
+        spool.append([(rollup(240.0), ROLLUP)])
+        later = spool.read_batch(10)
+        spool.complete(later)
+    assert cli_main(["spool", "show", "-c", str(config)]) == 0
+    shown = capsys.readouterr().out
+    assert "dead letters: 2 (1 superseded, not requeued)" in shown
+    assert f"[superseded by #{later.ids[0]}: not requeued]" in shown
+    assert cli_main(["spool", "requeue", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(
+        "1 dead-lettered point(s) queued again\n1 superseded dead letter(s) kept, not sent")
+
+
+class LimitedInfluxDB(InfluxDBServer):
+    """influxd with a ``max-series-per-database`` the test can raise (and restart the server)."""
+
+    max_series = 2
+
+    def _config_text(self) -> str:
+        return super()._config_text().replace("[data]\n", f"[data]\n  max-series-per-database = {self.max_series}\n")
+
+
+async def drain_once(spool: Spool, sink: InfluxDBSink) -> None:
+    """One turn of the agent's drain loop (fmc.agent.runtime.Agent._drain): read, write, complete."""
+    batch = spool.read_batch(5000)
+    if not batch.ids:
+        return
+    outcome = await sink.write(batch.lines)
+    spool.complete(batch, [(r.index, r.reason, r.status) for r in outcome.refused])
+
+
+async def test_a_requeued_daily_rollup_does_not_replace_its_later_version_in_influxdb(tmp_path: Path) -> None:
+    """InfluxDB keeps the last version of a series and time it got. The day's first rollup was refused
+    (the series limit), its complete version delivered once the limit was raised; the operator then
+    does what the agent's warning says, `fmc spool requeue`: the old version must not be sent after."""
+    server = LimitedInfluxDB(tmp_path / "influx")
+    server.start()
+    spool = Spool(tmp_path / "spool.db")
+    sink = None
+    try:
+        server.create_database("fmc")
+        # the database is at its series limit already (other enterprises' series)
+        other = [encode(Point("enterprise_daily", {"enterprise": f"E-{i}"}, {"equipment_total": 1}, 1_000 + i))
+                 for i in range(2)]
+        sink = InfluxDBSink(InfluxDBSinkConfig(type="influxdb", url=server.url, database="fmc", timeout_s=5.0))
+        assert (await sink.write(other)).refused == []
+
+        site = Site("91330602MA2BXXXX1X", "330602", "1711")
+        day = local_day_start_ns(date(2019, 6, 1), zone("Asia/Shanghai"))
+        series_tags = site.tags(carrier="electricity")
+        # 1) the day's first version (half the day's intervals had arrived): refused, series limit
+        spool.append([(encode(Point("consumption_daily", series_tags,
+                                    {"amount": 100.0, "tce": 0.01229, "coverage": 0.5}, day)), ROLLUP)])
+        await drain_once(spool, sink)
+        dead = spool.dead_letters()
+        assert len(dead) == 1 and "max-series-per-database" in dead[0].reason, dead
+
+        # 2) the operator raises the limit (influxdb.conf, restart)
+        server.stop()
+        server.max_series = 0  # unlimited
+        server.start()
+
+        # 3) the late intervals come: the day is written again, whole, and the store takes it
+        spool.append([(encode(Point("consumption_daily", series_tags,
+                                    {"amount": 240.0, "tce": 0.029496, "coverage": 1.0}, day)), ROLLUP)])
+        await drain_once(spool, sink)
+        assert server.select("fmc", "SELECT amount FROM consumption_daily")[0]["amount"] == 240.0
+
+        # 4) the cause is fixed, so the operator follows the agent's advice: the old version stays
+        assert spool.requeue_dead_letters() == 0
+        [kept] = spool.dead_letters()
+        assert (kept.id, kept.superseded_by is not None) == (dead[0].id, True)
+        await drain_once(spool, sink)
+        assert spool.stats().depth == 0
+
+        [row] = server.select("fmc", "SELECT amount, coverage FROM consumption_daily")
+        assert (row["amount"], row["coverage"]) == (240.0, 1.0), (
+            f"the requeued old version replaced the day's complete figure: {row}")
+    finally:
+        if sink is not None:
+            await sink.aclose()
+        spool.close()
+        server.stop()
+
+
 def test_complete_rejects_an_index_outside_the_batch(tmp_path: Path) -> None:
     with Spool(tmp_path / "s.db") as spool:
         spool.append([("a v=1i 1", RAW), ("b v=1i 1", RAW)])
@@ -330,12 +504,33 @@ def test_a_group_of_messages_is_recorded_as_one_by_one(tmp_path: Path) -> None:
     assert {(s, p): (bytes(d), n) for s, p, d, n in rows} == expected
 
 
+def as_schema_2(db: sqlite3.Connection) -> None:
+    """Make a spool's dead_letter what schema 2 had (no series, ts, superseded_by), keeping its rows."""
+    columns = "id, priority, enqueued_ms, nbytes, line, reason, status, failed_at_ms"
+    db.execute("""
+        CREATE TABLE dead_letter_2 (
+            id           INTEGER PRIMARY KEY,  -- the row's id in spool, kept when it is requeued
+            priority     INTEGER NOT NULL,
+            enqueued_ms  INTEGER NOT NULL,
+            nbytes       INTEGER NOT NULL,
+            line         TEXT    NOT NULL,
+            reason       TEXT    NOT NULL,     -- the store's own words
+            status       INTEGER,              -- HTTP status, when the store gave one
+            failed_at_ms INTEGER NOT NULL
+        )""")
+    db.execute(f"INSERT INTO dead_letter_2 ({columns}) SELECT {columns} FROM dead_letter")
+    db.execute("DROP TABLE dead_letter")  # and its indexes
+    db.execute("ALTER TABLE dead_letter_2 RENAME TO dead_letter")
+    db.execute("PRAGMA user_version = 2")
+
+
 def test_a_schema_1_spool_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     with Spool(path) as spool:
         spool.append([(line_of("old", 30), ROLLUP)])
         spool.state_set("plant", "s0")
     with sqlite3.connect(path) as db:  # what schema 1 had: no journal, no recent_messages
+        as_schema_2(db)
         db.execute("DROP TABLE journal")
         db.execute("DROP TABLE recent_messages")
         db.execute("PRAGMA user_version = 1")
@@ -345,7 +540,32 @@ def test_a_schema_1_spool_is_upgraded_in_place(tmp_path: Path) -> None:
         spool.append([], journal=[("plant", "e1")], messages=[("plant", 1, b"d" * 16)])
         assert spool.journal("plant") == ["e1"] and spool.committed_message("plant", 1, b"d" * 16)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    db.close()
+
+
+def test_a_schema_2_spool_keeps_its_dead_letters_and_its_rollups_can_be_superseded(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Spool(path) as spool:
+        spool.append([(rollup(100.0), ROLLUP), (rollup(1.0, ts=7), ROLLUP), ("signal v=1 7", RAW)])
+        batch = spool.read_batch(10)
+        spool.complete(batch, [(0, "refused", 400), (1, "refused", 400), (2, "refused", 400)], now_ms=5)
+        spool.append([(rollup(240.0), ROLLUP)])  # the day's later version, still queued
+    with sqlite3.connect(path) as db:
+        as_schema_2(db)
+    db.close()
+    with Spool(path) as spool:
+        dead = spool.dead_letters()
+        assert sorted((d.id, d.line, d.reason, d.failed_at_ms, d.superseded_by) for d in dead) == [
+            (batch.ids[0], rollup(100.0), "refused", 5, None),
+            (batch.ids[1], rollup(1.0, ts=7), "refused", 5, None),
+            (batch.ids[2], "signal v=1 7", "refused", 5, None),
+        ]
+        assert spool.requeue_dead_letters() == 2  # the old version of the queued day stays
+        assert spool.read_batch(10).lines == [rollup(1.0, ts=7), "signal v=1 7", rollup(240.0)]
+        assert [d.id for d in spool.dead_letters()] == [batch.ids[0]]
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
     db.close()
 
 
@@ -524,6 +744,61 @@ TestSpoolModel = SpoolModel.TestCase
 TestSpoolModel.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(st.tuples(st.sampled_from([0, 1, None]),  # a day to write a version of, or none
+                                st.sampled_from(["drain", "read", "complete", "requeue"]),
+                                st.lists(st.booleans(), max_size=6)), max_size=20))
+# day 0's first version refused, then its second delivered (before the requeue), or on its way during it
+@example(steps=[(0, "drain", [True]), (0, "drain", []), (None, "requeue", [])])
+@example(steps=[(0, "drain", [True]), (0, "read", []), (None, "requeue", []), (None, "complete", [])])
+def test_the_store_ends_with_each_day_s_newest_rollup_whatever_was_refused_and_requeued(
+    steps: list[tuple[int | None, str, list[bool]]],
+) -> None:
+    """Days written again and again, some versions refused, requeues at any moment (a batch on its way
+    too): once everything left is requeued and delivered, the store (the last write of a series and
+    time wins) has each day's newest version, and every line was delivered or superseded by a later one."""
+    with tempfile.TemporaryDirectory() as tmp, Spool(Path(tmp) / "s.db") as spool:
+        version = 0
+        newest: dict[int, float] = {}  # day -> amount of its newest version
+        store: dict[tuple[str, int], str] = {}
+        delivered: set[str] = set()
+        batch: SpoolBatch | None = None
+
+        def deliver(b: SpoolBatch, refuse: list[bool]) -> None:
+            refused = [i for i in range(len(b.ids)) if i < len(refuse) and refuse[i]]
+            for i, line in enumerate(b.lines):
+                if i not in refused:
+                    store[series_and_time(line)] = line
+                    delivered.add(line)
+            spool.complete(b, [(i, "refused", 400) for i in refused])
+
+        for day, action, refuse in steps:  # a step writes a version of a day (or none), then does action
+            if day is not None:
+                version += 1
+                newest[day] = float(version)
+                spool.append([(rollup(float(version), ts=day), ROLLUP), (f"signal v={version} {version}", RAW)])
+            if action == "drain" and batch is None:
+                deliver(spool.read_batch(len(refuse) + 1), refuse)
+            elif action == "read" and batch is None:
+                batch = spool.read_batch(len(refuse) + 1)
+            elif action == "complete" and batch is not None:
+                deliver(batch, refuse)
+                batch = None
+            elif action == "requeue":
+                spool.requeue_dead_letters()
+        if batch is not None:
+            deliver(batch, [])
+        spool.requeue_dead_letters()
+        while (rest := spool.read_batch(100)).ids:
+            deliver(rest, [])
+
+        assert {ts: store[series_and_time(rollup(0.0, ts=ts))] for ts in newest} == {
+            ts: rollup(amount, ts=ts) for ts, amount in newest.items()}
+        superseded = {d.line for d in spool.dead_letters(limit=1000)}
+        assert all(d.superseded_by is not None for d in spool.dead_letters(limit=1000))
+        assert len(delivered) + len(superseded) == 2 * version and not delivered & superseded
 
 
 # --- threads -----------------------------------------------------------------------------------

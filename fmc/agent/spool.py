@@ -19,17 +19,18 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from fmc.core.lineprotocol import LineProtocolError, series_and_time
 from fmc.core.points import Priority
 
 # Written into the SQLite header so a spool is never confused with another database (and
 # another database never gets spool tables added to it). "fmcS" in ASCII.
 APPLICATION_ID = 0x666D6353
-SCHEMA_VERSION = 2  # 2: the journal and recent_messages tables
+SCHEMA_VERSION = 3  # 2: the journal and recent_messages tables; 3: dead letters' series, ts, superseded_by
 
 PAYLOAD_EXCERPT_MAX = 512  # bytes of a rejected message kept for inspection
 DETAIL_MAX = 1024  # characters of a rejection's detail: the ring is bounded in rows, so bound rows too
@@ -83,7 +84,13 @@ _SCHEMA = (
         line         TEXT    NOT NULL,
         reason       TEXT    NOT NULL,     -- the store's own words
         status       INTEGER,              -- HTTP status, when the store gave one
-        failed_at_ms INTEGER NOT NULL
+        failed_at_ms INTEGER NOT NULL,
+        -- a ROLLUP line's series (measurement and tags, as in line) and timestamp: rollups are
+        -- written again, whole, with the same series and time, and the store keeps the last one;
+        -- superseded_by: the id of a later line of that series and time, so this one is not requeued
+        series        TEXT,
+        ts            INTEGER,
+        superseded_by INTEGER
     )""",
     """
     CREATE TABLE rejected (
@@ -122,6 +129,20 @@ _SCHEMA_SINCE_1 = (
     ) WITHOUT ROWID""",
 )
 
+# Schema 3's dead_letter columns (in _SCHEMA's table), added when an older spool is opened.
+_DEAD_LETTER_SINCE_2 = (
+    "ALTER TABLE dead_letter ADD COLUMN series TEXT",
+    "ALTER TABLE dead_letter ADD COLUMN ts INTEGER",
+    "ALTER TABLE dead_letter ADD COLUMN superseded_by INTEGER",
+)
+# Partial indexes: the dead letters a later line can supersede are looked up on every complete,
+# and the superseded ones counted by stats(), without a scan of every dead letter.
+_DEAD_LETTER_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS dead_letter_open_rollups ON dead_letter (series, ts) "
+    "WHERE series IS NOT NULL AND superseded_by IS NULL",
+    "CREATE INDEX IF NOT EXISTS dead_letter_superseded ON dead_letter (superseded_by) WHERE superseded_by IS NOT NULL",
+)
+
 _COUNTER_NAMES = (QUEUED_POINTS, QUEUED_BYTES, LAST_ID, REJECTED_TOTAL, *map(_dropped_key, DROPPABLE))
 
 # Statements are module constants: the sqlite3 module keeps a per-connection cache of prepared
@@ -155,11 +176,18 @@ _DROP_OLDEST = (
     "(SELECT id FROM spool WHERE priority = ? AND id > ? ORDER BY id LIMIT ?) RETURNING nbytes"
 )
 _READ_OLDEST = "SELECT id, nbytes, enqueued_ms, line FROM spool ORDER BY id LIMIT ?"
+# series and ts are kept for ROLLUP lines only (see _supersede)
 _MOVE_TO_DEAD_LETTER = (
     "INSERT OR REPLACE INTO dead_letter "
-    "(id, priority, enqueued_ms, nbytes, line, reason, status, failed_at_ms) "
-    "SELECT id, priority, enqueued_ms, nbytes, line, ?, ?, ? FROM spool WHERE id = ?"
+    "(id, priority, enqueued_ms, nbytes, line, reason, status, failed_at_ms, series, ts) "
+    "SELECT id, priority, enqueued_ms, nbytes, line, ?1, ?2, ?3, "
+    f"CASE WHEN priority = {int(Priority.ROLLUP)} THEN ?4 END, CASE WHEN priority = {int(Priority.ROLLUP)} THEN ?5 END "
+    "FROM spool WHERE id = ?6"
 )
+_OPEN_ROLLUP_DEAD_LETTERS = (
+    "SELECT id, series, ts FROM dead_letter WHERE series IS NOT NULL AND superseded_by IS NULL"
+)
+_SUPERSEDE = "UPDATE dead_letter SET superseded_by = ? WHERE id = ? AND superseded_by IS NULL"
 # One statement for a whole batch (ids passed as a JSON array). The rows still there are counted
 # first, in the same transaction, so a row already gone (completed twice) is not subtracted twice;
 # counted in SQL rather than with RETURNING, which hands every row to Python (5000-row batches:
@@ -168,7 +196,8 @@ _COUNT_IDS = "SELECT count(*), coalesce(sum(nbytes), 0) FROM spool WHERE id IN (
 _DELETE_IDS = "DELETE FROM spool WHERE id IN (SELECT value FROM json_each(?))"
 _REQUEUE = (
     "INSERT OR IGNORE INTO spool (id, priority, enqueued_ms, nbytes, line) "
-    "SELECT id, priority, enqueued_ms, nbytes, line FROM dead_letter ORDER BY id RETURNING nbytes"
+    "SELECT id, priority, enqueued_ms, nbytes, line FROM dead_letter WHERE superseded_by IS NULL "
+    "ORDER BY id RETURNING nbytes"
 )
 
 
@@ -209,6 +238,7 @@ class SpoolStats:
     # The configured bound; bytes > max_bytes happens only when what is left cannot be dropped
     # (rollups, or the batch being sent).
     max_bytes: int = 0
+    superseded_dead_letters: int = 0  # of dead_letters: kept, never requeued (DeadLetter.superseded_by)
 
 
 @dataclass(slots=True)
@@ -230,6 +260,17 @@ class DeadLetter:
     failed_at_ms: int
     priority: Priority = field(default=Priority.RAW)
     enqueued_ms: int = 0
+    # id of a later line of the same series and time (a rollup written again) that was delivered,
+    # refused too, or is queued: requeue leaves this one, whose line is the older version
+    superseded_by: int | None = None
+
+
+def _rollup_key(line: str) -> tuple[str | None, int | None]:
+    """(series, timestamp) of a line, or (None, None) for one not written by fmc's encoder."""
+    try:
+        return series_and_time(line)
+    except LineProtocolError:
+        return None, None
 
 
 def _refusal(app_id: int, version: int, tables: int) -> tuple[str, str] | None:
@@ -357,12 +398,26 @@ class Spool:
             if refused is not None:
                 raise SpoolError(f"spool {self.path}: {refused[0]}", self.path)
             if app_id == 0 and tables == 0:
-                for statement in (*_SCHEMA, *_SCHEMA_SINCE_1):
+                for statement in (*_SCHEMA, *_SCHEMA_SINCE_1, *_DEAD_LETTER_INDEXES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version < SCHEMA_VERSION:
                 for statement in _SCHEMA_SINCE_1:
+                    conn.execute(statement)
+                if version < 3:
+                    for statement in _DEAD_LETTER_SINCE_2:
+                        conn.execute(statement)
+                    # the rollups already dead-lettered get their key; whether a later line of theirs
+                    # was delivered before is not known (requeue still sees one that is queued)
+                    rollups = conn.execute(
+                        "SELECT id, line FROM dead_letter WHERE priority = ?", (int(Priority.ROLLUP),)
+                    ).fetchall()
+                    conn.executemany(
+                        "UPDATE dead_letter SET series = ?, ts = ? WHERE id = ?",
+                        [(*_rollup_key(line), row_id) for row_id, line in rollups],
+                    )
+                for statement in _DEAD_LETTER_INDEXES:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.executemany(
@@ -413,6 +468,33 @@ class Spool:
         if row is None:
             raise sqlite3.DatabaseError(f"counter {name!r} is missing")
         return int(row[0])
+
+    @staticmethod
+    def _supersede(
+        conn: sqlite3.Connection, open_letters: Sequence[tuple[int, str, int]], lines: Iterable[tuple[int, str]]
+    ) -> None:
+        """Inside a write transaction: mark each of ``open_letters`` (id, series, ts: ROLLUP dead
+        letters not yet superseded) that one of ``lines`` (id, line) with a higher id has the series
+        and timestamp of as superseded by it (by the highest such id).
+
+        Ids follow the order the rollups were made in, so that line is a later version of the same
+        day (fmc/plant/rollups.py writes a day again, whole) and the store must keep it: sending the
+        dead letter again would replace it with the older one. Only rollups are written again; a raw
+        or event line with the same series and time as another is the same reading sent again."""
+        by_time: dict[str, list[tuple[int, str]]] = {}
+        for dead_id, series, ts in open_letters:
+            by_time.setdefault(str(ts), []).append((dead_id, series))
+        newest: dict[int, int] = {}
+        for row_id, line in lines:
+            letters = by_time.get(line[line.rfind(" ") + 1 :])
+            if letters is None:  # the usual line: not the timestamp of any open rollup dead letter
+                continue
+            series = _rollup_key(line)[0]
+            for dead_id, dead_series in letters:
+                if dead_id < row_id and dead_series == series and newest.get(dead_id, 0) < row_id:
+                    newest[dead_id] = row_id
+        if newest:
+            conn.executemany(_SUPERSEDE, [(row_id, dead_id) for dead_id, row_id in newest.items()])
 
     # --- writer side -----------------------------------------------------------------------
 
@@ -581,6 +663,11 @@ class Spool:
         """Move every dead letter back to the queue (the operator fixed the cause), in one
         transaction. They keep their ids, so they are sent first. Returns how many.
 
+        Except the superseded ones: a rollup whose later version (same series and time, a higher
+        id) was delivered or refused after it (``complete`` marked it) or is in the queue now, maybe
+        being sent. Sent again, the older line would be the last the store got, and replace the
+        newer. They stay in dead_letter, marked, for inspection.
+
         Safe while the agent runs in another process (``fmc spool requeue``): this drops nothing,
         even when the queue goes over max_bytes. Only the process that drains the spool knows
         which rows it is sending at that moment, and a drop from here could take rows that are
@@ -588,8 +675,15 @@ class Spool:
         makes room, sparing what it is sending."""
         conn = self._writer
         with self._writer_lock, self._sqlite_errors("requeue dead letters"), self._transaction(conn):
+            open_letters = conn.execute(_OPEN_ROLLUP_DEAD_LETTERS).fetchall()
+            if open_letters:  # the queued rollups after the oldest of them (spool_by_priority)
+                queued = conn.execute(
+                    "SELECT id, line FROM spool WHERE priority = ? AND id > ?",
+                    (int(Priority.ROLLUP), min(r[0] for r in open_letters)),
+                )
+                self._supersede(conn, open_letters, queued)
             moved = conn.execute(_REQUEUE).fetchall()
-            conn.execute("DELETE FROM dead_letter")
+            conn.execute("DELETE FROM dead_letter WHERE superseded_by IS NULL")
             if not moved:
                 return 0
             self._add_counter(conn, QUEUED_POINTS, len(moved))
@@ -655,7 +749,9 @@ class Spool:
         now_ms: int | None = None,
     ) -> None:
         """The store took ``batch``: in one transaction, move the rows at the ``refused`` batch
-        indexes (index, reason, status) to dead_letter and delete all the other rows."""
+        indexes (index, reason, status) to dead_letter and delete all the other rows. A rollup dead
+        letter (earlier, or of this batch) that a later line of the batch has the series and time
+        of is marked superseded by it (see ``requeue_dead_letters``)."""
         if not batch.ids:
             return
         failed_at = _now_ms() if now_ms is None else now_ms
@@ -663,12 +759,16 @@ class Spool:
         for index, reason, status in refused:
             if not 0 <= index < len(batch.ids):
                 raise ValueError(f"refused index {index} is outside the batch of {len(batch.ids)}")
-            moves.append((reason, status, failed_at, batch.ids[index]))
+            moves.append((reason, status, failed_at, *_rollup_key(batch.lines[index]), batch.ids[index]))
         conn = self._reader
         with self._reader_lock, self._sqlite_errors("complete"):
             with self._transaction(conn):
                 if moves:
                     conn.executemany(_MOVE_TO_DEAD_LETTER, moves)
+                # usually none (an index lookup): then no line of the batch is looked at
+                open_letters = conn.execute(_OPEN_ROLLUP_DEAD_LETTERS).fetchall()
+                if open_letters:
+                    self._supersede(conn, open_letters, zip(batch.ids, batch.lines, strict=True))
                 ids = json.dumps(batch.ids)
                 gone, gone_bytes = conn.execute(_COUNT_IDS, (ids,)).fetchone()
                 if gone:
@@ -688,6 +788,9 @@ class Spool:
                 counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
                 oldest = conn.execute("SELECT enqueued_ms FROM spool ORDER BY id LIMIT 1").fetchone()
                 dead = conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+                superseded = conn.execute(
+                    "SELECT count(*) FROM dead_letter WHERE superseded_by IS NOT NULL"
+                ).fetchone()[0]
             finally:
                 conn.execute("COMMIT")
         return SpoolStats(
@@ -698,17 +801,18 @@ class Spool:
             dead_letters=dead,
             rejected_total=counters.get(REJECTED_TOTAL, 0),
             max_bytes=self.max_bytes,
+            superseded_dead_letters=superseded,
         )
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The most recently failed dead letters first (for ``fmc spool`` inspection)."""
         with self._reader_lock, self._sqlite_errors("read dead letters"):
             rows = self._reader.execute(
-                "SELECT id, line, reason, status, failed_at_ms, priority, enqueued_ms FROM dead_letter "
+                "SELECT id, line, reason, status, failed_at_ms, priority, enqueued_ms, superseded_by FROM dead_letter "
                 "ORDER BY failed_at_ms DESC, id DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-        return [DeadLetter(r[0], r[1], r[2], r[3], r[4], Priority(r[5]), r[6]) for r in rows]
+        return [DeadLetter(r[0], r[1], r[2], r[3], r[4], Priority(r[5]), r[6], r[7]) for r in rows]
 
     def recent_rejections(self, limit: int = 100) -> list[RejectionRecord]:
         """The newest rejected messages first."""

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import math
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -318,18 +319,24 @@ def _spool(cfg: AgentSettings, args: argparse.Namespace) -> int:
         if args.spool_command == "requeue":
             n = spool.requeue_dead_letters()
             print(f"{n} dead-lettered point(s) queued again")
+            kept = spool.stats().superseded_dead_letters
+            if kept:
+                print(f"{kept} superseded dead letter(s) kept, not sent (a later version of the same series and "
+                      f"time was delivered or is queued): `fmc spool show -c {shlex.quote(args.config)}` lists them")
             return EXIT_OK
         s = spool.stats()
         age = "-" if s.oldest_enqueued_ms is None else f"{time.time() - s.oldest_enqueued_ms / 1000:.0f}s"
         print(f"spool {cfg.spool.path}")
         print(f"  waiting: {s.depth} points, {s.bytes} bytes, oldest {age}")
         print(f"  dropped (spool full): {dict(s.dropped) or 0}")
-        print(f"  dead letters: {s.dead_letters}   rejected messages (all time): {s.rejected_total}")
+        superseded = f" ({s.superseded_dead_letters} superseded, not requeued)" if s.superseded_dead_letters else ""
+        print(f"  dead letters: {s.dead_letters}{superseded}   rejected messages (all time): {s.rejected_total}")
         dead = spool.dead_letters(args.limit)
         if dead:
             print("dead letters (newest first):")
             for d in dead:
-                print(f"  #{d.id} status={d.status} {d.reason[:120]}\n      {d.line[:160]}")
+                note = "" if d.superseded_by is None else f" [superseded by #{d.superseded_by}: not requeued]"
+                print(f"  #{d.id} status={d.status} {d.reason[:120]}{note}\n      {d.line[:160]}")
         rejections = spool.recent_rejections(args.limit)
         if rejections:
             print("recent rejections (newest first):")

@@ -221,3 +221,21 @@ def _parse(line: str) -> Point:
         k, v = _split_unescaped(kv, "=", 1)
         tags[_unescape(k)] = _unescape(v)
     return Point(_unescape(key_parts[0]), tags, _parse_fields(fields_raw), int(ts))
+
+
+def series_and_time(line: str) -> tuple[str, int]:
+    """The series (measurement and tags, escaped as in the line) and the timestamp of a line
+    :func:`encode` wrote: a store keeps one point per series and timestamp, the last one written.
+
+    Raises LineProtocolError("parse", …) for a line without both.
+    """
+    try:
+        end = line.index(" ")
+        # an escaped space inside a name; names never hold a backslash, so a backslash is an escape
+        while end > 0 and line[end - 1] == "\\":
+            end = line.index(" ", end + 1)
+        if end == 0:
+            raise ValueError("no measurement")
+        return line[:end], int(line[line.rindex(" ") + 1 :])
+    except ValueError as e:
+        raise LineProtocolError("parse", f"not a line fmc writes: {line[:80]!r}") from e
