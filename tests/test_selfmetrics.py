@@ -207,3 +207,13 @@ async def test_a_running_agent_writes_a_point_at_start_and_a_stopped_one_at_the_
     assert (last.fields["accepted"], last.fields["written"], last.fields["received"]) == (0, 0, 0)
     assert agent.metrics.value("fmc_points_accepted_total", {"source": "agent"}) == 2
     assert agent.metrics.value("fmc_points_written_total", {"sink": "embedded"}) == 0
+
+
+def test_dead_letters_are_those_waiting_for_requeue_not_the_superseded_ones():
+    """A dead-lettered rollup whose later version reached the store is kept for inspection but is
+    never requeued: the dashboard's dead letters (lines waiting for someone to act) leave it out."""
+    spool = SpoolStats(depth=0, bytes=0, oldest_enqueued_ms=None, dropped={}, dead_letters=3, rejected_total=3,
+                       max_bytes=1 << 20, superseded_dead_letters=2)
+    point = agent_point("e1", "gw-01", NOW_NS, up=True, uptime_s=1.0, spool=spool, counters=AgentCounters(),
+                        sources=[], gateway="hall-b")
+    assert point.fields["dead_letters"] == 1

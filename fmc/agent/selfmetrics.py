@@ -167,7 +167,8 @@ def agent_point(
         "spool_depth": int(spool.depth),
         "spool_bytes": int(spool.bytes),
         "oldest_unsent_s": float(oldest_s),
-        "dead_letters": int(spool.dead_letters),
+        # those waiting for `fmc spool requeue`: a superseded one is kept for inspection only
+        "dead_letters": int(spool.dead_letters - spool.superseded_dead_letters),
         **{name: int(getattr(counters, name)) for name in COUNTER_FIELDS},
         "sources": len(connected),
         "sources_connected": sum(1 for c in connected if c),
