@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures.thread  # noqa: F401  (before as_reader's fork: nobody may not read the stdlib)
+import json
+import os
+import select
+import shutil
+import signal
 import sqlite3
+import tempfile
 import threading
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 import fmc.stores.embedded.store as embedded
 from fmc.agent.plugin import SinkUnavailable
+from fmc.central.store import Scope, StoreQueryError
 from fmc.core.lineprotocol import encode
 from fmc.core.points import Point
 from fmc.stores.embedded.config import EmbeddedSink as EmbeddedSinkConfig
-from fmc.stores.embedded.store import EmbeddedSink, EmbeddedStore, StoredPoint, StoreError
+from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedSink, EmbeddedStore, StoredPoint, StoreError
 
 T0 = 1_764_000_000_000_000_000  # 2025-11-24T16:00:00Z, in ns
 
@@ -231,6 +242,36 @@ def test_a_foreign_sqlite_file_is_not_taken_over(tmp_path: Path) -> None:
     assert tables == ["spool"]
 
 
+def test_a_store_another_process_creates_meanwhile_is_not_called_foreign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two programs opening a new store at once (the agent and ``fmc api`` on a fresh install): the other
+    one creates the store as the opener's statement reading ``sqlite_master`` starts -- once right between
+    its look at the file's id and its look at the tables, which saw no fmc id but tables."""
+    path = tmp_path / "fmc-store.db"
+    real_connect = sqlite3.connect
+    created = []
+
+    def connect(*args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = real_connect(*args, **kwargs)
+
+        def trace(sql: str) -> None:
+            if not created and "sqlite_master" in sql:
+                created.append(True)
+                EmbeddedStore(path).close()  # the other process creates the store now
+
+        conn.set_trace_callback(trace)
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    store = EmbeddedStore(path)
+    try:
+        assert created
+        assert store.write_lines(["m,a=b v=1 1"]).written == 1
+    finally:
+        store.close()
+
+
 # --- the Sink -----------------------------------------------------------------------------------
 
 
@@ -291,3 +332,187 @@ async def test_sink_unavailable_while_another_writer_holds_the_lock(
     blocker.close()
     assert (await sink.write([line("signal", {"equipment": "a"}, {"value": 1.0}, T0)])).written == 1
     await sink.aclose()
+
+
+# --- the central service's reads (EmbeddedQueryStore) ------------------------------------------------
+
+DAILY_LINE = ("enterprise_daily,enterprise={e},gateway=main,industry=1711,region=330602 asset_value_nc=1,"
+              "asset_value_total=1,equipment_networked=2i,equipment_nc=5i,equipment_total=10i,"
+              "nc_equipment_networked=1i 1577808000000000000")  # 2020-01-01 00:00 Asia/Shanghai
+JANUARY = (date(2020, 1, 1), date(2020, 1, 31))
+# the file's mode: readable by all; on a non-root run the reader is this user, and read-only is the file's say
+READ_ONLY = 0o644 if os.geteuid() == 0 else 0o444
+
+
+@pytest.fixture
+def shared_folder() -> Iterator[Path]:
+    """A folder another user can reach (a test's tmp_path is private to root) and read, not write."""
+    folder = Path(tempfile.mkdtemp(prefix="fmc-test-ro-"))
+    os.chmod(folder, 0o755)
+    yield folder
+    os.chmod(folder, 0o755)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def as_reader(read: Callable[[], str], steps: Sequence[Callable[[], None]]) -> list[str]:
+    """What ``read`` returns after each of ``steps`` (run by the store's owner), for a user who may read the
+    store but not write it nor its folder. On root, who reads and writes every file, that user is nobody in
+    a child process, forked before the steps: a child inherits SQLite's state of the files its parent has
+    open, and would not read them as another process does. Otherwise it is this user (the caller's chmod)."""
+    if os.geteuid() != 0:
+        answers = []
+        for step in steps:
+            step()
+            answers.append(read())
+        return answers
+    to_child, from_parent = os.pipe()
+    from_child, to_parent = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (child)
+        try:
+            os.close(from_parent)
+            os.close(from_child)
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            while os.read(to_child, 1):
+                try:
+                    answer = read()
+                except BaseException as e:  # told to the test
+                    answer = f"reader failed: {type(e).__name__}: {e}"
+                os.write(to_parent, (json.dumps(answer) + "\n").encode())
+        finally:
+            os._exit(0)
+    os.close(to_child)
+    os.close(to_parent)
+    answers = []
+    try:
+        with os.fdopen(from_child) as replies, os.fdopen(from_parent, "wb", buffering=0) as go:
+            for step in steps:
+                step()
+                go.write(b"x")
+                if not select.select([replies], [], [], 60)[0]:
+                    os.kill(pid, signal.SIGKILL)
+                    pytest.fail("the reader did not answer within 60 s")
+                answers.append(json.loads(replies.readline()))
+    finally:
+        os.waitpid(pid, 0)  # the closed pipe ends the child
+    return answers
+
+
+def january(store: EmbeddedQueryStore) -> str:
+    """The enterprises with January 2020 sums, or the query's error."""
+    try:
+        return f"enterprises={sorted(asyncio.run(store.period_sums(*JANUARY, Scope())))}"
+    except StoreQueryError as e:
+        return f"StoreQueryError: {e}"
+
+
+def test_query_store_reads_a_store_its_user_may_read_but_not_write(shared_folder: Path) -> None:
+    """A statistician running ``fmc indicators`` beside the plant's agent, which owns the store, gets the
+    figures; the indicator points it may not write are refused as such."""
+    path = shared_folder / "fmc-store.db"
+    agents: list[EmbeddedStore] = []
+
+    def start_agent() -> None:
+        agents.append(EmbeddedStore(path))  # running: its -wal and -shm files exist
+        assert agents[0].write_lines([DAILY_LINE.format(e="E1")]).refused == []
+        os.chmod(path, READ_ONLY)
+
+    def read() -> str:
+        store = EmbeddedQueryStore(path)
+        try:
+            figures = january(store)
+            try:
+                asyncio.run(store.write([Point("indicator", {"enterprise": "E1"}, {"value": 1.0}, 1)]))
+                written = "written"
+            except StoreQueryError as e:
+                written = f"StoreQueryError: {e}"
+            return f"{figures}\n{written}"
+        finally:
+            asyncio.run(store.aclose())
+
+    try:
+        [answer] = as_reader(read, [start_agent])
+    finally:
+        for agent in agents:
+            agent.close()
+    figures, _, written = answer.partition("\n")
+    assert figures == "enterprises=['E1']"
+    assert written.startswith("StoreQueryError: ") and "writable" in written and "readable" not in written
+
+
+async def test_query_store_reads_the_last_commit_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+    """WAL readers are never held up by a writer: a batch, a backup or a ``sqlite3`` shell holding the write
+    lock for long does not make the central service's first query fail with "database is locked"."""
+    path = tmp_path / "fmc-store.db"
+    with EmbeddedStore(path) as agent:
+        assert agent.write_lines([DAILY_LINE.format(e="E1")]).refused == []
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a write transaction in progress
+    try:
+        store = EmbeddedQueryStore(path)
+        try:
+            sums = await store.period_sums(*JANUARY, Scope())
+        finally:
+            await store.aclose()
+        assert sorted(sums) == ["E1"]
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_query_store_says_why_a_closed_store_in_a_folder_it_may_not_write_cannot_be_read(
+    shared_folder: Path,
+) -> None:
+    """Once the last program closed the store, SQLite has removed its -wal and -shm files, and a reader
+    must create them again to read a WAL file: one who may not write the folder cannot, however readable
+    the file is (SQLite's own words: "attempt to write a readonly database")."""
+    path = shared_folder / "fmc-store.db"
+
+    def stopped_agent() -> None:
+        with EmbeddedStore(path) as agent:
+            assert agent.write_lines([DAILY_LINE.format(e="E1")]).refused == []
+        assert sorted(p.name for p in shared_folder.iterdir()) == ["fmc-store.db"]
+        os.chmod(path, READ_ONLY)
+        if os.geteuid() != 0:
+            os.chmod(shared_folder, 0o555)
+
+    def read() -> str:
+        store = EmbeddedQueryStore(path)
+        try:
+            return january(store)
+        finally:
+            asyncio.run(store.aclose())
+
+    [answer] = as_reader(read, [stopped_agent])
+    assert answer.startswith("StoreQueryError: ")
+    assert f"may not write its folder {shared_folder}" in answer and "fmc-store.db-shm" in answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a second user: root runs the reader as nobody")
+def test_query_store_of_a_user_who_may_not_write_reads_on_across_agent_restarts(shared_folder: Path) -> None:
+    """The query store keeps its read-only connection: while it is open, the agent's stop leaves the -wal and
+    -shm files in place, so the reader goes on reading, and it sees what the restarted agent writes."""
+    path = shared_folder / "fmc-store.db"
+    agents: list[EmbeddedStore] = []
+
+    def start_agent(enterprise: str) -> Callable[[], None]:
+        def start() -> None:
+            agents.append(EmbeddedStore(path))
+            assert agents[-1].write_lines([DAILY_LINE.format(e=enterprise)]).refused == []
+            os.chmod(path, READ_ONLY)
+        return start
+
+    def stop_agent() -> None:
+        agents.pop().close()
+
+    store = EmbeddedQueryStore(path)
+    try:
+        assert as_reader(lambda: january(store), [start_agent("E1"), stop_agent, start_agent("E2")]) == [
+            "enterprises=['E1']",
+            "enterprises=['E1']",
+            "enterprises=['E1', 'E2']",
+        ]
+    finally:
+        for agent in agents:
+            agent.close()

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost, RefusedLine, SinkUnavailable, WriteOutcome
@@ -71,6 +71,8 @@ SCHEMA_VERSION = 1
 # PRAGMA application_id marks the file as an fmc store, so pointing the store at another
 # SQLite file (the spool, say) is refused instead of adding tables to it.
 APPLICATION_ID = 0x666D6353  # "fmcS"
+# The file's application id and how many schema objects it has, as of one snapshot.
+_FILE_KIND_SQL = "SELECT (SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master)"
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 BUSY_TIMEOUT_S = 5.0
 _T = TypeVar("_T")
@@ -188,8 +190,10 @@ class EmbeddedStore:
 
     def _prepare(self) -> None:
         conn = self._conn
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        has_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0
+        # One statement, so one snapshot: read in two, a store another program created between them
+        # (the agent and ``fmc api`` starting at once on a new file) had no fmc id yet but tables.
+        app_id, tables = conn.execute(_FILE_KIND_SQL).fetchone()
+        has_tables = tables > 0
         if app_id != APPLICATION_ID and (app_id != 0 or has_tables):
             raise StoreError(f"{self.path} is another program's SQLite database, not an fmc store")
         if self.readonly:
@@ -704,8 +708,10 @@ class EmbeddedQueryStore:
     with all of its rows and reports, whatever tags they were recorded under.
 
     ``store``: an open ``EmbeddedStore`` (shared: its lock serialises the calls) or the path of a
-    store file, opened on first use (a missing file is an error, not a new empty store). Every
-    call runs in a worker thread; a missing, locked or corrupt file raises ``StoreQueryError``.
+    store file (a missing file is an error, not a new empty store): the reads open it read-only, so a
+    user who may read it but not write it gets figures, and a writer holding the write lock holds no
+    read up (WAL); the first ``write`` opens it for writing too. Every call runs in a worker thread;
+    a missing, locked or corrupt file raises ``StoreQueryError``.
     """
 
     def __init__(self, store: EmbeddedStore | str | Path, *, timezone: str = "Asia/Shanghai") -> None:
@@ -714,33 +720,36 @@ class EmbeddedQueryStore:
         self._open_lock = threading.Lock()
         if isinstance(store, EmbeddedStore):
             self.path = store.path
-            self._store: EmbeddedStore | None = store
-            self._owned = False
+            self._shared: EmbeddedStore | None = store
         else:
             self.path = Path(store)
-            self._store = None
-            self._owned = True
+            self._shared = None
+        # the path's file, opened on first use: read-only for the reads, for writing by the first write
+        self._stores: dict[bool, EmbeddedStore] = {}
 
     # --- plumbing ------------------------------------------------------------------------------
 
-    def _opened(self) -> EmbeddedStore:
+    def _opened(self, *, readonly: bool) -> EmbeddedStore:
+        """The store to read (``readonly``) or to write: the shared one, or the path's file, kept open (while
+        a connection is, SQLite keeps the -wal and -shm files that a reader who may not write the folder
+        could not create again)."""
+        if self._shared is not None:
+            return self._shared
         with self._open_lock:
-            if self._store is None:
+            if readonly not in self._stores:
                 if not self.path.is_file():
                     raise StoreQueryError(
                         f"embedded store {self.path} does not exist: fix [store] path, or let an agent "
                         "(or fmc demo) create it first"
                     )
-                self._store = EmbeddedStore(self.path)
-            return self._store
+                self._stores[readonly] = EmbeddedStore(self.path, readonly=readonly)
+            return self._stores[readonly]
 
     def _forget(self) -> None:
         # a corrupt or replaced file: open it again on the next call
-        if not self._owned:
-            return
         with self._open_lock:
-            store, self._store = self._store, None
-        if store is not None:
+            stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
             with contextlib.suppress(sqlite3.Error):
                 store.close()
 
@@ -750,7 +759,7 @@ class EmbeddedQueryStore:
 
     def _snapshot(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """``work`` on the connection, inside one read transaction (one snapshot of the file)."""
-        store = self._opened()
+        store = self._opened(readonly=True)
         with store._lock:
             conn = store._conn
             conn.execute("BEGIN")
@@ -775,13 +784,14 @@ class EmbeddedQueryStore:
         return {"region": None, "industry_count": 0, "industries": "[]", "enterprise_count": len(members),
                 "enterprises": json.dumps(members)}
 
-    async def _call(self, fn: Callable[[], _T]) -> _T:
+    async def _call(self, fn: Callable[[], _T], *, access: Literal["readable", "writable"] = "readable") -> _T:
+        """``fn`` in a worker thread, its errors as ``StoreQueryError``; ``access``: what ``fn`` needs of the file."""
         try:
             return await asyncio.to_thread(fn)
         except StoreQueryError:
             raise
         except sqlite3.OperationalError as e:  # locked, I/O error, cannot open
-            raise StoreQueryError(f"embedded store {self.path}: {e}; check that the file is readable") from e
+            raise StoreQueryError(f"embedded store {self.path}: {self._advice(e, access)}") from e
         except (sqlite3.DatabaseError, StoreError) as e:
             self._forget()
             raise StoreQueryError(
@@ -789,6 +799,23 @@ class EmbeddedQueryStore:
             ) from e
         except OSError as e:
             raise StoreQueryError(f"embedded store {self.path}: {e.strerror or e}") from e
+
+    def _advice(self, e: sqlite3.OperationalError, access: Literal["readable", "writable"]) -> str:
+        if access == "readable" and e.sqlite_errorname == "SQLITE_READONLY_DIRECTORY":
+            # SQLite reads a WAL file through its -wal and -shm files, removes them when the last program
+            # closes the store, and a reader must create them again. Not worked around with immutable=1
+            # (which reads without them): that promises SQLite the file never changes, and an agent starting
+            # meanwhile would change it under the reader -- wrong figures or "malformed" errors, unannounced.
+            name = self.path.name
+            return (
+                f"cannot be read while no program has it open, as this user may not write its folder "
+                f"{self.path.parent}: SQLite must then create {name}-wal and {name}-shm there (it removes them "
+                "when the last program closes the store); run this as the user that owns the store, or while "
+                "the agent has it open"
+            )
+        if access == "writable":
+            return f"{e}; check that the file and its folder are writable"
+        return f"{e}; check that the file is readable"
 
     def _params(self, measurement: str, start_ns: int, end_ns: int, scope: Mapping[str, object]) -> dict[str, object]:
         return {"measurement": measurement, "start": start_ns, "end": end_ns, **scope}
@@ -901,7 +928,7 @@ class EmbeddedQueryStore:
             return
 
         def run() -> None:
-            outcome = self._opened().write_lines(lines, all_or_nothing=True)
+            outcome = self._opened(readonly=False).write_lines(lines, all_or_nothing=True)
             if outcome.refused:
                 first = outcome.refused[0]
                 raise StoreQueryError(
@@ -909,12 +936,11 @@ class EmbeddedQueryStore:
                     f"point {first.index} ({points[first.index].measurement}): {first.reason}"
                 )
 
-        await self._call(run)
+        await self._call(run, access="writable")
 
     async def ping(self) -> None:
         """The file opens as an fmc store and answers a query."""
         await self._call(lambda: self._read([("SELECT 1", {})]))
 
     async def aclose(self) -> None:
-        if self._owned:
-            await asyncio.to_thread(self._forget)
+        await asyncio.to_thread(self._forget)
