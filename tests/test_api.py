@@ -57,13 +57,14 @@ from fmc.core.config import ConfigError
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
-from fmc.indicators.engine import Period
+from fmc.indicators.engine import EnterpriseDay, Period
 from fmc.indicators.plan import INDICATORS
 from fmc.indicators.pooling import Level
 from fmc.indicators.reports import EnterpriseReport
 from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 from tests.ports import free_port
+from tests.store_backends import Backend, daily_point
 
 PLAN = load_plan()
 TZ = "Asia/Shanghai"
@@ -969,6 +970,47 @@ def test_the_reports_of_an_enterprise_that_moved_follow_the_period_end_like_its_
     assert [i["period"] for i in everything_new.json()["items"]] == ["2020"]
     assert [i["period"] for i in everything_old.json()["items"]] == ["2016", "2019"]
     assert put_old.status_code == 200
+
+
+@pytest.mark.parametrize(("before", "after", "stored_under"), [
+    ("330603", "330602", "330603"),  # imported in 2019 (the region of the period's end); moved to a lower code
+    ("330602", "330603", "330603"),  # imported after the move by a version that used the latest region
+], ids=["stored-by-the-period-end", "stored-by-the-latest-region"])
+async def test_a_report_corrected_after_the_enterprise_moved_is_the_one_stored_and_served(
+    backend: Backend, tmp_path: Path, before: str, after: str, stored_under: str
+) -> None:
+    """Before: the correction was written under the latest region (a series beside the stored one), and
+    the stores merged the two in series order, not in the order of writing (InfluxDB: by series key, so a
+    move to a lower county code kept the old figure, and the PUT answered it)."""
+    moved = "91330603M7"
+    backend.ingest([
+        daily_point(Site(moved, before, "17"), EnterpriseDay(date(2019, 12, 31), 10, 5, 0.0, 0.0, 5, 5)),
+        daily_point(Site(moved, after, "17"), EnterpriseDay(date(2020, 6, 30), 10, 5, 0.0, 0.0, 5, 5)),
+        *report_points([EnterpriseReport(enterprise=moved, period="2019", value_added=10e6, employees_avg=100)],
+                       {moved: stored_under}, {moved: "17"}, tz=TZ),
+    ])
+    service = IndicatorService(backend.open_store(), PLAN, revalidate_s=3600,
+                               now=lambda: datetime(2021, 3, 1, tzinfo=UTC))
+    keys = KeyStore(tmp_path / "keys.db")
+    headers = {"Authorization": f"Bearer {keys.create('province', 'statistics')[1]}"}
+
+    def correct() -> tuple[httpx.Response, httpx.Response]:
+        with TestClient(create_app(service, keys, ApiConfig(keys_file=tmp_path / "keys.db"))) as client:
+            put = client.put(f"/v1/enterprises/{moved}/reports/2019", json={"value_added": 12e6}, headers=headers)
+            return put, client.get(f"/v1/enterprises/{moved}/reports?year=2019", headers=headers)
+
+    put, got = await asyncio.to_thread(correct)
+    keys.close()
+    assert put.status_code == 200, put.text
+    assert put.json()["figures"] == {"value_added": 12e6, "employees_avg": 100.0}, f"PUT answered {put.json()}"
+    assert got.json()["items"][0]["figures"]["value_added"] == 12e6, f"GET answered {got.json()}"
+    # the correction is stored under the region of the period's end, where 2019 is pooled
+    store = backend.open_store()
+    try:
+        stored = await store.report_points([moved], 2019, 2019)
+    finally:
+        await store.aclose()
+    assert before in {tags["region"] for tags, _ in stored[(moved, "2019")]}
 
 # --- the service's cached figures stay true to the store ---------------------------------------------------------
 

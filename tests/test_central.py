@@ -373,6 +373,32 @@ def test_fmc_reports_import_writes_all_or_nothing(
     assert ("A", "2020-03") in stored
 
 
+def test_fmc_reports_import_corrects_a_report_of_an_enterprise_that_moved_where_it_is_read(
+    tmp_path: Path, store_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # M: 330603 through 2019, 330602 from 2020; its 2019 report was imported in 2020 under its latest region
+    # (as earlier versions did), then revised through the service under the region of 2019's end
+    writer = EmbeddedStore(store_path)
+    points = [daily("M", "330603", "17", date(2019, 12, 31), 10, 5, 5), daily("M", "330602", "17", date(2020, 6, 30),
+                                                                               10, 5, 5),
+              report("M", "330602", "17", 2019, 10e6), report("M", "330603", "17", 2019, 10e6)]
+    assert writer.write_lines([encode(p) for p in points]).refused == []
+    writer.close()
+    fix = tmp_path / "fix.csv"
+    fix.write_text("enterprise,period,value_added\nM,2019,12000000\nM,2019-12,1000000\nM,2020-06,1000000\n",
+                   encoding="utf-8")
+    assert cli.main(["reports", "import", str(fix), "-c", str(_central_toml(store_path.parent, store_path))]) == 0
+    assert "wrote 3 report(s)" in capsys.readouterr().out
+    reader = EmbeddedStore(store_path, readonly=True)
+    stored = {(p.tags["period"], p.tags["region"]): p.fields["value_added"] for p in reader.points("enterprise_report")
+              if p.tags["enterprise"] == "M"}
+    reader.close()
+    # a new report under the region of its period's end; the correction onto both points of 2019 (the stores
+    # merge them in series order, not in the order of writing)
+    assert stored == {("2019", "330602"): 12e6, ("2019", "330603"): 12e6, ("2019-12", "330603"): 1e6,
+                      ("2020-06", "330602"): 1e6}
+
+
 def test_central_config_errors_name_setting_and_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "central.toml"
     cfg.write_text('targets = "no-such-plan"\n[store]\ntype = "embedded"\n', encoding="utf-8")

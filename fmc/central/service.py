@@ -34,12 +34,12 @@ from fmc.central.provenance import policy_text
 from fmc.central.registry import RegistryEntry
 from fmc.central.store import IndicatorStore, Scope, StoreQueryError
 from fmc.central.sums_cache import PartialsStore, SumsCache
-from fmc.core.config import ConfigError
+from fmc.core.config import ConfigError, InventoryProblem
 from fmc.core.points import Point
 from fmc.indicators.engine import EnterpriseData, Period, Report, sums_wanted
 from fmc.indicators.plan import INDICATORS, Targets
 from fmc.indicators.pooling import LEVELS, EnterpriseFigures, GroupRow, Level, enterprise_figures, group_rows
-from fmc.indicators.reports import MONEY_FIELDS, EnterpriseReport, period_months
+from fmc.indicators.reports import MONEY_FIELDS, EnterpriseReport, ReportsError, period_months
 from fmc.indicators.sums import EnterpriseInfo, PeriodSums, StoredReport
 
 log = logging.getLogger("fmc.central")
@@ -370,16 +370,55 @@ class IndicatorService:
 
     async def put_report(self, report: EnterpriseReport) -> None:
         """Write one report (atomically) and drop the cached figures it changes."""
-        from fmc.central.reports import report_points
-
-        known = await self.enterprise(report.enterprise)
-        if known is None:
+        if await self.enterprise(report.enterprise, as_of=self._report_as_of(report)) is None:
             raise UnknownEnterprise(report.enterprise)
-        points = report_points([report], {known.enterprise: known.region}, {known.enterprise: known.industry},
-                               tz=self.timezone)
-        await self.store.write(points)
+        await self.store.write(await self.report_points([report]))
         self.invalidate_year(int(report.period[:4]))
         self._reported_years.add(int(report.period[:4]))
+
+    def _report_as_of(self, report: EnterpriseReport) -> date | None:
+        """The day whose end gives a report's tags: its period's last day (None: a period still running)."""
+        end = report_period(report.period).end
+        return end if end < self.today() else None
+
+    async def report_points(self, reports: Sequence[EnterpriseReport]) -> list[Point]:
+        """The points that store ``reports`` (``fmc reports import``, a report ``PUT``). Each goes under
+        the tags of its enterprise at the end of its period, the region and industry its figures of the
+        period are pooled by (docs/indicators.md, "Enterprises that move"), and onto every point that
+        already holds the same report under other tags or at another time (written by a version that
+        used the latest region, or before later data placed the enterprise elsewhere): the stores merge
+        a report's points in an order that is not the order of writing, so the new figures must be on
+        all of them to be the ones read. ``ReportsError`` names every unknown enterprise; no points then."""
+        from fmc.central.reports import report_points
+
+        by_end: dict[date | None, list[EnterpriseReport]] = {}
+        for report in reports:
+            by_end.setdefault(self._report_as_of(report), []).append(report)
+        points: list[Point] = []
+        problems: list[InventoryProblem] = []
+        for as_of, group in by_end.items():  # one enterprise list per period end: a few per import
+            known = (await self._all_enterprises(as_of))[1]
+            found = {r.enterprise: known[r.enterprise] for r in group if r.enterprise in known}
+            try:
+                points += report_points(group, {e: k.region for e, k in found.items()},
+                                        {e: k.industry for e, k in found.items()}, tz=self.timezone)
+            except ReportsError as e:
+                problems += e.report_problems
+        if problems:  # an unknown enterprise with reports of several period ends is named once
+            raise ReportsError("<reports>", list(dict.fromkeys(problems)))
+        if not points:
+            return points
+        years = [int(r.period[:4]) for r in reports]
+        stored = await self.store.report_points({r.enterprise for r in reports}, min(years), max(years))
+        written = {(p.series_key(), p.ts_ns) for p in points}
+        also: list[Point] = []
+        for point in points:
+            for tags, ts_ns in stored.get((point.tags["enterprise"], point.tags["period"]), ()):
+                other = Point(point.measurement, tags, point.fields, ts_ns, point.priority)
+                if (other.series_key(), ts_ns) not in written:
+                    written.add((other.series_key(), ts_ns))
+                    also.append(other)
+        return points + also
 
     def invalidate_year(self, year: int) -> None:
         """Drop cached figures that read ``year``: its own periods, the next year's (year on year),

@@ -19,7 +19,7 @@ bounds ``[local midnight of start, local midnight after end)`` with its time zon
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -33,6 +33,9 @@ from fmc.indicators.reports import REPORT_FIELDS
 from fmc.indicators.sums import ALL_SUMS, EnterpriseInfo, PeriodSums, StoredReport, SumsWanted
 
 __all__ = ["REPORT_FIELDS"]  # the figures of `enterprise_report`, for the stores
+
+# Where one report is stored: the tags and the timestamp (UTC ns) of a point that holds it.
+ReportPoint = tuple[dict[str, str], int]
 
 
 
@@ -113,6 +116,17 @@ class IndicatorStore(Protocol):
     ) -> dict[str, list[StoredReport]]:
         """Per enterprise whose tags at the end of ``as_of`` (default: 31 December of ``last_year``) admit
         the scope: all its reports (annual, quarterly, year-to-date and monthly) in those years."""
+        ...
+
+    async def report_points(
+        self, enterprises: Collection[str], first_year: int, last_year: int
+    ) -> dict[tuple[str, str], list[ReportPoint]]:
+        """Where the reports of ``enterprises`` in those years are stored: (enterprise, period) -> the
+        tags and timestamp of every point holding that report, whatever its tags. ``reports`` merges a
+        report's points field by field in an order that is not the order they were written in, so a
+        writer writes its figures onto all of them (``IndicatorService.report_points``). Several
+        points: the report was written under other tags (an enterprise that moved, by a version that
+        wrote reports under its latest region) or at another time zone's period start."""
         ...
 
     async def write(self, points: Sequence[Point]) -> None:

@@ -35,13 +35,13 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from fmc.central.partials import CARRIER_FIELDS, LAST_FIELDS, LastRow, Partials, merge
-from fmc.central.store import IndicatorStore, Scope, StoreQueryError
+from fmc.central.store import IndicatorStore, ReportPoint, Scope, StoreQueryError
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
 from fmc.indicators.sums import ALL_SUMS, DAILY_SUM_FIELDS, EnterpriseInfo, PeriodSums, StoredReport, SumsWanted
@@ -523,6 +523,11 @@ class SumsCache:
         found, everyone = await asyncio.gather(self._found_by(day), self.store.reports(first_year, last_year, Scope()))
         members = {e for e, combos in found.items() if scope.admits(e, *max(combos)[1:])}
         return {e: r for e, r in everyone.items() if e in members}
+
+    async def report_points(
+        self, enterprises: Collection[str], first_year: int, last_year: int
+    ) -> dict[tuple[str, str], list[ReportPoint]]:
+        return await self.store.report_points(enterprises, first_year, last_year)
 
     async def write(self, points: Sequence[Point]) -> None:
         try:

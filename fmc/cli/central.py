@@ -172,29 +172,25 @@ def reports_import_handler(args: argparse.Namespace, out: TextIO | None = None) 
 
 
 async def _write_reports(cfg, path: Path, dry_run: bool, out: TextIO) -> int:  # type: ignore[no-untyped-def]
-    from fmc.central.reports import read_reports_csv, report_points
+    from fmc.central.reports import read_reports_csv
     from fmc.central.service import IndicatorService
-    from fmc.central.store import Scope, StoreQueryError
+    from fmc.central.store import StoreQueryError
     from fmc.indicators.reports import ReportsError
 
     service = IndicatorService.from_config(cfg)
     try:
-        known = {e.enterprise: e for e in await service.enterprises(Scope())}
         reports = read_reports_csv(path)
         try:
-            points = report_points(
-                reports,
-                lambda e: known[e].region if e in known else None,
-                lambda e: known[e].industry if e in known else None,
-                tz=service.timezone,
-            )
+            # each report under its enterprise's tags at its period's end, and onto the points already
+            # holding it (IndicatorService.report_points)
+            points = await service.report_points(reports)
         except ReportsError as e:
             print(e.render().replace("<reports>", str(path)), file=sys.stderr)
             print("fix: add the enterprises to [registry] csv, or correct their ids; nothing was written",
                   file=sys.stderr)
             return EXIT_USAGE
         if dry_run:
-            out.write(f"dry run: would write {len(points)} report(s); nothing written\n")
+            out.write(f"dry run: would write {len(reports)} report(s); nothing written\n")
             return EXIT_OK
         await service.store.write(points)
     except StoreQueryError as e:
@@ -202,5 +198,5 @@ async def _write_reports(cfg, path: Path, dry_run: bool, out: TextIO) -> int:  #
         return EXIT_FAILURE
     finally:
         await service.aclose()
-    out.write(f"wrote {len(points)} report(s) to the central store\n")
+    out.write(f"wrote {len(reports)} report(s) to the central store\n")
     return EXIT_OK

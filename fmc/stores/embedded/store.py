@@ -40,7 +40,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -49,7 +49,7 @@ from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost, RefusedLine, SinkUnavailable, WriteOutcome
-from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
+from fmc.central.store import REPORT_FIELDS, ReportPoint, Scope, StoreQueryError, encode_points
 from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.lineprotocol import LineProtocolError, field_type, parse
 from fmc.core.localtime import local_date, local_day_start_ns
@@ -630,6 +630,15 @@ _REPORTS_SQL = (
     + " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
     + " ORDER BY sel.enterprise, p.ts, sel.id"
 )
+# Every point of the enterprises' reports in the years, whatever its tags (the series' tags as written).
+_REPORT_POINTS_SQL = (
+    _SCOPED_SERIES
+    + "SELECT sel.enterprise, sel.period, s.tags, p.ts"
+    + " FROM sel JOIN series s ON s.id = sel.id JOIN points p ON p.series_id = sel.id"
+    + f" WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
+    + " AND sel.period IS NOT NULL AND (length(sel.period) = 4 OR substr(sel.period, 5, 1) = '-')"
+    + " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
+)
 # An enterprise's tags at a time (the region of the period's end, docs/indicators.md "Enterprises that
 # move"): those of its latest point before :as_of (over the three measurements; the primary key makes
 # max(ts) per series an index lookup), else of its earliest point from then on. One row per enterprise
@@ -912,12 +921,30 @@ class EmbeddedQueryStore:
             merged: dict[tuple[str, str], dict[str, float]] = {}
             for enterprise, period, _ts, fields_json in rows:
                 figures = _report_figures(json.loads(fields_json))
-                # the same report under other tags (the enterprise moved): the later row's figures win
+                # the same report under other tags too (the enterprise moved), in series order, not the order
+                # of writing: a writer writes its figures onto every one of them (IndicatorService.report_points)
                 merged.setdefault((str(enterprise), str(period)), {}).update(figures)
             out: dict[str, list[StoredReport]] = {}
             for (enterprise, period), figures in sorted(merged.items()):
                 if figures:
                     out.setdefault(enterprise, []).append(StoredReport(enterprise, period, figures))
+            return out
+
+        return await self._call(run)
+
+    async def report_points(
+        self, enterprises: Collection[str], first_year: int, last_year: int
+    ) -> dict[tuple[str, str], list[ReportPoint]]:
+        start_ns, end_ns = _period_bounds_ns(date(first_year, 1, 1), date(last_year, 12, 31), self._tz)
+        params = self._params("enterprise_report", start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS,
+                              _scope_params(Scope(enterprises=tuple(sorted(set(enterprises))))))
+        params.update(first_year=first_year, last_year=last_year)
+
+        def run() -> dict[tuple[str, str], list[ReportPoint]]:
+            out: dict[tuple[str, str], list[ReportPoint]] = {}
+            if enterprises:
+                for enterprise, period, tags, ts in self._read([(_REPORT_POINTS_SQL, params)])[0]:
+                    out.setdefault((str(enterprise), str(period)), []).append((json.loads(tags), int(ts)))
             return out
 
         return await self._call(run)

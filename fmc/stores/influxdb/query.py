@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 from fmc.central.partials import CARRIER_FIELDS, LAST_FIELDS, LastRow, Partials, as_partials, merge
-from fmc.central.store import REPORT_FIELDS, Scope, StoreQueryError, encode_points
+from fmc.central.store import REPORT_FIELDS, ReportPoint, Scope, StoreQueryError, encode_points
 from fmc.core.carriers import is_water
 from fmc.core.config import redacted_url
 from fmc.core.jsondoc import load_json
@@ -516,11 +516,34 @@ class InfluxQueryStore:
             out.update(await self._reports(first_year, last_year, Scope(enterprises=tuple(sorted(movers)))))
         return dict(sorted(out.items()))
 
-    async def _reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
+    def _reports_where(self, first_year: int, last_year: int, scope: Scope) -> str:
         start_ns, end_ns = self._bounds(date(first_year, 1, 1), date(last_year, 12, 31))
         years = "|".join(_regex_text(f"{y:04d}") for y in range(first_year, last_year + 1))
         period = f"period =~ /^(?:{years})(?:-|$)/"
-        where = self._where(start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS, scope, period)
+        return self._where(start_ns - REPORT_MARGIN_NS, end_ns + REPORT_MARGIN_NS, scope, period)
+
+    async def report_points(
+        self, enterprises: Collection[str], first_year: int, last_year: int
+    ) -> dict[tuple[str, str], list[ReportPoint]]:
+        wanted = set(enterprises)
+        if not wanted:
+            return {}
+        # by id for a few; a province's import reads every report of the years (the tags' index answers fast)
+        scope = Scope(enterprises=tuple(sorted(wanted))) if len(wanted) <= IDS_PER_CONDITION else Scope()
+        where = self._reports_where(first_year, last_year, scope)
+        [result] = await self._query([f"SELECT {', '.join(REPORT_FIELDS)} FROM {self._from(REPORT)}{where} GROUP BY *"])
+        out: dict[tuple[str, str], list[ReportPoint]] = {}
+        for tags, columns, rows in _series(result):
+            enterprise, label = tags.get("enterprise"), tags.get("period")
+            if enterprise not in wanted or not label or "time" not in columns:
+                continue
+            stored = {k: v for k, v in tags.items() if v}  # GROUP BY * gives "" for a tag the series lacks
+            t = columns.index("time")
+            out.setdefault((enterprise, label), []).extend((stored, _count(row[t]) * MS) for row in rows)
+        return out
+
+    async def _reports(self, first_year: int, last_year: int, scope: Scope) -> dict[str, list[StoredReport]]:
+        where = self._reports_where(first_year, last_year, scope)
         query = f"SELECT {', '.join(REPORT_FIELDS)} FROM {self._from(REPORT)}{where} GROUP BY enterprise, period"
         [result] = await self._query([query])
         merged: dict[tuple[str, str], dict[str, float]] = {}
@@ -529,7 +552,9 @@ class InfluxQueryStore:
             if not enterprise or not label:
                 continue
             figures = merged.setdefault((enterprise, label), {})
-            for row in rows:  # several rows: the report under other tags too; the later one wins
+            # several rows: the report under other tags too, in series-key order (not the order of writing);
+            # a writer writes its figures onto every one of them (IndicatorService.report_points)
+            for row in rows:
                 for name, value in zip(columns, row, strict=False):
                     if name in REPORT_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
                         figures[name] = float(value)
