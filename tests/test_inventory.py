@@ -232,6 +232,15 @@ def test_bad_rows_every_problem_by_line_and_nothing_imported():
     assert isinstance(exc, ConfigError)  # so `fmc` prints it and exits 2 like any config mistake
 
 
+def test_a_row_longer_than_the_header_is_refused_by_line_not_cut(tmp_path):
+    # 原值 1,200,000 unquoted: read as 1 yuan, the rest dropped with only a warning
+    path = write_bytes(tmp_path, "w.csv", "设备编号,是否数控,原值\nA,是,\"1,200,000\",\nB,是,1,200,000\n".encode())
+    with pytest.raises(InventoryError) as err:
+        read_inventory_csv(path)
+    assert problems_of(err.value) == [(3, None)]
+    assert "more cells than the header's 3 column(s): '200', '000' right of the last one" in err.value.render()
+
+
 def test_duplicate_ids_name_both_lines(tmp_path):
     path = write_bytes(tmp_path, "dup.csv", b"id,nc\nA-1,yes\nB-1,no\nA-1,no\nA-1,yes\nB-1,yes\n")
     with pytest.raises(InventoryError) as err:

@@ -145,6 +145,25 @@ def test_every_bad_row_reported_by_line_and_column() -> None:
     assert "Excel error" in messages[12, "主营业务收入(万元)"]
 
 
+@pytest.mark.parametrize(("text", "line"), [
+    # the docs' own figure: 工业增加值（万元） 1,250.5 is 12 505 000 yuan; cut under its header, it was 1 万元
+    ("企业编号,期间,工业增加值(万元)\n91330602A1,2019,1,250.5\n91330602B2,2019,980\n", 2),
+    # five figure cells under two figure headers: value added 1, employees 250
+    ("企业编号,期间,工业增加值,从业人员平均人数\n91330602B2,2019,980,50\n91330602A1,2019,1,250,000,200\n", 3),
+], ids=["cut", "shifted"])
+def test_a_row_longer_than_the_header_is_refused_by_line_not_cut(tmp_path: Path, text: str, line: int) -> None:
+    problems = _problems(_write(tmp_path, text))
+    assert [(n, column) for n, column, _ in problems] == [(line, None)]
+    assert "more cells than the header" in problems[0][2] and '"1,250.5" (in quotes)' in problems[0][2]
+
+
+def test_trailing_empty_cells_and_quoted_thousands_are_read(tmp_path: Path) -> None:
+    text = '企业编号,期间,工业增加值(万元)\n91330602A1,2019,"1,250.5",,\n91330602B2,2019,980,\n,,,,\n'
+    reports = read_reports_csv(_write(tmp_path, text))
+    assert [(r.enterprise, r.value_added) for r in reports] == [("91330602A1", 12_505_000.0),
+                                                                 ("91330602B2", 9_800_000.0)]
+
+
 def test_bad_file_returns_nothing_and_main_exits_2() -> None:
     out = io.StringIO()
     assert reports_import_main(DATA / "bad_rows.csv", out) == 2

@@ -38,11 +38,13 @@ from fmc.plant.ledger import (
     HeaderUnits,
     _cell,
     _delimiter_name,
+    cells_beyond_header,
     collect_columns,
     header_key,
     match_header,
     parse_number,
     read_csv_text,
+    split_cell_fix,
     split_csv,
 )
 
@@ -152,6 +154,10 @@ def parse_reports_text(text: str, *, path: Path, encoding: str = "UTF-8") -> Rep
             continue  # blank lines and Excel's trailing ",,,," rows
         if _cell(row, columns["enterprise"].index).strip().startswith(TOTAL_ROW_MARKERS):
             skipped_totals.append(line)
+            continue
+        beyond = cells_beyond_header(row, len(rows[header_offset]))
+        if beyond is not None:  # its cells are not under their headers: none of them is read
+            problems.append(InventoryProblem(f"{beyond}; {split_cell_fix(delimiter)}", line))
             continue
         report, row_problems = _parse_row(row, line, columns)
         problems.extend(row_problems)

@@ -362,17 +362,18 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
 
     items: list[EquipmentItem] = []
     lines: dict[str, int] = {}
-    overflow_line: int | None = None
     skipped_totals: list[int] = []
     width = len(rows[header_offset])
     for line, row in enumerate(rows[header_offset + 1:], start=header_line + 1):
         if not any(cell.strip() for cell in row):
             continue  # blank lines and Excel's trailing ",,,," rows
-        if overflow_line is None and any(cell.strip() for cell in row[width:]):
-            overflow_line = line
         id_cell = _cell(row, columns["id"].index).strip()
         if id_cell.startswith(TOTAL_ROW_MARKERS):
             skipped_totals.append(line)
+            continue
+        beyond = cells_beyond_header(row, width)
+        if beyond is not None:  # its cells are not under their headers: none of them is read
+            problems.append(InventoryProblem(f"{beyond}; {split_cell_fix(delimiter)}", line))
             continue
         item, row_problems = _parse_row(row, line, columns)
         problems.extend(row_problems)
@@ -391,13 +392,31 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
             items.append(item)
     if problems:
         raise InventoryError(path, problems)  # already in line order: rows are read top to bottom
-    if overflow_line is not None:
-        warnings.append(f"cells right of the last named column were ignored (first on line {overflow_line})")
     if skipped_totals:
         warnings.append(f"total row(s) skipped: line {', '.join(map(str, skipped_totals))}")
     if not items:
         warnings.append("no equipment rows below the header")
     return InventoryImport(path, items, lines, warnings, encoding, _delimiter_name(delimiter), header_line)
+
+
+def cells_beyond_header(row: Sequence[str], width: int) -> str | None:
+    """What is wrong with a row that has a non-empty cell right of the header's ``width`` columns, or
+    None (Excel's trailing empty cells are fine). Such a row had a delimiter inside a cell, unquoted
+    (``1,250.5`` in a comma-separated file): the cell split, and every cell from there on would be
+    read under the wrong header, or not at all, without a word. ``split_cell_fix`` says what to do."""
+    extra = [cell.strip() for cell in row[width:] if cell.strip()]
+    if not extra:
+        return None
+    shown = ", ".join(repr(cell) for cell in extra[:3]) + (", …" if len(extra) > 3 else "")
+    return f"more cells than the header's {width} column(s): {shown} right of the last one"
+
+
+def split_cell_fix(delimiter: str) -> str:
+    """How to keep a cell from splitting at ``delimiter`` (``cells_beyond_header``)."""
+    if delimiter == ",":
+        return ('a number with a thousands separator splits into two cells unless quoted: write "1,250.5" '
+                "(in quotes) or 1250.5, or save the file tab-separated")
+    return f"a cell with a {_delimiter_name(delimiter)} in it splits unless quoted: quote it, or use another delimiter"
 
 
 def collect_columns(
