@@ -330,6 +330,21 @@ def test_registry_reports_every_bad_line(tmp_path: Path) -> None:
         read_registry(f)
 
 
+def test_a_registry_row_longer_than_the_header_is_refused_by_line_not_cut(tmp_path: Path) -> None:
+    f = tmp_path / "registry.csv"
+    # a survey baseline 1,234 unquoted: read as 1 under baseline_labour_productivity, the rest dropped
+    f.write_text("enterprise,name,region,industry,baseline_labour_productivity\n"
+                 "91330602A1,绍兴甲纺织有限公司,330602,17,1,234\n91330602B2,绍兴乙纺织有限公司,330602,17,\"1,234\",,\n",
+                 encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        read_registry(f)
+    assert [where for where, _, _ in e.value.problems] == ["line 2"]
+    assert "'234' right of the last one" in e.value.render() and "thousands separator" in e.value.render()
+    f.write_text("enterprise,region,industry,baseline_labour_productivity\n91330602B2,330602,17,\"1,234\",,\n",
+                 encoding="utf-8")
+    assert read_registry(f)["91330602B2"].baseline_values == {"labour_productivity": 1234.0}
+
+
 def _central_toml(tmp_path: Path, store_path: Path, registry: str = "") -> Path:
     cfg = tmp_path / "central.toml"
     cfg.write_text(f'[store]\ntype = "embedded"\npath = "{store_path.name}"\n{registry}', encoding="utf-8")

@@ -18,7 +18,8 @@ above designated   above_designated_size, 规上企业, 规模以上企业  no
 The two flags name the plan's populations (一(二): the NC and networking targets are for 骨干企业, the
 others for 规模以上工业企业): 是/否, Y/N, 1/0; an empty cell is 否.
 
-The whole file is checked before any of it is used: every bad row is named by line and column.
+The whole file is checked before any of it is used: every bad row is named by line and column, and
+a row with more cells than the header (an unquoted ``1,234``, split in two) is a bad row.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from fmc.core.config import ID_PATTERN, ConfigError
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS
 from fmc.indicators.plan import INDICATORS
-from fmc.plant.ledger import decode_ledger
+from fmc.plant.ledger import cells_beyond_header, decode_ledger, split_cell_fix
 
 FLAG_YES = frozenset({"是", "y", "yes", "1", "true", "√", "✓"})
 FLAG_NO = frozenset({"否", "n", "no", "0", "false", ""})
@@ -100,6 +101,10 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
     entries: dict[str, RegistryEntry] = {}
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
+            continue
+        beyond = cells_beyond_header(row, len(rows[0]))
+        if beyond is not None:  # its cells are not under their headers (a baseline 1,234 was read as 1)
+            problems.append((f"line {line}", beyond, split_cell_fix(",")))
             continue
         values = {k: row[i].strip() for i, k in enumerate(keys) if k is not None and i < len(row)}
 
