@@ -300,6 +300,59 @@ async def test_materialization_writes_in_chunks_and_keeps_only_what_clients_aske
     assert again == written
 
 
+def _materialized(store: Path, enterprise: str, indicator: str, period: str) -> float | None:
+    reader = EmbeddedStore(store, readonly=True)
+    try:
+        points = reader.points("indicator")
+    finally:
+        reader.close()
+    return next((p.fields.get("value") for p in points if (p.tags.get("level"), p.tags.get("enterprise"),
+                 p.tags.get("indicator"), p.tags.get("period")) == ("enterprise", enterprise, indicator, period)), None)
+
+
+async def test_the_materialize_loop_rewrites_a_past_year_whose_reports_another_process_changed(tmp_path: Path) -> None:
+    """Before: the loop recomputed this year, last year and the years of reports PUT through the service
+    only: a past year's correction loaded with `fmc reports import` never reached the dashboards'
+    ``indicator`` points while `fmc api` ran (the API itself answered the new figure)."""
+    import asyncio
+    import time
+
+    from fmc.central.config import MaterializeConfig
+    from fmc.central.reports import report_points
+
+    store = tmp_path / "store.db"
+    raw = EmbeddedStore(store)
+    reports = [EnterpriseReport(enterprise="A", period=str(y), value_added=10e6, value_added_comparable=10e6,
+                                employees_avg=100) for y in (2016, 2019, 2020, 2021)]
+    points = report_points(reports, {"A": "330602"}, {"A": "17"})
+    assert raw.write_lines([encode(p) for p in points]).refused == []
+    raw.close()
+    cfg = _central_toml(tmp_path, store)
+    service = IndicatorService(EmbeddedQueryStore(store), PLAN, revalidate_s=3600,
+                               now=lambda: datetime(2022, 3, 1, tzinfo=UTC),
+                               materialize=MaterializeConfig(enabled=True, interval_s=10, first_year=2019,
+                                                             months=False))
+
+    async def materialized(want: float | None) -> float | None:
+        deadline = time.monotonic() + 30
+        while (got := _materialized(store, "A", "labour_productivity", "2019")) != want and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return got
+
+    await service.start()
+    try:
+        assert await materialized(10.0) == pytest.approx(10.0)  # 1000 万元 / 100 persons
+        await service.indicators("county", Period.of_year(2019), Scope())  # a client's, kept in the cache
+        # the statistics bureau corrects the 2019 value added with `fmc reports import` (another process)
+        (tmp_path / "fix.csv").write_text("企业编号,期间,工业增加值(万元),可比价工业增加值(万元)\nA,2019,2000,2000\n",
+                                          encoding="utf-8")
+        assert await asyncio.to_thread(cli.main, ["reports", "import", str(tmp_path / "fix.csv"), "-c", str(cfg)]) == 0
+        after = await materialized(20.0)  # within an interval (10 s)
+    finally:
+        await service.aclose()
+    assert after == pytest.approx(20.0), f"the dashboards' 2019 labour productivity is still {after}"
+
+
 def test_parse_period_forms() -> None:
     today = date(2021, 3, 15)
     assert parse_period("2020", today) == Period.of_year(2020)

@@ -217,7 +217,7 @@ class IndicatorService:
                  if any(getattr(e, p) is not None for e in self._registry.values())}
         self.populations = {name: (p if p in flags else "all") for name in INDICATORS
                             for p in [targets.policy.populations.get(name, "all")]}
-        self._reported_years: set[int] = set()  # years a report changed since the last materialization
+        self._reported_years: set[int] = set()  # years a report PUT changed since the last materialization
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -560,18 +560,30 @@ class IndicatorService:
 
     async def _materialize_loop(self, cfg: MaterializeConfig) -> None:
         """Every year once at start; then each interval the years data can still arrive for (this
-        year and the last) and the years a report written through the service changed. A province
-        costs tens of seconds per period, so past years are not recomputed every hour."""
-        done_once = False
+        year and the last) and the years whose reports changed: written through the service, or by
+        another process (``fmc reports import``), which a digest of each year's stored reports, taken
+        at every pass, shows. A province costs tens of seconds per period, so past years are not
+        recomputed every hour; its reports are one row per enterprise and period, far less to read."""
+        base = self.targets.base_year
+        # every year a materialized period reads: from the year before the first (year on year), the base year
+        first_read = min(base, (cfg.first_year or base) - 1)
+        seen: dict[int, str] | None = None  # per year, its reports' digest when the last pass that succeeded began
         while True:
             try:
                 periods = self.materialize_periods(cfg.first_year, cfg.months)
-                if done_once:
-                    periods = stale_periods(periods, self.today().year, self._reported_years, self.targets.base_year)
-                self._reported_years = set()
+                reported = set(self._reported_years)
+                digests = await self._report_digests(first_read, self.today().year)
+                if seen is not None:
+                    changed = {y for y in digests.keys() | seen.keys() if digests.get(y) != seen.get(y)}
+                    for year in sorted(changed - reported):
+                        # written by another process: the cached figures that read it go, as on a PUT
+                        log.info("reports of %d changed in the store: recomputing the figures that read them", year)
+                        self.invalidate_year(year)
+                    periods = stale_periods(periods, self.today().year, reported | changed, base)
                 started = time.perf_counter()
                 written = await self.materialize(periods)
-                done_once = True
+                seen = digests
+                self._reported_years -= reported  # a report PUT meanwhile is materialized on the next pass
                 log.info("materialized %d indicator point(s) for %d period(s) in %.1f s", written, len(periods),
                          time.perf_counter() - started)
             except Exception as e:  # the store may be down: try again soon, the API keeps serving
@@ -579,6 +591,18 @@ class IndicatorService:
                 await asyncio.sleep(min(cfg.interval_s, 60.0))
                 continue
             await asyncio.sleep(cfg.interval_s)
+
+    async def _report_digests(self, first_year: int, last_year: int) -> dict[int, str]:
+        """Per year, a digest of every report stored for it (all enterprises, each figure as read): one
+        year at a time, so no more than a year's reports are held at once."""
+        out: dict[int, str] = {}
+        for year in range(first_year, last_year + 1):
+            h = hashlib.sha256()
+            for enterprise, stored in sorted((await self.store.reports(year, year, Scope())).items()):
+                for r in sorted(stored, key=lambda r: r.period):
+                    h.update(repr((enterprise, r.period, sorted(r.figures.items()))).encode())
+            out[year] = h.hexdigest()[:32]
+        return out
 
     async def materialize(self, periods: Sequence[Period], *, chunk: int = 20_000) -> int:
         """Write ``indicator`` points of every level for the periods; returns the number written.
