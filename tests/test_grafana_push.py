@@ -189,6 +189,9 @@ class FakeGrafana:
             return 400, {"message": "Cannot update read-only data source"}
         if not self._check_datasource_body(f"PUT /datasources/uid/{uid}", body):
             return 400, {"message": "bad request data"}
+        if isinstance(body.get("version"), int) and 0 < body["version"] < old["version"]:
+            # Grafana refuses an update based on an older version (an edit made since it was read)
+            return 409, {"message": "Datasource has already been updated by someone else. Please reload and try again"}
         self.datasources[uid] = self._stored(body | {"uid": uid}, old["id"], old["version"] + 1)
         # Grafana keeps stored secrets that the update does not mention
         self.secrets[uid] = self.secrets.get(uid, {}) | dict(body.get("secureJsonData", {}))
@@ -231,9 +234,27 @@ class FakeGrafana:
         stored = copy.deepcopy(model)
         stored["id"] = old["model"]["id"] if old else self.new_id()
         stored["version"] = old["model"]["version"] + 1 if old else 1
-        self.dashboards[uid] = {"model": stored, "folderUid": folder_uid}
+        versions = old["versions"] if old else []
+        versions.append({"version": stored["version"], "createdBy": "sa-1-fmc", "message": body.get("message", "")})
+        self.dashboards[uid] = {"model": stored, "folderUid": folder_uid, "versions": versions}
         return 200, {"id": stored["id"], "uid": uid, "url": f"/d/{uid}/x", "status": "success",
                      "version": stored["version"], "slug": "x"}
+
+    def dashboard_versions(self, _body: Any, uid: str) -> tuple[int, Any]:
+        d = self.dashboards.get(uid)
+        if d is None:
+            return 404, {"message": "Dashboard not found"}
+        # newest first, as Grafana 12 answers (earlier versions: the list itself)
+        versions = [{"id": v["version"], "uid": uid, "parentVersion": v["version"] - 1, "restoredFrom": 0,
+                     "created": "2026-01-01T00:00:00Z", **v} for v in reversed(d["versions"])]
+        return 200, {"continueToken": "", "versions": versions}
+
+    def edit_in_grafana(self, uid: str, by: str, **changes: Any) -> None:
+        """Someone saves the dashboard in Grafana's UI (a version without push's message)."""
+        d = self.dashboards[uid]
+        d["model"].update(changes)
+        d["model"]["version"] += 1
+        d["versions"].append({"version": d["model"]["version"], "createdBy": by, "message": ""})
 
     ROUTES = (
         ("GET", r"/folders/([^/]+)", get_folder),
@@ -243,6 +264,7 @@ class FakeGrafana:
         ("POST", r"/datasources", create_datasource),
         ("PUT", r"/datasources/uid/([^/]+)", update_datasource),
         ("GET", r"/dashboards/uid/([^/]+)", get_dashboard),
+        ("GET", r"/dashboards/uid/([^/]+)/versions", dashboard_versions),
         ("POST", r"/dashboards/db", save_dashboard),
     )
 
@@ -413,6 +435,53 @@ def test_datasource_update_keeps_user_settings_and_sends_secrets_only_when_neede
     assert fake.datasources[DATASOURCE_UID]["jsonData"]["httpHeaderName1"] == "Authorization"
     assert fake.secrets[DATASOURCE_UID]["httpHeaderValue1"] == "Token t"
     assert fake.datasources[DATASOURCE_UID]["user"] == ""
+
+
+def test_a_datasource_update_changes_only_the_managed_settings_of_what_grafana_has(fake: FakeGrafana) -> None:
+    push(fake.url, TOKEN, [], _ds(token="t"), dry_run=False)
+    # set by someone in Grafana: a full PUT of push's own datasource would reset every one of these
+    fake.datasources[DATASOURCE_UID].update(isDefault=True, withCredentials=True, basicAuth=True,
+                                            basicAuthUser="proxy-user")
+    fake.datasources[DATASOURCE_UID]["jsonData"].update(httpMode="POST", tlsSkipVerify=True)
+    version = fake.datasources[DATASOURCE_UID]["version"]
+    n = len(fake.requests)
+    report = push(fake.url, TOKEN, [], influx_datasource("http://influx-2:8086", "fmc", token="t"), dry_run=False,
+                  datasource_settings={"url"})
+    assert (report.changes[0].action, report.changes[0].detail) == ("update", "differs in url")
+    body = next(b for m, _, b in fake.requests[n:] if m == "PUT")
+    assert body["version"] == version and "secureJsonFields" not in body  # what Grafana has, sent back
+    ds = fake.datasources[DATASOURCE_UID]
+    assert ds["url"] == "http://influx-2:8086"
+    assert (ds["isDefault"], ds["withCredentials"], ds["basicAuth"], ds["basicAuthUser"]) == (
+        True, True, True, "proxy-user")
+    assert ds["jsonData"] == {"version": "InfluxQL", "dbName": "fmc", "httpMode": "POST", "tlsSkipVerify": True,
+                              "httpHeaderName1": "Authorization"}
+    assert fake.secrets[DATASOURCE_UID] == {"httpHeaderValue1": "Token t"}
+    # all settings managed (the Python default): httpMode back to GET, the rest still kept
+    push(fake.url, TOKEN, [], influx_datasource("http://influx-2:8086", "fmc", token="t"), dry_run=False)
+    ds = fake.datasources[DATASOURCE_UID]
+    assert ds["jsonData"]["httpMode"] == "GET" and ds["isDefault"] and ds["basicAuth"]
+    with pytest.raises(PushUsageError, match="unknown datasource settings"):
+        push(fake.url, TOKEN, [], _ds(), dry_run=False, datasource_settings={"uri"})
+
+
+def test_a_dashboard_edited_in_grafana_is_replaced_and_push_says_so(fake: FakeGrafana) -> None:
+    dashboards = _dashboards()
+    push(fake.url, TOKEN, dashboards, _ds(), dry_run=False)
+    fake.edit_in_grafana("fmc-bureau", by="admin", refresh="1m")
+    changed = copy.deepcopy(dashboards)
+    changed[0].model["refresh"] = "5m"  # a new fmc version changed the enterprise dashboard only
+    for dry_run in (True, False):
+        report = push(fake.url, TOKEN, changed, _ds(), dry_run=dry_run)
+        details = {c.uid: (c.action, c.detail) for c in report.changes if c.kind == "dashboard"}
+        assert details == {
+            "fmc-enterprise": ("update", "content changed"),
+            "fmc-bureau": ("update", "replaces version 2, saved in Grafana by admin, not by fmc grafana push"),
+            "fmc-gateway": ("unchanged", "")}
+    assert "updated (replaces version 2, saved in Grafana by admin" in report.render()
+    assert "refresh" not in fake.dashboards["fmc-bureau"]["model"]  # the files are the source
+    # pushed over: the next push has nothing to say
+    assert not push(fake.url, TOKEN, changed, _ds(), dry_run=False).changed
 
 
 def test_provisioned_datasource_and_dashboard_are_left_alone(fake: FakeGrafana) -> None:
@@ -607,6 +676,34 @@ def test_cli_push_then_nothing_to_change(
     assert fake.secrets[DATASOURCE_UID] == {"httpHeaderValue1": "Token influx-tok"}
     assert args.handler(args) == 0
     assert "nothing to change: 6 up to date" in capsys.readouterr().out
+
+
+def test_a_cli_push_without_the_influx_settings_keeps_the_existing_datasource(
+    fake: FakeGrafana, test_dashboards: list[Dash], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    monkeypatch.setenv("INFLUX_TOKEN", "influx-tok")
+    first = _cli(["grafana", "push", "--url", fake.url, "--influx-url", "http://influxdb:8086"])
+    assert first.handler(first) == 0
+    ds = fake.datasources[DATASOURCE_UID]
+    assert ds["url"] == "http://influxdb:8086" and ds["jsonData"]["httpHeaderName1"] == "Authorization"
+    capsys.readouterr()
+
+    # months later, after an upgrade: push the new dashboards from a shell without the InfluxDB settings
+    monkeypatch.delenv("INFLUX_TOKEN")
+    again = _cli(["grafana", "push", "--url", fake.url])
+    assert again.handler(again) == 0
+    assert "nothing to change: 6 up to date" in capsys.readouterr().out
+    ds = fake.datasources[DATASOURCE_UID]
+    assert ds["url"] == "http://influxdb:8086" and ds["database"] == "fmc"
+    assert ds["jsonData"].get("httpHeaderName1") == "Authorization", "the InfluxDB token is no longer sent"
+    # a setting given is changed, and only it
+    monkeypatch.setenv("INFLUX_DATABASE", "plant_db")
+    assert again.handler(again) == 0
+    assert "updated (differs in database, jsonData.dbName)" in capsys.readouterr().out
+    ds = fake.datasources[DATASOURCE_UID]
+    assert (ds["url"], ds["database"], ds["jsonData"]["httpHeaderName1"]) == ("http://influxdb:8086", "plant_db",
+                                                                              "Authorization")
 
 
 def test_cli_influx_1x_user_and_password_from_the_environment(

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -28,9 +28,26 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # Grafana's own limit for uids is 40 characters; restricting the alphabet also keeps a uid from
 # changing the API path it is put into (grafana-client formats uids into paths unescaped).
 _UID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
-# jsonData keys this module owns on the datasource; any other key a user set in Grafana is kept.
-_MANAGED_JSON_KEYS = ("version", "dbName", "httpMode", "httpHeaderName1")
-_MANAGED_TOP_KEYS = ("name", "type", "access", "url", "database", "user", "basicAuth")
+# What makes the datasource the one the dashboards query (InfluxDB, InfluxQL, through Grafana's proxy):
+# push keeps these as it creates them.
+_FIXED_TOP_KEYS = ("name", "type", "access")
+_FIXED_JSON_KEYS = ("version",)
+# The settings a user gives (flags, environment) -> the datasource keys and jsonData keys each decides.
+# Of an existing datasource push changes only the settings it was given: a default (the URL
+# http://localhost:8086, the database fmc, no credentials) fills in a datasource it creates and never
+# replaces what a working one has. Everything else (isDefault, basicAuth, jsonData a user set, ...)
+# is left as Grafana has it.
+DATASOURCE_SETTINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "url": (("url",), ()),
+    "database": (("database",), ("dbName",)),
+    "credentials": (("user",), ("httpHeaderName1",)),  # and the secrets of secureJsonData
+    "http_mode": ((), ("httpMode",)),
+}
+# What Grafana answers about a datasource but takes no update of: a view of the secrets and the
+# legacy plain-text password fields (secrets go in secureJsonData only).
+_NOT_SENT_BACK = ("secureJsonFields", "password", "basicAuthPassword")
+# The message push saves a dashboard with: a later version with another message was saved in Grafana.
+PUSH_MESSAGE = "fmc grafana push"
 
 Kind = Literal["datasource", "folder", "dashboard"]
 Action = Literal["create", "update", "unchanged", "skip"]
@@ -182,23 +199,30 @@ def push(
     dry_run: bool,
     update_secrets: bool = False,
     timeout: float = DEFAULT_TIMEOUT_S,
+    datasource_settings: Collection[str] | None = None,
 ) -> PushReport:
     """Make Grafana at ``url`` hold ``datasource``, the dashboards' folders and ``dashboards``.
 
     Creates what is missing, updates what differs (a dashboard: its JSON ignoring ``id`` and
-    ``version``, or its folder), leaves the rest alone. Secrets cannot be read back: they are sent
-    when the datasource is created or updated, when Grafana has none, or with ``update_secrets``.
-    Raises PushUsageError for bad input (before any request) and PushError for what Grafana or the
-    network answered.
+    ``version``, or its folder), leaves the rest alone. Of an existing datasource only the
+    ``datasource_settings`` (names of ``DATASOURCE_SETTINGS``; None: all of them) are changed, in what
+    Grafana has: the settings a caller filled in with defaults stay as they are there. Secrets cannot
+    be read back: they are sent when the datasource is created or updated, when Grafana has none, or
+    with ``update_secrets``. Raises PushUsageError for bad input (before any request) and PushError
+    for what Grafana or the network answered.
     """
     base = _api_base(url)
     if not token:
         raise PushUsageError("no Grafana token: pass --token or set the variable named by --token-env")
+    settings = frozenset(DATASOURCE_SETTINGS if datasource_settings is None else datasource_settings)
+    if unknown := settings - DATASOURCE_SETTINGS.keys():
+        raise PushUsageError(f"unknown datasource settings {sorted(unknown)}: use {', '.join(DATASOURCE_SETTINGS)}")
     folders = _check_input(dashboards, datasource)
     report = PushReport(url=base, dry_run=dry_run)
     api = _Api(base, token, timeout)
     try:
-        report.changes.append(_ensure_datasource(api, datasource, dry_run=dry_run, update_secrets=update_secrets))
+        report.changes.append(_ensure_datasource(api, datasource, settings, dry_run=dry_run,
+                                                 update_secrets=update_secrets))
         for uid, title in folders.items():
             report.changes.append(_ensure_folder(api, uid, title, dry_run=dry_run))
         for d in dashboards:
@@ -248,34 +272,60 @@ def _check_input(dashboards: Sequence[DashboardLike], datasource: dict[str, Any]
     return folders
 
 
-def _ensure_datasource(api: _Api, want: dict[str, Any], *, dry_run: bool, update_secrets: bool) -> Change:
+def _ensure_datasource(
+    api: _Api, want: dict[str, Any], settings: frozenset[str], *, dry_run: bool, update_secrets: bool
+) -> Change:
     uid, name = want["uid"], want.get("name", want["uid"])
     have = api.get(f"/datasources/uid/{uid}", f"reading datasource {uid}")
     if have is None:
         if not dry_run:
             api.write("POST", "/datasources", want, f"creating datasource {uid} ({name!r})")
         return Change("datasource", uid, name, "create")
-    diff = _datasource_diff(have, want, update_secrets=update_secrets)
+    top_keys, json_keys = _managed_keys(settings)
+    diff = _datasource_diff(have, want, top_keys, json_keys, secrets="credentials" in settings,
+                            update_secrets=update_secrets)
     if not diff:
         return Change("datasource", uid, name, "unchanged")
     if have.get("readOnly"):
         # a datasource provisioned from a file cannot be changed over the API (Grafana answers 400)
         return Change("datasource", uid, name, "skip",
                       f"provisioned from a file, differs in {', '.join(diff)}: change the provisioning file")
-    body = dict(want)
-    kept = {k: v for k, v in (have.get("jsonData") or {}).items() if k not in _MANAGED_JSON_KEYS}
-    body["jsonData"] = kept | want.get("jsonData", {})
+    # Grafana's update replaces the whole datasource (what a PUT leaves out is reset: isDefault,
+    # withCredentials, basicAuth, ...): send back what it has, the managed keys changed. Its
+    # version goes back too, so an edit made since the read is refused rather than undone.
+    body = {k: v for k, v in have.items() if k not in _NOT_SENT_BACK}
+    body.update({k: want[k] for k in top_keys if k in want})
+    json_data = dict(have.get("jsonData") or {})
+    for k in json_keys:
+        if k in (want.get("jsonData") or {}):
+            json_data[k] = want["jsonData"][k]
+        else:
+            json_data.pop(k, None)  # e.g. the token's header, after switching to a 1.x user
+    body["jsonData"] = json_data
+    if "credentials" in settings and want.get("secureJsonData"):
+        body["secureJsonData"] = want["secureJsonData"]
     if not dry_run:
         api.write("PUT", f"/datasources/uid/{uid}", body, f"updating datasource {uid} ({name!r})")
     return Change("datasource", uid, name, "update", "differs in " + ", ".join(diff))
 
 
-def _datasource_diff(have: dict[str, Any], want: dict[str, Any], *, update_secrets: bool) -> list[str]:
-    diff = [k for k in _MANAGED_TOP_KEYS if k in want and have.get(k) != want[k]]
+def _managed_keys(settings: frozenset[str]) -> tuple[list[str], list[str]]:
+    """The datasource's top-level and jsonData keys that push keeps as it wants them."""
+    top, json_keys = list(_FIXED_TOP_KEYS), list(_FIXED_JSON_KEYS)
+    for name, (setting_top, setting_json) in DATASOURCE_SETTINGS.items():
+        if name in settings:
+            top += setting_top
+            json_keys += setting_json
+    return top, json_keys
+
+
+def _datasource_diff(have: dict[str, Any], want: dict[str, Any], top_keys: Sequence[str], json_keys: Sequence[str],
+                     *, secrets: bool, update_secrets: bool) -> list[str]:
+    diff = [k for k in top_keys if k in want and have.get(k) != want[k]]
     hj, wj = have.get("jsonData") or {}, want.get("jsonData") or {}
-    diff += [f"jsonData.{k}" for k in _MANAGED_JSON_KEYS if hj.get(k) != wj.get(k)]
+    diff += [f"jsonData.{k}" for k in json_keys if hj.get(k) != wj.get(k)]
     stored = have.get("secureJsonFields") or {}
-    for k in want.get("secureJsonData") or {}:
+    for k in (want.get("secureJsonData") or {}) if secrets else ():
         if update_secrets or not stored.get(k):
             diff.append(f"secret {k}")
     return diff
@@ -312,14 +362,15 @@ def _ensure_dashboard(api: _Api, d: DashboardLike, *, dry_run: bool) -> Change:
     have = api.get(f"/dashboards/uid/{d.uid}", f"reading dashboard {d.uid}")
     want = _wanted_model(d)
     what = f"saving dashboard {d.uid} ({d.title!r})"
-    body = {"dashboard": want, "folderUid": d.folder_uid, "overwrite": True, "message": "fmc grafana push"}
+    body = {"dashboard": want, "folderUid": d.folder_uid, "overwrite": True, "message": PUSH_MESSAGE}
     if have is None:
         if not dry_run:
             api.write("POST", "/dashboards/db", body, what)
         return Change("dashboard", d.uid, d.title, "create")
     meta = have.get("meta") or {}
     reasons = []
-    if _comparable(have.get("dashboard") or {}) != _comparable(want):
+    content_changed = _comparable(have.get("dashboard") or {}) != _comparable(want)
+    if content_changed:
         reasons.append("content changed")
     if meta.get("folderUid", "") != d.folder_uid:
         reasons.append(f"moved from folder {meta.get('folderUid') or 'root'!r}")
@@ -328,9 +379,29 @@ def _ensure_dashboard(api: _Api, d: DashboardLike, *, dry_run: bool) -> Change:
     if meta.get("provisioned"):
         return Change("dashboard", d.uid, d.title, "skip",
                       "provisioned from a file: update the JSON file Grafana reads instead")
+    if content_changed and (edited := _edited_in_grafana(api, d.uid)):
+        # the files are the dashboards' source: the edit is overwritten (it stays in Grafana's version history)
+        reasons[0] = f"replaces {edited}"
     if not dry_run:
         api.write("POST", "/dashboards/db", body, what)
     return Change("dashboard", d.uid, d.title, "update", ", ".join(reasons))
+
+
+def _edited_in_grafana(api: _Api, uid: str) -> str | None:
+    """``version N, saved in Grafana by WHO, not by fmc grafana push`` when the dashboard's latest
+    version is not one push saved (its message is another); None when it is, or Grafana keeps no history."""
+    answer = api.get_json(f"/dashboards/uid/{uid}/versions", f"reading the versions of dashboard {uid}",
+                          params={"limit": 1})
+    # Grafana 12 answers {"versions": [...], "continueToken": ...}, earlier versions the list itself
+    versions = answer.get("versions") if isinstance(answer, dict) else answer
+    if not isinstance(versions, list):
+        return None
+    latest = max((v for v in versions if isinstance(v, dict) and isinstance(v.get("version"), int)),
+                 key=lambda v: v["version"], default=None)
+    if latest is None or latest.get("message") == PUSH_MESSAGE:
+        return None
+    by = f" by {_printable(str(latest['createdBy']))}" if latest.get("createdBy") else ""
+    return f"version {latest['version']}, saved in Grafana{by}, not by {PUSH_MESSAGE}"
 
 
 # --- the HTTP edge: grafana-client, its errors turned into sentences ---------------------------------------
@@ -350,15 +421,29 @@ class _Api:
 
     def get(self, path: str, what: str) -> dict[str, Any] | None:
         """The JSON object at ``path``, or None when Grafana answers 404."""
-        return self._call(lambda: self._client.GET(path), what, none_on_404=True)
+        result = self._call(lambda: self._client.GET(path), what, none_on_404=True)
+        if result is not None and not isinstance(result, dict):
+            raise self._not_grafana(what)
+        return result
+
+    def get_json(self, path: str, what: str, params: dict[str, Any] | None = None) -> Any:
+        """The JSON at ``path`` (an object or a list), or None when Grafana answers 404."""
+        return self._call(lambda: self._client.GET(path, params=params), what, none_on_404=True)
 
     def write(self, method: Literal["POST", "PUT"], path: str, body: dict[str, Any], what: str) -> dict[str, Any]:
         call = self._client.POST if method == "POST" else self._client.PUT
         result = self._call(lambda: call(path, json=body), what, none_on_404=False)
-        assert result is not None
+        if not isinstance(result, dict):
+            raise self._not_grafana(what)
         return result
 
-    def _call(self, request: Callable[[], Any], what: str, *, none_on_404: bool) -> dict[str, Any] | None:
+    def _not_grafana(self, what: str) -> PushError:
+        return PushError(f"the answer from {self.base} while {what} is not Grafana's JSON API; "
+                         "is --url Grafana's root address (without /api)?")
+
+    def _call(self, request: Callable[[], Any], what: str, *, none_on_404: bool) -> Any:
+        """The parsed JSON of the answer (None for a 404 when ``none_on_404``); Grafana's and the
+        network's errors as PushError."""
         import niquests.exceptions
         from grafana_client.client import (
             GrafanaClientError,
@@ -404,11 +489,7 @@ class _Api:
         except niquests.exceptions.RequestException as e:
             raise PushError(f"cannot talk to {where} while {what}: {_short(str(e))}") from None
         except ValueError:  # a 2xx answer that is not JSON: not Grafana's API at that URL
-            raise PushError(f"the answer from {self.base} while {what} is not Grafana's JSON API; "
-                            "is --url Grafana's root address (without /api)?") from None
-        if not isinstance(result, dict):
-            raise PushError(f"the answer from {self.base} while {what} is not Grafana's JSON API; "
-                            "is --url Grafana's root address (without /api)?")
+            raise self._not_grafana(what) from None
         return result
 
 
@@ -479,10 +560,10 @@ def push_main(args: argparse.Namespace) -> int:
         token = args.token if args.token is not None else os.environ.get(args.token_env, "")
         if not token:
             raise PushUsageError(f"no Grafana token: set {args.token_env} (a service account token) or pass --token")
-        datasource = _datasource_from_args(args)
+        datasource, settings = _datasource_from_args(args)
         dashboards = _load_dashboards(args.lang, datasource["uid"])
         report = push(args.url, token, dashboards, datasource, dry_run=args.dry_run,
-                      update_secrets=args.update_secrets, timeout=args.timeout)
+                      update_secrets=args.update_secrets, timeout=args.timeout, datasource_settings=settings)
     except PushUsageError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -493,9 +574,12 @@ def push_main(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _datasource_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    url = args.influx_url or os.environ.get("INFLUX_URL") or "http://localhost:8086"
-    database = args.influx_database or os.environ.get("INFLUX_DATABASE") or "fmc"
+def _datasource_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], frozenset[str]]:
+    """The datasource to create, and the settings given (flags, environment) that an existing one takes."""
+    given_url = args.influx_url or os.environ.get("INFLUX_URL")
+    given_database = args.influx_database or os.environ.get("INFLUX_DATABASE")
+    url = given_url or "http://localhost:8086"
+    database = given_database or "fmc"
     token_var = args.influx_token_env or "INFLUX_TOKEN"
     token = os.environ.get(token_var) or None
     if args.influx_token_env and not token:
@@ -508,7 +592,10 @@ def _datasource_from_args(args: argparse.Namespace) -> dict[str, Any]:
                                  f"{args.influx_password_env}, which is not set")
         if token and not args.influx_token_env:
             token = None  # an explicit 1.x user wins over a token that merely happens to be in the environment
-    return influx_datasource(url, database, user=args.influx_user, password=password, token=token)
+    settings = {name for name, given in (("url", given_url), ("database", given_database),
+                                         ("credentials", token or args.influx_user)) if given}
+    ds = influx_datasource(url, database, user=args.influx_user, password=password, token=token)
+    return ds, frozenset(settings)
 
 
 def _load_dashboards(lang: str, datasource_uid: str) -> list[DashboardLike]:
