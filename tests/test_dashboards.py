@@ -37,7 +37,7 @@ from fmc.core.localtime import NS, local_day_bounds
 from fmc.core.points import Point
 from fmc.core.rejections import REJECTION_REASONS
 from fmc.indicators.engine import ConsumptionDay, EnterpriseData, EnterpriseDay, Period, Report, Status
-from fmc.indicators.plan import INDICATORS, Targets, load_targets
+from fmc.indicators.plan import INDICATORS, POINT_INDICATORS, Targets, load_targets
 from fmc.indicators.pooling import EnterpriseFigures, GroupRow, enterprise_figures, group_rows
 from fmc.indicators.sums import EnterpriseInfo
 from fmc.plant.config import MeterConfig
@@ -379,10 +379,10 @@ def check_kpi(store, seed, name: str) -> None:
     assert rows[0]["time"] == local_ms(date(2019, 1, 1))
 
 
-def check_kpi_table(store, seed) -> None:
-    rows = run(store, ENT, "kpi_table", ENT_VALUES)
+def check_kpi_table(store, seed, points: bool) -> None:
+    rows = run(store, ENT, "kpi_rates" if points else "kpi_quantities", ENT_VALUES)
     results = seed.row("enterprise", SITE_A.enterprise).results
-    assert sorted(r["indicator"] for r in rows) == sorted(INDICATORS)
+    assert sorted(r["indicator"] for r in rows) == sorted(n for n in INDICATORS if (n in POINT_INDICATORS) == points)
     for r in rows:
         want = results[r["indicator"]]
         for f in ("value", "target", "baseline", "yoy", "avg_annual", "coverage"):
@@ -503,9 +503,10 @@ def check_status_matrix(store, seed) -> None:
     assert {r["enterprise"] for r in rows} == {SITE_A.enterprise, SITE_B.enterprise}
 
 
-def check_detail(store, seed) -> None:
-    rows = run(store, BUR, "detail", BUR_VALUES)
-    want = enterprise_rows(seed, [SITE_A.enterprise, SITE_B.enterprise])
+def check_detail(store, seed, points: bool) -> None:
+    rows = run(store, BUR, "detail_rates" if points else "detail_quantities", BUR_VALUES)
+    want = {k: r for k, r in enterprise_rows(seed, [SITE_A.enterprise, SITE_B.enterprise]).items()
+            if (k[1] in POINT_INDICATORS) == points}
     assert len(rows) == len(want)
     ranks = {e: seed.row("enterprise", e).ranks for e in (SITE_A.enterprise, SITE_B.enterprise)}
     for r in rows:
@@ -630,7 +631,8 @@ def check_losses(store, seed) -> None:
 
 CHECKS: dict[str, Callable[..., None]] = {
     **{f"kpi_{n}": (lambda s, d, n=n: check_kpi(s, d, n)) for n in gd.ENTERPRISE_KPIS},
-    "kpi_table": check_kpi_table,
+    "kpi_rates": lambda s, d: check_kpi_table(s, d, points=True),
+    "kpi_quantities": lambda s, d: check_kpi_table(s, d, points=False),
     **{f"trend_{n}": (lambda s, d, n=n: check_trend(s, d, n)) for n in gd.ENTERPRISE_KPIS},
     "states": check_states,
     "utilisation": check_utilisation,
@@ -642,7 +644,8 @@ CHECKS: dict[str, Callable[..., None]] = {
     **{f"share_{n}": (lambda s, d, n=n: check_share(s, d, n)) for n in INDICATORS},
     "group_figures": check_group_figures,
     "status_matrix": check_status_matrix,
-    "detail": check_detail,
+    "detail_rates": lambda s, d: check_detail(s, d, points=True),
+    "detail_quantities": lambda s, d: check_detail(s, d, points=False),
     "ranking": check_ranking,
     "coverage_matrix": check_coverage_matrix,
     "industry_share": check_industry_share,
@@ -754,9 +757,9 @@ def test_hostile_variable_values_match_nothing_and_harm_nothing(store, seed, val
     server, db = store
     before = server.select(db, 'SELECT count("status") FROM "indicator"')[0]["count"]
     value = value.replace("{db}", db)
-    for board, ref, values in ((ENT, "kpi_table", {**ENT_VALUES, "enterprise": value}),
-                               (BUR, "detail", {**BUR_VALUES, "region": value}),
-                               (BUR, "detail", {**BUR_VALUES, "industry": value}),
+    for board, ref, values in ((ENT, "kpi_quantities", {**ENT_VALUES, "enterprise": value}),
+                               (BUR, "detail_rates", {**BUR_VALUES, "region": value}),
+                               (BUR, "detail_quantities", {**BUR_VALUES, "industry": value}),
                                (GW, "last_report", {**GW_VALUES, "host": [value, "gw-a"]})):
         try:
             rows = run(store, board, ref, values)
@@ -1002,6 +1005,117 @@ def test_labels_cover_every_indicator_state_status_and_carrier():
     assert set(gd.STATUS_LABELS) == set(get_args(Status))
     assert set(gd.CARRIER_LABELS) == set(CARRIERS)
     assert set(gd.ENTERPRISE_KPIS) <= set(INDICATORS)
+
+
+# --- how Grafana shows the figures ------------------------------------------------------------------------
+
+
+def field_config(panel: Mapping[str, Any], field_name: str) -> dict[str, Any]:
+    """The decimals and unit Grafana applies to one field of a panel: defaults, then its byName override."""
+    config = {k: v for k, v in panel["fieldConfig"]["defaults"].items() if k in ("decimals", "unit")}
+    for o in panel["fieldConfig"]["overrides"]:
+        if o["matcher"] == {"id": "byName", "options": field_name}:
+            config |= {p["id"]: p["value"] for p in o["properties"] if p["id"] in ("decimals", "unit")}
+    return config
+
+
+def grafana_decimals(value: float) -> int:
+    """Grafana's decimals when a field sets none (getDecimalsForValue in valueFormats.ts)."""
+    if value == 0 or value % 1 == 0:
+        return 0
+    log10 = math.floor(math.log10(abs(value)))
+    dec = -log10 + 1
+    if abs(value) / 10 ** (log10 - 1) > 2.25:  # always: the "special case for 2.5"
+        dec += 1
+    return max(0, dec)
+
+
+def display(value: float, config: Mapping[str, Any]) -> str:
+    """Grafana's text for a number, in the units these dashboards use."""
+    unit, decimals = config.get("unit", "none"), config.get("decimals")
+    suffix = ""
+    if unit == "percentunit":
+        value, suffix = value * 100, "%"
+    elif unit == "percent":
+        suffix = "%"
+    elif unit.startswith("suffix:"):
+        suffix = unit.removeprefix("suffix:")
+    else:
+        assert unit == "none", unit
+    return f"{value:.{grafana_decimals(value) if decimals is None else decimals}f}{suffix}"
+
+
+def indicator_panels(lang: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every panel of every dashboard of ``lang`` with the query of its first target."""
+    for d in gd.build_dashboards(lang=lang):
+        for p in panels_of(d.model):
+            if p.get("targets"):
+                yield p, p["targets"][0]["query"]
+
+
+def shown_indicators(query: str) -> set[str]:
+    """The indicators a query of the indicator measurement reads."""
+    if m := re.search(r'"indicator" = \'(\w+)\'', query):
+        return {m.group(1)}
+    if m := re.search(r'"indicator" (=~|!~) /\^\(([\w|]+)\)\$/', query):
+        group = set(m.group(2).split("|"))
+        return group if m.group(1) == "=~" else set(INDICATORS) - group
+    return set(INDICATORS)
+
+
+@pytest.mark.parametrize("lang", gd.LANGS)
+def test_yoy_and_avg_annual_are_shown_in_percent_or_percentage_points_by_indicator(lang):
+    """yoy and avg_annual are a fraction for the quantities, the difference in points for the rates
+    (fmc.indicators.engine.yoy_change): −3.6 % (missed) and −4 % (met) must not both read −0.04, and
+    the NC rate's +2 points must not read 2.00 in the same column as fractions."""
+    points = "百分点" if lang == "zh" else "pp"
+    seen = 0
+    for panel, query in indicator_panels(lang):
+        for name in ("yoy", "avg_annual"):
+            if f'"{name}"' not in query:
+                continue
+            seen += 1
+            shown, config = shown_indicators(query), field_config(panel, name)
+            assert shown <= POINT_INDICATORS or not shown & POINT_INDICATORS, (panel["title"], "one unit a column")
+            if shown <= POINT_INDICATORS:
+                assert display(2.0, config) == f"2.00 {points}", (panel["title"], config)
+            else:
+                missed, met = display(-0.036, config), display(-0.040, config)
+                assert (missed, met) == ("-3.60%", "-4.00%"), (panel["title"], config)
+    assert seen == 6  # the enterprise's two tables (yoy, avg_annual), the bureau's two detail tables (yoy)
+
+
+@pytest.mark.parametrize("lang", gd.LANGS)
+def test_intensities_are_shown_finely_enough_to_tell_the_value_from_its_target(lang):
+    """An enterprise at 0.100 tce/万元 against a target of 0.096 (4 % lower) must not read "0.10"
+    beside "0.10" and 未达标; nor water at 1.00 against 0.95 m³/万元, wastewater at 1.00 against 0.98."""
+    cases = {"energy_intensity": (0.100, 0.096), "water_intensity": (1.00, 0.95), "wastewater_intensity": (1.00, 0.98)}
+    seen = 0
+    for panel, query in indicator_panels(lang):
+        shown = shown_indicators(query) if '"indicator"' in query and '"value"' in query else set()
+        for name in shown & cases.keys():
+            value, target = cases[name]
+            seen += 1
+            a, b = display(value, field_config(panel, "value")), display(target, field_config(panel, "target"))
+            assert a != b, (panel["title"], name, a)
+    # the three intensities' stats and trends; the enterprise's, the region's, the detail and ranking tables
+    assert seen == 3 * 2 + 3 * 4
+
+
+def test_a_table_of_several_indicators_names_each_ones_unit():
+    for lang in gd.LANGS:
+        checked = 0
+        for panel, query in indicator_panels(lang):
+            if panel["type"] != "table" or '"value"' not in query or not re.search(r'GROUP BY .*"indicator"', query):
+                continue  # not a row per indicator (the ranking shows the one $indicator)
+            if field_config(panel, "value").get("unit"):
+                continue  # the rates: one unit, on the column
+            mapping = next(p["value"][0] for o in panel["fieldConfig"]["overrides"] for p in o["properties"]
+                           if o["matcher"]["options"] == "indicator" and p["id"] == "mappings")
+            assert mapping["options"]["energy_intensity"]["text"].endswith(
+                "（tce/万元）" if lang == "zh" else "(tce/10⁴ yuan)"), panel["title"]
+            checked += 1
+        assert checked == 3  # the enterprise's, the region's and the bureau's detail table of the quantities
 
 
 # --- the committed files ---------------------------------------------------------------------------------

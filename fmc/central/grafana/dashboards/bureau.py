@@ -13,6 +13,7 @@ from fmc.central.grafana.dashboards.panels import (
     Board,
     color_cell,
     display_name,
+    indicator_group,
     lit,
     match,
     override,
@@ -62,9 +63,11 @@ def bureau_panels(b: Board) -> list[dict[str, Any]]:
             table=True,
         )],
         "fieldConfig": {
-            "defaults": table_defaults(decimals=2),
+            # one row per indicator: value and target in each one's unit (named beside it), with
+            # Grafana's three significant digits (0.100 against 0.0960 tce/万元)
+            "defaults": table_defaults(),
             "overrides": [
-                display_name("indicator", b.t("indicator"), mappings=[b.indicator_mapping()]),
+                display_name("indicator", b.t("indicator"), mappings=[b.indicator_mapping(with_unit=True)]),
                 display_name("value", b.t("value")),
                 display_name("target", b.t("target")),
                 display_name("status", b.t("status"), mappings=[b.status_mapping()],
@@ -72,7 +75,7 @@ def bureau_panels(b: Board) -> list[dict[str, Any]]:
                 display_name("met_count", b.t("met_count"), decimals=0),
                 display_name("assessed", b.t("assessed"), decimals=0),
                 display_name("members", b.t("members"), decimals=0),
-                display_name("coverage", b.t("coverage"), unit="percentunit"),
+                display_name("coverage", b.t("coverage"), unit="percentunit", decimals=2),
             ],
         },
         "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
@@ -99,34 +102,39 @@ def bureau_panels(b: Board) -> list[dict[str, Any]]:
         "transformations": _matrix("enterprise", "indicator", "status", first_col, b),
         "options": table_options(sort_by=first_col),
     }, w=24, h=10)
-    b.add({
-        "type": "table",
-        "title": b.t("detail"),
-        "targets": [b.target(
-            "detail",
-            'SELECT "value", "target", "status", "rank", "yoy", "coverage" FROM "indicator" '
-            f'WHERE {enterprises} GROUP BY "enterprise", "region", "industry", "indicator"',
-            table=True,
-        )],
-        "fieldConfig": {
-            "defaults": table_defaults(decimals=2),
-            "overrides": [
-                display_name("enterprise", b.t("enterprise"), links=[b.drill_link()]),
-                display_name("region", b.t("region_col")),
-                display_name("industry", b.t("industry_col")),
-                display_name("indicator", b.t("indicator"), mappings=[b.indicator_mapping()]),
-                display_name("value", b.t("value")),
-                display_name("target", b.t("target")),
-                display_name("status", b.t("status"), mappings=[b.status_mapping()],
-                              **{"custom.cellOptions": {"type": "color-background"}}),
-                display_name("rank", b.t("rank"), decimals=0),
-                display_name("yoy", b.t("yoy"), decimals=3),
-                display_name("coverage", b.t("coverage"), unit="percentunit"),
-            ],
-        },
-        "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
-        "options": table_options(sort_by=b.t("enterprise")),
-    }, w=24, h=12)
+    # the rates (%, yoy in percentage points) and the other indicators (yoy in %) apart, as on the
+    # enterprise dashboard: a column has one unit
+    for points, key in ((True, "rates"), (False, "quantities")):
+        values = {"unit": "percent", "decimals": 2} if points else {}
+        b.add({
+            "type": "table",
+            "title": b.t(f"detail_{key}"),
+            "targets": [b.target(
+                f"detail_{key}",
+                'SELECT "value", "target", "status", "rank", "yoy", "coverage" FROM "indicator" '
+                f'WHERE {enterprises} AND {indicator_group(points)} '
+                'GROUP BY "enterprise", "region", "industry", "indicator"',
+                table=True,
+            )],
+            "fieldConfig": {
+                "defaults": table_defaults(),
+                "overrides": [
+                    display_name("enterprise", b.t("enterprise"), links=[b.drill_link()]),
+                    display_name("region", b.t("region_col")),
+                    display_name("industry", b.t("industry_col")),
+                    display_name("indicator", b.t("indicator"), mappings=[b.indicator_mapping(with_unit=not points)]),
+                    display_name("value", b.t("value"), **values),
+                    display_name("target", b.t("target"), **values),
+                    display_name("status", b.t("status"), mappings=[b.status_mapping()],
+                                  **{"custom.cellOptions": {"type": "color-background"}}),
+                    display_name("rank", b.t("rank"), decimals=0),
+                    b.change_override("yoy", points),
+                    display_name("coverage", b.t("coverage"), unit="percentunit", decimals=2),
+                ],
+            },
+            "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            "options": table_options(sort_by=b.t("enterprise")),
+        }, w=24, h=10)
     b.add({
         "type": "table",
         "title": b.t("ranking"),
@@ -138,7 +146,8 @@ def bureau_panels(b: Board) -> list[dict[str, Any]]:
             table=True,
         )],
         "fieldConfig": {
-            "defaults": table_defaults(decimals=2),
+            # any one indicator ($indicator): Grafana's three significant digits fit each one's magnitude
+            "defaults": table_defaults(),
             "overrides": [
                 display_name("enterprise", b.t("enterprise"), links=[b.drill_link()]),
                 display_name("rank", b.t("rank"), decimals=0),

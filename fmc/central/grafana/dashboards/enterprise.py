@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fmc.central.grafana.dashboards.labels import INDICATOR_LABELS, INDICATOR_UNITS, pick
+from fmc.central.grafana.dashboards.labels import INDICATOR_DECIMALS, INDICATOR_LABELS, INDICATOR_UNITS, pick
 from fmc.central.grafana.dashboards.panels import (
     MONTH_PERIOD,
     SINCE,
     Board,
     display_name,
+    indicator_group,
     legend,
     lit,
     match,
@@ -57,7 +58,7 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
             "targets": [b.target(f"kpi_{name}", query, table=True)],
             "fieldConfig": {
                 "defaults": {
-                    "decimals": 2,
+                    "decimals": INDICATOR_DECIMALS[name],
                     "color": {"mode": "fixed", "fixedColor": "blue"},
                     "mappings": [b.status_mapping()],
                 },
@@ -77,28 +78,33 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
                 "wideLayout": True,
             },
         }, w=4, h=6)
-    query = (
-        'SELECT "value", "target", "baseline", "yoy", "avg_annual", "coverage", "status" FROM "indicator" '
-        f"WHERE {_enterprise_indicator_where(year)} GROUP BY \"indicator\""
-    )
-    b.add({
-        "type": "table",
-        "title": b.t("all_indicators"),
-        "description": b.describe("kpi"),
-        "targets": [b.target("kpi_table", query, table=True)],
-        "fieldConfig": {
-            "defaults": table_defaults(decimals=2),
-            "overrides": [
-                display_name("indicator", b.t("indicator"), mappings=[b.indicator_mapping()]),
-                *[display_name(f, b.t(f)) for f in ("value", "target", "baseline", "yoy", "avg_annual")],
-                display_name("coverage", b.t("coverage"), unit="percentunit"),
-                display_name("status", b.t("status"), mappings=[b.status_mapping()], **{"custom.cellOptions": {
-                    "type": "color-background"}}),
-            ],
-        },
-        "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
-        "options": table_options(),
-    }, w=24, h=8)
+    # every indicator in two tables: the rates (%, changes in percentage points) and the others (changes in
+    # %, values in their own units, named beside the indicator, with Grafana's three significant digits)
+    for points, key in ((True, "rates"), (False, "quantities")):
+        query = (
+            'SELECT "value", "target", "baseline", "yoy", "avg_annual", "coverage", "status" FROM "indicator" '
+            f"WHERE {_enterprise_indicator_where(year)} AND {indicator_group(points)} GROUP BY \"indicator\""
+        )
+        values = {"unit": "percent", "decimals": 2} if points else {}
+        b.add({
+            "type": "table",
+            "title": b.t(f"all_{key}"),
+            "description": b.describe("kpi"),
+            "targets": [b.target(f"kpi_{key}", query, table=True)],
+            "fieldConfig": {
+                "defaults": table_defaults(),
+                "overrides": [
+                    display_name("indicator", b.t("indicator"), mappings=[b.indicator_mapping(with_unit=not points)]),
+                    *[display_name(f, b.t(f), **values) for f in ("value", "target", "baseline")],
+                    *[b.change_override(f, points) for f in ("yoy", "avg_annual")],
+                    display_name("coverage", b.t("coverage"), unit="percentunit", decimals=2),
+                    display_name("status", b.t("status"), mappings=[b.status_mapping()], **{"custom.cellOptions": {
+                        "type": "color-background"}}),
+                ],
+            },
+            "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+            "options": table_options(),
+        }, w=12, h=8)
 
     b.row(b.t("row_trend"))
     for name in ENTERPRISE_KPIS:
@@ -110,7 +116,7 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
             "description": b.describe("trend"),
             "targets": [b.target(f"trend_{name}", query, alias="$col")],
             "fieldConfig": {
-                "defaults": {"unit": pick(INDICATOR_UNITS[name], b.lang), "decimals": 2,
+                "defaults": {"unit": pick(INDICATOR_UNITS[name], b.lang), "decimals": INDICATOR_DECIMALS[name],
                              "custom": timeseries_custom()},
                 "overrides": [
                     display_name("value", b.t("value")),

@@ -37,7 +37,8 @@ TEXT: dict[str, tuple[str, str]] = {
     "members": ("企业数", "Enterprises"),
     "met_share": ("达标企业占比", "Share on track"),
     "row_year": ("本年指标（$year）", "This year's indicators ($year)"),
-    "all_indicators": ("全部指标（$year）", "All indicators ($year)"),
+    "all_rates": ("比率指标（$year）", "Rates ($year)"),
+    "all_quantities": ("能耗、水耗与劳动生产率（$year）", "Energy, water and labour productivity ($year)"),
     "row_trend": ("月度趋势：实际值对照目标路径", "Monthly trend against the target path"),
     "trend_suffix": ("（月度）", " (monthly)"),
     "row_equipment": ("设备", "Equipment"),
@@ -60,7 +61,9 @@ TEXT: dict[str, tuple[str, str]] = {
     "group_figures": ("辖区合计指标（汇总计算）", "Pooled figures of the region"),
     "row_enterprises": ("企业", "Enterprises"),
     "status_matrix": ("企业达标状态（点击企业查看企业看板）", "Status of each enterprise (click for its dashboard)"),
-    "detail": ("企业指标明细", "Indicators of each enterprise"),
+    "detail_rates": ("企业指标明细：比率指标", "Indicators of each enterprise: rates"),
+    "detail_quantities": ("企业指标明细：能耗、水耗与劳动生产率",
+                          "Indicators of each enterprise: energy, water and labour productivity"),
     "ranking": ("排名：$indicator", "Ranking: $indicator"),
     "coverage_matrix": ("数据覆盖率（按企业和指标）", "Data coverage (by enterprise and indicator)"),
     "industry_share": ("分行业达标企业占比", "Share on track by industry"),
@@ -165,6 +168,28 @@ INDICATOR_UNITS: dict[str, tuple[str, str]] = {
     "rd_intensity": ("percent", "percent"),
     "new_product_ratio": ("percent", "percent"),
 }
+# Decimals of a panel showing one indicator (its stat and its monthly trend), fine enough for the
+# differences its target is about: energy per value added is some 0.1 tce/万元 and its target 4 % lower
+# a year (0.1000 against 0.0960), water and wastewater some m³/万元 to 10s of m³/万元, 5 % and 2 % lower.
+# A table of several indicators leaves the decimals to Grafana (three significant digits: 0.100, 0.0960,
+# 22.4), since one column cannot have one number of decimals per row.
+INDICATOR_DECIMALS: dict[str, int] = {
+    "nc_rate": 2,
+    "networking_rate": 2,
+    "energy": 2,
+    "energy_intensity": 4,
+    "water_intensity": 3,
+    "wastewater_intensity": 3,
+    "labour_productivity": 2,
+    "rd_intensity": 2,
+    "new_product_ratio": 2,
+}
+# The units of yoy and avg_annual (fmc.indicators.engine.yoy_change): a fraction for the quantities
+# (e_t/e_{t-1} - 1: -0.036 reads -3.60%), the difference in percentage points for the rates
+# (fmc.indicators.plan.POINT_INDICATORS: 2.0 reads 2.00 百分点 / pp). Two decimals, as fmc indicators prints.
+RELATIVE_CHANGE_UNIT = ("percentunit", "percentunit")
+POINTS_CHANGE_UNIT = ("suffix: 百分点", "suffix: pp")
+CHANGE_DECIMALS = 2
 STATUS_LABELS: dict[str, tuple[str, str, str]] = {  # status -> (zh, en, colour)
     "met": ("达标", "Met", "green"),
     "missed": ("未达标", "Missed", "red"),

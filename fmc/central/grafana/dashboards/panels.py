@@ -8,8 +8,12 @@ from typing import Any
 
 from fmc.central.grafana.dashboards.labels import (
     CARRIER_LABELS,
+    CHANGE_DECIMALS,
     DESCRIPTIONS,
     INDICATOR_LABELS,
+    INDICATOR_UNITS,
+    POINTS_CHANGE_UNIT,
+    RELATIVE_CHANGE_UNIT,
     STATE_LABELS,
     STATUS_LABELS,
     TEXT,
@@ -17,7 +21,7 @@ from fmc.central.grafana.dashboards.labels import (
     pick,
 )
 from fmc.core.carriers import CARRIERS
-from fmc.indicators.plan import INDICATORS
+from fmc.indicators.plan import INDICATORS, POINT_INDICATORS
 
 # the InfluxDB datasource every panel and variable names (fmc.central.grafana.push creates it with this uid)
 DATASOURCE_UID = "fmc-influxdb"
@@ -38,6 +42,15 @@ def match(tag: str, var: str, *, prefix: bool = False, multi: bool = False) -> s
     """``"tag" =~ /^$var$/``: a variable as a regex (Grafana escapes it), grouped when multi-valued."""
     value = f"(${var})" if multi else f"${var}"
     return f'"{tag}" =~ /^{value}{"" if prefix else "$"}/'
+
+
+def indicator_group(points: bool) -> str:
+    """InfluxQL: the indicators whose changes are in percentage points (the rates), or the others.
+
+    yoy and avg_annual are points for the one and a fraction for the other: a table shows each group
+    apart, its change columns in one unit (a column cannot have a unit per row)."""
+    names = "|".join(n for n in INDICATORS if n in POINT_INDICATORS)
+    return f'"indicator" {"=~" if points else "!~"} /^({names})$/'
 
 
 class Board:
@@ -118,14 +131,25 @@ class Board:
             },
         }
 
-    def indicator_mapping(self) -> dict[str, Any]:
+    def indicator_mapping(self, with_unit: bool = False) -> dict[str, Any]:
+        """Indicator names; ``with_unit`` for a table whose value column holds several units."""
+        def text(name: str) -> str:
+            label = pick(INDICATOR_LABELS[name], self.lang)
+            if not with_unit:
+                return label
+            unit = pick(INDICATOR_UNITS[name], self.lang)
+            unit = "%" if unit == "percent" else unit.removeprefix("suffix: ")
+            return f"{label}（{unit}）" if self.lang == "zh" else f"{label} ({unit})"
+
         return {
             "type": "value",
-            "options": {
-                name: {"text": pick(INDICATOR_LABELS[name], self.lang), "index": i}
-                for i, name in enumerate(INDICATORS)
-            },
+            "options": {name: {"text": text(name), "index": i} for i, name in enumerate(INDICATORS)},
         }
+
+    def change_override(self, field_name: str, points: bool) -> dict[str, Any]:
+        """yoy or avg_annual of the rates (``points``, in percentage points) or of the other indicators."""
+        unit = pick(POINTS_CHANGE_UNIT if points else RELATIVE_CHANGE_UNIT, self.lang)
+        return display_name(field_name, self.t(field_name), unit=unit, decimals=CHANGE_DECIMALS)
 
     def state_mapping(self) -> dict[str, Any]:
         return {
