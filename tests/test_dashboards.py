@@ -410,15 +410,93 @@ def check_states(store, seed) -> None:
     assert {r["equipment"] for r in only_m2} == {"m2"}
 
 
+def merged_rows(store, board: gd.Dashboard, ref_ids: Sequence[str], values: Mapping[str, Any],
+                **kw: Any) -> list[dict[str, Any]]:
+    """The rows of a table of several queries after Grafana's merge transformation: rows of the
+    results whose shared fields (time and the tags) are equal make one row, the others stay apart."""
+    results = [run(store, board, ref, values, **kw) for ref in ref_ids]
+    shared = set.intersection(*(set(rows[0]) for rows in results if rows)) if any(results) else set()
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for rows in results:
+        for r in rows:
+            merged.setdefault(tuple(r[k] for k in sorted(shared)), {}).update(r)
+    return list(merged.values())
+
+
+def utilisation_table(store, **kw: Any) -> dict[str, dict[str, Any]]:
+    panel = next(p for p in panels_of(ENT.model) if p.get("targets") and p["targets"][0]["refId"] == "utilisation")
+    assert panel["transformations"][0] == {"id": "merge", "options": {}}
+    rows = merged_rows(store, ENT, [t["refId"] for t in panel["targets"]], ENT_VALUES, **kw)
+    return {r["equipment"]: r for r in rows}
+
+
 def check_utilisation(store, seed) -> None:
     rows = {r["equipment"]: r for r in run(store, ENT, "utilisation", ENT_VALUES, **DAYS)}
     assert set(rows) == {"m1", "m2"}
     m1, m2 = rows["m1"], rows["m2"]
     assert (m1["kind"], m1["nc"], m2["kind"], m2["nc"]) == ("loom", "true", "knitter", "false")
     assert close(m1["utilisation"], 12 / 48 * 100)  # running 8 h + 4 h of two whole days in service
+    assert m2["utilisation"] == 0  # in service, never running: 0 %, a figure
+    table = utilisation_table(store, **DAYS)
+    assert set(table) == {"m1", "m2"} and close(table["m1"]["utilisation"], 12 / 48 * 100)
+    assert close(table["m1"]["utilisation_online"], 12 / 16.5 * 100)
+
+
+def check_utilisation_online(store, seed) -> None:
+    rows = {r["equipment"]: r for r in run(store, ENT, "utilisation_online", ENT_VALUES, **DAYS)}
+    assert set(rows) == {"m1", "m2"}
+    m1, m2 = rows["m1"], rows["m2"]
+    assert (m1["kind"], m1["nc"], m2["kind"], m2["nc"]) == ("loom", "true", "knitter", "false")
     assert close(m1["utilisation_online"], 12 / 16.5 * 100)  # of 10.5 h + 6 h online
     assert (close(m1["running_h"], 12), close(m1["online_h"], 16.5)) == (True, True)
-    assert m2["utilisation"] == 0 and m2["utilisation_online"] == 0 and close(m2["online_h"], 1)
+    assert m2["utilisation_online"] == 0 and close(m2["online_h"], 1)
+
+
+COMMISSIONING_SITE = Site("ent-u", "330602", "17", TZ)
+D0 = date(2019, 5, 1)
+
+
+def equipment_days(equipment: str, running_h: Sequence[float], in_scope: Sequence[bool], kind: str = "loom",
+                   nc: str = "true") -> list[EquipmentDay]:
+    """Days from D0 on: running the hours given, in the ledger's scope or not (offline the rest)."""
+    out = []
+    for k, (hours, scoped) in enumerate(zip(running_h, in_scope, strict=True)):
+        start, end = local_day_bounds(D0 + timedelta(days=k), ZONE)
+        running = round(hours * H)
+        out.append(EquipmentDay(equipment, D0 + timedelta(days=k), start, end, start, end - start - running, 0, 0,
+                                running, 0, good_samples=100, in_inventory_s=86_400.0 if scoped else 0.0, nc=nc,
+                                kind=kind))
+    return out
+
+
+def test_trial_runs_before_commissioning_do_not_count_in_utilisation_in_service(influx_db):
+    """Commissioned on day 3 (in_inventory_s = 0 before, fmc.plant.states), test-run 20 h a day on days
+    1-2, then 10 h a day in service: 20 h of 48 h in service (42 %), not 60 h of 48 h (125 %)."""
+    server, db = influx_db
+    days = equipment_days("new", [20, 20, 10, 10], [False, False, True, True])
+    write_points(server, db, [d.to_point(COMMISSIONING_SITE) for d in days])
+    values = {"enterprise": COMMISSIONING_SITE.enterprise, "year": "2019", "equipment": ALL}
+    span = {"start_ms": local_ms(D0), "end_ms": local_ms(D0 + timedelta(days=4)) - 1}
+    [row] = run((server, db), ENT, "utilisation", values, **span)
+    assert close(row["utilisation"], 20 / 48 * 100)
+    [online] = run((server, db), ENT, "utilisation_online", values, **span)
+    assert close(online["running_h"], 60) and close(online["utilisation_online"], 100)  # online: every day
+
+
+def test_a_machine_outside_the_ledger_scope_has_no_utilisation_in_service(influx_db):
+    """An auxiliary machine, or one the ledger does not list, running all day: no figure in service
+    (InfluxQL's x / 0 made it 0 %), its online utilisation and hours still shown."""
+    server, db = influx_db
+    days = equipment_days("aux", [24] * 4, [False] * 4, kind="unlisted", nc="unknown")
+    days += equipment_days("m1", [6] * 4, [True] * 4)
+    write_points(server, db, [d.to_point(COMMISSIONING_SITE) for d in days])
+    values = {"enterprise": COMMISSIONING_SITE.enterprise, "year": "2019", "equipment": ALL}
+    span = {"start_ms": local_ms(D0), "end_ms": local_ms(D0 + timedelta(days=4)) - 1}
+    assert [r["equipment"] for r in run((server, db), ENT, "utilisation", values, **span)] == ["m1"]
+    rows = {r["equipment"]: r for r in merged_rows((server, db), ENT, ["utilisation", "utilisation_online"], values,
+                                                   **span)}
+    assert rows["aux"].get("utilisation") is None and close(rows["aux"]["utilisation_online"], 100)
+    assert close(rows["aux"]["running_h"], 96) and close(rows["m1"]["utilisation"], 25)
 
 
 def check_energy_daily(store, seed) -> None:
@@ -636,6 +714,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     **{f"trend_{n}": (lambda s, d, n=n: check_trend(s, d, n)) for n in gd.ENTERPRISE_KPIS},
     "states": check_states,
     "utilisation": check_utilisation,
+    "utilisation_online": check_utilisation_online,
     "energy_daily": check_energy_daily,
     "energy_mix": check_energy_mix,
     "water_daily": check_water_daily,

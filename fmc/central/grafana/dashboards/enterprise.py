@@ -141,9 +141,18 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "options": {"mergeValues": True, "showValue": "auto", "alignValue": "left", "rowHeight": 0.9,
                     "legend": legend(), "tooltip": {"mode": "single", "sort": "none"}},
     }, w=24, h=10)
-    query = (
-        'SELECT sum("running_s") / sum("in_inventory_s") * 100 AS "utilisation", '
-        'sum("running_s") / sum("online_s") * 100 AS "utilisation_online", '
+    # Utilisation in service counts the running time of the days in the ledger's scope only
+    # (in_inventory_s is the whole day then, else 0: fmc.plant.states): a trial run before the
+    # commissioning date is no running time in service, and a machine out of scope in the whole range
+    # has no row here, hence no figure, rather than InfluxQL's x / 0 = 0. The other columns count every
+    # day; Grafana merges the two results into one row per machine (same time, equipment, kind, nc).
+    in_service = (
+        'SELECT sum("running_s") / sum("in_inventory_s") * 100 AS "utilisation" '
+        f'FROM "equipment_daily" WHERE {ent} AND {eq} AND "in_inventory_s" > 0 AND $timeFilter '
+        'GROUP BY "equipment", "kind", "nc"'
+    )
+    online = (
+        'SELECT sum("running_s") / sum("online_s") * 100 AS "utilisation_online", '
         'sum("running_s") / 3600 AS "running_h", sum("online_s") / 3600 AS "online_h" '
         f'FROM "equipment_daily" WHERE {ent} AND {eq} AND $timeFilter GROUP BY "equipment", "kind", "nc"'
     )
@@ -151,7 +160,8 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "type": "table",
         "title": b.t("utilisation"),
         "description": b.describe("utilisation"),
-        "targets": [b.target("utilisation", query, table=True)],
+        "targets": [b.target("utilisation", in_service, table=True),
+                    b.target("utilisation_online", online, table=True)],
         "fieldConfig": {
             "defaults": table_defaults(decimals=1),
             "overrides": [
@@ -166,7 +176,8 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
                 display_name("online_h", b.t("online_h")),
             ],
         },
-        "transformations": [{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        "transformations": [{"id": "merge", "options": {}},
+                            {"id": "organize", "options": {"excludeByName": {"Time": True}}}],
         "options": table_options(sort_by=b.t("util_calendar"), desc=True),
     }, w=24, h=9)
 
