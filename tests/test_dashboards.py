@@ -876,6 +876,14 @@ def test_the_variables_list_what_the_writers_wrote(store, seed):
     assert [o["value"] for o in custom["options"]] == list(INDICATORS)
 
 
+def test_the_industry_variable_is_labelled_as_the_divisions_it_lists(store, seed):
+    """Its values are two-digit GB/T 4754 divisions (大类), not sections (门类, a letter: C manufacturing)."""
+    assert variable_values(store, BUR, "industry", BUR_VALUES) == {"17", "18"}
+    labels = {lang: next(v["label"] for v in by_uid(lang)[gd.BUREAU_UID + ("" if lang == "zh" else "-en")]
+                         .model["templating"]["list"] if v["name"] == "industry") for lang in gd.LANGS}
+    assert labels == {"zh": "行业（GB/T 4754 大类）", "en": "Industry (GB/T 4754 division)"}
+
+
 # --- every name a query uses exists in what the writers write --------------------------------------------
 
 

@@ -20,7 +20,7 @@ TEXT: dict[str, tuple[str, str]] = {
     "year": ("年度", "Year"),
     "equipment": ("设备", "Equipment"),
     "region": ("区域（代码前缀）", "Region (code prefix)"),
-    "industry": ("行业（GB/T 4754 门类）", "Industry (GB/T 4754 division)"),
+    "industry": ("行业（GB/T 4754 大类）", "Industry (GB/T 4754 division)"),
     "indicator": ("指标", "Indicator"),
     "host": ("网关", "Gateway"),
     "gateway_id": ("网关编号（[enterprise] gateway）", "Gateway id ([enterprise] gateway)"),
