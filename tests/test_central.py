@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from fmc.central.config import load_plan
+from fmc.central.materialize import indicator_points
+from fmc.central.provenance import policy_text
 from fmc.central.registry import RegistryEntry, read_registry
 from fmc.central.service import IndicatorService, UnknownEnterprise, parse_period
 from fmc.central.store import Scope
@@ -351,6 +353,40 @@ async def test_the_materialize_loop_rewrites_a_past_year_whose_reports_another_p
     finally:
         await service.aclose()
     assert after == pytest.approx(20.0), f"the dashboards' 2019 labour productivity is still {after}"
+
+
+def county_nc_rate_2020(path: Path) -> dict:
+    reader = EmbeddedStore(path, readonly=True)
+    try:
+        [point] = reader.points("indicator", {"level": "county", "region": "330602", "indicator": "nc_rate",
+                                              "period": "2020"})
+    finally:
+        reader.close()
+    return point.fields
+
+
+async def test_rematerialized_point_keeps_no_figure_the_new_computation_lacks(
+    service: IndicatorService, store_path: Path
+) -> None:
+    """The store merges the fields of a second write of a series and time (as InfluxDB does), so
+    materialization replaces its points: a county figure that became insufficient_data was still
+    published as 45 % and met beside the new status."""
+    await service.materialize([Period.of_year(2020)])
+    before = county_nc_rate_2020(store_path)
+    assert (before["status"], before["value"], before["met"]) == ("met", 45.0, 1)
+    # a fourth enterprise of the county without data: no county figure any more
+    registry = {"E": RegistryEntry("E", "新厂", "330602", "17", {"nc_rate": 30.0})}
+    s = IndicatorService(EmbeddedQueryStore(store_path), PLAN, registry=registry, revalidate_s=3600)
+    try:
+        rows = (await s.indicators("county", Period.of_year(2020), Scope(region_prefix="330602"))).rows
+        assert (rows[0].results["nc_rate"].value, rows[0].results["nc_rate"].status) == (None, "insufficient_data")
+        [now] = [p for p in indicator_points(rows, s.timezone, policy_text(PLAN)) if p.tags["indicator"] == "nc_rate"]
+        await s.materialize([Period.of_year(2020)])
+    finally:
+        await s.aclose()
+    after = county_nc_rate_2020(store_path)
+    assert "value" not in now.fields and "met" not in now.fields
+    assert after == now.fields  # the new computation's point, with none of the earlier one's figures
 
 
 def test_parse_period_forms() -> None:

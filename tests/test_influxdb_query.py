@@ -12,10 +12,13 @@ from datetime import date
 import httpx
 import pytest
 
+from fmc.central.materialize import indicator_points
 from fmc.central.store import Scope, StoreQueryError
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
+from fmc.indicators.engine import IndicatorResult, Period
+from fmc.indicators.pooling import GroupRow
 from fmc.plant.rollups import Site
 from fmc.stores.influxdb.config import InfluxDBSink
 from fmc.stores.influxdb.query import InfluxQueryStore, quote_ident, quote_literal, regex_prefixes
@@ -176,6 +179,121 @@ async def test_write_keeps_hostile_names_as_data(store_db: tuple[InfluxQueryStor
         await store.write([Point(measurement, {"enterprise": "E-2"}, {"value": "text"}, 20)])
     assert len(server.select(db, f"SELECT value FROM {quote_ident(measurement)}")) == 1
     assert (await store.period_sums(*YEAR, Scope()))["E-1"].daily is not None
+
+
+# --- replacing writes (materialized indicators) -------------------------------------------------------
+
+
+def _nc_rate_row(result: IndicatorResult, rank: int | None) -> GroupRow:
+    return GroupRow("enterprise", "330602", "1711", "E-1", {"nc_rate": result},
+                    {"nc_rate": rank} if rank is not None else {})
+
+
+async def test_a_replacing_write_leaves_no_figure_of_the_earlier_point(
+    store_db: tuple[InfluxQueryStore, InfluxDBServer, str],
+) -> None:
+    """InfluxDB merges the fields of a second write of a series and time: a re-materialized point
+    without a value kept the earlier value, target, met and rank beside its insufficient_data."""
+    store, server, db = store_db
+    ytd = Period.of_year(2019)
+    before = IndicatorResult("nc_rate", ytd, value=0.62, baseline=0.40, target=0.55, yoy=0.05, avg_annual=0.1,
+                             coverage=0.9, status="met")
+    # later the period has no value any more (coverage fell): no value, no target comparison, no rank
+    after = IndicatorResult("nc_rate", ytd, value=None, baseline=None, target=None, yoy=None, avg_annual=None,
+                            coverage=0.1, status="insufficient_data")
+    await store.write(indicator_points([_nc_rate_row(before, 1)], TZ), replace=True)
+    await store.write(indicator_points([_nc_rate_row(after, None)], TZ), replace=True)
+    [row] = server.select(db, 'SELECT * FROM "indicator"')
+    assert (row["status"], row["coverage"]) == ("insufficient_data", 0.1)
+    stale = {k: row[k] for k in ("value", "target", "baseline", "yoy", "avg_annual", "met", "rank")
+             if row.get(k) is not None}
+    assert stale == {}, f"figures of the earlier write are still published: {stale}"
+
+
+async def test_a_replacing_write_deletes_exactly_the_series_that_lost_a_field(
+    influx_db: tuple[InfluxDBServer, str], proxy: FaultProxy
+) -> None:
+    server, db = influx_db
+    ts = local_day_start_ns(date(2019, 1, 1), zone(TZ))
+    county = {"level": "county", "region": "330602", "indicator": "nc_rate", "period": "2019"}
+    hostile = {**county, "region": HOSTILE_TAGS[0], "industry": HOSTILE_TAGS[1]}
+    energy = {**county, "indicator": "energy_intensity"}
+    energy_17 = {**energy, "industry": "17"}
+    write_points(server, db, [
+        Point("indicator", county, {"value": 45.0, "status": "met", "met": 1}, ts),
+        Point("indicator", {**county, "industry": "17"}, {"value": 50.0, "status": "met", "met": 1}, ts),
+        Point("indicator", county, {"value": 40.0, "status": "met", "met": 1}, ts - 86_400 * 10**9),
+        Point("indicator", hostile, {"value": 1.0, "rank": 3, "status": "met"}, ts),
+        Point("indicator", energy, {"value": 0.5, "status": "met"}, ts),
+        Point("indicator", energy_17, {"value": 0.6, "status": "met", "met": 1}, ts),
+    ])
+    store = make_store(proxy.url, db)
+    try:
+        await store.write([
+            Point("indicator", county, {"status": "insufficient_data"}, ts),
+            Point("indicator", hostile, {"value": 2.0, "status": "met"}, ts),
+            Point("indicator", energy, {"value": 0.4, "status": "missed", "met": 0}, ts),  # loses no field
+            Point("indicator", energy_17, {"status": "no_target"}, ts),
+        ], replace=True)
+    finally:
+        await store.aclose()
+    rows = {(r["industry"], r["region"], r["indicator"], r["time"]):
+            {k: v for k, v in r.items() if v is not None and k not in ("level", "period")}
+            for r in server.select(db, 'SELECT * FROM "indicator" GROUP BY *')}
+    nc, ei, before = "nc_rate", "energy_intensity", ts - 86_400 * 10**9
+    assert rows == {
+        ("", "330602", nc, ts): {"region": "330602", "indicator": nc, "industry": "", "time": ts,
+                                 "status": "insufficient_data"},
+        # the same tags plus industry, and the same series at another time: untouched
+        ("17", "330602", nc, ts): {"region": "330602", "indicator": nc, "industry": "17", "time": ts, "value": 50.0,
+                                   "status": "met", "met": 1},
+        ("", "330602", nc, before): {"region": "330602", "indicator": nc, "industry": "", "time": before,
+                                     "value": 40.0, "status": "met", "met": 1},
+        (HOSTILE_TAGS[1], HOSTILE_TAGS[0], nc, ts): {"region": HOSTILE_TAGS[0], "indicator": nc,
+                                                     "industry": HOSTILE_TAGS[1], "time": ts, "value": 2.0,
+                                                     "status": "met"},
+        ("", "330602", ei, ts): {"region": "330602", "indicator": ei, "industry": "", "time": ts, "value": 0.4,
+                                 "status": "missed", "met": 0},
+        ("17", "330602", ei, ts): {"region": "330602", "indicator": ei, "industry": "17", "time": ts,
+                                   "status": "no_target"},
+    }
+    # the field types, one read-back of the call's series, one request deleting the three that lost a field
+    # by their exact tags (a condition on each tag's values would take the county's industry 17 too)
+    queries = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests if r.path == "/query"]
+    assert len(queries) == 3 and queries[0].startswith("SHOW FIELD KEYS")
+    assert queries[1].startswith('SELECT * FROM "indicator" WHERE time = ') and queries[1].endswith("GROUP BY *")
+    assert queries[2].startswith("DELETE FROM") and queries[2].count("DELETE") == 1
+    assert queries[2].count('("indicator" = ') == 3 and '"industry" = \'\'' in queries[2]
+    assert [r.path for r in proxy.requests][-1] == "/write"
+
+
+async def test_a_replacing_write_deletes_many_series_by_one_condition_when_it_matches_no_other(
+    influx_db: tuple[InfluxDBServer, str], proxy: FaultProxy
+) -> None:
+    """Every point of the call lost a field (an upgrade, a plan without a target any more): one DELETE on
+    each tag's values, instead of about 7 ms a series by exact tags. The year's points at the same time
+    (period 2019 beside 2019-01) are not among its matches, and stay."""
+    server, db = influx_db
+    ts = local_day_start_ns(date(2019, 1, 1), zone(TZ))
+
+    def tags(i: int, period: str) -> dict[str, str]:
+        return {"level": "enterprise", "region": f"3306{i % 3:02d}", "industry": str(17 + i % 2),
+                "enterprise": f"E-{i}", "indicator": "nc_rate", "period": period}
+
+    write_points(server, db, [Point("indicator", tags(i, p), {"value": 1.0, "target": 2.0, "status": "missed"}, ts)
+                              for i in range(300) for p in ("2019", "2019-01")])
+    store = make_store(proxy.url, db)
+    try:
+        await store.write([Point("indicator", tags(i, "2019-01"), {"status": "insufficient_data"}, ts)
+                           for i in range(300)], replace=True)
+    finally:
+        await store.aclose()
+    got = {(r["period"], r["status"], r["value"]) for r in server.select(db, 'SELECT * FROM "indicator" GROUP BY *')}
+    assert got == {("2019", "missed", 1.0), ("2019-01", "insufficient_data", None)}
+    assert len(server.select(db, 'SELECT * FROM "indicator" GROUP BY *')) == 600
+    queries = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests if r.path == "/query"]
+    [delete] = [q for q in queries if q.startswith("DELETE")]
+    assert "\"period\" =~ /^(?:2019\\x{2D}01)$/" in delete and " OR " not in delete
 
 
 # --- what goes over the wire --------------------------------------------------------------------------
@@ -427,6 +545,12 @@ async def test_credentials_on_a_server_with_auth(tmp_path_factory: pytest.TempPa
         good = make_store(server.url, "fmc", username="central", password="c3ntral")
         await good.write([daily(Site("E-1", "330602", "1711"), date(2019, 2, 1))])
         assert list(await good.period_sums(*YEAR, Scope())) == ["E-1"]
+        # a replacing write's DELETE needs no more than the user's READ and WRITE on the database
+        county = {"level": "county", "region": "330602", "indicator": "nc_rate", "period": "2019"}
+        await good.write([Point("indicator", county, {"value": 45.0, "status": "met"}, 10)])
+        await good.write([Point("indicator", county, {"status": "insufficient_data"}, 10)], replace=True)
+        assert server.select("fmc", 'SELECT * FROM "indicator"') == [
+            {**county, "time": 10, "status": "insufficient_data", "value": None}]
         await good.aclose()
         bad = make_store(server.url, "fmc", username="central", password="wrong")
         with pytest.raises(StoreQueryError, match=r"authentication failed.*\[store\] username and password") as e:

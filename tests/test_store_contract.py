@@ -400,6 +400,26 @@ async def test_write_stores_every_point(seeded: Backend) -> None:
     await store.write([])  # nothing to do
 
 
+async def test_a_second_write_merges_its_fields_and_a_replacing_one_replaces_the_point(seeded: Backend) -> None:
+    store = seeded.store
+    await store.write([report_point("E-A", "2022", "2022-01-01", value_added=1.5, revenue=3.0)])
+    await store.write([report_point("E-A", "2022", "2022-01-01", value_added=2.0)])
+    assert await store.reports(2022, 2022, Scope()) == {
+        "E-A": [StoredReport("E-A", "2022", {"value_added": 2.0, "revenue": 3.0})]}
+    await store.write([report_point("E-A", "2022", "2022-01-01", value_added=2.5),
+                       report_point("E-B", "2022", "2022-01-01", revenue=1.0)], replace=True)
+    assert await store.reports(2022, 2022, Scope()) == {
+        "E-A": [StoredReport("E-A", "2022", {"value_added": 2.5})],
+        "E-B": [StoredReport("E-B", "2022", {"revenue": 1.0})],
+    }
+    # a refused replacing call removes nothing either (InfluxDB: nothing is deleted before the checks)
+    conflicting = report_point("E-A", "2022", "2022-01-01")
+    conflicting.fields["value_added"] = "much"
+    with pytest.raises(StoreQueryError, match="type conflict"):
+        await store.write([report_point("E-B", "2022", "2022-01-01", value_added=1.0), conflicting], replace=True)
+    assert (await store.reports(2022, 2022, Scope()))["E-B"] == [StoredReport("E-B", "2022", {"revenue": 1.0})]
+
+
 async def test_write_is_all_or_nothing_on_a_type_conflict(seeded: Backend) -> None:
     store = seeded.store
     year = (day("2022-01-01"), day("2022-12-31"))

@@ -18,8 +18,11 @@ One point per row, indicator and period:
   ``pooled_digest`` (string);
 - time: local midnight of the period's first day.
 
-A point is written again with the same series and time when a figure changes, so the store keeps
-the latest figure of each period.
+A point is written again with the same series and time when a figure changes, and that write
+replaces the stored point whole (``IndicatorStore.write(points, replace=True)``): the store keeps the
+latest figures of each period and none of an earlier computation's. Both stores merge the fields of a
+second write by default, so a figure that went away (the value of a period that became
+insufficient_data, a lost rank, a year-on-year change) would otherwise stay beside the new status.
 """
 
 from __future__ import annotations

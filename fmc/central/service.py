@@ -633,7 +633,9 @@ class IndicatorService:
             for first in range(0, len(rows), ROWS_PER_BATCH):
                 batch += indicator_points(rows[first:first + ROWS_PER_BATCH], self.timezone, policy)
                 if len(batch) >= chunk or first + ROWS_PER_BATCH >= len(rows):
-                    await self.store.write(batch)
+                    # replace, not merge: a figure gone since the last materialization (no value any
+                    # more, no rank) must not stay in the store beside the new status
+                    await self.store.write(batch, replace=True)
                     written += len(batch)
                     batch = []
         return written

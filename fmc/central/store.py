@@ -129,9 +129,16 @@ class IndicatorStore(Protocol):
         wrote reports under its latest region) or at another time zone's period start."""
         ...
 
-    async def write(self, points: Sequence[Point]) -> None:
+    async def write(self, points: Sequence[Point], *, replace: bool = False) -> None:
         """Write points all together: either every point is stored or the call raises and none
-        is (reports import, indicator points)."""
+        is (reports import, indicator points). A point of a series and time already stored merges
+        its fields into the stored ones, as InfluxDB does; ``replace``: it replaces the stored point
+        whole, so a field it lacks is gone (materialized indicators: a figure that disappeared must
+        not stay beside the new status). One point per series and time in a call.
+
+        InfluxDB has no replace: the stored points that would keep a field are deleted just before
+        the write, so should the write then fail, those series have no point at that time (never a
+        mix of two computations) until the next write."""
         ...
 
     async def ping(self) -> None:

@@ -529,9 +529,9 @@ class SumsCache:
     ) -> dict[tuple[str, str], list[ReportPoint]]:
         return await self.store.report_points(enterprises, first_year, last_year)
 
-    async def write(self, points: Sequence[Point]) -> None:
+    async def write(self, points: Sequence[Point], *, replace: bool = False) -> None:
         try:
-            await self.store.write(points)
+            await self.store.write(points, replace=replace)
         finally:  # a report is a point with tags: the kept tags may be out of date (even after a partial write)
             if any(p.measurement != "indicator" for p in points):
                 await asyncio.to_thread(self._forget_tags)

@@ -8,7 +8,8 @@ store is behind the sink, and it answers a small typed query API (``series``, ``
 InfluxDB semantics kept here:
 - a point is identified by (measurement, tag set, timestamp); writing it again merges the
   given fields into the stored ones, so re-sending a batch (after a crash between the store's
-  commit and the spool's delete) changes nothing;
+  commit and the spool's delete) changes nothing (``write_lines(replace=True)``, for the central
+  service's materialized indicators: the new point replaces the stored one whole);
 - a field keeps the type it was first written with, per (measurement, field key); a line with
   another type for it is refused for good ("field type conflict: …") and the others are written.
 
@@ -117,6 +118,11 @@ _UPSERT_POINT = (
     "INSERT INTO points (series_id, ts, fields) VALUES (?, ?, ?) "
     # field-wise merge, as InfluxDB does for a second write of the same series and time
     "ON CONFLICT (series_id, ts) DO UPDATE SET fields = json_patch(points.fields, excluded.fields)"
+)
+# a replacing write (materialized indicators): the new fields only, a field the point lacks is gone
+_REPLACE_POINT = (
+    "INSERT INTO points (series_id, ts, fields) VALUES (?, ?, ?) "
+    "ON CONFLICT (series_id, ts) DO UPDATE SET fields = excluded.fields"
 )
 
 
@@ -236,11 +242,14 @@ class EmbeddedStore:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def write_lines(self, lines: Sequence[str], *, all_or_nothing: bool = False) -> WriteOutcome:
+    def write_lines(
+        self, lines: Sequence[str], *, all_or_nothing: bool = False, replace: bool = False
+    ) -> WriteOutcome:
         """Parse and upsert every line in one transaction; unparsable or conflicting lines are
         refused (with the store's reason) and the others written. sqlite3 errors propagate and
         nothing of the call is kept. ``all_or_nothing``: one refused line rolls the whole call
-        back (``written`` is then 0 and ``refused`` says why)."""
+        back (``written`` is then 0 and ``refused`` says why). ``replace``: a line replaces the
+        stored point of its series and time whole instead of merging its fields into it."""
         refused: list[RefusedLine] = []
         written = 0
         with self._lock:
@@ -250,7 +259,7 @@ class EmbeddedStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for index, line in enumerate(lines):
-                    reason = self._write_one(conn, line, new_series, new_types)
+                    reason = self._write_one(conn, line, new_series, new_types, replace)
                     if reason is None:
                         written += 1
                     else:
@@ -273,6 +282,7 @@ class EmbeddedStore:
         line: str,
         new_series: dict[tuple[str, str], int],
         new_types: dict[tuple[str, str], str],
+        replace: bool = False,
     ) -> str | None:
         """Write one line inside the open transaction; return why it was refused, or None."""
         try:
@@ -297,7 +307,7 @@ class EmbeddedStore:
                 new_types[(m, key)] = kind
         series_id = self._series_id(conn, m, point.tags, new_series)
         fields_json = json.dumps(point.fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        conn.execute(_UPSERT_POINT, (series_id, point.ts_ns, fields_json))
+        conn.execute(_REPLACE_POINT if replace else _UPSERT_POINT, (series_id, point.ts_ns, fields_json))
         return None
 
     def _known_type(
@@ -949,13 +959,13 @@ class EmbeddedQueryStore:
 
         return await self._call(run)
 
-    async def write(self, points: Sequence[Point]) -> None:
+    async def write(self, points: Sequence[Point], *, replace: bool = False) -> None:
         lines = encode_points(points)
         if not lines:
             return
 
         def run() -> None:
-            outcome = self._opened(readonly=False).write_lines(lines, all_or_nothing=True)
+            outcome = self._opened(readonly=False).write_lines(lines, all_or_nothing=True, replace=replace)
             if outcome.refused:
                 first = outcome.refused[0]
                 raise StoreQueryError(

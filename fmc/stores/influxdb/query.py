@@ -9,8 +9,11 @@ The aggregation is pushed into the query: ``period_sums`` sends one request of t
 the wire whatever the number of days. The scope is pushed into the ``WHERE`` clause.
 
 Nothing from outside reaches a query unescaped: every string goes through ``quote_literal``,
-``quote_ident`` or ``regex_prefixes``, which refuse what InfluxQL cannot carry rather than pass it,
-even for values a ``Scope`` has already validated.
+``quote_ident``, ``regex_prefixes`` or ``regex_exact``, which refuse what InfluxQL cannot carry rather
+than pass it, even for values a ``Scope`` has already validated.
+
+``write(points, replace=True)`` (the materialized indicators) deletes, before writing, the stored points
+that have a field their new point lacks: InfluxDB merges the fields of a second write.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ DAILY = "enterprise_daily"
 CONSUMPTION = "consumption_daily"
 REPORT = "enterprise_report"
 DAYS_PER_STATEMENT = 100  # enterprises per statement counting local days (those with several gateways)
+# a replacing write: series read back per request (the answer's size), and series deleted by their exact
+# tags per statement (InfluxDB 1.6 takes about 7 ms a series that way: well within a request's timeout)
+READBACK_SERIES = 5_000
+SERIES_PER_DELETE = 100
 IDS_PER_CONDITION = 500  # beyond, a condition on enterprise ids costs more than reading the tags' series
 
 
@@ -102,6 +109,15 @@ def regex_prefixes(prefixes: Iterable[str]) -> str:
     if not parts:
         raise ValueError("regex_prefixes needs at least one prefix")
     return "/^(?:" + "|".join(parts) + ")/"
+
+
+def regex_exact(values: Iterable[str]) -> str:
+    """A regex literal matching a value equal to one of ``values`` (exactly as written); an empty value
+    among them also matches a series without the tag, as ``tag = ''`` does."""
+    parts = [_regex_text(_carriable("value", v)) for v in values]
+    if not parts:
+        raise ValueError("regex_exact needs at least one value")
+    return "/^(?:" + "|".join(parts) + ")$/"
 
 
 def scope_condition(scope: Scope) -> str:
@@ -150,6 +166,38 @@ def _series(result: Mapping[str, Any]) -> list[tuple[dict[str, str], list[str], 
         if isinstance(s, dict):
             out.append((s.get("tags") or {}, s.get("columns") or [], s.get("values") or []))
     return out
+
+
+def _delete_statements(
+    measurement: str, ts: int, stale: Sequence[Mapping[str, str]], stored: Sequence[Mapping[str, str]],
+    losing: set[frozenset[tuple[str, str]]],
+) -> list[str]:
+    """DELETE statements for the points at ``ts`` of the ``stale`` series (each with every tag key of the
+    measurement, "" where it has none), and of no series outside ``losing`` (those of the call that lose
+    a field). ``stored``: the read-back that found ``stale``, every series its condition matches, which
+    holds every series a condition on the values of ``stale``'s tags can match.
+
+    One condition on each tag's values (``region =~ /^(?:…)$/ AND …``) costs InfluxDB 1.6 a fraction of
+    a second for thousands of series, but matches every combination of those values: it is used when
+    ``stored`` shows it matches only series that lose a field (all the points of a call losing one, or
+    one indicator's). Otherwise each series by its exact tags (``industry = ''`` where it has none),
+    ``SERIES_PER_DELETE`` of them OR-ed a statement: about 7 ms a series. DELETE cannot name a
+    retention policy: InfluxDB deletes them in every policy of the database."""
+    if not stale:
+        return []
+    values = {key: {tags[key] for tags in stale} for key in stale[0]}
+    matched = [tags for tags in stored if all(tags.get(key, "") in v for key, v in values.items())]
+    if all(frozenset(tags.items()) in losing for tags in matched):
+        condition = " AND ".join(f"{quote_ident(key)} =~ {regex_exact(sorted(v))}" for key, v in sorted(values.items()))
+        return [f"DELETE FROM {quote_ident(measurement)} WHERE {condition} AND time = {int(ts)}"]
+    statements = []
+    for first in range(0, len(stale), SERIES_PER_DELETE):
+        exact = " OR ".join(
+            "(" + " AND ".join(f"{quote_ident(k)} = {quote_literal(v)}" for k, v in sorted(tags.items())) + ")"
+            for tags in stale[first:first + SERIES_PER_DELETE]
+        )
+        statements.append(f"DELETE FROM {quote_ident(measurement)} WHERE ({exact}) AND time = {int(ts)}")
+    return statements
 
 
 def _time_zone(name: str) -> ZoneInfo:
@@ -564,11 +612,13 @@ class InfluxQueryStore:
                 out.setdefault(enterprise, []).append(StoredReport(enterprise, label, figures))
         return out
 
-    async def write(self, points: Sequence[Point]) -> None:
+    async def write(self, points: Sequence[Point], *, replace: bool = False) -> None:
         lines = encode_points(points)
         if not lines:
             return
         await self._check_field_types(points)
+        if replace:
+            await self._delete_lost_fields(points)
         body = "\n".join(lines).encode("utf-8")
         headers = {**self._headers, "Content-Type": "text/plain; charset=utf-8"}
         if self.cfg.gzip:
@@ -590,6 +640,62 @@ class InfluxQueryStore:
             if response.status_code in (400, 422):
                 detail += "; InfluxDB may have stored the other points of the call (a partial write)"
             raise StoreQueryError(detail)
+
+    async def _delete_lost_fields(self, points: Sequence[Point]) -> None:
+        """Delete the stored point of each series and time of ``points`` that has a field its new point
+        lacks: InfluxDB has no replace, it merges a second write's fields into the stored point, so a
+        figure that is gone (a value, a rank) would stay beside the new status.
+
+        The stored points are read back per measurement and time, ``READBACK_SERIES`` series a request,
+        narrowed to those series by each tag's values (a superset: the exact series are matched here).
+        The usual call, where no field disappeared, costs those reads and no delete. Only the series that
+        lose a field are deleted, at that time only (``_delete_statements``)."""
+        groups: dict[tuple[str, int], dict[frozenset[tuple[str, str]], Point]] = {}
+        for point in points:
+            groups.setdefault((point.measurement, point.ts_ns), {})[frozenset(point.tags.items())] = point
+        deletes: list[str] = []
+        for (measurement, ts), series in groups.items():
+            keys = list(series)
+            pieces = [{key: series[key] for key in keys[i:i + READBACK_SERIES]}
+                      for i in range(0, len(keys), READBACK_SERIES)]
+            # separate requests run in parallel (one request's statements one after another)
+            found = await asyncio.gather(*(self._lost_a_field(measurement, ts, piece) for piece in pieces))
+            losing = {frozenset(tags.items()) for _, stale in found for tags in stale}
+            for stored, stale in found:
+                deletes += _delete_statements(measurement, ts, stale, stored, losing)
+        for done, statement in enumerate(deletes):
+            try:
+                await self._query([statement])
+            except StoreQueryError as e:
+                raise StoreQueryError(
+                    f"{e}; nothing of the call was written ({done} of {len(deletes)} request(s) deleting the stored "
+                    "points that lose a field had run; InfluxQL DELETE needs InfluxDB 1.x or 2.x and a user that "
+                    "may write)"
+                ) from None
+
+    async def _lost_a_field(
+        self, measurement: str, ts: int, series: Mapping[frozenset[tuple[str, str]], Point]
+    ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """(every series stored at ``ts`` that the read-back's condition on the tags of ``series`` matches,
+        those of ``series`` whose stored point has a field its new point lacks): each as its tags, every tag
+        key of the measurement with "" where the series has none (what ``GROUP BY *`` answers)."""
+        conditions = [f"time = {int(ts)}"]
+        tag_sets = [dict(tags) for tags in series]
+        for key in sorted({k for tags in tag_sets for k in tags}):
+            values = {tags.get(key, "") for tags in tag_sets}  # "": a series without the tag
+            conditions.append(f"{quote_ident(key)} =~ {regex_exact(sorted(values))}")
+        [result] = await self._query(
+            [f"SELECT * FROM {self._from(measurement)} WHERE {' AND '.join(conditions)} GROUP BY *"])
+        stored: list[dict[str, str]] = []
+        stale: list[dict[str, str]] = []
+        for tags, columns, rows in _series(result):
+            stored.append(tags)
+            point = series.get(frozenset((k, v) for k, v in tags.items() if v != ""))
+            if point is not None and rows:
+                fields = {c for c, v in zip(columns, rows[0], strict=False) if c != "time" and v is not None}
+                if fields - point.fields.keys():
+                    stale.append(tags)
+        return stored, stale
 
     async def _check_field_types(self, points: Sequence[Point]) -> None:
         """Refuse the call before writing when a field's type differs from the stored one or between
