@@ -33,6 +33,7 @@ from fmc.plant.ledger import (
     parse_date,
     parse_number,
     read_inventory_csv,
+    serial_date_window,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -361,7 +362,7 @@ def test_header_synonyms(header, expected):
         ("2019年5月1日", date(2019, 5, 1)), ("2019 年 5 月 1 日", date(2019, 5, 1)), ("43586", date(2019, 5, 1)),
         ("43586.75", date(2019, 5, 1)), ("20190501", date(2019, 5, 1)), ("2019/5/1 0:00", date(2019, 5, 1)),
         ("２０１９－０５－０１", date(2019, 5, 1)), ("2019-05", date(2019, 5, 1)), ("2019年5月", date(2019, 5, 1)),
-        ("61", date(1900, 3, 1)), ("59", date(1900, 2, 28)), ("1", date(1900, 1, 1)),
+        ("201903", date(2019, 3, 1)), ("２０１９１２", date(2019, 12, 1)), ("18264", date(1950, 1, 1)),
         (" 2020-02-29 ", date(2020, 2, 29)),
     ],
 )
@@ -373,8 +374,11 @@ def test_parse_date(text, expected):
     ("text", "reason"),
     [
         ("2019-02-29", "no such day"), ("2019", "year or a month"), ("2019.10", "year or a month"),
-        ("01/05/2019", "ambiguous"), ("60", "1900-02-29"), ("5月1日", "not a date"), ("2019年5-1", "not a date"),
+        ("01/05/2019", "ambiguous"), ("5月1日", "not a date"), ("2019年5-1", "not a date"),
         ("#N/A", "Excel error value"), ("0", "not a date"), ("yesterday", "not a date"),
+        # day numbers outside 1950 … five years ahead are some other number, never a date centuries away
+        ("60", "outside 1950-01-01"), ("19", "outside"), ("280", "outside"), ("18263", "outside"),
+        ("201913", "outside"), ("201900", "outside"), ("2958465", "outside"),
     ],
 )
 def test_parse_date_rejects(text, reason):
@@ -591,7 +595,7 @@ def spell_date(draw: st.DrawFn, d: date) -> str:
     forms = [d.isoformat(), f"{d.year}/{d.month}/{d.day}", f"{d.year}.{d.month}.{d.day}",
              f"{d.year}年{d.month}月{d.day}日", d.strftime("%Y%m%d"), f"{d.year}/{d.month}/{d.day} 0:00"]
     serial = (d - EXCEL_EPOCH).days
-    if d >= date(1900, 3, 1) and not 1900 <= serial <= 2100:  # those read as a bare year: rejected, see parse_date
+    if serial_date_window()[0] <= d <= serial_date_window()[1]:  # other day numbers are refused, see parse_date
         forms.append(str(serial))
     return draw(st.sampled_from(forms))
 
@@ -657,6 +661,39 @@ def test_any_category_gives_a_valid_kind(category):
 
 
 def test_excel_serial_day_numbers_match_excel():
-    # reference values from Excel: =DATEVALUE("2019-05-01") is 43586, 1900-03-01 is 61
+    # reference values from Excel: =DATEVALUE("2019-05-01") is 43586, 1950-01-01 is 18264
     assert parse_date("43586") == EXCEL_EPOCH + timedelta(days=43586) == date(2019, 5, 1)
-    assert parse_date("2958465") == date(9999, 12, 31)
+    assert parse_date("18264") == date(1950, 1, 1)
+    first, last = serial_date_window()
+    assert (first, last.month, last.day) == (date(1950, 1, 1), 12, 31) and last.year == date.today().year + 5
+    assert parse_date(str((last - EXCEL_EPOCH).days)) == last
+    with pytest.raises(ValueError, match="outside"):
+        parse_date(str((last - EXCEL_EPOCH).days + 1))
+    assert serial_date_window(date(2019, 6, 1)) == (date(1950, 1, 1), date(2024, 12, 31))
+
+
+# a fixed-asset system's export: 启用日期 and 报废日期 as year-months, which Excel keeps as numbers
+YEAR_MONTH_LEDGER = (
+    "设备编号,设备名称,是否数控,原值(元),启用日期,报废日期\n"
+    "cnc-01,数控车床,是,560000,2018/5/1,\n"
+    "cnc-02,加工中心,是,880000,201903,\n"  # March 2019: once read as day number 201903, 2452-10-14
+    "lathe-01,普通车床,否,120000,2015/1/1,201906\n"  # scrapped June 2019
+)
+
+
+def test_a_year_month_number_is_that_month_not_a_day_number_centuries_away(tmp_path):
+    imported = read_inventory_csv(write_bytes(tmp_path, "ym.csv", YEAR_MONTH_LEDGER.encode("utf-8-sig")))
+    by_id = {i.id: i for i in imported.items}
+    assert by_id["cnc-02"].commissioned == date(2019, 3, 1) and by_id["lathe-01"].decommissioned == date(2019, 6, 1)
+    s = nc_summary(imported.items, YEAR_END_2020)
+    # both NC machines in service at the end of 2020, the lathe scrapped: not 1 of 2 (cnc-02 "not yet
+    # commissioned") and not a scrapped machine in the count
+    assert (s["equipment_nc"], s["equipment_total"], s["not_yet_commissioned"], s["decommissioned"]) == (2, 2, 0, 1)
+
+
+def test_a_day_number_outside_the_window_is_a_problem_naming_its_cell(tmp_path):
+    text = "设备编号,是否数控,启用日期\nA,是,43586\nB,是,19\nC,否,201913\n"
+    with pytest.raises(InventoryError) as e:
+        read_inventory_csv(write_bytes(tmp_path, "far.csv", text.encode()))
+    assert problems_of(e.value) == [(3, "启用日期"), (4, "启用日期")]
+    assert "outside 1950-01-01" in e.value.inventory_problems[0].message

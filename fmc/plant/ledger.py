@@ -62,8 +62,12 @@ TOTAL_ROW_MARKERS = ("合计", "总计", "小计")
 EXCEL_ERROR_VALUES = frozenset({"#N/A", "#VALUE!", "#REF!", "#DIV/0!", "#NUM!", "#NAME?", "#NULL!"})
 DELIMITERS = (",", "\t", ";")
 HEADER_SEARCH_ROWS = 10  # title rows above the header (e.g. "2020年设备台账") are skipped
-EXCEL_EPOCH = date(1899, 12, 30)  # serial 1 = 1900-01-01 once Excel's fictitious 1900-02-29 is accounted for
-EXCEL_MAX_SERIAL = 2_958_465  # 9999-12-31
+EXCEL_EPOCH = date(1899, 12, 30)  # Excel's day 0: from 1900-03-01 on (61), day numbers are days since it
+# An Excel day number is taken as a date only between these (see ``serial_date_window``): a number
+# outside is some other number (a year-month 201903 read as a day is 2452-10-14, "19" is 1900-01-19)
+# and is refused, not booked centuries away. An older date is still accepted written out (1949-10-01).
+EXCEL_SERIAL_FIRST = date(1950, 1, 1)
+EXCEL_SERIAL_YEARS_AHEAD = 5  # machines bought for the coming years are listed with their planned date
 
 log = logging.getLogger("fmc.inventory")
 
@@ -112,8 +116,9 @@ _SERIAL = re.compile(r"\d+(?:\.\d+)?")
 
 
 def parse_date(text: str) -> date:
-    """2019-05-01, 2019/5/1, 2019.5.1, 2019年5月1日, 20190501, an Excel day number (43586), or a
-    month (2019-05, 2019年5月 -> the 1st). Year first only: 05/01/2019 is ambiguous."""
+    """2019-05-01, 2019/5/1, 2019.5.1, 2019年5月1日, 20190501, an Excel day number (43586) within
+    ``serial_date_window()``, or a month (2019-05, 2019年5月, 201905 -> the 1st). Year first only:
+    05/01/2019 is ambiguous."""
     folded = _fold(text)
     if folded in EXCEL_ERROR_VALUES:
         raise ValueError(f"{text!r} is an Excel error value, not a date; fix the formula in that cell")
@@ -128,6 +133,10 @@ def parse_date(text: str) -> date:
         return _checked_date(text, int(m.group(1)), int(m.group(2)), 1)
     if re.fullmatch(r"\d{8}", folded):
         return _checked_date(text, int(folded[:4]), int(folded[4:6]), int(folded[6:]))
+    if re.fullmatch(r"\d{6}", folded) and 1 <= int(folded[4:]) <= 12:
+        # a year-month as fixed-asset systems export 启用年月 (Excel keeps it as a number): the 1st,
+        # as 2019-05 is. No day number of the window has six digits (100000 is 2173-10-14).
+        return date(int(folded[:4]), int(folded[4:]), 1)
     if _SERIAL.fullmatch(folded):
         return _excel_serial_date(text, folded)
     if re.fullmatch(r"\d{1,2}\s*[-/.]\s*\d{1,2}\s*[-/.]\s*\d{4}", folded):
@@ -148,12 +157,21 @@ def _excel_serial_date(text: str, folded: str) -> date:
         # a bare year, or Excel's number 2019.1 for a typed "2019.10": either way not a day
         raise ValueError(f"{text!r} is a year or a month, not a day; write the full date: 2019-05-01")
     serial = int(integer_part)  # a fraction is the time of day
-    if serial == 60:
-        raise ValueError(f"{text!r} is Excel's day number for 1900-02-29, which does not exist")
-    if not 1 <= serial <= EXCEL_MAX_SERIAL:
-        raise ValueError(f"{text!r} is not a date; write it as 2019-05-01")
-    # Excel counts 1900 as a leap year: day numbers before 60 are one day later than the calendar says
-    return EXCEL_EPOCH + timedelta(days=serial if serial > 60 else serial + 1)
+    first, last = serial_date_window()
+    if not (first - EXCEL_EPOCH).days <= serial <= (last - EXCEL_EPOCH).days:
+        # the window's day numbers are all after Excel's fictitious 1900-02-29: plain days from the epoch
+        raise ValueError(
+            f"{text!r} is not a date: as an Excel day number it is outside {first.isoformat()} … "
+            f"{last.isoformat()}; write it as 2019-05-01 (a month as 2019-05)"
+        )
+    return EXCEL_EPOCH + timedelta(days=serial)
+
+
+def serial_date_window(today: date | None = None) -> tuple[date, date]:
+    """(first, last) day an Excel day number may stand for: 1950-01-01 to the end of the year five
+    years from ``today``. The window only grows, so a ledger accepted once stays accepted."""
+    year = (today or date.today()).year + EXCEL_SERIAL_YEARS_AHEAD
+    return EXCEL_SERIAL_FIRST, date(year, 12, 31)
 
 
 def _text(text: str) -> str | None:
