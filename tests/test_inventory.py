@@ -348,11 +348,54 @@ def test_unknown_columns_warned_once(tmp_path, caplog):
         ("资产原值（万元）", ("asset_value", 10_000.0)), ("asset-value", ("asset_value", 1.0)),
         ("投用日期", ("commissioned", 1.0)), ("退役日期", ("decommissioned", 1.0)), ("统计范围", ("in_scope", 1.0)),
         ("In Scope", ("in_scope", 1.0)), ("联网", ("connected", 1.0)), ("CONNECTED", ("connected", 1.0)),
-        ("序号", None), ("备注", None), ("名称(元)", None), ("原值（美元）", None),
+        ("序号", None), ("备注", None), ("备注(x)", None), ("原值（美元）", None), ("原值(含税)", None),
+        # a note in brackets, as ledger templates write them, on a column that takes no unit
+        ("启用日期（年/月/日）", ("commissioned", 1.0)), ("报废日期(年-月-日)", ("decommissioned", 1.0)),
+        ("是否纳入统计（是/否）", ("in_scope", 1.0)), ("是否数控(Y/N)", ("nc", 1.0)), ("名称(元)", ("name", 1.0)),
     ],
 )
 def test_header_synonyms(header, expected):
     assert match_header(header) == expected
+
+
+# a ledger template's headers: every column but 原值 with a note in brackets
+NOTED_LEDGER = (
+    "设备编号,设备名称,是否数控（是/否）,原值（元）,启用日期（年/月/日）,报废日期(年/月/日),是否纳入统计（是/否）\n"
+    "cnc-01,加工中心,是,880000,2018/5/1,,是\n"
+    "cnc-02,数控车床,是,560000,2021/3/1,,是\n"  # bought for next year: not yet in service
+    "lathe-01,普通车床,否,120000,2010/1/1,2019/6/30,是\n"  # scrapped in 2019
+    "boiler-01,锅炉,否,300000,2012/1/1,,否\n"  # a utility, not production equipment
+)
+
+
+def test_bracketed_notes_keep_the_columns_that_decide_who_is_counted(tmp_path):
+    imported = read_inventory_csv(write_bytes(tmp_path, "noted.csv", NOTED_LEDGER.encode("utf-8-sig")))
+    assert imported.warnings == []
+    s = nc_summary(imported.items, YEAR_END_2020)
+    # only cnc-01 counts at the end of 2020 (not NC 2 of 4, the scrapped lathe and the boiler counted)
+    assert (s["equipment_nc"], s["equipment_total"]) == (1, 1)
+    assert (s["not_yet_commissioned"], s["decommissioned"], s["out_of_scope"]) == (1, 1, 1)
+    assert s["asset_value_total"] == 880_000.0
+
+
+@pytest.mark.parametrize(
+    ("header", "needle"),
+    [
+        # a note must not make a second column of a field: which one would be read?
+        ("设备编号,是否数控,启用日期,启用日期（年/月/日）",
+         "columns '启用日期' and '启用日期（年/月/日）' both mean commissioned"),
+        ("设备编号,是否数控,报废日期（年/月/日）,停用日期", "both mean decommissioned"),
+        # an amount in a unit it cannot be read in is an error, not a column ignored with a warning
+        ("设备编号,是否数控,原值（美元）", "unknown unit in '原值（美元）'"),
+        ("设备编号,是否数控,原值(含税)", "unknown unit in '原值(含税)'"),
+    ],
+)
+def test_a_bracketed_header_that_cannot_be_read_safely_is_a_problem(tmp_path, header, needle):
+    text = header + "\n" + ",".join(["A", "是"] + ["1"] * (header.count(",") - 1)) + "\n"
+    with pytest.raises(InventoryError) as e:
+        read_inventory_csv(write_bytes(tmp_path, "h.csv", text.encode()))
+    assert [p.line for p in e.value.inventory_problems] == [1]
+    assert needle in e.value.inventory_problems[0].message
 
 
 @pytest.mark.parametrize(

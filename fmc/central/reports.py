@@ -95,7 +95,7 @@ def _synonyms() -> dict[str, str]:
 
 def match_report_header(header: str) -> tuple[str, float] | None:
     """(field, scale) for a reports header: '工业增加值（万元）' -> ('value_added', 10000.0)."""
-    return match_header(header, _synonyms(), REPORT_UNITS)
+    return match_header(header, _synonyms(), REPORT_UNITS, notes=False)
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def parse_reports_text(text: str, *, path: Path, encoding: str = "UTF-8") -> Rep
     """A reports CSV already decoded; ``path`` only names it in messages."""
     synonyms = _synonyms()
     try:
-        rows, delimiter, header_offset = split_csv(text, synonyms, REPORT_UNITS)
+        rows, delimiter, header_offset = split_csv(text, synonyms, REPORT_UNITS, notes=False)
     except csv.Error as e:
         raise ReportsError(path, [InventoryProblem(f"not readable as CSV: {e}")]) from None
     if not any(any(cell.strip() for cell in row) for row in rows):
@@ -195,7 +195,10 @@ def _map_header(
             return InventoryProblem(_unit_message(name, synonyms[m.group(1)]), header_line, name)
         return None
 
-    columns, unknown, problems = collect_columns(header, body, header_line, synonyms, REPORT_UNITS, unit_problem)
+    # a bracket after a column that takes no unit is an error here ("takes no unit"), not a note
+    columns, unknown, problems = collect_columns(
+        header, body, header_line, synonyms, REPORT_UNITS, unit_problem, notes=False
+    )
     missing = [name for name in REQUIRED_LABELS if name not in columns]
     for field_name in missing:
         problems.append(

@@ -33,7 +33,8 @@ REQUIRED_LABELS = {"id": "equipment id (设备编号)", "nc": "NC yes/no (是否
 
 # Header synonyms per field. Matching ignores case, spaces, '_', '-', '*' (a "required" mark in
 # many templates), ':' and '?', and treats full-width characters as their ASCII twins (NFKC).
-# An amount column may carry its unit: 原值(元), 原值（万元）, asset_value (yuan).
+# An amount column may carry its unit: 原值(元), 原值（万元）, asset_value (yuan); any other column a
+# note in brackets, as ledger templates write them: 启用日期（年/月/日）, 是否纳入统计(是/否).
 HEADER_SYNONYMS: dict[str, tuple[str, ...]] = {
     "id": ("设备编号", "编号", "设备代码", "设备编码", "设备ID", "id", "equipment_id"),
     "name": ("设备名称", "名称", "name", "equipment_name"),
@@ -205,11 +206,13 @@ INVENTORY_UNITS: HeaderUnits = {"asset_value": AMOUNT_UNITS}
 
 
 def match_header(
-    header: str, index: dict[str, str] | None = None, units: HeaderUnits | None = None
+    header: str, index: dict[str, str] | None = None, units: HeaderUnits | None = None, *, notes: bool = True
 ) -> tuple[str, float] | None:
     """(field, scale) for a header, or None when it is not a known column. ``index`` maps
     ``header_key`` forms to fields (default: the inventory's synonyms); ``units`` says which fields
-    may name a unit in brackets, 原值(万元), and its scale (default: ``INVENTORY_UNITS``)."""
+    may name a unit in brackets, 原值(万元), and its scale (default: ``INVENTORY_UNITS``). With
+    ``notes``, a field that takes no unit may carry a note in brackets, 启用日期（年/月/日）: it is
+    dropped. A field that takes a unit never does, so 原值(美元) or 原值(含税) is not read as yuan."""
     synonyms = index if index is not None else _synonym_index()
     scaled = units if units is not None else INVENTORY_UNITS
     key = header_key(header)
@@ -219,6 +222,10 @@ def match_header(
     field_name = synonyms.get(m.group(1)) if m else None
     if m and field_name in scaled and m.group(2) in scaled[field_name]:
         return field_name, scaled[field_name][m.group(2)]
+    noted = re.fullmatch(r"(.+?)\([^()]*\)", key) if notes else None
+    field_name = synonyms.get(noted.group(1)) if noted else None
+    if field_name is not None and field_name not in scaled:
+        return field_name, 1.0
     return None
 
 
@@ -275,23 +282,25 @@ def _split_rows(text: str, delimiter: str) -> Iterable[list[str]]:
 
 
 def _find_header(
-    rows: Iterable[list[str]], synonyms: dict[str, str], units: HeaderUnits | None = None
+    rows: Iterable[list[str]], synonyms: dict[str, str], units: HeaderUnits | None = None, *, notes: bool = True
 ) -> tuple[int, int]:
     """(row offset, recognised columns) of the first row naming at least two known columns."""
     for offset, row in enumerate(itertools.islice(rows, HEADER_SEARCH_ROWS)):
-        recognised = sum(1 for cell in row if match_header(cell, synonyms, units))
+        recognised = sum(1 for cell in row if match_header(cell, synonyms, units, notes=notes))
         if recognised >= 2:
             return offset, recognised
     return -1, 0
 
 
-def _sniff(text: str, synonyms: dict[str, str], units: HeaderUnits | None = None) -> tuple[str, int]:
+def _sniff(
+    text: str, synonyms: dict[str, str], units: HeaderUnits | None = None, *, notes: bool = True
+) -> tuple[str, int]:
     """(delimiter, header row offset): the delimiter under which a header shows up first, and with
     the most recognised columns (a stray "nc,id" inside a later cell must not win)."""
     found: list[tuple[int, int, int, str]] = []
     for order, delimiter in enumerate(DELIMITERS):
         try:
-            offset, recognised = _find_header(_split_rows(text, delimiter), synonyms, units)
+            offset, recognised = _find_header(_split_rows(text, delimiter), synonyms, units, notes=notes)
         except csv.Error:
             continue
         if offset >= 0:
@@ -350,16 +359,16 @@ def read_inventory_csv(path: str | Path) -> InventoryImport:
 
 
 def split_csv(
-    text: str, synonyms: dict[str, str], units: HeaderUnits | None = None
+    text: str, synonyms: dict[str, str], units: HeaderUnits | None = None, *, notes: bool = True
 ) -> tuple[list[list[str]], str, int]:
     """(rows, delimiter, header row offset) of decoded CSV text whose header names at least two
     columns known to ``synonyms`` (see ``match_header``); raises ``csv.Error``."""
     explicit = re.match(r"sep=(.)\r?\n", text)  # Excel's own "sep=;" line; Excel does not show it as a row
     if explicit:
         text, delimiter = text[explicit.end():], explicit.group(1)
-        header_offset = max(_find_header(_split_rows(text, delimiter), synonyms, units)[0], 0)
+        header_offset = max(_find_header(_split_rows(text, delimiter), synonyms, units, notes=notes)[0], 0)
     else:
-        delimiter, header_offset = _sniff(text, synonyms, units)
+        delimiter, header_offset = _sniff(text, synonyms, units, notes=notes)
     return list(_split_rows(text, delimiter)), delimiter, header_offset
 
 
@@ -444,10 +453,13 @@ def collect_columns(
     synonyms: dict[str, str],
     units: HeaderUnits | None = None,
     unmatched: Callable[[str], InventoryProblem | None] | None = None,
+    *,
+    notes: bool = True,
 ) -> tuple[dict[str, _Column], list[str], list[InventoryProblem]]:
     """Match each header cell to a field (shared by the ledger and the reports import): the
-    columns found, the unknown headers, and problems (a field named twice; whatever ``unmatched``
-    says about a header it recognises as wrong rather than unknown)."""
+    columns found, the unknown headers, and problems (a field named twice, also by a note:
+    启用日期 and 启用日期（年/月/日）; whatever ``unmatched`` says about a header it recognises as
+    wrong rather than unknown)."""
     columns: dict[str, _Column] = {}
     unknown: list[str] = []
     problems: list[InventoryProblem] = []
@@ -457,7 +469,7 @@ def collect_columns(
             if any(_cell(row, index).strip() for row in body):
                 unknown.append(f"column {_column_letter(index)} (no header)")
             continue
-        matched = match_header(name, synonyms, units)
+        matched = match_header(name, synonyms, units, notes=notes)
         if matched is None:
             problem = unmatched(name) if unmatched is not None else None
             if problem is not None:
@@ -481,7 +493,17 @@ def collect_columns(
 def _map_header(
     header: list[str], body: list[list[str]], header_line: int, synonyms: dict[str, str]
 ) -> tuple[dict[str, _Column], list[str], list[InventoryProblem]]:
-    columns, unknown, problems = collect_columns(header, body, header_line, synonyms)
+    def unit_problem(name: str) -> InventoryProblem | None:
+        # 原值(美元), 原值(含税): a known amount column with a unit it cannot be read in. Ignored, its
+        # amounts would be missing from the value-weighted NC rate without more than a warning.
+        m = re.fullmatch(r"(.+?)\((.+)\)", header_key(name))
+        field_name = synonyms.get(m.group(1)) if m else None
+        if field_name in INVENTORY_UNITS:
+            message = f"unknown unit in {name!r}; write (元) or (万元), or no unit for yuan"
+            return InventoryProblem(message, header_line, name)
+        return None
+
+    columns, unknown, problems = collect_columns(header, body, header_line, synonyms, unmatched=unit_problem)
     missing = [field_name for field_name in REQUIRED_FIELDS if field_name not in columns]
     for field_name in missing:
         problems.append(
