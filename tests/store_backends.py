@@ -39,8 +39,10 @@ def daily_point(site: Site, row: EnterpriseDay) -> Point:
             "equipment_nc": row.equipment_nc,
             "asset_value_total": float(row.asset_value_total),
             "asset_value_nc": float(row.asset_value_nc),
-            "equipment_networked": row.equipment_networked,
-            "nc_equipment_networked": row.nc_equipment_networked,
+            # a day the agent was off for long: the ledger's counts alone (``enterprise_daily_unobserved``)
+            **({"equipment_networked": row.equipment_networked} if row.equipment_networked is not None else {}),
+            **({"nc_equipment_networked": row.nc_equipment_networked}
+               if row.nc_equipment_networked is not None else {}),
             # the writers carry it; hand-built rows of older data may not
             **({"equipment_valued": row.equipment_valued} if row.equipment_valued is not None else {}),
         },

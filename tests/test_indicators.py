@@ -148,6 +148,95 @@ def test_the_agents_networked_minimum_decides_enterprise_daily() -> None:
     assert networked == [1, 0]
 
 
+def test_a_three_week_spring_festival_stop_keeps_the_years_nc_rate_and_shows_in_networking_coverage() -> None:
+    """A plant that switches everything off over the Spring Festival, the gateway too: off from 26 January
+    to 16 February 2019, 21 days. Restored from its snapshot, the model closes 26 January (offline) and
+    jumps over 27 January - 15 February (more than max_catch_up_days = 7): those 20 days get the ledger's
+    counts alone. The year-end NC rate (年末数, the ledger's 2 NC of 3) needs no live data and is the
+    ledger's; the networking rate's coverage counts only the 345 days with networked counts (0.945 <
+    0.95): insufficient_data, the missing days shown. (Before, the 20 days had no row at all, and the NC
+    rate was insufficient_data too: 345/365.)"""
+    from datetime import UTC, datetime
+
+    from fmc.core.points import Point
+    from fmc.plant.config import PlantSections
+    from fmc.plant.model import PlantModel
+    from fmc.plant.rollups import InventoryItem, Site
+
+    s, h = 10**9, 3600 * 10**9
+    site = Site("e1", "330602", "17")
+    sections = PlantSections.model_validate({"plant": {"sample_delay_s": 0}})
+    inventory = [InventoryItem("loom-1", True), InventoryItem("loom-2", True), InventoryItem("press-1", False)]
+
+    def local_ns(y: int, m: int, d: int) -> int:
+        return int(datetime(y, m, d, tzinfo=UTC).timestamp()) * s - 8 * h  # Asia/Shanghai
+
+    def run(model: PlantModel, start: int, end: int, out: list[Point]) -> None:
+        """Each machine sends a value every 6 hours, the clock advances in 6-hour steps."""
+        t = start
+        while t < end:
+            out += model.observe([Point("signal", {"enterprise": "e1", "equipment": i.id, "signal": "kw"},
+                                        {"value": 1.0, "quality": 0}, t) for i in inventory], t)
+            t += 6 * h
+            out += model.advance(t)
+
+    out: list[Point] = []
+    first = PlantModel(site, sections, inventory, start_ns=local_ns(2019, 1, 1))
+    run(first, local_ns(2019, 1, 1), local_ns(2019, 1, 26), out)  # the gateway is switched off on 26 January
+    back = local_ns(2019, 2, 16)  # and on again after the festival (5 February)
+    second = PlantModel(site, sections, inventory, start_ns=back)
+    second.restore(first.snapshot())
+    run(second, back, local_ns(2020, 1, 1) + 6 * h, out)
+
+    def optional(value: object) -> int | None:
+        return None if value is None else int(value)  # type: ignore[call-overload]
+
+    rows = sorted((EnterpriseDay(datetime.fromtimestamp((p.ts_ns + 8 * h) // s, UTC).date(),
+                                 int(p.fields["equipment_total"]), int(p.fields["equipment_nc"]),
+                                 equipment_networked=optional(p.fields.get("equipment_networked")),
+                                 nc_equipment_networked=optional(p.fields.get("nc_equipment_networked")))
+                   for p in out if p.measurement == "enterprise_daily"), key=lambda r: r.day)
+    assert [r.day for r in rows] == days(date(2019, 1, 1), date(2019, 12, 31))  # a row for every day
+    assert all((r.equipment_total, r.equipment_nc) == (3, 2) for r in rows)
+    unobserved = [r.day for r in rows if r.nc_equipment_networked is None]
+    assert unobserved == days(date(2019, 1, 27), date(2019, 2, 15))
+    assert next(r for r in rows if r.day == date(2019, 1, 26)).nc_equipment_networked == 0  # closed, offline
+    data = EnterpriseData("e1", daily=rows, baseline_values={"nc_rate": 60.0})  # the 2016 survey: a status
+    year = Period.of_year(2019)
+    year_days = (year.start, year.end)
+    nc = compute("nc_rate", year, data, PLAN)
+    assert (nc.value, nc.coverage, nc.status) == (pytest.approx(200 / 3), 1.0, "met")  # target 60 + 3 · 2
+    nc_days = compute("nc_rate", year, data, with_policy(nc_rate_basis="equipment_days"))
+    assert (nc_days.value, nc_days.coverage) == (pytest.approx(200 / 3), 1.0)
+    networking = compute("networking_rate", year, data, PLAN)
+    assert (networking.value, networking.status) == (None, "insufficient_data")
+    assert networking.coverage == pytest.approx(345 / 365)
+    assert dict(networking.inputs)["enterprise_daily"] == pytest.approx(345 / 365)
+    # a stop of 10 days passes the 0.95: its days count as days the NC looms were not networked, as the
+    # offline days of a stop within max_catch_up_days do: 2 × 355 of the 2 × 365 NC-equipment-days
+    stop = days(date(2019, 1, 27), date(2019, 2, 5))
+    ten = [EnterpriseDay(d, 3, 2, equipment_networked=None, nc_equipment_networked=None) if d in stop
+           else EnterpriseDay(d, 3, 2, equipment_networked=3, nc_equipment_networked=2) for d in days(*year_days)]
+    short = compute("networking_rate", year, EnterpriseData("e1", daily=ten), PLAN)
+    assert (short.value, short.coverage) == (pytest.approx(100 * 355 / 365), pytest.approx(355 / 365))
+
+
+def test_a_period_end_networking_rate_needs_networked_counts_on_its_last_day() -> None:
+    """The gateway off from 20 December to the year's end: the last days have the ledger's counts alone.
+    The year-end NC rate is theirs; a year-end networking rate has no networked count to be (not 0 %)."""
+    off = days(date(2019, 12, 20), date(2019, 12, 31))
+    rows = [EnterpriseDay(d, 4, 2, equipment_networked=None, nc_equipment_networked=None) if d in off
+            else EnterpriseDay(d, 4, 2, equipment_networked=4, nc_equipment_networked=2)
+            for d in days(date(2019, 1, 1), date(2019, 12, 31))]
+    data = EnterpriseData("e1", daily=rows)
+    year = Period.of_year(2019)
+    assert compute("nc_rate", year, data, PLAN).value == pytest.approx(50.0)
+    r = compute("networking_rate", year, data, with_policy(networking_basis="period_end"))
+    assert (r.value, r.status, dict(r.inputs)["period_end"]) == (None, "insufficient_data", 0.0)
+    days_basis = compute("networking_rate", year, data, PLAN)
+    assert days_basis.coverage == pytest.approx(353 / 365) and days_basis.value == pytest.approx(100 * 353 / 365)
+
+
 def test_years_must_follow_the_base_year(tmp_path: Path) -> None:
     f = tmp_path / "p.toml"
     f.write_text('base_year = 2020\nfirst_year = 2017\nlast_year = 2020\n[plan]\nid = "p"\nname = "p"\n')

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -10,7 +10,14 @@ from fmc.core.localtime import local_day_bounds, zone
 from fmc.core.points import Priority
 from fmc.plant.config import EquipmentClassConfig, MeterConfig, PlantSections, check_interval_alignment
 from fmc.plant.meters import MeterAccumulator
-from fmc.plant.rollups import InventoryItem, Site, consumption_daily, counted_meters, enterprise_daily
+from fmc.plant.rollups import (
+    InventoryItem,
+    Site,
+    consumption_daily,
+    counted_meters,
+    enterprise_daily,
+    enterprise_daily_unobserved,
+)
 from fmc.plant.states import EquipmentDay, EquipmentTracker
 
 S = 10**9
@@ -103,6 +110,63 @@ def test_population_the_day_before_commissioning() -> None:
         "equipment_valued": 4,  # loom-1 has no 原值
     }
     assert p.ts_ns == D0 - DAY
+
+
+def test_a_day_without_data_has_the_ledgers_counts_and_no_networked_counts() -> None:
+    """A day the agent was off for longer than max_catch_up_days: the ledger's counts are known, the
+    networked counts are not (absent, never 0)."""
+    p = enterprise_daily_unobserved(MAY1, SITE, INVENTORY)
+    assert p.fields == {
+        "equipment_total": 5,
+        "equipment_nc": 3,
+        "asset_value_total": 800_000.0 + 600_000.0 + 700_000.0 + 0.0 + 100_000.0,
+        "asset_value_nc": 800_000.0 + 600_000.0 + 700_000.0,
+        "equipment_valued": 4,
+    }
+    assert (p.tags, p.ts_ns, p.priority) == ({"enterprise": "e1", "region": "330602", "industry": "17"}, D0,
+                                             Priority.ROLLUP)
+
+
+def test_a_stop_longer_than_the_catch_up_writes_ledger_days_a_short_one_offline_days() -> None:
+    """The plant model across a restart from an old snapshot: beyond max_catch_up_days (3 here) the
+    trackers skip the days between, and each of them gets the ledger's counts alone; within it, each
+    day is an offline day (networked 0), as before. One row per day, whatever the number of machines."""
+    from fmc.core.points import Point
+    from fmc.plant.model import MAX_UNOBSERVED_DAYS, PlantModel
+
+    sections = PlantSections.model_validate({"plant": {"sample_delay_s": 0, "max_catch_up_days": 3}})
+    inventory = [InventoryItem("m1", True), InventoryItem("m2", False, commissioned=date(2024, 5, 6))]
+
+    def restart_after(days: int) -> dict[date, dict[str, object]]:
+        model = PlantModel(SITE, sections, inventory, start_ns=D0)
+        sample = Point("signal", {"enterprise": "e1", "equipment": "m1", "signal": "kw"}, {"value": 5.0, "quality": 0},
+                       D0 + H)
+        model.observe([sample], D0 + H)
+        model.advance(D0 + 2 * H)
+        back = D0 + days * DAY + H
+        again = PlantModel(SITE, sections, inventory, start_ns=back)
+        again.restore(model.snapshot())
+        out = again.observe([Point("signal", sample.tags, sample.fields, back)], back)
+        out += again.advance(back + DAY)
+        return {datetime.fromtimestamp((p.ts_ns + 8 * H) // S, UTC).date(): p.fields
+                for p in out if p.measurement == "enterprise_daily"}
+
+    far = restart_after(10)  # back on May 11
+    assert sorted(far) == [date(2024, 5, d) for d in range(1, 12)]
+    assert far[MAY1]["nc_equipment_networked"] == 1  # m1 sent data that morning
+    for d in range(2, 11):
+        fields = far[date(2024, 5, d)]
+        assert "nc_equipment_networked" not in fields and "equipment_networked" not in fields, d
+        assert (fields["equipment_total"], fields["equipment_nc"]) == ((1, 1) if d < 6 else (2, 1)), d
+    assert far[date(2024, 5, 11)]["nc_equipment_networked"] == 1
+    near = restart_after(3)  # back on May 4: May 2 and 3 caught up as offline days
+    assert sorted(near) == [date(2024, 5, d) for d in range(1, 5)]
+    assert (near[date(2024, 5, 2)]["equipment_networked"], near[date(2024, 5, 3)]["nc_equipment_networked"]) == (0, 0)
+    # a clock stepping years ahead writes at most a year of them, the latest
+    years = restart_after(1000)
+    ledger_only = sorted(d for d, fields in years.items() if "equipment_networked" not in fields)
+    assert len(ledger_only) == MAX_UNOBSERVED_DAYS == 366
+    assert ledger_only[-1] == date(2024, 5, 1) + timedelta(days=999)
 
 
 def test_networked_threshold_is_a_setting(equipment_days) -> None:

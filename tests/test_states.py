@@ -324,6 +324,9 @@ def test_jump_far_forward_skips_empty_days() -> None:
     [d] = days(ev)  # the open day is closed; nothing for the 9 days between
     assert d.day == date(2024, 5, 1) and d.running_ns == 600 * S
     assert t.counts["skipped_days"] == 9
+    # the days jumped over, for the plant model's ledger-only rollups; taken once
+    assert t.take_skipped_days() == [date(2024, 5, d) for d in range(2, 11)]
+    assert t.take_skipped_days() == []
     ev = t.advance(D0 + 11 * DAY)
     [d] = days(ev)
     assert d.day == date(2024, 5, 11)

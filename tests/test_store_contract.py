@@ -27,7 +27,7 @@ from fmc.core.points import Point, Priority
 from fmc.indicators.engine import ConsumptionDay, EnterpriseDay, Period, summarize
 from fmc.indicators.reports import EnterpriseReport
 from fmc.indicators.sums import CarrierSums, DailySums, EnterpriseInfo, PeriodSums, StoredReport
-from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily
+from fmc.plant.rollups import InventoryItem, Site, consumption_daily, enterprise_daily, enterprise_daily_unobserved
 from fmc.stores.embedded.store import EmbeddedQueryStore, EmbeddedStore
 from tests.store_backends import TZ, Backend, consumption_point, daily_point
 
@@ -124,6 +124,8 @@ def assert_sums_equal(got: PeriodSums | None, want: PeriodSums | None, *, rel: f
     pairs = [(got.daily, want.daily)] if got.daily is not None else []
     assert set(got.carriers) == set(want.carriers)
     pairs += [(got.carriers[c], want.carriers[c]) for c in want.carriers]
+    if want.daily is not None and math.isnan(want.daily.networked_days):  # every day has the networked counts
+        pairs[0] = (got.daily, dataclasses.replace(want.daily, networked_days=float(want.daily.days)))
     for g, w in pairs:
         for f in dataclasses.fields(w):  # type: ignore[arg-type]
             gv, wv = getattr(g, f.name), getattr(w, f.name)
@@ -478,11 +480,13 @@ def random_rows(rng: random.Random) -> tuple[dict[str, list[EnterpriseDay]], dic
         cons: list[ConsumptionDay] = []
         for offset in sorted(rng.sample(range(122), 50)):
             d = first + timedelta(days=offset)
+            unobserved = rng.random() < 0.2  # the ledger's counts alone: a day the agent was off (fixed per day)
             for _ in range(rng.choice((1, 1, 1, 2))):  # a day sometimes delivered twice
                 total = rng.randint(0, 40)
                 nc = rng.randint(0, total)
                 rows.append(EnterpriseDay(d, total, nc, rng.uniform(0, 1e6), rng.uniform(0, 1e5),
-                                          rng.randint(0, total), rng.randint(0, nc)))
+                                          None if unobserved else rng.randint(0, total),
+                                          None if unobserved else rng.randint(0, nc)))
             for carrier in ("electricity", "water_intake", "steam"):
                 if rng.random() < 0.7:
                     # which fields a carrier has is fixed per day, so a second delivery has the same ones
@@ -619,6 +623,33 @@ async def test_rows_without_a_gateway_tag_are_gateway_main(backend: Backend) -> 
     assert (got.daily.days, got.daily.last_day, got.daily.last_equipment_total) == (2, day("2019-12-31"), 3.0)
     assert got.daily.equipment_total == 6.0
     assert got.carriers["electricity"].coverage == 2.0  # two whole days of one gateway
+
+
+async def test_a_ledger_only_day_counts_in_days_not_in_networked_days(backend: Backend) -> None:
+    """A day the agent was off for longer than it catches up has the ledger's counts alone
+    (``enterprise_daily_unobserved``): it is a day of the NC rate, not of the networking rate; a last
+    day without networked counts leaves them unknown (NaN), never 0. With several gateways, a day is
+    a networked day when any of them has the counts."""
+    d1, d2, d3 = day("2019-12-29"), day("2019-12-30"), day("2019-12-31")
+    backend.ingest([
+        *gateway_day(G_A, G_A_INVENTORY, ["a1"], "ea", 10.0, d1),
+        enterprise_daily_unobserved(d2, G_A, G_A_INVENTORY),
+        enterprise_daily_unobserved(d3, G_A, G_A_INVENTORY),
+        *gateway_day(G_B, G_B_INVENTORY, ["b1"], "eb", 5.0, d2),
+    ])
+    got = (await backend.store.period_sums(d1, d3, Scope()))["E-G"].daily
+    assert got is not None
+    assert (got.days, got.networked_days, got.last_day) == (3, 2.0, d3)
+    # the ledger rows add their stocks: hall-a 3 a day (2 NC), hall-b 3 (1 NC) on 12-30
+    assert (got.equipment_total, got.equipment_nc) == (3 * 3 + 3, 3 * 2 + 1)
+    assert (got.equipment_networked, got.nc_equipment_networked) == (1 + 1, 1 + 1)  # a1 on 12-29, b1 on 12-30
+    assert (got.last_equipment_total, got.last_equipment_nc) == (6.0, 3.0)  # hall-a's 12-31 + hall-b's 12-30
+    assert math.isnan(got.last_equipment_networked) and math.isnan(got.last_nc_equipment_networked)
+    one = (await backend.store.period_sums(d2, d3, Scope(enterprises=("E-G",))))["E-G"].daily
+    assert one is not None and (one.days, one.networked_days) == (2, 1.0)
+    alone = (await backend.store.period_sums(d3, d3, Scope()))["E-G"].daily
+    assert alone is not None and (alone.days, alone.networked_days, alone.last_equipment_total) == (1, 0.0, 3.0)
+    assert math.isnan(alone.last_nc_equipment_networked)
 
 
 # --- errors -----------------------------------------------------------------------------------------------

@@ -44,8 +44,10 @@ MAY = (date(2020, 5, 1), date(2020, 5, 31))
 JANUARY = (date(2020, 1, 1), date(2020, 1, 31))
 
 
-def day_points(site: Site, d: date, total: int, nc: int, kwh: float) -> list[Point]:
-    row = EnterpriseDay(d, total, nc, 100.0 * total, 100.0 * nc, total - 1, nc, equipment_valued=total)
+def day_points(site: Site, d: date, total: int, nc: int, kwh: float, *, observed: bool = True) -> list[Point]:
+    """``observed=False``: the ledger's counts alone, a day the agent was off for long (no networked counts)."""
+    row = EnterpriseDay(d, total, nc, 100.0 * total, 100.0 * nc, total - 1 if observed else None,
+                        nc if observed else None, equipment_valued=total)
     return [daily_point(site, row),
             consumption_point(site, ConsumptionDay(d, "electricity", kwh, tce=kwh * 1.229e-4, coverage=1.0))]
 
@@ -54,7 +56,9 @@ def seed() -> list[Point]:
     points: list[Point] = []
     d = date(2020, 1, 1)
     while d <= date(2020, 12, 31):
-        points += day_points(A, d, 10 + d.month, 4 + d.month // 3, 100.0 + d.day)
+        # A's gateway was off over the Spring Festival: ledger-only days, in a month and a quarter kept
+        points += day_points(A, d, 10 + d.month, 4 + d.month // 3, 100.0 + d.day,
+                             observed=not date(2020, 1, 20) <= d <= date(2020, 2, 12))
         if date(2020, 3, 1) <= d <= date(2020, 6, 10):  # hall-2 stops in June: its last stocks still count
             points += day_points(B_HALL_2, d, 3, 1, 20.0)
         if d.day % 2 == 0:

@@ -2,7 +2,8 @@
 
 A store first reads, for a range of local days, each gateway's sums and last row of
 ``enterprise_daily``, each gateway's sums of ``consumption_daily`` per carrier, each carrier's first
-and last day, and each enterprise's count of local days (``Partials``); ``period_sums`` is then
+and last day, and each enterprise's count of local days, all of them and those with networked counts
+(``Partials``); ``period_sums`` is then
 ``merge`` of those. Partials of disjoint ranges ``combine`` into the partials of their union exactly
 (sums add, the later last row wins, spans widen, days add), which is what lets the central service's
 sums cache (``fmc.central.sums_cache``) keep one entry per month and answer a year from twelve.
@@ -52,6 +53,7 @@ class Partials:
     - ``daily[(enterprise, gateway)]``: [rows with equipment_total, Σ each of DAILY_SUM_FIELDS];
     - ``last[(enterprise, gateway)]``: the gateway's last row;
     - ``days[enterprise]``: local days with a row of any gateway;
+    - ``networked_days[enterprise]``: local days with a row with the networked counts, of any gateway;
     - ``spans[(enterprise, carrier)]``: the carrier's first and last local day;
     - ``carriers[(enterprise, carrier, gateway)]``: Σ of CARRIER_FIELDS.
     """
@@ -61,6 +63,7 @@ class Partials:
     days: dict[str, int] = field(default_factory=dict)
     spans: dict[tuple[str, str], tuple[date, date]] = field(default_factory=dict)
     carriers: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    networked_days: dict[str, int] = field(default_factory=dict)
 
     def only(self, enterprises: set[str]) -> Partials:
         """The partials of these enterprises only."""
@@ -70,6 +73,7 @@ class Partials:
             {k: v for k, v in self.days.items() if k in enterprises},
             {k: v for k, v in self.spans.items() if k[0] in enterprises},
             {k: v for k, v in self.carriers.items() if k[0] in enterprises},
+            {k: v for k, v in self.networked_days.items() if k in enterprises},
         )
 
 
@@ -86,6 +90,8 @@ def combine(parts: Iterable[Partials]) -> Partials:
                 out.last[key] = row
         for enterprise, n in p.days.items():
             out.days[enterprise] = out.days.get(enterprise, 0) + n
+        for enterprise, n in p.networked_days.items():
+            out.networked_days[enterprise] = out.networked_days.get(enterprise, 0) + n
         for key, (first, last) in p.spans.items():
             span = out.spans.get(key)
             out.spans[key] = (first, last) if span is None else (min(span[0], first), max(span[1], last))
@@ -142,6 +148,10 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
             valued = [r.values[-1] for r in rows if not math.isnan(r.values[-1])]
             valued_value = math.fsum(valued) if valued else nan
             last_ms = max(r.time_ms for r in rows)
+        # a last row without the networked counts (a ledger-only day) leaves them unknown, never 0
+        for i in (n_last, n_last + 1):
+            if any(math.isnan(r.values[i]) for r in rows):
+                values[i] = nan
         last_day = local_days.get(last_ms)
         if last_day is None:
             last_day = local_days[last_ms] = local_date(last_ms * MS, tz)  # type: ignore[arg-type]
@@ -153,6 +163,7 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
             last_equipment_networked=values[n_last] if wanted.last_networked else nan,
             last_nc_equipment_networked=values[n_last + 1] if wanted.last_networked else nan,
             last_equipment_valued=valued_value if wanted.valued else nan,
+            networked_days=float(p.networked_days.get(enterprise, 0)),
         )
     parts: dict[tuple[str, str], dict[str, list[float]]] = {}
     for (enterprise, carrier, gateway), sums in p.carriers.items():

@@ -48,7 +48,7 @@ from fmc.indicators.sums import ALL_SUMS, DAILY_SUM_FIELDS, EnterpriseInfo, Peri
 
 log = logging.getLogger("fmc.central.cache")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: days.networked_days
 APPLICATION_ID = 0x666D6343  # "fmcC": refuse to add tables to some other SQLite file
 LATEST = "latest"  # the tags key of "every enterprise's latest tags" (as of None)
 STALE_PER_REFRESH = 2  # old periods read again per refresh: a province's year costs InfluxDB ~45 s
@@ -72,7 +72,7 @@ CREATE TABLE IF NOT EXISTS daily (
     last_ms INTEGER, {", ".join(f"v{i} REAL" for i in range(len(LAST_FIELDS)))},
     PRIMARY KEY (piece, enterprise, gateway)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS days (
-    piece TEXT NOT NULL, enterprise TEXT NOT NULL, days INTEGER NOT NULL,
+    piece TEXT NOT NULL, enterprise TEXT NOT NULL, days INTEGER NOT NULL, networked_days INTEGER NOT NULL,
     PRIMARY KEY (piece, enterprise)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS spans (
     piece TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, first_day TEXT NOT NULL,
@@ -263,7 +263,8 @@ class SumsCache:
             _delete_piece(db, piece)
             marks = ", ".join("?" * (5 + _N_SUMS + len(LAST_FIELDS)))
             db.executemany(f"INSERT INTO daily VALUES ({marks})", daily)
-            db.executemany("INSERT INTO days VALUES (?, ?, ?)", [(piece, e, n) for e, n in p.days.items()])
+            db.executemany("INSERT INTO days VALUES (?, ?, ?, ?)",
+                           [(piece, e, n, p.networked_days.get(e, 0)) for e, n in p.days.items()])
             db.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?)",
                            [(piece, e, c, a.isoformat(), b.isoformat()) for (e, c), (a, b) in p.spans.items()])
             marks = ", ".join("?" * (4 + len(CARRIER_FIELDS)))
@@ -321,8 +322,10 @@ class SumsCache:
                 last_ms = row[3 + _N_SUMS]
                 if last_ms is not None:
                     p.last[key] = LastRow(last_ms, tuple(map(_float, row[4 + _N_SUMS :])))
-            p.days = {e: int(n) for e, n in db.execute(
-                f"SELECT enterprise, sum(days) FROM days WHERE piece IN ({marks}) GROUP BY enterprise", pieces)}
+            for e, n, nw in db.execute(
+                f"SELECT enterprise, sum(days), sum(networked_days) FROM days WHERE piece IN ({marks}) "
+                "GROUP BY enterprise", pieces):
+                p.days[e], p.networked_days[e] = int(n), int(nw)
             days: dict[str, date] = {}  # most spans share their first and last day: one date object each
             for e, c, a, b in db.execute(
                 f"SELECT enterprise, carrier, min(first_day), max(last_day) FROM spans WHERE piece IN ({marks}) "

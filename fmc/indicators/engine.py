@@ -11,9 +11,11 @@ below ``policy.min_coverage``, or a needed figure is missing, the value is None 
 
 Coverage (docs/indicators.md states every rule):
 
-- NC and networking rates: days with an ``enterprise_daily`` row ÷ days in the period; a period-end
-  figure needs a day within ``period_end_within_days`` of the period's end; an asset-value rate, the
-  share of equipment with an original value;
+- NC and networking rates: days with an ``enterprise_daily`` row ÷ days in the period, for the networking
+  rate only the rows with networked counts (a day the agent was off for long has the ledger's counts
+  alone); a period-end figure needs a day within ``period_end_within_days`` of the period's end (a
+  networking one, its networked counts); an asset-value rate, the share of equipment with an original
+  value;
 - energy, water, wastewater: per carrier, Σ daily ``coverage`` ÷ the days it is expected on (a missing
   day counting 0; a carrier is expected where it exists, ``expected_windows``); the figure's is the
   smallest carrier's;
@@ -154,8 +156,9 @@ class EnterpriseDay:
     equipment_nc: int
     asset_value_total: float = 0.0
     asset_value_nc: float = 0.0
-    equipment_networked: int = 0
-    nc_equipment_networked: int = 0
+    # None: not known, the agent had no data of the day (a ledger-only row, ``enterprise_daily_unobserved``)
+    equipment_networked: int | None = 0
+    nc_equipment_networked: int | None = 0
     equipment_valued: int | None = None  # equipment with an original value (原值); None: not carried
 
 
@@ -361,16 +364,17 @@ def summarize(period: Period, daily: Iterable[EnterpriseDay], consumption: Itera
             equipment_nc=float(sum(r.equipment_nc for r in v)),
             asset_value_total=math.fsum(r.asset_value_total for r in v),
             asset_value_nc=math.fsum(r.asset_value_nc for r in v),
-            equipment_networked=float(sum(r.equipment_networked for r in v)),
-            nc_equipment_networked=float(sum(r.nc_equipment_networked for r in v)),
+            equipment_networked=float(sum(r.equipment_networked or 0 for r in v)),
+            nc_equipment_networked=float(sum(r.nc_equipment_networked or 0 for r in v)),
             last_day=last.day,
             last_equipment_total=float(last.equipment_total),
             last_equipment_nc=float(last.equipment_nc),
             last_asset_value_total=last.asset_value_total,
             last_asset_value_nc=last.asset_value_nc,
-            last_equipment_networked=float(last.equipment_networked),
-            last_nc_equipment_networked=float(last.nc_equipment_networked),
-            last_equipment_valued=math.nan if last.equipment_valued is None else float(last.equipment_valued),
+            last_equipment_networked=_float_or_nan(last.equipment_networked),
+            last_nc_equipment_networked=_float_or_nan(last.nc_equipment_networked),
+            last_equipment_valued=_float_or_nan(last.equipment_valued),
+            networked_days=float(sum(1 for r in v if r.nc_equipment_networked is not None)),
         )
     best: dict[tuple[date, str], ConsumptionDay] = {}
     for c in consumption:
@@ -395,6 +399,10 @@ def summarize(period: Period, daily: Iterable[EnterpriseDay], consumption: Itera
         for carrier, cs in by_carrier.items()
     }
     return PeriodSums(sums, carriers)
+
+
+def _float_or_nan(value: int | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def sums_wanted(policy: Policy) -> SumsWanted:
@@ -423,15 +431,24 @@ def period_sums(period: Period, data: EnterpriseData) -> PeriodSums:
 
 def _rate_measure(indicator: str, period: Period, sums: DailySums | None, targets: Targets) -> Measure:
     policy = targets.policy
-    if sums is None or sums.days <= 0:
+    # each rate's coverage counts the days that have its inputs: the NC rate's are the ledger's counts,
+    # in every row; the networking rate's the networked counts, which a day the agent was off for longer
+    # than it catches up lacks (a ledger-only row)
+    days = sums.days if sums is not None else 0
+    if indicator == "networking_rate" and sums is not None and not math.isnan(sums.networked_days):
+        days = sums.networked_days
+    if sums is None or days <= 0:
         return _new_measure(numerator=None, denominator=None, coverage=0.0, scale=100.0,
                             inputs=(("enterprise_daily", 0.0),))
-    coverage = min(sums.days / period.days, 1.0)
+    coverage = min(days / period.days, 1.0)
     inputs: tuple[tuple[str, float], ...] = (("enterprise_daily", coverage),)
     period_end = policy.nc_rate_basis == "period_end" if indicator == "nc_rate" else (
         policy.networking_basis == "period_end")
-    if period_end and (period.end - sums.last_day).days > policy.period_end_within_days:
-        # no day near the period's end: no period-end figure, whatever day came last
+    unknown_end = indicator == "networking_rate" and (
+        math.isnan(sums.last_equipment_networked) or math.isnan(sums.last_nc_equipment_networked))
+    if period_end and ((period.end - sums.last_day).days > policy.period_end_within_days or unknown_end):
+        # no day near the period's end (or, for the networking rate, no networked counts on it): no
+        # period-end figure, whatever day came last
         return _new_measure(numerator=None, denominator=None, coverage=0.0, scale=100.0,
                             inputs=(*inputs, ("period_end", 0.0)))
 

@@ -25,7 +25,11 @@ class EnterpriseInfo:
 class DailySums:
     """``enterprise_daily`` of one enterprise over one period: Σ of each field over the days
     present, the number of days present, and the fields of the period's last day present. A field a
-    store was not asked for (``SumsWanted``) is NaN, never 0."""
+    store was not asked for (``SumsWanted``) is NaN, never 0.
+
+    A day the agent was off for longer than it catches up has a row of the ledger's counts without
+    the networked counts (``fmc.plant.rollups.enterprise_daily_unobserved``): it is one of ``days``,
+    not of ``networked_days``, and adds nothing to the networked sums."""
 
     days: int
     equipment_total: float
@@ -45,6 +49,9 @@ class DailySums:
     # the last day's in-scope equipment with an original value (原值) in the ledger (NaN: the rollup does
     # not carry it): how much of an asset-value NC rate is weighed, not taken as 0
     last_equipment_valued: float = math.nan
+    # the days present with the networked counts (the networking rate's coverage; NaN: not told, taken
+    # as ``days``). The last day's networked counts are NaN when that day has none
+    networked_days: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)

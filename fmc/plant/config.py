@@ -330,7 +330,8 @@ class PlantConfig(_PlantModel):
     networked_min_online_minutes: float = Field(default=1.0, ge=0, le=1440)
     # a timestamp this far ahead of the receive time is a device clock fault: the receive time is used
     max_clock_skew_s: float = Field(default=300.0, ge=0)
-    # a step forward in time longer than this emits no empty days or intervals for the span
+    # a step forward in time longer than this emits no empty days or intervals for the span (each of its
+    # days gets an enterprise_daily of the ledger's counts alone: docs/plant-semantics.md §4)
     max_catch_up_days: int = Field(default=7, ge=1, le=366)
     # how long a sample may be on its way (a subscription's publishing interval, the network, the
     # commit): the state trackers run this far behind the agent's clock, so a sample stamped at the

@@ -34,6 +34,7 @@ from fmc.plant.rollups import (
     consumption_daily_of,
     counted_meters,
     enterprise_daily,
+    enterprise_daily_unobserved,
     meter_day_totals,
 )
 from fmc.plant.states import EquipmentDay, EquipmentTracker, StateChange
@@ -45,6 +46,10 @@ SNAPSHOT_VERSION = 1
 # whole. Each costs one total per counted meter. An interval for an older written day is counted
 # (consumption_too_late) and left out of the rollup: it is still written as a meter_interval.
 WRITTEN_DAYS_KEPT = 14
+# The days the trackers jump over (the agent was off for more than max_catch_up_days) get an
+# enterprise_daily of the ledger's counts alone; at most this many, the latest: a clock stepping years
+# ahead must not write a row for every day in between.
+MAX_UNOBSERVED_DAYS = 366
 
 
 class PlantModel:
@@ -88,6 +93,9 @@ class PlantModel:
         self._written: dict[date, dict[str, MeterDayTotal]] = {}
         self._rewrite: set[date] = set()
         self._forgotten_until: date | None = None  # the newest written day no longer kept
+        # days jumped over whose ledger-only enterprise_daily was written in this advance or the
+        # observe calls before it: each tracker reports the same days
+        self._unobserved: set[date] = set()
         self._clock = start_ns
         self.counts: dict[str, int] = {"unknown_equipment": 0, "unknown_meter": 0, "consumption_rewritten": 0,
                                        "consumption_too_late": 0}
@@ -115,6 +123,7 @@ class PlantModel:
                 quality = int(p.fields.get("quality", 0))
                 self._last_quality[tracker.equipment] = quality
                 self._events(tracker.observe(p.tags["signal"], value, quality, p.ts_ns, received_ns), out)
+                self._unobserved_out((tracker,), out)
             elif p.measurement == "meter_reading":
                 meter = self.meters.get(p.tags.get("meter", ""))
                 if meter is None:
@@ -184,6 +193,7 @@ class PlantModel:
             tracker = self.trackers.get(eq)
             if tracker is not None and self._last_quality.get(eq) == 0:
                 self._events(tracker.confirm_alive(t), out)
+                self._unobserved_out((tracker,), out)
         for meter_id in meters:
             meter = self.meters.get(meter_id)
             reading = self._last_reading.get(meter_id)
@@ -198,6 +208,7 @@ class PlantModel:
         tracked = now_ns - self._delay_ns  # samples stamped after this may still be on their way
         for tracker in self.trackers.values():
             self._events(tracker.advance(tracked), out)
+        self._unobserved_out(self.trackers.values(), out)
         for meter in self.meters.values():
             self._intervals_out(meter.advance(now_ns), out)
         for v in self.virtual:
@@ -221,6 +232,7 @@ class PlantModel:
                 del self._written[day]
                 self._forgotten_until = day
         self._rewrite.clear()
+        self._unobserved.clear()  # every tracker is past the days it could jump over now
         return out
 
     def event_counts(self) -> dict[tuple[str, str], int]:
@@ -241,6 +253,17 @@ class PlantModel:
             out.append(e.to_point(self.site))
             if isinstance(e, EquipmentDay):
                 self._equipment_days[e.day].append(e)
+
+    def _unobserved_out(self, trackers: Iterable[EquipmentTracker], out: list[Point]) -> None:
+        """The ledger-only ``enterprise_daily`` of each day the trackers jumped over: its equipment
+        and asset values are the ledger's whether or not data came, so the NC rate keeps the day; its
+        networked counts are not known, and left out (docs/plant-semantics.md §4). A day some tracker
+        has a record of is rolled up as usual, from the records."""
+        for tracker in trackers:
+            for day in tracker.take_skipped_days()[-MAX_UNOBSERVED_DAYS:]:
+                if day not in self._unobserved and day not in self._equipment_days:
+                    self._unobserved.add(day)
+                    out.append(enterprise_daily_unobserved(day, self.site, self.inventory))
 
     def _intervals_out(self, intervals: Iterable[MeterInterval], out: list[Point]) -> None:
         for iv in intervals:

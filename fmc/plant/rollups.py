@@ -192,6 +192,21 @@ def enterprise_daily(
     )
 
 
+# the fields of ``enterprise_daily`` measured from live data (the rest is the ledger's)
+NETWORKED_FIELDS = ("equipment_networked", "nc_equipment_networked")
+
+
+def enterprise_daily_unobserved(day: date, site: Site, inventory: Iterable[InventoryItem]) -> Point:
+    """The `enterprise_daily` point of a local day the agent has no data of (it was off for more
+    than ``max_catch_up_days``; the trackers skip such days): the ledger's counts and asset values,
+    which need no data, and no networked counts, which are not known. The NC rate counts the day;
+    the networking rate's coverage does not (docs/indicators.md)."""
+    point = enterprise_daily(day, site, inventory, ())
+    for name in NETWORKED_FIELDS:
+        del point.fields[name]
+    return point
+
+
 # --- consumption_daily ------------------------------------------------------------------------------------
 
 

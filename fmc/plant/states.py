@@ -260,8 +260,8 @@ class EquipmentTracker:
       applied at the cursor: its value and its goodness count now; the past is never rewritten;
     - ``advance(now)`` with ``now`` behind the cursor does nothing (clocks stepping back);
     - a step forward across more than ``max_catch_up_days`` local midnights closes the open day
-      as usual, emits nothing for the days in between (counted in ``counts["skipped_days"]``)
-      and resumes, offline, at the new time.
+      as usual, emits nothing for the days in between (counted in ``counts["skipped_days"]``,
+      and the days kept for ``take_skipped_days``) and resumes, offline, at the new time.
     """
 
     def __init__(
@@ -295,6 +295,7 @@ class EquipmentTracker:
         self._t = start_ns
         self._state = "offline"
         self._last_good: int | None = None
+        self._skipped: list[date] = []  # days jumped over since the last take_skipped_days()
         self._open_day(local_date(start_ns, self._tz), covered_from=start_ns)
 
     # --- public -----------------------------------------------------------------------------------
@@ -363,6 +364,12 @@ class EquipmentTracker:
             self._confirmed += 1
         return events
 
+    def take_skipped_days(self) -> list[date]:
+        """The local days jumped over (no ``EquipmentDay``) since the last call, oldest first. Not in
+        the snapshot: the plant model takes them after each call that moves the tracker."""
+        days, self._skipped = self._skipped, []
+        return days
+
     def open_day_totals(self) -> EquipmentDay:
         """The open day so far (up to the cursor), e.g. for a live dashboard; not an event."""
         return self._day_record(partial=True)
@@ -414,6 +421,7 @@ class EquipmentTracker:
             self._go_offline(self._t, events)
         new_day = local_date(target, self._tz)
         self.counts["skipped_days"] += (new_day - self._day).days
+        self._skipped.extend(date.fromordinal(d) for d in range(self._day.toordinal(), new_day.toordinal()))
         self._open_day(new_day, covered_from=target)
         self._t = target
 

@@ -41,7 +41,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -602,11 +602,14 @@ _IN_SCOPE = (
 _IN_PERIOD = "p.ts >= :start AND p.ts < :end"
 
 # One row per enterprise: the local days present (rows stamped at local midnight; the day buckets'
-# edges lie at local noon, :day_shift), and the sums over every row (Σ days Σ gateways).
+# edges lie at local noon, :day_shift), those of them with the networked counts (a day the agent was off
+# for long has a row of the ledger's counts alone), and the sums over every row (Σ days Σ gateways).
 _DAILY_SUMS_SQL = (
     _SCOPED_SERIES
     + "SELECT sel.enterprise, count(DISTINCT CASE WHEN "
     + _json_field("equipment_total")
+    + " IS NOT NULL THEN (p.ts - :day_shift) / 86400000000000 END), count(DISTINCT CASE WHEN "
+    + _json_field("nc_equipment_networked")
     + " IS NOT NULL THEN (p.ts - :day_shift) / 86400000000000 END), "
     + ", ".join(f"total({_json_field(f)})" for f in DAILY_SUM_FIELDS)
     + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE} GROUP BY sel.enterprise"
@@ -709,6 +712,14 @@ def _period_bounds_ns(start: date, end: date, tz: ZoneInfo) -> tuple[int, int]:
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _known_sum(values: Iterable[object]) -> float:
+    """Σ of numbers, NaN when one is missing (not known, rather than 0)."""
+    numbers = list(values)
+    if any(v is None for v in numbers):
+        return math.nan
+    return math.fsum(_number(v) for v in numbers)
 
 
 def _report_figures(fields: Mapping[str, object]) -> dict[str, float]:
@@ -870,12 +881,13 @@ class EmbeddedQueryStore:
             for enterprise, _gateway, last_ts, *last in last_rows:
                 lasts.setdefault(str(enterprise), []).append((int(last_ts), *last))
             daily: dict[str, DailySums] = {}
-            for enterprise, days, *sums in daily_rows:
+            for enterprise, days, networked_days, *sums in daily_rows:
                 gateways = lasts.get(str(enterprise))
                 if not days or not gateways:
                     continue
                 # the stocks at period end: Σ over gateways of each gateway's last day in the period
-                # (the asset value: over the gateways whose last day has it; none has it: unknown)
+                # (the asset value: over the gateways whose last day has it; none has it: unknown; the
+                # networked counts: unknown when a gateway's last day lacks them, a ledger-only day)
                 n = len(LAST_DAY_FIELDS)
                 valued = [g[n + 3] for g in gateways if g[n + 3] is not None]
                 daily[str(enterprise)] = DailySums(
@@ -883,9 +895,10 @@ class EmbeddedQueryStore:
                     *(_number(v) for v in sums),
                     local_date(max(g[0] for g in gateways), self._tz),
                     *(math.fsum(_number(g[1 + i]) for g in gateways) for i in range(n)),
-                    last_equipment_networked=math.fsum(_number(g[n + 1]) for g in gateways),
-                    last_nc_equipment_networked=math.fsum(_number(g[n + 2]) for g in gateways),
+                    last_equipment_networked=_known_sum(g[n + 1] for g in gateways),
+                    last_nc_equipment_networked=_known_sum(g[n + 2] for g in gateways),
                     last_equipment_valued=math.fsum(_number(v) for v in valued) if valued else math.nan,
+                    networked_days=float(networked_days),
                 )
             parts: dict[tuple[str, str], list[list[float | int]]] = {}
             for enterprise, carrier, _gateway, *figures in carrier_rows:

@@ -57,6 +57,7 @@ GZIP_IN_THREAD_BYTES = 256 * 1024
 REPORT_MARGIN_NS = 2 * 86_400 * NS  # reports stamped in another time zone still fall inside
 
 DAILY = "enterprise_daily"
+NETWORKED = "nc_equipment_networked"  # a row has the networked counts (not a ledger-only day) when it has this
 CONSUMPTION = "consumption_daily"
 REPORT = "enterprise_report"
 DAYS_PER_STATEMENT = 100  # enterprises per statement counting local days (those with several gateways)
@@ -320,10 +321,11 @@ class InfluxQueryStore:
         # Several gateways of one enterprise write one row each per day (tag ``gateway``): the sums run
         # over every row (Σ days Σ gateways), per gateway so that the cache can keep them; ``days`` is
         # the row count, which ``partials`` replaces by the count of local days (``days_statements``)
-        # for an enterprise with several gateways
+        # for an enterprise with several gateways; ``networked_days`` alike, the rows with the networked
+        # counts (a day the agent was off for long has a row of the ledger's counts alone)
         return [
-            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS days{sums} FROM {self._from(DAILY)}{where} "
-            "GROUP BY enterprise, gateway",
+            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS days, count({NETWORKED}) AS networked_days{sums} "
+            f"FROM {self._from(DAILY)}{where} GROUP BY enterprise, gateway",
             # each gateway's last row in the period (rows without the tag group as one more gateway)
             f"SELECT {last} FROM {self._from(DAILY)}{where} GROUP BY enterprise, gateway",
             *spans,
@@ -332,14 +334,15 @@ class InfluxQueryStore:
 
     def days_statements(self, start: date, end: date, scope: Scope, enterprises: Sequence[str]) -> list[str]:
         """Statements that give one row per local day with an ``enterprise_daily`` row of any gateway,
-        per enterprise (``enterprises`` in pieces): buckets of a day whose edges lie at local noon, so a
+        per enterprise (``enterprises`` in pieces), with ``n`` its rows and ``nw`` those with the
+        networked counts: buckets of a day whose edges lie at local noon, so a
         row stamped at local midnight lies well inside its day's bucket whatever the DST shift.
         Asked only for the enterprises with several gateways: a row per day crosses the wire."""
         bounds = self._bounds(start, end)
         group = f"GROUP BY time(1d, {self._day_offset_s(bounds[0])}s), enterprise fill(none)"
         names = sorted(enterprises)
         return [
-            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS n FROM {self._from(DAILY)}"
+            f"SELECT count({DAILY_SUM_FIELDS[0]}) AS n, count({NETWORKED}) AS nw FROM {self._from(DAILY)}"
             f"{self._where(*bounds, scope, _enterprise_condition(names[i:i + DAYS_PER_STATEMENT]))} {group}"
             for i in range(0, len(names), DAYS_PER_STATEMENT)
         ]
@@ -379,12 +382,15 @@ class InfluxQueryStore:
 
         sum_names = ("days", *DAILY_SUM_FIELDS)
 
+        networked_rows: dict[str, int] = {}
+
         def sums(result: Mapping[str, Any]) -> None:
             for tags, columns, rows in _series(result):
                 enterprise = tags.get("enterprise")
                 if rows and enterprise:
-                    out.daily[(enterprise, tags.get("gateway") or "")] = as_partials(
-                        dict(zip(columns, rows[0], strict=False)), sum_names)
+                    row = dict(zip(columns, rows[0], strict=False))
+                    out.daily[(enterprise, tags.get("gateway") or "")] = as_partials(row, sum_names)
+                    networked_rows[enterprise] = networked_rows.get(enterprise, 0) + _count(row.get("networked_days"))
 
         def lasts(result: Mapping[str, Any]) -> None:
             for tags, columns, rows in _series(result):
@@ -420,10 +426,12 @@ class InfluxQueryStore:
             groups[enterprise] = groups.get(enterprise, 0) + 1
         for (enterprise, _), row_sums in out.daily.items():
             out.days[enterprise] = out.days.get(enterprise, 0) + int(row_sums[0])
+        out.networked_days.update((e, networked_rows.get(e, 0)) for e in out.days)
         # several gateways (or tagged and untagged rows): count the local days, not the rows
         several = [e for e, n in groups.items() if n > 1 and e in out.days]
         if several:
             local_days = dict.fromkeys(several, 0)
+            networked_days = dict.fromkeys(several, 0)
 
             def days(result: Mapping[str, Any]) -> None:
                 for tags, columns, rows in _series(result):
@@ -431,9 +439,13 @@ class InfluxQueryStore:
                     if enterprise in local_days and "n" in columns:
                         n = columns.index("n")
                         local_days[enterprise] += sum(1 for row in rows if _count(row[n]))
+                        if "nw" in columns:
+                            nw = columns.index("nw")
+                            networked_days[enterprise] += sum(1 for row in rows if _count(row[nw]))
 
             await asyncio.gather(*(self._query_into(s, days) for s in self.days_statements(start, end, scope, several)))
             out.days.update(local_days)
+            out.networked_days.update(networked_days)
         return out
 
     async def _query_into(self, statement: str, read: Callable[[Mapping[str, Any]], None]) -> None:
