@@ -1,8 +1,10 @@
 """``fmc check`` refuses two agents that claim the same equipment (issue 11, item 5).
 
-The store is asked which gateways wrote ``equipment_daily`` for the agent's equipment ids: on the
-real InfluxDB (``SELECT … GROUP BY equipment, gateway`` over ``/query``) and on the embedded store.
-Rows without a gateway tag are gateway ``main``'s. A store that cannot answer: "cannot tell".
+The store is asked which gateways counted the agent's equipment ids (``equipment_daily`` rows with
+``in_inventory_s > 0``): on the real InfluxDB (``SELECT … GROUP BY equipment, gateway`` over
+``/query``) and on the embedded store. Rows without a gateway tag are gateway ``main``'s. A machine
+handed over from one gateway to another (停用日期 / 启用日期, or its row deleted) is not a clash. A
+store that cannot answer: "cannot tell".
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
@@ -24,7 +26,10 @@ from fmc.core.config import EnterpriseConfig
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_bounds
 from fmc.core.points import Point
-from fmc.plant.rollups import Site
+from fmc.plant.config import PlantSections
+from fmc.plant.equipment import EquipmentItem
+from fmc.plant.model import PlantModel
+from fmc.plant.rollups import InventoryItem, Site
 from fmc.plant.states import EquipmentDay
 from fmc.stores.embedded.config import EmbeddedSink as EmbeddedSinkConfig
 from fmc.stores.embedded.store import EmbeddedStore
@@ -39,11 +44,11 @@ def site(gateway: str | None, enterprise: str = ENTERPRISE) -> Site:
     return Site(enterprise, "330602", "1711", "Asia/Shanghai", gateway)
 
 
-def equipment_day(s: Site, equipment: str, d: date = D) -> Point:
+def equipment_day(s: Site, equipment: str, d: date = D, *, in_inventory: bool = True) -> Point:
     start, end = local_day_bounds(d, s.tz)
     hour = 3600 * 10**9
     return EquipmentDay(equipment, d, start, end, start, end - start - hour, 0, 0, hour, 0, good_samples=10,
-                        in_inventory_s=86400.0, nc="true", kind="loom").to_point(s)
+                        in_inventory_s=86400.0 if in_inventory else 0.0, nc="true", kind="loom").to_point(s)
 
 
 NOW_NS = time.time_ns()
@@ -71,6 +76,8 @@ SEED = [
     equipment_day(site("hall-b"), "b2", date(2019, 12, 31)),
     equipment_day(site(None), "x1"),  # an fmc before gateway ids: gateway "main"
     equipment_day(site("hall-a", "E-OTHER"), "b1"),  # another enterprise's b1 is not a clash
+    equipment_day(site("hall-b"), "b1", date(2019, 12, 31)),  # hall-b still counts b1 on its latest day
+    equipment_day(site("hall-b"), "b9", date(2019, 12, 31), in_inventory=False),  # tracked, not in its inventory
 ]
 
 
@@ -78,22 +85,31 @@ def enterprise(gateway: str) -> EnterpriseConfig:
     return EnterpriseConfig(id=ENTERPRISE, name="t", region="330602", industry="1711", gateway=gateway)
 
 
-@pytest.fixture(params=["embedded", "influxdb"])
-async def sink(request: pytest.FixtureRequest, tmp_path: Path):
-    lines = [encode(p) for p in SEED + AGENTS]
+def open_store_with(request: pytest.FixtureRequest, tmp_path: Path, points: Sequence[Point]):
+    """A sink of the fixture's kind over a store holding ``points``."""
+    lines = [encode(p) for p in points]
     if request.param == "embedded":
         with EmbeddedStore(tmp_path / "store.db") as store:
             assert store.write_lines(lines).refused == []
-        opened = EmbeddedSinkConfig(type="embedded", path=tmp_path / "store.db").open_sink()
-    else:
-        server, db = request.getfixturevalue("influx_db")
-        response = httpx.post(f"{server.url}/write", params={"db": db, "precision": "ns"}, content="\n".join(lines))
-        assert response.status_code == 204, response.text
-        opened = InfluxDBSinkConfig(type="influxdb", url=server.url, database=db).open_sink()
+        return EmbeddedSinkConfig(type="embedded", path=tmp_path / "store.db").open_sink()
+    server, db = request.getfixturevalue("influx_db")
+    response = httpx.post(f"{server.url}/write", params={"db": db, "precision": "ns"}, content="\n".join(lines))
+    assert response.status_code == 204, response.text
+    return InfluxDBSinkConfig(type="influxdb", url=server.url, database=db).open_sink()
+
+
+@pytest.fixture(params=["embedded", "influxdb"])
+async def sink(request: pytest.FixtureRequest, tmp_path: Path):
+    opened = open_store_with(request, tmp_path, SEED + AGENTS)
     try:
         yield opened
     finally:
         await opened.aclose()
+
+
+@pytest.fixture(params=["embedded", "influxdb"])
+def store_kind(request: pytest.FixtureRequest) -> pytest.FixtureRequest:
+    return request
 
 
 async def claims(sink, gateway: str, equipment: Sequence[str]) -> CheckResult:
@@ -101,17 +117,23 @@ async def claims(sink, gateway: str, equipment: Sequence[str]) -> CheckResult:
 
 
 async def test_the_store_lists_each_equipment_and_gateway(sink) -> None:
-    got = await sink.equipment_claims(ENTERPRISE, ["b1", "b2", "x1", "a1"])
+    got = await sink.equipment_claims(ENTERPRISE, ["b1", "b2", "b9", "x1", "a1"])
+    # b9: rows with in_inventory_s = 0 only (out of hall-b's scope, or before its 启用日期): no claim
     assert sorted((c.equipment, c.gateway) for c in got) == [("b1", "hall-b"), ("b2", "hall-b"), ("x1", "")]
-    assert {c.equipment: c.last_ns for c in got}["b2"] == SEED[1].ts_ns
+    by = {c.equipment: c for c in got}
+    assert (by["b1"].first_ns, by["b1"].last_ns, by["b1"].gateway_last_ns) == (SEED[0].ts_ns, SEED[4].ts_ns,
+                                                                                SEED[4].ts_ns)
+    assert (by["b2"].first_ns, by["b2"].last_ns) == (SEED[1].ts_ns, SEED[1].ts_ns)
+    assert by["x1"].gateway_last_ns == SEED[2].ts_ns
 
 
 async def test_an_equipment_another_gateway_writes_fails_naming_both(sink) -> None:
     r = await claims(sink, "hall-a", ["a1", "b1", "b2"])
     assert not r.ok and not r.undecided
     assert "2 equipment" in r.detail and "gateway 'hall-a'" in r.detail
-    assert "b1 by gateway 'hall-b' (last day 2019-12-30)" in r.detail
+    assert "b1 by gateway 'hall-b' (last day 2019-12-31)" in r.detail
     assert "b2 by gateway 'hall-b' (last day 2019-12-31)" in r.detail
+    assert (await claims(sink, "hall-a", ["b9"])).ok  # hall-b tracks b9 outside its inventory: counts nowhere
 
 
 async def test_the_gateways_own_equipment_is_ok(sink) -> None:
@@ -138,6 +160,101 @@ async def test_a_store_that_cannot_answer_cannot_tell() -> None:
 
     r = await claims(NoClaims(), "hall-a", ["b1"])
     assert (r.ok, r.undecided) == (False, True) and "cannot tell" in r.detail
+
+
+# --- a machine moved between two gateways of one enterprise -----------------------------------------------
+# configuration.md: an equipment belongs to one gateway at a time. inventory.md lets a move be written with
+# 停用日期 in the old ledger and 启用日期 in the new one; or the old row is deleted. Either way each day has
+# one gateway counting it: the check must not fail on the new gateway for ever.
+
+MOVED = date(2020, 7, 1)
+S_NS = 10**9
+
+
+def local_ns(d: date) -> int:
+    return local_day_bounds(d, site("hall-a").tz)[0]
+
+
+def hall_a_points(inventory: list[InventoryItem], start: date, days: int) -> list[Point]:
+    """What hall-a's plant model writes over ``days`` days from ``start``, every machine in service sending."""
+    model = PlantModel(site("hall-a"), PlantSections.model_validate({"plant": {"sample_delay_s": 0}}), inventory,
+                       start_ns=local_ns(start))
+    out: list[Point] = []
+    t = local_ns(start)
+    for _ in range(days * 4):
+        today = start + timedelta(days=(t - local_ns(start)) // (86_400 * S_NS))
+        out += model.observe([Point("signal", {"enterprise": ENTERPRISE, "equipment": i.id, "signal": "kw"},
+                                    {"value": 1.0, "quality": 0}, t) for i in inventory if i.in_scope_on(today)], t)
+        t += 6 * HOUR_NS
+        out += model.advance(t)
+    return out
+
+
+async def test_a_machine_moved_with_a_decommissioning_date_is_handed_over(store_kind, tmp_path: Path) -> None:
+    """hall-a's ledger: loom-07 停用日期 2020-07-01; hall-b's: 启用日期 2020-07-01. hall-a keeps tracking
+    loom-07 (its equipment_daily has in_inventory_s = 0 from 1 July) and no longer counts it."""
+    points = hall_a_points([InventoryItem("loom-01", True), InventoryItem("loom-07", True, decommissioned=MOVED)],
+                           date(2020, 6, 28), 6)
+    daily = {p.ts_ns: p.fields for p in points if p.measurement == "enterprise_daily"}
+    assert daily[local_ns(date(2020, 7, 2))]["equipment_total"] == 1  # hall-a no longer counts it
+    sink = open_store_with(store_kind, tmp_path, points)
+    hall_b = [EquipmentItem(id="loom-07", nc=True, commissioned=MOVED), EquipmentItem(id="loom-20", nc=True)]
+    try:
+        for equipment in (hall_b, ["loom-07", "loom-20"]):  # its ledger's items, or bare ids
+            r = await check_claims(sink, enterprise("hall-b"), equipment, today=date(2020, 7, 4))
+            assert (r.ok, r.warning) == (True, False), r.detail
+            assert "handed over: loom-07 from gateway 'hall-a' (its last day 2020-06-30)" in r.detail
+    finally:
+        await sink.aclose()
+
+
+async def test_a_machine_moved_by_deleting_its_old_ledger_row_is_handed_over(store_kind, tmp_path: Path) -> None:
+    """hall-a's rows up to 30 June still count loom-07; from 1 July hall-a (restarted without the row)
+    writes loom-01 alone: it runs on without loom-07, which is hall-b's now. Until hall-a has written a
+    day without it, the check fails: both would count it."""
+    before = hall_a_points([InventoryItem("loom-01", True), InventoryItem("loom-07", True)], date(2020, 6, 28), 3)
+    after = hall_a_points([InventoryItem("loom-01", True)], MOVED, 3)
+    for points, today, handed in ((before, MOVED, False), (after, date(2020, 7, 4), True)):
+        sink = open_store_with(store_kind, tmp_path, points)  # the store as it is by then
+        try:
+            r = await check_claims(sink, enterprise("hall-b"), ["loom-07", "loom-20"], today=today)
+        finally:
+            await sink.aclose()
+        if handed:
+            assert (r.ok, r.warning) == (True, False) and "handed over: loom-07 from gateway 'hall-a'" in r.detail
+        else:
+            assert not r.ok and "loom-07 by gateway 'hall-a' (last day 2020-06-30)" in r.detail
+
+
+def test_the_verdict_on_a_gateway_counting_another_gateways_machine() -> None:
+    """Another gateway's claim by when it counted the machine, and when this agent counts it."""
+    day_ns = {d: local_ns(date(2020, 6, d)) for d in range(1, 31)}
+    still = EquipmentClaim("m1", "hall-a", day_ns[30], day_ns[1], day_ns[30])  # hall-a's latest day counts it
+    ended = EquipmentClaim("m1", "hall-a", day_ns[20], day_ns[1], day_ns[30])  # 21-30 June: hall-a without m1
+    june30 = date(2020, 6, 30)
+
+    def verdict(item: str | EquipmentItem, *claims: EquipmentClaim) -> CheckResult:
+        return claims_result("hall-b", [item], claims, today=june30)
+
+    r = verdict("m1", still)
+    assert not r.ok and "m1 by gateway 'hall-a' (last day 2020-06-30)" in r.detail
+    assert "this check passes once that gateway has written a day without it" in r.detail
+    # hall-b counts it only from 1 July (启用日期): a warning to end it in hall-a's ledger by then
+    r = verdict(EquipmentItem(id="m1", nc=True, commissioned=date(2020, 7, 1)), still)
+    assert (r.ok, r.warning) == (True, True) and "end it in that inventory by then (停用日期 2020-07-01)" in r.detail
+    # hall-b no longer counts it (停用日期, or out of scope): handed to hall-a
+    for item in (EquipmentItem(id="m1", nc=True, decommissioned=date(2020, 6, 1)),
+                 EquipmentItem(id="m1", nc=True, in_scope=False)):
+        r = verdict(item, still)
+        assert (r.ok, r.warning) == (True, False) and "handed over: m1 to gateway 'hall-a'" in r.detail
+    # hall-a stopped on 20 June and hall-b had not counted it: handed over; hall-b counted it 15-30 June
+    # too: a warning, those days count it twice
+    r = verdict("m1", ended)
+    assert (r.ok, r.warning) == (True, False) and "m1 from gateway 'hall-a' (its last day 2020-06-20)" in r.detail
+    r = verdict("m1", ended, EquipmentClaim("m1", "hall-b", day_ns[30], day_ns[15], day_ns[30]))
+    assert (r.ok, r.warning) == (True, True) and "on the same days, up to 2020-06-20" in r.detail
+    # a sink that says only the last day (no first day, no gateway's latest): as before, a clash
+    assert not verdict("m1", EquipmentClaim("m1", "hall-a", day_ns[20])).ok
 
 
 def test_the_verdict_names_at_most_five_and_counts_the_rest() -> None:

@@ -83,11 +83,16 @@ class Sink(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class EquipmentClaim:
-    """A gateway wrote ``equipment_daily`` for an equipment id of the enterprise."""
+    """A gateway counted an equipment id of the enterprise: it wrote ``equipment_daily`` rows for it
+    with ``in_inventory_s > 0`` (the equipment in that gateway's inventory that day)."""
 
     equipment: str
     gateway: str  # "" when the rows carry no gateway tag (an fmc before gateway ids)
     last_ns: int  # the time of its latest such row
+    first_ns: int | None = None  # the time of its first such row (None: not told)
+    # the time of that gateway's latest equipment_daily row of any equipment, in the inventory or not
+    # (None: not told). Later than ``last_ns``: the gateway runs on without counting the equipment
+    gateway_last_ns: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +110,9 @@ class ClaimsSink(Protocol):
     one that raises, makes the check "cannot tell", never ok."""
 
     async def equipment_claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
-        """Every (equipment, gateway) of ``equipment_daily`` rows of ``enterprise`` for these ids, at any
-        time. Raises ``SinkUnavailable`` when the store cannot answer (down, not allowed to read)."""
+        """Every (equipment, gateway) of ``equipment_daily`` rows of ``enterprise`` for these ids with
+        ``in_inventory_s > 0``, at any time, with the first and last such row and the gateway's latest
+        row. Raises ``SinkUnavailable`` when the store cannot answer (down, not allowed to read)."""
         ...
 
     async def gateway_hosts(self, enterprise: str, since_ns: int) -> list[GatewayHost]:

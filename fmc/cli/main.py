@@ -192,7 +192,7 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
                 results.append(CheckResult(f"sink:{cfg.sink_settings().type}", False,
                                            f"no answer within {timeout:.0f}s"))
             # another gateway of the enterprise already writing this agent's equipment?
-            results.append(await asked("sink:claims", check_claims(sink, cfg.enterprise, [e.id for e in inventory])))
+            results.append(await asked("sink:claims", check_claims(sink, cfg.enterprise, inventory)))
             # another host writing as this gateway (two agents left at the default id)?
             results.append(await asked("sink:gateway", check_gateway_hosts(
                 sink, cfg.enterprise, host_tag(socket.gethostname()), time.time_ns())))

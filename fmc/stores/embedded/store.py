@@ -458,12 +458,22 @@ class EmbeddedStore:
         self.close()
 
 
-# (equipment, gateway or "", time of the latest row) of one enterprise's equipment_daily for some ids
+# (equipment, gateway or "", time of the first and of the latest row) of one enterprise's equipment_daily
+# for some ids, the rows of days the equipment was in that gateway's inventory only
 _CLAIMS_SQL = (
     "SELECT json_extract(s.tags, '$.equipment') AS e, coalesce(json_extract(s.tags, '$.gateway'), '') AS g, "
-    "max(p.ts) FROM series s JOIN points p ON p.series_id = s.id "
+    "min(p.ts), max(p.ts) FROM series s JOIN points p ON p.series_id = s.id "
     "WHERE s.measurement = 'equipment_daily' AND json_extract(s.tags, '$.enterprise') = ? "
-    "AND json_extract(s.tags, '$.equipment') IN (SELECT value FROM json_each(?)) GROUP BY e, g ORDER BY e, g"
+    "AND json_extract(s.tags, '$.equipment') IN (SELECT value FROM json_each(?)) "
+    "AND json_extract(p.fields, '$.in_inventory_s') > 0 GROUP BY e, g ORDER BY e, g"
+)
+# (gateway or "", time of its latest equipment_daily row of any equipment) of one enterprise; the primary
+# key makes max(ts) per series an index lookup
+_GATEWAY_LAST_SQL = (
+    "SELECT g, max(m) FROM (SELECT coalesce(json_extract(s.tags, '$.gateway'), '') AS g, "
+    "(SELECT max(ts) FROM points WHERE series_id = s.id) AS m FROM series s "
+    "WHERE s.measurement = 'equipment_daily' AND json_extract(s.tags, '$.enterprise') = ?) "
+    "WHERE m IS NOT NULL GROUP BY g"
 )
 
 _GATEWAY_HOSTS_SQL = (
@@ -534,10 +544,12 @@ class EmbeddedSink:
         store = self._opened()
         with store._lock:
             rows = store._conn.execute(_CLAIMS_SQL, (enterprise, json.dumps(sorted(set(equipment))))).fetchall()
-        return [EquipmentClaim(str(e), str(g), int(ts)) for e, g, ts in rows]
+            latest = dict(store._conn.execute(_GATEWAY_LAST_SQL, (enterprise,)).fetchall()) if rows else {}
+        return [EquipmentClaim(str(e), str(g), int(last), int(first), int(latest[g]) if g in latest else None)
+                for e, g, first, last in rows]
 
     async def equipment_claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
-        """The gateways that wrote ``equipment_daily`` for these equipment ids of ``enterprise``."""
+        """The gateways that counted these equipment ids of ``enterprise`` (``ClaimsSink``)."""
         try:
             return await asyncio.to_thread(self._claims, enterprise, equipment)
         except (sqlite3.Error, StoreError, OSError) as e:

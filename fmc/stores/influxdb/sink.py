@@ -344,21 +344,31 @@ class InfluxDBSink:
     # --- claims (fmc check) --------------------------------------------------------------------
 
     async def equipment_claims(self, enterprise: str, equipment: list[str]) -> list[EquipmentClaim]:
-        """The gateways that wrote ``equipment_daily`` for these equipment ids of ``enterprise`` (InfluxQL
+        """The gateways that counted these equipment ids of ``enterprise`` (``ClaimsSink``; InfluxQL
         over the v1 ``/query`` API: 1.x, and 2.x/3.x with a DBRP mapping). The agent's user must be
         allowed to read the database; otherwise the store cannot answer and this raises."""
         from fmc.stores.influxdb.query import quote_literal
 
         ids = sorted(set(equipment))
-        claims: list[EquipmentClaim] = []
+        daily = self._measurement("equipment_daily")
+        where = f"WHERE enterprise = {quote_literal(enterprise)}"
+        spans: dict[tuple[str, str], list[int]] = {}
         for first in range(0, len(ids), CLAIMS_PER_QUERY):
             chunk = " OR ".join(f"equipment = {quote_literal(e)}" for e in ids[first:first + CLAIMS_PER_QUERY])
-            query = (f"SELECT last(online_s) FROM {self._measurement('equipment_daily')} WHERE enterprise = "
-                     f"{quote_literal(enterprise)} AND ({chunk}) GROUP BY equipment, gateway")
-            for tags, rows in await self._series(query):
-                if tags.get("equipment") and rows and isinstance(rows[0][0], int):
-                    claims.append(EquipmentClaim(tags["equipment"], tags.get("gateway") or "", rows[0][0]))
-        return claims
+            # first() and last() alone report the time of the row they picked: a statement each; only the
+            # days the equipment was in that gateway's inventory
+            for selector in ("first", "last"):
+                query = (f"SELECT {selector}(in_inventory_s) FROM {daily} {where} AND ({chunk}) "
+                         "AND in_inventory_s > 0 GROUP BY equipment, gateway")
+                for tags, rows in await self._series(query):
+                    if tags.get("equipment") and rows and isinstance(rows[0][0], int):
+                        spans.setdefault((tags["equipment"], tags.get("gateway") or ""), []).append(rows[0][0])
+        if not spans:
+            return []
+        latest = {tags.get("gateway") or "": rows[0][0]
+                  for tags, rows in await self._series(f"SELECT last(online_s) FROM {daily} {where} GROUP BY gateway")
+                  if rows and isinstance(rows[0][0], int)}
+        return [EquipmentClaim(e, g, max(times), min(times), latest.get(g)) for (e, g), times in sorted(spans.items())]
 
     async def gateway_hosts(self, enterprise: str, since_ns: int) -> list[GatewayHost]:
         """The hosts that wrote ``agent`` points of ``enterprise`` since ``since_ns``, per gateway tag
