@@ -30,6 +30,9 @@ from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from fmc.central.grafana.push import DATASOURCE_UID
 
@@ -130,6 +133,82 @@ def test_agent_unit_fits_a_small_gateway_and_waits_for_the_spool_flush() -> None
     # the example config spools into the unit's StateDirectory
     example = tomllib.loads((DEPLOY / "examples" / "agent.toml").read_text(encoding="utf-8"))
     assert Path(example["spool"]["path"]).parent == Path("/var/lib/fmc")
+
+
+# --- pyproject.toml: the dependencies' floors ----------------------------------------------------------------
+
+# The lowest version of each dependency fmc's code works with, and what needs it. pip installs any version
+# pyproject.toml allows (the one a venv has already, a constraints file, a mirror, Debian's python3-paho-mqtt
+# under --system-site-packages): a floor below one of these is an agent that fails at every start, which
+# systemd restarts for good. Each row was checked once by hand, installing exactly that version (pip install
+# --no-deps --target DIR name==version, DIR first on PYTHONPATH) and running what uses it, and where a row
+# names an API the version before it too; the suite installs no old version. Code that starts using an API
+# newer than a row's version raises that row and the floor in pyproject.toml together.
+# (distribution, the extra whose own requirement sets it, or None for `pip install fmc`): (version, needs)
+MINIMUM_VERSIONS: dict[tuple[str, str | None], tuple[str, str]] = {
+    ("paho-mqtt", None): ("2.2", "paho.mqtt.exception.MalformedPacket (fmc.sources.mqtt.source); 2.1 has no "
+                                 "paho.mqtt.exception"),
+    ("pymodbus", None): ("3.10", "read_*_registers(..., device_id=) (fmc.sources.modbus.link); 3.9 calls it slave="),
+    ("pymodbus", "demo"): ("3.13", "pymodbus.simulator's SimDevice with action= (fmc.demo.modbus_meter); 3.12 "
+                                   "refuses it"),
+    ("protobuf", None): ("5.26", "checked with the Sparkplug source's tests (message_factory.GetMessageClass)"),
+    ("asyncua", None): ("2.1", "checked with the OPC UA source's tests"),
+    ("msgspec", None): ("0.18", "checked with the MQTT source's tests (msgspec.json)"),
+    ("httpx", None): ("0.27", "checked with the InfluxDB sink's tests"),
+    ("sniffio", None): ("1.3", "checked with the InfluxDB sink's tests"),
+    ("pydantic", None): ("2.6", "checked with the sources' and the sink's tests (every configuration model)"),
+    ("prometheus-client", None): ("0.20", "checked with the sources' tests (fmc.agent.metrics)"),
+    ("pyserial", None): ("3.5", "checked with the DL/T 645 source's tests"),
+    ("fastapi", "central"): ("0.115", "checked with fmc demo (it serves the API)"),
+    ("uvicorn", "central"): ("0.30", "checked with fmc demo"),
+    ("httptools", "central"): ("0.6", "checked with fmc demo"),
+    ("uvloop", "central"): ("0.19", "checked with fmc demo"),
+    ("grafana-client", "central"): ("5", "checked with tests/test_grafana_push.py"),
+    ("amqtt", "demo"): ("0.11", "checked with fmc demo (its MQTT broker)"),
+}
+
+
+def _requirements(extra: str | None) -> list[Requirement]:
+    """What ``pip install fmc`` (or ``fmc[extra]``) asks for: the dependencies and the extra's own, the
+    extras it names (``fmc[central]``) followed."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    out = [Requirement(d) for d in project["dependencies"]]
+    todo, seen = [] if extra is None else [extra], set()
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            for r in map(Requirement, project["optional-dependencies"][name]):
+                if r.name == "fmc":
+                    todo += r.extras
+                else:
+                    out.append(r)
+    return out
+
+
+def _floors(extra: str | None) -> dict[str, Version | None]:
+    """The lowest version pip may pick of each distribution: the highest ``>=`` (or ``==``) of the
+    requirements naming it, None when none sets one."""
+    floors: dict[str, Version | None] = {}
+    for r in _requirements(extra):
+        name = canonicalize_name(r.name)
+        lows = [Version(s.version) for s in r.specifier if s.operator in (">=", "==")]
+        got = floors.get(name)
+        floors[name] = max([*lows, *([got] if got else [])], default=None)
+    return floors
+
+
+def test_the_dependency_floors_are_versions_the_code_works_with() -> None:
+    for (name, extra), (minimum, needs) in MINIMUM_VERSIONS.items():
+        floor = _floors(extra).get(name)
+        where = "pip install fmc" if extra is None else f"pip install 'fmc[{extra}]'"
+        assert floor is not None and floor >= Version(minimum), (
+            f"{where} may install {name} {floor or 'of any version'}, the code needs {minimum}: {needs}")
+    # every dependency has its row, so a new one gets its floor checked too
+    base, central = set(_floors(None)), set(_floors("central"))
+    wanted = ({(n, None) for n in base} | {(n, "central") for n in central - base}
+              | {(n, "demo") for n in set(_floors("demo")) - central})
+    assert wanted <= set(MINIMUM_VERSIONS), f"no row in MINIMUM_VERSIONS: {sorted(wanted - set(MINIMUM_VERSIONS))}"
 
 
 # --- deploy/install.sh, for real -----------------------------------------------------------------------------
