@@ -89,20 +89,26 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "  created venv $venv"
 fi
 
-# 3. fmc itself. A source tree is copied first, so building never writes into it (it may be
-# read-only, or someone's working copy).
+# 3. fmc itself, from a wheel. A source tree is copied and built into one first, so building never
+# writes into it (it may be read-only, or someone's working copy).
 build=""
 cleanup() { [ -z "$build" ] || rm -rf "$build"; }
 trap cleanup EXIT
-target="$from"
+wheel="$from"
 if [ -d "$from" ]; then
   build="$(mktemp -d)"
+  mkdir "$build/src"
   tar -C "$from" --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./dist --exclude='*.egg-info' \
       --exclude=__pycache__ --exclude=.pytest_cache --exclude=.ruff_cache --exclude=.hypothesis \
-      --exclude='*.db' --exclude='*.db-wal' --exclude='*.db-shm' -cf - . | tar -C "$build" -xf -
-  target="$build"
+      --exclude='*.db' --exclude='*.db-wal' --exclude='*.db-shm' -cf - . | tar -C "$build/src" -xf -
+  "$venv/bin/python" -m pip wheel --quiet --no-deps --wheel-dir "$build/dist" "$build/src"
+  wheel="$(echo "$build"/dist/fmc-*.whl)"
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade "$target${extra:+[$extra]}"
+# A new build often keeps the version of the one installed (every wheel so far is fmc-0.1.0): pip would
+# answer "already installed" and keep the old code. So fmc itself is always reinstalled, alone, then pip
+# adds what its dependencies need (missing, or older than its floors) and leaves the rest as it is.
+"$venv/bin/python" -m pip install --quiet --force-reinstall --no-deps "$wheel"
+"$venv/bin/python" -m pip install --quiet "$wheel${extra:+[$extra]}"
 version="$("$venv/bin/fmc" --version)"
 echo "  installed $version${extra:+ with the $extra extra}"
 

@@ -12,6 +12,8 @@ the wheel, with its real dependencies and without extras) is tests/test_gateway_
 
 from __future__ import annotations
 
+import atexit
+import functools
 import inspect
 import json
 import os
@@ -22,6 +24,7 @@ import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -235,11 +238,25 @@ def _copy_source(dest: Path) -> Path:
     return dest
 
 
+@functools.cache
+def _dependencies_path() -> str:
+    """This interpreter's site-packages without fmc: its dependencies, as installed for the tests. With the
+    tests' own fmc on PYTHONPATH pip would find fmc installed "outside environment" and install every
+    wheel, also one the script must tell it to reinstall (an upgrade to a build of the same version)."""
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    folder = Path(tempfile.mkdtemp(prefix="fmc-test-deps-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for entry in purelib.iterdir():
+        if entry.name != "fmc" and not entry.name.startswith(("fmc-", "__editable__.fmc-", "__editable___fmc_")):
+            (folder / entry.name).symlink_to(entry)
+    return str(folder)
+
+
 def _install_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     if os.environ.get("FMC_TEST_FULL_INSTALL") != "1":
         env["PIP_NO_DEPS"] = "1"
-        env["PYTHONPATH"] = sysconfig.get_paths()["purelib"]  # fmc's dependencies, as installed for the tests
+        env["PYTHONPATH"] = _dependencies_path()
     return env
 
 
@@ -315,18 +332,27 @@ def test_upgrade_keeps_state_config_and_secrets(installed: Installed, tmp_path: 
     (etc / "agent.env").write_text("FMC_MQTT_PASSWORD=s3cret\n", encoding="utf-8")
     (etc / "inventory.csv").write_text("id,name\nloom-01,织机\n", encoding="utf-8")
     before = _tree(installed.prefix / "etc") | {f"var/{k}": v for k, v in _tree(var).items()}
-    marker = installed.venv / "bin" / "fmc"
-    old_mtime = marker.stat().st_mtime_ns
+    # the next build: a fix in the code, fmc's version unchanged (as in every build so far), so its wheel
+    # has the name of the one installed
+    source = _copy_source(tmp_path / "src")
+    init = source / "fmc" / "__init__.py"
+    init.write_text(init.read_text(encoding="utf-8") + '\nTEST_BUILD = "the upgrade"\n', encoding="utf-8")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"),
+                            str(source)], capture_output=True, text=True, env=_install_env(), timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = (tmp_path / "dist").glob("fmc-*.whl")
 
-    result = run_install("--prefix", installed.prefix, "--no-systemd", "--from", installed.source,
-                         "--python", sys.executable)
+    result = run_install("--prefix", installed.prefix, "--no-systemd", "--from", wheel, "--python", sys.executable)
     assert result.returncode == 0, result.stdout + result.stderr
     after = _tree(installed.prefix / "etc") | {f"var/{k}": v for k, v in _tree(var).items()}
     assert after == before
     assert "created venv" not in result.stdout
     for kept in ("agent.toml", "inventory.csv", "agent.env"):
         assert f"kept {etc / kept}" in result.stdout
-    assert marker.stat().st_mtime_ns >= old_mtime  # fmc itself was reinstalled
+    probe = subprocess.run([str(installed.venv / "bin" / "python"), "-c",
+                            "import fmc; print(getattr(fmc, 'TEST_BUILD', 'the code installed before'))"],
+                           capture_output=True, text=True, env=_install_env(), timeout=60, cwd="/")
+    assert probe.stdout.strip() == "the upgrade", probe.stdout + probe.stderr  # what the agent restarts on
     with sqlite3.connect(spool) as db:
         assert db.execute("SELECT count(*) FROM points").fetchone() == (1,)
     db.close()
