@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import random
 import re
 import shutil
@@ -9,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -540,7 +544,7 @@ def test_a_schema_1_spool_is_upgraded_in_place(tmp_path: Path) -> None:
         spool.append([], journal=[("plant", "e1")], messages=[("plant", 1, b"d" * 16)])
         assert spool.journal("plant") == ["e1"] and spool.committed_message("plant", 1, b"d" * 16)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # the format, which the fmc before reads
     db.close()
 
 
@@ -565,8 +569,101 @@ def test_a_schema_2_spool_keeps_its_dead_letters_and_its_rollups_can_be_supersed
         assert spool.read_batch(10).lines == [rollup(1.0, ts=7), "signal v=1 7", rollup(240.0)]
         assert [d.id for d in spool.dead_letters()] == [batch.ids[0]]
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2  # the format, which the fmc before reads
     db.close()
+
+
+def _format(path: Path) -> tuple[int, int, set[str]]:
+    """(application_id, user_version, dead_letter's columns) of a spool file."""
+    with sqlite3.connect(path) as db:
+        header = db.execute("SELECT * FROM pragma_application_id, pragma_user_version").fetchone()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(dead_letter)")}
+    db.close()
+    return (*header, columns)
+
+
+def test_dead_letter_keys_keep_the_format_the_fmc_before_them_reads(tmp_path: Path) -> None:
+    """series, ts and superseded_by are additive: a spool with them stays format 2, which the fmc before
+    them reads, so an upgrade can be taken back (docs/deploy.md). A spool of format 3, as fmc wrote it for
+    a while for these columns, is format 2 again once opened."""
+    keys = {"series", "ts", "superseded_by"}
+    new = tmp_path / "new.db"
+    Spool(new).close()
+    assert _format(new) == (0x666D6353, 2, _format(new)[2]) and keys <= _format(new)[2]
+    older = tmp_path / "older.db"
+    with Spool(older) as spool:
+        spool.append([(rollup(100.0), ROLLUP)])
+        spool.complete(spool.read_batch(10), [(0, "refused", 400)], now_ms=5)
+    with sqlite3.connect(older) as db:
+        as_schema_2(db)
+    db.close()
+    assert _format(older)[1:] == (2, _format(older)[2]) and not keys & _format(older)[2]
+    with Spool(older) as spool:  # the columns are added, the format stays
+        [dead] = spool.dead_letters()
+    assert _format(older)[1] == 2 and keys <= _format(older)[2]
+    with sqlite3.connect(older) as db:
+        assert db.execute("SELECT series, ts FROM dead_letter").fetchone() == series_and_time(rollup(100.0))
+        db.execute("PRAGMA user_version = 3")
+    db.close()
+    with Spool(older) as spool:
+        assert [d.id for d in spool.dead_letters()] == [dead.id]
+    assert _format(older)[1] == 2
+
+
+# the commit before dead_letter's series, ts and superseded_by: its fmc reads format 2 and knows none of them
+BEFORE_DEAD_LETTER_KEYS = "e88a4f6^"
+_OLDER_PROBE = """
+import json, sys
+import fmc
+assert fmc.__file__.startswith(sys.argv[2]), fmc.__file__
+from fmc.agent.spool import Spool
+spool = Spool(sys.argv[1])
+if sys.argv[3] == "use":
+    batch = spool.read_batch(10)
+    spool.complete(batch)  # delivered
+    spool.append([(sys.argv[4], 2)])  # a rollup the store then refuses
+    spool.complete(spool.read_batch(10), [(0, "refused", 400)], now_ms=9)
+    print(json.dumps({"sent": batch.lines, "dead_letters": spool.stats().dead_letters}))
+else:
+    print(json.dumps({"requeued": spool.requeue_dead_letters(), "queued": spool.read_batch(10).lines}))
+spool.close()
+"""
+
+
+def test_the_fmc_before_the_dead_letter_keys_uses_and_requeues_a_spool_this_one_used(tmp_path: Path) -> None:
+    archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "archive", "--format=tar",
+                              BEFORE_DEAD_LETTER_KEYS, "fmc"], capture_output=True, timeout=60)
+    if archive.returncode != 0:
+        pytest.skip(f"no git history here: {archive.stderr.decode(errors='replace').strip()[-200:]}")
+    older = tmp_path / "older"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(older, filter="data")
+
+    def the_older_fmc(*args: str) -> dict[str, object]:
+        env = {**os.environ, "PYTHONPATH": str(older)}
+        result = subprocess.run([sys.executable, "-c", _OLDER_PROBE, str(path), str(older), *args],
+                                capture_output=True, text=True, env=env, timeout=60, cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    path = tmp_path / "spool.db"
+    with Spool(path) as spool:  # this fmc ran, and was stopped with a point waiting
+        spool.append([(rollup(100.0), ROLLUP)])
+        spool.complete(spool.read_batch(10), [(0, "refused", 400)], now_ms=5)
+        spool.append([(rollup(240.0), ROLLUP)])
+        spool.complete(spool.read_batch(10), now_ms=6)  # the day's later version: the dead one is superseded
+        spool.append([("signal v=1 7", RAW)])
+    # the upgrade taken back: the older fmc sends what waits and dead-letters a rollup of its own
+    assert the_older_fmc("use", rollup(1.0, ts=7)) == {"sent": ["signal v=1 7"], "dead_letters": 2}
+    with Spool(path) as spool:  # upgraded again: the older fmc's rollup dead letter gets its key
+        assert spool.stats().superseded_dead_letters == 1
+        with sqlite3.connect(path) as db:
+            keys = db.execute("SELECT line, series, ts FROM dead_letter WHERE superseded_by IS NULL").fetchall()
+        db.close()
+        assert keys == [(rollup(1.0, ts=7), *series_and_time(rollup(1.0, ts=7)))]
+    # and taken back again: the older fmc requeues as it always did, the superseded dead letter too (it
+    # does not know the mark: docs/deploy.md says to delete those first)
+    assert the_older_fmc("requeue") == {"requeued": 2, "queued": [rollup(100.0), rollup(1.0, ts=7)]}
 
 
 # --- drop policy -------------------------------------------------------------------------------
@@ -1039,7 +1136,7 @@ def test_check_spool_file_says_what_spool_would_refuse_without_changing_it(tmp_p
         conn.execute("PRAGMA user_version = 99")
     conn.close()
     refused = check_spool_file(tmp_path / "spool.db")
-    assert refused is not None and "newer fmc (schema 99" in refused[0]
+    assert refused is not None and "newer fmc (spool format 99" in refused[0]
     for path in (tmp_path, notes, other, tmp_path / "spool.db"):  # each is what Spool refuses
         with pytest.raises(SpoolError):
             Spool(path)

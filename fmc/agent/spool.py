@@ -30,7 +30,17 @@ from fmc.core.points import Priority
 # Written into the SQLite header so a spool is never confused with another database (and
 # another database never gets spool tables added to it). "fmcS" in ASCII.
 APPLICATION_ID = 0x666D6353
-SCHEMA_VERSION = 3  # 2: the journal and recent_messages tables; 3: dead letters' series, ts, superseded_by
+# PRAGMA user_version is the spool's format: what a reader must understand to use the file, and an fmc
+# refuses a format it does not read. A change an older fmc can live with (a column it leaves NULL, an
+# index, a table it never reads) keeps the format: the fmc that needs it looks for it in the file and adds
+# what is missing at every open (_add_dead_letter_keys), so the fmc before it still opens a spool the
+# newer one used, and an upgrade can be taken back (docs/spool.md, "Formats").
+# 1: spool, dead_letter, rejected, counters, state; 2: the journal and recent_messages tables.
+FORMAT = 2
+# The highest format this fmc reads. 3 was written for a while for dead_letter's series, ts and
+# superseded_by, before additive changes kept the format: read as 2 (it is 2 with those columns) and
+# written back as 2. The next format an older fmc cannot read is 4.
+READS_FORMAT = 3
 
 PAYLOAD_EXCERPT_MAX = 512  # bytes of a rejected message kept for inspection
 DETAIL_MAX = 1024  # characters of a rejection's detail: the ring is bounded in rows, so bound rows too
@@ -105,7 +115,7 @@ _SCHEMA = (
     "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
 )
-# Tables added after schema 1, created when a spool of an older schema is opened.
+# Tables added by format 2, created when a spool of format 1 is opened.
 _SCHEMA_SINCE_1 = (
     # Inputs of a part of the agent (the plant model, under its state key) committed since that
     # part last saved its state: the state plus these, in id order, is the part as it was at the
@@ -129,19 +139,25 @@ _SCHEMA_SINCE_1 = (
     ) WITHOUT ROWID""",
 )
 
-# Schema 3's dead_letter columns (in _SCHEMA's table), added when an older spool is opened.
-_DEAD_LETTER_SINCE_2 = (
-    "ALTER TABLE dead_letter ADD COLUMN series TEXT",
-    "ALTER TABLE dead_letter ADD COLUMN ts INTEGER",
-    "ALTER TABLE dead_letter ADD COLUMN superseded_by INTEGER",
+# dead_letter's columns for superseded rollups (in _SCHEMA's table; additive, see FORMAT), added when a
+# spool from before them is opened: (column, statement).
+_DEAD_LETTER_KEY_COLUMNS = (
+    ("series", "ALTER TABLE dead_letter ADD COLUMN series TEXT"),
+    ("ts", "ALTER TABLE dead_letter ADD COLUMN ts INTEGER"),
+    ("superseded_by", "ALTER TABLE dead_letter ADD COLUMN superseded_by INTEGER"),
 )
 # Partial indexes: the dead letters a later line can supersede are looked up on every complete,
-# and the superseded ones counted by stats(), without a scan of every dead letter.
+# and the superseded ones counted by stats(), without a scan of every dead letter; the rollup dead
+# letters without their key (an older fmc's, see _add_dead_letter_keys) are found at open the same way.
 _DEAD_LETTER_INDEXES = (
     "CREATE INDEX IF NOT EXISTS dead_letter_open_rollups ON dead_letter (series, ts) "
     "WHERE series IS NOT NULL AND superseded_by IS NULL",
     "CREATE INDEX IF NOT EXISTS dead_letter_superseded ON dead_letter (superseded_by) WHERE superseded_by IS NOT NULL",
+    f"CREATE INDEX IF NOT EXISTS dead_letter_unkeyed_rollups ON dead_letter (id) "
+    f"WHERE priority = {int(Priority.ROLLUP)} AND series IS NULL",
 )
+# the constant, not a parameter, so that SQLite uses dead_letter_unkeyed_rollups
+_UNKEYED_ROLLUPS = f"SELECT id, line FROM dead_letter WHERE priority = {int(Priority.ROLLUP)} AND series IS NULL"
 
 _COUNTER_NAMES = (QUEUED_POINTS, QUEUED_BYTES, LAST_ID, REJECTED_TOTAL, *map(_dropped_key, DROPPABLE))
 
@@ -280,10 +296,29 @@ def _refusal(app_id: int, version: int, tables: int) -> tuple[str, str] | None:
         return None
     if app_id != APPLICATION_ID:
         return "this file is not an fmc spool", "name another file, or move this one aside if it is not needed"
-    if version > SCHEMA_VERSION:
-        return (f"written by a newer fmc (schema {version}, this one reads {SCHEMA_VERSION})",
+    if version > READS_FORMAT:
+        return (f"written by a newer fmc (spool format {version}, this one reads up to {READS_FORMAT})",
                 "upgrade fmc, or name another file")
     return None
+
+
+def _add_dead_letter_keys(conn: sqlite3.Connection) -> None:
+    """Add dead_letter's series, ts and superseded_by and their indexes where the file has none (a spool
+    from before them), and give every rollup dead letter without one its key: those of such a spool, and
+    those an fmc from before them dead-lettered since (an upgrade taken back, then made again). Whether a
+    later line of theirs was delivered meanwhile is not known; requeue still sees one that is queued."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(dead_letter)")}
+    for column, statement in _DEAD_LETTER_KEY_COLUMNS:
+        if column not in have:
+            conn.execute(statement)
+    for statement in _DEAD_LETTER_INDEXES:
+        conn.execute(statement)
+    rollups = conn.execute(_UNKEYED_ROLLUPS).fetchall()
+    if rollups:
+        conn.executemany(
+            "UPDATE dead_letter SET series = ?, ts = ? WHERE id = ?",
+            [(*_rollup_key(line), row_id) for row_id, line in rollups],
+        )
 
 
 def check_spool_file(path: Path) -> tuple[str, str] | None:
@@ -401,25 +436,14 @@ class Spool:
                 for statement in (*_SCHEMA, *_SCHEMA_SINCE_1, *_DEAD_LETTER_INDEXES):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version < SCHEMA_VERSION:
-                for statement in _SCHEMA_SINCE_1:
-                    conn.execute(statement)
-                if version < 3:
-                    for statement in _DEAD_LETTER_SINCE_2:
+                conn.execute(f"PRAGMA user_version = {FORMAT}")
+            else:
+                if version < 2:
+                    for statement in _SCHEMA_SINCE_1:
                         conn.execute(statement)
-                    # the rollups already dead-lettered get their key; whether a later line of theirs
-                    # was delivered before is not known (requeue still sees one that is queued)
-                    rollups = conn.execute(
-                        "SELECT id, line FROM dead_letter WHERE priority = ?", (int(Priority.ROLLUP),)
-                    ).fetchall()
-                    conn.executemany(
-                        "UPDATE dead_letter SET series = ?, ts = ? WHERE id = ?",
-                        [(*_rollup_key(line), row_id) for row_id, line in rollups],
-                    )
-                for statement in _DEAD_LETTER_INDEXES:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                _add_dead_letter_keys(conn)
+                if version != FORMAT:  # 1, or the 3 of dead_letter's columns (READS_FORMAT)
+                    conn.execute(f"PRAGMA user_version = {FORMAT}")
             conn.executemany(
                 "INSERT OR IGNORE INTO counters (name, value) VALUES (?, 0)", [(n,) for n in _COUNTER_NAMES]
             )
