@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fmc.agent.config import parse_size
+from fmc.agent.spool import Spool
 from fmc.cli.main import main
 from fmc.cli.plugins import load_config
 from fmc.core.config import ConfigError
+from fmc.core.points import Priority
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "deploy" / "examples" / "agent.toml"
@@ -256,6 +264,90 @@ def test_check_fails_a_spool_path_the_agent_cannot_open(tmp_path, capsys, kind):
     assert main(["check", "-c", str(path), "--timeout", "1"]) == 1
     spool_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("spool "))
     assert "FAIL" in spool_line and f"[spool] path {spool}:" in spool_line and "fix:" in spool_line, spool_line
+
+
+# Acting as another user needs root (to make files of another user) and setpriv: the service's or an
+# engineer's user is uid/gid 65534 here.
+OTHER_UID = 65534
+as_another_user = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                     reason="needs root and setpriv to act as another user")
+
+
+def run_as_other_user(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    cmd = ["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", sys.executable, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          timeout=120, cwd=str(cwd))
+
+
+@pytest.fixture
+def gateway() -> Iterator[Path]:
+    """/etc/fmc and /var/lib/fmc in small: the config readable by all, the state folder var/ (0750, root's:
+    a test gives it to the other user where that user is the agent's) and a folder for the store."""
+    base = Path(tempfile.mkdtemp(prefix="fmc-test-gateway-", dir="/tmp"))  # a folder the other user may enter
+    try:
+        base.chmod(0o755)
+        text = GOOD.split("[[mqtt]]")[0] + '[sink]\ntype = "embedded"\npath = "store/store.db"\n'
+        (base / "agent.toml").write_text(text + '[spool]\npath = "var/spool.db"\n', encoding="utf-8")
+        (base / "agent.toml").chmod(0o644)
+        for folder in ("var", "store"):
+            (base / folder).mkdir(mode=0o750)
+        os.chown(base / "store", OTHER_UID, OTHER_UID)
+        probe = run_as_other_user("-c", "import fmc", cwd=base)
+        if probe.returncode != 0:
+            pytest.skip(f"this interpreter or the tree cannot be used by uid {OTHER_UID}: {probe.stderr[-200:]}")
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@as_another_user
+def test_check_fails_a_spool_the_agents_user_cannot_write(gateway: Path) -> None:
+    """A `sudo fmc run` during commissioning leaves the spool root's, 0644, in the service's folder; the
+    unit's User=fmc then reads it but fails its first write at every start. `fmc check` as the service
+    will run says so, with the owner and the fix, instead of "writable"."""
+    os.chown(gateway / "var", OTHER_UID, OTHER_UID)
+    spool, wal = gateway / "var" / "spool.db", gateway / "var" / "spool.db-wal"
+    old = os.umask(0o022)
+    try:
+        with Spool(spool) as opened:  # as root
+            opened.append([("m v=1i 1", Priority.RAW)])
+        wal.touch()  # and its WAL file, as a power cut leaves it (empty: nothing to replay)
+    finally:
+        os.umask(old)
+    run = run_as_other_user("-c", "from fmc.agent.spool import Spool; Spool('var/spool.db')", cwd=gateway)
+    assert run.returncode != 0 and "SpoolError" in run.stderr  # what `fmc run` meets at every start
+
+    check = run_as_other_user("-m", "fmc", "check", "-c", "agent.toml", "--timeout", "2", cwd=gateway)
+    assert check.returncode == 1, check.stdout + check.stderr
+    [line] = [line.strip() for line in check.stdout.splitlines() if line.strip().startswith("spool ")]
+    me = pwd.getpwuid(OTHER_UID).pw_name
+    assert "FAIL" in line and f"may not write {spool} {wal} (owner root:root, mode 0644)" in line, line
+    fix = line.split("; fix: ", 1)[1]
+    assert fix.startswith(f"chown {me}:{grp.getgrgid(OTHER_UID).gr_name} {spool} {wal}"), fix  # and -shm, if there
+    assert fix.endswith(f"if the agent runs as {me}, else run this as the agent's user"), fix
+
+    os.chown(spool, OTHER_UID, OTHER_UID)  # what the message says (the WAL file too)
+    os.chown(wal, OTHER_UID, OTHER_UID)
+    check = run_as_other_user("-m", "fmc", "check", "-c", "agent.toml", "--timeout", "2", cwd=gateway)
+    assert check.returncode == 0 and f"{spool} writable" in check.stdout, check.stdout + check.stderr
+
+
+@as_another_user
+@pytest.mark.parametrize("command", [["check", "-c", "agent.toml", "--timeout", "2"],
+                                     ["spool", "show", "-c", "agent.toml"]], ids=["check", "spool-show"])
+def test_a_state_folder_the_user_may_not_enter_is_one_sentence_with_the_fix(gateway: Path,
+                                                                             command: list[str]) -> None:
+    """An engineer's own login and the service's /var/lib/fmc (0750 fmc:fmc): no traceback, one line naming
+    the setting, the folder and the fix, exit 1."""
+    Spool(gateway / "var" / "spool.db").close()
+    result = run_as_other_user("-m", "fmc", *command, cwd=gateway)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    out = result.stdout + result.stderr
+    [line] = [line for line in out.splitlines() if "[spool] path" in line]
+    me = pwd.getpwuid(OTHER_UID).pw_name
+    assert f"[spool] path {gateway / 'var' / 'spool.db'}: the user {me} may not look into {gateway / 'var'}" in line
+    assert "fix: run this as the user the agent runs as (with the systemd unit: sudo -u fmc …) or as root" in line
 
 
 SINK_ONLY = """

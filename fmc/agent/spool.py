@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -321,14 +323,47 @@ def _add_dead_letter_keys(conn: sqlite3.Connection) -> None:
         )
 
 
+def _names(uid: int, gid: int) -> tuple[str, str]:
+    """(user, group) by name; by number where the system has no name for one."""
+    user, group = str(uid), str(gid)
+    try:
+        import grp
+        import pwd
+    except ImportError:  # not a Unix
+        return user, group
+    with contextlib.suppress(KeyError):
+        user = pwd.getpwuid(uid).pw_name
+    with contextlib.suppress(KeyError):
+        group = grp.getgrgid(gid).gr_name
+    return user, group
+
+
 def check_spool_file(path: Path) -> tuple[str, str] | None:
-    """Why ``Spool(path)`` would refuse ``path``, and the fix; None when it would open it (a
-    missing file is created). Reads the file without changing it: ``fmc check`` asks this while
-    the agent may be writing the spool."""
-    if path.is_dir():
-        return "it is a folder", f"name a file, e.g. {path / 'spool.db'}"
-    if not path.exists():
+    """Why ``Spool(path)`` would refuse ``path`` to this process's user, and the fix; None when it
+    would open it (a missing file is created). Reads the file without changing it: ``fmc check`` asks
+    this while the agent may be writing the spool."""
+    me, my_group = _names(os.getuid(), os.getgid())
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError as e:  # a folder on the way it may not enter: /var/lib/fmc is 0750 fmc:fmc
+        return (f"the user {me} may not look into {path.parent} ({e.strerror})",
+                "run this as the user the agent runs as (with the systemd unit: sudo -u fmc …) or as root")
+    if stat.S_ISDIR(st.st_mode):
+        return "it is a folder", f"name a file, e.g. {path / 'spool.db'}"
+    # The spool and the WAL files SQLite keeps beside it, which the agent writes too: a spool left by a
+    # `sudo fmc run` (root:root 0644) opens read-only here, but the agent's first write fails.
+    files = [f for f in (path, path.with_name(f"{path.name}-wal"), path.with_name(f"{path.name}-shm")) if f.exists()]
+    refused = [f for f in files if not os.access(f, os.R_OK | os.W_OK)]
+    if refused:
+        first = refused[0].stat()
+        owner = ":".join(_names(first.st_uid, first.st_gid))
+        what = "write" if os.access(refused[0], os.R_OK) else "read or write"
+        return (f"the user {me} may not {what} {' '.join(map(str, refused))} (owner {owner}, mode "
+                f"{stat.S_IMODE(first.st_mode):04o})",
+                f"chown {me}:{my_group} {' '.join(map(str, files))} if the agent runs as {me}, else run this as "
+                "the agent's user")
     try:
         conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=5.0)
         try:

@@ -259,7 +259,9 @@ def _check_spool(cfg: AgentSettings):  # -> CheckResult
     path = cfg.spool.path
     folder = path.parent
     name = "spool"
-    refused = check_spool_file(path)  # a folder, or a file that is not a spool: `fmc run` would stop
+    # a folder, a file that is not a spool, one this user may not write, a folder it may not enter: `fmc run`
+    # would stop
+    refused = check_spool_file(path)
     if refused is not None:
         wrong, fix = refused
         return CheckResult(name, False, f"[spool] path {path}: {wrong}; fix: {fix}")
@@ -305,8 +307,15 @@ def _demo(duration: float, workdir: Path | None) -> int:
 
 
 def _spool(cfg: AgentSettings, args: argparse.Namespace) -> int:
-    from fmc.agent.spool import Spool, SpoolError
+    from fmc.agent.spool import Spool, SpoolError, check_spool_file
 
+    # what Spool() would refuse, as one sentence: a state folder this user may not enter (an engineer's own
+    # login, /var/lib/fmc being 0750 fmc:fmc), a spool file it may not write, a newer fmc's
+    refused = check_spool_file(cfg.spool.path)
+    if refused is not None:
+        wrong, fix = refused
+        print(f"fmc spool: [spool] path {cfg.spool.path}: {wrong}; fix: {fix}", file=sys.stderr)
+        return EXIT_FAILURE
     if not cfg.spool.path.exists():
         print(f"no spool at {cfg.spool.path} (the agent has not run with this config yet)", file=sys.stderr)
         return EXIT_FAILURE
