@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -585,20 +586,25 @@ def test_a_meter_metric_reaches_consumption_daily_in_the_embedded_store(mosquitt
     assert round(daily.fields["tce"], 9) == round(120.0 * 0.1229 / 1000, 9)
 
 
-async def test_a_born_device_that_reports_by_exception_stays_online(mosquitto, ids, tmp_path):
-    """A machine standing still (speed 0 over a night) sends nothing: its device, born and not dead,
-    went offline after offline_after_s, and its networked time and the NC figures with it."""
-    group, host_id = ids
-    cfg = AgentConfig.model_validate({
+def loom_agent(tmp_path: Path, port: int, group: str, host_id: str, **sections: Any) -> Agent:
+    """An agent with the embedded store, one Sparkplug source and the NC loom ``loom-1``."""
+    return Agent(AgentConfig.model_validate({
         "enterprise": {"id": ENTERPRISE.id, "name": "n", "region": "330602", "industry": "17"},
         "sink": {"type": "embedded", "path": str(tmp_path / "store.db")},
         "spool": {"path": str(tmp_path / "spool.db"), "commit_interval_ms": 5},
         "metrics": {"enabled": False},
-        "plant": {"offline_after_s": 3, "sample_delay_s": 0},
-        "sparkplug": [settings(mosquitto.port, group, host_id).model_dump(mode="json")],
+        "sparkplug": [settings(port, group, host_id).model_dump(mode="json")],
         "equipment": [{"id": "loom-1", "nc": True, "kind": "loom"}],
-    })
-    agent = Agent(cfg, shutdown_flush_s=5.0)
+        **sections,
+    }), shutdown_flush_s=5.0)
+
+
+async def test_a_born_device_that_reports_by_exception_stays_online(mosquitto, ids, tmp_path):
+    """A machine standing still (speed 0 over a night) sends nothing: its device, born and not dead,
+    went offline after offline_after_s, and its networked time and the NC figures with it."""
+    group, host_id = ids
+    agent = loom_agent(tmp_path, mosquitto.port, group, host_id,
+                       plant={"offline_after_s": 3, "sample_delay_s": 0})
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     node: EdgeNode | None = None
@@ -623,15 +629,7 @@ async def test_a_born_device_that_reports_by_exception_stays_online(mosquitto, i
 async def test_the_agent_stores_sparkplug_signals_and_takes_the_equipment_offline_at_a_death(mosquitto, ids,
                                                                                                 tmp_path):
     group, host_id = ids
-    cfg = AgentConfig.model_validate({
-        "enterprise": {"id": ENTERPRISE.id, "name": "n", "region": "330602", "industry": "17"},
-        "sink": {"type": "embedded", "path": str(tmp_path / "store.db")},
-        "spool": {"path": str(tmp_path / "spool.db"), "commit_interval_ms": 5},
-        "metrics": {"enabled": False},
-        "sparkplug": [settings(mosquitto.port, group, host_id).model_dump(mode="json")],
-        "equipment": [{"id": "loom-1", "nc": True, "kind": "loom"}],
-    })
-    agent = Agent(cfg, shutdown_flush_s=5.0)
+    agent = loom_agent(tmp_path, mosquitto.port, group, host_id)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     node: EdgeNode | None = None
@@ -648,7 +646,7 @@ async def test_the_agent_stores_sparkplug_signals_and_takes_the_equipment_offlin
         await asyncio.wait_for(task, 20)
         if node is not None:
             node.client.loop_stop()
-    store = EmbeddedStore(cfg.sink.path)
+    store = EmbeddedStore(tmp_path / "store.db")
     try:
         speeds = [p.fields.get("value") for p in store.points("signal")
                   if p.tags.get("signal") == "Inputs/Spindle Speed"]

@@ -411,11 +411,11 @@ class Agent:
         host, port = self.cfg.metrics.host_port()
         try:
             self._metrics_server = parts.listen(host, port, self.metrics.registry, self.health)
-        except (OSError, OverflowError) as e:  # OverflowError: a port above 65535 (the config refuses it)
+        except OSError as e:
             where = f" in {self.config_path}" if self.config_path else ""
             reason = (
                 f"cannot listen on {self.cfg.metrics.listen} for metrics and health ([metrics] listen{where}):"
-                f" {getattr(e, 'strerror', None) or e}; fix: set [metrics] listen to a free address:port, stop what"
+                f" {e.strerror or e}; fix: set [metrics] listen to a free address:port, stop what"
                 f" holds that port, or set [metrics] enabled = false"
             )
             self.log.critical("agent not starting: %s", reason)

@@ -148,13 +148,12 @@ _DEAD_LETTER_KEY_COLUMNS = (
     ("ts", "ALTER TABLE dead_letter ADD COLUMN ts INTEGER"),
     ("superseded_by", "ALTER TABLE dead_letter ADD COLUMN superseded_by INTEGER"),
 )
-# Partial indexes: the dead letters a later line can supersede are looked up on every complete,
-# and the superseded ones counted by stats(), without a scan of every dead letter; the rollup dead
+# Partial indexes: the dead letters a later line can supersede are looked up on every complete
+# without a scan of every dead letter; the rollup dead
 # letters without their key (an older fmc's, see _add_dead_letter_keys) are found at open the same way.
 _DEAD_LETTER_INDEXES = (
     "CREATE INDEX IF NOT EXISTS dead_letter_open_rollups ON dead_letter (series, ts) "
     "WHERE series IS NOT NULL AND superseded_by IS NULL",
-    "CREATE INDEX IF NOT EXISTS dead_letter_superseded ON dead_letter (superseded_by) WHERE superseded_by IS NOT NULL",
     f"CREATE INDEX IF NOT EXISTS dead_letter_unkeyed_rollups ON dead_letter (id) "
     f"WHERE priority = {int(Priority.ROLLUP)} AND series IS NULL",
 )
@@ -846,10 +845,7 @@ class Spool:
             try:
                 counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
                 oldest = conn.execute("SELECT enqueued_ms FROM spool ORDER BY id LIMIT 1").fetchone()
-                dead = conn.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
-                superseded = conn.execute(
-                    "SELECT count(*) FROM dead_letter WHERE superseded_by IS NOT NULL"
-                ).fetchone()[0]
+                dead, superseded = conn.execute("SELECT count(*), count(superseded_by) FROM dead_letter").fetchone()
             finally:
                 conn.execute("COMMIT")
         return SpoolStats(

@@ -260,7 +260,10 @@ class PlantModel:
         networked counts are not known, and left out (docs/plant-semantics.md §4). A day some tracker
         has a record of is rolled up as usual, from the records."""
         for tracker in trackers:
-            for day in tracker.take_skipped_days()[-MAX_UNOBSERVED_DAYS:]:
+            skipped = tracker.take_skipped_days()
+            if not skipped:
+                continue
+            for day in skipped[-MAX_UNOBSERVED_DAYS:]:
                 if day not in self._unobserved and day not in self._equipment_days:
                     self._unobserved.add(day)
                     out.append(enterprise_daily_unobserved(day, self.site, self.inventory))

@@ -367,7 +367,9 @@ class EquipmentTracker:
     def take_skipped_days(self) -> list[date]:
         """The local days jumped over (no ``EquipmentDay``) since the last call, oldest first. Not in
         the snapshot: the plant model takes them after each call that moves the tracker."""
-        days, self._skipped = self._skipped, []
+        days = self._skipped
+        if days:  # called for every signal point: no new list when there is nothing (nearly always)
+            self._skipped = []
         return days
 
     def open_day_totals(self) -> EquipmentDay:

@@ -421,7 +421,7 @@ class _Api:
 
     def get(self, path: str, what: str) -> dict[str, Any] | None:
         """The JSON object at ``path``, or None when Grafana answers 404."""
-        result = self._call(lambda: self._client.GET(path), what, none_on_404=True)
+        result = self.get_json(path, what)
         if result is not None and not isinstance(result, dict):
             raise self._not_grafana(what)
         return result

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING
 
 from asyncua import ua
 from asyncua.client.ua_client import UaClientState
-from asyncua.ua.ua_binary import struct_from_binary
 
 from fmc.agent.plugin import Rejection
 from fmc.core.points import Point
@@ -278,12 +277,11 @@ class _Session:
                 acknowledge_later(session, subscription_id, last)  # its acknowledgement died with the loop
             number = 1 if last is None or last >= 0xFFFF_FFFF else last + 1
             for _ in range(MAX_REPUBLISH):
-                request = ua.RepublishRequest()
-                request.Parameters = ua.RepublishParameters(SubscriptionId=subscription_id,
-                                                            RetransmitSequenceNumber=number)
-                response = struct_from_binary(ua.RepublishResponse, await session._send_request(request))
-                message = response.NotificationMessage
-                if not response.ResponseHeader.ServiceResult.is_good() or message.SequenceNumber != number:
+                try:
+                    message = await session.republish(subscription_id, number)
+                except ua.UaStatusCodeError:  # BadMessageNotAvailable: nothing more was sent
+                    break
+                if message.SequenceNumber != number:
                     break
                 self.on_publish(ua.PublishResult(SubscriptionId=subscription_id, NotificationMessage=message))
                 acknowledge_later(session, subscription_id, number)

@@ -647,12 +647,16 @@ _CARRIER_SUMS_SQL = (
     + f" FROM sel JOIN series s2 ON s2.id = sel.id JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD}"
     + f" AND {_IN_SCOPE} AND sel.carrier IS NOT NULL GROUP BY sel.enterprise, sel.carrier, gw"
 )
+# a report's period of the years :first_year to :last_year (2019, 2019-03, 2019-Q2, 2019-YTD-06)
+_REPORT_YEARS = (
+    " AND sel.period IS NOT NULL AND (length(sel.period) = 4 OR substr(sel.period, 5, 1) = '-')"
+    " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
+)
 _REPORTS_SQL = (
     _SCOPED_SERIES
     + "SELECT sel.enterprise, sel.period, p.ts, p.fields"
     + f" FROM sel JOIN points p ON p.series_id = sel.id WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
-    + " AND sel.period IS NOT NULL AND (length(sel.period) = 4 OR substr(sel.period, 5, 1) = '-')"
-    + " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
+    + _REPORT_YEARS
     + " ORDER BY sel.enterprise, p.ts, sel.id"
 )
 # Every point of the enterprises' reports in the years, whatever its tags (the series' tags as written).
@@ -661,8 +665,7 @@ _REPORT_POINTS_SQL = (
     + "SELECT sel.enterprise, sel.period, s.tags, p.ts"
     + " FROM sel JOIN series s ON s.id = sel.id JOIN points p ON p.series_id = sel.id"
     + f" WHERE {_IN_PERIOD} AND {_IN_SCOPE}"
-    + " AND sel.period IS NOT NULL AND (length(sel.period) = 4 OR substr(sel.period, 5, 1) = '-')"
-    + " AND CAST(substr(sel.period, 1, 4) AS INTEGER) BETWEEN :first_year AND :last_year"
+    + _REPORT_YEARS
 )
 # An enterprise's tags at a time (the region of the period's end, docs/indicators.md "Enterprises that
 # move"): those of its latest point before :as_of (over the three measurements; the primary key makes

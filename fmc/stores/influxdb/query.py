@@ -169,6 +169,17 @@ def _series(result: Mapping[str, Any]) -> list[tuple[dict[str, str], list[str], 
     return out
 
 
+def _tag_values(tag_sets: Sequence[Mapping[str, str]]) -> dict[str, set[str]]:
+    """Each tag key of the series (sorted) with the values they have ("": a series without the tag)."""
+    keys = sorted({key for tags in tag_sets for key in tags})
+    return {key: {tags.get(key, "") for tags in tag_sets} for key in keys}
+
+
+def _values_condition(values: Mapping[str, set[str]]) -> str:
+    """One condition on each tag's values: it matches every combination of them (a superset of the series)."""
+    return " AND ".join(f"{quote_ident(key)} =~ {regex_exact(sorted(v))}" for key, v in values.items())
+
+
 def _delete_statements(
     measurement: str, ts: int, stale: Sequence[Mapping[str, str]], stored: Sequence[Mapping[str, str]],
     losing: set[frozenset[tuple[str, str]]],
@@ -186,10 +197,10 @@ def _delete_statements(
     retention policy: InfluxDB deletes them in every policy of the database."""
     if not stale:
         return []
-    values = {key: {tags[key] for tags in stale} for key in stale[0]}
+    values = _tag_values(stale)
     matched = [tags for tags in stored if all(tags.get(key, "") in v for key, v in values.items())]
     if all(frozenset(tags.items()) in losing for tags in matched):
-        condition = " AND ".join(f"{quote_ident(key)} =~ {regex_exact(sorted(v))}" for key, v in sorted(values.items()))
+        condition = _values_condition(values)
         return [f"DELETE FROM {quote_ident(measurement)} WHERE {condition} AND time = {int(ts)}"]
     statements = []
     for first in range(0, len(stale), SERIES_PER_DELETE):
@@ -691,13 +702,9 @@ class InfluxQueryStore:
         """(every series stored at ``ts`` that the read-back's condition on the tags of ``series`` matches,
         those of ``series`` whose stored point has a field its new point lacks): each as its tags, every tag
         key of the measurement with "" where the series has none (what ``GROUP BY *`` answers)."""
-        conditions = [f"time = {int(ts)}"]
-        tag_sets = [dict(tags) for tags in series]
-        for key in sorted({k for tags in tag_sets for k in tags}):
-            values = {tags.get(key, "") for tags in tag_sets}  # "": a series without the tag
-            conditions.append(f"{quote_ident(key)} =~ {regex_exact(sorted(values))}")
+        condition = _values_condition(_tag_values([dict(tags) for tags in series]))
         [result] = await self._query(
-            [f"SELECT * FROM {self._from(measurement)} WHERE {' AND '.join(conditions)} GROUP BY *"])
+            [f"SELECT * FROM {self._from(measurement)} WHERE time = {int(ts)} AND {condition} GROUP BY *"])
         stored: list[dict[str, str]] = []
         stale: list[dict[str, str]] = []
         for tags, columns, rows in _series(result):
