@@ -69,9 +69,10 @@ async def test_a_small_batch_waits_for_its_age_then_goes(tmp_path):
 async def test_after_an_outage_the_first_write_follows_the_store_s_return_within_a_second(
     tmp_path, influx_db, fault_proxy_for_drain
 ) -> None:
-    """20 s without a store (no answer to anything: writes, /ping), then the store is back: with
-    the default backoff (0.5 s doubling to 60 s) the next write attempt could be tens of seconds
-    away; probing the store while backing off starts the drain within a second of its return."""
+    """10 s without a store (no answer to anything: writes, /ping), then the store is back: with
+    the default backoff (0.5 s doubling to 60 s) the next write attempt is about 5 s away (attempts
+    at 0.5, 1.5, 3.5, 7.5, then 15.5 s); probing the store while backing off starts the drain
+    within a second of its return."""
     server, db = influx_db
     proxy = fault_proxy_for_drain
     cfg = AgentConfig.model_validate({
@@ -89,7 +90,7 @@ async def test_after_an_outage_the_first_write_follows_the_store_s_return_within
     draining = asyncio.Event()
     task = asyncio.create_task(agent._drain(spool, sink, draining))
     try:
-        await asyncio.sleep(20.0)
+        await asyncio.sleep(10.0)
         assert spool.stats().depth == 100
         recovered = time.monotonic()
         proxy.default = Forward()
