@@ -662,6 +662,29 @@ def test_put_report_rejects_bad_bodies(api: Api, body: object, fragment: str) ->
     assert store_snapshot(api.store_path) == before
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "limit"),
+    [
+        ({"value_added": 1.7e308}, "value_added", "10,000,000,000,000 yuan"),
+        ({"employees_avg": 1e300, "revenue": 4e6}, "employees_avg", "2,000,000 persons"),
+        ({"gross_output": 1.00001e13}, "gross_output", "10,000,000,000,000 yuan"),
+    ],
+)
+def test_put_report_above_the_plausibility_ceiling_is_refused_naming_field_and_limit(
+    api: Api, body: dict[str, float], field: str, limit: str
+) -> None:
+    # stored, 1.7e308 yuan made the county's pooled value added inf and its intensities 0
+    before = store_snapshot(api.store_path)
+    r = api.put("/v1/enterprises/91330602A1/reports/2019-04", body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert f"body field '{field}'" in detail and limit in detail, detail
+    assert store_snapshot(api.store_path) == before
+    # the ceilings themselves are figures
+    r = api.put("/v1/enterprises/91330602A1/reports/2019-04", {field: 1e13 if field != "employees_avg" else 2e6})
+    assert r.status_code == 200, r.text
+
+
 def test_put_report_for_unknown_enterprise_is_404(api: Api) -> None:
     r = api.put("/v1/enterprises/91339999Z9/reports/2019", {"value_added": 1})
     assert r.status_code == 404 and "91339999Z9" in r.json()["detail"]

@@ -164,6 +164,32 @@ def test_trailing_empty_cells_and_quoted_thousands_are_read(tmp_path: Path) -> N
                                                                  ("91330602B2", 9_800_000.0)]
 
 
+def test_a_figure_above_its_plausibility_ceiling_is_refused_naming_line_column_value_and_limit(
+    tmp_path: Path,
+) -> None:
+    # 1.7e308 万元 overflows to inf yuan, and a county's pooled sum with it; 1e300 employees; a revenue
+    # one yuan above 10 万亿元. Line 4 is every ceiling itself (10⁹ 万元 is 10¹³ yuan): read.
+    text = ("企业编号,期间,工业增加值(万元),年平均从业人员,营业收入\n"
+            "91330602A1,2019,1250,320,8600\n"
+            "91330602B2,2019,1.7e308,1e300,10000000000001\n"
+            "91330602C3,2019,1000000000,2000000,10000000000000\n")
+    path = _write(tmp_path, text)
+    problems = _problems(path)
+    assert [(line, column) for line, column, _ in problems] == [
+        (3, "工业增加值(万元)"), (3, "年平均从业人员"), (3, "营业收入")]
+    messages = [message for _, _, message in problems]
+    assert "'1.7e308'" in messages[0] and "1,000,000,000 万元" in messages[0]
+    assert "10,000,000,000,000 yuan" in messages[0]
+    assert "'1e300'" in messages[1] and "2,000,000 persons" in messages[1]
+    assert "'10000000000001'" in messages[2] and "10,000,000,000,000 yuan" in messages[2]
+    out = io.StringIO()
+    assert reports_import_main(path, out) == 2
+    assert str(path) in out.getvalue() and "line 3, 工业增加值(万元): '1.7e308'" in out.getvalue()
+    at_ceiling = _write(tmp_path, text.replace(text.splitlines()[2] + "\n", ""))
+    assert [(r.value_added, r.employees_avg, r.revenue) for r in read_reports_csv(at_ceiling)][1] == (
+        1e13, 2e6, 1e13)
+
+
 def test_bad_file_returns_nothing_and_main_exits_2() -> None:
     out = io.StringIO()
     assert reports_import_main(DATA / "bad_rows.csv", out) == 2
@@ -222,7 +248,8 @@ def test_bad_periods(text: str) -> None:
 
 def test_model_rules() -> None:
     assert EnterpriseReport(enterprise="E1", period="2019年3月", revenue=1).period == "2019-03"
-    for bad in ({"revenue": -1}, {"revenue": float("nan")}, {"revenue": float("inf")}, {}):
+    for bad in ({"revenue": -1}, {"revenue": float("nan")}, {"revenue": float("inf")}, {}, {"revenue": 1.7e308},
+                {"employees_avg": 1e300}, {"value_added": 1e13 * 1.01}):
         with pytest.raises(ValidationError):
             EnterpriseReport(enterprise="E1", period="2019", **bad)
     with pytest.raises(ValidationError):
@@ -269,13 +296,15 @@ def test_main_summary() -> None:
 # --- round trip -----------------------------------------------------------------------------------
 
 _cents = st.integers(min_value=0, max_value=10**13)
+_persons_cents = st.integers(min_value=0, max_value=2_000_000 * 100)  # up to the employees' ceiling
 _report = st.builds(
     lambda enterprise, year, month, figures: (enterprise, f"{year}" if month is None else f"{year}-{month:02d}",
                                               figures),
     st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,20}", fullmatch=True),
     st.integers(min_value=1990, max_value=2100),
     st.none() | st.integers(min_value=1, max_value=12),
-    st.fixed_dictionaries({}, optional={name: _cents for name in REPORT_FIELDS}).filter(bool),
+    st.fixed_dictionaries({}, optional={name: _persons_cents if name == "employees_avg" else _cents
+                                        for name in REPORT_FIELDS}).filter(bool),
 )
 
 

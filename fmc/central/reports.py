@@ -26,10 +26,13 @@ from fmc.core.config import InventoryProblem
 from fmc.core.points import Point, Priority
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 from fmc.indicators.reports import (
+    FIGURE_CEILINGS,
     MONEY_FIELDS,
     REPORT_FIELDS,
     EnterpriseReport,
     ReportsError,
+    ceiling_text,
+    implausible_figure,
     period_bounds,
 )
 from fmc.plant.ledger import (
@@ -83,6 +86,7 @@ PERSON_UNITS: dict[str, float] = {"人": 1.0, "persons": 1.0, "person": 1.0, "pe
 REPORT_UNITS: HeaderUnits = {**{name: MONEY_UNITS for name in MONEY_FIELDS}, "employees_avg": PERSON_UNITS}
 
 _WAN_HINT = "工业增加值(万元)"
+_SCALE_NAMES = {1_000.0: "千元", 10_000.0: "万元", 100_000_000.0: "亿元"}  # a money header's unit, for messages
 _FORM = {
     "enterprise": "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters "
     "(e.g. the 18-character 统一社会信用代码)",
@@ -257,8 +261,8 @@ def _parse_row(
             problems.append(InventoryProblem(f"{cell!r} is negative; reported figures are ≥ 0", line, column.header))
             continue
         scaled = value * column.scale
-        if not math.isfinite(scaled):
-            problems.append(InventoryProblem(f"{cell!r} is too large", line, column.header))
+        if implausible_figure(field_name, scaled):  # also a product that overflowed: 1e305 亿元 is inf yuan
+            problems.append(InventoryProblem(_ceiling_message(cell, field_name, column.scale), line, column.header))
             continue
         values[field_name] = round(scaled, 2) if column.scale != 1.0 else value
     figure_cells = any(_cell(row, c.index).strip() for c in columns.values() if c.field in REPORT_FIELDS)
@@ -273,6 +277,15 @@ def _parse_row(
             problems.append(_row_problem(err, line, columns, values))
         return None, problems
     return (None, problems) if problems else (report, [])
+
+
+def _ceiling_message(cell: str, field_name: str, scale: float) -> str:
+    """'1.7e308' under 工业增加值(万元): the ceiling in the header's unit too (1,000,000,000 万元)."""
+    in_header_unit = ""
+    if scale != 1.0:
+        unit = _SCALE_NAMES.get(scale, f"×{scale:g} yuan")
+        in_header_unit = f", {FIGURE_CEILINGS[field_name] / scale:,.0f} {unit} in this column"
+    return f"{cell!r} is above {ceiling_text(field_name)}{in_header_unit}; check the digits and the header's unit"
 
 
 def _row_problem(err: Any, line: int, columns: dict[str, _Column], values: dict[str, Any]) -> InventoryProblem:

@@ -19,7 +19,7 @@ import unicodedata
 from datetime import date
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fmc.core.config import ID_PATTERN, ConfigError, InventoryProblem, _Model
 
@@ -40,6 +40,43 @@ REPORT_FIELDS = (
     "new_product_output",
 )
 MONEY_FIELDS = tuple(f for f in REPORT_FIELDS if f != "employees_avg")
+
+# Plausibility ceilings, per report (any period: a year's figure is the largest). A figure above its
+# ceiling is a slip (extra digits, 元 under a 亿元 header, 1.7e308 from a broken export),
+# not a figure: stored, it outweighs its whole county, and pooled sums of a few reach inf, so that a
+# published intensity reads 0 or nan. Refused on every entry path (EnterpriseReport), never clamped.
+# - money, in yuan: 10¹³ (10 万亿元). China's largest enterprises by revenue (State Grid, Sinopec,
+#   CNPC) report 3-4 万亿元 a year; value added, R&D and output are smaller still. A county's sum
+#   of a million enterprises at the ceiling is 10¹⁹ yuan, nowhere near a float's range.
+# - employees_avg, persons: 2 000 000. The largest employers in China (CNPC, State Grid, Foxconn's
+#   Chinese plants at their peak) have about 1-1.5 million people.
+MONEY_CEILING_YUAN = 1e13
+EMPLOYEES_CEILING = 2_000_000.0
+FIGURE_CEILINGS: dict[str, float] = {
+    **{name: MONEY_CEILING_YUAN for name in MONEY_FIELDS}, "employees_avg": EMPLOYEES_CEILING,
+}
+
+
+def figure_unit(name: str) -> str:
+    return "persons" if name == "employees_avg" else "yuan"
+
+
+def ceiling_text(name: str) -> str:
+    """'the plausibility ceiling of 10,000,000,000,000 yuan (10 万亿元, more than any enterprise's
+    annual figure)': a field's ceiling and why, for messages."""
+    if name in MONEY_FIELDS:
+        why = "10 万亿元, more than any enterprise's annual figure"
+    else:
+        why = "more than any enterprise's workforce"
+    return f"the plausibility ceiling of {FIGURE_CEILINGS[name]:,.0f} {figure_unit(name)} ({why})"
+
+
+def implausible_figure(name: str, value: float) -> str | None:
+    """Why a figure above its field's ceiling is refused, or None."""
+    if value <= FIGURE_CEILINGS[name]:
+        return None
+    return f"above {ceiling_text(name)}; check the digits and the unit"
+
 
 PERIOD_HINT = ("write a year (2019), a month (2019-03; also 2019/3, 2019年3月), a quarter (2019-Q2, 2019年第二季度) "
                "or a year to date (2019-YTD-06, 2019年1-6月)")
@@ -116,7 +153,14 @@ def period_bounds(period: str) -> tuple[date, date]:
     return date(year, first, 1), date(year + last // 12, last % 12 + 1, 1)
 
 
-# A reported figure: finite and non-negative.
+def plausible_figure(value: float | None, info: ValidationInfo) -> float | None:
+    """A field validator of the report models: refuses a figure above its field's ceiling."""
+    if value is not None and info.field_name is not None and (why := implausible_figure(info.field_name, value)):
+        raise ValueError(why)
+    return value
+
+
+# A reported figure: finite and non-negative (and at most its FIGURE_CEILINGS, checked by the model).
 Figure = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
@@ -140,6 +184,8 @@ class EnterpriseReport(_Model):
         if isinstance(v, int) and not isinstance(v, bool):
             v = str(v)
         return parse_period(v) if isinstance(v, str) else v
+
+    _plausible = field_validator(*REPORT_FIELDS)(plausible_figure)
 
     @model_validator(mode="after")
     def _some_figure(self) -> EnterpriseReport:

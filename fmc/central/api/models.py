@@ -8,15 +8,22 @@ Patterns use ``[0-9]``, not ``\\d``: the validator's ``\\d`` also matches other 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fmc.central.provenance import PROVENANCE_CSV_COLUMNS
 from fmc.core.config import ID_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS, STATUS_LABELS
 from fmc.indicators.plan import Indicator, Targets
-from fmc.indicators.reports import MAX_YEAR, MIN_YEAR, PERIOD_PATTERN
+from fmc.indicators.reports import (
+    FIGURE_CEILINGS,
+    MAX_YEAR,
+    MIN_YEAR,
+    PERIOD_PATTERN,
+    REPORT_FIELDS,
+    plausible_figure,
+)
 
 # --- query and path parameters ------------------------------------------------------------------------------
 
@@ -300,8 +307,14 @@ TARGET_CSV_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 # --- request bodies ---------------------------------------------------------------------------------------
 
-# A reported figure: a finite, non-negative JSON number.
+# A reported figure: a finite, non-negative JSON number, at most its field's plausibility ceiling.
 Figure = Annotated[float | None, Field(ge=0, allow_inf_nan=False, strict=True)]
+
+
+def _figure(name: str, description: str) -> Any:
+    """A figure field, its ceiling (``FIGURE_CEILINGS``) in the OpenAPI schema as its maximum."""
+    return Field(default=None, description=f"{description}; at most {FIGURE_CEILINGS[name]:,.0f}",
+                 json_schema_extra={"maximum": FIGURE_CEILINGS[name]})
 
 
 class ReportFigures(BaseModel):
@@ -311,10 +324,12 @@ class ReportFigures(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    value_added: Figure = Field(default=None, description="工业增加值 at current prices, yuan")
-    value_added_comparable: Figure = Field(default=None, description="可比价工业增加值, yuan")
-    employees_avg: Figure = Field(default=None, description="年平均从业人员, persons")
-    revenue: Figure = Field(default=None, description="主营业务收入, yuan")
-    rd_expense: Figure = Field(default=None, description="研发费用, yuan")
-    gross_output: Figure = Field(default=None, description="工业总产值, yuan")
-    new_product_output: Figure = Field(default=None, description="新产品产值, yuan")
+    value_added: Figure = _figure("value_added", "工业增加值 at current prices, yuan")
+    value_added_comparable: Figure = _figure("value_added_comparable", "可比价工业增加值, yuan")
+    employees_avg: Figure = _figure("employees_avg", "年平均从业人员, persons")
+    revenue: Figure = _figure("revenue", "主营业务收入, yuan")
+    rd_expense: Figure = _figure("rd_expense", "研发费用, yuan")
+    gross_output: Figure = _figure("gross_output", "工业总产值, yuan")
+    new_product_output: Figure = _figure("new_product_output", "新产品产值, yuan")
+
+    _plausible = field_validator(*REPORT_FIELDS)(plausible_figure)  # the report's own rule: one message
