@@ -389,6 +389,47 @@ async def test_rematerialized_point_keeps_no_figure_the_new_computation_lacks(
     assert after == now.fields  # the new computation's point, with none of the earlier one's figures
 
 
+async def test_an_enterprise_that_moved_county_leaves_no_point_under_its_old_tags(tmp_path: Path) -> None:
+    """The year to date materialized on 1 February with X in county 330603 (industry 28), then on 1 April
+    after it moved to 330602 and industry 17 in February: the same period tag and time, new tags. Its
+    January series stayed beside the new one (the old county's dashboard listed X with January's
+    figure, X's own stat had two rows), and so did county 330603's row and the industry rows pooled
+    within it, which have no member any more."""
+    path = tmp_path / "store.db"
+    points = [daily("X", "330603" if d.month == 1 else "330602", "28" if d.month == 1 else "17", d, 10,
+                    5 if d.month == 1 else 3, 3) for d in days_of(2020) if d.month <= 3]
+    points += [daily("Y", "330602", "17", d, 10, 4, 4) for d in days_of(2020) if d.month <= 3]
+    raw = EmbeddedStore(path)
+    assert raw.write_lines([encode(p) for p in points]).refused == []
+    raw.close()
+
+    def ytd_points() -> list:
+        reader = EmbeddedStore(path, readonly=True)
+        try:
+            return [p for p in reader.points("indicator") if p.tags["period"] == "2020-YTD"]
+        finally:
+            reader.close()
+
+    s = IndicatorService(EmbeddedQueryStore(path), PLAN, revalidate_s=3600)
+    try:
+        await s.materialize([Period.year_to_date(date(2020, 1, 31))])
+        before = ytd_points()
+        assert {p.tags["region"] for p in before if p.tags.get("enterprise") == "X"} == {"330603"}
+        written = await s.materialize([Period.year_to_date(date(2020, 3, 31))])
+    finally:
+        await s.aclose()
+    after = ytd_points()
+    assert len(after) == written  # the pass's points and nothing else
+    x = [p for p in after if p.tags.get("enterprise") == "X"]
+    assert {(p.tags["region"], p.tags["industry"]) for p in x} == {("330602", "17")}
+    assert len(x) == len({p.tags["indicator"] for p in x})  # one point per indicator
+    assert not [p.tags for p in after if p.tags["region"] == "330603" or p.tags.get("industry") == "28"]
+    assert {(p.tags["level"], p.tags["region"]) for p in after} == {
+        ("enterprise", "330602"), ("county", "330602"), ("city", "3306"), ("province", "33"),
+        ("industry", "330602"), ("industry", "3306"), ("industry", "33"),
+    }
+
+
 def test_parse_period_forms() -> None:
     today = date(2021, 3, 15)
     assert parse_period("2020", today) == Period.of_year(2020)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fmc.central.materialize import indicator_points
-from fmc.central.store import Scope, StoreQueryError
+from fmc.central.store import Scope, StoreQueryError, series_digest
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point
@@ -22,7 +22,7 @@ from fmc.indicators.pooling import GroupRow
 from fmc.plant.rollups import Site
 from fmc.stores.influxdb.config import InfluxDBSink
 from fmc.stores.influxdb.query import InfluxQueryStore, quote_ident, quote_literal, regex_prefixes
-from tests.faultproxy import Close, FaultProxy, Respond, Stall
+from tests.faultproxy import Close, FaultProxy, Forward, Respond, Stall
 from tests.ports import free_port
 from tests.servers.influxdb import InfluxDBServer
 
@@ -294,6 +294,75 @@ async def test_a_replacing_write_deletes_many_series_by_one_condition_when_it_ma
     queries = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests if r.path == "/query"]
     [delete] = [q for q in queries if q.startswith("DELETE")]
     assert "\"period\" =~ /^(?:2019\\x{2D}01)$/" in delete and " OR " not in delete
+
+
+async def test_deleting_the_indicators_a_pass_did_not_write_reads_one_indicator_at_a_time(
+    influx_db: tuple[InfluxDBServer, str], proxy: FaultProxy
+) -> None:
+    """E-1 moved from 330603/17 to 330602/18 and E-2 from 330602/18 to 330604/18 (and a series with hostile
+    tag values, and an industry row without members): the period's points are read back per indicator, and
+    only the stale series are deleted, at that time only."""
+    server, db = influx_db
+    ts = local_day_start_ns(date(2020, 1, 1), zone(TZ))
+
+    def ent(enterprise: str, region: str, industry: str, indicator: str = "nc_rate") -> dict[str, str]:
+        return {"level": "enterprise", "enterprise": enterprise, "region": region, "industry": industry,
+                "indicator": indicator, "period": "2020-YTD"}
+
+    kept = [
+        ent("E-1", "330602", "18"), ent("E-2", "330604", "18"), ent("E-1", "330602", "18", "energy_intensity"),
+        {"level": "county", "region": "330603", "indicator": "nc_rate", "period": "2020-YTD"},  # no industry tag
+    ]
+    stale = [
+        ent("E-1", "330603", "17"), ent("E-2", "330602", "18"), ent("E-1", HOSTILE_TAGS[0], HOSTILE_TAGS[1]),
+        {"level": "industry", "region": "330603", "industry": "17", "indicator": "nc_rate", "period": "2020-YTD"},
+        ent("E-1", "330603", "17", "energy_intensity"),
+    ]
+    earlier = ent("E-1", "330603", "17")  # the same series a second earlier: another time, untouched
+    write_points(server, db, [Point("indicator", tags, {"value": 1.0, "status": "met"}, ts) for tags in kept + stale]
+                 + [Point("indicator", earlier, {"value": 1.0, "status": "met"}, ts - 10**9)])
+    store = make_store(proxy.url, db)
+    keep = {series_digest(t) for t in kept}
+    try:
+        assert await store.delete_indicators_except("2020-YTD", ts, keep) == len(stale)
+        queries = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests if r.path == "/query"]
+        proxy.reset()
+        assert await store.delete_indicators_except("2020-YTD", ts, keep) == 0
+        again = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests if r.path == "/query"]
+    finally:
+        await store.aclose()
+    left = {(frozenset((k, v) for k, v in r.items() if v and k not in ("time", "value", "status")), r["time"])
+            for r in server.select(db, 'SELECT * FROM "indicator" GROUP BY *')}
+    assert left == {*((frozenset(t.items()), ts) for t in kept), (frozenset(earlier.items()), ts - 10**9)}
+    # the tag values, one read-back per indicator, then the deletes: energy_intensity's by one condition on
+    # each tag's values, nc_rate's by their exact tags (each tag's values would match E-1's kept series too)
+    assert queries[0].startswith('SHOW TAG VALUES FROM "indicator" WITH KEY = "indicator"')
+    assert [q.split('"indicator" = ')[1].split(" ")[0] for q in queries[1:3]] == ["'energy_intensity'", "'nc_rate'"]
+    assert all(q.startswith('SELECT "status" FROM "indicator" WHERE time = ') for q in queries[1:3])
+    by_values, exact = queries[3:]
+    assert '"region" =~ /^(?:330603)$/' in by_values and " OR " not in by_values and f"time = {ts}" in by_values
+    assert exact.startswith('DELETE FROM "indicator" WHERE (("') and exact.count(") OR (") == 3
+    assert exact.endswith(f")) AND time = {ts}")
+    assert len(again) == 3  # nothing left to delete: reads only
+
+
+async def test_deleting_indicators_where_influxql_has_no_delete_says_so_and_keeps_them(
+    influx_db: tuple[InfluxDBServer, str], proxy: FaultProxy
+) -> None:
+    """InfluxDB 3 has no DELETE: a pass that must delete fails with a sentence, and its points stay."""
+    server, db = influx_db
+    ts = local_day_start_ns(date(2020, 1, 1), zone(TZ))
+    tags = {"level": "county", "region": "330603", "indicator": "nc_rate", "period": "2020-YTD"}
+    write_points(server, db, [Point("indicator", tags, {"value": 1.0, "status": "met"}, ts)])
+    store = make_store(proxy.url, db)
+    try:
+        proxy.then(*([Forward()] * 2), Respond(400, body=b'{"error":"error parsing query: found DELETE"}'))
+        with pytest.raises(StoreQueryError, match=r"0 of 1 request.*deleting the 2020-YTD indicator points.*DELETE "
+                           r"needs InfluxDB 1\.x or 2\.x"):
+            await store.delete_indicators_except("2020-YTD", ts, set())
+    finally:
+        await store.aclose()
+    assert len(server.select(db, 'SELECT * FROM "indicator"')) == 1
 
 
 # --- what goes over the wire --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fmc.central.reports import report_points
-from fmc.central.store import Scope, StoreQueryError
+from fmc.central.store import Scope, StoreQueryError, series_digest
 from fmc.core.lineprotocol import encode
 from fmc.core.localtime import local_day_start_ns, zone
 from fmc.core.points import Point, Priority
@@ -420,6 +420,47 @@ async def test_a_second_write_merges_its_fields_and_a_replacing_one_replaces_the
     with pytest.raises(StoreQueryError, match="type conflict"):
         await store.write([report_point("E-B", "2022", "2022-01-01", value_added=1.0), conflicting], replace=True)
     assert (await store.reports(2022, 2022, Scope()))["E-B"] == [StoredReport("E-B", "2022", {"revenue": 1.0})]
+
+
+def indicator_point(period: str, ts_ns: int, indicator: str = "nc_rate", **tags: str) -> Point:
+    return Point("indicator", {**tags, "indicator": indicator, "period": period},
+                 {"value": 1.0, "coverage": 1.0, "status": "met"}, ts_ns, Priority.ROLLUP)
+
+
+async def test_deleting_the_indicator_points_a_pass_did_not_write_deletes_exactly_those(seeded: Backend) -> None:
+    """E-M moved from 330602/1711 to 330781/1712: its points under the old tags, the 330602 industry 17
+    row and the row of county 330603 (no member left) go; every point written under current tags stays,
+    and so do the points of another period tag or another time."""
+    store = seeded.store
+    ts = local_day_start_ns(day("2022-01-01"), zone(TZ))
+    kept = [
+        indicator_point("2022-YTD", ts, level="enterprise", enterprise="E-M", region="330781", industry="1712"),
+        indicator_point("2022-YTD", ts, "energy_intensity", level="enterprise", enterprise="E-M", region="330781",
+                        industry="1712"),
+        indicator_point("2022-YTD", ts, level="county", region="330602"),  # no industry tag
+        indicator_point("2022-YTD", ts, level="industry", region="330602", industry="18"),
+    ]
+    stale = [
+        indicator_point("2022-YTD", ts, level="enterprise", enterprise="E-M", region="330602", industry="1711"),
+        # alone in its indicator: InfluxDB deletes it by each tag's values, the others by their exact tags
+        indicator_point("2022-YTD", ts, "energy_intensity", level="enterprise", enterprise="E-M", region="330602",
+                        industry="1711"),
+        indicator_point("2022-YTD", ts, level="industry", region="330602", industry="17"),
+        indicator_point("2022-YTD", ts, level="county", region="330603"),
+    ]
+    other_period = indicator_point("2022", ts, level="county", region="330603")
+    other_time = indicator_point("2022-YTD", ts + 3600 * 10**9, level="county", region="330603")
+    await store.write([*kept, *stale, other_period, other_time])
+    keep = {series_digest(p.tags) for p in kept}
+    assert await store.delete_indicators_except("2022-YTD", ts, keep) == len(stale)
+    # what is left of the period is in ``keep`` (nothing more to delete), and it is all of ``keep``
+    assert await store.delete_indicators_except("2022-YTD", ts, keep) == 0
+    assert await store.delete_indicators_except("2022-YTD", ts, set()) == len(kept)
+    assert await store.delete_indicators_except("2022", ts, set()) == 1
+    assert await store.delete_indicators_except("2022-YTD", other_time.ts_ns, set()) == 1
+    assert await store.delete_indicators_except("2023-YTD", ts, set()) == 0  # nothing stored: nothing to do
+    # the reports and rollups are not indicator points
+    assert (await store.reports(2020, 2020, Scope()))["E-M"] == [StoredReport("E-M", "2020", {"value_added": 2e6})]
 
 
 async def test_write_is_all_or_nothing_on_a_type_conflict(seeded: Backend) -> None:

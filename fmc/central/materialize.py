@@ -23,6 +23,10 @@ replaces the stored point whole (``IndicatorStore.write(points, replace=True)``)
 latest figures of each period and none of an earlier computation's. Both stores merge the fields of a
 second write by default, so a figure that went away (the value of a period that became
 insufficient_data, a lost rank, a year-on-year change) would otherwise stay beside the new status.
+A point of the period under tags the new pass does not write (the enterprise's former region or
+industry: it belongs to the region of each period's end; a county or industry group left without
+members) is deleted once the period is written (``IndicatorStore.delete_indicators_except``), so a
+period has one point per enterprise and indicator, under its current tags.
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from fmc.central.provenance import provenance_fields
+from fmc.central.store import INDICATOR
 from fmc.core.points import FieldValue, Point, Priority
 from fmc.indicators.engine import IndicatorResult, Period, PooledResult
 from fmc.indicators.pooling import GroupRow
 
-MEASUREMENT = "indicator"
+MEASUREMENT = INDICATOR
 
 
 def period_tag(period: Period) -> str:

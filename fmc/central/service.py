@@ -29,10 +29,10 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from fmc.central.config import CentralSettings, MaterializeConfig, load_config_plan
-from fmc.central.materialize import indicator_points
+from fmc.central.materialize import indicator_points, period_start_ns, period_tag
 from fmc.central.provenance import policy_text
 from fmc.central.registry import RegistryEntry
-from fmc.central.store import IndicatorStore, Scope, StoreQueryError
+from fmc.central.store import IndicatorStore, Scope, StoreQueryError, series_digest
 from fmc.central.sums_cache import PartialsStore, SumsCache
 from fmc.core.config import ConfigError, InventoryProblem
 from fmc.core.points import Point
@@ -610,10 +610,17 @@ class IndicatorService:
 
         One period at a time, ``chunk`` points a write; what the period's figures and rows added to the
         service's caches leaves them once its rows are made (what clients had asked for stays): a
-        province's figures of every period held at once took 0.9 GB for four periods."""
+        province's figures of every period held at once took 0.9 GB for four periods.
+
+        Once a period is written, its points under any other tags are deleted: an enterprise that moved
+        county or changed industry (or whose registry entry was corrected) would otherwise stay listed
+        under the old ones with an old figure beside its new point, and a group left without members
+        would keep its last row. The series written are kept as digests meanwhile (``series_digest``)."""
         written = 0
         policy = policy_text(self.targets)
         for period in periods:
+            label, start_ns = period_tag(period), period_start_ns(period, self.timezone)
+            produced: set[bytes] = set()
             had = {k for k in self._figures if k[0] == period}
             had_rows = {k for k in self._rows if k[1] == period}
             computed = await self.indicators("enterprise", period, Scope())
@@ -637,7 +644,13 @@ class IndicatorService:
                     # more, no rank) must not stay in the store beside the new status
                     await self.store.write(batch, replace=True)
                     written += len(batch)
+                    produced.update(series_digest(p.tags) for p in batch if p.tags["period"] == label)
                     batch = []
+            # only after every batch of the period was written: a failed pass deletes nothing
+            deleted = await self.store.delete_indicators_except(label, start_ns, produced)
+            if deleted:
+                log.info("deleted %d indicator point(s) of %s under tags no longer computed (an enterprise that "
+                         "moved, a group without members)", deleted, label)
         return written
 
     def materialize_periods(self, first_year: int | None, months: bool) -> list[Period]:

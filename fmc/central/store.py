@@ -18,8 +18,10 @@ bounds ``[local midnight of start, local midnight after end)`` with its time zon
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = ["REPORT_FIELDS"]  # the figures of `enterprise_report`, for the store
 # Where one report is stored: the tags and the timestamp (UTC ns) of a point that holds it.
 ReportPoint = tuple[dict[str, str], int]
 
+INDICATOR = "indicator"  # the materialized figures' measurement (fmc.central.materialize)
 
 
 class StoreQueryError(Exception):
@@ -90,6 +93,16 @@ def encode_points(points: Sequence[Point]) -> list[str]:
     return lines
 
 
+def series_digest(tags: Mapping[str, str]) -> bytes:
+    """A compact key of a series' tag set: 16 bytes of BLAKE2b over its sorted tags, a tag with an empty
+    value left out (InfluxDB answers "" for a tag a series lacks). What a caller of
+    ``IndicatorStore.delete_indicators_except`` keeps of each series it wrote: a province's period has
+    about 180,000 indicator series, about 17 MB as digests against 100 MB as tag tuples. Two series with
+    one digest (odds of about 2^-128 a pair) could only keep a stale series, never delete a written one."""
+    present = sorted((k, v) for k, v in tags.items() if v)
+    return hashlib.blake2b(json.dumps(present, ensure_ascii=False).encode("utf-8"), digest_size=16).digest()
+
+
 class IndicatorStore(Protocol):
     """The store as the central service sees it. Every method raises ``StoreQueryError`` when the
     store cannot answer; none returns partial data silently."""
@@ -139,6 +152,18 @@ class IndicatorStore(Protocol):
         InfluxDB has no replace: the stored points that would keep a field are deleted just before
         the write, so should the write then fail, those series have no point at that time (never a
         mix of two computations) until the next write."""
+        ...
+
+    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
+        """Delete the ``indicator`` points at ``ts_ns`` with the ``period`` tag ``period`` whose series
+        (``series_digest`` of its tags) is not in ``keep``; the number of points deleted. Materialization
+        calls it once a period is written, with every series it wrote for it: a point of that period
+        under tags the pass no longer produces (an enterprise's former county or industry, a group with
+        no member left) would otherwise stay on the dashboards beside the new one.
+
+        InfluxDB: the period's points are read back one ``indicator`` tag value at a time and only the
+        others are deleted (InfluxQL ``DELETE``, which InfluxDB 3 lacks: there a call that must delete
+        raises ``StoreQueryError``); the embedded store deletes them in one transaction."""
         ...
 
     async def ping(self) -> None:

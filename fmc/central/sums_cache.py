@@ -35,7 +35,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence, Set
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -538,6 +538,9 @@ class SumsCache:
         finally:  # a report is a point with tags: the kept tags may be out of date (even after a partial write)
             if any(p.measurement != "indicator" for p in points):
                 await asyncio.to_thread(self._forget_tags)
+
+    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
+        return await self.store.delete_indicators_except(period, ts_ns, keep)  # no sums read indicator points
 
     async def ping(self) -> None:
         await self.store.ping()

@@ -9,7 +9,8 @@ InfluxDB semantics kept here:
 - a point is identified by (measurement, tag set, timestamp); writing it again merges the
   given fields into the stored ones, so re-sending a batch (after a crash between the store's
   commit and the spool's delete) changes nothing (``write_lines(replace=True)``, for the central
-  service's materialized indicators: the new point replaces the stored one whole);
+  service's materialized indicators: the new point replaces the stored one whole; ``delete_points``
+  removes the points of a time that a materialization no longer writes);
 - a field keeps the type it was first written with, per (measurement, field key); a line with
   another type for it is refused for good ("field type conflict: …") and the others are written.
 
@@ -41,7 +42,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -50,7 +51,15 @@ from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fmc.agent.plugin import CheckResult, EquipmentClaim, GatewayHost, RefusedLine, SinkUnavailable, WriteOutcome
-from fmc.central.store import REPORT_FIELDS, ReportPoint, Scope, StoreQueryError, encode_points
+from fmc.central.store import (
+    INDICATOR,
+    REPORT_FIELDS,
+    ReportPoint,
+    Scope,
+    StoreQueryError,
+    encode_points,
+    series_digest,
+)
 from fmc.core.config import DEFAULT_GATEWAY
 from fmc.core.lineprotocol import LineProtocolError, field_type, parse
 from fmc.core.localtime import local_date, local_day_start_ns
@@ -347,6 +356,32 @@ class EmbeddedStore:
         )
         new_series[key] = series_id
         return series_id
+
+    def delete_points(
+        self,
+        measurement: str,
+        ts_ns: int,
+        where_tags: Mapping[str, str] | None,
+        stale: Callable[[dict[str, str]], bool],
+    ) -> int:
+        """Delete, in one transaction, the points of the measurement at ``ts_ns`` whose series carries every
+        tag in ``where_tags`` and whose tags ``stale`` accepts; the number deleted. The series stay (as in
+        InfluxDB, which keeps a series whose points at one time are deleted)."""
+        sql, params = self._series_filter(
+            "SELECT s.id, s.tags FROM points p JOIN series s ON s.id = p.series_id", measurement, where_tags)
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                found = conn.execute(sql + " AND p.ts = ?", [*params, ts_ns]).fetchall()
+                gone = [(series_id, ts_ns) for series_id, tags in found if stale(json.loads(tags))]
+                conn.executemany("DELETE FROM points WHERE series_id = ? AND ts = ?", gone)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return len(gone)
 
     def check_writable(self) -> None:
         """Raise sqlite3.Error unless this store can take the write lock now."""
@@ -1002,6 +1037,13 @@ class EmbeddedQueryStore:
                 )
 
         await self._call(run, access="writable")
+
+    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
+        def run() -> int:
+            return self._opened(readonly=False).delete_points(
+                INDICATOR, ts_ns, {"period": period}, lambda tags: series_digest(tags) not in keep)
+
+        return await self._call(run, access="writable")
 
     async def ping(self) -> None:
         """The file opens as an fmc store and answers a query."""

@@ -14,6 +14,7 @@ than pass it, even for values a ``Scope`` has already validated.
 
 ``write(points, replace=True)`` (the materialized indicators) deletes, before writing, the stored points
 that have a field their new point lacks: InfluxDB merges the fields of a second write.
+``delete_indicators_except`` deletes a materialized period's points under tags its pass did not write.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Set
 from datetime import date, timedelta
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -30,7 +31,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 from fmc.central.partials import CARRIER_FIELDS, LAST_FIELDS, LastRow, Partials, as_partials, merge
-from fmc.central.store import REPORT_FIELDS, ReportPoint, Scope, StoreQueryError, encode_points
+from fmc.central.store import (
+    INDICATOR,
+    REPORT_FIELDS,
+    ReportPoint,
+    Scope,
+    StoreQueryError,
+    encode_points,
+    series_digest,
+)
 from fmc.core.carriers import is_water
 from fmc.core.config import redacted_url
 from fmc.core.jsondoc import load_json
@@ -663,6 +672,36 @@ class InfluxQueryStore:
             if response.status_code in (400, 422):
                 detail += "; InfluxDB may have stored the other points of the call (a partial write)"
             raise StoreQueryError(detail)
+
+    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
+        """The period's points are read back one ``indicator`` tag value at a time (the values from the
+        index), so an answer holds one indicator's series of a province's period, not all ~180,000; only
+        ``status``, which every materialized point has. The series not in ``keep`` are deleted at ``ts_ns``
+        only, as a replacing write deletes (``_delete_statements``: by each tag's values where the read-back
+        shows that matches none kept, else by their exact tags)."""
+        label = quote_literal(period)
+        [names] = await self._query(
+            [f'SHOW TAG VALUES FROM {quote_ident(INDICATOR)} WITH KEY = "indicator" WHERE "period" = {label}'])
+        deletes: list[str] = []
+        deleted = 0
+        for name in sorted({str(row[c.index("value")]) for _, c, rows in _series(names) for row in rows
+                            if "value" in c}):
+            where = f'time = {int(ts_ns)} AND "period" = {label} AND "indicator" = {quote_literal(name)}'
+            [result] = await self._query(
+                [f'SELECT "status" FROM {self._from(INDICATOR)} WHERE {where} GROUP BY *'])
+            stored = [tags for tags, _, rows in _series(result) if rows]
+            stale = [tags for tags in stored if series_digest(tags) not in keep]
+            deleted += len(stale)
+            deletes += _delete_statements(INDICATOR, ts_ns, stale, stored, {frozenset(t.items()) for t in stale})
+        for done, statement in enumerate(deletes):
+            try:
+                await self._query([statement])
+            except StoreQueryError as e:
+                raise StoreQueryError(
+                    f"{e}; {done} of {len(deletes)} request(s) deleting the {period} indicator points no longer "
+                    "computed had run (InfluxQL DELETE needs InfluxDB 1.x or 2.x and a user that may write)"
+                ) from None
+        return deleted
 
     async def _delete_lost_fields(self, points: Sequence[Point]) -> None:
         """Delete the stored point of each series and time of ``points`` that has a field its new point
