@@ -101,3 +101,66 @@ def test_fmc_check_warns_about_a_dlt645_meter_without_rollover(tmp_path: Path, c
     main(["check", "-c", str(path), "--timeout", "1"])
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  meters"))
     assert "warn" in line and "'main' has no rollover" in line and "'hall'" not in line
+
+
+# --- a kind no [[equipment_class]] names -------------------------------------------------------------------
+
+CLASSES = ('[[equipment_class]]\nname = "cnc_lathe"\n  [[equipment_class.rules]]\n  type = "threshold"\n'
+           '  signal = "spindle_speed"\n  on_above = 50\n')
+HALL = ('[[opcua]]\nname = "hall"\nendpoint = "opc.tcp://127.0.0.1:{port}"\n'
+        '  [[opcua.node]]\n  equipment = "cnc-01"\n  signal = "spindle_speed"\n  node_id = "ns=2;s=a"\n')
+
+
+def unclassified_agent(tmp_path: Path) -> Path:
+    """cnc-01 (named by a source, kind misspelt in the config), lathe-02 and dye-01 (connected in the
+    ledger, kinds without a class); press-01 neither connected nor named: it needs no class."""
+    (tmp_path / "ledger.csv").write_text(
+        "设备编号,是否数控,设备类别,是否联网\nlathe-02,是,CNC Lathe,是\ndye-01,否,染色机,是\ndye-02,否,染色机,否\n"
+        "press-01,否,压机,否\n", encoding="utf-8")
+    path = tmp_path / "agent.toml"
+    path.write_text(AGENT_HEAD + HALL.format(port=free_port()) + CLASSES.replace("cnc_lathe", "cnc_lathe_x")
+                    + '[inventory]\ncsv = "ledger.csv"\n'
+                    '[[equipment]]\nid = "cnc-01"\nkind = "cnc_lath"\nnc = true\n', encoding="utf-8")
+    return path
+
+
+def test_fmc_check_warns_about_equipment_whose_kind_has_no_class(tmp_path: Path, capsys) -> None:
+    path = unclassified_agent(tmp_path)
+    main(["check", "-c", str(path), "--timeout", "1"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  classes"))
+    assert "warn" in line
+    # the file, the machine, the kind, and the closest class there is
+    assert f"{path}: 'cnc-01' of kind 'cnc_lath' (did you mean 'cnc_lathe_x'?)" in line
+    assert (f"{tmp_path / 'ledger.csv'}: 'lathe-02' of kind 'cnc_lathe' (did you mean 'cnc_lathe_x'?), "
+            "'dye-01' of kind '染色机';") in line
+    assert "never running" in line and "add an [[equipment_class]] with that name" in line
+    # unconnected, and no source names them: offline all day, whatever their class
+    assert "dye-02" not in line and "press-01" not in line
+
+
+def test_fmc_check_is_quiet_when_every_expected_kind_has_a_class(tmp_path: Path, capsys) -> None:
+    path = unclassified_agent(tmp_path)
+    path.write_text(path.read_text(encoding="utf-8").replace("cnc_lath\"", "cnc_lathe\"").replace(
+        "cnc_lathe_x", "cnc_lathe") + '[[equipment_class]]\nname = "染色机"\n', encoding="utf-8")
+    main(["check", "-c", str(path), "--timeout", "1"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("  classes"))
+    assert "ok" in line and "the 3 equipment the agent expects data from have an [[equipment_class]]" in line
+
+
+def test_the_agent_logs_equipment_whose_kind_has_no_class_at_start(tmp_path: Path, caplog) -> None:
+    from fmc.agent.runtime import Agent
+    from fmc.agent.spool import Spool
+    from fmc.cli.plugins import load_config
+    from fmc.plant.ledger import load_inventory
+
+    path = unclassified_agent(tmp_path)
+    cfg = load_config(path)
+    agent = Agent(cfg, inventory=load_inventory(path, cfg.equipment, cfg.inventory), config_path=path)
+    spool = Spool(tmp_path / "spool.db")
+    try:
+        with caplog.at_level("WARNING", logger="fmc"):
+            assert agent._plant_model(spool) is not None
+    finally:
+        spool.close()
+    warned = [r.getMessage() for r in caplog.records if "[[equipment_class]]" in r.getMessage()]
+    assert len(warned) == 1 and "'cnc-01' of kind 'cnc_lath'" in warned[0] and "'dye-01'" in warned[0]

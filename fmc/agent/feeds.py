@@ -1,18 +1,26 @@
-"""``fmc check``: do the sources feed the ``[[meter]]``s, and does the ledger list what they report?
+"""``fmc check``: do the sources feed the ``[[meter]]``s, does the ledger list what they report, and
+does each machine's kind have an ``[[equipment_class]]``?
 
 A ``[[meter]]`` no source writes readings for measures nothing: its consumption stays 0 and its
 coverage says so only at the day's end. Equipment a source reports but the ledger (设备台账) lacks
 has no state tracker and counts in no rate. Every source settings model says what it feeds
 (``fmc.agent.plugin.Feeds``): fixed ids, and whether a template (an MQTT topic's ``{meter}``
 segment) can name more at run time — then the check cannot tell, and says so instead of warning.
-Pure: the settings in, ``CheckResult``s out (a warning is ``ok`` with ``warning`` set).
+A machine whose ``kind`` no ``[[equipment_class]]`` names is tracked online/offline only: its good data
+counts as idle, never running. Pure: the settings in, ``CheckResult``s out (a warning is ``ok`` with
+``warning`` set).
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections import defaultdict
 from collections.abc import Collection, Sequence
 
+from fmc.agent.config import AgentSettings
 from fmc.agent.plugin import CheckResult, Feeds, SourceSettings
+from fmc.plant.equipment import EquipmentItem
 
 SHOWN = 5  # ids named in a message; the count says how many more
 
@@ -88,3 +96,48 @@ def _ledger(feeds: Sequence[tuple[str, Feeds]], ledger: set[str]) -> CheckResult
                            f"{templated} name equipment at run time (one the ledger lacks is counted in "
                            "fmc_plant_events{kind=\"unknown_equipment\"})")
     return CheckResult("ledger", True, f"the {len(reported)} equipment the sources report are all in the ledger")
+
+
+def check_classes(
+    cfg: AgentSettings, inventory: Sequence[EquipmentItem], config_file: str | os.PathLike[str]
+) -> CheckResult:
+    """The equipment the agent expects data from (connected in the ledger, or named by a source) whose
+    ``kind`` no ``[[equipment_class]]`` names, with the file that lists it (``config_file`` for an
+    ``[[equipment]]`` table, else the ``[inventory] csv``) and the closest class name. Such equipment is
+    legitimate (the shipped example has one class for many kinds: online/offline is all the networking
+    rate needs), so this is a warning, never a failure; ``fmc run`` logs the same at start."""
+    classes = [c.name for c in cfg.equipment_class]
+    reported = {e for s in cfg.sources() for e in s.feeds().equipment}
+    expected = [e for e in inventory if e.connected or e.id in reported]
+    in_config = {e.id for e in cfg.equipment}
+    csv_file = cfg.inventory.csv
+    # unconnected equipment no source names is offline all day: its class does not matter
+    unclassified: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for e in expected:
+        kind = e.kind or ""
+        if kind not in classes:
+            where = str(config_file) if e.id in in_config or csv_file is None else str(csv_file)
+            unclassified[(where, kind)].append(e.id)
+    if not unclassified:
+        if not expected:
+            return CheckResult("classes", True, "no equipment the agent expects data from (connected, or named "
+                                                "by a source): no [[equipment_class]] needed")
+        return CheckResult("classes", True, f"the {len(expected)} equipment the agent expects data from have an "
+                                            "[[equipment_class]] for their kind")
+    by_file: dict[str, list[str]] = defaultdict(list)
+    for (where, kind), ids in unclassified.items():
+        by_file[where].append(f"{_named(ids)} of kind {kind!r}{_closest(kind, classes)}")
+    named = "; ".join(f"{where}: {', '.join(kinds)}" for where, kinds in by_file.items())
+    count = sum(len(ids) for ids in unclassified.values())
+    return CheckResult("classes", True, (
+        f"{count} equipment the agent expects data from have a kind no [[equipment_class]] names: {named}; "
+        "their states are online/offline only (good data counts as idle, never running, so their utilisation "
+        "reads 0): add an [[equipment_class]] with that name and the rules that say when it runs, or correct "
+        "the kind (the kind field, or the 设备类别 it is made from)"), warning=True)
+
+
+def _closest(kind: str, classes: Sequence[str]) -> str:
+    """' (did you mean 'cnc_lathe'?)' for the class name most like ``kind``, case aside; '' when none is."""
+    folded = {c.casefold(): c for c in classes}
+    match = difflib.get_close_matches(kind.casefold(), list(folded), n=1)
+    return f" (did you mean {folded[match[0]]!r}?)" if match else ""

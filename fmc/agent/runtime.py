@@ -15,6 +15,7 @@ from typing import Any
 
 from fmc.agent import health as parts
 from fmc.agent.config import AgentSettings
+from fmc.agent.feeds import check_classes
 from fmc.agent.health import Health, describe
 from fmc.agent.ingest import Ingest, resume_plant
 from fmc.agent.metrics import AgentMetrics
@@ -252,6 +253,9 @@ class Agent:
             for e in self.inventory
         ]
         plant = PlantModel(Site.from_enterprise(cfg.enterprise), cfg, items, start_ns=time.time_ns())
+        classes = check_classes(cfg, self.inventory, self.config_path or "the agent config")
+        if classes.warning:  # what fmc check says: states of such equipment are online/offline only
+            self.log.warning("%s", classes.detail)
         resume_plant(spool, plant, self.log)
         self.log.info("plant model: %d equipment in the inventory, %d meter(s), %d virtual",
                       len(items), len(cfg.meter), len(cfg.virtual_meter))

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"fmc check: --timeout must be a positive number of seconds, not {args.timeout}", file=sys.stderr)
                 return EXIT_USAGE
             cfg = load_config(args.config)
-            return _check(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), args.timeout)
+            return _check(cfg, load_inventory(args.config, cfg.equipment, cfg.inventory), args.timeout,
+                          Path(args.config))
         if args.command == "opcua":
             return _opcua(args)
         if args.command == "inventory":
@@ -156,9 +157,9 @@ def _run(cfg: AgentSettings, inventory: list[EquipmentItem], config_path: Path) 
     return EXIT_OK
 
 
-def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -> int:
+def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float, config_path: Path) -> int:
     from fmc.agent.claims import check_claims, check_gateway_hosts
-    from fmc.agent.feeds import check_feeds
+    from fmc.agent.feeds import check_classes, check_feeds
     from fmc.agent.plugin import CheckResult
     from fmc.agent.runtime import make_sink
     from fmc.agent.selfmetrics import host_tag
@@ -182,6 +183,8 @@ def _check(cfg: AgentSettings, inventory: list[EquipmentItem], timeout: float) -
         results = [_check_spool(cfg), *check_feeds(
             cfg.sources(), [m.reads for m in cfg.meter], [e.id for e in inventory],
             [m.reads for m in cfg.meter if m.kind == "counter" and m.rollover is None])]
+        if inventory:
+            results.append(check_classes(cfg, inventory, config_path))
         results += [await bounded(s.section, s.name, s.check(cfg.enterprise, timeout)) for s in cfg.sources()]
         sink = make_sink(cfg)
         try:

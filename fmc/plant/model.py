@@ -68,7 +68,8 @@ class PlantModel:
         classes = {c.name: c for c in sections.equipment_class}
         self.trackers: dict[str, EquipmentTracker] = {}
         for item in self.inventory:
-            # equipment of a kind with no class still has an online/offline life: good data = idle
+            # equipment of a kind with no class still has an online/offline life: good data = idle (fmc
+            # check and the start warn about the connected ones: fmc.agent.feeds.check_classes)
             cls = classes.get(item.kind) or EquipmentClassConfig(name="unclassified")
             self.trackers[item.id] = EquipmentTracker(
                 item.id, cls, start_ns=start_ns, site=site, inventory=item, plant=plant
