@@ -180,6 +180,20 @@ def _text(text: str) -> str | None:
     return stripped or None
 
 
+def id_key(equipment_id: str) -> str:
+    """What two ids must not share: 'CNC-01', 'cnc-01' and 'ＣＮＣ－０１' are one key. The sources' ids
+    are matched exactly, so such a pair in a ledger would be two machines in both rates' denominators,
+    one of them never heard from; the import refuses it rather than guess which row is right."""
+    return unicodedata.normalize("NFKC", equipment_id).strip().casefold()
+
+
+def _id_clash_fix(place: str) -> str:
+    """What to do about two ids with one ``id_key``: which ``place`` (a row, a table) is right is the
+    engineer's call, not the import's."""
+    return (f"the sources' ids are matched exactly, so they would be two machines: keep the {place} that is "
+            "right, or give the other machine an id of its own")
+
+
 # --- headers -------------------------------------------------------------------------------------
 
 
@@ -389,6 +403,7 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
 
     items: list[EquipmentItem] = []
     lines: dict[str, int] = {}
+    first_ids: dict[str, str] = {}  # id_key -> the id as its first row writes it
     skipped_totals: list[int] = []
     width = len(rows[header_offset])
     for line, row in enumerate(rows[header_offset + 1:], start=header_line + 1):
@@ -405,7 +420,8 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
         item, row_problems = _parse_row(row, line, columns)
         problems.extend(row_problems)
         row_id = item.id if item is not None else _text(id_cell)
-        if row_id is not None and row_id in lines:
+        first = first_ids.get(id_key(row_id)) if row_id is not None else None
+        if row_id is not None and first == row_id:
             problems.append(
                 InventoryProblem(
                     f"id {row_id!r} is also on line {lines[row_id]}; each piece of equipment has one row",
@@ -413,7 +429,17 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
                     columns["id"].header,
                 )
             )
+        elif row_id is not None and first is not None:
+            problems.append(
+                InventoryProblem(
+                    f"id {row_id!r} and {first!r} on line {lines[first]} differ only in case or full-width "
+                    f"characters; {_id_clash_fix('row')}",
+                    line,
+                    columns["id"].header,
+                )
+            )
         elif row_id is not None:
+            first_ids[id_key(row_id)] = row_id
             lines[row_id] = line
         if item is not None:
             items.append(item)
@@ -595,32 +621,46 @@ def load_inventory_csv(path: str | Path, logger: logging.Logger | None = None) -
 def merge_inventory(
     config_file: str | Path, equipment: Sequence[EquipmentItem], imported: InventoryImport | None
 ) -> list[EquipmentItem]:
-    """``[[equipment]]`` tables first, then the CSV rows; an id defined twice is a ``ConfigError``
-    naming both places."""
+    """``[[equipment]]`` tables first, then the CSV rows; an id defined twice, also in another case
+    (``id_key``), is a ``ConfigError`` naming both places."""
     problems: list[tuple[str, str, str]] = []
-    position: dict[str, int] = {}
+    position: dict[str, int] = {}  # id_key -> index of the [[equipment]] table
     for index, item in enumerate(equipment):
-        if item.id in position:
+        key = id_key(item.id)
+        if key not in position:
+            position[key] = index
+        elif (first := equipment[position[key]].id) == item.id:
             problems.append((
                 f"equipment[{index}].id",
-                f"{item.id!r} is also equipment[{position[item.id]}]",
+                f"{item.id!r} is also equipment[{position[key]}]",
                 "keep one [[equipment]] table per piece of equipment",
             ))
         else:
-            position[item.id] = index
+            problems.append((
+                f"equipment[{index}].id",
+                f"{item.id!r} and equipment[{position[key]}] {first!r} differ only in case",
+                _id_clash_fix("table"),
+            ))
     merged = list(equipment)
     csv_path, csv_items, csv_lines = (
         (imported.path, imported.items, imported.lines) if imported is not None else (Path(), [], {})
     )
     for item in csv_items:
-        if item.id in position:
+        index = position.get(id_key(item.id))
+        if index is None:
+            merged.append(item)
+        elif (configured := equipment[index].id) == item.id:
             problems.append((
-                f"equipment[{position[item.id]}].id",
+                f"equipment[{index}].id",
                 f"{item.id!r} is also in {csv_path} line {csv_lines[item.id]}",
                 "describe each piece of equipment in one place: the [[equipment]] table or the CSV row",
             ))
         else:
-            merged.append(item)
+            problems.append((
+                f"equipment[{index}].id",
+                f"{configured!r} and {item.id!r} in {csv_path} line {csv_lines[item.id]} differ only in case",
+                _id_clash_fix("[[equipment]] table or the CSV row"),
+            ))
     if problems:
         raise ConfigError(config_file, problems)
     return merged
