@@ -35,6 +35,7 @@ from fmc.plant.ledger import (
     read_inventory_csv,
     serial_date_window,
 )
+from fmc.plant.rollups import InventoryItem, Site, enterprise_daily
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data" / "inventory"
@@ -484,6 +485,22 @@ def test_parse_bool_all_spellings():
             parse_bool(word)
 
 
+def test_a_zero_original_value_is_no_original_value(tmp_path):
+    # a fixed-asset system exports an empty 原值 as 0: counted as "valued", the asset-value NC rate's
+    # coverage (equipment_valued ÷ equipment_total) read 3/3 and the rate was published on one machine's value
+    text = "设备编号,是否数控,原值(万元)\ncnc-01,是,56\ncnc-02,是,0\nlathe-01,否,0.00\n"
+    imported = read_inventory_csv(write_bytes(tmp_path, "zero.csv", text.encode("utf-8-sig")))
+    assert [i.asset_value for i in imported.items] == [560_000.0, None, None]
+    assert imported.warnings == ["原值 0 on line(s) 3, 4 read as no 原值 (an empty cell, as fixed-asset systems "
+                                 "export it): left out of the NC rate by value, whose coverage they lower; write "
+                                 "the machine's original value"]
+    assert nc_summary(imported.items, YEAR_END_2020)["equipment_without_asset_value"] == 2
+    items = [InventoryItem(e.id, e.nc, e.asset_value) for e in imported.items]  # as the agent makes them
+    daily = enterprise_daily(YEAR_END_2020, Site("e1", "330602", "17"), items, [])
+    assert (daily.fields["equipment_valued"], daily.fields["equipment_total"]) == (1, 3)
+    assert EquipmentItem(id="a", nc=True, asset_value=0).asset_value is None  # an [[equipment]] table too
+
+
 # --- the model and the config side ---------------------------------------------------------------
 
 
@@ -632,7 +649,7 @@ def items_strategy(draw: st.DrawFn) -> list[EquipmentItem]:
     for item_id in ids:
         commissioned = draw(st.none() | st.dates(date(1900, 3, 1), date(2100, 12, 31)))
         decommissioned = draw(st.none() | st.dates(commissioned or date(1900, 3, 1), date(2100, 12, 31)))
-        cents = draw(st.none() | st.integers(0, 10**13))
+        cents = draw(st.none() | st.integers(1, 10**13))  # a 原值 of 0 is read as none
         items.append(EquipmentItem(
             id=item_id,
             name=draw(st.none() | NAME_TEXT),

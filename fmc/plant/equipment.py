@@ -47,7 +47,7 @@ class EquipmentItem(_Model):
     kind: str | None = Field(default=None, description="state-tracker class name, e.g. loom")
     nc: bool = Field(description="numerically controlled / digital equipment (数控设备)")
     key_process: bool = Field(default=False, description="key-process equipment (关键工序设备)")
-    asset_value: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="原值, yuan")
+    asset_value: float | None = Field(default=None, ge=0, allow_inf_nan=False, description="原值, yuan; 0 is none")
     commissioned: date | None = None
     decommissioned: date | None = None
     in_scope: bool = Field(default=True, description="production equipment within the statistical scope")
@@ -61,6 +61,14 @@ class EquipmentItem(_Model):
                 f"kind {v!r} is not a class name: one word of letters, digits, '_' or '-', at most 64 characters"
             )
         return v
+
+    @field_validator("asset_value")
+    @classmethod
+    def _asset_value(cls, v: float | None) -> float | None:
+        # a machine in service has an original value: a 0 is an empty cell, as fixed-asset systems export
+        # it. Counted as a value, it would raise the asset-value NC rate's coverage (equipment_valued) while
+        # adding nothing to its sums, and the rate would be published on the machines that have one.
+        return None if v == 0 else v
 
     @model_validator(mode="after")
     def _defaults_and_dates(self) -> EquipmentItem:

@@ -404,6 +404,7 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
     items: list[EquipmentItem] = []
     lines: dict[str, int] = {}
     first_ids: dict[str, str] = {}  # id_key -> the id as its first row writes it
+    zero_values: list[int] = []  # lines whose 原值 is 0: read as none (EquipmentItem)
     skipped_totals: list[int] = []
     width = len(rows[header_offset])
     for line, row in enumerate(rows[header_offset + 1:], start=header_line + 1):
@@ -443,8 +444,16 @@ def parse_inventory_text(text: str, *, path: Path, encoding: str = "UTF-8") -> I
             lines[row_id] = line
         if item is not None:
             items.append(item)
+            # a 原值 cell read without a problem that gives no value was a 0
+            value_column = columns.get("asset_value")
+            if item.asset_value is None and value_column is not None and _cell(row, value_column.index).strip():
+                zero_values.append(line)
     if problems:
         raise InventoryError(path, problems)  # already in line order: rows are read top to bottom
+    if zero_values:
+        warnings.append(f"原值 0 on line(s) {', '.join(map(str, zero_values))} read as no 原值 (an empty cell, as "
+                        "fixed-asset systems export it): left out of the NC rate by value, whose coverage they "
+                        "lower; write the machine's original value")
     if skipped_totals:
         warnings.append(f"total row(s) skipped: line {', '.join(map(str, skipped_totals))}")
     if not items:
