@@ -428,10 +428,10 @@ def merged_rows(store, board: gd.Dashboard, ref_ids: Sequence[str], values: Mapp
     return list(merged.values())
 
 
-def utilisation_table(store, **kw: Any) -> dict[str, dict[str, Any]]:
+def utilisation_table(store, values: Mapping[str, Any] = ENT_VALUES, **kw: Any) -> dict[str, dict[str, Any]]:
     panel = next(p for p in panels_of(ENT.model) if p.get("targets") and p["targets"][0]["refId"] == "utilisation")
     assert panel["transformations"][0] == {"id": "merge", "options": {}}
-    rows = merged_rows(store, ENT, [t["refId"] for t in panel["targets"]], ENT_VALUES, **kw)
+    rows = merged_rows(store, ENT, [t["refId"] for t in panel["targets"]], values, **kw)
     return {r["equipment"]: r for r in rows}
 
 
@@ -453,8 +453,15 @@ def check_utilisation_online(store, seed) -> None:
     m1, m2 = rows["m1"], rows["m2"]
     assert (m1["kind"], m1["nc"], m2["kind"], m2["nc"]) == ("loom", "true", "knitter", "false")
     assert close(m1["utilisation_online"], 12 / 16.5 * 100)  # of 10.5 h + 6 h online
+    assert m2["utilisation_online"] == 0  # online 1 h on D1, never running: 0 %, a figure
+
+
+def check_utilisation_hours(store, seed) -> None:
+    rows = {r["equipment"]: r for r in run(store, ENT, "utilisation_hours", ENT_VALUES, **DAYS)}
+    assert set(rows) == {"m1", "m2"}
+    m1, m2 = rows["m1"], rows["m2"]
     assert (close(m1["running_h"], 12), close(m1["online_h"], 16.5)) == (True, True)
-    assert m2["utilisation_online"] == 0 and close(m2["online_h"], 1)
+    assert m2["running_h"] == 0 and close(m2["online_h"], 1)
 
 
 COMMISSIONING_SITE = Site("ent-u", "330602", "17", TZ)
@@ -485,7 +492,9 @@ def test_trial_runs_before_commissioning_do_not_count_in_utilisation_in_service(
     [row] = run((server, db), ENT, "utilisation", values, **span)
     assert close(row["utilisation"], 20 / 48 * 100)
     [online] = run((server, db), ENT, "utilisation_online", values, **span)
-    assert close(online["running_h"], 60) and close(online["utilisation_online"], 100)  # online: every day
+    assert close(online["utilisation_online"], 100)  # online: every day
+    [hours] = run((server, db), ENT, "utilisation_hours", values, **span)
+    assert close(hours["running_h"], 60)
 
 
 def test_a_machine_outside_the_ledger_scope_has_no_utilisation_in_service(influx_db):
@@ -498,10 +507,26 @@ def test_a_machine_outside_the_ledger_scope_has_no_utilisation_in_service(influx
     values = {"enterprise": COMMISSIONING_SITE.enterprise, "year": "2019", "equipment": ALL}
     span = {"start_ms": local_ms(D0), "end_ms": local_ms(D0 + timedelta(days=4)) - 1}
     assert [r["equipment"] for r in run((server, db), ENT, "utilisation", values, **span)] == ["m1"]
-    rows = {r["equipment"]: r for r in merged_rows((server, db), ENT, ["utilisation", "utilisation_online"], values,
-                                                   **span)}
+    rows = utilisation_table((server, db), values=values, **span)
     assert rows["aux"].get("utilisation") is None and close(rows["aux"]["utilisation_online"], 100)
     assert close(rows["aux"]["running_h"], 96) and close(rows["m1"]["utilisation"], 25)
+
+
+def test_a_machine_never_online_has_no_utilisation_online(influx_db):
+    """A machine in service but offline every day of the range (online_s = 0): no online
+    utilisation (InfluxQL's x / 0 made it 0 %, "online but idle"), its in-service 0 % and its 0 h
+    online still shown."""
+    server, db = influx_db
+    days = equipment_days("dark", [0] * 4, [True] * 4)
+    days += equipment_days("m1", [6] * 4, [True] * 4)
+    write_points(server, db, [d.to_point(COMMISSIONING_SITE) for d in days])
+    values = {"enterprise": COMMISSIONING_SITE.enterprise, "year": "2019", "equipment": ALL}
+    span = {"start_ms": local_ms(D0), "end_ms": local_ms(D0 + timedelta(days=4)) - 1}
+    rows = utilisation_table((server, db), values=values, **span)
+    assert rows["dark"].get("utilisation_online") is None and rows["dark"]["utilisation"] == 0
+    assert [r["equipment"] for r in run((server, db), ENT, "utilisation_online", values, **span)] == ["m1"]
+    assert (rows["dark"]["running_h"], rows["dark"]["online_h"]) == (0, 0)
+    assert close(rows["m1"]["utilisation_online"], 100) and close(rows["m1"]["online_h"], 24)
 
 
 def check_energy_daily(store, seed) -> None:
@@ -720,6 +745,7 @@ CHECKS: dict[str, Callable[..., None]] = {
     "states": check_states,
     "utilisation": check_utilisation,
     "utilisation_online": check_utilisation_online,
+    "utilisation_hours": check_utilisation_hours,
     "energy_daily": check_energy_daily,
     "energy_mix": check_energy_mix,
     "water_daily": check_water_daily,

@@ -144,16 +144,23 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
     # Utilisation in service counts the running time of the days in the ledger's scope only
     # (in_inventory_s is the whole day then, else 0: fmc.plant.states): a trial run before the
     # commissioning date is no running time in service, and a machine out of scope in the whole range
-    # has no row here, hence no figure, rather than InfluxQL's x / 0 = 0. The other columns count every
-    # day; Grafana merges the two results into one row per machine (same time, equipment, kind, nc).
+    # has no row here, hence no figure, rather than InfluxQL's x / 0 = 0. Utilisation online likewise
+    # counts the days the machine was online (running time is online time, so the sums are those of
+    # every day): a machine never online in the range has no figure rather than 0 %, which reads as
+    # online but idle. The hours count every day, so that machine still shows 0 h online. Grafana
+    # merges the three results into one row per machine (same time, equipment, kind, nc).
     in_service = (
         'SELECT sum("running_s") / sum("in_inventory_s") * 100 AS "utilisation" '
         f'FROM "equipment_daily" WHERE {ent} AND {eq} AND "in_inventory_s" > 0 AND $timeFilter '
         'GROUP BY "equipment", "kind", "nc"'
     )
     online = (
-        'SELECT sum("running_s") / sum("online_s") * 100 AS "utilisation_online", '
-        'sum("running_s") / 3600 AS "running_h", sum("online_s") / 3600 AS "online_h" '
+        'SELECT sum("running_s") / sum("online_s") * 100 AS "utilisation_online" '
+        f'FROM "equipment_daily" WHERE {ent} AND {eq} AND "online_s" > 0 AND $timeFilter '
+        'GROUP BY "equipment", "kind", "nc"'
+    )
+    hours = (
+        'SELECT sum("running_s") / 3600 AS "running_h", sum("online_s") / 3600 AS "online_h" '
         f'FROM "equipment_daily" WHERE {ent} AND {eq} AND $timeFilter GROUP BY "equipment", "kind", "nc"'
     )
     b.add({
@@ -161,7 +168,8 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "title": b.t("utilisation"),
         "description": b.describe("utilisation"),
         "targets": [b.target("utilisation", in_service, table=True),
-                    b.target("utilisation_online", online, table=True)],
+                    b.target("utilisation_online", online, table=True),
+                    b.target("utilisation_hours", hours, table=True)],
         "fieldConfig": {
             "defaults": table_defaults(decimals=1),
             "overrides": [

@@ -115,11 +115,12 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "utilisation": (
         "equipment_daily 的整日汇总：稼动率（在册时间）= 在册日的运行时间 ÷ 在册时间 in_inventory_s（设备在台账范围内的"
         "整日时间，离线也计入；投产前的试运行不计入，所选时段内均不在台账范围的设备不显示）；"
-        "稼动率（在线时间）= 运行时间 ÷ 在线时间 online_s。只含已结束的日。",
+        "稼动率（在线时间）= 运行时间 ÷ 在线时间 online_s（所选时段内从未在线的设备不显示）。只含已结束的日。",
         "Whole days of equipment_daily: utilisation (in service) = running_s of the days in the ledger's "
         "scope ÷ in_inventory_s (those whole days, offline time included; a trial run before commissioning "
         "does not count, a machine outside the scope for the whole range has no figure); utilisation "
-        "(online) = running_s ÷ online_s. Completed days only.",
+        "(online) = running_s ÷ online_s (a machine never online in the range has no figure). Completed days "
+        "only.",
     ),
     "meter_coverage": (
         "meter_interval 的 coverage：每个间隔内有计量数据的时间占比。0%（红色）是数据缺失，不是节能。",
