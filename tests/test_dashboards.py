@@ -570,6 +570,45 @@ def check_meter_coverage(store, seed) -> None:
     assert by_meter == {"main": [0] * 6, "w1": [1, 1, 0, 0, 0, 0]}
 
 
+def test_day_buckets_of_the_meter_coverage_are_local_days(store, seed):
+    """Over a long range Grafana's $__interval becomes a day: each bucket is a local day, not UTC's
+    (which starts at 08:00 in Shanghai and spread a day's coverage over two bars)."""
+    rows = run(store, ENT, "meter_coverage", ENT_VALUES, **DAYS, interval="1d")
+    got: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        got[r["meter"]].append((r["time"], r["mean"]))
+    coverage: dict[tuple[str, date], list[float]] = defaultdict(list)
+    for p in seed.points:
+        if p.measurement == "meter_interval" and p.tags["enterprise"] == SITE_A.enterprise:
+            day = datetime.fromtimestamp(p.ts_ns / NS, ZONE).date()
+            coverage[(p.tags["meter"], day)].append(float(p.fields["coverage"]))  # type: ignore[arg-type]
+    for meter in ("main", "w1"):
+        assert [t for t, _ in got[meter]] == [local_ms(D1), local_ms(D2)], meter
+        for (_, mean), day in zip(got[meter], (D1, D2), strict=True):
+            values = coverage[(meter, day)]
+            assert close(mean, sum(values) / len(values) if values else 0), (meter, day)
+
+
+def test_every_query_grouped_by_the_panel_interval_buckets_local_time():
+    """$__interval may be a day or longer: every query grouped by it names the plant's time zone."""
+    def statement_rest(query: str, start: int) -> str:
+        """From ``start`` to the end of its statement: the query's end or the subquery's ")"."""
+        depth = 0
+        for i in range(start, len(query)):
+            depth += {"(": 1, ")": -1}.get(query[i], 0)
+            if depth < 0:
+                return query[start:i]
+        return query[start:]
+
+    grouped = 0
+    for uid, ref in all_ref_ids():
+        query = targets_of(DASHBOARDS[uid].model)[ref]["query"]
+        for m in re.finditer(r"GROUP BY time\(\$__interval\)", query):
+            assert statement_rest(query, m.start()).rstrip().endswith(f"tz('{TZ}')"), (uid, ref)
+            grouped += 1
+    assert grouped >= 7  # meter coverage and the gateway panels over time
+
+
 # --- the bureau dashboard ------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from fmc.central.grafana.dashboards.labels import INDICATOR_DECIMALS, INDICATOR_LABELS, INDICATOR_UNITS, pick
 from fmc.central.grafana.dashboards.panels import (
+    LOCAL_BUCKETS,
     MONTH_PERIOD,
     SINCE,
     Board,
@@ -251,7 +252,7 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "targets": [b.target(
             "meter_coverage",
             f'SELECT mean("coverage") FROM "meter_interval" WHERE {ent} AND $timeFilter '
-            'GROUP BY time($__interval), "meter" fill(0)',
+            f'GROUP BY time($__interval), "meter" fill(0) {LOCAL_BUCKETS}',
             alias="$tag_meter",
         )],
         "fieldConfig": {

@@ -34,6 +34,12 @@ SINCE = "time >= '2000-01-01T00:00:00Z'"
 # An agent reports every minute (fmc.agent.selfmetrics.INTERVAL_S): up means a point within 5.
 AGENT_UP_WINDOW = "5m"
 AGENT_LOOKBACK = "30d"
+# Time buckets of the panel's interval ($__interval) start at UTC midnight unless the query names a
+# zone, and over a long range Grafana makes that interval 12 hours, a day or a week: a day's bars
+# would then run from 08:00 to 08:00 in Shanghai, one local day spread over two. The plant's days are
+# those of fmc's time zone (Asia/Shanghai unless configured: fmc.core.config), so every query grouped
+# by $__interval ends with InfluxQL's time zone clause. Fixed buckets of 15 minutes or less need none.
+LOCAL_BUCKETS = "tz('Asia/Shanghai')"
 GROUP_LEVELS = "/^(province|city|county)$/"
 MONTH_PERIOD = "/^[0-9]{4}-[0-9]{2}$/"
 
