@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install or upgrade fmc on a Linux machine: a venv under a prefix, the systemd unit, the example
 # configuration. Run it again to upgrade: the spool, the configuration and the secrets are never
-# touched. Reference: docs/deploy.md.
+# touched, and the agent is restarted only when the new version's fmc check passes its configuration
+# (else the script exits 1, the running agent left as it is). Reference: docs/deploy.md.
 #
 #   deploy/install.sh [--from PATH] [--prefix DIR] [--role agent|central] [--python PY] [--no-systemd]
 #
@@ -20,7 +21,7 @@ role="agent"
 python="python3"
 systemd=1
 
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "install.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -113,6 +114,9 @@ version="$("$venv/bin/fmc" --version)"
 echo "  installed $version${extra:+ with the $extra extra}"
 
 # 4. configuration and state: created when missing, never overwritten
+config="$config_dir/$config_name"
+upgrade=0  # a configuration there already: this install upgrades one the agent may be running on
+[ ! -e "$config" ] || upgrade=1
 mkdir -p "$config_dir" "$state_dir"
 examples="$here/examples"
 sed_escape() { printf '%s' "$1" | sed 's/[#&\\]/\\&/g'; }
@@ -128,13 +132,13 @@ copy_once() {  # copy_once SRC DEST MODE: only when DEST does not exist yet; fal
   install -m "$3" "$1" "$2"
   echo "  wrote $2 (an example: edit it)"
 }
-if copy_once "$examples/$config_name" "$config_dir/$config_name" 0644; then
+if copy_once "$examples/$config_name" "$config" 0644; then
   # the state goes where this install keeps it: the agent's example spools to /var/lib/fmc (a
   # --no-systemd install keeps it under the prefix); the central example's keys file and sums cache
   # sit next to the config, which the unit makes read-only
   sed -i -e "s#/var/lib/fmc/#$(sed_escape "$state_dir")/#g" \
          -e "s#^keys_file = \"keys.db\"#keys_file = \"$(sed_escape "$state_dir")/keys.db\"#" \
-         -e "s#^path = \"sums-cache.db\"#path = \"$(sed_escape "$state_dir")/sums-cache.db\"#" "$config_dir/$config_name"
+         -e "s#^path = \"sums-cache.db\"#path = \"$(sed_escape "$state_dir")/sums-cache.db\"#" "$config"
 fi
 if [ "$role" = agent ]; then
   copy_once "$examples/inventory.csv" "$config_dir/inventory.csv" 0644 || true
@@ -156,20 +160,77 @@ if [ "$systemd" = 1 ]; then
   chmod 0750 "$state_dir"
 fi
 
-# 5. the unit, with this prefix in ExecStart
+# 5. an upgrade of the agent: does the new fmc take the configuration it will start with? A setting it
+# refuses would stop the restarted unit (exit 2), a spool it may not write make it restart for ever:
+# the gateway would collect nothing. fmc check runs as the service would (its user and secrets); when it
+# fails, the running agent is left as it is, on the code it started with, and the script exits 1.
+check_command() {
+  if [ "$systemd" = 1 ]; then
+    echo "systemd-run --pipe --wait -p User=fmc -p EnvironmentFile=$config_dir/$env_name -p StateDirectory=fmc \\"
+    echo "       $venv/bin/fmc check -c $config"
+  else
+    echo "set -a; . $config_dir/$env_name; set +a; $venv/bin/fmc check -c $config"
+  fi
+}
+check_upgrade() {  # true when the new fmc passes its check of the configuration; else says what to do
+  local output status=0
+  if [ "$systemd" = 1 ]; then
+    output="$(systemd-run --quiet --collect --pipe --wait -p User=fmc -p Group=fmc \
+      -p "EnvironmentFile=-$config_dir/$env_name" -p StateDirectory=fmc -p "WorkingDirectory=$state_dir" \
+      "$venv/bin/fmc" check -c "$config" 2>&1)" || status=$?
+  else
+    output="$(set -a; [ ! -f "$config_dir/$env_name" ] || . "$config_dir/$env_name"; set +a
+              "$venv/bin/fmc" check -c "$config" 2>&1)" || status=$?
+  fi
+  [ "$status" != 0 ] || return 0
+  {
+    echo
+    if [ "$status" = 2 ]; then
+      echo "install.sh: the new fmc refuses $config (fmc check -c $config, exit 2):"
+    else
+      echo "install.sh: fmc check -c $config failed with the new fmc (exit $status):"
+    fi
+    printf '%s\n' "$output" | sed 's/^/    /'
+    echo
+    if [ "$systemd" = 1 ]; then
+      echo "$unit was not restarted: the agent keeps running the version it started with, its spool collecting."
+      echo "The new version is installed, though: the agent's next start (a reboot, a failure) runs it. Now:"
+    else
+      echo "The new version is installed: do not restart fmc run on it before the check passes. Now:"
+    fi
+    echo "  - fix what the check names (docs/configuration.md) and check again:"
+    echo "      $(check_command)"
+    [ "$systemd" = 0 ] || echo "    then restart the agent: systemctl restart $unit (or run this script again)"
+    if [ "$status" != 2 ]; then
+      echo "    where only connections failed, which the agent rides out (the spool keeps the points while a"
+      echo "    store or broker is away), restarting now is safe"
+    fi
+    echo "  - or go back: deploy/install.sh --from the wheel of the version installed before (docs/deploy.md, Upgrade)"
+  } >&2
+  return 1
+}
+
+# 6. the unit, with this prefix in ExecStart
 rendered="$prefix/share/systemd/$unit"
 mkdir -p "$(dirname "$rendered")"
 sed "s#/opt/fmc/#$(sed_escape "$prefix")/#g" "$here/systemd/$unit" > "$rendered"
 if [ "$systemd" = 1 ]; then
   install -m 0644 "$rendered" "/etc/systemd/system/$unit"
   systemctl daemon-reload
+  echo "  installed /etc/systemd/system/$unit"
   if systemctl is-active --quiet "$unit"; then
+    if [ "$role" = agent ]; then
+      check_upgrade || exit 1
+    fi
     systemctl restart "$unit"  # an upgrade: the agent flushes its spool on SIGTERM and resumes after
     echo "  restarted $unit"
   fi
-  echo "  installed /etc/systemd/system/$unit"
 else
   echo "  unit for this prefix (not installed): $rendered"
+  # nothing to restart here, but the fmc run started by hand, or by another supervisor, would fail alike
+  if [ "$role" = agent ] && [ "$upgrade" = 1 ]; then
+    check_upgrade || exit 1
+  fi
 fi
 
 echo

@@ -328,7 +328,12 @@ def test_upgrade_keeps_state_config_and_secrets(installed: Installed, tmp_path: 
         db.execute("INSERT INTO points (line) VALUES ('enterprise_daily,enterprise=x equipment_total=3i 1')")
     db.close()
     (var / "keep-me").write_text("state", encoding="utf-8")
-    (etc / "agent.toml").write_text('[enterprise]\nid = "edited by the user"\n', encoding="utf-8")
+    # a configuration the new fmc passes (its check runs before the agent would restart on it), with a
+    # store and a spool outside the folders compared
+    (etc / "agent.toml").write_text(
+        '[enterprise]\nid = "e-1"\nname = "edited by the user"\nregion = "330602"\nindustry = "17"\n'
+        f'[sink]\ntype = "embedded"\npath = "{tmp_path / "store.db"}"\n[spool]\npath = "{tmp_path / "spool.db"}"\n',
+        encoding="utf-8")
     (etc / "agent.env").write_text("FMC_MQTT_PASSWORD=s3cret\n", encoding="utf-8")
     (etc / "inventory.csv").write_text("id,name\nloom-01,织机\n", encoding="utf-8")
     before = _tree(installed.prefix / "etc") | {f"var/{k}": v for k, v in _tree(var).items()}
@@ -349,6 +354,7 @@ def test_upgrade_keeps_state_config_and_secrets(installed: Installed, tmp_path: 
     assert "created venv" not in result.stdout
     for kept in ("agent.toml", "inventory.csv", "agent.env"):
         assert f"kept {etc / kept}" in result.stdout
+    assert "fmc check" not in result.stderr  # passed: nothing to say
     probe = subprocess.run([str(installed.venv / "bin" / "python"), "-c",
                             "import fmc; print(getattr(fmc, 'TEST_BUILD', 'the code installed before'))"],
                            capture_output=True, text=True, env=_install_env(), timeout=60, cwd="/")
@@ -356,6 +362,32 @@ def test_upgrade_keeps_state_config_and_secrets(installed: Installed, tmp_path: 
     with sqlite3.connect(spool) as db:
         assert db.execute("SELECT count(*) FROM points").fetchone() == (1,)
     db.close()
+
+
+def test_an_upgrade_whose_configuration_the_new_fmc_refuses_says_so_and_exits_non_zero(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """The new fmc refuses the configuration kept: the script runs its fmc check before the agent
+    would restart on it, prints the check's output and what to do, and exits 1 (under systemd the
+    running agent is not restarted: its unit would stop at exit 2 and the gateway collect nothing)."""
+    etc = installed.prefix / "etc"
+    config = etc / "agent.toml"
+    kept = config.read_bytes()
+    try:
+        config.write_text('[enterprise]\nid = "edited by the user"\n', encoding="utf-8")
+        result = run_install("--prefix", installed.prefix, "--no-systemd", "--from", installed.source,
+                             "--python", sys.executable)
+        assert result.returncode == 1, result.stdout + result.stderr
+        out = result.stdout + result.stderr
+        assert f"fmc check -c {config}" in out and "refuses" in out
+        assert "setting `enterprise.name`: Field required" in out  # the check's own words
+        assert "done:" not in result.stdout
+        assert config.read_text(encoding="utf-8") == '[enterprise]\nid = "edited by the user"\n'
+    finally:
+        config.write_bytes(kept)
+    # under systemd (not run here: it installs into /etc) the same check comes before the restart
+    script = INSTALL.read_text(encoding="utf-8")
+    assert script.index("check_upgrade || exit 1") < script.index('systemctl restart "$unit"')
 
 
 def test_central_role_installs_the_api_unit_and_a_usable_central_config(
