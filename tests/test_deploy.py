@@ -133,6 +133,25 @@ def test_agent_unit_fits_a_small_gateway_and_waits_for_the_spool_flush() -> None
     assert _bytes(one(unit, "Service", "MemoryHigh")) < memory_max
     flush_s = inspect.signature(Agent.__init__).parameters["shutdown_flush_s"].default
     assert _seconds(one(unit, "Service", "TimeoutStopSec")) >= flush_s + 10  # flush, then commit and close
+
+
+def test_agent_unit_waits_for_as_long_as_the_agent_allows_its_stop() -> None:
+    """systemd kills the agent after TimeoutStopSec: no sooner than the agent's own bounds of its stop
+    (fmc/agent/runtime.py), for a gateway of up to nine sources at the default batch size."""
+    from fmc.agent.ingest import Ingest
+    from fmc.agent.plugin import Source
+    from fmc.agent.runtime import Agent
+    from fmc.stores.influxdb.config import InfluxDBSink
+
+    def default(f: Any, name: str) -> float:
+        return float(inspect.signature(f).parameters[name].default)
+
+    unit = parse_unit(UNITS["agent"].read_text(encoding="utf-8"))
+    sources = 9 * default(Source.stop, "timeout")  # stopped one after another
+    commit = default(Ingest.stop, "timeout")
+    flush = default(Agent.__init__, "shutdown_flush_s")
+    end_drain = max(5.0, InfluxDBSink.model_fields["batch_size"].default / 1000)  # Agent._end_drain's
+    assert _seconds(one(unit, "Service", "TimeoutStopSec")) >= sources + commit + flush + end_drain
     # the example config spools into the unit's StateDirectory
     example = tomllib.loads((DEPLOY / "examples" / "agent.toml").read_text(encoding="utf-8"))
     assert Path(example["spool"]["path"]).parent == Path("/var/lib/fmc")
