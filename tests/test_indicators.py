@@ -612,6 +612,41 @@ def test_pool_without_enough_members_is_insufficient() -> None:
         pool([ok, IndicatorResult("energy", p, 1.0, None, None, None, None, 1.0, "no_target", 1.0, 1.0)], PLAN)
 
 
+def test_a_member_without_nc_machines_is_pooled_not_missing() -> None:
+    """Nine members with 10 NC machines of 20, 5 networked in 2016 and 8 in 2020, and E-PLAIN, whose 12
+    in-scope machines are all conventional: its networking rate is 0 ÷ 0 over complete data (366 of 366 days).
+
+    Before: ``pool`` counted it as a member without a figure (excluded, "insufficient_data"), so the county
+    had 9 of 10 members, 0.9 < 0.95: its networking rate withheld although every member's data is complete.
+    After: it adds 0 to both sums and is pooled; the county is 80 % against 50 + 2·4 = 58 %: met. Its own
+    rate stays without a figure, its note saying it has no NC machines. The same for the NC rate of a member
+    without in-scope equipment."""
+    def rows(year: int, total: int, nc: int, networked: int) -> list[EnterpriseDay]:
+        return ent_days(date(year, 1, 1), date(year, 12, 31), total, nc, networked)
+
+    period = Period.of_year(2020)
+    members = [EnterpriseData(f"E-{i}", daily=rows(2016, 20, 10, 5) + rows(2020, 20, 10, 8)) for i in range(9)]
+    plain = EnterpriseData("E-PLAIN", daily=rows(2016, 12, 0, 0) + rows(2020, 12, 0, 0))
+    results = [compute("networking_rate", period, m, PLAN) for m in (*members, plain)]
+    own = results[-1]
+    assert (own.value, own.coverage, own.status) == (None, 1.0, "insufficient_data")
+    assert own.note is not None and "no NC equipment" in own.note
+    county = pool(results, PLAN)
+    assert county.excluded == () and county.without_baseline == (), dict(county.inputs)
+    assert (county.value, county.baseline, county.status) == (80.0, 50.0, "met")
+    assert (county.members, county.included, county.assessed, county.coverage) == (10, 10, 9, 1.0)
+    assert "E-PLAIN" in county.pooled
+    # a member without any in-scope equipment: no NC rate of its own, nothing in the county's
+    empty = EnterpriseData("E-EMPTY", daily=rows(2016, 0, 0, 0) + rows(2020, 0, 0, 0))
+    nc = pool([compute("nc_rate", period, m, PLAN) for m in (*members, empty)], PLAN)
+    assert (nc.value, nc.excluded, nc.included) == (50.0, (), 10)
+    # a member whose data is missing is still one without a figure
+    half = ent_days(date(2020, 1, 1), date(2020, 6, 30), 12, 0)
+    silent = EnterpriseData("E-SILENT", daily=rows(2016, 12, 0, 0) + half)
+    gap = pool([*results[:-1], compute("networking_rate", period, silent, PLAN)], PLAN)
+    assert (gap.value, gap.excluded) == (None, (("E-SILENT", "insufficient_data"),))
+
+
 @given(
     st.lists(
         st.tuples(st.floats(0, 1e6, allow_nan=False), st.floats(1e-3, 1e6, allow_nan=False)), min_size=1, max_size=20

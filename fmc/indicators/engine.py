@@ -721,6 +721,10 @@ class _Enterprise:
         b = _baseline(indicator, whole_year, m, mb, measured, self.data, self.rules)
         baseline = b.value
         value = m.value(min_cov)
+        # 0 ÷ 0 over complete data (no NC machines for the networking rate): no figure of its own, but known
+        # to add nothing to a group's sums (``pool_sums``), so it carries its 0 and 0
+        empty = value is None and _empty(m, min_cov)
+        prev_empty = previous is None and _empty(mp, min_cov)
         target = rule.target(baseline)
         coverage = m.coverage
         if coverage == 1.0:  # most figures: one shared float rather than one each (the same bits)
@@ -738,8 +742,8 @@ class _Enterprise:
             None if baseline is None or value is None else avg_annual_change(indicator, value, baseline, rule.years),
             coverage,
             rule.status(value, target, previous),  # status
-            m.numerator if value is not None else None,  # numerator
-            m.denominator if value is not None else None,  # denominator
+            m.numerator if value is not None or empty else None,  # numerator
+            m.denominator if value is not None or empty else None,  # denominator
             m.scale,
             previous,
             self.data.enterprise,
@@ -747,10 +751,10 @@ class _Enterprise:
             _interned(m.inputs),  # inputs
             b.numerator,  # base_numerator
             b.denominator,  # base_denominator
-            mp.numerator if previous is not None else None,  # prev_numerator
-            mp.denominator if previous is not None else None,  # prev_denominator
+            mp.numerator if previous is not None or prev_empty else None,  # prev_numerator
+            mp.denominator if previous is not None or prev_empty else None,  # prev_denominator
             None if sized is None else sized.numerator if indicator == "energy" else sized.denominator,  # size
-            b.note,
+            _empty_note(indicator) if empty else b.note,
         )
 
     def periods(self, period: Period) -> tuple[_At, _At, _At]:
@@ -760,6 +764,23 @@ class _Enterprise:
         base_year = self.rules.base_year
         base = now if period.year == base_year else _At(self, _in_year(period, base_year))
         return now, before, base
+
+
+def _empty(m: Measure, min_coverage: float) -> bool:
+    """Whether ``m`` is 0 ÷ 0 over data complete enough for a figure: nothing to measure (a member without NC
+    machines has no networking rate), not data missing."""
+    return m.numerator == 0 and m.denominator == 0 and m.coverage + _EPS >= min_coverage
+
+
+_EMPTY_NOTES = {
+    "nc_rate": "no in-scope equipment in the period (0 ÷ 0): no NC rate; it adds nothing to a group's",
+    "networking_rate": "no NC equipment in the period (0 ÷ 0; over all equipment: no equipment): no networking "
+                       "rate; it adds nothing to a group's",
+}
+
+
+def _empty_note(indicator: str) -> str:
+    return _EMPTY_NOTES.get(indicator, "0 ÷ 0 over complete data: no figure; it adds nothing to a group's")
 
 
 _NO_SUMS = PeriodSums(None, {})  # a period without rows (what ``summarize`` gives for none)
@@ -1067,6 +1088,7 @@ def baseline_of(
 
 
 _NO_BASELINE = Baseline(None)
+_EMPTY_BASELINE = Baseline(None, None, 0.0, 0.0)  # a base year of 0 ÷ 0 over complete data
 _SURVEY_NOTES: dict[str, str] = {}  # indicator -> the note (one string, not one per enterprise)
 
 
@@ -1079,9 +1101,12 @@ def _baseline(
     min_cov = rules.min_coverage
     if measured is not None:
         return Baseline(measured, "measured", base.numerator, base.denominator)
+    # the base year measured 0 ÷ 0 (no NC machines then): no baseline of its own, but its share of a group's
+    # is known, 0 ÷ 0, where nothing else gives one
+    empty = _empty(base, min_cov)
     survey = data.baseline_values.get(indicator)
     if survey is None or not whole_year or indicator == "energy":
-        return _NO_BASELINE
+        return _EMPTY_BASELINE if empty else _NO_BASELINE
     basis = rules.basis.get(indicator)
     if basis == "equipment_days":
         # the survey's rate is a year-end figure (年末数): not comparable with one over equipment-days
@@ -1089,8 +1114,8 @@ def _baseline(
         if note is None:
             note = _SURVEY_NOTES.setdefault(indicator, f"the survey's {indicator} is a year-end figure; the value "
                                             "is over equipment-days (policy: period_end to compare them)")
-        return Baseline(None, note=note)
-    weight = None
+        return Baseline(None, None, 0.0, 0.0, note) if empty else Baseline(None, note=note)
+    weight = 0.0 if empty else None
     den_cov = base.coverage if base.den_coverage is None else base.den_coverage
     if base.denominator is not None and base.denominator > 0 and den_cov + _EPS >= min_cov:
         weight = base.denominator
@@ -1132,6 +1157,14 @@ def compute_all(period: Period, data: EnterpriseData, targets: Targets) -> dict[
 # --- pooling ---------------------------------------------------------------------------------------------
 
 
+def _adds_up(r: IndicatorResult) -> bool:
+    """Whether a member's numerator and denominator go into a group's sums: it has a figure, or its complete
+    data is 0 ÷ 0 (no NC machines: ``_Enterprise.result`` gives it its 0 and 0), which is pooled and adds
+    nothing. A member without a figure is one whose data is missing (or whose ratio has no meaning)."""
+    return r.numerator is not None and r.denominator is not None and (
+        r.value is not None or (r.numerator == 0 and r.denominator == 0))
+
+
 def member_sums(r: IndicatorResult) -> PoolSums:
     """One member's part of a group's sums (a pooled result: its own sums; else ``pool_sums`` of it alone,
     the one place the rule for a member is written)."""
@@ -1161,7 +1194,7 @@ def pool_sums(results: Sequence[IndicatorResult]) -> PoolSums:
     for r in results:
         who = r.enterprise or ""
         size = r.size if r.size is not None and r.size > 0 else None
-        if r.value is None or r.numerator is None or r.denominator is None:
+        if not _adds_up(r):
             # member_sums: members=1, size_all, excluded; every other sum 0
             num.append(0.0)
             den.append(0.0)
@@ -1297,8 +1330,8 @@ def pool(
         if len(given) != len(members):
             raise ValueError("baseline_results and previous_results pair with results, one each")
         members = [
-            dataclasses.replace(r, **{num: g.numerator if g.value is not None else None,
-                                      den: g.denominator if g.value is not None else None},
+            dataclasses.replace(r, **{num: g.numerator if _adds_up(g) else None,
+                                      den: g.denominator if _adds_up(g) else None},
                                 **({"baseline_source": "measured"} if num == "base_numerator" else {}))
             for r, g in zip(members, given, strict=True)
         ]
