@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from fmc.central.partials import LAST_FIELDS, LastRow, Partials
 from fmc.central.reports import report_points
 from fmc.central.store import Scope, StoreQueryError
 from fmc.central.sums_cache import SumsCache, _next_day_piece
 from fmc.core.points import Point
 from fmc.indicators.engine import ConsumptionDay, EnterpriseDay
 from fmc.indicators.reports import EnterpriseReport
-from fmc.indicators.sums import ALL_SUMS, PeriodSums
+from fmc.indicators.sums import ALL_SUMS, DAILY_SUM_FIELDS, PeriodSums
 from fmc.plant.rollups import Site
 from fmc.stores.influxdb.config import InfluxDBSink
 from fmc.stores.influxdb.query import InfluxQueryStore
@@ -381,6 +382,26 @@ async def test_a_file_kept_for_other_data_is_emptied(influx, tmp_path: Path) -> 
     with pytest.raises(StoreQueryError, match="cannot connect"):  # nothing kept for this one: read, and fail
         await other.period_sums(*YEAR, Scope())
     await other.aclose()
+
+
+async def test_kept_pieces_combine_to_the_latest_last_row(tmp_path: Path) -> None:
+    """The pieces read back together keep each gateway's latest last row, whichever piece holds it and
+    whatever the other columns' aggregates: SQLite takes a row's bare columns from the row of a lone
+    max() only, so the read has one (with two, which row they come from is not defined)."""
+    cache = cache_over(dead_url(), "fmc", tmp_path / "cache.db")
+    key, n = ("E-A", ""), len(LAST_FIELDS)
+    # January: the latest last row, without sums (a piece may hold one without the other); February and
+    # March: sums, with earlier last rows
+    pieces = {"2020-01-01..2020-01-31": (None, LastRow(300, (3.0,) * n)),
+              "2020-02-01..2020-02-29": ([1.0] * (1 + len(DAILY_SUM_FIELDS)), LastRow(100, (1.0,) * n)),
+              "2020-03-01..2020-03-31": ([2.0] * (1 + len(DAILY_SUM_FIELDS)), LastRow(200, (2.0,) * n))}
+    for piece, (sums, last) in pieces.items():
+        cache._write_piece(piece, date(2020, 3, 31), Partials(daily={key: sums} if sums else {}, last={key: last}),
+                           0.0)
+    got = cache._read_partials(list(pieces))
+    assert got.last == {key: LastRow(300, (3.0,) * n)}
+    assert got.daily == {key: [3.0] * (1 + len(DAILY_SUM_FIELDS))}
+    await cache.aclose()
 
 
 def test_a_file_that_is_not_a_sums_cache_is_refused(tmp_path: Path) -> None:

@@ -310,9 +310,11 @@ class SumsCache:
         marks = ", ".join("?" * len(pieces))
         with self._lock:
             db = self._db
-            # one max() in the query: SQLite takes the row's other bare columns from the row with the max
+            # one max() in the query, max(last_ms): SQLite takes the other bare columns (the last row's fields)
+            # from the row with the max only when there is a lone min() or max() (with two, which one decides is
+            # not defined), so whether any piece has sums is their sum, not a second max()
             for row in db.execute(
-                f"SELECT enterprise, gateway, max(has_sums), {', '.join(f'sum(s{i})' for i in range(_N_SUMS))}, "
+                f"SELECT enterprise, gateway, sum(has_sums), {', '.join(f'sum(s{i})' for i in range(_N_SUMS))}, "
                 f"max(last_ms), {_LAST_COLS} FROM daily WHERE piece IN ({marks}) GROUP BY enterprise, gateway",
                 pieces,
             ):
