@@ -383,6 +383,38 @@ def test_without_timestamp_path_the_receive_time_is_used() -> None:
     assert one_point(mapper().map("plant/a/b", js({"value": 1, "ts": 5}), NOW_NS)).ts_ns == NOW_NS
 
 
+def test_a_retained_message_without_a_timestamp_is_refused_not_stamped_now() -> None:
+    """The broker sends a topic's retained message at every subscribe, however old: the receive
+    time would make it a reading of now."""
+    rejected(mapper().map("plant/a/b", js({"value": 1}), NOW_NS, retained=True), "retained_without_timestamp")
+    number = sub(topic="water/{meter}", kind="meter", carrier="water_intake", payload="number")
+    rejected(mapper(number).map("water/intake-1", b"2500", NOW_NS, retained=True), "retained_without_timestamp")
+    assert one_point(mapper().map("plant/a/b", js({"value": 1}), NOW_NS)).ts_ns == NOW_NS  # not retained: live
+
+
+def test_a_retained_message_is_stored_at_its_time_and_observed_only_when_recent() -> None:
+    m = mapper(sub(topic="plant/{equipment}", timestamp_path="t", timestamp_unit="s", values={"x": "x", "y": "y"}),
+               retained_max_age_s=600)
+    month_old = one_point_each(m.map("plant/a", js({"t": NOW_NS // 10**9 - 30 * 86_400, "x": 1, "y": 2}), NOW_NS,
+                                     retained=True))
+    assert [p.ts_ns for p in month_old] == [NOW_NS - 30 * 86_400 * 10**9] * 2
+    assert all(p.store_only for p in month_old)  # stored, but no state of now for the plant model
+    recent = one_point_each(m.map("plant/a", js({"t": NOW_NS // 10**9 - 600, "x": 1, "y": 2}), NOW_NS,
+                                  retained=True))
+    assert not any(p.store_only for p in recent)  # within offline_after_s: as good as a live sample
+    live = one_point_each(m.map("plant/a", js({"t": NOW_NS // 10**9 - 30 * 86_400, "x": 1, "y": 2}), NOW_NS))
+    assert not any(p.store_only for p in live)  # a late live message is the plant model's business
+    # a meter takes a reading at its own time (an old one is a baseline or out of order): observed
+    meter = mapper(sub(topic="m/{meter}", kind="meter", carrier="electricity", timestamp_path="t", timestamp_unit="s"))
+    reading = one_point(meter.map("m/main", js({"t": NOW_NS // 10**9 - 86_400, "value": 5}), NOW_NS, retained=True))
+    assert reading.ts_ns == NOW_NS - 86_400 * 10**9 and not reading.store_only
+
+
+def one_point_each(result: MapResult) -> list[Point]:
+    assert result.rejections == [], result.rejections
+    return result.points
+
+
 @pytest.mark.parametrize(("raw", "quality"), [(0, 0), (2_153_644_032, 2_153_644_032), (2**32 - 1, 2**32 - 1),
                                               (192.0, 192)])
 def test_quality(raw: Any, quality: int) -> None:

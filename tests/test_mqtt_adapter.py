@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,10 @@ from fmc.agent.plugin import MapResult
 from fmc.agent.spool import Spool
 from fmc.core import lineprotocol
 from fmc.core.config import EnterpriseConfig
+from fmc.core.localtime import local_day_bounds
+from fmc.plant.config import PlantSections
+from fmc.plant.model import PlantModel
+from fmc.plant.rollups import InventoryItem, Site
 from fmc.sources.mqtt import config
 from fmc.sources.mqtt import source as source_module
 from fmc.sources.mqtt.mapping import Mapper
@@ -172,6 +177,7 @@ def publish(
     username: str | None = None,
     password: str | None = None,
     wait_s: float = WAIT_S,
+    retain: bool = False,
 ) -> None:
     """Publish and wait until the broker has every QoS 1 message (PUBACK)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{secrets.token_hex(4)}")
@@ -181,7 +187,7 @@ def publish(
     client.connect(server.host, server.port)
     client.loop_start()
     try:
-        infos = [client.publish(topic, payload, qos) for topic, payload, qos in messages]
+        infos = [client.publish(topic, payload, qos, retain) for topic, payload, qos in messages]
         for info in infos:
             info.wait_for_publish(wait_s)
             assert info.is_published(), "the broker did not take a message"
@@ -693,6 +699,65 @@ def test_bad_input_is_rejected_with_a_reason_and_the_source_keeps_running(
         assert source.connected
 
 
+@pytest.mark.parametrize("with_timestamp", [True, False], ids=["device-timestamp", "receive-time"])
+def test_a_month_old_retained_message_does_not_make_a_dead_machine_online(
+    tmp_path: Path, mosquitto: MosquittoServer, prefix: str, with_timestamp: bool
+) -> None:
+    """The loom's last message, retained on the broker, is a month old: the loom died since. The
+    broker sends it at every subscribe (each start and reconnect). With a device timestamp it is
+    stored at its time but not fed to the plant model; without one it is refused, not stored as
+    a reading of now. Either way the loom is neither online nor networked today."""
+    s = 10**9
+    month_ago_ms = (time.time_ns() - 30 * 86_400 * s) // 1_000_000
+    payload = (f'{{"ts": {month_ago_ms}, "value": 412.5}}' if with_timestamp else '{"value": 412.5}').encode()
+    publish(mosquitto, [(f"{prefix}/loom-07/spindle_speed", payload, 1)], retain=True)
+    sub: dict[str, Any] = {"topic": f"{prefix}/{{equipment}}/{{signal}}", "qos": 1}
+    if with_timestamp:
+        sub["timestamp_path"] = "ts"
+    cfg = source_config(mosquitto, prefix, subscribe=[sub])
+    site = Site.from_enterprise(ENTERPRISE)
+    sections = PlantSections.model_validate({
+        "plant": {"sample_delay_s": 0},
+        "equipment_class": [{"name": "loom", "rules": [
+            {"type": "threshold", "signal": "spindle_speed", "on_above": 100}]}],
+    })
+    now = time.time_ns()
+    plant = PlantModel(site, sections, [InventoryItem("loom-07", True, 100_000.0, kind="loom")],
+                       start_ns=now - 3600 * s)
+    spool = Spool(tmp_path / "spool.db")
+    metrics = AgentMetrics()
+    ingest = Ingest(spool, metrics, max_series=1000, commit_interval_ms=0, plant=plant, clock=lambda: now,
+                    snapshot_every_s=3600.0)
+    ingest.start()
+    source = make_source(cfg, ingest, metrics)  # type: ignore[arg-type]
+    source.start()
+    try:
+        if with_timestamp:
+            wait_until(lambda: any(x.startswith("signal,") for x in spool.read_batch(1000).lines),
+                       "the retained message to be spooled")
+        else:
+            wait_until(lambda: bool(spool.recent_rejections()), "the retained message to be rejected")
+    finally:
+        source.stop(2.0)
+        ingest.stop()
+    lines = spool.read_batch(1000).lines
+    rejections = [r.reason for r in spool.recent_rejections()]
+    spool.close()
+    stored = [lineprotocol.parse(x) for x in lines if x.startswith("signal,")]
+    if with_timestamp:
+        assert [p.ts_ns for p in stored] == [month_ago_ms * 1_000_000] and rejections == []
+    else:
+        assert stored == [] and rejections == ["retained_without_timestamp"]
+        assert metrics.rejected.labels("plant", "retained_without_timestamp")._value.get() == 1
+    # the rest of the (local) day passes without a message from the dead loom
+    end_of_day = local_day_bounds(datetime.fromtimestamp(now / s, site.tz).date(), site.tz)[1]
+    out = plant.advance(end_of_day + 3600 * s)
+    (eq_day,) = [p for p in out if p.measurement == "equipment_daily"]
+    (day,) = [p for p in out if p.measurement == "enterprise_daily"]
+    assert eq_day.fields["online_s"] == 0.0, eq_day.fields
+    assert day.fields["equipment_networked"] == 0, day.fields
+
+
 def test_config_changes_with_a_persistent_session(mosquitto: MosquittoServer, prefix: str) -> None:
     """The broker resumes the session (session present) with the *previous* config's filters:
     a new subscription works only because fmc subscribes on every connect, and a removed one
@@ -1065,33 +1130,35 @@ def test_runs_of_publishes_keep_the_stream_order_around_other_packets() -> None:
     client = source_module._Client(CallbackAPIVersion.VERSION2, protocol=MQTTProtocolVersion.MQTTv311,
                                    manual_ack=True)
     events: list[tuple[Any, ...]] = []
-    client.on_publishes = lambda run: events.append(("run", [(t, p, mid, qos, dup) for t, p, mid, qos, dup in run]))
+    client.on_publishes = lambda run: events.append(("run", list(run)))
     client.run_room = lambda: 3
     client._handle_pingresp = lambda: events.append(("pingresp",)) or mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
     client._sock = source_module._BufferedSocket(left)
 
-    def packet(topic: bytes, payload: bytes, *, qos: int, mid: int = 0, dup: bool = False) -> bytes:
-        header, body = _publish_packet(topic, payload, qos=qos, mid=mid, dup=dup)
+    def packet(topic: bytes, payload: bytes, *, qos: int, mid: int = 0, dup: bool = False,
+               retain: bool = False) -> bytes:
+        header, body = _publish_packet(topic, payload, qos=qos, mid=mid, dup=dup, retain=retain)
         assert len(body) < 128
         return bytes([header, len(body)]) + body
 
-    right.sendall(packet(b"t/a", b"1", qos=1, mid=1) + packet(b"t/b", b"2", qos=0)
+    right.sendall(packet(b"t/a", b"1", qos=1, mid=1) + packet(b"t/b", b"2", qos=0, retain=True)
                   + packet(b"t/c", b"3", qos=1, mid=2, dup=True) + packet(b"t/d", b"4", qos=1, mid=3)
                   + b"\xd0\x00"  # PINGRESP
                   + packet(b"t/e", b"5", qos=1, mid=4))
     try:
         assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         assert events == [
-            ("run", [(b"t/a", b"1", 1, 1, False), (b"t/b", b"2", 0, 0, False), (b"t/c", b"3", 2, 1, True)]),
-            ("run", [(b"t/d", b"4", 3, 1, False)]),
+            ("run", [(b"t/a", b"1", 1, 1, False, False), (b"t/b", b"2", 0, 0, False, True),
+                     (b"t/c", b"3", 2, 1, True, False)]),
+            ("run", [(b"t/d", b"4", 3, 1, False, False)]),
             ("pingresp",),
-            ("run", [(b"t/e", b"5", 4, 1, False)]),
+            ("run", [(b"t/e", b"5", 4, 1, False, False)]),
         ]
         # a PUBLISH whose topic length runs past its end goes to paho's decoder, which refuses it
         events.clear()
         right.sendall(packet(b"t/f", b"6", qos=1, mid=5) + bytes([0x32, 3, 0, 9, 0x41]))
         assert client.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        assert events == [("run", [(b"t/f", b"6", 5, 1, False)])]
+        assert events == [("run", [(b"t/f", b"6", 5, 1, False, False)])]
     finally:
         left.close()
         right.close()

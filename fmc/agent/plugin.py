@@ -194,6 +194,9 @@ class SourceContext:
     ingest: IngestPort
     metrics: AgentMetrics
     log: logging.Logger
+    # the shortest offline_after_s of [plant] and the [[equipment_class]]es: a value older than this
+    # when it arrives tells nothing about now (an MQTT retained message is stored, not observed)
+    offline_after_s: float = 600.0
 
 
 class Source(Protocol):

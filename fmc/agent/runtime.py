@@ -124,10 +124,12 @@ class Agent:
         self._started = time.monotonic()
         reporting = asyncio.create_task(self._report_self(ingest, spool), name="fmc-selfmetrics")
         failure: str | None = None
+        offline_after_s = min([cfg.plant.offline_after_s] + [
+            c.offline_after_s for c in cfg.equipment_class if c.offline_after_s is not None])
         try:
             for settings in cfg.sources():
                 log = self.log.getChild(f"{settings.section}.{settings.name}")
-                source = settings.open_source(SourceContext(cfg.enterprise, ingest, self.metrics, log))
+                source = settings.open_source(SourceContext(cfg.enterprise, ingest, self.metrics, log, offline_after_s))
                 self.sources.append(source)
                 self.health.watch(f"{settings.section}:{settings.name}", _source_probe(source))
                 source.start()

@@ -26,6 +26,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "payload_not_utf8",
     "payload_too_large",
     "quality_invalid",
+    "retained_without_timestamp",  # an MQTT retained message (of any age) whose subscription has no timestamp_path
     "series_limit",
     "sparkplug_alias_unknown",  # a data metric's alias is in no birth of its node: a rebirth is requested
     "sparkplug_birth_invalid",  # a birth metric without a name

@@ -155,7 +155,8 @@ class MqttSource(_Model):
         from fmc.sources.mqtt.mapping import Mapper
         from fmc.sources.mqtt.source import MqttSource as RunningMqttSource
 
-        mapper = Mapper(ctx.enterprise, self.subscribe, max_payload_bytes=self.max_payload_bytes)
+        mapper = Mapper(ctx.enterprise, self.subscribe, max_payload_bytes=self.max_payload_bytes,
+                        retained_max_age_s=ctx.offline_after_s)
         return RunningMqttSource(self, mapper, ctx.ingest, ctx.metrics, ctx.log)
 
     async def check(self, enterprise: EnterpriseConfig, timeout: float) -> CheckResult:

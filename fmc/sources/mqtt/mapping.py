@@ -237,15 +237,25 @@ class Mapper:
         *,
         max_payload_bytes: int = 256 * 1024,
         max_future_s: float = 300.0,
+        retained_max_age_s: float = 600.0,
         carriers: Collection[str] = CARRIERS,
     ) -> None:
         self._enterprise_id = enterprise.id
         self._subs = [_CompiledSubscription(i, s, frozenset(carriers)) for i, s in enumerate(subscriptions)]
         self._max_payload_bytes = max_payload_bytes
         self._max_future_ns = int(max_future_s * 1e9)
+        # a retained signal older than this (the plant's offline_after_s) is stored, not observed
+        self._retained_max_age_ns = int(retained_max_age_s * 1e9)
         self._routes: dict[str, _Route | Rejection] = {}
 
-    def map(self, topic: str, payload: bytes, received_ns: int) -> MapResult:
+    def map(self, topic: str, payload: bytes, received_ns: int, retained: bool = False) -> MapResult:
+        """``retained``: the broker's stored last message of the topic, sent because we subscribed
+        (the PUBLISH's RETAIN flag), of any age. Without a device timestamp it is refused
+        (``retained_without_timestamp``): the receive time would make an old value a reading of
+        now. With one it is stored at its own time; a signal older than ``retained_max_age_s`` is
+        marked ``store_only``: the plant model's trackers apply a late sample at their cursor, as
+        the state of now. (A meter reading is not: meters take a reading at its own time, an old
+        one as a baseline or as out of order, docs/plant-semantics.md.)"""
         if len(payload) > self._max_payload_bytes:
             return _reject("payload_too_large", f"{len(payload)} bytes, more than {self._max_payload_bytes}")
         route = self._routes.get(topic)
@@ -257,8 +267,11 @@ class Mapper:
         if type(route) is Rejection:
             return MapResult([], [route])
         assert isinstance(route, _Route)
+        if retained and route.sub.timestamp_path is None:
+            return _reject("retained_without_timestamp", "a retained message (the broker's last one on the topic, "
+                           "sent at subscribe) without timestamp_path: its time is unknown")
         if route.sub.is_json:
-            return self._map_json(route, payload, received_ns)
+            return self._map_json(route, payload, received_ns, retained)
         return self._map_plain(route, payload, received_ns)
 
     def _resolve(self, topic: str) -> _Route | Rejection:
@@ -271,7 +284,7 @@ class Mapper:
 
     # --- payloads ------------------------------------------------------------------------
 
-    def _map_json(self, route: _Route, payload: bytes, received_ns: int) -> MapResult:
+    def _map_json(self, route: _Route, payload: bytes, received_ns: int, retained: bool) -> MapResult:
         sub = route.sub
         try:
             doc = load_json(payload)
@@ -306,6 +319,9 @@ class Mapper:
                 continue
             fields: dict[str, FieldValue] = {"text" if sub.is_text else "value": field, "quality": quality}
             points.append(Point(sub.measurement, tags.copy(), fields, ts_ns, Priority.RAW, series))
+        if retained and sub.kind == "signal" and ts_ns < received_ns - self._retained_max_age_ns:
+            for point in points:  # a value of the past: stored, but no state of now
+                point.store_only = True
         return MapResult(points, rejections)
 
     def _map_plain(self, route: _Route, payload: bytes, received_ns: int) -> MapResult:

@@ -181,8 +181,8 @@ class _BufferedSocket:
 
 
 # A PUBLISH as the network thread hands it on: topic (bytes, as received), payload, packet id (0
-# for QoS 0), QoS, DUP flag.
-Publish = tuple[bytes, bytes, int, int, bool]
+# for QoS 0), QoS, DUP flag, RETAIN flag (the broker's stored last message, sent at subscribe).
+Publish = tuple[bytes, bytes, int, int, bool, bool]
 
 
 def _decode_publish(header: int, packet: bytearray, v5: bool) -> Publish | None:
@@ -215,7 +215,8 @@ def _decode_publish(header: int, packet: bytearray, v5: bool) -> Publish | None:
         return None
     if topic_len == 0 or not 0 <= pos <= len(packet):
         return None
-    return bytes(packet[2 : 2 + topic_len]), bytes(memoryview(packet)[pos:]), mid, qos, bool(header & 0x08)
+    return (bytes(packet[2 : 2 + topic_len]), bytes(memoryview(packet)[pos:]), mid, qos, bool(header & 0x08),
+            bool(header & 0x01))
 
 
 class _Client(mqtt.Client):
@@ -372,13 +373,13 @@ class _Client(mqtt.Client):
         publish = _decode_publish(header, self._in_packet["packet"], self._protocol == MQTTProtocolVersion.MQTTv5)
         if publish is None:
             return super()._handle_publish()
-        topic, payload, mid, qos, dup = publish
+        topic, payload, mid, qos, dup, retain = publish
         message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
         message._topic = topic
         message.mid = mid
         message.qos = qos
         message.dup = dup
-        message.retain = bool(header & 0x01)
+        message.retain = retain
         message.payload = payload
         message.properties = None
         message.state = 0
@@ -653,7 +654,7 @@ class MqttSource:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # what paho's own handlers decode (QoS 2, a client without the chunked socket): a run of one
-        self._on_publishes([(msg._topic, msg.payload, msg.mid, msg.qos, bool(msg.dup))])
+        self._on_publishes([(msg._topic, msg.payload, msg.mid, msg.qos, bool(msg.dup), bool(msg.retain))])
 
     def _run_room(self) -> int:
         # read without the lock: only this thread adds to _unacked, so it is at most this high
@@ -680,7 +681,7 @@ class MqttSource:
                 "max_inflight_messages to %d or less)", MAX_IN_FLIGHT, RECEIVE_MAXIMUM, RECEIVE_MAXIMUM,
             )
         messages: list[tuple[str, bytes, MapResult, _Ack | None]] = []
-        for raw_topic, payload, mid, qos, dup in publishes:
+        for raw_topic, payload, mid, qos, dup, retain in publishes:
             try:
                 topic = raw_topic.decode("utf-8")
             except UnicodeDecodeError:  # brokers check UTF-8, but no message may stop this thread
@@ -689,7 +690,7 @@ class MqttSource:
             else:
                 # each message its own receive time: a message without a timestamp of its own is
                 # stamped with it, and two points of a series with one timestamp are one point
-                result = self._map(topic, payload, time.time_ns())
+                result = self._map(topic, payload, time.time_ns(), retain)
             ack = None
             if qos:
                 ack = _Ack(self, mid, qos, generation)
@@ -729,9 +730,9 @@ class MqttSource:
         self._log.log(level, message, *args)
         return True
 
-    def _map(self, topic: str, payload: bytes, received_ns: int) -> MapResult:
+    def _map(self, topic: str, payload: bytes, received_ns: int, retained: bool) -> MapResult:
         try:
-            return self._mapper.map(topic, payload, received_ns)
+            return self._mapper.map(topic, payload, received_ns, retained)
         except Exception as e:  # a mapping bug: record it, keep the connection
             self._log.exception("mapping failed for a message on %r", topic)
             return MapResult([], [Rejection("internal_error", f"{type(e).__name__}: {e}"[:200])])
