@@ -42,6 +42,7 @@ from fmc.sources.mqtt import config
 from fmc.sources.mqtt import source as source_module
 from fmc.sources.mqtt.mapping import Mapper
 from fmc.sources.mqtt.source import RECEIVE_MAXIMUM, SESSION_EXPIRY_S, MqttSource, _connect_options, check_mqtt
+from tests.ports import free_port
 from tests.servers.mosquitto import MosquittoServer
 
 ENTERPRISE = EnterpriseConfig(id="91330602MA2BXXXX1X", name="示范纺织", region="330602", industry="17")
@@ -171,7 +172,7 @@ def running(source: MqttSource, stop_timeout: float = 2.0) -> Iterator[MqttSourc
 
 
 def publish(
-    server: MosquittoServer,
+    server: MosquittoServer | Listener,
     messages: list[tuple[str, bytes, int]],
     *,
     username: str | None = None,
@@ -579,6 +580,65 @@ async def test_check_mqtt_reports_refused_subscriptions() -> None:
     assert "refused 2 subscription(s)" in result.detail
     assert "'secret/+/+'" in result.detail and "'other/#'" in result.detail
     broker.sock.close()
+
+
+@dataclass
+class Listener:
+    """Another listener of a broker: what ``publish`` needs of it."""
+
+    host: str
+    port: int
+
+
+@pytest.fixture
+def qos0_broker(tmp_path: Path) -> Iterator[tuple[MosquittoServer, Listener]]:
+    """A broker that grants at most QoS 0 on the agent's listener (mosquitto's max_qos 0, as EMQX's
+    max_qos_allowed or a cloud broker's limit), and a second listener of it for the gateways:
+    mosquitto disconnects a client that publishes above its listener's max_qos."""
+    gateway = Listener("127.0.0.1", free_port())
+    server = MosquittoServer(tmp_path / "broker", f"max_qos 0\nlistener {gateway.port} {gateway.host}\n")
+    yield server, gateway
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_check_mqtt_fails_a_subscription_granted_below_the_asked_qos(
+    qos0_broker: tuple[MosquittoServer, Listener], prefix: str, protocol: str
+) -> None:
+    result = await check_mqtt(source_config(qos0_broker[0], prefix, protocol=protocol), timeout=5)
+    assert not result.ok, result.detail
+    assert f"granted QoS 0 for '{prefix}/+/+', not the QoS 1 asked" in result.detail
+    assert "max_qos" in result.detail and "ACL" in result.detail
+    if protocol == "5":  # MQTT 5 says why in the CONNACK already
+        assert "Maximum QoS 0" in result.detail
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_subscription_granted_below_the_asked_qos_is_warned_about_at_each_connection(
+    qos0_broker: tuple[MosquittoServer, Listener], prefix: str, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With QoS 0 granted for a qos = 1 subscription, what the gateways publish while the agent is
+    away is lost (nothing is queued for it): the source says so once per connection."""
+    broker, gateway = qos0_broker
+    cfg = source_config(broker, prefix, protocol=protocol)
+    caplog.set_level(logging.WARNING, logger="test.mqtt")
+
+    def downgrades() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "granted QoS 0" in r.getMessage()]
+
+    ingest = RecordingIngest()
+    with running(make_source(cfg, ingest)):
+        wait_until(lambda: len(downgrades()) == 1, "the warning of the first connection")
+    # the agent restarts; meanwhile the loom publishes at QoS 1, nothing of it is kept for the agent
+    publish(gateway, [(f"{prefix}/loom-07/speed", json.dumps({"ts": ts_ms(), "value": i}).encode(), 1)
+                      for i in range(5)])
+    with running(make_source(cfg, ingest)):
+        wait_until(lambda: len(downgrades()) == 2, "the warning of the second connection")
+        time.sleep(0.5)
+    ingest.close()
+    assert ingest.submissions == []  # QoS 0: nothing was kept for the agent while it was away
+    assert len(downgrades()) == 2, downgrades()
+    assert f"'{prefix}/+/+', not the QoS 1 asked" in downgrades()[0] and "max_qos" in downgrades()[0]
 
 
 # --- TLS --------------------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def check_handshake(client: mqtt.Client, cfg: BrokerSettings, section: str, conn
     where = f"{cfg.host}:{cfg.port}"
     deadline = time.monotonic() + timeout
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
-    client.on_connect = lambda c, u, flags, reason, props: events.put(("connack", reason))
+    client.on_connect = lambda c, u, flags, reason, props: events.put(("connack", (reason, props)))
     client.on_disconnect = lambda c, u, flags, reason, props: events.put(("disconnect", reason))
     client.on_subscribe = lambda c, u, mid, reasons, props: events.put(("suback", reasons))
     client.connect_timeout = timeout
@@ -151,10 +151,11 @@ def check_handshake(client: mqtt.Client, cfg: BrokerSettings, section: str, conn
     if event is None:
         return (f"connected to {where}, but no CONNACK within {timeout:.0f}s: is it an MQTT port? "
                 f"(a TLS port needs [{section}.tls])")
-    kind, reason = event
+    kind, answer = event
     if kind == "disconnect":
-        return (f"{where} closed the connection before answering ({reason}): is it an MQTT port? "
+        return (f"{where} closed the connection before answering ({answer}): is it an MQTT port? "
                 f"(a TLS port needs [{section}.tls])")
+    reason, props = answer
     if reason.is_failure:
         return describe_refusal(reason)
     rc, _ = client.subscribe(list(filters))
@@ -171,4 +172,23 @@ def check_handshake(client: mqtt.Client, cfg: BrokerSettings, section: str, conn
     if refused:
         return (f"connected, but the broker refused {len(refused)} subscription(s): {', '.join(refused)}; "
                 "check the broker's ACL for this user")
+    downgraded = [downgrade_warning(f, asked, r.value, connack_max_qos(props))
+                  for (f, asked), r in zip(filters, event[1], strict=False) if r.value < asked]
+    if downgraded:
+        return "connected, but " + "; ".join(downgraded)
     return None
+
+
+def connack_max_qos(properties: Any) -> int | None:
+    """MQTT 5: the Maximum QoS the broker's CONNACK announces (absent: 2, any); None for MQTT 3.1.1."""
+    value = getattr(properties, "MaximumQoS", None)
+    return value if isinstance(value, int) else None
+
+
+def downgrade_warning(topic_filter: str, asked: int, granted: int, max_qos: int | None) -> str:
+    """A subscription the broker granted at a lower QoS than asked (SUBACK): what it costs, what to do."""
+    announced = f"; its CONNACK says Maximum QoS {max_qos}" if max_qos is not None else ""
+    return (f"the broker granted QoS {granted} for {topic_filter!r}, not the QoS {asked} asked{announced}: its "
+            "messages arrive at most once, none is kept while the agent is away nor sent again after a lost "
+            f"acknowledgement; allow QoS {asked} on the broker (mosquitto: max_qos; EMQX: max_qos_allowed) "
+            "and in its ACL for this user")

@@ -40,8 +40,10 @@ from fmc.sources.mqtt import config
 from fmc.sources.mqtt.broker import (
     check_handshake,
     client_options,
+    connack_max_qos,
     describe_connect_error,
     describe_refusal,
+    downgrade_warning,
     set_credentials,
 )
 from fmc.sources.mqtt.mapping import Mapper
@@ -506,7 +508,9 @@ class MqttSource:
         self._started = False
         self._connected = False
         self._subscribed = False
-        self._pending_subscribes: dict[int, list[str]] = {}  # SUBSCRIBE mid -> filters (network thread only)
+        # SUBSCRIBE mid -> (filter, QoS asked) (network thread only)
+        self._pending_subscribes: dict[int, list[tuple[str, int]]] = {}
+        self._max_qos: int | None = None  # MQTT 5: the Maximum QoS of this connection's CONNACK
         # set: paho's thread may read from the broker; cleared (under _lock) while MAX_IN_FLIGHT
         # messages wait for their commit
         self._read_gate = threading.Event()
@@ -757,6 +761,7 @@ class MqttSource:
             begin_session(self.name, generation, resumed=bool(flags.session_present))
         with self._lock:
             self._link_up = True
+        self._max_qos = connack_max_qos(properties)
         self._problem = ""
         self._attempt = 0
         self._connected = True
@@ -771,18 +776,20 @@ class MqttSource:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             self._log.warning("could not send SUBSCRIBE (%s); it is sent again on the next connection", rc)
         else:
-            self._pending_subscribes[mid] = [f for f, _ in self._filters]
+            self._pending_subscribes[mid] = list(self._filters)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Properties | None
     ) -> None:
         filters = self._pending_subscribes.pop(mid, [])
-        for topic_filter, reason in zip(filters, reasons, strict=False):
+        for (topic_filter, asked), reason in zip(filters, reasons, strict=False):
             if reason.is_failure:
                 self._log.error(
                     "the broker refused the subscription to %r (%s): no messages arrive for it; check the "
                     "broker's ACL for this user", topic_filter, reason,
                 )
+            elif reason.value < asked:  # once per connection: the SUBSCRIBE is sent on each connect
+                self._log.warning("%s", downgrade_warning(topic_filter, asked, reason.value, self._max_qos))
             else:
                 self._log.debug("subscribed to %r with QoS %d", topic_filter, reason.value)
         self._subscribed = True
