@@ -1139,8 +1139,9 @@ def test_whole_packets_come_out_of_the_chunked_socket_however_the_bytes_arrive()
                 except BlockingIOError:
                     assert buffered.pending() == 0  # an incomplete packet is not "pending"
                     break
-                assert packet is not None
-                got.append((packet[0], bytes(packet[1])))
+                if packet is not None:  # None: part of a packet came, not all of it
+                    assert type(packet[1]) is bytearray  # no limit: whole
+                    got.append((packet[0], bytes(packet[1])))
         assert got == [(h, bytes(body)) for h, body in packets]
         right.close()
         with pytest.raises(EOFError):
@@ -1161,6 +1162,89 @@ def _remaining_length(n: int) -> bytes:
         out += bytes([byte | (0x80 if n else 0)])
         if not n:
             return out
+
+
+class ChunkedSocket:
+    """A socket whose kernel buffer holds one 64 KiB chunk at a time (as a TCP read from a broker)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def recv(self, n: int) -> bytes:
+        if self.pos >= len(self.data):
+            raise BlockingIOError
+        out = self.data[self.pos:self.pos + min(n, source_module.READ_CHUNK_BYTES)]
+        self.pos += len(out)
+        return out
+
+
+def _read_all(sock: source_module._BufferedSocket) -> list[tuple[int, bytearray]]:
+    packets = []
+    while True:
+        try:
+            packet = sock.read_packet()
+        except BlockingIOError:
+            return packets
+        if packet is not None:
+            packets.append(packet)
+
+
+def test_a_large_publish_is_read_in_linear_time() -> None:
+    """A packet longer than one read grows by appending; concatenating the buffer at each 64 KiB
+    read (as before) made 32 MiB cost seconds, past the keepalive: the broker sent it again, forever."""
+
+    def seconds(size: int) -> float:
+        header, body = _publish_packet(b"a/b", b"x" * size, qos=0)
+        sock = source_module._BufferedSocket(ChunkedSocket(bytes([header]) + _remaining_length(len(body)) + body))
+        began = time.monotonic()
+        (packet,) = _read_all(sock)
+        assert packet[1] == body
+        return time.monotonic() - began
+
+    small, large = seconds(4 * 2**20), seconds(32 * 2**20)  # 8 times the bytes
+    # linear: about 8x (allow 4x more for noise); quadratic: about 64x and more
+    assert large < max(32 * small, 1.0), f"8x the bytes took {large / small:.0f}x the time ({large:.1f}s)"
+
+
+def test_a_publish_over_the_limit_is_discarded_as_it_arrives() -> None:
+    """Past max_publish_bytes a PUBLISH keeps only its first PUBLISH_HEAD_BYTES (topic, packet id,
+    the start of the payload); the rest is read and dropped, and the packets after it come whole."""
+    big = _publish_packet(b"plant/a/b", b'{"value": "' + b"x" * 5 * 2**20 + b'"}', qos=1, mid=7)
+    packets = [_publish_packet(b"t/1", b"1", qos=1, mid=6), big, _publish_packet(b"t/2", b"2", qos=0),
+               (0x90, bytearray(b"\x00\x01\x01"))]  # a SUBACK after it
+    wire = b"".join(bytes([h]) + _remaining_length(len(body)) + body for h, body in packets)
+    got = _read_all(source_module._BufferedSocket(ChunkedSocket(wire), max_publish_bytes=300_000))
+    assert [(h, bytes(body)) for h, body in got[:1] + got[2:]] == [(h, bytes(b)) for h, b in packets[:1] + packets[2:]]
+    head = got[1][1]
+    assert type(head) is source_module._Head and head.length == len(big[1])
+    assert len(head) == source_module.PUBLISH_HEAD_BYTES and head == big[1][:len(head)]
+    publish = source_module._decode_cut_publish(big[0], head, False)
+    assert publish is not None and (publish[0], publish[2], publish[3]) == (b"plant/a/b", 7, 1)
+    payload = publish[1]
+    assert type(payload) is source_module._Cut and payload.size == 5 * 2**20 + 13
+    assert payload.startswith(b'{"value": "x')
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_message_over_max_payload_bytes_is_rejected_unbuffered_and_acknowledged(
+    mosquitto: MosquittoServer, prefix: str, protocol: str
+) -> None:
+    """Rejected as payload_too_large with its size, acknowledged (not sent again), the messages after it whole."""
+    ingest = RecordingIngest()
+    cfg = source_config(mosquitto, prefix, protocol=protocol, clean_session=True, max_payload_bytes=1024)
+    t = ts_ms()
+    big = json.dumps({"ts": t, "value": 1, "pad": "x" * 4 * 2**20}).encode()
+    with running(make_source(cfg, ingest)):
+        publish(mosquitto, [(f"{prefix}/m/s", json.dumps({"ts": t, "value": 0}).encode(), 1), (f"{prefix}/m/s", big, 1),
+                            (f"{prefix}/m/s", json.dumps({"ts": t + 1, "value": 2}).encode(), 1)])
+        subs = ingest.wait_for(3)
+        assert [s.reasons() for s in subs] == [[], ["payload_too_large"], []]
+        assert subs[1].result.rejections[0].detail == f"{len(big)} bytes, more than 1024"
+        assert subs[1].payload.startswith(b'{"ts": ') and len(subs[1].payload) <= source_module.PUBLISH_HEAD_BYTES
+        assert all(s.acked.wait(WAIT_S) for s in subs)
+        time.sleep(0.5)
+    assert len(ingest.submissions) == 3  # nothing sent again
+    ingest.close()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -257,7 +257,7 @@ class Mapper:
         the state of now. (A meter reading is not: meters take a reading at its own time, an old
         one as a baseline or as out of order, docs/plant-semantics.md.)"""
         if len(payload) > self._max_payload_bytes:
-            return _reject("payload_too_large", f"{len(payload)} bytes, more than {self._max_payload_bytes}")
+            return self.too_large(len(payload))
         route = self._routes.get(topic)
         if route is None:
             route = self._resolve(topic)
@@ -273,6 +273,11 @@ class Mapper:
         if route.sub.is_json:
             return self._map_json(route, payload, received_ns, retained)
         return self._map_plain(route, payload, received_ns)
+
+    def too_large(self, size: int) -> MapResult:
+        """The rejection of a payload of ``size`` bytes, more than max_payload_bytes (also for one
+        the source did not read whole)."""
+        return _reject("payload_too_large", f"{size} bytes, more than {self._max_payload_bytes}")
 
     def _resolve(self, topic: str) -> _Route | Rejection:
         parts = topic.split("/")

@@ -66,6 +66,10 @@ ACK_GRACE_MAX_S = 1.0
 MAX_IN_FLIGHT = 2 * RECEIVE_MAXIMUM
 READ_PAUSE_POLL_S = 0.05  # while reads are paused, the network thread looks again this often
 READ_CHUNK_BYTES = 64 * 1024  # one recv() from the broker's socket: about a thousand small PUBLISHes
+# A PUBLISH longer than max_payload_bytes and this is not buffered whole: its first this many bytes
+# are kept (the topic, of up to 65 535 bytes, the packet id, MQTT 5 properties, the start of the
+# payload for the rejection's excerpt) and the rest is discarded as it arrives (_BufferedSocket)
+PUBLISH_HEAD_BYTES = 128 * 1024
 PACKETS_PER_READ = 2000  # packets handled per turn of paho's loop before it writes (PUBACKs, PINGREQ)
 # PUBLISHes handed to the ingest at once: fewer calls per message, yet the ingest's writer gets
 # work while the network thread maps the rest of a read (a run costs it about 2 ms)
@@ -86,6 +90,13 @@ _PUBACK = struct.Struct("!BBH")  # fixed header 0x40, remaining length 2, packet
 _U16 = struct.Struct("!H")
 
 
+class _Head(bytearray):
+    """The first PUBLISH_HEAD_BYTES of a PUBLISH longer than ``_BufferedSocket``'s max_publish_bytes,
+    the rest discarded unread; ``length`` is the packet's whole remaining length."""
+
+    length: int
+
+
 class _BufferedSocket:
     """paho's socket, read in chunks of READ_CHUNK_BYTES.
 
@@ -97,15 +108,23 @@ class _BufferedSocket:
     rest of paho's use of the socket (send, fileno, setblocking, close) passes through.
     """
 
-    __slots__ = ("_buffer", "_pos", "_short", "sock")
+    __slots__ = ("_buffer", "_command", "_incoming", "_keep", "_max_publish", "_pos", "_short", "_skip", "sock")
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, max_publish_bytes: int | None = None) -> None:
         self.sock = sock
         self._buffer = b""
         self._pos = 0
         # what is buffered is only the start of a packet (read_packet needs the socket for the
         # rest): then nothing is "pending", or paho's loop would spin instead of waiting in select
         self._short = False
+        # a PUBLISH whose remaining length is above this is kept only in part (PUBLISH_HEAD_BYTES)
+        self._max_publish = max_publish_bytes
+        # A packet longer than what one read brought, collected in a bytearray of its own as it
+        # arrives (appending is linear; growing the buffer by concatenation copied it all at each
+        # read, quadratic in its size): its first byte, how many bytes of it are kept, and how
+        # many are still to be discarded after those.
+        self._incoming: bytearray | None = None
+        self._command = self._keep = self._skip = 0
 
     def recv(self, bufsize: int) -> bytes:
         self._short = False
@@ -127,36 +146,82 @@ class _BufferedSocket:
 
     def read_packet(self) -> tuple[int, bytearray] | None:
         """The next whole MQTT packet (its first byte, the rest after the remaining length) or None
-        when it has not all arrived yet (what did is kept). Raises EOFError when the broker closed
-        the connection, ValueError for a remaining length longer than MQTT's 4 bytes, and what the
-        socket's recv raises (BlockingIOError when nothing more is there now)."""
+        when it has not all arrived yet (what did is kept). A PUBLISH longer than
+        ``max_publish_bytes`` comes as a ``_Head``: its first PUBLISH_HEAD_BYTES, the rest read and
+        discarded, never buffered. Raises EOFError when the broker closed the connection,
+        ValueError for a remaining length longer than MQTT's 4 bytes, and what the socket's recv
+        raises (BlockingIOError when nothing more is there now)."""
         while True:
             buffer, pos = self._buffer, self._pos
-            have = len(buffer) - pos
+            size = len(buffer)
+            have = size - pos
             if have >= 2:
                 length, shift, i = 0, 0, pos + 1
-                while i < len(buffer) and i - pos <= 4:
+                while i < size and i - pos <= 4:
                     byte = buffer[i]
                     length |= (byte & 0x7F) << shift
                     shift += 7
                     i += 1
                     if not byte & 0x80:
                         end = i + length
-                        if end <= len(buffer):
+                        if end <= size:
                             self._pos = end
-                            if end == len(buffer):
+                            if end == size:
                                 self._buffer, self._pos = b"", 0
                             return buffer[pos], bytearray(buffer[i:end])
-                        break
+                        self._begin(buffer[pos], length, memoryview(buffer)[i:])
+                        return self._read_incoming()
                 else:
                     if i - pos > 4:
                         raise ValueError("remaining length longer than 4 bytes")
+            if self._incoming is not None:  # (nothing is buffered meanwhile)
+                return self._read_incoming()
             self._short = True
             data = self.sock.recv(READ_CHUNK_BYTES)  # may raise BlockingIOError: the rest stays buffered
             if not data:
                 raise EOFError
             self._short = False
+            # what was left is at most the first 4 bytes of a fixed header: a body goes to _begin
             self._buffer, self._pos = (buffer[pos:] + data if have else data), 0
+
+    def _begin(self, command: int, length: int, start: memoryview) -> None:
+        """Collect a packet whose fixed header is buffered, its body not all (``start`` is what is)."""
+        if command & 0xF0 == mqtt.PUBLISH and self._max_publish is not None and length > self._max_publish:
+            keep = min(length, PUBLISH_HEAD_BYTES)
+            head = _Head(start[:keep])
+            head.length = length
+            self._incoming = head
+        else:
+            keep = length
+            self._incoming = bytearray(start)
+        self._command, self._keep = command, keep
+        self._skip = length - keep - max(0, len(start) - keep)
+        self._buffer, self._pos = b"", 0
+
+    def _read_incoming(self) -> tuple[int, bytearray] | None:
+        """Go on collecting the packet _begin started: one read of the socket, then the whole
+        packet, or None for "not yet" (which lets paho's loop note that bytes came, for its
+        keepalive, and do its writes between the reads of a large message)."""
+        body = self._incoming
+        assert body is not None
+        if len(body) < self._keep or self._skip:
+            self._short = True
+            data = self.sock.recv(READ_CHUNK_BYTES)  # may raise BlockingIOError: what came is kept
+            if not data:
+                raise EOFError
+            self._short = False
+            used = min(len(data), self._keep - len(body))
+            if used:
+                body += data if used == len(data) else data[:used]
+            skipped = min(len(data) - used, self._skip)
+            self._skip -= skipped
+            used += skipped
+            if used < len(data):  # the packets after this one
+                self._buffer, self._pos = data, used
+            if len(body) < self._keep or self._skip:
+                return None
+        self._incoming = None
+        return self._command, body
 
     def buffered(self) -> int:
         return 0 if self._short else len(self._buffer) - self._pos
@@ -175,7 +240,7 @@ class _BufferedSocket:
         self.sock.setblocking(flag)
 
     def close(self) -> None:
-        self._buffer, self._pos = b"", 0
+        self._buffer, self._pos, self._incoming = b"", 0, None
         self.sock.close()
 
     def __getattr__(self, name: str) -> Any:
@@ -185,6 +250,28 @@ class _BufferedSocket:
 # A PUBLISH as the network thread hands it on: topic (bytes, as received), payload, packet id (0
 # for QoS 0), QoS, DUP flag, RETAIN flag (the broker's stored last message, sent at subscribe).
 Publish = tuple[bytes, bytes, int, int, bool, bool]
+
+
+class _Cut(bytes):
+    """The start of a payload longer than the source's max_payload_bytes, whose rest was discarded
+    unread (``_BufferedSocket``); ``size`` is the whole payload's length, for the rejection."""
+
+    size: int
+
+    def __new__(cls, start: bytes, size: int) -> _Cut:
+        cut = super().__new__(cls, start)
+        cut.size = size
+        return cut
+
+
+def _decode_cut_publish(header: int, head: _Head, v5: bool) -> Publish | None:
+    """A QoS 0 or 1 PUBLISH of which only its ``head`` was kept: its fields with a ``_Cut`` payload,
+    or None when ``head`` does not hold its topic, packet id and properties."""
+    publish = _decode_publish(header, head, v5)
+    if publish is None:
+        return None
+    topic, start, mid, qos, dup, retain = publish
+    return topic, _Cut(start, len(start) + head.length - len(head)), mid, qos, dup, retain
 
 
 def _decode_publish(header: int, packet: bytearray, v5: bool) -> Publish | None:
@@ -240,9 +327,12 @@ class _Client(mqtt.Client):
     # each run at most run_room() long
     on_publishes: Callable[[list[Publish]], None] | None = None
     run_room: Callable[[], int] | None = None
+    # A PUBLISH longer than this is not read whole (_BufferedSocket): with on_publishes only, which
+    # is handed a _Cut payload (rejected as payload_too_large, acknowledged as any rejection)
+    max_publish_bytes: int | None = None
 
     def _create_socket(self) -> Any:
-        return _BufferedSocket(super()._create_socket())
+        return _BufferedSocket(super()._create_socket(), self.max_publish_bytes)
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         gate = self.read_gate
@@ -282,7 +372,15 @@ class _Client(mqtt.Client):
                 break
             handled += 1
             command, body = packet
-            publish = _decode_publish(command, body, v5) if command & 0xF0 == mqtt.PUBLISH else None
+            if command & 0xF0 != mqtt.PUBLISH:
+                publish = None
+            elif type(body) is bytearray:
+                publish = _decode_publish(command, body, v5)
+            else:  # a _Head: longer than max_payload_bytes, only its start was kept
+                publish = self._cut_publish(command, body, v5)
+                if publish is None:
+                    rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+                    break
             if publish is not None:
                 run.append(publish)
                 if len(run) < room:
@@ -302,6 +400,14 @@ class _Client(mqtt.Client):
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return self._loop_rc_handle(rc)
         return rc
+
+    def _cut_publish(self, command: int, head: bytearray, v5: bool) -> Publish | None:
+        assert type(head) is _Head
+        publish = _decode_cut_publish(command, head, v5)
+        if publish is None:  # QoS 2 (never asked for), or MQTT 5 properties past the part kept
+            self._easy_log(mqtt.MQTT_LOG_ERR, "a PUBLISH of %d bytes, more than max_payload_bytes, cannot be "
+                           "decoded from its first %d bytes (QoS %d)", head.length, len(head), (command & 0x06) >> 1)
+        return publish
 
     def _room(self) -> int:
         return min(PUBLISHES_PER_RUN, self.run_room()) if self.run_room is not None else PUBLISHES_PER_RUN
@@ -362,7 +468,14 @@ class _Client(mqtt.Client):
         packet = self._next_packet(sock)
         if type(packet) is not tuple:
             return packet
-        return self._handle_packet(*packet)
+        command, body = packet
+        if type(body) is _Head:  # longer than max_payload_bytes: only its start was kept
+            publish = self._cut_publish(command, body, self._protocol == MQTTProtocolVersion.MQTTv5)
+            if publish is None:
+                return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            self._dispatch_run([publish])
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._handle_packet(command, body)
 
     def _handle_publish(self) -> MQTTErrorCode:
         """A QoS 0 or 1 PUBLISH, decoded by ``_decode_publish`` rather than by paho, whose decoder
@@ -531,6 +644,7 @@ class MqttSource:
         self._client.on_message = self._on_message
         self._client.on_publishes = self._on_publishes
         self._client.run_room = self._run_room
+        self._client.max_publish_bytes = cfg.max_payload_bytes + PUBLISH_HEAD_BYTES
 
     @property
     def connected(self) -> bool:
@@ -692,9 +806,12 @@ class MqttSource:
                 topic = _INVALID_TOPIC
                 result = MapResult([], [Rejection("topic_not_utf8", "the topic is not valid UTF-8")])
             else:
-                # each message its own receive time: a message without a timestamp of its own is
-                # stamped with it, and two points of a series with one timestamp are one point
-                result = self._map(topic, payload, time.time_ns(), retain)
+                if type(payload) is _Cut:  # only its start was read
+                    result = self._mapper.too_large(payload.size)
+                else:
+                    # each message its own receive time: a message without a timestamp of its own is
+                    # stamped with it, and two points of a series with one timestamp are one point
+                    result = self._map(topic, payload, time.time_ns(), retain)
             ack = None
             if qos:
                 ack = _Ack(self, mid, qos, generation)
