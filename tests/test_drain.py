@@ -111,6 +111,73 @@ async def test_after_an_outage_the_first_write_follows_the_store_s_return_within
     assert server.select(db, 'SELECT count("value") FROM "signal"')[0]["count"] == 100
 
 
+def _drain_agent(tmp_path, url: str, db: str) -> tuple[Agent, Spool]:
+    cfg = AgentConfig.model_validate({
+        "enterprise": {"id": "e1", "name": "n", "region": "330602", "industry": "17"},
+        # a first backoff of exactly 20 s (attempt 0 of full jitter is the minimum)
+        "sink": {"type": "influxdb", "url": url, "database": db, "batch_max_age_s": 0.0, "timeout_s": 2.0,
+                 "retry_min_s": 20.0, "retry_max_s": 60.0},
+        "spool": {"path": str(tmp_path / "spool.db")},
+        "metrics": {"enabled": False},
+    })
+    spool = Spool(cfg.spool.path)
+    spool.append([(f"signal,equipment=m1 value={i} {1_764_000_000_000_000_000 + i}", Priority.RAW)
+                  for i in range(10)])
+    return Agent(cfg), spool
+
+
+async def test_a_store_back_just_after_a_write_found_nobody_is_written_to_at_once(
+    tmp_path, influx_db, fault_proxy_for_drain
+) -> None:
+    """The store comes back just after a write found nobody there (the connection closed without an
+    answer): the first probe, 0.5 s later, answers. That is not a store answering pings but not writes
+    (whose whole backoff is waited out): the drain writes at once, not 20 s later."""
+    server, db = influx_db
+    proxy = fault_proxy_for_drain.then(Close())  # the first request, the first write; then forwarded
+    agent, spool = _drain_agent(tmp_path, proxy.url, db)
+    sink = agent.cfg.sink_settings().open_sink()
+    draining = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(agent._drain(spool, sink, draining))
+    try:
+        deadline = started + 8.0
+        while spool.stats().depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - started
+        assert spool.stats().depth == 0, f"still {spool.stats().depth} in the spool after {took:.1f}s"
+    finally:
+        draining.set()
+        await asyncio.wait_for(task, 10)
+        await sink.aclose()
+        spool.close()
+    assert took < 5.0
+    assert server.select(db, 'SELECT count("value") FROM "signal"')[0]["count"] == 10
+
+
+async def test_a_store_that_answers_pings_but_drops_writes_is_not_written_to_every_probe(
+    tmp_path, influx_db, fault_proxy_for_drain
+) -> None:
+    """Pings answered, every write's connection closed (a proxy in front of the store, say): the early
+    end after a write that found nobody is taken once, then the backoff is waited out."""
+    _, db = influx_db
+    proxy = fault_proxy_for_drain.on_path("/write", Close())
+    agent, spool = _drain_agent(tmp_path, proxy.url, db)
+    sink = agent.cfg.sink_settings().open_sink()
+    draining = asyncio.Event()
+    task = asyncio.create_task(agent._drain(spool, sink, draining))
+    try:
+        await asyncio.sleep(4.0)
+    finally:
+        draining.set()
+        await asyncio.wait_for(task, 10)
+        await sink.aclose()
+        depth = spool.stats().depth
+        spool.close()
+    writes = [r for r in proxy.requests if r.path == "/write"]
+    assert depth == 10
+    assert len(writes) == 2, [round(r.at, 2) for r in writes]  # the first, one at once, then a backoff of >= 20 s
+
+
 @pytest.fixture
 def fault_proxy_for_drain(influxdb):
     proxy = FaultProxy(influxdb.url).start()

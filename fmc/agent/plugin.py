@@ -28,13 +28,19 @@ if TYPE_CHECKING:
 
 
 class SinkUnavailable(Exception):
-    """The store cannot take data now (down, 5xx, 429, auth or missing database). Retry later."""
+    """The store cannot take data now (down, 5xx, 429, auth or missing database). Retry later.
 
-    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+    ``absent``: nothing answered at all (connection refused, or closed before any answer), so a store
+    that answers a moment later has come back, rather than answering pings but not writes."""
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, retry_after: float | None = None, absent: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.absent = absent
 
 
 @dataclass(slots=True)

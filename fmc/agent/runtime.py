@@ -270,6 +270,7 @@ class Agent:
         b = self.cfg.sink_settings().batching()
         batch_size, max_age_s, retry_min, retry_max = b.batch_size, b.max_age_s, b.retry_min_s, b.retry_max_s
         attempt = 0
+        came_back = False  # the last wait ended at a probe's answer after a write that found nobody there
         while not draining.is_set():
             try:
                 batch = await asyncio.to_thread(spool.read_batch, batch_size)
@@ -304,9 +305,13 @@ class Agent:
                 self.health.down(parts.DRAIN, f"store unavailable (points stay in the spool): {e.reason}")
                 # probe only a store that may come back any moment: not one that said when (Retry-After),
                 # nor a plugin that failed in itself
-                await self._wait_for_store(sink, delay, draining, probe=label != "error" and e.retry_after is None)
+                # a store that answers pings but refuses the writes' connections (a proxy) must not be
+                # written to every probe interval: the early end is taken once, then the whole backoff
+                came_back = await self._wait_for_store(
+                    sink, delay, draining, probe=label != "error" and e.retry_after is None,
+                    absent=getattr(e, "absent", False) and not came_back)
                 continue
-            attempt = 0
+            attempt, came_back = 0, False
             refused = [(r.index, r.reason, r.status) for r in outcome.refused]
             if not await self._complete(spool, batch, refused, draining):
                 break  # stopping while the spool is locked: the batch is sent again at the next start
@@ -356,36 +361,42 @@ class Agent:
             self.log.warning("%s; another process holds the spool's lock; the drain retries in %.1fs", e, delay)
         await _sleep_unless(draining, delay)
 
-    async def _wait_for_store(self, sink: Sink, delay: float, draining: asyncio.Event, *, probe: bool) -> None:
+    async def _wait_for_store(
+        self, sink: Sink, delay: float, draining: asyncio.Event, *, probe: bool, absent: bool = False
+    ) -> bool:
         """Wait out the backoff ``delay``; with ``probe``, ask the store every PROBE_INTERVAL_S
         whether it answers (``Sink.ping``), and end the wait as soon as it answers after it did not.
 
         A store that answers the first probe although the write failed (it answers /ping but not
         writes: overloaded, starting, bad credentials, a write that timed out) is not probed further:
-        it waits out the whole backoff, so it is not sent a write every probe interval."""
+        it waits out the whole backoff, so it is not sent a write every probe interval. Unless the write
+        found nobody there (``absent``: refused, or closed without an answer): then the store came back
+        between the write and the probe, and the drain goes on at once instead of after the backoff.
+        True when the wait ended that way (at the first probe, after such a write)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
         if not probe:
             await _sleep_unless(draining, delay)
-            return
-        was_down = False
+            return False
+        was_down, first = absent, True
         while not draining.is_set():
             left = deadline - loop.time()
             if left <= 0:
-                return
+                return False
             await _sleep_unless(draining, min(PROBE_INTERVAL_S, left))
             if draining.is_set() or loop.time() >= deadline:
-                return
+                return False
             try:
                 await asyncio.wait_for(sink.ping(), PROBE_TIMEOUT_S)
             except Exception:  # unreachable, an HTTP error, no answer in time
-                was_down = True
+                was_down, first = True, False
                 continue
             if was_down:
                 self.log.info("the store answers again; sending")
-                return
+                return first
             await _sleep_unless(draining, deadline - loop.time())
-            return
+            return False
+        return False
 
     def _log_sink_error(self, e: SinkUnavailable, delay: float) -> None:
         now = time.monotonic()

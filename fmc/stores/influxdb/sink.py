@@ -260,7 +260,10 @@ class InfluxDBSink:
             what = f"cannot connect ({str(error) or type(error).__name__})"
         else:
             what = f"connection failed ({type(error).__name__}: {error})"
-        return SinkUnavailable(f"InfluxDB at {self._base}: {what}")
+        # refused, reset or closed without an answer: nobody was there (a timeout may be a store too busy)
+        absent = isinstance(error, httpx.ConnectError | httpx.RemoteProtocolError | httpx.ReadError) and not isinstance(
+            error, httpx.ProxyError)
+        return SinkUnavailable(f"InfluxDB at {self._base}: {what}", absent=absent)
 
     def _unavailable(self, response: httpx.Response) -> SinkUnavailable | None:
         """The SinkUnavailable for a retryable or configuration answer, or None if the data is at fault."""
