@@ -536,47 +536,13 @@ def carrier_spans(data: EnterpriseData) -> dict[str, tuple[date, date]]:
     return spans
 
 
-def silent_carriers(data: EnterpriseData) -> frozenset[str]:
-    """The carriers whose gateway went silent with them: no gateway that wrote a carrier's last row wrote
-    any row (``enterprise_daily``, another carrier) after it, in the period sums ``data`` holds. Such a
-    carrier was not taken out of a configuration (the agent writes a row for every configured meter every
-    day): its gateway's data stopped. Rows without gateways (``data.consumption``, sums that do not say)
-    make no carrier silent."""
-    last: dict[str, tuple[date, set[str]]] = {}  # carrier -> its last day, the gateways with a row on it
-    gateway_last: dict[str, date] = {}
-    for ps in data.sums.values():
-        for gateway, day in ps.gateway_last_days.items():
-            known = gateway_last.get(gateway)
-            if known is None or day > known:
-                gateway_last[gateway] = day
-        for carrier, c in ps.carriers.items():
-            if c.rows <= 0 or c.last_day is None or not c.last_gateways:
-                continue
-            got = last.get(carrier)
-            if got is None or c.last_day > got[0]:
-                last[carrier] = (c.last_day, set(c.last_gateways))
-            elif c.last_day == got[0]:
-                got[1].update(c.last_gateways)
-    for r in data.consumption:  # a later row of unknown gateway: not known to have gone silent
-        got = last.get(r.carrier)
-        if got is not None and r.day > got[0]:
-            del last[r.carrier]
-    return frozenset(c for c, (day, gateways) in last.items()
-                     if any(gateway_last.get(g, day) <= day for g in gateways))
-
-
-def expected_windows(
-    spans: Mapping[str, tuple[date, date]], silent: Iterable[str] = ()
-) -> dict[str, tuple[date | None, date | None]]:
+def expected_windows(spans: Mapping[str, tuple[date, date]]) -> dict[str, tuple[date | None, date | None]]:
     """carrier -> (expected from, expected to), None meaning open (docs/indicators.md, "Expected carriers").
 
     A carrier is expected from its first day with a row when another of the carriers had rows before
     it (a carrier added: gas from 2019), and to its last day when another had rows after it (a carrier
-    removed: the coal meter) — unless it is one of ``silent`` (``silent_carriers``: the gateway that
-    measured it wrote nothing after it, a gateway dead, not a meter removed). When the carriers start or
-    stop together, the enterprise's data did, not its carriers: they stay expected, and the silence
-    counts as missing."""
-    quiet = frozenset(silent)
+    removed: the coal meter). When the carriers start or stop together, the enterprise's data did,
+    not its carriers: they stay expected, and the silence counts as missing."""
     out: dict[str, tuple[date | None, date | None]] = {}
     for c, (first, last) in spans.items():
         started = ended = False
@@ -584,7 +550,7 @@ def expected_windows(
             if other != c:
                 started = started or f < first
                 ended = ended or la > last
-        out[c] = (first if started else None, last if ended and c not in quiet else None)
+        out[c] = (first if started else None, last if ended else None)
     return out
 
 
@@ -703,7 +669,7 @@ class _Enterprise:
             return {c: period.days for c in data.energy_carriers}
         if self._windows is None:  # from all the data the enterprise holds: the same for each period
             spans = {c: span for c, span in carrier_spans(data).items() if c in ENERGY_CARRIERS}
-            self._windows = expected_windows(spans, silent_carriers(data))
+            self._windows = expected_windows(spans)
         expected = {c: expected_days(period, w) for c, w in self._windows.items()}
         return {c: n for c, n in expected.items() if n > 0}
 
