@@ -739,14 +739,14 @@ def _empty(m: Measure, min_coverage: float) -> bool:
 
 
 _EMPTY_NOTES = {
-    "nc_rate": "no in-scope equipment in the period (0 ÷ 0): no NC rate; it adds nothing to a group's",
+    "nc_rate": "no in-scope equipment in the period (0 ÷ 0): no NC rate; it adds nothing to a group's sums",
     "networking_rate": "no NC equipment in the period (0 ÷ 0; over all equipment: no equipment): no networking "
-                       "rate; it adds nothing to a group's",
+                       "rate; it adds nothing to a group's sums",
 }
 
 
 def _empty_note(indicator: str) -> str:
-    return _EMPTY_NOTES.get(indicator, "0 ÷ 0 over complete data: no figure; it adds nothing to a group's")
+    return _EMPTY_NOTES.get(indicator, "0 ÷ 0 over complete data: no figure; it adds nothing to a group's sums")
 
 
 _NO_SUMS = PeriodSums(None, {})  # a period without rows (what ``summarize`` gives for none)
