@@ -430,6 +430,52 @@ async def test_an_enterprise_that_moved_county_leaves_no_point_under_its_old_tag
     }
 
 
+async def test_an_enterprise_no_longer_computed_keeps_its_published_points(tmp_path: Path) -> None:
+    """Z's daily rows left the store (past its retention, or a store pointed at by mistake that holds
+    none of them): a pass that computes no Z deletes none of Z's published points, only what it computes
+    anew under other tags; a pass that computes no enterprise at all deletes nothing."""
+    path = tmp_path / "store.db"
+    points = [daily(e, "330602", "17", d, 10, 4, 4) for e in ("Y", "Z") for d in days_of(2020) if d.month <= 3]
+    raw = EmbeddedStore(path)
+    assert raw.write_lines([encode(p) for p in points]).refused == []
+    raw.close()
+    period = Period.year_to_date(date(2020, 3, 31))
+
+    def indicator_tags() -> list[dict[str, str]]:
+        reader = EmbeddedStore(path, readonly=True)
+        try:
+            return [p.tags for p in reader.points("indicator") if p.tags["period"] == "2020-YTD"]
+        finally:
+            reader.close()
+
+    def forget(enterprises: set[str]) -> None:
+        store = EmbeddedStore(path)
+        try:
+            for d in days_of(2020):
+                store.delete_points("enterprise_daily", local_day_start_ns(d, TZ), None,
+                                    lambda tags: tags.get("enterprise") in enterprises)
+        finally:
+            store.close()
+
+    s = IndicatorService(EmbeddedQueryStore(path), PLAN, revalidate_s=3600)
+    try:
+        await s.materialize([period])
+    finally:
+        await s.aclose()
+    published = indicator_tags()
+    z = [t for t in published if t.get("enterprise") == "Z"]
+    assert z
+    for gone in ({"Z"}, {"Y", "Z"}):
+        forget(gone)
+        s = IndicatorService(EmbeddedQueryStore(path), PLAN, revalidate_s=3600)
+        try:
+            await s.materialize([period])
+        finally:
+            await s.aclose()
+        assert [t for t in indicator_tags() if t.get("enterprise") == "Z"] == z
+    assert sorted(map(sorted, map(dict.items, indicator_tags()))) == sorted(map(sorted, map(dict.items, published)))
+
+
 def test_parse_period_forms() -> None:
     today = date(2021, 3, 15)
     assert parse_period("2020", today) == Period.of_year(2020)

@@ -324,10 +324,10 @@ async def test_deleting_the_indicators_a_pass_did_not_write_reads_one_indicator_
     store = make_store(proxy.url, db)
     keep = {series_digest(t) for t in kept}
     try:
-        assert await store.delete_indicators_except("2020-YTD", ts, keep) == len(stale)
+        assert await store.delete_indicators_except("2020-YTD", ts, keep, {"E-1", "E-2"}) == len(stale)
         queries = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests if r.path == "/query"]
         proxy.reset()
-        assert await store.delete_indicators_except("2020-YTD", ts, keep) == 0
+        assert await store.delete_indicators_except("2020-YTD", ts, keep, {"E-1", "E-2"}) == 0
         again = [dict(httpx.QueryParams(r.body.decode()))["q"] for r in proxy.requests if r.path == "/query"]
     finally:
         await store.aclose()
@@ -359,7 +359,7 @@ async def test_deleting_indicators_where_influxql_has_no_delete_says_so_and_keep
         proxy.then(*([Forward()] * 2), Respond(400, body=b'{"error":"error parsing query: found DELETE"}'))
         with pytest.raises(StoreQueryError, match=r"0 of 1 request.*deleting the 2020-YTD indicator points.*DELETE "
                            r"needs InfluxDB 1\.x or 2\.x"):
-            await store.delete_indicators_except("2020-YTD", ts, set())
+            await store.delete_indicators_except("2020-YTD", ts, set(), set())
     finally:
         await store.aclose()
     assert len(server.select(db, 'SELECT * FROM "indicator"')) == 1

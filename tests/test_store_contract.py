@@ -450,15 +450,19 @@ async def test_deleting_the_indicator_points_a_pass_did_not_write_deletes_exactl
     ]
     other_period = indicator_point("2022", ts, level="county", region="330603")
     other_time = indicator_point("2022-YTD", ts + 3600 * 10**9, level="county", region="330603")
-    await store.write([*kept, *stale, other_period, other_time])
-    keep = {series_digest(p.tags) for p in kept}
-    assert await store.delete_indicators_except("2022-YTD", ts, keep) == len(stale)
-    # what is left of the period is in ``keep`` (nothing more to delete), and it is all of ``keep``
-    assert await store.delete_indicators_except("2022-YTD", ts, keep) == 0
-    assert await store.delete_indicators_except("2022-YTD", ts, set()) == len(kept)
-    assert await store.delete_indicators_except("2022", ts, set()) == 1
-    assert await store.delete_indicators_except("2022-YTD", other_time.ts_ns, set()) == 1
-    assert await store.delete_indicators_except("2023-YTD", ts, set()) == 0  # nothing stored: nothing to do
+    # an enterprise the pass did not compute (closed, its rows past retention): its points stay
+    uncomputed = indicator_point("2022-YTD", ts, level="enterprise", enterprise="E-Z", region="330602",
+                                 industry="1711")
+    await store.write([*kept, *stale, other_period, other_time, uncomputed])
+    keep, computed = {series_digest(p.tags) for p in kept}, {"E-M"}
+    assert await store.delete_indicators_except("2022-YTD", ts, keep, computed) == len(stale)
+    # what is left of the period is in ``keep`` or not computed (nothing more to delete)
+    assert await store.delete_indicators_except("2022-YTD", ts, keep, computed) == 0
+    assert await store.delete_indicators_except("2022-YTD", ts, set(), computed) == len(kept)
+    assert await store.delete_indicators_except("2022-YTD", ts, set(), {"E-Z"}) == 1
+    assert await store.delete_indicators_except("2022", ts, set(), computed) == 1
+    assert await store.delete_indicators_except("2022-YTD", other_time.ts_ns, set(), computed) == 1
+    assert await store.delete_indicators_except("2023-YTD", ts, set(), computed) == 0  # nothing stored
     # the reports and rollups are not indicator points
     assert (await store.reports(2020, 2020, Scope()))["E-M"] == [StoredReport("E-M", "2020", {"value_added": 2e6})]
 

@@ -621,6 +621,7 @@ class IndicatorService:
         for period in periods:
             label, start_ns = period_tag(period), period_start_ns(period, self.timezone)
             produced: set[bytes] = set()
+            enterprises: set[str] = set()
             had = {k for k in self._figures if k[0] == period}
             had_rows = {k for k in self._rows if k[1] == period}
             computed = await self.indicators("enterprise", period, Scope())
@@ -644,10 +645,22 @@ class IndicatorService:
                     # more, no rank) must not stay in the store beside the new status
                     await self.store.write(batch, replace=True)
                     written += len(batch)
-                    produced.update(series_digest(p.tags) for p in batch if p.tags["period"] == label)
+                    for p in batch:
+                        if p.tags["period"] == label:
+                            produced.add(series_digest(p.tags))
+                            if "enterprise" in p.tags:
+                                enterprises.add(p.tags["enterprise"])
                     batch = []
-            # only after every batch of the period was written: a failed pass deletes nothing
-            deleted = await self.store.delete_indicators_except(label, start_ns, produced)
+            # only after every batch of the period was written: a failed pass deletes nothing, nor one that
+            # computed no enterprise (a store that answers nothing would otherwise lose every published row)
+            if not enterprises:
+                continue
+            try:
+                deleted = await self.store.delete_indicators_except(label, start_ns, produced, enterprises)
+            except StoreQueryError as e:  # InfluxDB 3 (no DELETE): the other periods are still written
+                log.warning("%s: the %s points under tags no longer computed stay (an enterprise that moved is "
+                            "listed under its old tags too); delete them by hand or use InfluxDB 1.x/2.x", e, label)
+                continue
             if deleted:
                 log.info("deleted %d indicator point(s) of %s under tags no longer computed (an enterprise that "
                          "moved, a group without members)", deleted, label)

@@ -154,12 +154,17 @@ class IndicatorStore(Protocol):
         mix of two computations) until the next write."""
         ...
 
-    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
+    async def delete_indicators_except(
+        self, period: str, ts_ns: int, keep: Set[bytes], enterprises: Set[str]
+    ) -> int:
         """Delete the ``indicator`` points at ``ts_ns`` with the ``period`` tag ``period`` whose series
-        (``series_digest`` of its tags) is not in ``keep``; the number of points deleted. Materialization
-        calls it once a period is written, with every series it wrote for it: a point of that period
-        under tags the pass no longer produces (an enterprise's former county or industry, a group with
-        no member left) would otherwise stay on the dashboards beside the new one.
+        (``series_digest`` of its tags) is not in ``keep`` and that are either an enterprise's in
+        ``enterprises`` or a group's (no ``enterprise`` tag); the number of points deleted.
+        Materialization calls it once a period is written, with every series it wrote for it and the
+        enterprises it wrote: a point of that period under tags the pass no longer produces (an
+        enterprise's former county or industry, a group with no member left) would otherwise stay on the
+        dashboards beside the new one. An enterprise the pass did not compute at all (closed, its data
+        past the store's retention) keeps its published points.
 
         InfluxDB: the period's points are read back one ``indicator`` tag value at a time and only the
         others are deleted (InfluxQL ``DELETE``, which InfluxDB 3 lacks: there a call that must delete

@@ -541,8 +541,11 @@ class SumsCache:
             if any(p.measurement != "indicator" for p in points):
                 await asyncio.to_thread(self._forget_tags)
 
-    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
-        return await self.store.delete_indicators_except(period, ts_ns, keep)  # no sums read indicator points
+    async def delete_indicators_except(
+        self, period: str, ts_ns: int, keep: Set[bytes], enterprises: Set[str]
+    ) -> int:
+        # no sums read indicator points: nothing cached to forget
+        return await self.store.delete_indicators_except(period, ts_ns, keep, enterprises)
 
     async def ping(self) -> None:
         await self.store.ping()

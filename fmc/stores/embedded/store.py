@@ -1038,10 +1038,14 @@ class EmbeddedQueryStore:
 
         await self._call(run, access="writable")
 
-    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
+    async def delete_indicators_except(
+        self, period: str, ts_ns: int, keep: Set[bytes], enterprises: Set[str]
+    ) -> int:
+        def stale(tags: Mapping[str, str]) -> bool:
+            return series_digest(tags) not in keep and (tags.get("enterprise") or "") in {"", *enterprises}
+
         def run() -> int:
-            return self._opened(readonly=False).delete_points(
-                INDICATOR, ts_ns, {"period": period}, lambda tags: series_digest(tags) not in keep)
+            return self._opened(readonly=False).delete_points(INDICATOR, ts_ns, {"period": period}, stale)
 
         return await self._call(run, access="writable")
 

@@ -673,7 +673,9 @@ class InfluxQueryStore:
                 detail += "; InfluxDB may have stored the other points of the call (a partial write)"
             raise StoreQueryError(detail)
 
-    async def delete_indicators_except(self, period: str, ts_ns: int, keep: Set[bytes]) -> int:
+    async def delete_indicators_except(
+        self, period: str, ts_ns: int, keep: Set[bytes], enterprises: Set[str]
+    ) -> int:
         """The period's points are read back one ``indicator`` tag value at a time (the values from the
         index), so an answer holds one indicator's series of a province's period, not all ~180,000; only
         ``status``, which every materialized point has. The series not in ``keep`` are deleted at ``ts_ns``
@@ -690,7 +692,9 @@ class InfluxQueryStore:
             [result] = await self._query(
                 [f'SELECT "status" FROM {self._from(INDICATOR)} WHERE {where} GROUP BY *'])
             stored = [tags for tags, _, rows in _series(result) if rows]
-            stale = [tags for tags in stored if series_digest(tags) not in keep]
+            # GROUP BY * gives "" for a tag the series lacks: a group row
+            stale = [tags for tags in stored if series_digest(tags) not in keep
+                     and (not tags.get("enterprise") or tags["enterprise"] in enterprises)]
             deleted += len(stale)
             deletes += _delete_statements(INDICATOR, ts_ns, stale, stored, {frozenset(t.items()) for t in stale})
         for done, statement in enumerate(deletes):
