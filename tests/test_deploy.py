@@ -409,6 +409,34 @@ def test_an_upgrade_whose_configuration_the_new_fmc_refuses_says_so_and_exits_no
     assert script.index("check_upgrade || exit 1") < script.index('systemctl restart "$unit"')
 
 
+def test_an_upgrade_where_only_a_connection_fails_the_check_goes_on(installed: Installed, tmp_path: Path) -> None:
+    """A broker away (an MQTT source on a port nobody listens on) fails fmc check with exit 1, as routine
+    on a factory floor: the agent rides it out on its spool, so the upgrade says so and goes on (under
+    systemd: restarts the agent) instead of stopping a fleet's upgrade at every gateway with a machine off."""
+    from tests.ports import free_port
+
+    etc = installed.prefix / "etc"
+    config = etc / "agent.toml"
+    kept = config.read_bytes()
+    try:
+        config.write_text(
+            '[enterprise]\nid = "e-1"\nname = "n"\nregion = "330602"\nindustry = "17"\n'
+            f'[sink]\ntype = "embedded"\npath = "{tmp_path / "store.db"}"\n[spool]\npath = "{tmp_path / "spool.db"}"\n'
+            f'[[mqtt]]\nname = "plant"\nclient_id = "fmc-e-1"\nhost = "127.0.0.1"\nport = {free_port()}\n'
+            '[[mqtt.subscribe]]\ntopic = "plant/{equipment}/{signal}"\nvalue_path = "value"\n',
+            encoding="utf-8")
+        check = subprocess.run([str(installed.venv / "bin" / "fmc"), "check", "-c", str(config)], capture_output=True,
+                               text=True, env=_install_env(), timeout=120)
+        assert check.returncode == 1 and "FAIL" in check.stdout + check.stderr, check.stdout + check.stderr
+        result = run_install("--prefix", installed.prefix, "--no-systemd", "--from", installed.source,
+                             "--python", sys.executable)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "found connections failing (exit 1)" in result.stderr and "restarting" in result.stderr
+        assert "done:" in result.stdout
+    finally:
+        config.write_bytes(kept)
+
+
 def test_central_role_installs_the_api_unit_and_a_usable_central_config(
     installed: Installed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
