@@ -697,15 +697,19 @@ class InfluxQueryStore:
                      and (not tags.get("enterprise") or tags["enterprise"] in enterprises)]
             deleted += len(stale)
             deletes += _delete_statements(INDICATOR, ts_ns, stale, stored, {frozenset(t.items()) for t in stale})
+        await self._run_deletes(deletes, f"deleting the {period} indicator points no longer computed had run")
+        return deleted
+
+    async def _run_deletes(self, deletes: Sequence[str], what: str, before: str = "") -> None:
+        """Send the DELETE statements one a request; a failure says how many had run (``what``)."""
         for done, statement in enumerate(deletes):
             try:
                 await self._query([statement])
             except StoreQueryError as e:
                 raise StoreQueryError(
-                    f"{e}; {done} of {len(deletes)} request(s) deleting the {period} indicator points no longer "
-                    "computed had run (InfluxQL DELETE needs InfluxDB 1.x or 2.x and a user that may write)"
+                    f"{e}; {before}{done} of {len(deletes)} request(s) {what}; InfluxQL DELETE needs InfluxDB 1.x "
+                    "or 2.x and a user that may write"
                 ) from None
-        return deleted
 
     async def _delete_lost_fields(self, points: Sequence[Point]) -> None:
         """Delete the stored point of each series and time of ``points`` that has a field its new point
@@ -729,15 +733,8 @@ class InfluxQueryStore:
             losing = {frozenset(tags.items()) for _, stale in found for tags in stale}
             for stored, stale in found:
                 deletes += _delete_statements(measurement, ts, stale, stored, losing)
-        for done, statement in enumerate(deletes):
-            try:
-                await self._query([statement])
-            except StoreQueryError as e:
-                raise StoreQueryError(
-                    f"{e}; nothing of the call was written ({done} of {len(deletes)} request(s) deleting the stored "
-                    "points that lose a field had run; InfluxQL DELETE needs InfluxDB 1.x or 2.x and a user that "
-                    "may write)"
-                ) from None
+        await self._run_deletes(deletes, "deleting the stored points that lose a field had run",
+                                before="nothing of the call was written: ")
 
     async def _lost_a_field(
         self, measurement: str, ts: int, series: Mapping[frozenset[tuple[str, str]], Point]
