@@ -589,24 +589,46 @@ def test_day_buckets_of_the_meter_coverage_are_local_days(store, seed):
             assert close(mean, sum(values) / len(values) if values else 0), (meter, day)
 
 
-def test_every_query_grouped_by_the_panel_interval_buckets_local_time():
-    """$__interval may be a day or longer: every query grouped by it names the plant's time zone."""
-    def statement_rest(query: str, start: int) -> str:
-        """From ``start`` to the end of its statement: the query's end or the subquery's ")"."""
-        depth = 0
-        for i in range(start, len(query)):
-            depth += {"(": 1, ")": -1}.get(query[i], 0)
-            if depth < 0:
-                return query[start:i]
-        return query[start:]
+def test_day_buckets_are_local_days_of_the_zone_the_dashboards_are_built_for(store, seed):
+    """A plant in another zone (Xinjiang's local UTC+6) gets its own midnights, not Shanghai's."""
+    urumqi = ZoneInfo("Asia/Urumqi")
+    board = next(d for d in gd.build_dashboards(timezone="Asia/Urumqi") if d.uid == gd.ENTERPRISE_UID)
+    rows = run(store, board, "meter_coverage", ENT_VALUES, **DAYS, interval="1d")
+    starts = {datetime.fromtimestamp(r["time"] / 1000, urumqi) for r in rows}
+    assert starts and all((t.hour, t.minute) == (0, 0) for t in starts), sorted(starts)
 
+
+def statement_rest(query: str, start: int) -> str:
+    """From ``start`` to the end of its statement: the query's end or the subquery's ")"."""
+    depth = 0
+    for i in range(start, len(query)):
+        depth += {"(": 1, ")": -1}.get(query[i], 0)
+        if depth < 0:
+            return query[start:i]
+    return query[start:]
+
+
+@pytest.mark.parametrize("zone", [TZ, "Asia/Urumqi", "Europe/Berlin", "America/Argentina/Buenos_Aires"])
+def test_every_query_grouped_by_the_panel_interval_buckets_local_time(zone):
+    """$__interval may be a day or longer: every query grouped by it names the plant's time zone, the
+    one the dashboards are built for (the committed files: Asia/Shanghai)."""
+    boards = {d.uid: d for d in gd.build_dashboards(lang="zh", timezone=zone)} if zone != TZ else DASHBOARDS
     grouped = 0
     for uid, ref in all_ref_ids():
-        query = targets_of(DASHBOARDS[uid].model)[ref]["query"]
+        query = targets_of(boards[uid].model)[ref]["query"]
         for m in re.finditer(r"GROUP BY time\(\$__interval\)", query):
-            assert statement_rest(query, m.start()).rstrip().endswith(f"tz('{TZ}')"), (uid, ref)
+            assert statement_rest(query, m.start()).rstrip().endswith(f"tz('{zone}')"), (uid, ref)
             grouped += 1
+        if zone != TZ:
+            assert TZ not in query, (uid, ref)
     assert grouped >= 7  # meter coverage and the gateway panels over time
+
+
+@pytest.mark.parametrize("zone", ["Mars/Base", "Asia/Shanghai') fill(0", "Asia/Shanghai'", "Asia/Shanghai ",
+                                  "/etc/localtime", "Asia/../Asia/Shanghai", ""])
+def test_a_zone_that_is_no_iana_name_is_refused(zone):
+    with pytest.raises(ValueError, match="IANA name"):
+        gd.build_dashboards(timezone=zone)
 
 
 # --- the bureau dashboard ------------------------------------------------------------------------------
@@ -1342,6 +1364,19 @@ def test_the_command_writes_every_dashboard(tmp_path):
     text = (out / f"{gd.ENTERPRISE_UID}.json").read_text(encoding="utf-8")
     assert text.endswith("}\n") and "企业" in text  # UTF-8 as is, not \u escapes
     assert json.loads(text) == ALL_DASHBOARDS[0].model
+
+
+def test_the_command_writes_the_dashboards_of_another_zone(tmp_path):
+    """For a file-provisioned Grafana of a plan in another zone; a zone no IANA name is a usage error."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "fmc.central.grafana.dashboards", str(out), "--timezone",
+                           "Europe/Berlin"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = (out / f"{gd.GATEWAYS_UID}.json").read_text(encoding="utf-8")
+    assert "tz('Europe/Berlin')" in text and "Asia/Shanghai" not in text
+    done = subprocess.run([sys.executable, "-m", "fmc.central.grafana.dashboards", str(out), "--timezone",
+                           "Europe/Berlin'"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "IANA name" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_the_command_says_what_is_wrong_without_a_traceback(tmp_path):

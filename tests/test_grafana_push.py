@@ -640,8 +640,10 @@ def test_something_that_is_not_grafana_is_named_as_such() -> None:
 
 
 def _cli(argv: list[str]) -> argparse.Namespace:
+    from fmc.cli.plugins import central_timezone
+
     parser = argparse.ArgumentParser(prog="fmc")
-    add_parser(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"), central_timezone=central_timezone)
     return parser.parse_args(argv)
 
 
@@ -650,7 +652,7 @@ def test_dashboards(monkeypatch: pytest.MonkeyPatch) -> list[Dash]:
     dashboards = _dashboards()
     loaded: list[tuple[str, str]] = []
 
-    def load(lang: str, datasource_uid: str) -> list[Dash]:
+    def load(lang: str, datasource_uid: str, timezone: str | None = None) -> list[Dash]:
         loaded.append((lang, datasource_uid))
         return dashboards
 
@@ -827,3 +829,58 @@ def test_real_dashboards_push_and_repush(
     capsys.readouterr()
     assert args.handler(args) == 0
     assert "nothing to change" in capsys.readouterr().out
+
+
+def _central_toml(tmp_path: Any, timezone: str) -> Any:
+    """A central.toml whose plan is the built-in one in another time zone."""
+    from fmc.central.config import plan_path
+
+    plan = plan_path("zhejiang-2017-2020").read_text(encoding="utf-8")
+    assert plan.count('timezone = "Asia/Shanghai"') == 1
+    (tmp_path / "plan.toml").write_text(plan.replace('"Asia/Shanghai"', f'"{timezone}"'), encoding="utf-8")
+    path = tmp_path / "central.toml"
+    path.write_text('targets = "plan.toml"\n[store]\ntype = "embedded"\npath = "store.db"\n', encoding="utf-8")
+    return path
+
+
+def test_a_push_with_a_central_config_buckets_the_days_of_its_plan_zone(
+    fake: FakeGrafana, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    """A plant whose days are Xinjiang's (UTC+6) gets dashboards whose day buckets are its own days."""
+    _real_dashboards()
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    monkeypatch.delenv("INFLUX_TOKEN", raising=False)
+    central = _central_toml(tmp_path, "Asia/Urumqi")
+    args = _cli(["grafana", "push", "--url", fake.url, "--lang", "both", "-c", str(central)])
+    assert args.handler(args) == 0, capsys.readouterr().err
+    grouped = 0
+    for uid, saved in fake.dashboards.items():
+        text = json.dumps(saved["model"])
+        assert "Asia/Shanghai" not in text, uid
+        grouped += text.count("GROUP BY time($__interval)")
+        assert text.count("GROUP BY time($__interval)") == text.count("tz('Asia/Urumqi')"), uid
+    assert grouped >= 14  # the meter coverage and the gateway panels, both languages
+    capsys.readouterr()
+    assert args.handler(args) == 0
+    assert "nothing to change" in capsys.readouterr().out
+    # without -c: the default zone, so the same Grafana's dashboards are updated back to Shanghai's days
+    default = _cli(["grafana", "push", "--url", fake.url, "--lang", "both"])
+    assert default.handler(default) == 0
+    assert "4 updated, 5 unchanged" in capsys.readouterr().out  # the bureau groups by no interval
+    assert all("tz('Asia/Shanghai')" in json.dumps(d["model"]) for uid, d in fake.dashboards.items()
+               if uid.startswith("fmc-gateways"))
+
+
+def test_a_central_config_refused_exits_2_before_any_request(
+    fake: FakeGrafana, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any
+) -> None:
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    for zone in ("Mars/Base", "Asia/Shanghai') fill(0"):
+        args = _cli(["grafana", "push", "--url", fake.url, "-c", str(_central_toml(tmp_path, zone))])
+        assert args.handler(args) == 2
+        err = capsys.readouterr().err
+        assert "invalid configuration" in err and "timezone" in err and "IANA" in err and "Traceback" not in err
+    args = _cli(["grafana", "push", "--url", fake.url, "-c", str(tmp_path / "missing.toml")])
+    assert args.handler(args) == 2
+    assert "missing.toml" in capsys.readouterr().err
+    assert fake.requests == []

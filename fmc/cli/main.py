@@ -22,7 +22,7 @@ from fmc.cli import central as central_cli
 from fmc.cli import dlt645 as dlt645_cli
 from fmc.cli import modbus as modbus_cli
 from fmc.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
-from fmc.cli.plugins import load_config
+from fmc.cli.plugins import central_timezone, load_config
 from fmc.core.config import ConfigError
 from fmc.plant.equipment import EquipmentItem
 from fmc.plant.ledger import inventory_check_main, load_inventory
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     central_cli.add_parser(sub)
     api.add_parser(sub)
     keys.add_parser(sub)
-    grafana.add_parser(sub)
+    grafana.add_parser(sub, central_timezone=central_timezone)
     dlt645_cli.add_parser(sub)
     modbus_cli.add_parser(sub)
     return p

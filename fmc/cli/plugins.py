@@ -15,7 +15,7 @@ from typing import Any
 
 from fmc.agent.config import AgentSettings, agent_config_model
 from fmc.agent.config import load_config as _load_agent_config
-from fmc.central.config import CentralSettings, central_config_model
+from fmc.central.config import CentralSettings, central_config_model, load_config_plan
 from fmc.central.config import load_central_config as _load_central_config
 from fmc.sources.dlt645.config import Dlt645Source
 from fmc.sources.modbus.config import ModbusSource
@@ -45,3 +45,9 @@ def load_config(path: str | os.PathLike[str]) -> AgentSettings:
 def load_central_config(path: str | os.PathLike[str]) -> CentralSettings:
     """A ``central.toml`` (``fmc api -c``), validated with every built-in store."""
     return _load_central_config(path, CentralConfig)
+
+
+def central_timezone(path: str | os.PathLike[str]) -> str:
+    """The time zone of the plan a ``central.toml`` names, whose local days its figures are
+    (``fmc grafana push -c``); ConfigError for a file or plan refused."""
+    return load_config_plan(load_central_config(path)).policy.timezone

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+from fmc.core.config import ConfigError
+
 DATASOURCE_UID = "fmc-influxdb"
 DATASOURCE_NAME = "fmc InfluxDB"
 DEFAULT_TIMEOUT_S = 10.0
@@ -520,8 +522,12 @@ def _short(text: str, limit: int = 300) -> str:
 # --- CLI -----------------------------------------------------------------------------------------------------
 
 
-def add_parser(subparsers: Any) -> None:
-    """Add ``grafana push`` to the ``fmc`` command's subparsers."""
+def add_parser(subparsers: Any, *, central_timezone: Callable[[str], str]) -> None:
+    """Add ``grafana push`` to the ``fmc`` command's subparsers.
+
+    ``central_timezone`` reads the time zone of the plan a ``central.toml`` names (``-c``), raising
+    ConfigError: the composition root gives it, since only it knows the store plugins the file is
+    validated with."""
     grafana = subparsers.add_parser("grafana", help="Grafana: push the dashboards, their folders and the datasource")
     actions = grafana.add_subparsers(dest="grafana_command", metavar="ACTION", required=True)
     p = actions.add_parser(
@@ -545,12 +551,14 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--influx-user", default=None, help="InfluxDB 1.x user (its password from --influx-password-env)")
     p.add_argument("--influx-password-env", default="INFLUX_PASSWORD", metavar="VAR",
                    help="variable holding the InfluxDB 1.x password (default INFLUX_PASSWORD)")
+    p.add_argument("-c", "--config", default=None, metavar="CENTRAL_TOML",
+                   help="central TOML file: its plan's time zone cuts the dashboards' days (default Asia/Shanghai)")
     p.add_argument("--lang", choices=("zh", "en", "both"), default="zh", help="dashboard language (default zh)")
     p.add_argument("--update-secrets", action="store_true",
                    help="send the InfluxDB password or token even when Grafana has one (after rotating it)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request (default 10)")
     p.add_argument("--dry-run", action="store_true", help="show what would be created or updated; write nothing")
-    p.set_defaults(handler=push_main)
+    p.set_defaults(handler=push_main, central_timezone=central_timezone)
 
 
 def push_main(args: argparse.Namespace) -> int:
@@ -561,11 +569,16 @@ def push_main(args: argparse.Namespace) -> int:
         if not token:
             raise PushUsageError(f"no Grafana token: set {args.token_env} (a service account token) or pass --token")
         datasource, settings = _datasource_from_args(args)
-        dashboards = _load_dashboards(args.lang, datasource["uid"])
+        # a bucket of a day or longer is a local day of the plan's zone, the one the indicators use
+        timezone = args.central_timezone(args.config) if args.config is not None else None
+        dashboards = _load_dashboards(args.lang, datasource["uid"], timezone)
         report = push(args.url, token, dashboards, datasource, dry_run=args.dry_run,
                       update_secrets=args.update_secrets, timeout=args.timeout, datasource_settings=settings)
     except PushUsageError as e:
         print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as e:
+        print(e.render(), file=sys.stderr)
         return EXIT_USAGE
     except PushError as e:
         print(f"{prog}: {e}", file=sys.stderr)
@@ -598,13 +611,18 @@ def _datasource_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], fro
     return ds, frozenset(settings)
 
 
-def _load_dashboards(lang: str, datasource_uid: str) -> list[DashboardLike]:
+def _load_dashboards(lang: str, datasource_uid: str, timezone: str | None = None) -> list[DashboardLike]:
+    """The dashboards of ``lang`` ("zh", "en" or "both") in ``timezone`` (None: the builders' default)."""
     try:
         from fmc.central.grafana.dashboards import build_dashboards
     except ImportError as e:
         raise PushError(f"the dashboard definitions cannot be loaded ({e}); reinstall fmc") from None
     langs = ["zh", "en"] if lang == "both" else [lang]
+    zone = {} if timezone is None else {"timezone": timezone}
     dashboards: list[DashboardLike] = []
     for one in langs:
-        dashboards += build_dashboards(datasource_uid=datasource_uid, lang=one)
+        try:
+            dashboards += build_dashboards(datasource_uid=datasource_uid, lang=one, **zone)
+        except ValueError as e:  # a zone no IANA name (the plan's is checked when it is loaded)
+            raise PushUsageError(str(e)) from None
     return dashboards

@@ -9,7 +9,9 @@ API and on 3.x (no Flux; no SLIMIT; metaqueries carry a time bound, since 3.x lo
 default). ``grafana/README.md`` says what each panel shows.
 
 Labels exist in Chinese (``lang="zh"``, the default) and English (``lang="en"``), from the same
-code: the queries are identical, the uids of the English set end in ``-en``.
+code: the queries are identical, the uids of the English set end in ``-en``. Queries grouped by the
+panel's interval bucket in local time, of ``timezone`` (the plan's; ``DEFAULT_TIMEZONE`` for the
+committed files).
 
 Variables are always matched as regular expressions (``"enterprise" =~ /^$enterprise$/``): Grafana
 regex-escapes a value it puts into an InfluxQL query, which is right inside ``/…/`` and wrong
@@ -43,12 +45,20 @@ from fmc.central.grafana.dashboards.labels import (
     Lang,
     pick,
 )
-from fmc.central.grafana.dashboards.panels import BUREAU_UID, DATASOURCE_UID, ENTERPRISE_UID, GATEWAYS_UID, Board
+from fmc.central.grafana.dashboards.panels import (
+    BUREAU_UID,
+    DATASOURCE_UID,
+    DEFAULT_TIMEZONE,
+    ENTERPRISE_UID,
+    GATEWAYS_UID,
+    Board,
+)
 
 __all__ = [
     "BUREAU_UID",
     "CARRIER_LABELS",
     "DATASOURCE_UID",
+    "DEFAULT_TIMEZONE",
     "ENTERPRISE_KPIS",
     "ENTERPRISE_UID",
     "GATEWAYS_UID",
@@ -105,8 +115,10 @@ def _model(uid: str, title: str, b: Board, panels: list[dict[str, Any]], variabl
     }
 
 
-def build_dashboards(datasource_uid: str = DATASOURCE_UID, lang: str = "zh") -> list[Dashboard]:
-    """The enterprise, bureau and gateway-health dashboards in one language ("zh" or "en")."""
+def build_dashboards(datasource_uid: str = DATASOURCE_UID, lang: str = "zh",
+                     timezone: str = DEFAULT_TIMEZONE) -> list[Dashboard]:
+    """The enterprise, bureau and gateway-health dashboards in one language ("zh" or "en"), their
+    buckets of a day or longer the local days of ``timezone`` (an IANA name; ValueError otherwise)."""
     if lang not in LANGS:
         raise ValueError(f"lang {lang!r}: use one of {', '.join(LANGS)}")
     language: Lang = "zh" if lang == "zh" else "en"
@@ -121,7 +133,7 @@ def build_dashboards(datasource_uid: str = DATASOURCE_UID, lang: str = "zh") -> 
     )
     uids = [uid + suffix for uid, *_ in specs]
     for (_, title_key, panels_of, variables_of, time_from), full_uid in zip(specs, uids, strict=True):
-        b = Board(language, datasource_uid)
+        b = Board(language, datasource_uid, timezone)
         title = b.t(title_key)
         links = [
             {"type": "link", "title": b.t(other_key), "url": f"/d/{other_uid}", "icon": "dashboard",
@@ -134,9 +146,9 @@ def build_dashboards(datasource_uid: str = DATASOURCE_UID, lang: str = "zh") -> 
     return out
 
 
-def all_dashboards(datasource_uid: str = DATASOURCE_UID) -> list[Dashboard]:
+def all_dashboards(datasource_uid: str = DATASOURCE_UID, timezone: str = DEFAULT_TIMEZONE) -> list[Dashboard]:
     """Both language sets."""
-    return [d for lang in LANGS for d in build_dashboards(datasource_uid, lang)]
+    return [d for lang in LANGS for d in build_dashboards(datasource_uid, lang, timezone)]
 
 
 def dashboard_json(dashboard: Dashboard) -> str:
@@ -144,12 +156,12 @@ def dashboard_json(dashboard: Dashboard) -> str:
     return json.dumps(dashboard.model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_dashboards(out_dir: Path) -> list[Path]:
+def write_dashboards(out_dir: Path, timezone: str = DEFAULT_TIMEZONE) -> list[Path]:
     """Write every dashboard of both languages to ``out_dir/<uid>.json``; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for dashboard in all_dashboards():
+    for dashboard in all_dashboards(timezone=timezone):
         path = out_dir / f"{dashboard.uid}.json"
         path.write_text(dashboard_json(dashboard), encoding="utf-8")
         paths.append(path)

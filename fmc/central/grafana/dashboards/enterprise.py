@@ -8,7 +8,6 @@ from typing import Any
 
 from fmc.central.grafana.dashboards.labels import INDICATOR_DECIMALS, INDICATOR_LABELS, INDICATOR_UNITS, pick
 from fmc.central.grafana.dashboards.panels import (
-    LOCAL_BUCKETS,
     MONTH_PERIOD,
     SINCE,
     Board,
@@ -252,7 +251,7 @@ def enterprise_panels(b: Board) -> list[dict[str, Any]]:
         "targets": [b.target(
             "meter_coverage",
             f'SELECT mean("coverage") FROM "meter_interval" WHERE {ent} AND $timeFilter '
-            f'GROUP BY time($__interval), "meter" fill(0) {LOCAL_BUCKETS}',
+            f'GROUP BY time($__interval), "meter" fill(0) {b.local_buckets}',
             alias="$tag_meter",
         )],
         "fieldConfig": {

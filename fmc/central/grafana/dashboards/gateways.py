@@ -9,7 +9,6 @@ from typing import Any
 from fmc.central.grafana.dashboards.panels import (
     AGENT_LOOKBACK,
     AGENT_UP_WINDOW,
-    LOCAL_BUCKETS,
     Board,
     display_name,
     legend,
@@ -95,7 +94,7 @@ def gateway_panels(b: Board) -> list[dict[str, Any]]:
         "targets": [b.target(
             "reporting",
             f'SELECT max("up") FROM "agent" WHERE {scope} AND $timeFilter '
-            f'GROUP BY time($__interval), "enterprise", "host" fill(0) {LOCAL_BUCKETS}',
+            f'GROUP BY time($__interval), "enterprise", "host" fill(0) {b.local_buckets}',
             alias="$tag_enterprise $tag_host",
         )],
         "fieldConfig": {
@@ -117,7 +116,7 @@ def gateway_panels(b: Board) -> list[dict[str, Any]]:
             "targets": [b.target(
                 key,
                 f'SELECT max("{field}") FROM "agent" WHERE {scope} AND $timeFilter '
-                f'GROUP BY time($__interval), "enterprise", "host" fill(none) {LOCAL_BUCKETS}',
+                f'GROUP BY time($__interval), "enterprise", "host" fill(none) {b.local_buckets}',
                 alias="$tag_enterprise $tag_host",
             )],
             "fieldConfig": {"defaults": {"unit": unit, "min": 0, "custom": timeseries_custom()}, "overrides": []},
@@ -133,7 +132,7 @@ def gateway_panels(b: Board) -> list[dict[str, Any]]:
         "targets": [b.target(
             "rejections",
             f'SELECT {outer} FROM (SELECT {inner} FROM "agent" WHERE {scope} AND $timeFilter '
-            f'GROUP BY time($__interval), "enterprise", "host" {LOCAL_BUCKETS})',
+            f'GROUP BY time($__interval), "enterprise", "host" {b.local_buckets})',
             table=True,
         )],
         "fieldConfig": {
@@ -154,7 +153,7 @@ def gateway_panels(b: Board) -> list[dict[str, Any]]:
         "targets": [b.target(
             "rejections_host",
             f'SELECT non_negative_difference(max("rejected")) FROM "agent" WHERE {scope} AND $timeFilter '
-            f'GROUP BY time($__interval), "enterprise", "host" fill(none) {LOCAL_BUCKETS}',
+            f'GROUP BY time($__interval), "enterprise", "host" fill(none) {b.local_buckets}',
             alias="$tag_enterprise $tag_host",
         )],
         "fieldConfig": {"defaults": {"unit": "short", "min": 0, "decimals": 0, "custom": timeseries_custom(True)},
@@ -169,7 +168,7 @@ def gateway_panels(b: Board) -> list[dict[str, Any]]:
             b.target(
                 key,
                 f'SELECT non_negative_difference(max("{key}")) FROM "agent" WHERE {scope} AND $timeFilter '
-                f'GROUP BY time($__interval), "enterprise", "host" fill(none) {LOCAL_BUCKETS}',
+                f'GROUP BY time($__interval), "enterprise", "host" fill(none) {b.local_buckets}',
                 alias=f"$tag_enterprise $tag_host {b.t(key)}",
             )
             for key in ("dropped", "sink_errors")

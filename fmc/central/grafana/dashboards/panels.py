@@ -4,6 +4,7 @@ that lays panels out on Grafana's grid, and the field-config and variable builde
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fmc.central.grafana.dashboards.labels import (
@@ -21,6 +22,7 @@ from fmc.central.grafana.dashboards.labels import (
     pick,
 )
 from fmc.core.carriers import CARRIERS
+from fmc.core.config import known_timezone
 from fmc.indicators.plan import INDICATORS, POINT_INDICATORS
 
 # the InfluxDB datasource every panel and variable names (fmc.central.grafana.push creates it with this uid)
@@ -37,11 +39,21 @@ AGENT_LOOKBACK = "30d"
 # Time buckets of the panel's interval ($__interval) start at UTC midnight unless the query names a
 # zone, and over a long range Grafana makes that interval 12 hours, a day or a week: a day's bars
 # would then run from 08:00 to 08:00 in Shanghai, one local day spread over two. The plant's days are
-# those of fmc's time zone (Asia/Shanghai unless configured: fmc.core.config), so every query grouped
-# by $__interval ends with InfluxQL's time zone clause. Fixed buckets of 15 minutes or less need none.
-LOCAL_BUCKETS = "tz('Asia/Shanghai')"
+# those of fmc's time zone (the plan's [policy] timezone, Asia/Shanghai unless configured), so every
+# query grouped by $__interval ends with InfluxQL's time zone clause (Board.local_buckets). Fixed
+# buckets of 15 minutes or less need none. The committed JSON files are built with the default.
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+# An IANA zone name as it may go between InfluxQL's quotes: no quote, backslash or space to escape.
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
 GROUP_LEVELS = "/^(province|city|county)$/"
 MONTH_PERIOD = "/^[0-9]{4}-[0-9]{2}$/"
+
+
+def local_buckets(timezone: str) -> str:
+    """InfluxQL's ``tz('…')`` clause of an IANA zone name; ValueError for anything else."""
+    if not _ZONE_NAME.match(timezone):
+        raise ValueError(f"time zone {timezone!r}: use an IANA name such as 'Asia/Shanghai'")
+    return f"tz('{known_timezone(timezone)}')"
 
 
 def match(tag: str, var: str, *, prefix: bool = False, multi: bool = False) -> str:
@@ -62,9 +74,11 @@ def indicator_group(points: bool) -> str:
 class Board:
     """Panels of one dashboard, laid out left to right on Grafana's 24-column grid."""
 
-    def __init__(self, lang: Lang, datasource_uid: str) -> None:
+    def __init__(self, lang: Lang, datasource_uid: str, timezone: str = DEFAULT_TIMEZONE) -> None:
         self.lang = lang
         self.datasource_uid = datasource_uid
+        # ends every query grouped by $__interval: its buckets are local days (DEFAULT_TIMEZONE's comment)
+        self.local_buckets = local_buckets(timezone)
         self.panels: list[dict[str, Any]] = []
         self._next_id = 1
         self._x = 0
