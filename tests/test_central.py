@@ -506,6 +506,19 @@ def test_registry_reports_every_bad_line(tmp_path: Path) -> None:
         read_registry(f)
 
 
+def test_a_registry_closing_date_is_a_day_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "enterprises.csv"
+    f.write_text("企业编号,行政区划代码,行业代码,停产日期\nA,330602,17,2018/6/30\nB,330602,17,\n"
+                 "C,330602,17,2018-02-30\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        read_registry(f)
+    assert [where for where, _, _ in e.value.problems] == ["line 4, column closed_on"]
+    assert str(f) in e.value.render() and "'2018-02-30' is not a date" in e.value.render()
+    f.write_text("enterprise,region,industry,closed_on\nA,330602,17,2018/6/30\nB,330602,17,\n", encoding="utf-8")
+    got = read_registry(f)
+    assert (got["A"].closed_on, got["B"].closed_on) == (date(2018, 6, 30), None)
+
+
 def test_a_registry_row_longer_than_the_header_is_refused_by_line_not_cut(tmp_path: Path) -> None:
     f = tmp_path / "registry.csv"
     # a survey baseline 1,234 unquoted: read as 1 under baseline_labour_productivity, the rest dropped

@@ -8,6 +8,7 @@ comments.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
@@ -544,6 +545,50 @@ def test_registry_population_flags_are_yes_or_no(tmp_path) -> None:
     csv.write_text("enterprise,region,industry,backbone\nA,330602,17,Y\nB,330602,17,\n", encoding="utf-8")
     got = read_registry(csv)
     assert (got["A"].backbone, got["B"].backbone, got["A"].above_designated_size) == (True, False, None)
+
+
+async def test_an_enterprise_closed_on_a_day_is_a_member_only_of_the_periods_that_start_by_then(
+        backend: Backend, tmp_path) -> None:
+    """The plan retires enterprises (一(三) 有序退出; 三(十) 每年淘汰整治"低小散"企业10000家以上). E-X closed on
+    30 June 2018: nothing of it arrives after that day. Without a closing date it stays a member of 330602
+    in 2019, 2020, … with no figure, its size known from 2016: members and size 9/10 < 0.95, every
+    indicator of the county insufficient_data although the nine that exist have complete data. The
+    registry's 注销日期 says when it closed: it is a member of the periods that start by then only."""
+    from fmc.central.registry import read_registry
+
+    county = "330602"
+    points: list[Point] = []
+    for i in range(9):
+        site = Site(f"E-{i}", county, "1711")
+        points += [daily_point(site, EnterpriseDay(d, 10, 5, 0.0, 0.0, 5, 5)) for d in days_of(2016, 2017)]
+        points += [daily_point(site, EnterpriseDay(d, 10, 7, 0.0, 0.0, 7, 7)) for d in days_of(2020)]
+    closed = Site("E-X", county, "1711")
+    points += [daily_point(closed, EnterpriseDay(d, 10, 5, 0.0, 0.0, 5, 5))
+               for d in days_of(2016, 2017) + days_between(date(2018, 1, 1), date(2018, 6, 30))]
+    backend.ingest(points)
+    csv = tmp_path / "enterprises.csv"
+    csv.write_text("企业编号,行政区划代码,行业代码,注销日期\nE-X,330602,1711,2018年6月30日\n", encoding="utf-8")
+    registry = read_registry(csv)
+    assert registry["E-X"].closed_on == date(2018, 6, 30)
+    # without the date: a member of 2020 for ever, without a figure
+    nc = (await county_row(service_on(backend), Period.of_year(2020), county)).results["nc_rate"]
+    assert (nc.members, nc.value, nc.status) == (10, None, "insufficient_data")
+    service = service_on(backend, registry)
+    nc = (await county_row(service, Period.of_year(2020), county)).results["nc_rate"]
+    # the nine enterprises of 2020: 70 % against 50 % + 4·2 = 58 %
+    assert (nc.members, nc.value, nc.status) == (9, 70.0, "met"), (
+        f"members {nc.members}, excluded {nc.excluded}, coverage {dict(nc.inputs)}: {nc.value} {nc.status}")
+    # the periods that start by 30 June 2018 keep it, as published before: 2017 pools all ten
+    before = (await county_row(service, Period.of_year(2017), county)).results["nc_rate"]
+    plain = (await county_row(service_on(backend), Period.of_year(2017), county)).results["nc_rate"]
+    assert (before.members, before.value, before.coverage) == (plain.members, plain.value, plain.coverage) == (
+        10, 50.0, 1.0)
+    assert (await county_row(service, Period.of_month(2018, 6), county)).results["nc_rate"].members == 10
+    assert (await county_row(service, Period.of_month(2018, 7), county)).results["nc_rate"].members == 9
+    # data after the closing date says the date is wrong: still a member, its rollups not dropped
+    early = {"E-X": dataclasses.replace(registry["E-X"], closed_on=date(2018, 3, 31))}
+    q2 = (await county_row(service_on(backend, early), Period.of_quarter(2018, 2), county)).results["nc_rate"]
+    assert "E-X" in q2.pooled
 
 
 # --- (b) provenance on every figure ---------------------------------------------------------------------------

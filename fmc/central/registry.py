@@ -13,10 +13,16 @@ industry           industry, 行业代码                           yes
 baseline figures   baseline_<indicator>, 基期<indicator label>  no
 backbone           backbone, 骨干企业                           no
 above designated   above_designated_size, 规上企业, 规模以上企业  no
+closed on          closed_on, 注销日期, 停产日期, 关停日期       no
 =================  ==========================================  =========
 
 The two flags name the plan's populations (一(二): the NC and networking targets are for 骨干企业, the
 others for 规模以上工业企业): 是/否, Y/N, 1/0; an empty cell is 否.
+
+The closing date is the last day an enterprise existed (closed, retired: the plan's 有序退出), in the
+ledger's date forms (2018-06-30, 2018/6/30, 2018年6月30日, …); empty: still open. It is a member of
+the periods that start on or before that day only (``IndicatorService``), so the periods before it
+keep it as they always did.
 
 The whole file is checked before any of it is used: every bad row is named by line and column, and
 a row with more cells than the header (an unquoted ``1,234``, split in two) is a bad row.
@@ -30,13 +36,14 @@ import math
 import re
 import sys
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 from fmc.core.config import ID_PATTERN, ConfigError
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
 from fmc.indicators.labels import INDICATOR_LABELS
 from fmc.indicators.plan import INDICATORS
-from fmc.plant.ledger import cells_beyond_header, decode_ledger, split_cell_fix
+from fmc.plant.ledger import cells_beyond_header, decode_ledger, parse_date, split_cell_fix
 
 FLAG_YES = frozenset({"是", "y", "yes", "1", "true", "√", "✓"})
 FLAG_NO = frozenset({"否", "n", "no", "0", "false", ""})
@@ -52,6 +59,8 @@ class RegistryEntry:
     # the plan's populations (一(二)): 骨干企业 and 规模以上工业企业; None: the file has no such column
     backbone: bool | None = None
     above_designated_size: bool | None = None
+    # the last day it existed (注销/停产/关停); None: open. Not a member of the periods that start after it
+    closed_on: date | None = None
 
 
 def _header_key(header: str) -> str | None:
@@ -65,6 +74,7 @@ def _header_key(header: str) -> str | None:
         "backbone": ("backbone", "骨干企业", "是否骨干企业"),
         "above_designated_size": (
             "above_designated_size", "规上企业", "规模以上企业", "规模以上工业企业", "是否规上企业"),
+        "closed_on": ("closed_on", "closing_date", "注销日期", "停产日期", "关停日期", "关闭日期"),
     }
     for key, names in synonyms.items():
         if low in names or h in names:
@@ -91,8 +101,8 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
     for column, (header, key) in enumerate(zip(rows[0], keys, strict=True), start=1):
         if key is None and header.strip():
             problems.append((f"line 1, column {column}", f"unknown header {header!r}",
-                             "use enterprise, name, region, industry, backbone, above_designated_size or "
-                             "baseline_<indicator> (docs/central.md)"))
+                             "use enterprise, name, region, industry, backbone, above_designated_size, "
+                             "closed_on or baseline_<indicator> (docs/central.md)"))
     for required in ("enterprise", "region", "industry"):
         if required not in keys:
             problems.append(("line 1", f"no {required} column", f"add a {required} column"))
@@ -145,8 +155,14 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
             else:
                 bad(flag, f"{values.get(flag)!r} is neither yes nor no",
                     "write 是 or 否 (or 1/0, Y/N), or leave it empty")
+        closed_on: date | None = None
+        if values.get("closed_on"):
+            try:
+                closed_on = parse_date(values["closed_on"])
+            except ValueError as e:  # its message quotes the cell
+                bad("closed_on", str(e), "write the last day it existed, e.g. 2018-06-30, or leave it empty")
         entries[enterprise] = RegistryEntry(enterprise, values.get("name") or None, region, industry, baselines,
-                                            **flags)
+                                            **flags, closed_on=closed_on)
     if problems:
         raise ConfigError(path, problems)
     return entries

@@ -512,9 +512,17 @@ class IndicatorService:
     ) -> list[EnterpriseFigures]:
         members = []
         for info in infos:
+            entry = self._registry.get(info.enterprise)
+            if entry is not None and entry.closed_on is not None and period.start > entry.closed_on:
+                # closed before the period began: not a member (it would be one without a figure for ever,
+                # its size from earlier years keeping its county insufficient_data). Rollups in the period
+                # say it still existed: the date is wrong, and its data is not dropped
+                if info.enterprise not in sums_list[0]:
+                    continue
+                log.warning("enterprise %s: the registry says it closed on %s, but it has data in %s; counted as "
+                            "a member: fix its closing date", info.enterprise, entry.closed_on, period.label)
             sums = {(p.start, p.end): s[info.enterprise] for p, s in zip(periods, sums_list, strict=True)
                     if info.enterprise in s}
-            entry = self._registry.get(info.enterprise)
             data = EnterpriseData(
                 enterprise=info.enterprise,
                 reports=[_report_of(r) for r in reports.get(info.enterprise, ())],
