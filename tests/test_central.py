@@ -519,6 +519,29 @@ def test_a_registry_closing_date_is_a_day_and_a_bad_one_is_named(tmp_path: Path)
     assert (got["A"].closed_on, got["B"].closed_on) == (date(2018, 6, 30), None)
 
 
+def test_registry_retired_gateways_are_read_and_a_bad_one_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "enterprises.csv"
+    f.write_text("企业编号,行政区划代码,行业代码,退役网关\n"
+                 "A,330602,17,boiler:2020-09-30； hall-b ：2021/3/31\n"
+                 "B,330602,17,\n"
+                 "C,330602,17,boiler 2020-09-30\n"
+                 "D,330602,17,boiler:2020-02-30\n"
+                 "E,330602,17,boiler:2020-09-30;boiler:2021-01-01\n"
+                 "F,330602,17,锅炉 房:2020-09-30\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        read_registry(f)
+    assert [where for where, _, _ in e.value.problems] == [f"line {n}, column retired_gateways" for n in (4, 5, 6, 7)]
+    text = e.value.render()
+    for expected in (str(f), "'boiler 2020-09-30' has no ':'", "'2020-02-30' is not a date", "'boiler' is named twice",
+                     "'锅炉 房' in '锅炉 房:2020-09-30' is not a gateway id", "e.g. boiler:2020-09-30"):
+        assert expected in text, expected
+    f.write_text("enterprise,region,industry,retired_gateways\nA,330602,17,\"boiler:2020-09-30;hall-b:2021-03\"\n"
+                 "B,330602,17,\n", encoding="utf-8")
+    got = read_registry(f)
+    assert got["A"].retired_gateways == {"boiler": date(2020, 9, 30), "hall-b": date(2021, 3, 1)}
+    assert got["B"].retired_gateways == {}
+
+
 def test_a_registry_row_longer_than_the_header_is_refused_by_line_not_cut(tmp_path: Path) -> None:
     f = tmp_path / "registry.csv"
     # a survey baseline 1,234 unquoted: read as 1 under baseline_labour_productivity, the rest dropped

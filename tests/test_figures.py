@@ -211,6 +211,80 @@ async def test_fuel_switching_expects_each_carrier_only_where_it_exists(backend:
     assert silent.coverage == pytest.approx(305 / 366)
 
 
+async def test_a_dead_gateways_carrier_stays_expected(backend: Backend) -> None:
+    """E-D has two gateways: ``hall`` (its machines and the electricity meter, 0.5 tce a day) and ``boiler``
+    (the coal meter, 1.0 tce a day, and its own enterprise_daily rows). The boiler gateway dies on
+    30 September 2020: from 1 October none of its rows arrive; the hall goes on. Nothing was taken out of a
+    configuration, so coal did not end: its gateway's data did.
+
+    Before: electricity went on after coal's last row, so coal was taken as removed (煤改气) on 30 September:
+    2020 energy 366·0.5 + 274·1.0 = 457 tce at coverage 1.0 (the real use 549 tce). After: a carrier ends
+    only where the gateway that measured it kept writing; coal is expected all year, 274/366 -> insufficient.
+    """
+    hall, boiler = Site("E-D", "330602", "1711", gateway="hall"), Site("E-D", "330602", "1711", gateway="boiler")
+    boiler_alive = days_of(2016) + days_between(date(2020, 1, 1), date(2020, 9, 30))
+    backend.ingest(
+        carrier(hall, "electricity", days_of(2016, 2020), 0.5) + equipment(hall, days_of(2016, 2020), 10, 5)
+        + carrier(boiler, "coal", boiler_alive, 1.0) + equipment(boiler, boiler_alive, 1, 0)
+        + reports(hall, annual("E-D", 2016, value_added=5e6, value_added_comparable=5e6),
+                  annual("E-D", 2020, value_added=5e6, value_added_comparable=5e6))
+    )
+    service = service_on(backend)
+    energy = await enterprise_result(service, Period.of_year(2020), "E-D", "energy")
+    assert (energy.value, energy.status) == (None, "insufficient_data"), (
+        f"published {energy.value} tce at coverage {energy.coverage} with inputs {dict(energy.inputs)}")
+    assert dict(energy.inputs) == pytest.approx({"coal": 274 / 366, "electricity": 1.0})
+    ei = await enterprise_result(service, Period.of_year(2020), "E-D", "energy_intensity")
+    assert (ei.value, ei.status) == (None, "insufficient_data")
+    # E-R: the same, but the boiler gateway goes on writing its rollups after coal's last row (the coal meter
+    # taken out of its configuration): coal ended on 30 September, 2020 is 457 tce, whole
+    removed = ("E-R", "330602", "1711")
+    hall, boiler = Site(*removed, gateway="hall"), Site(*removed, gateway="boiler")
+    backend.ingest(carrier(hall, "electricity", days_of(2016, 2020), 0.5) + carrier(boiler, "coal", boiler_alive, 1.0)
+                   + equipment(boiler, days_of(2016, 2020), 1, 0))
+    energy = await enterprise_result(service_on(backend), Period.of_year(2020), "E-R", "energy")
+    assert (energy.value, energy.coverage) == (pytest.approx(366 * 0.5 + 274 * 1.0), 1.0)
+    assert dict(energy.inputs) == {"coal": 1.0, "electricity": 1.0}
+
+
+async def test_a_retired_gateways_carrier_ends_at_its_retirement(backend: Backend) -> None:
+    """煤改气 with the boiler house pulled down: E-S's boiler gateway (the coal meter) writes its last rows on
+    30 September 2020 and the registry declares it retired that day (``retired_gateways``); the hall's
+    electricity goes on into 2021. E-T's boiler gateway died on 31 July and was declared retired on
+    30 September: coal existed until then, and its last two months are missing.
+
+    Without the declaration both are E-D of the test before (coal expected for good: 2020 and 2021
+    insufficient_data, with no way to say the coal had ended). With it: E-S's 2020 is 366·0.5 + 274·1.0 tce,
+    whole, and 2021 is the electricity alone; E-T's 2020 lacks coal's August and September (213/274 of its
+    expected days), and 2021 is whole again."""
+    registry = {}
+    for enterprise, boiler_last in (("E-S", date(2020, 9, 30)), ("E-T", date(2020, 7, 31))):
+        hall, boiler = (Site(enterprise, "330602", "1711", gateway=g) for g in ("hall", "boiler"))
+        boiler_alive = days_of(2016) + days_between(date(2020, 1, 1), boiler_last)
+        backend.ingest(
+            carrier(hall, "electricity", days_of(2016, 2020, 2021), 0.5)
+            + equipment(hall, days_of(2016, 2020, 2021), 10, 5)
+            + carrier(boiler, "coal", boiler_alive, 1.0) + equipment(boiler, boiler_alive, 1, 0)
+        )
+        registry[enterprise] = RegistryEntry(enterprise, None, "330602", "1711",
+                                             retired_gateways={"boiler": date(2020, 9, 30)})
+    undeclared = service_on(backend)
+    for enterprise in ("E-S", "E-T"):
+        for year in (2020, 2021):
+            energy = await enterprise_result(undeclared, Period.of_year(year), enterprise, "energy")
+            assert energy.status == "insufficient_data", (enterprise, year, energy.value, dict(energy.inputs))
+    service = service_on(backend, registry)
+    energy = await enterprise_result(service, Period.of_year(2020), "E-S", "energy")
+    assert (energy.value, energy.coverage) == (pytest.approx(366 * 0.5 + 274 * 1.0), 1.0), dict(energy.inputs)
+    energy = await enterprise_result(service, Period.of_year(2021), "E-S", "energy")
+    assert (energy.value, dict(energy.inputs)) == (pytest.approx(365 * 0.5), {"electricity": 1.0})
+    energy = await enterprise_result(service, Period.of_year(2020), "E-T", "energy")
+    assert (energy.value, energy.status) == (None, "insufficient_data")
+    assert dict(energy.inputs) == pytest.approx({"coal": 213 / 274, "electricity": 1.0})
+    energy = await enterprise_result(service, Period.of_year(2021), "E-T", "energy")
+    assert (energy.value, dict(energy.inputs)) == (pytest.approx(365 * 0.5), {"electricity": 1.0})
+
+
 def test_expected_carrier_windows() -> None:
     """The rule on plain spans: a carrier added or removed while another went on, versus the whole
     enterprise starting or stopping (its silence then counts as missing data)."""
@@ -232,6 +306,10 @@ def test_expected_carrier_windows() -> None:
     assert expected_days(Period.of_year(2019), together["electricity"]) == 365
     # a lone carrier is never trimmed
     assert expected_windows({"coal": (d("2019-06-01"), d("2019-06-30"))}) == {"coal": (None, None)}
+    # coal's gateway wrote nothing after coal's last row (``silent_carriers``): its gateway died, coal did not end
+    dead = expected_windows({"electricity": (d("2016-01-01"), d("2020-12-31")),
+                             "coal": (d("2016-01-01"), d("2020-09-30"))}, silent={"coal"})
+    assert dead == {"electricity": (None, None), "coal": (None, None)}
 
 
 # --- 5. the report rule is per field ---------------------------------------------------------------------------

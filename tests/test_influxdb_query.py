@@ -417,7 +417,7 @@ async def test_period_sums_sends_the_aggregation_and_scope_in_the_query(
     assert statements[1].endswith("GROUP BY enterprise, gateway")  # each gateway's last day
     for q in statements[2:4]:  # first() and last() alone, so that they report the time of their row
         assert q.startswith(("SELECT first(coverage) AS coverage FROM", "SELECT last(coverage) AS coverage FROM"))
-        assert q.endswith("GROUP BY enterprise, carrier")
+        assert q.endswith("GROUP BY enterprise, carrier, gateway")  # per gateway: did its gateway go on after it
     assert statements[4].endswith("GROUP BY enterprise, carrier, gateway")
     assert {q.split("carrier = ")[1].split(" ")[0] for q in statements[4:]} == {"'electricity'", "'water_intake'"}
     for q in statements[4:]:  # each carrier asks only for what the engine reads of it

@@ -126,9 +126,13 @@ def assert_sums_equal(got: PeriodSums | None, want: PeriodSums | None, *, rel: f
     pairs += [(got.carriers[c], want.carriers[c]) for c in want.carriers]
     if want.daily is not None and math.isnan(want.daily.networked_days):  # every day has the networked counts
         pairs[0] = (got.daily, dataclasses.replace(want.daily, networked_days=float(want.daily.days)))
+    if want.gateway_last_days:  # rows made without gateways (``summarize``) do not say
+        assert got.gateway_last_days == want.gateway_last_days
     for g, w in pairs:
         for f in dataclasses.fields(w):  # type: ignore[arg-type]
             gv, wv = getattr(g, f.name), getattr(w, f.name)
+            if f.name == "last_gateways" and not wv:  # not told: rows made without gateways
+                continue
             if isinstance(wv, float):
                 if math.isnan(wv):  # a field the rows do not carry
                     assert math.isnan(gv), (f.name, gv, wv)
@@ -655,6 +659,23 @@ async def test_a_carriers_first_and_last_day_span_its_gateways(backend: Backend)
     assert (electricity.first_day, electricity.last_day) == (day("2019-12-29"), day("2019-12-31"))
     assert (electricity.rows, electricity.coverage) == (4, 2.0)
     assert got.daily is not None and (got.daily.days, got.daily.last_day) == (3, day("2019-12-31"))
+    # the gateway of its last row, and each gateway's last row (whether a carrier's gateway went on after it)
+    assert electricity.last_gateways == ("hall-b",)
+    assert got.gateway_last_days == {"hall-a": day("2019-12-30"), "hall-b": day("2019-12-31")}
+
+
+async def test_each_gateways_last_day_counts_its_rollups_and_its_carriers(backend: Backend) -> None:
+    """A gateway's last day is its latest row of either measurement; a carrier's last day names every gateway
+    with a row of it on that day."""
+    backend.ingest(gateway_day(G_A, G_A_INVENTORY, ["a1"], "ea", 10.0, day("2019-12-30"))
+                   + gateway_day(G_B, G_B_INVENTORY, ["b1"], "eb", 5.0, day("2019-12-30"))
+                   + [enterprise_daily(day("2019-12-31"), G_A, G_A_INVENTORY, [])]  # hall-a: its meter gone
+                   + [consumption_point(G_B, ConsumptionDay(day("2019-12-31"), "natural_gas", 10.0, tce=0.01))])
+    got = (await backend.store.period_sums(day("2019-12-01"), day("2019-12-31"), Scope()))["E-G"]
+    assert (got.carriers["electricity"].last_day, got.carriers["electricity"].last_gateways) == (
+        day("2019-12-30"), ("hall-a", "hall-b"))
+    assert got.carriers["natural_gas"].last_gateways == ("hall-b",)
+    assert got.gateway_last_days == {"hall-a": day("2019-12-31"), "hall-b": day("2019-12-31")}
 
 
 async def test_rows_without_a_gateway_tag_are_gateway_main(backend: Backend) -> None:
@@ -668,6 +689,8 @@ async def test_rows_without_a_gateway_tag_are_gateway_main(backend: Backend) -> 
     assert (got.daily.days, got.daily.last_day, got.daily.last_equipment_total) == (2, day("2019-12-31"), 3.0)
     assert got.daily.equipment_total == 6.0
     assert got.carriers["electricity"].coverage == 2.0  # two whole days of one gateway
+    assert got.carriers["electricity"].last_gateways == ("main",)
+    assert got.gateway_last_days == {"main": day("2019-12-31")}
 
 
 async def test_a_ledger_only_day_counts_in_days_not_in_networked_days(backend: Backend) -> None:

@@ -2,8 +2,8 @@
 
 A store first reads, for a range of local days, each gateway's sums and last row of
 ``enterprise_daily``, each gateway's sums of ``consumption_daily`` per carrier, each carrier's first
-and last day, and each enterprise's count of local days, all of them and those with networked counts
-(``Partials``); ``period_sums`` is then
+and last day on each gateway, and each enterprise's count of local days, all of them and those with
+networked counts (``Partials``); ``period_sums`` is then
 ``merge`` of those. Partials of disjoint ranges ``combine`` into the partials of their union exactly
 (sums add, the later last row wins, spans widen, days add), which is what lets the central service's
 sums cache (``fmc.central.sums_cache``) keep one entry per month and answer a year from twelve.
@@ -54,14 +54,14 @@ class Partials:
     - ``last[(enterprise, gateway)]``: the gateway's last row;
     - ``days[enterprise]``: local days with a row of any gateway;
     - ``networked_days[enterprise]``: local days with a row with the networked counts, of any gateway;
-    - ``spans[(enterprise, carrier)]``: the carrier's first and last local day;
+    - ``spans[(enterprise, carrier, gateway)]``: the carrier's first and last local day on the gateway;
     - ``carriers[(enterprise, carrier, gateway)]``: Σ of CARRIER_FIELDS.
     """
 
     daily: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     last: dict[tuple[str, str], LastRow] = field(default_factory=dict)
     days: dict[str, int] = field(default_factory=dict)
-    spans: dict[tuple[str, str], tuple[date, date]] = field(default_factory=dict)
+    spans: dict[tuple[str, str, str], tuple[date, date]] = field(default_factory=dict)
     carriers: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
     networked_days: dict[str, int] = field(default_factory=dict)
 
@@ -115,8 +115,9 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
 
     An enterprise with several gateways is the sum of its gateways: Σ of every row, the local days
     of any gateway, the last day's stocks Σ over gateways of each one's last row, a carrier's
-    coverage ÷ the gateways that measure it (docs/design.md §4). An enterprise with one gateway (most)
-    takes a shorter way to the same numbers: a province is 20,000 of them."""
+    coverage ÷ the gateways that measure it, each gateway's last day with a row (docs/design.md §4). An
+    enterprise with one gateway (most) takes a shorter way to the same numbers: a province is 20,000 of
+    them."""
     rows_of: dict[str, list[float]] = {}
     for (enterprise, _), sums in p.daily.items():
         got = rows_of.get(enterprise)
@@ -165,6 +166,35 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
             last_equipment_valued=valued_value if wanted.valued else nan,
             networked_days=float(p.networked_days.get(enterprise, 0)),
         )
+    # each gateway's last day with a row, enterprise_daily or a carrier's (a carrier removed from a gateway
+    # that went on writing, versus a gateway gone silent: engine.silent_carriers)
+    gateway_last: dict[str, dict[str, date]] = {}
+    for enterprise, gateways in lasts.items():
+        for name, row in gateways.items():
+            last_day = local_days.get(row.time_ms)
+            if last_day is None:
+                last_day = local_days[row.time_ms] = local_date(row.time_ms * MS, tz)  # type: ignore[arg-type]
+            gateway_last.setdefault(enterprise, {})[name] = last_day
+    first_of: dict[tuple[str, str], date] = {}  # (enterprise, carrier) -> its first day over its gateways
+    last_of: dict[tuple[str, str], tuple[date, list[str]]] = {}  # its last day, the gateways with a row on it
+    for (enterprise, carrier, gateway), (first, last) in p.spans.items():
+        key, name = (enterprise, carrier), gateway or DEFAULT_GATEWAY
+        days = gateway_last.setdefault(enterprise, {})
+        if name not in days or last > days[name]:
+            days[name] = last
+        if key not in first_of or first < first_of[key]:
+            first_of[key] = first
+        got = last_of.get(key)
+        if got is None or last > got[0]:
+            last_of[key] = (last, [name])
+        elif last == got[0] and name not in got[1]:
+            got[1].append(name)
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # most carriers of a province: ("main",), one tuple
+
+    def names_of(names: list[str]) -> tuple[str, ...]:
+        key = tuple(sorted(names))
+        return shared.setdefault(key, key)
+
     parts: dict[tuple[str, str], dict[str, list[float]]] = {}
     for (enterprise, carrier, gateway), sums in p.carriers.items():
         if not sums[0]:
@@ -181,16 +211,17 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
             n_rows, amount, tce, tce_rows, m3, m3_rows, coverage = (
                 math.fsum(g[i] for g in by_gateway.values()) for i in range(7)
             )
-        span = p.spans.get((enterprise, carrier))
+        first_day, on_last = first_of.get((enterprise, carrier)), last_of.get((enterprise, carrier))
         # Σ amounts over gateways; coverage: Σ of the daily coverages ÷ the gateways that measure
         # the carrier (a day one of two gateways missed is half covered, never 1 + 0 = "whole");
         # the carrier's first and last day: the earliest and the latest over its gateways
         carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
             carrier, int(n_rows), amount if wanted.amount else nan, tce, int(tce_rows),
             m3, int(m3_rows), coverage / len(by_gateway),
-            span[0] if span else None, span[1] if span else None,
+            first_day, on_last[0] if on_last else None, names_of(on_last[1]) if on_last else (),
         )
-    return {e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())}
+    return {e: PeriodSums(daily.get(e), carriers.get(e, {}), gateway_last.get(e, {}))
+            for e in sorted(daily.keys() | carriers.keys())}
 
 
 def as_partials(sums: Mapping[str, float | None], names: Iterable[str]) -> list[float]:

@@ -14,6 +14,7 @@ baseline figures   baseline_<indicator>, 基期<indicator label>  no
 backbone           backbone, 骨干企业                           no
 above designated   above_designated_size, 规上企业, 规模以上企业  no
 closed on          closed_on, 注销日期, 停产日期, 关停日期       no
+retired gateways   retired_gateways, 退役网关                   no
 =================  ==========================================  =========
 
 The two flags name the plan's populations (一(二): the NC and networking targets are for 骨干企业, the
@@ -23,6 +24,12 @@ The closing date is the last day an enterprise existed (closed, retired: the pla
 ledger's date forms (2018-06-30, 2018/6/30, 2018年6月30日, …); empty: still open. It is a member of
 the periods that start on or before that day only (``IndicatorService``), so the periods before it
 keep it as they always did.
+
+The retired gateways are the enterprise's gateways taken out of service for good, each with its last day
+in service: ``boiler:2020-09-30`` (``；`` or ``;`` between several, ``：`` as well as ``:``). A gateway
+that stops writing is taken for a dead one, whose carriers stay expected and count as missing; one
+declared here ended them, as when the boiler house is pulled down with the coal (煤改气):
+``engine.silent_carriers`` and docs/indicators.md (Expected carriers).
 
 The whole file is checked before any of it is used: every bad row is named by line and column, and
 a row with more cells than the header (an unquoted ``1,234``, split in two) is a bad row.
@@ -61,6 +68,8 @@ class RegistryEntry:
     above_designated_size: bool | None = None
     # the last day it existed (注销/停产/关停); None: open. Not a member of the periods that start after it
     closed_on: date | None = None
+    # gateway id -> its last day in service: its silence after that is no missing data (煤改气's boiler house)
+    retired_gateways: dict[str, date] = field(default_factory=dict)
 
 
 def _header_key(header: str) -> str | None:
@@ -75,6 +84,7 @@ def _header_key(header: str) -> str | None:
         "above_designated_size": (
             "above_designated_size", "规上企业", "规模以上企业", "规模以上工业企业", "是否规上企业"),
         "closed_on": ("closed_on", "closing_date", "注销日期", "停产日期", "关停日期", "关闭日期"),
+        "retired_gateways": ("retired_gateways", "退役网关", "已退役网关"),
     }
     for key, names in synonyms.items():
         if low in names or h in names:
@@ -83,6 +93,25 @@ def _header_key(header: str) -> str | None:
         if low == f"baseline_{indicator}" or h == f"基期{INDICATOR_LABELS[indicator][0]}":
             return f"baseline:{indicator}"
     return None
+
+
+def parse_retired_gateways(cell: str) -> dict[str, date]:
+    """``boiler:2020-09-30; hall-b:2021/3/31`` -> {gateway: last day in service}; ValueError naming the entry."""
+    out: dict[str, date] = {}
+    for entry in re.split(r"[;；\n]", cell):
+        entry = entry.strip()
+        if not entry:
+            continue
+        parts = re.split(r"\s*[:：]\s*", entry, maxsplit=1)
+        if len(parts) != 2:
+            raise ValueError(f"{entry!r} has no ':' between the gateway id and its last day in service")
+        gateway, day = parts
+        if not re.fullmatch(ID_PATTERN, gateway):
+            raise ValueError(f"{gateway!r} in {entry!r} is not a gateway id")
+        if gateway in out:
+            raise ValueError(f"gateway {gateway!r} is named twice")
+        out[gateway] = parse_date(day)  # its message quotes the date
+    return out
 
 
 def read_registry(path: Path) -> dict[str, RegistryEntry]:
@@ -102,7 +131,7 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
         if key is None and header.strip():
             problems.append((f"line 1, column {column}", f"unknown header {header!r}",
                              "use enterprise, name, region, industry, backbone, above_designated_size, "
-                             "closed_on or baseline_<indicator> (docs/central.md)"))
+                             "closed_on, retired_gateways or baseline_<indicator> (docs/central.md)"))
     for required in ("enterprise", "region", "industry"):
         if required not in keys:
             problems.append(("line 1", f"no {required} column", f"add a {required} column"))
@@ -161,8 +190,15 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
                 closed_on = parse_date(values["closed_on"])
             except ValueError as e:  # its message quotes the cell
                 bad("closed_on", str(e), "write the last day it existed, e.g. 2018-06-30, or leave it empty")
+        retired: dict[str, date] = {}
+        if values.get("retired_gateways"):
+            try:
+                retired = parse_retired_gateways(values["retired_gateways"])
+            except ValueError as e:
+                bad("retired_gateways", str(e),
+                    "write each gateway id and its last day in service, e.g. boiler:2020-09-30; hall-b:2021-03-31")
         entries[enterprise] = RegistryEntry(enterprise, values.get("name") or None, region, industry, baselines,
-                                            **flags, closed_on=closed_on)
+                                            **flags, closed_on=closed_on, retired_gateways=retired)
     if problems:
         raise ConfigError(path, problems)
     return entries

@@ -528,6 +528,7 @@ class IndicatorService:
                 reports=[_report_of(r) for r in reports.get(info.enterprise, ())],
                 baseline_values=entry.baseline_values if entry else {},
                 sums=sums,
+                retired_gateways=entry.retired_gateways if entry else {},
             )
             populations = None if entry is None else frozenset(
                 p for p in ("backbone", "above_designated_size") if getattr(entry, p) is not False)

@@ -48,7 +48,7 @@ from fmc.indicators.sums import ALL_SUMS, DAILY_SUM_FIELDS, EnterpriseInfo, Peri
 
 log = logging.getLogger("fmc.central.cache")
 
-SCHEMA_VERSION = 4  # 4: days.networked_days
+SCHEMA_VERSION = 5  # 4: days.networked_days; 5: spans per gateway
 APPLICATION_ID = 0x666D6343  # "fmcC": refuse to add tables to some other SQLite file
 LATEST = "latest"  # the tags key of "every enterprise's latest tags" (as of None)
 STALE_PER_REFRESH = 2  # old periods read again per refresh: a province's year costs InfluxDB ~45 s
@@ -75,8 +75,8 @@ CREATE TABLE IF NOT EXISTS days (
     piece TEXT NOT NULL, enterprise TEXT NOT NULL, days INTEGER NOT NULL, networked_days INTEGER NOT NULL,
     PRIMARY KEY (piece, enterprise)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS spans (
-    piece TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, first_day TEXT NOT NULL,
-    last_day TEXT NOT NULL, PRIMARY KEY (piece, enterprise, carrier)) WITHOUT ROWID;
+    piece TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, gateway TEXT NOT NULL,
+    first_day TEXT NOT NULL, last_day TEXT NOT NULL, PRIMARY KEY (piece, enterprise, carrier, gateway)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS carriers (
     piece TEXT NOT NULL, enterprise TEXT NOT NULL, carrier TEXT NOT NULL, gateway TEXT NOT NULL,
     {", ".join(f"c{i} REAL NOT NULL" for i in range(len(CARRIER_FIELDS)))},
@@ -265,8 +265,8 @@ class SumsCache:
             db.executemany(f"INSERT INTO daily VALUES ({marks})", daily)
             db.executemany("INSERT INTO days VALUES (?, ?, ?, ?)",
                            [(piece, e, n, p.networked_days.get(e, 0)) for e, n in p.days.items()])
-            db.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?)",
-                           [(piece, e, c, a.isoformat(), b.isoformat()) for (e, c), (a, b) in p.spans.items()])
+            db.executemany("INSERT INTO spans VALUES (?, ?, ?, ?, ?, ?)",
+                           [(piece, *key, a.isoformat(), b.isoformat()) for key, (a, b) in p.spans.items()])
             marks = ", ".join("?" * (4 + len(CARRIER_FIELDS)))
             db.executemany(f"INSERT INTO carriers VALUES ({marks})",
                            [(piece, *key, *sums) for key, sums in p.carriers.items()])
@@ -329,15 +329,15 @@ class SumsCache:
                 "GROUP BY enterprise", pieces):
                 p.days[e], p.networked_days[e] = int(n), int(nw)
             days: dict[str, date] = {}  # most spans share their first and last day: one date object each
-            for e, c, a, b in db.execute(
-                f"SELECT enterprise, carrier, min(first_day), max(last_day) FROM spans WHERE piece IN ({marks}) "
-                "GROUP BY enterprise, carrier", pieces):
+            for e, c, g, a, b in db.execute(
+                f"SELECT enterprise, carrier, gateway, min(first_day), max(last_day) FROM spans "
+                f"WHERE piece IN ({marks}) GROUP BY enterprise, carrier, gateway", pieces):
                 first, last = days.get(a), days.get(b)
                 if first is None:
                     first = days[a] = date.fromisoformat(a)
                 if last is None:
                     last = days[b] = date.fromisoformat(b)
-                p.spans[(e, c)] = (first, last)
+                p.spans[(e, c, g)] = (first, last)
             for row in db.execute(
                 f"SELECT enterprise, carrier, gateway, {', '.join(f'sum(c{i})' for i in range(len(CARRIER_FIELDS)))} "
                 f"FROM carriers WHERE piece IN ({marks}) GROUP BY enterprise, carrier, gateway", pieces,

@@ -200,6 +200,8 @@ class EnterpriseData:
     energy_carriers: frozenset[str] | None = None
     # sums a store computed, by (period start, period end); a period not here is summed from the rows
     sums: Mapping[tuple[date, date], PeriodSums] = field(default_factory=dict)
+    # gateway id -> its last day in service, as the registry declares (``silent_carriers``)
+    retired_gateways: Mapping[str, date] = field(default_factory=dict)
 
 
 # --- results ---------------------------------------------------------------------------------------------
@@ -536,13 +538,72 @@ def carrier_spans(data: EnterpriseData) -> dict[str, tuple[date, date]]:
     return spans
 
 
-def expected_windows(spans: Mapping[str, tuple[date, date]]) -> dict[str, tuple[date | None, date | None]]:
+def _carriers_last_gateways(data: EnterpriseData) -> tuple[dict[str, tuple[date, set[str]]], dict[str, date]]:
+    """(carrier -> its last day and the gateways with a row on it, gateway -> its last day with any row), over
+    the period sums ``data`` holds; a carrier with a later row of unknown gateway (``data.consumption``)
+    is left out: it is not known to have gone silent."""
+    last: dict[str, tuple[date, set[str]]] = {}
+    gateway_last: dict[str, date] = {}
+    for ps in data.sums.values():
+        for gateway, day in ps.gateway_last_days.items():
+            known = gateway_last.get(gateway)
+            if known is None or day > known:
+                gateway_last[gateway] = day
+        for carrier, c in ps.carriers.items():
+            if c.rows <= 0 or c.last_day is None or not c.last_gateways:
+                continue
+            got = last.get(carrier)
+            if got is None or c.last_day > got[0]:
+                last[carrier] = (c.last_day, set(c.last_gateways))
+            elif c.last_day == got[0]:
+                got[1].update(c.last_gateways)
+    for r in data.consumption:
+        got = last.get(r.carrier)
+        if got is not None and r.day > got[0]:
+            del last[r.carrier]
+    return last, gateway_last
+
+
+def silent_carriers(data: EnterpriseData) -> frozenset[str]:
+    """The carriers whose gateway went silent with them: no gateway that wrote a carrier's last row wrote
+    any row (``enterprise_daily``, another carrier) after it, in the period sums ``data`` holds, and the
+    registry does not say it was retired (``data.retired_gateways``). Such a carrier was not taken out of
+    a configuration (the agent writes a row for every configured meter every day): its gateway's data
+    stopped, a dead gateway. Rows without gateways (``data.consumption``, sums that do not say) make no
+    carrier silent."""
+    last, gateway_last = _carriers_last_gateways(data)
+    retired = data.retired_gateways
+    return frozenset(c for c, (day, gateways) in last.items()
+                     if any(g not in retired and gateway_last.get(g, day) <= day for g in gateways))
+
+
+def retired_carrier_ends(data: EnterpriseData) -> dict[str, date]:
+    """carrier -> the day it ended where every gateway that wrote its last row went silent with it and is
+    declared retired (the registry's ``retired_gateways``: 煤改气's boiler house pulled down with the coal):
+    the latest of those gateways' last days in service when later than the carrier's last row (the gateway
+    died before it was retired: the days between count as missing), else that row's day."""
+    last, gateway_last = _carriers_last_gateways(data)
+    retired = data.retired_gateways
+    out: dict[str, date] = {}
+    for c, (day, gateways) in last.items():
+        silent = [g for g in gateways if gateway_last.get(g, day) <= day]
+        if silent and len(silent) == len(gateways) and all(g in retired for g in silent):
+            out[c] = max(day, *(retired[g] for g in silent))
+    return out
+
+
+def expected_windows(
+    spans: Mapping[str, tuple[date, date]], silent: Iterable[str] = ()
+) -> dict[str, tuple[date | None, date | None]]:
     """carrier -> (expected from, expected to), None meaning open (docs/indicators.md, "Expected carriers").
 
     A carrier is expected from its first day with a row when another of the carriers had rows before
     it (a carrier added: gas from 2019), and to its last day when another had rows after it (a carrier
-    removed: the coal meter). When the carriers start or stop together, the enterprise's data did,
-    not its carriers: they stay expected, and the silence counts as missing."""
+    removed: the coal meter) — unless it is one of ``silent`` (``silent_carriers``: the gateway that
+    measured it wrote nothing after it, a gateway dead, not a meter removed). When the carriers start or
+    stop together, the enterprise's data did, not its carriers: they stay expected, and the silence
+    counts as missing."""
+    quiet = frozenset(silent)
     out: dict[str, tuple[date | None, date | None]] = {}
     for c, (first, last) in spans.items():
         started = ended = False
@@ -550,7 +611,7 @@ def expected_windows(spans: Mapping[str, tuple[date, date]]) -> dict[str, tuple[
             if other != c:
                 started = started or f < first
                 ended = ended or la > last
-        out[c] = (first if started else None, last if ended else None)
+        out[c] = (first if started else None, last if ended and c not in quiet else None)
     return out
 
 
@@ -669,7 +730,10 @@ class _Enterprise:
             return {c: period.days for c in data.energy_carriers}
         if self._windows is None:  # from all the data the enterprise holds: the same for each period
             spans = {c: span for c, span in carrier_spans(data).items() if c in ENERGY_CARRIERS}
-            self._windows = expected_windows(spans)
+            for c, end in retired_carrier_ends(data).items():  # it existed until its gateway was retired
+                if c in spans:
+                    spans[c] = (spans[c][0], max(spans[c][1], end))
+            self._windows = expected_windows(spans, silent_carriers(data))
         expected = {c: expected_days(period, w) for c, w in self._windows.items()}
         return {c: n for c, n in expected.items() if n > 0}
 

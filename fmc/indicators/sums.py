@@ -61,7 +61,9 @@ class CarrierSums:
     ``rows``: day rows present; ``tce_rows`` / ``m3_rows``: rows that carry that field (a sum is
     only whole when it equals ``rows``); ``coverage``: Σ of the daily coverage fields;
     ``first_day`` / ``last_day``: the first and last local day with a row (None: not known, the
-    period's bounds are assumed) — which carriers an enterprise has when is read from these."""
+    period's bounds are assumed) — which carriers an enterprise has when is read from these;
+    ``last_gateways``: the gateways with a row of the carrier on ``last_day`` (empty: not known), whose
+    rows after it (``PeriodSums.gateway_last_days``) tell a carrier removed from a gateway gone silent."""
 
     carrier: str
     rows: int
@@ -73,6 +75,7 @@ class CarrierSums:
     coverage: float
     first_day: date | None = None
     last_day: date | None = None
+    last_gateways: tuple[str, ...] = ()
 
 
 DAILY_SUM_FIELDS = (
@@ -108,10 +111,12 @@ ALL_SUMS = SumsWanted()
 
 @dataclass(frozen=True, slots=True)
 class PeriodSums:
-    """What the engine needs of one enterprise for one period."""
+    """What the engine needs of one enterprise for one period. ``gateway_last_days``: each gateway's last
+    local day with a row (``enterprise_daily`` or ``consumption_daily``) in the period; empty: not known."""
 
     daily: DailySums | None = None
     carriers: Mapping[str, CarrierSums] = field(default_factory=dict)
+    gateway_last_days: Mapping[str, date] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -928,8 +928,12 @@ class EmbeddedQueryStore:
         def run() -> dict[str, PeriodSums]:
             daily_rows, last_rows, carrier_rows = self._snapshot(work)
             lasts: dict[str, list[tuple[Any, ...]]] = {}
-            for enterprise, _gateway, last_ts, *last in last_rows:
+            # each gateway's last day with a row, enterprise_daily or a carrier's (a carrier removed from a
+            # gateway that went on writing, versus a gateway gone silent: engine.silent_carriers)
+            gateway_last: dict[str, dict[str, int]] = {}
+            for enterprise, gateway, last_ts, *last in last_rows:
                 lasts.setdefault(str(enterprise), []).append((int(last_ts), *last))
+                gateway_last.setdefault(str(enterprise), {})[str(gateway)] = int(last_ts)
             daily: dict[str, DailySums] = {}
             for enterprise, days, networked_days, *sums in daily_rows:
                 gateways = lasts.get(str(enterprise))
@@ -950,26 +954,34 @@ class EmbeddedQueryStore:
                     last_equipment_valued=math.fsum(_number(v) for v in valued) if valued else math.nan,
                     networked_days=float(networked_days),
                 )
-            parts: dict[tuple[str, str], list[list[float | int]]] = {}
-            for enterprise, carrier, _gateway, *figures in carrier_rows:
+            parts: dict[tuple[str, str], list[tuple[str, list[float | int]]]] = {}
+            for enterprise, carrier, gateway, *figures in carrier_rows:
                 if figures[0]:
                     parts.setdefault((str(enterprise), str(carrier)), []).append(
-                        [*(_number(v) for v in figures[:7]), *(int(t) for t in figures[7:])]
+                        (str(gateway), [*(_number(v) for v in figures[:7]), *(int(t) for t in figures[7:])])
                     )
+                    known = gateway_last.setdefault(str(enterprise), {})
+                    known[str(gateway)] = max(known.get(str(gateway), 0), int(figures[8]))
             carriers: dict[str, dict[str, CarrierSums]] = {}
             for (enterprise, carrier), gateways in parts.items():
                 rows, amount, tce, tce_rows, m3, m3_rows, coverage = (
-                    math.fsum(g[i] for g in gateways) for i in range(7)
+                    math.fsum(g[i] for _, g in gateways) for i in range(7)
                 )
                 # coverage: Σ daily coverage ÷ the gateways measuring the carrier (as on InfluxDB); the
-                # carrier's first and last day: the earliest and the latest over its gateways
-                first, last = min(g[7] for g in gateways), max(g[8] for g in gateways)
+                # carrier's first and last day: the earliest and the latest over its gateways, and the
+                # gateways with a row on its last day
+                first = min(g[7] for _, g in gateways)
+                last_days = {gw: local_date(int(g[8]), self._tz) for gw, g in gateways}
+                last = max(last_days.values())
                 carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
                     carrier, int(rows), amount, tce, int(tce_rows), m3, int(m3_rows), coverage / len(gateways),
-                    local_date(int(first), self._tz), local_date(int(last), self._tz),
+                    local_date(int(first), self._tz), last,
+                    tuple(sorted(gw for gw, d in last_days.items() if d == last)),
                 )
             return {
-                e: PeriodSums(daily.get(e), carriers.get(e, {})) for e in sorted(daily.keys() | carriers.keys())
+                e: PeriodSums(daily.get(e), carriers.get(e, {}),
+                              {gw: local_date(ts, self._tz) for gw, ts in gateway_last.get(e, {}).items()})
+                for e in sorted(daily.keys() | carriers.keys())
             }
 
         return await self._call(run)

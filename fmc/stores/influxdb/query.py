@@ -334,10 +334,10 @@ class InfluxQueryStore:
                 for c in carriers
             ]
         # first() and last() alone report the time of the row they picked: each carrier's first and
-        # last day in the period (which carriers an enterprise had when; across its gateways, the
-        # earliest first and the latest last day)
-        spans = [f"SELECT {f}(coverage) AS coverage FROM {self._from(CONSUMPTION)}{where} GROUP BY enterprise, carrier"
-                 for f in ("first", "last")]
+        # last day in the period on each gateway (which carriers an enterprise had when; across its
+        # gateways, the earliest first and the latest last day, and whether its gateway went on after it)
+        spans = [f"SELECT {f}(coverage) AS coverage FROM {self._from(CONSUMPTION)}{where} "
+                 "GROUP BY enterprise, carrier, gateway" for f in ("first", "last")]
         # Several gateways of one enterprise write one row each per day (tag ``gateway``): the sums run
         # over every row (Σ days Σ gateways), per gateway so that the cache can keep them; ``days`` is
         # the row count, which ``partials`` replaces by the count of local days (``days_statements``)
@@ -396,7 +396,7 @@ class InfluxQueryStore:
             for tags, columns, rows in _series(result):
                 if rows and "time" in columns and tags.get("enterprise") and tags.get("carrier"):
                     day = local_date(_count(rows[0][columns.index("time")]) * MS, self._tz)
-                    key = (tags["enterprise"], tags["carrier"])
+                    key = (tags["enterprise"], tags["carrier"], tags.get("gateway") or "")
                     span = out.spans.get(key)
                     out.spans[key] = (day, day) if span is None else (min(span[0], day), max(span[1], day))
 
