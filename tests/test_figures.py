@@ -285,6 +285,61 @@ async def test_a_retired_gateways_carrier_ends_at_its_retirement(backend: Backen
     assert (energy.value, dict(energy.inputs)) == (pytest.approx(365 * 0.5), {"electricity": 1.0})
 
 
+async def test_a_hall_retired_mid_year_beside_another_leaves_its_carrier_whole(backend: Backend) -> None:
+    """E-H has two halls, each with its gateway and electricity meter: hall-a all of 2020 (0.5 tce a day),
+    hall-b until 30 September (0.25 tce a day), when the hall is closed and its gateway declared retired.
+    E-K is the same but hall-b's gateway died on 31 July, two months before its declared retirement.
+
+    Before: a carrier's coverage is Σ daily coverage ÷ the gateways measuring it, over the whole year:
+    (366 + 274) ÷ 2 = 320 of 366 days, 0.87, and E-H's energy insufficient_data although no day of a
+    hall in service went unmeasured. After: each gateway-day in service counts once, 640 of 640 for E-H,
+    579 of 640 for E-K (insufficient: two months of a hall are missing); undeclared, both stay as before."""
+    registry = {}
+    for enterprise, hall_b_last in (("E-H", date(2020, 9, 30)), ("E-K", date(2020, 7, 31))):
+        hall_a, hall_b = (Site(enterprise, "330602", "1711", gateway=g) for g in ("hall-a", "hall-b"))
+        alive = days_between(date(2020, 1, 1), hall_b_last)
+        backend.ingest(carrier(hall_a, "electricity", days_of(2020), 0.5) + equipment(hall_a, days_of(2020), 10, 5)
+                       + carrier(hall_b, "electricity", alive, 0.25) + equipment(hall_b, alive, 4, 2))
+        registry[enterprise] = RegistryEntry(enterprise, None, "330602", "1711",
+                                             retired_gateways={"hall-b": date(2020, 9, 30)})
+    undeclared = service_on(backend)
+    for enterprise, covered in (("E-H", 366 + 274), ("E-K", 366 + 213)):
+        energy = await enterprise_result(undeclared, Period.of_year(2020), enterprise, "energy")
+        assert (energy.status, dict(energy.inputs)) == (
+            "insufficient_data", pytest.approx({"electricity": covered / 2 / 366})), enterprise
+    service = service_on(backend, registry)
+    energy = await enterprise_result(service, Period.of_year(2020), "E-H", "energy")
+    assert (energy.value, energy.coverage) == (pytest.approx(366 * 0.5 + 274 * 0.25), 1.0), dict(energy.inputs)
+    energy = await enterprise_result(service, Period.of_year(2020), "E-K", "energy")
+    assert (energy.value, energy.status) == (None, "insufficient_data")
+    assert dict(energy.inputs) == pytest.approx({"electricity": (366 + 213) / (366 + 274)})
+
+
+def test_coverage_in_service_on_plain_sums() -> None:
+    """The weighing alone: one gateway, no declaration, or a retirement after the period change nothing."""
+    from fmc.indicators.engine import coverage_in_service
+    from fmc.indicators.sums import CarrierSums
+
+    year = Period.of_year(2020)
+    two = CarrierSums("electricity", 640, 0.0, 251.5, 640, 0.0, 0, 320.0,
+                      gateway_coverage=(("hall-a", 366.0), ("hall-b", 274.0)))
+    one = CarrierSums("coal", 366, 0.0, 366.0, 366, 0.0, 0, 366.0)
+    carriers = {"electricity": two, "coal": one}
+    assert coverage_in_service(year, carriers, {}) is carriers
+    assert coverage_in_service(year, carriers, {"hall-b": date(2020, 12, 31)}) is carriers
+    assert coverage_in_service(year, carriers, {"hall-b": date(2021, 3, 31)}) is carriers
+    got = coverage_in_service(year, carriers, {"hall-b": date(2020, 9, 30)})
+    assert got["electricity"].coverage == pytest.approx(366.0) and got["coal"] is one
+    # retired before the period yet writing in it: the days it covered count, never more than whole
+    got = coverage_in_service(year, carriers, {"hall-b": date(2019, 12, 31)})
+    assert got["electricity"].coverage == pytest.approx(366.0)
+    # both retired on 30 June: the half year in service is the whole of what was expected of them
+    half = CarrierSums("electricity", 364, 0.0, 0.0, 364, 0.0, 0, 182.0,
+                       gateway_coverage=(("hall-a", 182.0), ("hall-b", 182.0)))
+    got = coverage_in_service(year, {"electricity": half}, {"hall-a": date(2020, 6, 30), "hall-b": date(2020, 6, 30)})
+    assert got["electricity"].coverage == pytest.approx(366.0)
+
+
 def test_expected_carrier_windows() -> None:
     """The rule on plain spans: a carrier added or removed while another went on, versus the whole
     enterprise starting or stopping (its silence then counts as missing data)."""

@@ -205,12 +205,14 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
         by_gateway[name] = sums if got is None else [a + b for a, b in zip(got, sums, strict=True)]
     carriers: dict[str, dict[str, CarrierSums]] = {}
     for (enterprise, carrier), by_gateway in sorted(parts.items()):
+        each: tuple[tuple[str, float], ...] = ()
         if len(by_gateway) == 1:
             [(n_rows, amount, tce, tce_rows, m3, m3_rows, coverage)] = by_gateway.values()
         else:
             n_rows, amount, tce, tce_rows, m3, m3_rows, coverage = (
                 math.fsum(g[i] for g in by_gateway.values()) for i in range(7)
             )
+            each = tuple(sorted((name, g[6]) for name, g in by_gateway.items()))
         first_day, on_last = first_of.get((enterprise, carrier)), last_of.get((enterprise, carrier))
         # Σ amounts over gateways; coverage: Σ of the daily coverages ÷ the gateways that measure
         # the carrier (a day one of two gateways missed is half covered, never 1 + 0 = "whole");
@@ -218,7 +220,7 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
         carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
             carrier, int(n_rows), amount if wanted.amount else nan, tce, int(tce_rows),
             m3, int(m3_rows), coverage / len(by_gateway),
-            first_day, on_last[0] if on_last else None, names_of(on_last[1]) if on_last else (),
+            first_day, on_last[0] if on_last else None, names_of(on_last[1]) if on_last else (), each,
         )
     return {e: PeriodSums(daily.get(e), carriers.get(e, {}), gateway_last.get(e, {}))
             for e in sorted(daily.keys() | carriers.keys())}

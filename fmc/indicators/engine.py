@@ -33,7 +33,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Literal, TypeVar
 
@@ -592,6 +592,34 @@ def retired_carrier_ends(data: EnterpriseData) -> dict[str, date]:
     return out
 
 
+def coverage_in_service(
+    period: Period, carriers: Mapping[str, CarrierSums], retired: Mapping[str, date]
+) -> Mapping[str, CarrierSums]:
+    """``carriers`` with the coverage of those that several gateways measure weighed by each gateway's days
+    in service, where the registry declares one retired within the period (``retired``: gateway -> its
+    last day in service). Without it a hall retired on 30 September beside a hall that goes on leaves
+    the electricity (366 + 274) ÷ 2 covered, 0.87 of the year; each gateway-day in service counts once
+    instead: Σ coverage × the period's days ÷ Σ the gateways' days in service (never fewer than the days
+    a gateway covered: rows after its declared retirement count). The same carriers when none applies."""
+    out: dict[str, CarrierSums] | None = None
+    for name, c in carriers.items():
+        if not c.gateway_coverage or not any(
+                g in retired and retired[g] < period.end for g, _ in c.gateway_coverage):
+            continue
+        in_service = 0.0
+        for g, covered in c.gateway_coverage:
+            last = retired.get(g)
+            days = period.days if last is None or last >= period.end else max((last - period.start).days + 1, 0)
+            in_service += max(float(days), covered)
+        if in_service <= 0:
+            continue
+        if out is None:
+            out = dict(carriers)
+        total = math.fsum(covered for _, covered in c.gateway_coverage)
+        out[name] = replace(c, coverage=total * period.days / in_service)
+    return carriers if out is None else out
+
+
 def expected_windows(
     spans: Mapping[str, tuple[date, date]], silent: Iterable[str] = ()
 ) -> dict[str, tuple[date | None, date | None]]:
@@ -832,6 +860,10 @@ class _At:
         if given is None:
             given = _NO_SUMS if not data.daily and not data.consumption else summarize(period, data.daily,
                                                                                          data.consumption)
+        if data.retired_gateways and given.carriers:
+            carriers = coverage_in_service(period, given.carriers, data.retired_gateways)
+            if carriers is not given.carriers:
+                given = replace(given, carriers=carriers)
         self.sums = given
         # no sums and no report of the year (often the year before and the base year): every indicator's
         # numerator is None (no daily rows, no carrier rows, no report figure)

@@ -63,7 +63,10 @@ class CarrierSums:
     ``first_day`` / ``last_day``: the first and last local day with a row (None: not known, the
     period's bounds are assumed) — which carriers an enterprise has when is read from these;
     ``last_gateways``: the gateways with a row of the carrier on ``last_day`` (empty: not known), whose
-    rows after it (``PeriodSums.gateway_last_days``) tell a carrier removed from a gateway gone silent."""
+    rows after it (``PeriodSums.gateway_last_days``) tell a carrier removed from a gateway gone silent;
+    ``gateway_coverage``: with several gateways measuring the carrier, each one's Σ of daily coverage
+    (``coverage`` is then their mean; empty: one gateway, or not known), which a gateway retired within
+    the period weighs by its days in service (``engine.coverage_in_service``)."""
 
     carrier: str
     rows: int
@@ -76,6 +79,7 @@ class CarrierSums:
     first_day: date | None = None
     last_day: date | None = None
     last_gateways: tuple[str, ...] = ()
+    gateway_coverage: tuple[tuple[str, float], ...] = ()
 
 
 DAILY_SUM_FIELDS = (

@@ -977,6 +977,7 @@ class EmbeddedQueryStore:
                     carrier, int(rows), amount, tce, int(tce_rows), m3, int(m3_rows), coverage / len(gateways),
                     local_date(int(first), self._tz), last,
                     tuple(sorted(gw for gw, d in last_days.items() if d == last)),
+                    tuple(sorted((gw, g[6]) for gw, g in gateways)) if len(gateways) > 1 else (),
                 )
             return {
                 e: PeriodSums(daily.get(e), carriers.get(e, {}),
