@@ -582,8 +582,10 @@ def retired_carrier_ends(data: EnterpriseData) -> dict[str, date]:
     declared retired (the registry's ``retired_gateways``: 煤改气's boiler house pulled down with the coal):
     the latest of those gateways' last days in service when later than the carrier's last row (the gateway
     died before it was retired: the days between count as missing), else that row's day."""
-    last, gateway_last = _carriers_last_gateways(data)
     retired = data.retired_gateways
+    if not retired:  # most enterprises: nothing declared
+        return {}
+    last, gateway_last = _carriers_last_gateways(data)
     out: dict[str, date] = {}
     for c, (day, gateways) in last.items():
         silent = [g for g in gateways if gateway_last.get(g, day) <= day]
