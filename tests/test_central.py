@@ -540,6 +540,16 @@ def test_registry_retired_gateways_are_read_and_a_bad_one_is_named(tmp_path: Pat
     got = read_registry(f)
     assert got["A"].retired_gateways == {"boiler": date(2020, 9, 30), "hall-b": date(2021, 3, 1)}
     assert got["B"].retired_gateways == {}
+    f.write_text("enterprise,region,industry,退役网关,投运网关\nA,330602,17,hall-b:2021-03-31,hall-b:2020-07-01\n"
+                 "B,330602,17,hall-b:2020-03-31,hall-b:2020-07-01\nC,330602,17,,hall-c 2020-07-01\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        read_registry(f)
+    assert [where for where, _, _ in e.value.problems] == ["line 3, column retired_gateways",
+                                                          "line 4, column commissioned_gateways"]
+    assert "retired on 2020-03-31, before it was commissioned on 2020-07-01" in e.value.render()
+    assert "its first day in service" in e.value.render()
+    f.write_text("enterprise,region,industry,启用网关\nA,330602,17,hall-b:2020-07-01\n", encoding="utf-8")
+    assert read_registry(f)["A"].commissioned_gateways == {"hall-b": date(2020, 7, 1)}
 
 
 def test_a_registry_row_longer_than_the_header_is_refused_by_line_not_cut(tmp_path: Path) -> None:

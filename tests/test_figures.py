@@ -315,6 +315,22 @@ async def test_a_hall_retired_mid_year_beside_another_leaves_its_carrier_whole(b
     assert dict(energy.inputs) == pytest.approx({"electricity": (366 + 213) / (366 + 274)})
 
 
+async def test_a_hall_commissioned_mid_year_beside_another_leaves_its_carrier_whole(backend: Backend) -> None:
+    """E-N opens hall-b on 1 July 2020 with its own gateway and electricity meter (0.25 tce a day) beside
+    hall-a (0.5 a day, all year). Undeclared, hall-b's first half year counts as missing, as for a gateway
+    installed late in a hall that was there: (366 + 184) ÷ 2 of 366 days, 0.75, insufficient_data.
+    Declared commissioned that day (``commissioned_gateways``), the year is whole: 366·0.5 + 184·0.25 tce."""
+    hall_a, hall_b = (Site("E-N", "330602", "1711", gateway=g) for g in ("hall-a", "hall-b"))
+    opened = days_between(date(2020, 7, 1), date(2020, 12, 31))
+    backend.ingest(carrier(hall_a, "electricity", days_of(2020), 0.5) + equipment(hall_a, days_of(2020), 10, 5)
+                   + carrier(hall_b, "electricity", opened, 0.25) + equipment(hall_b, opened, 4, 2))
+    energy = await enterprise_result(service_on(backend), Period.of_year(2020), "E-N", "energy")
+    assert (energy.status, dict(energy.inputs)) == ("insufficient_data", pytest.approx({"electricity": 550 / 732}))
+    registry = {"E-N": RegistryEntry("E-N", None, "330602", "1711", commissioned_gateways={"hall-b": date(2020, 7, 1)})}
+    energy = await enterprise_result(service_on(backend, registry), Period.of_year(2020), "E-N", "energy")
+    assert (energy.value, energy.coverage) == (pytest.approx(366 * 0.5 + 184 * 0.25), 1.0), dict(energy.inputs)
+
+
 def test_coverage_in_service_on_plain_sums() -> None:
     """The weighing alone: one gateway, no declaration, or a retirement after the period change nothing."""
     from fmc.indicators.engine import coverage_in_service
@@ -338,6 +354,17 @@ def test_coverage_in_service_on_plain_sums() -> None:
                        gateway_coverage=(("hall-a", 182.0), ("hall-b", 182.0)))
     got = coverage_in_service(year, {"electricity": half}, {"hall-a": date(2020, 6, 30), "hall-b": date(2020, 6, 30)})
     assert got["electricity"].coverage == pytest.approx(366.0)
+    # commissioned on 1 July: hall-b's 184 days in service; commissioned on the period's first day: nothing
+    late = CarrierSums("electricity", 550, 0.0, 0.0, 550, 0.0, 0, 275.0,
+                       gateway_coverage=(("hall-a", 366.0), ("hall-b", 184.0)))
+    got = coverage_in_service(year, {"electricity": late}, {}, {"hall-b": date(2020, 7, 1)})
+    assert got["electricity"].coverage == pytest.approx(366.0)
+    assert coverage_in_service(year, carriers, {}, {"hall-b": date(2020, 1, 1)}) is carriers
+    # in service from 1 July to 30 September, and covering only August of it: 31 of its 92 days
+    brief = CarrierSums("electricity", 397, 0.0, 0.0, 397, 0.0, 0, 198.5,
+                        gateway_coverage=(("hall-a", 366.0), ("hall-b", 31.0)))
+    got = coverage_in_service(year, {"electricity": brief}, {"hall-b": date(2020, 9, 30)}, {"hall-b": date(2020, 7, 1)})
+    assert got["electricity"].coverage == pytest.approx(397 * 366 / 458)
 
 
 def test_expected_carrier_windows() -> None:

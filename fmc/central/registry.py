@@ -15,6 +15,7 @@ backbone           backbone, 骨干企业                           no
 above designated   above_designated_size, 规上企业, 规模以上企业  no
 closed on          closed_on, 注销日期, 停产日期, 关停日期       no
 retired gateways   retired_gateways, 退役网关                   no
+commissioned gw.   commissioned_gateways, 启用网关, 投运网关      no
 =================  ==========================================  =========
 
 The two flags name the plan's populations (一(二): the NC and networking targets are for 骨干企业, the
@@ -29,7 +30,11 @@ The retired gateways are the enterprise's gateways taken out of service for good
 in service: ``boiler:2020-09-30`` (``；`` or ``;`` between several, ``：`` as well as ``:``). A gateway
 that stops writing is taken for a dead one, whose carriers stay expected and count as missing; one
 declared here ended them, as when the boiler house is pulled down with the coal (煤改气):
-``engine.silent_carriers`` and docs/indicators.md (Expected carriers).
+``engine.silent_carriers`` and docs/indicators.md (Expected carriers). The commissioned gateways are
+those put into service within the enterprise's data (a new hall), each with its first day in service,
+written alike. Together they say which days each gateway was there to measure: a carrier that several
+gateways measure is covered by their days in service (``engine.coverage_in_service``), not by the whole
+period of each.
 
 The whole file is checked before any of it is used: every bad row is named by line and column, and
 a row with more cells than the header (an unquoted ``1,234``, split in two) is a bad row.
@@ -70,6 +75,8 @@ class RegistryEntry:
     closed_on: date | None = None
     # gateway id -> its last day in service: its silence after that is no missing data (煤改气's boiler house)
     retired_gateways: dict[str, date] = field(default_factory=dict)
+    # gateway id -> its first day in service (a new hall): not missing before it
+    commissioned_gateways: dict[str, date] = field(default_factory=dict)
 
 
 def _header_key(header: str) -> str | None:
@@ -85,6 +92,7 @@ def _header_key(header: str) -> str | None:
             "above_designated_size", "规上企业", "规模以上企业", "规模以上工业企业", "是否规上企业"),
         "closed_on": ("closed_on", "closing_date", "注销日期", "停产日期", "关停日期", "关闭日期"),
         "retired_gateways": ("retired_gateways", "退役网关", "已退役网关"),
+        "commissioned_gateways": ("commissioned_gateways", "启用网关", "投运网关"),
     }
     for key, names in synonyms.items():
         if low in names or h in names:
@@ -95,8 +103,9 @@ def _header_key(header: str) -> str | None:
     return None
 
 
-def parse_retired_gateways(cell: str) -> dict[str, date]:
-    """``boiler:2020-09-30; hall-b:2021/3/31`` -> {gateway: last day in service}; ValueError naming the entry."""
+def parse_gateway_days(cell: str, what: str = "last day in service") -> dict[str, date]:
+    """``boiler:2020-09-30; hall-b:2021/3/31`` -> {gateway: day}; ValueError naming the entry (``what``: the
+    day it gives, for the message)."""
     out: dict[str, date] = {}
     for entry in re.split(r"[;；\n]", cell):
         entry = entry.strip()
@@ -104,7 +113,7 @@ def parse_retired_gateways(cell: str) -> dict[str, date]:
             continue
         parts = re.split(r"\s*[:：]\s*", entry, maxsplit=1)
         if len(parts) != 2:
-            raise ValueError(f"{entry!r} has no ':' between the gateway id and its last day in service")
+            raise ValueError(f"{entry!r} has no ':' between the gateway id and its {what}")
         gateway, day = parts
         if not re.fullmatch(ID_PATTERN, gateway):
             raise ValueError(f"{gateway!r} in {entry!r} is not a gateway id")
@@ -130,8 +139,8 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
     for column, (header, key) in enumerate(zip(rows[0], keys, strict=True), start=1):
         if key is None and header.strip():
             problems.append((f"line 1, column {column}", f"unknown header {header!r}",
-                             "use enterprise, name, region, industry, backbone, above_designated_size, "
-                             "closed_on, retired_gateways or baseline_<indicator> (docs/central.md)"))
+                             "use enterprise, name, region, industry, backbone, above_designated_size, closed_on, "
+                             "retired_gateways, commissioned_gateways or baseline_<indicator> (docs/central.md)"))
     for required in ("enterprise", "region", "industry"):
         if required not in keys:
             problems.append(("line 1", f"no {required} column", f"add a {required} column"))
@@ -190,15 +199,24 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
                 closed_on = parse_date(values["closed_on"])
             except ValueError as e:  # its message quotes the cell
                 bad("closed_on", str(e), "write the last day it existed, e.g. 2018-06-30, or leave it empty")
-        retired: dict[str, date] = {}
-        if values.get("retired_gateways"):
-            try:
-                retired = parse_retired_gateways(values["retired_gateways"])
-            except ValueError as e:
-                bad("retired_gateways", str(e),
-                    "write each gateway id and its last day in service, e.g. boiler:2020-09-30; hall-b:2021-03-31")
+        gateway_days: dict[str, dict[str, date]] = {}
+        for column, what in (("retired_gateways", "last day in service"),
+                             ("commissioned_gateways", "first day in service")):
+            gateway_days[column] = {}
+            if values.get(column):
+                try:
+                    gateway_days[column] = parse_gateway_days(values[column], what)
+                except ValueError as e:
+                    bad(column, str(e), f"write each gateway id and its {what}, e.g. boiler:2020-09-30; "
+                                        "hall-b:2021-03-31")
+        retired, commissioned = gateway_days["retired_gateways"], gateway_days["commissioned_gateways"]
+        for gateway in sorted(retired.keys() & commissioned.keys()):
+            if retired[gateway] < commissioned[gateway]:
+                bad("retired_gateways", f"gateway {gateway!r} is retired on {retired[gateway]}, before it was "
+                                        f"commissioned on {commissioned[gateway]}", "correct one of the two days")
         entries[enterprise] = RegistryEntry(enterprise, values.get("name") or None, region, industry, baselines,
-                                            **flags, closed_on=closed_on, retired_gateways=retired)
+                                            **flags, closed_on=closed_on, retired_gateways=retired,
+                                            commissioned_gateways=commissioned)
     if problems:
         raise ConfigError(path, problems)
     return entries

@@ -529,6 +529,7 @@ class IndicatorService:
                 baseline_values=entry.baseline_values if entry else {},
                 sums=sums,
                 retired_gateways=entry.retired_gateways if entry else {},
+                commissioned_gateways=entry.commissioned_gateways if entry else {},
             )
             populations = None if entry is None else frozenset(
                 p for p in ("backbone", "above_designated_size") if getattr(entry, p) is not False)

@@ -202,6 +202,8 @@ class EnterpriseData:
     sums: Mapping[tuple[date, date], PeriodSums] = field(default_factory=dict)
     # gateway id -> its last day in service, as the registry declares (``silent_carriers``)
     retired_gateways: Mapping[str, date] = field(default_factory=dict)
+    # gateway id -> its first day in service, as the registry declares (``coverage_in_service``)
+    commissioned_gateways: Mapping[str, date] = field(default_factory=dict)
 
 
 # --- results ---------------------------------------------------------------------------------------------
@@ -595,24 +597,30 @@ def retired_carrier_ends(data: EnterpriseData) -> dict[str, date]:
 
 
 def coverage_in_service(
-    period: Period, carriers: Mapping[str, CarrierSums], retired: Mapping[str, date]
+    period: Period, carriers: Mapping[str, CarrierSums], retired: Mapping[str, date],
+    commissioned: Mapping[str, date] | None = None,
 ) -> Mapping[str, CarrierSums]:
     """``carriers`` with the coverage of those that several gateways measure weighed by each gateway's days
-    in service, where the registry declares one retired within the period (``retired``: gateway -> its
-    last day in service). Without it a hall retired on 30 September beside a hall that goes on leaves
-    the electricity (366 + 274) ÷ 2 covered, 0.87 of the year; each gateway-day in service counts once
-    instead: Σ coverage × the period's days ÷ Σ the gateways' days in service (never fewer than the days
-    a gateway covered: rows after its declared retirement count). The same carriers when none applies."""
+    in service, where the registry declares one retired (``retired``: gateway -> its last day in service)
+    or commissioned (``commissioned``: its first day) within the period. Without it a hall retired on
+    30 September beside a hall that goes on leaves the electricity (366 + 274) ÷ 2 covered, 0.87 of the
+    year, and a hall opened on 1 July (366 + 184) ÷ 2; each gateway-day in service counts once instead:
+    Σ coverage × the period's days ÷ Σ the gateways' days in service (never fewer than the days a
+    gateway covered: rows outside its declared service count). The same carriers when none applies."""
+    commissioned = commissioned or {}
+
+    def bounded(g: str) -> bool:
+        return (g in retired and retired[g] < period.end) or (g in commissioned and commissioned[g] > period.start)
+
     out: dict[str, CarrierSums] | None = None
     for name, c in carriers.items():
-        if not c.gateway_coverage or not any(
-                g in retired and retired[g] < period.end for g, _ in c.gateway_coverage):
+        if not c.gateway_coverage or not any(bounded(g) for g, _ in c.gateway_coverage):
             continue
         in_service = 0.0
         for g, covered in c.gateway_coverage:
-            last = retired.get(g)
-            days = period.days if last is None or last >= period.end else max((last - period.start).days + 1, 0)
-            in_service += max(float(days), covered)
+            first = max(period.start, commissioned.get(g, period.start))
+            last = min(period.end, retired.get(g, period.end))
+            in_service += max(float(max((last - first).days + 1, 0)), covered)
         if in_service <= 0:
             continue
         if out is None:
@@ -862,8 +870,8 @@ class _At:
         if given is None:
             given = _NO_SUMS if not data.daily and not data.consumption else summarize(period, data.daily,
                                                                                          data.consumption)
-        if data.retired_gateways and given.carriers:
-            carriers = coverage_in_service(period, given.carriers, data.retired_gateways)
+        if (data.retired_gateways or data.commissioned_gateways) and given.carriers:
+            carriers = coverage_in_service(period, given.carriers, data.retired_gateways, data.commissioned_gateways)
             if carriers is not given.carriers:
                 given = replace(given, carriers=carriers)
         self.sums = given
