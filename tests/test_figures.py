@@ -9,6 +9,7 @@ comments.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
@@ -283,6 +284,28 @@ async def test_a_retired_gateways_carrier_ends_at_its_retirement(backend: Backen
     assert dict(energy.inputs) == pytest.approx({"coal": 213 / 274, "electricity": 1.0})
     energy = await enterprise_result(service, Period.of_year(2021), "E-T", "energy")
     assert (energy.value, dict(energy.inputs)) == (pytest.approx(365 * 0.5), {"electricity": 1.0})
+
+
+async def test_a_gateway_writing_after_its_declared_retirement_is_warned_of_once(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registry says E-W's boiler gateway was retired on 30 June, but it wrote until 30 September (a
+    wrong day, or another gateway's id): its rows count, and the service says so once, not at every
+    recomputation."""
+    hall, boiler = (Site("E-W", "330602", "1711", gateway=g) for g in ("hall", "boiler"))
+    alive = days_between(date(2020, 1, 1), date(2020, 9, 30))
+    backend.ingest(carrier(hall, "electricity", days_of(2020), 0.5) + equipment(hall, days_of(2020), 10, 5)
+                   + carrier(boiler, "coal", alive, 1.0) + equipment(boiler, alive, 1, 0))
+    registry = {"E-W": RegistryEntry("E-W", None, "330602", "1711", retired_gateways={"boiler": date(2020, 6, 30)})}
+    service = service_on(backend, registry)
+    with caplog.at_level(logging.WARNING, logger="fmc.central"):
+        energy = await enterprise_result(service, Period.of_year(2020), "E-W", "energy")
+        await service.revalidate()
+    assert (energy.value, energy.coverage) == (pytest.approx(366 * 0.5 + 274 * 1.0), 1.0), dict(energy.inputs)
+    said = [r.getMessage() for r in caplog.records if "retired on" in r.getMessage()]
+    assert said == ["enterprise E-W: the registry says gateway boiler was retired on 2020-06-30, but it wrote rows "
+                    "until 2020-09-30; they are counted: fix its retirement day or the gateway id (registry column "
+                    "退役网关 / retired_gateways)"]
 
 
 async def test_a_hall_retired_mid_year_beside_another_leaves_its_carrier_whole(backend: Backend) -> None:

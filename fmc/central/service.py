@@ -198,6 +198,7 @@ class IndicatorService:
         self.timezone = targets.policy.timezone
         self._tz = ZoneInfo(self.timezone)
         self._registry = dict(registry or {})
+        self._warned: set[tuple[str, str, date]] = set()  # retired gateways found writing (_check_retirements)
         self._revalidate_s = revalidate_s
         self._max_entries = max_entries
         self._max_rows = 50 * max_entries
@@ -523,6 +524,8 @@ class IndicatorService:
                             "a member: fix its closing date", info.enterprise, entry.closed_on, period.label)
             sums = {(p.start, p.end): s[info.enterprise] for p, s in zip(periods, sums_list, strict=True)
                     if info.enterprise in s}
+            if entry is not None and entry.retired_gateways:
+                self._check_retirements(info.enterprise, entry.retired_gateways, sums.get((period.start, period.end)))
             data = EnterpriseData(
                 enterprise=info.enterprise,
                 reports=[_report_of(r) for r in reports.get(info.enterprise, ())],
@@ -538,6 +541,20 @@ class IndicatorService:
             members.append(enterprise_figures(EnterpriseInfo(info.enterprise, info.region, info.industry, populations),
                                               period, data, self.targets))
         return members
+
+    def _check_retirements(self, enterprise: str, retired: Mapping[str, date], sums: PeriodSums | None) -> None:
+        """Warn, once per gateway and day, of a gateway the registry declares retired that wrote rows after
+        that day: the declaration or the gateway id is wrong (its rows still count, and it weighs at least
+        the days it covered)."""
+        if sums is None:
+            return
+        for gateway, last_day in sorted(retired.items()):
+            wrote = sums.gateway_last_days.get(gateway)
+            if wrote is not None and wrote > last_day and (enterprise, gateway, wrote) not in self._warned:
+                self._warned.add((enterprise, gateway, wrote))
+                log.warning("enterprise %s: the registry says gateway %s was retired on %s, but it wrote rows until "
+                            "%s; they are counted: fix its retirement day or the gateway id (registry column "
+                            "退役网关 / retired_gateways)", enterprise, gateway, last_day, wrote)
 
     async def _revalidate_loop(self) -> None:
         while True:
