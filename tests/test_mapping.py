@@ -333,6 +333,9 @@ def test_timestamp_units(unit: str, raw: float, expected_ns: int) -> None:
         # ten digits: the nanoseconds kept (they were cut to microseconds), the rest dropped
         ("2025-11-24T15:00:00.1234567891Z", 1_763_996_400 * 10**9 + 123_456_789),
         ("20251124T150000.25Z", 1_763_996_400 * 10**9 + 250_000_000),  # the basic format
+        # RFC 3339's lower-case t and z (its 5.6 allows both): every reading was refused as timestamp_invalid
+        ("2025-11-24t15:00:00z", 1_763_996_400 * 10**9),
+        ("2025-11-24T15:00:00.25z", 1_763_996_400 * 10**9 + 250_000_000),
     ],
 )
 def test_timestamp_iso8601(text: str, expected_ns: int) -> None:

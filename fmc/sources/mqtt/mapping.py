@@ -437,6 +437,8 @@ def _iso8601_ns(text: str) -> int | None:
         text = text[: m.start()] + text[m.end() :]
     if "." in text or "," in text:  # a fraction of the minutes or hours, or a stray one
         return None
+    if text.endswith("z"):  # RFC 3339 (5.6) allows a lower-case z, which fromisoformat refuses
+        text = text[:-1] + "Z"
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
