@@ -175,25 +175,26 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
             if last_day is None:
                 last_day = local_days[row.time_ms] = local_date(row.time_ms * MS, tz)  # type: ignore[arg-type]
             gateway_last.setdefault(enterprise, {})[name] = last_day
-    first_of: dict[tuple[str, str], date] = {}  # (enterprise, carrier) -> its first day over its gateways
-    last_of: dict[tuple[str, str], tuple[date, list[str]]] = {}  # its last day, the gateways with a row on it
+    # (enterprise, carrier) -> its first and last day over its gateways, the gateways with a row on the last
+    span_of: dict[tuple[str, str], tuple[date, date, tuple[str, ...]]] = {}
+    one_name: dict[str, tuple[str, ...]] = {}  # most carriers of a province: ("main",), one tuple for all
     for (enterprise, carrier, gateway), (first, last) in p.spans.items():
-        key, name = (enterprise, carrier), gateway or DEFAULT_GATEWAY
-        days = gateway_last.setdefault(enterprise, {})
-        if name not in days or last > days[name]:
+        name = gateway or DEFAULT_GATEWAY
+        days = gateway_last.get(enterprise)
+        if days is None:
+            gateway_last[enterprise] = {name: last}
+        elif name not in days or last > days[name]:
             days[name] = last
-        if key not in first_of or first < first_of[key]:
-            first_of[key] = first
-        got = last_of.get(key)
-        if got is None or last > got[0]:
-            last_of[key] = (last, [name])
-        elif last == got[0] and name not in got[1]:
-            got[1].append(name)
-    shared: dict[tuple[str, ...], tuple[str, ...]] = {}  # most carriers of a province: ("main",), one tuple
-
-    def names_of(names: list[str]) -> tuple[str, ...]:
-        key = tuple(sorted(names))
-        return shared.setdefault(key, key)
+        key = (enterprise, carrier)
+        got = span_of.get(key)
+        if got is None:
+            names = one_name.get(name)
+            if names is None:
+                names = one_name[name] = (name,)
+            span_of[key] = (first, last, names)
+        else:  # a carrier of several gateways (or of "" and "main"): the earliest first, the latest last
+            names = (name,) if last > got[1] else tuple(sorted({*got[2], name})) if last == got[1] else got[2]
+            span_of[key] = (min(first, got[0]), max(last, got[1]), names)
 
     parts: dict[tuple[str, str], dict[str, list[float]]] = {}
     for (enterprise, carrier, gateway), sums in p.carriers.items():
@@ -213,14 +214,14 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
                 math.fsum(g[i] for g in by_gateway.values()) for i in range(7)
             )
             each = tuple(sorted((name, g[6]) for name, g in by_gateway.items()))
-        first_day, on_last = first_of.get((enterprise, carrier)), last_of.get((enterprise, carrier))
+        span = span_of.get((enterprise, carrier))
         # Σ amounts over gateways; coverage: Σ of the daily coverages ÷ the gateways that measure
         # the carrier (a day one of two gateways missed is half covered, never 1 + 0 = "whole");
         # the carrier's first and last day: the earliest and the latest over its gateways
         carriers.setdefault(enterprise, {})[carrier] = CarrierSums(
             carrier, int(n_rows), amount if wanted.amount else nan, tce, int(tce_rows),
             m3, int(m3_rows), coverage / len(by_gateway),
-            first_day, on_last[0] if on_last else None, names_of(on_last[1]) if on_last else (), each,
+            *(span if span is not None else (None, None, ())), each,
         )
     return {e: PeriodSums(daily.get(e), carriers.get(e, {}), gateway_last.get(e, {}))
             for e in sorted(daily.keys() | carriers.keys())}

@@ -771,7 +771,14 @@ class _Enterprise:
             for c, end in retired_carrier_ends(data).items():  # it existed until its gateway was retired
                 if c in spans:
                     spans[c] = (spans[c][0], max(spans[c][1], end))
-            self._windows = expected_windows(spans, silent_carriers(data))
+            windows = expected_windows(spans)
+            # only a carrier that ended can have gone silent instead: most enterprises have none, and a
+            # province's 20,000 need not walk their sums for it
+            if any(w[1] is not None for w in windows.values()):
+                silent = silent_carriers(data)
+                if silent:
+                    windows = expected_windows(spans, silent)
+            self._windows = windows
         expected = {c: expected_days(period, w) for c, w in self._windows.items()}
         return {c: n for c, n in expected.items() if n > 0}
 
