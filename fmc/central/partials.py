@@ -223,6 +223,13 @@ def merge(p: Partials, wanted: SumsWanted, tz: object) -> dict[str, PeriodSums]:
             m3, int(m3_rows), coverage / len(by_gateway),
             *(span if span is not None else (None, None, ())), each,
         )
+    # one gateway with the same last day is most of a province: one mapping for all of them (read only),
+    # not 20,000 dicts of one entry per period held by the service's figures
+    one_gateway: dict[tuple[str, date], dict[str, date]] = {}
+    for e, days in gateway_last.items():
+        if len(days) == 1:
+            [(name, day)] = days.items()
+            gateway_last[e] = one_gateway.setdefault((name, day), days)
     return {e: PeriodSums(daily.get(e), carriers.get(e, {}), gateway_last.get(e, {}))
             for e in sorted(daily.keys() | carriers.keys())}
 

@@ -59,6 +59,7 @@ from fmc.plant.ledger import cells_beyond_header, decode_ledger, parse_date, spl
 
 FLAG_YES = frozenset({"是", "y", "yes", "1", "true", "√", "✓"})
 FLAG_NO = frozenset({"否", "n", "no", "0", "false", ""})
+_NO_GATEWAYS: dict[str, date] = {}  # read only: one for the entries that declare none (a province's 100,000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,8 +216,8 @@ def read_registry(path: Path) -> dict[str, RegistryEntry]:
                 bad("retired_gateways", f"gateway {gateway!r} is retired on {retired[gateway]}, before it was "
                                         f"commissioned on {commissioned[gateway]}", "correct one of the two days")
         entries[enterprise] = RegistryEntry(enterprise, values.get("name") or None, region, industry, baselines,
-                                            **flags, closed_on=closed_on, retired_gateways=retired,
-                                            commissioned_gateways=commissioned)
+                                            **flags, closed_on=closed_on, retired_gateways=retired or _NO_GATEWAYS,
+                                            commissioned_gateways=commissioned or _NO_GATEWAYS)
     if problems:
         raise ConfigError(path, problems)
     return entries
