@@ -47,9 +47,11 @@ import io
 import math
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from types import MappingProxyType
 
 from fmc.core.config import ID_PATTERN, ConfigError
 from fmc.core.regions import INDUSTRY_CODE_PATTERN, REGION_CODE_PATTERN
@@ -59,7 +61,8 @@ from fmc.plant.ledger import cells_beyond_header, decode_ledger, parse_date, spl
 
 FLAG_YES = frozenset({"是", "y", "yes", "1", "true", "√", "✓"})
 FLAG_NO = frozenset({"否", "n", "no", "0", "false", ""})
-_NO_GATEWAYS: dict[str, date] = {}  # read only: one for the entries that declare none (a province's 100,000)
+# one for the entries that declare none (a province's 100,000), read only so that none can change it for all
+_NO_GATEWAYS: Mapping[str, date] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +78,9 @@ class RegistryEntry:
     # the last day it existed (注销/停产/关停); None: open. Not a member of the periods that start after it
     closed_on: date | None = None
     # gateway id -> its last day in service: its silence after that is no missing data (煤改气's boiler house)
-    retired_gateways: dict[str, date] = field(default_factory=dict)
+    retired_gateways: Mapping[str, date] = field(default_factory=dict)
     # gateway id -> its first day in service (a new hall): not missing before it
-    commissioned_gateways: dict[str, date] = field(default_factory=dict)
+    commissioned_gateways: Mapping[str, date] = field(default_factory=dict)
 
 
 def _header_key(header: str) -> str | None:
